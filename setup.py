@@ -1,0 +1,38 @@
+"""ugrad: one unified loss for post-training language models in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="ugrad",
+    version="0.1.0",
+    description=(
+        "A JAX framework for LLM post-training where every method is one"
+        " gradient coefficient fed to one unified loss."
+    ),
+    packages=setuptools.find_packages(include=["ugrad", "ugrad.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7.0",
+        "flax>=0.11.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "chex>=0.1.89",
+        "absl-py>=2.1.0",
+        "ml_collections>=1.0.0",
+        "numpy>=1.26",
+        "safetensors>=0.4.3",
+        "tokenizers>=0.19",
+        "math-verify>=0.7.0",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch and transformers are only ever used by tests and the
+        # benchmark, as an independent reference implementation.
+        "test": [
+            "pytest>=8.0",
+            "torch>=2.2",
+            "transformers>=4.45",
+        ],
+    },
+)
