@@ -28,6 +28,9 @@ class Rollout:
     group_ids: int32 [B], samples of one question share an id.
     pair_ids: int32 [B], the two rows of one preference pair share an id.
     pair_sign: [B], +1 for the chosen row, -1 for the rejected row.
+    attention_mask: [B, T], 1 on real tokens (prompt and completion), 0 on
+      padding; `None` means every token is real. Prompts are left-padded, so
+      the model derives positions from this mask.
   """
 
   tokens: jax.Array
@@ -41,3 +44,4 @@ class Rollout:
   group_ids: Optional[jax.Array] = None
   pair_ids: Optional[jax.Array] = None
   pair_sign: Optional[jax.Array] = None
+  attention_mask: Optional[jax.Array] = None
