@@ -1,0 +1,269 @@
+"""Orbax checkpoints of the train state that resume from the latest good one.
+
+A checkpoint is one step directory holding two Orbax items: `state`, the
+trainer's train-state pytree (params, optax state, critic and reward-model
+params, step, PRNG key data), and `meta`, a small JSON dict (data position,
+config hash, step).
+
+PRNG keys are stored as their raw data: the trainer keeps
+`jax.random.key_data(key)` (a uint32 array) in the state and rebuilds the key
+with `jax.random.wrap_key_data` after a restore, so the state holds plain
+arrays only. Python scalars in the state come back as 0-d numpy arrays; keep
+the step as a jnp int32 array.
+
+What counts as a bad checkpoint, and what happens to it:
+
+* An unfinished save (a process killed mid-way) is left by Orbax as a
+  `<step>.orbax-checkpoint-tmp*` directory that Orbax never lists. `restore`
+  moves it to `<directory>/corrupt/` with a warning naming the step.
+* A finished step directory that cannot be read back (a truncated or deleted
+  array file, garbage JSON in `meta` or in Orbax's `_METADATA`, a missing
+  item) is skipped with a warning naming the step, and the next older one is
+  tried. Once an older checkpoint restores, the unreadable newer ones are
+  moved to `<directory>/corrupt/`, so later saves of the same step numbers
+  and Orbax's `max_to_keep` clean-up never meet them. Nothing is deleted.
+* If checkpoints exist but none restores, `restore` raises instead of
+  reporting "no checkpoint": that usually means a systematic problem (wrong
+  devices, a full disk), not corruption, and restarting from scratch over
+  the directory would be wrong. Nothing is moved in that case.
+* A checkpoint whose stored tree structure or array shapes differ from
+  `abstract_state` is a configuration change, not corruption: `restore`
+  raises ValueError naming the first differing entry.
+
+Orbax does not checksum array data: a flipped byte inside an array file that
+keeps the file length restores silently with a wrong value. Only missing or
+truncated data is detected.
+
+File moves assume one process manages the directory (a single host).
+"""
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import numpy as np
+import orbax.checkpoint as ocp
+
+# Orbax names an unfinished step directory `<step>` + this marker (checked
+# against orbax-checkpoint 0.12.8, whose atomic-rename mode is used on local
+# file systems).
+ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
+CORRUPT_DIR = "corrupt"
+_STATE = "state"
+_META = "meta"
+
+
+class Checkpointer:
+  """Saves the train state every `save_every` steps; restores the latest.
+
+  Saves are asynchronous: `save` returns once the arrays are copied to host
+  memory (so the caller may donate or overwrite its buffers) and Orbax writes
+  them in the background into a temporary directory that is renamed into
+  place only when complete. A process killed mid-save therefore never leaves
+  a half-written step directory, only a temporary one.
+  """
+
+  def __init__(self, directory: str, save_every: int, max_to_keep: int = 3):
+    """Opens (creating if needed) a checkpoint directory.
+
+    Args:
+      directory: where the step directories live.
+      save_every: `should_save(step)` is true every this many steps.
+      max_to_keep: how many of the newest checkpoints Orbax keeps; older ones
+        are deleted after each save. None keeps all.
+    """
+    if not isinstance(save_every, int) or save_every < 1:
+      raise ValueError(f"save_every must be a positive int, got {save_every!r}")
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep!r}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           create=True)
+    # Handlers, not just item names, so that the metadata of checkpoints
+    # written by an earlier process can be read before any save or restore.
+    handlers = {_STATE: ocp.StandardCheckpointHandler(),
+                _META: ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_handlers=handlers)
+
+  def should_save(self, step: int) -> bool:
+    """Whether `step` (the number of updates done) is a checkpoint step."""
+    return step > 0 and step % self.save_every == 0
+
+  def all_steps(self) -> list[int]:
+    """The steps of the finished checkpoints in the directory, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: Mapping[str, Any],
+           force: bool = False, wait: bool = False) -> bool:
+    """Saves `state` and `meta` as step `step` if it is a checkpoint step.
+
+    Args:
+      step: the number of optimizer updates done.
+      state: the train-state pytree of arrays (may be sharded).
+      meta: a JSON-serialisable dict (data position, config hash, ...).
+      force: save even when `should_save(step)` is false (the last step, a
+        pre-emption).
+      wait: block until the checkpoint is completely written and renamed
+        into place; use it for the last save before the process exits.
+
+    Returns:
+      Whether a save was started.
+    """
+    if not (force or self.should_save(step)):
+      return False
+    _check_meta(meta)
+    if step in self._manager.all_steps():
+      raise ValueError(
+          f"a checkpoint for step {step} already exists in {self.directory}")
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                 _META: ocp.args.JsonSave(dict(meta))})
+    # Orbax's own interval logic is bypassed: should_save above decides.
+    saved = self._manager.save(step, args=args, force=True)
+    if wait:
+      self._manager.wait_until_finished()
+    return saved
+
+  def wait_until_finished(self):
+    """Blocks until the save in flight, if any, is on disk."""
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: Any):
+    """Restores the newest checkpoint that reads back completely.
+
+    Args:
+      abstract_state: the train state's structure as a pytree of
+        jax.ShapeDtypeStruct (e.g. from `jax.eval_shape`); leaves that carry a
+        sharding are restored with that sharding, so a sharded state
+        restores sharded, possibly on a different mesh than it was saved
+        from.
+
+    Returns:
+      (step, state, meta), or None when the directory holds no finished
+      checkpoint.
+
+    Raises:
+      ValueError: the newest readable checkpoint does not match
+        `abstract_state` (structure or shapes).
+      RuntimeError: checkpoints exist but none could be read.
+    """
+    self._manager.wait_until_finished()
+    self._quarantine_unfinished()
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        meta = self._read_meta(step)
+        self._check_structure(step, abstract_state)
+        state = self._read_state(step, abstract_state)
+      except _MismatchError as e:
+        raise ValueError(str(e)) from None
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); "
+                        "trying an older one", step, self.directory,
+                        type(e).__name__, _first_line(e))
+        failures.append((step, e))
+        continue
+      self._quarantine_failed(failures)
+      return step, state, meta
+    if failures:
+      listing = "; ".join(f"step {s}: {type(e).__name__}: {_first_line(e)}"
+                          for s, e in failures)
+      raise RuntimeError(
+          f"no checkpoint in {self.directory} could be restored ({listing}); "
+          "nothing was moved or deleted")
+    return None
+
+  def close(self):
+    """Waits for the save in flight and releases Orbax's resources."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  # Reading one step.
+
+  def _read_meta(self, step: int) -> dict:
+    args = ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+    meta = self._manager.restore(step, args=args)[_META]
+    if not isinstance(meta, dict):
+      raise TypeError(f"meta is a {type(meta).__name__}, not a JSON object")
+    return meta
+
+  def _check_structure(self, step: int, abstract_state: Any):
+    """Raises _MismatchError if the stored tree differs from the wanted one."""
+    stored = self._manager.metadata(step).item_metadata[_STATE]
+    if stored is None:
+      raise FileNotFoundError(f"step {step} has no readable '{_STATE}' item")
+    stored = ocp.tree.to_flat_dict(getattr(stored, "tree", stored))
+    wanted = ocp.tree.to_flat_dict(abstract_state)
+    where = f"checkpoint step {step} in {self.directory}"
+    for path in sorted(set(wanted) | set(stored)):
+      name = "/".join(path)
+      if path not in stored:
+        raise _MismatchError(f"{where} has no entry {name} that the "
+                             "expected state has (a config change?)")
+      if path not in wanted:
+        raise _MismatchError(f"{where} has an entry {name} that the "
+                             "expected state lacks (a config change?)")
+      got, want = tuple(stored[path].shape), tuple(np.shape(wanted[path]))
+      if got != want:
+        raise _MismatchError(f"{where} stores {name} with shape {got}, "
+                             f"expected {want} (a config change?)")
+
+  def _read_state(self, step: int, abstract_state: Any) -> Any:
+    args = ocp.args.Composite(
+        **{_STATE: ocp.args.StandardRestore(abstract_state)})
+    return self._manager.restore(step, args=args)[_STATE]
+
+  # Moving bad checkpoints aside.
+
+  def _quarantine_unfinished(self):
+    for name in sorted(os.listdir(self.directory)):
+      step, marker, _ = name.partition(ORBAX_TMP_MARKER)
+      if marker and step.isdigit():
+        self._move_aside(name, f"an unfinished save of step {step} "
+                         "(the process was killed mid-way)")
+
+  def _quarantine_failed(self, failures):
+    for step, _ in failures:
+      self._move_aside(str(step), f"checkpoint step {step}, which could not "
+                       "be read back while an older one could")
+    if failures:
+      self._manager.reload()
+
+  def _move_aside(self, name: str, what: str):
+    target_dir = os.path.join(self.directory, CORRUPT_DIR)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, name)
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(target_dir, f"{name}.{suffix}")
+      suffix += 1
+    os.rename(os.path.join(self.directory, name), target)
+    logging.warning("%s: moved %s to %s (kept for inspection, not deleted)",
+                    what, os.path.join(self.directory, name), target)
+
+
+class _MismatchError(Exception):
+  """The stored state is readable but differs from the expected one."""
+
+
+def _check_meta(meta: Mapping[str, Any]):
+  if not isinstance(meta, Mapping):
+    raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+  try:
+    json.dumps(dict(meta), allow_nan=False)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"meta is not JSON-serialisable: {e}") from None
+
+
+def _first_line(error: Exception) -> str:
+  # TensorStore errors append a multi-kilobyte spec after this phrase.
+  text = str(error).split(" See full TensorStore details")[0].strip()
+  return text.splitlines()[0] if text else ""
