@@ -38,7 +38,7 @@ def _write(path, rows):
 def gsm8k(tmp_path):
   return tasks.make_task(
       "gsm8k", train_path=_write(tmp_path / "train.jsonl", GSM8K_ROWS),
-      test_path=_write(tmp_path / "test.jsonl", GSM8K_ROWS[:1] + [""]))
+      test_path=_write(tmp_path / "test.jsonl", [GSM8K_ROWS[0], ""]))
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_no_step_labels_but_line_steps(gsm8k):
 
 
 def test_reward_in_a_worker_thread(gsm8k, math):
-  """math-verify's SIGALRM timeout must not break rewards off the main thread."""
+  """math-verify's SIGALRM timeout must not break worker-thread rewards."""
   results = []
 
   def work():
