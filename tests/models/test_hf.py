@@ -18,6 +18,7 @@ from tokenizers import trainers
 import torch
 import transformers
 
+from ugrad import models
 from ugrad import sampling
 from ugrad.models import hf
 
@@ -334,6 +335,22 @@ def test_missing_and_extra_tensors_are_named(hf_model, tmp_path):
     hf.from_pretrained(tmp_path)
   _rewrite_weights(tmp_path, lambda t: t.pop("model.layers.0.extra.weight"))
   hf.from_pretrained(tmp_path)  # The inv_freq buffer is ignored by design.
+
+
+def test_save_refuses_stale_shards_and_foreign_tokenizers(hf_model, tmp_path):
+  torch_model, path = hf_model
+  model, _ = hf.from_pretrained(path)
+  torch_model.save_pretrained(tmp_path, max_shard_size="40KB")
+  with pytest.raises(ValueError, match="model.safetensors.index.json"):
+    hf.save_pretrained(model, tmp_path)
+  with pytest.raises(TypeError, match="HFTokenizer"):
+    hf.save_pretrained(model, tmp_path / "new", tokenizer=object())
+
+
+def test_package_exports():
+  assert models.from_pretrained is hf.from_pretrained
+  assert models.save_pretrained is hf.save_pretrained
+  assert models.HFTokenizer is hf.HFTokenizer
 
 
 def test_wrong_shape_is_named(hf_model, tmp_path):

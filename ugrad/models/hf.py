@@ -404,12 +404,12 @@ def _load_params(abstract: nnx.State, table: dict[str, Any],
   loaded = []
   for path, variable in variables.items():
     hf_name, transpose = by_path[path]
-    array = read(hf_name)
-    array = array.T if transpose else array
+    stored = read(hf_name)
+    array = stored.T if transpose else stored
     expected = variable.get_value()
     if array.shape != expected.shape:
-      raise ValueError(f"Tensor {hf_name} has shape {read(hf_name).shape}; "
-                       f"the config implies {expected.shape}"
+      raise ValueError(f"Tensor {hf_name} has shape {stored.shape}; the "
+                       f"config implies {expected.shape}"
                        f"{' transposed' if transpose else ''}")
     loaded.append((path, variable.replace(
         jnp.asarray(array, dtype=expected.dtype))))
@@ -468,9 +468,13 @@ def save_pretrained(model: Transformer, path: PathLike,
     tokenizer: written as tokenizer.json + tokenizer_config.json, and its
       special ids go into config.json.
   """
+  if tokenizer is not None and not isinstance(tokenizer, HFTokenizer):
+    raise TypeError(f"save_pretrained writes an HFTokenizer, not a "
+                    f"{type(tokenizer).__name__}")
   config = model.config
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
+  _refuse_stale_weights(path)
   params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   table = name_table(config)
   unmapped = sorted(set(params) - {p for p, _ in table.values()}, key=str)
@@ -492,6 +496,15 @@ def save_pretrained(model: Transformer, path: PathLike,
 
 
 # ---------------------------------------------------------------------- files
+
+
+def _refuse_stale_weights(path: pathlib.Path) -> None:
+  """Old shards beside a new model.safetensors would be loaded instead."""
+  stale = sorted(file.name for file in path.glob("*.safetensors*")
+                 if file.name != _MODEL_FILE)
+  if stale:
+    raise ValueError(f"{path} already holds {stale}; save into an empty "
+                     "directory or remove them")
 
 
 def _read_json(file: pathlib.Path, required: bool = False) -> dict[str, Any]:
