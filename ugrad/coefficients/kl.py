@@ -1,0 +1,96 @@
+"""KL-to-reference estimators and their two placements, shared by methods.
+
+With x = logp - logp_ref per token (Schulman's k1, k2, k3):
+
+  k1 = x,  k2 = x^2 / 2,  k3 = exp(-x) - 1 + x.
+
+Placed in the LOSS with weight beta, the objective gains -beta * k(x) per
+token, whose gradient is -beta * k'(x) * grad logp: the GC term is
+-beta * k'(x), i.e. -beta, -beta * x, beta * (exp(-x) - 1).
+
+Placed in the REWARD, the per-token reward gains -beta * k(x_old) with
+x_old = logp_old - logp_ref: a constant computed from the sampling policy,
+which the advantage estimator then carries to earlier tokens.
+"""
+
+import jax
+import jax.numpy as jnp
+
+PLACEMENTS = ("loss", "reward")
+
+
+def k1(x: jax.Array) -> jax.Array:
+  return x
+
+
+def k2(x: jax.Array) -> jax.Array:
+  return 0.5 * jnp.square(x)
+
+
+def k3(x: jax.Array) -> jax.Array:
+  return jnp.expm1(-x) + x
+
+
+def _k1_grad(x: jax.Array) -> jax.Array:
+  return jnp.ones_like(x)
+
+
+def _k2_grad(x: jax.Array) -> jax.Array:
+  return x
+
+
+def _k3_grad(x: jax.Array) -> jax.Array:
+  return -jnp.expm1(-x)
+
+
+ESTIMATORS = {"k1": k1, "k2": k2, "k3": k3}
+# d k / d x, written out so the GC term reads like DESIGN.md section 2.
+_DERIVATIVES = {"k1": _k1_grad, "k2": _k2_grad, "k3": _k3_grad}
+
+
+def check(estimator: str, placement: str) -> None:
+  """Raises ValueError for an unknown estimator or placement name."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"unknown kl_estimator {estimator!r}; valid: "
+                     f"{', '.join(ESTIMATORS)}")
+  if placement not in PLACEMENTS:
+    raise ValueError(f"unknown kl_in {placement!r}; valid: "
+                     f"{', '.join(PLACEMENTS)}")
+
+
+def estimate(estimator: str, logp: jax.Array,
+             logp_ref: jax.Array) -> jax.Array:
+  """Per-token KL estimate k(logp - logp_ref), [B, T]."""
+  return ESTIMATORS[estimator](logp - logp_ref)
+
+
+def loss_coef(estimator: str, logp: jax.Array, logp_ref: jax.Array,
+              beta: float) -> jax.Array:
+  """GC term of `-beta * k(logp - logp_ref)` placed in the loss.
+
+  Args:
+    estimator: "k1", "k2" or "k3".
+    logp: [B, T] current policy log-probs.
+    logp_ref: [B, T] reference policy log-probs.
+    beta: KL weight.
+
+  Returns:
+    [B, T] the term to add to GC: -beta * k'(logp - logp_ref).
+  """
+  return -beta * _DERIVATIVES[estimator](logp - logp_ref)
+
+
+def reward_penalty(estimator: str, logp_old: jax.Array, logp_ref: jax.Array,
+                   beta: float) -> jax.Array:
+  """Per-token reward term `-beta * k(logp_old - logp_ref)`, [B, T]."""
+  return -beta * ESTIMATORS[estimator](logp_old - logp_ref)
+
+
+def sequence_penalty(estimator: str, logp_old: jax.Array, logp_ref: jax.Array,
+                     mask: jax.Array, beta: float) -> jax.Array:
+  """[B]: -beta * sum_t k(logp_old - logp_ref) over completion tokens.
+
+  The KL placed in a sequence-level (outcome) reward, as RLOO does.
+  """
+  penalty = reward_penalty(estimator, logp_old, logp_ref, beta)
+  return jnp.sum(jnp.where(mask > 0, penalty, 0.0), axis=-1)

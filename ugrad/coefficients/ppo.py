@@ -1,0 +1,70 @@
+"""PPO with a learned critic (Schulman et al. 2017, arXiv 1707.06347).
+
+Per-token reward r_t = r * 1[t = last completion token] - beta * k(x_old_t)
+(Ouyang et al. 2022's KL-in-reward, arXiv 2203.02155), GAE(gamma, lambda)
+(arXiv 1506.02438) over completion tokens, then the clipped surrogate's
+coefficient A_t * rho_t * g_t. The critic's loss is the trainer's business;
+`advantages.gae` also returns its regression targets.
+"""
+
+from typing import Optional
+
+import jax
+
+from ugrad import rollout as rollout_lib
+from ugrad.coefficients import advantages
+from ugrad.coefficients import kl
+from ugrad.coefficients import policy
+from ugrad.coefficients import validation
+
+
+def ppo_fields(beta: float = 0.0, kl_estimator: str = "k1",
+               kl_in: str = "reward", **unused) -> set:
+  del unused
+  kl.check(kl_estimator, kl_in)
+  fields = {"values", "rewards", "logp_old"}
+  if beta:
+    fields.add("logp_ref")
+  return fields
+
+
+def ppo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
+        clip_eps: float = 0.2,
+        clip_eps_high: Optional[float] = None,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        beta: float = 0.0,
+        kl_estimator: str = "k1",
+        kl_in: str = "reward",
+        whiten_advantages: bool = False):
+  """PPO's coefficient A_t * rho_t * g_t (+ the KL term when in the loss).
+
+  Args:
+    rollout: the batch with `rewards` [B], `values` [B, T], `logp_old`
+      [B, T], and `logp_ref` [B, T] when beta > 0.
+    logp: [B, T] current log-probs.
+    clip_eps: lower clip range.
+    clip_eps_high: upper clip range; None means `clip_eps`.
+    gamma: discount.
+    lam: GAE lambda.
+    beta: KL weight.
+    kl_estimator: "k1", "k2" or "k3".
+    kl_in: "reward" (per-token reward, from logp_old) or "loss".
+    whiten_advantages: whiten A over the batch's completion tokens.
+
+  Returns:
+    (coef [B, T], metrics).
+  """
+  validation.check(rollout, "ppo",
+                   ppo_fields(beta, kl_estimator, kl_in), logp)
+  mask = rollout.completion_mask
+  token_rewards = advantages.outcome_token_rewards(rollout.rewards, mask)
+  if beta and kl_in == "reward":
+    token_rewards = token_rewards + kl.reward_penalty(
+        kl_estimator, rollout.logp_old, rollout.logp_ref, beta)
+  adv, _ = advantages.gae(token_rewards, rollout.values, mask, gamma, lam)
+  if whiten_advantages:
+    adv = advantages.masked_whiten(adv, mask)
+  return policy.clipped_policy_gradient(
+      rollout, logp, adv, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
+      beta=beta, kl_estimator=kl_estimator, kl_in=kl_in)
