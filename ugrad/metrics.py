@@ -20,7 +20,6 @@ from typing import Any, Mapping, Optional
 
 from absl import logging
 import numpy as np
-import tensorboardX
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -49,6 +48,10 @@ class MetricsWriter:
       truncate_jsonl(path, resume_step)
     self._metrics, self._samples = (
         open(p, "a", encoding="utf-8") for p in paths)
+    # Imported here, not at the top: tensorboardX imports torch when it is
+    # installed (2.4 s), which json_scalar and truncate_jsonl users such as
+    # the gradient-log verifier do not need.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
     # TensorBoard hides events at steps >= purge_step from earlier runs.
     purge = 0 if resume_step is None else resume_step + 1
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR),
