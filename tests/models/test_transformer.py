@@ -1,0 +1,292 @@
+"""The NNX decoder against Hugging Face, padding, log-probs and heads."""
+
+import dataclasses
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ugrad.models import transformer as tr
+
+V = 24
+
+
+def _config(**overrides):
+  base = dict(vocab_size=V, hidden_size=32, num_layers=2, num_heads=4,
+              num_kv_heads=2, mlp_size=48, qkv_bias=True, rope_theta=5000.0)
+  base.update(overrides)
+  return tr.ModelConfig(**base)
+
+
+def _tokens(b, t, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, V, (b, t)),
+                     jnp.int32)
+
+
+def _left_pad_mask(lengths, t):
+  return jnp.asarray(np.arange(t)[None, :] >= t - np.asarray(lengths)[:, None],
+                     jnp.int32)
+
+
+def _naive_logprobs(model, tokens, mask=None):
+  logits = model(tokens, mask)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+  return jnp.pad(picked, ((0, 0), (1, 0)))
+
+
+# ------------------------------------------------------------ structure
+
+
+def test_fixed_attribute_names_and_shapes():
+  cfg = _config(tie_embeddings=False)
+  m = tr.Transformer(cfg, rngs=nnx.Rngs(0))
+  _, params = nnx.split(m, nnx.Param)
+  shapes = {".".join(map(str, path)): v.shape
+            for path, v in nnx.to_flat_state(params)}
+  d, dh = 32, 8
+  expected = {
+      "embed_tokens.embedding": (V, d),
+      "layers.1.input_layernorm.scale": (d,),
+      "layers.1.self_attn.q_proj.kernel": (d, 4 * dh),
+      "layers.1.self_attn.q_proj.bias": (4 * dh,),
+      "layers.1.self_attn.k_proj.kernel": (d, 2 * dh),
+      "layers.1.self_attn.v_proj.bias": (2 * dh,),
+      "layers.1.self_attn.o_proj.kernel": (4 * dh, d),
+      "layers.1.post_attention_layernorm.scale": (d,),
+      "layers.1.mlp.gate_proj.kernel": (d, 48),
+      "layers.1.mlp.up_proj.kernel": (d, 48),
+      "layers.1.mlp.down_proj.kernel": (48, d),
+      "norm.scale": (d,),
+      "lm_head.kernel": (d, V),
+  }
+  for name, shape in expected.items():
+    assert shapes[name] == shape, name
+  assert "layers.0.self_attn.o_proj.bias" not in shapes
+  tied = tr.Transformer(_config(qkv_bias=False), rngs=nnx.Rngs(0))
+  tied_names = {".".join(map(str, p))
+                for p, _ in nnx.to_flat_state(nnx.state(tied, nnx.Param))}
+  assert not any("lm_head" in n or "bias" in n for n in tied_names)
+
+
+def test_every_param_has_logical_axes():
+  m = tr.Transformer(_config(tie_embeddings=False), rngs=nnx.Rngs(0))
+  allowed = {"embed", "heads", "kv_heads", "mlp", "vocab", None}
+  for path, var in nnx.to_flat_state(nnx.state(m, nnx.Param)):
+    names = var.get_metadata()["out_sharding"]
+    assert len(names) == var.get_value().ndim, path
+    assert set(names) <= allowed, path
+    assert "embed" in names or path[-1] == "bias", path
+
+
+def test_presets():
+  for name, size in (("embedded", 0.53e6), ("qwen2_2.9m", 2.9e6)):
+    cfg = tr.preset(name, 20)
+    params = nnx.state(nnx.eval_shape(lambda c=cfg: tr.Transformer(
+        c, rngs=nnx.Rngs(0))), nnx.Param)
+    count = sum(x.size for x in jax.tree.leaves(params))
+    assert abs(count - size) / size < 0.05, (name, count)
+  cfg = tr.preset("qwen2_2.9m", 20)
+  assert (cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias) == (2, 64, True)
+  assert tr.preset("embedded", 30, num_layers=3).num_layers == 3
+  with pytest.raises(ValueError, match="valid: embedded, qwen2_2.9m"):
+    tr.preset("gpt5", 20)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_kv_heads=3), "multiple of num_kv_heads"),
+    (dict(hidden_size=30), "set head_dim"),
+    (dict(head_dim=7), "even head_dim"),
+    (dict(dtype="float33"), "not a dtype"),
+])
+def test_config_errors(bad, match):
+  with pytest.raises(ValueError, match=match):
+    _config(**bad)
+
+
+# ------------------------------------------------------- Hugging Face parity
+
+
+def _to_torch(model, cfg):
+  """A transformers model holding `model`'s weights (Linear is [out, in])."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  kind = "Qwen2" if cfg.qkv_bias else "Llama"
+  hf_cfg = getattr(transformers, f"{kind}Config")(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+      num_key_value_heads=cfg.num_kv_heads, intermediate_size=cfg.mlp_size,
+      rms_norm_eps=cfg.rms_eps, tie_word_embeddings=cfg.tie_embeddings,
+      rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+      attention_bias=cfg.qkv_bias)
+  hf = getattr(transformers, f"{kind}ForCausalLM")(hf_cfg).eval()
+  state = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    name = ".".join(map(str, path))
+    value = np.asarray(var.get_value())
+    if name.endswith(".kernel"):
+      name, value = name[:-len("kernel")] + "weight", value.T
+    name = name.replace("embedding", "weight").replace("scale", "weight")
+    state[name if name.startswith("lm_head") else "model." + name] = (
+        torch.tensor(np.ascontiguousarray(value)))
+  if cfg.tie_embeddings:
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+  hf.load_state_dict(state, strict=True)
+  assert hf.config.rope_parameters["rope_theta"] == cfg.rope_theta
+  return hf, torch
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(qkv_bias=True, tie_embeddings=False),
+    dict(qkv_bias=False, tie_embeddings=True, num_kv_heads=4),
+])
+def test_matches_transformers_with_left_padding(overrides):
+  cfg = _config(**overrides)
+  model = tr.Transformer(cfg, rngs=nnx.Rngs(1))
+  # Weights far from init, so a wrong convention cannot hide in small values.
+  params = nnx.state(model, nnx.Param)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in
+            zip(leaves, keys)]
+  nnx.update(model, jax.tree.unflatten(tree, leaves))
+  hf, torch = _to_torch(model, cfg)
+  tokens = _tokens(3, 11)
+  mask = _left_pad_mask([11, 7, 2], 11)
+  positions = tr.positions_from_mask(mask)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(np.asarray(tokens)).long(),
+             attention_mask=torch.tensor(np.asarray(mask)).long(),
+             position_ids=torch.tensor(np.asarray(positions)).long()).logits
+  got = np.asarray(model(tokens, mask))
+  real = np.asarray(mask, bool)
+  np.testing.assert_allclose(got[real], ref.numpy()[real], atol=2e-4,
+                             rtol=2e-4)
+
+
+# ------------------------------------------------------------ padding
+
+
+def test_left_padding_matches_unpadded_and_never_nans():
+  model = tr.Transformer(_config(), rngs=nnx.Rngs(0))
+  tokens = _tokens(3, 9)
+  mask = _left_pad_mask([9, 5, 0], 9)  # Row 2 is all padding.
+  logits = jax.jit(lambda t, m: model(t, m))(tokens, mask)
+  assert np.all(np.isfinite(np.asarray(logits)))
+  alone = model(tokens[1:2, 4:])
+  np.testing.assert_allclose(logits[1, 4:], alone[0], atol=1e-5)
+  graphdef, params = nnx.split(model, nnx.Param)
+  grads = jax.jit(jax.grad(lambda p: tr.token_logprobs(
+      nnx.merge(graphdef, p), tokens, mask).sum()))(params)
+  assert all(np.all(np.isfinite(np.asarray(g)))
+             for g in jax.tree.leaves(grads))
+
+
+def test_no_mask_means_all_real():
+  model = tr.Transformer(_config(), rngs=nnx.Rngs(0))
+  tokens = _tokens(2, 6)
+  np.testing.assert_allclose(model(tokens), model(tokens, jnp.ones((2, 6))),
+                             atol=1e-6)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  cfg = _config()
+  m32 = tr.Transformer(cfg, rngs=nnx.Rngs(0))
+  m16 = tr.Transformer(dataclasses.replace(cfg, dtype="bfloat16"),
+                       rngs=nnx.Rngs(0))
+  tokens = _tokens(2, 8)
+  out = m16(tokens)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out, np.float32), m32(tokens),
+                             atol=0.05)
+
+
+# ---------------------------------------------------------- token_logprobs
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 128])
+def test_token_logprobs_functional_under_jit(chunk_size):
+  model = tr.Transformer(_config(tie_embeddings=False), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  tokens = _tokens(3, 10)
+  mask = _left_pad_mask([10, 6, 3], 10)
+
+  @jax.jit
+  def logp_fn(params, tokens, mask):
+    return tr.token_logprobs(nnx.merge(graphdef, params), tokens, mask,
+                             chunk_size=chunk_size)
+
+  got = logp_fn(params, tokens, mask)
+  assert got.shape == (3, 10) and got.dtype == jnp.float32
+  np.testing.assert_array_equal(got[:, 0], 0.0)
+  np.testing.assert_allclose(got, _naive_logprobs(model, tokens, mask),
+                             atol=1e-5)
+
+
+def test_token_logprobs_gradient_matches_naive(x64):
+  del x64
+  cfg = _config(tie_embeddings=True, dtype="float64", param_dtype="float64")
+  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)),
+                               nnx.Param)
+  tokens = _tokens(2, 9)
+  mask = _left_pad_mask([9, 4], 9)
+  weights = jax.random.normal(jax.random.key(0), (2, 9), jnp.float64)
+
+  def loss(params, fn):
+    return jnp.sum(weights * fn(nnx.merge(graphdef, params)))
+
+  chunked = jax.jit(jax.grad(lambda p: loss(
+      p, lambda m: tr.token_logprobs(m, tokens, mask, chunk_size=3))))
+  naive = jax.jit(jax.grad(lambda p: loss(
+      p, lambda m: _naive_logprobs(m, tokens, mask))))
+  for a, b in zip(jax.tree.leaves(chunked(params)),
+                  jax.tree.leaves(naive(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_token_logprobs_never_holds_full_logits():
+  # A wide vocabulary makes [B, T, V] logits dominate every other buffer.
+  vocab, b, t = 8192, 4, 64
+  cfg = _config(vocab_size=vocab, hidden_size=16, num_heads=2, num_kv_heads=2,
+                mlp_size=16, num_layers=1)
+  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)),
+                               nnx.Param)
+  tokens = jnp.zeros((b, t), jnp.int32)
+  full_logits_bytes = b * t * vocab * 4
+
+  def temp_bytes(fn):
+    grad = jax.jit(jax.grad(lambda p: fn(nnx.merge(graphdef, p)).sum()))
+    return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+  chunked = temp_bytes(lambda m: tr.token_logprobs(m, tokens, chunk_size=4))
+  naive = temp_bytes(lambda m: _naive_logprobs(m, tokens))
+  assert naive > full_logits_bytes  # The check can see a full logits buffer.
+  # A few [B, 4, V] blocks (logits, their cotangent) fit in half of one
+  # [B, T, V] tensor; any full logits buffer would not.
+  assert chunked < full_logits_bytes / 2, (chunked, full_logits_bytes)
+
+
+# ------------------------------------------------------------ scalar head
+
+
+def test_scalar_model_and_last_token_scores():
+  cfg = _config()
+  model = tr.ScalarModel(cfg, rngs=nnx.Rngs(0))
+  tokens = _tokens(3, 7)
+  mask = jnp.asarray([[0, 0, 1, 1, 1, 0, 0],   # Padded on both sides.
+                      [1, 1, 1, 1, 1, 1, 1],
+                      [0, 0, 0, 0, 0, 0, 0]], jnp.int32)
+  np.testing.assert_array_equal(model(tokens, mask), 0.0)  # Zero-init head.
+  model.score_head.kernel.set_value(
+      jax.random.normal(jax.random.key(1), (32, 1)))
+  graphdef, params = nnx.split(model, nnx.Param)
+  scores = jax.jit(lambda p: nnx.merge(graphdef, p)(tokens, mask))(params)
+  assert scores.shape == (3, 7) and scores.dtype == jnp.float32
+  h = model.hidden(tokens, mask)
+  np.testing.assert_allclose(scores, (h @ model.score_head.kernel[...])[..., 0],
+                             atol=1e-5)
+  last = tr.last_token_scores(scores, mask)
+  np.testing.assert_allclose(last, [scores[0, 4], scores[1, 6], scores[2, 0]])

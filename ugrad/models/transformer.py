@@ -1,0 +1,488 @@
+"""A Llama / Qwen2-family decoder in Flax NNX, and per-token log-probs.
+
+The attribute names mirror Hugging Face's (`embed_tokens`, `layers[i].self_attn
+.q_proj`, ...) so the weight bridge is a short name table. Every parameter
+carries logical axis names in its `out_sharding` metadata (not placed eagerly);
+`ugrad.models.sharding` maps them to mesh axes with a rule list.
+
+The same attention code serves training (no cache) and sampling (a `KVCache`
+written in place at a slot index), so cached and uncached logits agree.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import flax.struct
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+# Masked attention scores get this instead of -inf, so a query row that sees
+# no key at all (a left-padding row) gives a uniform softmax, never NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_INIT_STD = 0.02  # Llama / Qwen2 `initializer_range`.
+
+
+def _wide(dtype) -> jnp.dtype:
+  """The dtype of precision-sensitive math: float32, or float64 if wider."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Shape and numerics of a decoder (field names follow the HF configs).
+
+  Attributes:
+    vocab_size: V.
+    hidden_size: D, the residual width.
+    num_layers: number of decoder layers.
+    num_heads: H, query heads.
+    num_kv_heads: Hkv, key/value heads (grouped-query attention); divides H.
+    head_dim: Dh; None means hidden_size // num_heads.
+    mlp_size: F, the SwiGLU inner width.
+    rope_theta: rotary embedding base.
+    rms_eps: RMSNorm epsilon.
+    qkv_bias: biases on q/k/v projections (Qwen2).
+    tie_embeddings: the output projection is the input embedding transposed.
+    dtype: compute dtype name ("float32", "bfloat16").
+    param_dtype: parameter dtype name.
+  """
+
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: Optional[int] = None
+  mlp_size: int
+  rope_theta: float = 10000.0
+  rms_eps: float = 1e-6
+  qkv_bias: bool = False
+  tie_embeddings: bool = True
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim is None:
+      if self.hidden_size % self.num_heads:
+        raise ValueError(f"hidden_size={self.hidden_size} is not a multiple "
+                         f"of num_heads={self.num_heads}; set head_dim")
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if self.head_dim % 2:
+      raise ValueError(f"rotary embeddings need an even head_dim, got "
+                       f"{self.head_dim}")
+    for field in ("dtype", "param_dtype"):
+      try:
+        jnp.dtype(getattr(self, field))
+      except TypeError as e:
+        raise ValueError(f"{field}={getattr(self, field)!r} is not a dtype "
+                         "name") from e
+
+
+def _embedded(vocab_size: int) -> ModelConfig:
+  return ModelConfig(vocab_size=vocab_size, hidden_size=128, num_layers=2,
+                     num_heads=4, num_kv_heads=4, mlp_size=512)
+
+
+def _qwen2_2_9m(vocab_size: int) -> ModelConfig:
+  return ModelConfig(vocab_size=vocab_size, hidden_size=256, num_layers=4,
+                     num_heads=4, num_kv_heads=2, mlp_size=688, qkv_bias=True,
+                     rope_theta=1000000.0)
+
+
+# Model shapes by name; each takes the tokenizer's vocabulary size.
+PRESETS: dict[str, Callable[[int], ModelConfig]] = {
+    "embedded": _embedded,
+    "qwen2_2.9m": _qwen2_2_9m,
+}
+
+
+def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
+  """The config of preset `name` for a vocabulary, with fields overridden."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; valid: "
+                     f"{', '.join(sorted(PRESETS))}")
+  return dataclasses.replace(PRESETS[name](vocab_size), **overrides)
+
+
+def _meta(*names):
+  """Param metadata: logical axis names, applied later by a rule list."""
+  return {"out_sharding": names, "eager_sharding": False}
+
+
+_normal = nnx.initializers.normal(_INIT_STD)
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes, *, bias: bool,
+            rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype), kernel_init=_normal,
+                    kernel_metadata=_meta(*axes),
+                    bias_metadata=_meta(axes[-1]), rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+  """x * rsqrt(mean(x^2) + eps) * scale, statistics in float32 (as in HF)."""
+
+  def __init__(self, dim: int, eps: float, dtype, param_dtype):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), **_meta("embed"))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xw = x.astype(_wide(x.dtype))
+    var = jnp.mean(jnp.square(xw), axis=-1, keepdims=True)
+    y = (xw * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+    return y * self.scale[...].astype(self.dtype)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, preallocated for S slots.
+
+  Attributes:
+    keys: per layer, [B, S, Hkv, Dh] (layout "bshd") or [B, Hkv, S, Dh]
+      (layout "bhsd").
+    values: per layer, same shape as keys.
+    layout: "bshd" or "bhsd" (static).
+  """
+
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+  layout: str = flax.struct.field(pytree_node=False, default="bshd")
+
+
+CACHE_LAYOUTS = ("bshd", "bhsd")
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int,
+               layout: str = "bshd") -> KVCache:
+  """A zero cache of `slots` positions for `batch` rows."""
+  if layout not in CACHE_LAYOUTS:
+    raise ValueError(f"unknown cache layout {layout!r}; valid: "
+                     f"{', '.join(CACHE_LAYOUTS)}")
+  hkv, dh = config.num_kv_heads, config.head_dim
+  shape = ((batch, slots, hkv, dh) if layout == "bshd" else
+           (batch, hkv, slots, dh))
+  zeros = tuple(jnp.zeros(shape, jnp.dtype(config.dtype))
+                for _ in range(config.num_layers))
+  return KVCache(keys=zeros, values=zeros, layout=layout)
+
+
+def rotary(positions: jax.Array, head_dim: int, theta: float,
+           dtype=jnp.float32):
+  """cos and sin tables [B, T, 1, Dh] for the rotate_half convention."""
+  inv_freq = 1.0 / theta**(jnp.arange(0, head_dim, 2, dtype) / head_dim)
+  angles = positions.astype(dtype)[..., None] * inv_freq  # [B, T, Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def _apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates x [B, T, heads, Dh] by position (Llama's rotate_half)."""
+  x1, x2 = jnp.split(x.astype(cos.dtype), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos + rotated * sin).astype(x.dtype)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+            layout: str) -> jax.Array:
+  """Grouped-query softmax attention.
+
+  Args:
+    q: [B, T, H, Dh] queries.
+    k: keys, [B, S, Hkv, Dh] ("bshd") or [B, Hkv, S, Dh] ("bhsd").
+    v: values, same shape as k.
+    mask: bool [B, T, S], True where query t may attend to key slot s.
+    layout: the layout of k and v.
+
+  Returns:
+    [B, T, H, Dh] attention outputs.
+  """
+  b, t, h, dh = q.shape
+  hkv = k.shape[2] if layout == "bshd" else k.shape[1]
+  q = q.reshape(b, t, hkv, h // hkv, dh) * (dh**-0.5)
+  kv_sub = "bskd" if layout == "bshd" else "bksd"
+  scores = jnp.einsum(f"btkgd,{kv_sub}->bkgts", q, k,
+                      preferred_element_type=_wide(q.dtype))
+  scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum(f"bkgts,{kv_sub}->btkgd", probs, v)
+  return out.reshape(b, t, h, dh)
+
+
+def _write(cache: jax.Array, new: jax.Array, index, layout: str) -> jax.Array:
+  """Writes new [B, T, Hkv, Dh] into cache at slot `index`, in place."""
+  if layout == "bhsd":
+    new = new.transpose(0, 2, 1, 3)
+    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype),
+                                        (0, 0, index, 0))
+  return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype),
+                                      (0, index, 0, 0))
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with rotary embeddings."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, dh = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    hkv = cfg.num_kv_heads
+    self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, dh
+    bias = cfg.qkv_bias
+    self.q_proj = _linear(cfg, d, h * dh, ("embed", "heads"), bias=bias,
+                          rngs=rngs)
+    self.k_proj = _linear(cfg, d, hkv * dh, ("embed", "kv_heads"), bias=bias,
+                          rngs=rngs)
+    self.v_proj = _linear(cfg, d, hkv * dh, ("embed", "kv_heads"), bias=bias,
+                          rngs=rngs)
+    self.o_proj = _linear(cfg, h * dh, d, ("heads", "embed"), bias=False,
+                          rngs=rngs)
+
+  def __call__(self, x, rope, mask, cache_kv=None, index=None):
+    """Attention over the current tokens, or over a cache.
+
+    Args:
+      x: [B, T, D] normalised inputs.
+      rope: (cos, sin), each [B, T, 1, Dh].
+      mask: bool [B, T, S]; S = T without a cache, else the cache's slots.
+      cache_kv: None, or (keys, values, layout) of this layer.
+      index: the cache slot of x's first token (scalar int).
+
+    Returns:
+      ([B, T, D] outputs, the updated (keys, values) or None).
+    """
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    q, k = _apply_rotary(q, *rope), _apply_rotary(k, *rope)
+    if cache_kv is None:
+      out, new_kv = _attend(q, k, v, mask, "bshd"), None
+    else:
+      keys, values, layout = cache_kv
+      keys = _write(keys, k, index, layout)
+      values = _write(values, v, index, layout)
+      out, new_kv = _attend(q, keys, values, mask, layout), (keys, values)
+    return self.o_proj(out.reshape(b, t, -1)), new_kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.mlp_size
+    self.gate_proj = _linear(cfg, d, f, ("embed", "mlp"), bias=False,
+                             rngs=rngs)
+    self.up_proj = _linear(cfg, d, f, ("embed", "mlp"), bias=False, rngs=rngs)
+    self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), bias=False,
+                             rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm residual block: attention then MLP."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    d = cfg.hidden_size
+    self.input_layernorm = RMSNorm(d, cfg.rms_eps, dtype, pdtype)
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(d, cfg.rms_eps, dtype, pdtype)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, rope, mask, cache_kv=None, index=None):
+    attn, new_kv = self.self_attn(self.input_layernorm(x), rope, mask,
+                                  cache_kv, index)
+    x = x + attn
+    return x + self.mlp(self.post_attention_layernorm(x)), new_kv
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+  """Positions [B, T] of left-padded rows: cumsum(mask) - 1, 0 on padding."""
+  return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
+
+
+class Backbone(nnx.Module):
+  """Embedding, decoder layers and final norm, shared by every head."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed_tokens = nnx.Embed(
+        config.vocab_size, config.hidden_size, dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype), embedding_init=_normal,
+        embedding_metadata=_meta("vocab", "embed"), rngs=rngs)
+    self.layers = nnx.List(
+        [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.norm = RMSNorm(config.hidden_size, config.rms_eps,
+                        jnp.dtype(config.dtype), jnp.dtype(config.param_dtype))
+
+  def hidden(self, tokens: jax.Array,
+             attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Final hidden states [B, T, D] (after the last norm).
+
+    Args:
+      tokens: int [B, T] token ids; prompts may be left-padded.
+      attention_mask: [B, T], 1 on real tokens; None means all real.
+    """
+    b, t = tokens.shape
+    causal = jnp.tril(jnp.ones((t, t), bool))[None]
+    if attention_mask is None:
+      positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+      mask = jnp.broadcast_to(causal, (b, t, t))
+    else:
+      positions = positions_from_mask(attention_mask)
+      mask = causal & (attention_mask > 0)[:, None, :]
+    rope = rotary(positions, self.config.head_dim, self.config.rope_theta,
+                  _wide(self.config.dtype))
+    x = self.embed_tokens(tokens)
+    for layer in self.layers:
+      x, _ = layer(x, rope, mask)
+    return self.norm(x)
+
+  def hidden_cached(self, tokens: jax.Array, positions: jax.Array,
+                    kv_mask: jax.Array, cache: KVCache, index):
+    """Hidden states of tokens written into a cache at slots index..index+T-1.
+
+    Query t attends to the cache slots s <= index + t where kv_mask is set.
+
+    Args:
+      tokens: int [B, T] token ids.
+      positions: int [B, T] rotary positions of the tokens.
+      kv_mask: [B, S], 1 on cache slots holding real tokens (those being
+        written included).
+      cache: the KVCache of S slots.
+      index: scalar int, the slot of tokens[:, 0].
+
+    Returns:
+      ([B, T, D] final hidden states, the updated cache).
+    """
+    t, s = tokens.shape[1], kv_mask.shape[1]
+    visible = jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None]
+    mask = visible[None] & (kv_mask > 0)[:, None, :]
+    rope = rotary(positions, self.config.head_dim, self.config.rope_theta,
+                  _wide(self.config.dtype))
+    x = self.embed_tokens(tokens)
+    keys, values = [], []
+    for layer, k, v in zip(self.layers, cache.keys, cache.values):
+      x, (k, v) = layer(x, rope, mask, (k, v, cache.layout), index)
+      keys.append(k)
+      values.append(v)
+    cache = KVCache(keys=tuple(keys), values=tuple(values), layout=cache.layout)
+    return self.norm(x), cache
+
+
+class Transformer(Backbone):
+  """A causal language model: logits [B, T, V]."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    super().__init__(config, rngs=rngs)
+    if not config.tie_embeddings:
+      self.lm_head = _linear(config, config.hidden_size, config.vocab_size,
+                             ("embed", "vocab"), bias=False, rngs=rngs)
+
+  def output_embedding(self) -> jax.Array:
+    """The [D, V] matrix that maps hidden states to logits."""
+    if self.config.tie_embeddings:
+      return self.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Projects hidden states [..., D] to logits [..., V]."""
+    w = self.output_embedding().astype(jnp.dtype(self.config.dtype))
+    return hidden @ w
+
+  def __call__(self, tokens: jax.Array,
+               attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Logits [B, T, V]; see `hidden` for the arguments."""
+    return self.logits(self.hidden(tokens, attention_mask))
+
+
+class ScalarModel(Backbone):
+  """The backbone with a scalar head: a value or reward per token, [B, T].
+
+  `score_head` has no bias, like HF's `Qwen2ForSequenceClassification.score`,
+  and starts at zero so a fresh critic predicts 0.
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    super().__init__(config, rngs=rngs)
+    self.score_head = nnx.Linear(
+        config.hidden_size, 1, use_bias=False, dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=nnx.initializers.zeros,
+        kernel_metadata=_meta("embed", None),
+        rngs=rngs)
+
+  def __call__(self, tokens: jax.Array,
+               attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Scores [B, T] (float32 or wider): the score of each prefix
+    tokens[b, :t+1]."""
+    h = self.hidden(tokens, attention_mask)
+    return self.score_head(h)[..., 0].astype(_wide(h.dtype))
+
+
+def last_token_scores(scores: jax.Array, mask: jax.Array) -> jax.Array:
+  """The score at the last real token of each row.
+
+  Args:
+    scores: [B, T] per-token scores.
+    mask: [B, T], 1 on real tokens (e.g. the attention mask).
+
+  Returns:
+    [B] scores; a row with no real token gets its column 0.
+  """
+  t = scores.shape[-1]
+  last = jnp.max(jnp.where(mask > 0, jnp.arange(t), 0), axis=-1)
+  return jnp.take_along_axis(scores, last[:, None], axis=-1)[:, 0]
+
+
+def _chunk_logprobs(hidden, targets, w):
+  """log softmax(hidden @ w)[targets]: [B, C, D], [B, C], [D, V] -> [B, C]."""
+  logits = (hidden @ w.astype(hidden.dtype)).astype(_wide(hidden.dtype))
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return picked - logz
+
+
+def token_logprobs(model: Transformer, tokens: jax.Array,
+                   attention_mask: Optional[jax.Array] = None,
+                   chunk_size: int = 128) -> jax.Array:
+  """Per-token log-probs, `logp[b, t] = log pi(tokens[b, t] | tokens[b, :t])`.
+
+  Column 0 has no context and is 0. The vocabulary projection runs over
+  sequence chunks of `chunk_size` under `jax.checkpoint`, so neither the
+  forward nor the backward pass holds more than one [B, chunk, V] logits
+  block. Differentiable, and jit-able after `nnx.merge`.
+
+  Args:
+    model: the policy.
+    tokens: int [B, T].
+    attention_mask: [B, T] or None (see `Transformer.hidden`).
+    chunk_size: sequence positions projected at once.
+
+  Returns:
+    [B, T] log-probs, float32 (float64 for a float64 model).
+  """
+  b, t = tokens.shape
+  hidden = model.hidden(tokens, attention_mask)[:, :-1]  # predicts 1..T-1
+  targets = tokens[:, 1:]
+  c = max(1, min(chunk_size, t - 1))
+  n = -(-(t - 1) // c)
+  pad = n * c - (t - 1)
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+  targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  # [n, B, c, ...]: lax.map runs one chunk at a time.
+  hidden = hidden.reshape(b, n, c, -1).swapaxes(0, 1)
+  targets = targets.reshape(b, n, c).swapaxes(0, 1)
+  w = model.output_embedding()
+  # Under checkpoint the backward pass recomputes each chunk's logits instead
+  # of saving all n of them.
+  chunk_fn = jax.checkpoint(_chunk_logprobs)
+  logp = jax.lax.map(lambda xs: chunk_fn(xs[0], xs[1], w), (hidden, targets))
+  logp = logp.swapaxes(0, 1).reshape(b, n * c)[:, :t - 1]  # [B, T-1]
+  return jnp.pad(logp, ((0, 0), (1, 0)))
