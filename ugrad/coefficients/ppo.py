@@ -28,6 +28,21 @@ def ppo_fields(beta: float = 0.0, kl_estimator: str = "k1",
   return fields
 
 
+def token_rewards(rollout: rollout_lib.Rollout, beta: float,
+                  kl_estimator: str, kl_in: str) -> jax.Array:
+  """[B, T] r * 1[t = last] - beta * k(x_old_t) (the KL only when in reward).
+
+  Shared by the coefficient and the trainer's critic, whose regression
+  targets are the GAE returns of these rewards.
+  """
+  rewards = advantages.outcome_token_rewards(rollout.rewards,
+                                             rollout.completion_mask)
+  if beta and kl_in == "reward":
+    rewards = rewards + kl.reward_penalty(kl_estimator, rollout.logp_old,
+                                          rollout.logp_ref, beta)
+  return rewards
+
+
 def ppo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
         clip_eps: float = 0.2,
         clip_eps_high: Optional[float] = None,
@@ -58,11 +73,8 @@ def ppo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   validation.check(rollout, "ppo",
                    ppo_fields(beta, kl_estimator, kl_in), logp)
   mask = rollout.completion_mask
-  token_rewards = advantages.outcome_token_rewards(rollout.rewards, mask)
-  if beta and kl_in == "reward":
-    token_rewards = token_rewards + kl.reward_penalty(
-        kl_estimator, rollout.logp_old, rollout.logp_ref, beta)
-  adv, _ = advantages.gae(token_rewards, rollout.values, mask, gamma, lam)
+  rewards = token_rewards(rollout, beta, kl_estimator, kl_in)
+  adv, _ = advantages.gae(rewards, rollout.values, mask, gamma, lam)
   if whiten_advantages:
     adv = advantages.masked_whiten(adv, mask)
   return policy.clipped_policy_gradient(
