@@ -64,7 +64,8 @@ class Checkpointer:
   a half-written step directory, only a temporary one.
   """
 
-  def __init__(self, directory: str, save_every: int, max_to_keep: int = 3):
+  def __init__(self, directory: str, save_every: int,
+               max_to_keep: Optional[int] = 3):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
@@ -200,7 +201,7 @@ class Checkpointer:
     stored = self._manager.metadata(step).item_metadata[_STATE]
     if stored is None:
       raise FileNotFoundError(f"step {step} has no readable '{_STATE}' item")
-    stored = ocp.tree.to_flat_dict(getattr(stored, "tree", stored))
+    stored = ocp.tree.to_flat_dict(stored)
     wanted = ocp.tree.to_flat_dict(abstract_state)
     where = f"checkpoint step {step} in {self.directory}"
     for path in sorted(set(wanted) | set(stored)):
