@@ -1,6 +1,7 @@
-"""Evaluation statistics: pass@k, maj@k and bootstrap confidence intervals.
+"""Evaluation: greedy accuracy, pass@k, maj@k, bootstrap confidence intervals.
 
-Every metric is computed per question first, so that one percentile bootstrap
+`greedy_accuracy` runs a policy on a task's held-out questions; the rest are
+statistics. Every metric is computed per question first, so that one percentile bootstrap
 over questions gives a confidence interval for any of them. The functions are
 plain numpy and never see a model: callers pass, per question, the sampled
 final answers (None where the answer failed to parse) and the correctness of
@@ -417,3 +418,54 @@ def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
                              equivalent=equivalent, subsets=subsets,
                              num_subsets=num_subsets, ties=ties, seed=seed))
   return out
+
+
+def greedy_accuracy(task, graphdef, params, num_questions: int,
+                    prompt_len: int, max_new_tokens: int,
+                    batch_size: int = 256, split: str = "test") -> dict:
+  """Greedy accuracy of a policy on the first questions of `split`.
+
+  Every batch has the same shape (the last one is padded with repeats that
+  are not scored), so the sampler compiles once.
+
+  Args:
+    task: a `ugrad.tasks.Task`.
+    graphdef: the policy's graph definition.
+    params: its parameters.
+    num_questions: how many questions (at most the split's size).
+    prompt_len: the fixed prompt length P.
+    max_new_tokens: the completion budget.
+    batch_size: questions per sampler call.
+    split: "test" (held out) or "train".
+
+  Returns:
+    {"greedy_acc": mean, "greedy_acc_ci": [low, high], "eval_questions": n}.
+  """
+  # Imported here: the statistics above must not need JAX.
+  from ugrad import sampling  # pylint: disable=g-import-not-at-top
+  from ugrad import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from ugrad.sources import layout  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  examples = task.examples(split)
+  n = min(num_questions, len(examples))
+  tok = task.tokenizer
+  config = sampling.SamplingConfig(max_new_tokens=max_new_tokens,
+                                   eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                   temperature=0.0)
+  batch_size = min(batch_size, n)
+  correct = []
+  for start in range(0, n, batch_size):
+    chunk = [examples[i] for i in range(start, min(start + batch_size, n))]
+    padded = chunk + chunk[:1] * (batch_size - len(chunk))
+    prompts = [tasks_lib.encode_prompt(tok, task.prompt(ex)) for ex in padded]
+    p_tokens, p_mask = layout.pack_prompts(prompts, prompt_len, tok.pad_id)
+    out = sampling.sample(graphdef, params, p_tokens, p_mask,
+                          jax.random.key(0), config)
+    tokens = np.asarray(out.tokens)
+    mask = np.asarray(out.completion_mask)
+    for ex, ids in zip(chunk, layout.completion_ids(tokens, mask)):
+      correct.append(task.reward(ex, tok.decode(ids)))
+  mean, low, high = bootstrap_ci(np.asarray(correct, np.float64))
+  return {"greedy_acc": mean, "greedy_acc_ci": [low, high],
+          "eval_questions": n}

@@ -1,0 +1,59 @@
+"""Defaults shared by every method: the embedded task, the tiny policy, GRPO."""
+
+import ml_collections
+
+from experiments.configs import _common
+
+
+def get_config():
+  """Returns the base config; method files override a few fields."""
+  c = ml_collections.ConfigDict()
+  c.method = "base"
+  c.seed = 0
+
+  # The task: the embedded arithmetic problems, or a JSONL file.
+  c.task = "arithmetic"
+  c.task_kwargs = ml_collections.ConfigDict(
+      dict(num_operands=3, digits=(1, 2), operators="+-"))
+
+  # The policy: a model preset, optionally initialised from a checkpoint
+  # (a ugrad workdir or a Hugging Face directory). RL configs on the embedded
+  # task train their own SFT policy first when init_from is empty.
+  c.model = "embedded"
+  c.init_from = ""
+  c.warm_start = ml_collections.ConfigDict(
+      dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50))
+
+  # The three families.
+  c.source = "online"
+  c.reward = "rule"
+  c.coef = _common.coef("grpo")
+  c.normalizer = "sequence"
+
+  # Sampling sources.
+  c.sampling = ml_collections.ConfigDict(
+      dict(questions=32, group_size=8, temperature=1.0, top_k=0, top_p=1.0,
+           max_new_tokens=40, pairs=False, dynamic=False, max_draws=4,
+           pool_questions=1024))
+  c.batch_size = 64  # rows per step for the `dataset` source
+
+  # Optimisation.
+  c.steps = 150
+  c.optim = ml_collections.ConfigDict(
+      dict(lr=1e-4, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
+           grad_clip=1.0))
+  c.ppo_epochs = 1
+  c.minibatches = 1
+  c.micro_batches = 1
+  c.recompute_logp_old = False
+  c.ref_reset_every = 0  # iterative RL: reset the reference every N steps
+  c.critic = ml_collections.ConfigDict(dict(lr=1e-4, value_clip=0.2))
+
+  # Checkpoints, logs, evaluation.
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 3
+  c.sample_log_every = 50
+  c.eval_every = 0
+  c.eval_questions = 1024
+  c.fsdp = False
+  return c

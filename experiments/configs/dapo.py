@@ -1,0 +1,13 @@
+"""DAPO: clip-higher, token normaliser, no KL, dynamic sampling."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.method = "dapo"
+  c.coef = _common.coef("dapo")
+  c.normalizer = "token"
+  c.sampling.dynamic = True
+  return c

@@ -1,0 +1,12 @@
+"""Dr. GRPO: mean-centred group advantage, constant normaliser, no KL."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.method = "dr_grpo"
+  c.coef = _common.coef("dr_grpo")
+  c.normalizer = "constant"
+  return c

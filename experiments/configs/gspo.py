@@ -1,0 +1,11 @@
+"""GSPO: sequence-level importance ratio, clipped per sequence."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.method = "gspo"
+  c.coef = _common.coef("gspo")
+  return c

@@ -1,0 +1,12 @@
+"""REINFORCE++: KL-shaped returns whitened over the batch, PPO clip."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.method = "reinforce_pp"
+  c.coef = _common.coef("reinforce_pp")
+  c.normalizer = "token"
+  return c

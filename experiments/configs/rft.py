@@ -1,0 +1,13 @@
+"""RFT: samples of the frozen SFT policy, GC = 1[correct]."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.method = "rft"
+  c.source = "frozen_policy"
+  c.reward = "rule"
+  c.coef = _common.coef("rft")
+  return c

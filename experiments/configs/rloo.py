@@ -1,0 +1,12 @@
+"""RLOO: leave-one-out baseline, token-sum aggregation."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.method = "rloo"
+  c.coef = _common.coef("rloo")
+  c.normalizer = "constant"
+  return c

@@ -1,0 +1,165 @@
+"""Reward functions: where the training signal comes from.
+
+Each reward function maps (context, batch) to arrays for the batch's rollout:
+outcome rewards `rewards` [B], or process rewards `step_rewards` [B, T] at the
+last token of each step with `step_mask` [B, T].
+
+* `none`: no reward (SFT).
+* `rule`: the task's final-answer check (the embedded task's `####` answer,
+  math-verify for real data).
+* `model`: a learned outcome reward model, its score at the last real token.
+* `process`: a learned process reward model, sigmoid of its score at the last
+  token of each step.
+* `ground_truth_process`: the embedded task's true step labels (1 / 0).
+
+A reward spec is a name or a weighted sum, "rule" or "rule:1.0,model:0.5".
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+
+from ugrad import tasks as tasks_lib
+from ugrad.sources import layout
+
+# (tokens [B, T], attention_mask [B, T]) -> float scores [B, T].
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass
+class RewardContext:
+  """What reward functions may use besides the batch.
+
+  Attributes:
+    task: the `Task` (rule checks, step labels, step ends).
+    outcome_model: scores of the outcome reward model, or None.
+    process_model: scores of the process reward model, or None.
+  """
+
+  task: object
+  outcome_model: Optional[ScoreFn] = None
+  process_model: Optional[ScoreFn] = None
+
+
+def _completion_start(completion_mask: np.ndarray) -> np.ndarray:
+  return np.argmax(completion_mask > 0, axis=1)
+
+
+def step_end_mask(ctx: RewardContext, batch) -> np.ndarray:
+  """[B, T] 1 at the last token of each step of each completion."""
+  r = batch.rollout
+  mask = np.zeros(r.tokens.shape, np.float32)
+  starts = _completion_start(r.completion_mask)
+  ids = layout.completion_ids(r.tokens, r.completion_mask)
+  for b, text in enumerate(batch.texts):
+    ends = ctx.task.step_ends(text) if text else []
+    if ends:
+      cols = tasks_lib.chars_to_tokens(ctx.task.tokenizer, ids[b], ends)
+      mask[b, starts[b] + np.asarray(cols)] = 1.0
+  return mask
+
+
+def no_reward(ctx: RewardContext, batch) -> dict:
+  del ctx, batch
+  return {}
+
+
+def rule(ctx: RewardContext, batch) -> dict:
+  rewards = [ctx.task.reward(ex, text) if text else 0.0
+             for ex, text in zip(batch.examples, batch.texts)]
+  return {"rewards": np.asarray(rewards, np.float32)}
+
+
+def ground_truth_process(ctx: RewardContext, batch) -> dict:
+  steps = step_end_mask(ctx, batch)
+  values = np.zeros_like(steps)
+  for b, (ex, text) in enumerate(zip(batch.examples, batch.texts)):
+    if text:
+      labels = ctx.task.step_labels(ex, text)
+      values[b, np.flatnonzero(steps[b])] = np.asarray(labels, np.float32)
+  return {"step_rewards": values, "step_mask": steps}
+
+
+def _need(model, name: str):
+  if model is None:
+    raise ValueError(f"the {name!r} reward needs a trained reward model "
+                     "(set config.reward_model_from)")
+  return model
+
+
+def outcome_model(ctx: RewardContext, batch) -> dict:
+  r = batch.rollout
+  scores = _need(ctx.outcome_model, "model")(r.tokens, r.attention_mask)
+  t = r.tokens.shape[1]
+  last = np.max(np.where(r.attention_mask > 0, np.arange(t), 0), axis=1)
+  rewards = np.asarray(scores)[np.arange(len(last)), last]
+  has = r.completion_mask.sum(1) > 0
+  return {"rewards": np.where(has, rewards, 0.0).astype(np.float32)}
+
+
+def process_model(ctx: RewardContext, batch) -> dict:
+  r = batch.rollout
+  scores = _need(ctx.process_model, "process")(r.tokens, r.attention_mask)
+  steps = step_end_mask(ctx, batch)
+  probs = 1.0 / (1.0 + np.exp(-np.asarray(scores, np.float64)))
+  return {"step_rewards": np.where(steps > 0, probs, 0.0).astype(np.float32),
+          "step_mask": steps}
+
+
+REWARDS = {
+    "none": no_reward,
+    "rule": rule,
+    "model": outcome_model,
+    "process": process_model,
+    "ground_truth_process": ground_truth_process,
+}
+
+
+def parse_spec(spec: str) -> list[tuple[str, float]]:
+  """"rule" or "rule:1.0,model:0.5" -> [(name, weight), ...].
+
+  Raises:
+    ValueError: for an unknown name (listing the valid ones) or a bad weight.
+  """
+  terms = []
+  for part in spec.split(","):
+    name, _, weight = part.strip().partition(":")
+    if name not in REWARDS:
+      raise ValueError(f"unknown reward {name!r}; valid rewards: "
+                       f"{', '.join(sorted(REWARDS))}")
+    try:
+      terms.append((name, float(weight) if weight else 1.0))
+    except ValueError:
+      raise ValueError(f"bad weight {weight!r} for reward {name!r} in "
+                       f"{spec!r}") from None
+  return terms
+
+
+def make_scorer(spec: str, ctx: RewardContext):
+  """A function batch -> batch with the weighted rewards filled in."""
+  terms = parse_spec(spec)
+
+  def score(batch):
+    total = {}
+    for name, weight in terms:
+      for field, value in REWARDS[name](ctx, batch).items():
+        if field == "step_mask":
+          total[field] = np.maximum(total.get(field, 0), value)
+        else:
+          total[field] = total.get(field, 0) + weight * value
+    batch.rollout = batch.rollout.replace(**total)
+    return batch
+
+  return score
+
+
+def provided_fields(spec: str) -> set:
+  """The Rollout fields a reward spec fills."""
+  fields = set()
+  for name, _ in parse_spec(spec):
+    if name in ("rule", "model"):
+      fields.add("rewards")
+    elif name in ("process", "ground_truth_process"):
+      fields |= {"step_rewards", "step_mask"}
+  return fields

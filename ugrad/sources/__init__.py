@@ -1,0 +1,340 @@
+"""Data sources: where the (question, output) pairs of a step come from.
+
+* `dataset`: gold (question, solution) pairs of the task (SFT).
+* `frozen_policy`: samples of a fixed policy (pi_sft), drawn once for a pool
+  of questions and cached in the workdir (RFT, DPO).
+* `online`: samples of the current parameters at every step (online RFT, PPO,
+  GRPO).
+
+Every source returns a `Batch` whose rollout has the fixed [B, P + N] layout
+of `layout.pack`. Draws are a pure function of (seed, step), so a resumed run
+sees exactly the data an uninterrupted one would.
+"""
+
+import dataclasses
+import os
+from typing import Callable, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from ugrad import rollout as rollout_lib
+from ugrad import tasks as tasks_lib
+from ugrad.sources import layout
+
+Rollout = rollout_lib.Rollout
+
+
+@dataclasses.dataclass
+class Batch:
+  """A step's data on the host.
+
+  Attributes:
+    rollout: a `Rollout` of numpy arrays, rows in groups of G (prompt-major).
+    examples: the `Example` of each row.
+    texts: the decoded completion of each row.
+    metrics: source statistics (zero-signal groups, dropped groups, ...).
+  """
+
+  rollout: Rollout
+  examples: list
+  texts: list
+  metrics: dict
+
+
+# A reward scorer fills rewards / step_rewards / step_mask of a Batch.
+Scorer = Callable[[Batch], Batch]
+# A sampler maps (params, prompt tokens [Q, P], prompt mask, key) to samples.
+Sampler = Callable
+
+
+def select(batch: Batch, rows: Sequence[int]) -> Batch:
+  """The batch restricted to `rows` (in that order)."""
+  rows = np.asarray(rows, np.int64)
+  rollout = jax.tree.map(lambda x: x[rows], batch.rollout)
+  return Batch(rollout, [batch.examples[i] for i in rows],
+               [batch.texts[i] for i in rows], dict(batch.metrics))
+
+
+def concat(batches: Sequence[Batch]) -> Batch:
+  """Rows of several batches, in order (metrics of the first)."""
+  rollout = jax.tree.map(lambda *x: np.concatenate(x), *[
+      b.rollout for b in batches])
+  return Batch(rollout, sum((b.examples for b in batches), []),
+               sum((b.texts for b in batches), []), dict(batches[0].metrics))
+
+
+def blank_rows(batch: Batch, rows: Sequence[int]) -> Batch:
+  """Copies of `rows` with no completion: they pad a batch to its shape.
+
+  A row without completion tokens contributes nothing to the loss under any
+  normaliser (see `ugrad.unified_loss`).
+  """
+  out = select(batch, rows)
+  mask = np.zeros_like(out.rollout.completion_mask)
+  out.rollout = out.rollout.replace(completion_mask=mask)
+  out.texts = [""] * len(out.texts)
+  return out
+
+
+def _step_rng(seed: int, step: int, attempt: int = 0) -> np.random.Generator:
+  return np.random.default_rng([seed, step, attempt])
+
+
+def _group_rewards(batch: Batch, group_size: int) -> np.ndarray:
+  """[Q, G] rewards (step rewards summed when there is no outcome reward)."""
+  r = batch.rollout
+  if r.rewards is not None:
+    rewards = np.asarray(r.rewards)
+  else:
+    rewards = np.asarray(r.step_rewards).sum(-1)
+  return rewards.reshape(-1, group_size)
+
+
+def _varied_groups(batch: Batch, group_size: int) -> np.ndarray:
+  """Indices of the groups whose rewards are not all equal."""
+  rewards = _group_rewards(batch, group_size)
+  return np.flatnonzero(np.ptp(rewards, axis=1) > 0)
+
+
+def _rows_of(groups: Sequence[int], group_size: int) -> np.ndarray:
+  groups = np.asarray(groups, np.int64)
+  return (groups[:, None] * group_size + np.arange(group_size)).reshape(-1)
+
+
+def make_pairs(batch: Batch, group_size: int) -> Batch:
+  """DPO pairs: one correct and one incorrect sample from each group.
+
+  The chosen sample is the first with the group's highest reward, the
+  rejected one the first with its lowest; groups whose rewards are all equal
+  have no pair and are dropped (counted in `pairs_dropped_frac`). The batch
+  keeps one pair slot per group; unused slots are blank rows.
+
+  Returns:
+    A batch of 2 rows per group: (chosen, rejected), with pair_ids and
+    pair_sign set.
+  """
+  rewards = _group_rewards(batch, group_size)
+  num_groups = rewards.shape[0]
+  rows, real = [], []
+  for g in range(num_groups):
+    best, worst = int(np.argmax(rewards[g])), int(np.argmin(rewards[g]))
+    real.append(rewards[g, best] > rewards[g, worst])
+    rows += [g * group_size + best, g * group_size + worst]
+  out = select(batch, rows)
+  blank = np.repeat(~np.asarray(real, bool), 2)
+  mask = np.where(blank[:, None], 0, out.rollout.completion_mask)
+  num_pairs = np.arange(num_groups, dtype=np.int32)
+  out.rollout = out.rollout.replace(
+      completion_mask=mask.astype(np.int32),
+      pair_ids=np.repeat(num_pairs, 2),
+      pair_sign=np.tile(np.array([1.0, -1.0], np.float32), num_groups),
+      group_ids=np.repeat(num_pairs, 2))
+  out.metrics["pairs_dropped_frac"] = float(1.0 - np.mean(real))
+  return out
+
+
+class DatasetSource:
+  """Gold (question, completion) pairs of the task's training split."""
+
+  needs_policy = False
+
+  def __init__(self, task, *, batch_size: int, prompt_len: int,
+               completion_len: int, seed: int, **unused):
+    del unused
+    self.task = task
+    self.batch_size = batch_size
+    self.prompt_len = prompt_len
+    self.completion_len = completion_len
+    self.seed = seed
+    self.group_size = 1
+
+  def draw(self, params, step: int, score: Optional[Scorer] = None) -> Batch:
+    del params
+    train = self.task.examples("train")
+    idx = _step_rng(self.seed, step).integers(len(train), size=self.batch_size)
+    examples = [train[int(i)] for i in idx]
+    encoded = [tasks_lib.encode_example(self.task, ex) for ex in examples]
+    arrays = layout.pack([p for p, _ in encoded], [c for _, c in encoded],
+                         self.prompt_len, self.completion_len,
+                         self.task.tokenizer.pad_id)
+    texts = [self.task.completion(ex) for ex in examples]
+    batch = Batch(Rollout(**arrays), examples, texts, {})
+    return score(batch) if score is not None else batch
+
+
+class OnlineSource:
+  """G samples per question from the current parameters, every step.
+
+  Options: `pairs` builds DPO pairs from each group; `dynamic` drops groups
+  whose rewards are all equal and draws again (at most `max_draws` draws in
+  all) until the batch is full (DAPO's dynamic sampling); when the bound is
+  reached the batch is filled with dropped groups, which carry no signal, and
+  `dynamic_fill_frac` says how many.
+  """
+
+  needs_policy = True
+
+  def __init__(self, task, *, sampler: Sampler, questions: int,
+               group_size: int, prompt_len: int, seed: int,
+               pairs: bool = False, dynamic: bool = False,
+               max_draws: int = 4, **unused):
+    del unused
+    self.task = task
+    self.sampler = sampler
+    self.questions = questions
+    self.group_size = group_size
+    self.prompt_len = prompt_len
+    self.seed = seed
+    self.pairs = pairs
+    self.dynamic = dynamic
+    self.max_draws = max_draws if dynamic else 1
+
+  def _sample(self, params, examples, key) -> Batch:
+    tok = self.task.tokenizer
+    prompts = [tasks_lib.encode_prompt(tok, self.task.prompt(ex))
+               for ex in examples]
+    p_tokens, p_mask = layout.pack_prompts(prompts, self.prompt_len,
+                                           tok.pad_id)
+    out = jax.device_get(self.sampler(params, p_tokens, p_mask, key))
+    g = self.group_size
+    rows = len(examples) * g
+    rollout = Rollout(
+        tokens=np.asarray(out.tokens, np.int32),
+        attention_mask=np.asarray(out.attention_mask, np.int32),
+        completion_mask=np.asarray(out.completion_mask, np.int32),
+        logp_old=np.asarray(out.logp, np.float32),
+        group_ids=np.arange(rows, dtype=np.int32) // g)
+    ids = layout.completion_ids(rollout.tokens, rollout.completion_mask)
+    texts = [tok.decode(x) for x in ids]
+    return Batch(rollout, [ex for ex in examples for _ in range(g)], texts,
+                 {})
+
+  def _questions(self, step: int, attempt: int) -> list:
+    train = self.task.examples("train")
+    idx = _step_rng(self.seed, step, attempt).integers(
+        len(train), size=self.questions)
+    return [train[int(i)] for i in idx]
+
+  def draw(self, params, step: int, score: Scorer) -> Batch:
+    key = jax.random.fold_in(jax.random.key(self.seed), step)
+    return self._assemble(lambda attempt: score(self._sample(
+        params, self._questions(step, attempt),
+        jax.random.fold_in(key, attempt))))
+
+  def _assemble(self, draw_once: Callable[[int], Batch]) -> Batch:
+    """Draws groups (dynamic: until enough carry signal) into one batch."""
+    kept, dropped, draws = [], [], 0
+    while draws < self.max_draws and sum(len(k) for _, k in kept) < (
+        self.questions):
+      batch = draw_once(draws)
+      draws += 1
+      every = np.arange(self.questions)
+      varied = _varied_groups(batch, self.group_size)
+      if not self.dynamic:
+        kept.append((batch, every))
+        break
+      kept.append((batch, varied))
+      dropped.append((batch, np.setdiff1d(every, varied)))
+    parts, have = [], 0
+    for source in (kept, dropped):
+      for part, groups in source:
+        take = groups[:self.questions - have]
+        if len(take):
+          parts.append(select(part, _rows_of(take, self.group_size)))
+          have += len(take)
+      if source is kept:
+        filled = self.questions - have
+    batch = concat(parts)
+    g = self.group_size
+    batch.rollout = batch.rollout.replace(
+        group_ids=np.arange(self.questions * g, dtype=np.int32) // g)
+    flat_groups = self.questions - len(_varied_groups(batch, g))
+    batch.metrics = {"zero_signal_group_frac": flat_groups / self.questions,
+                     "draws": float(draws)}
+    if self.dynamic:
+      batch.metrics["dynamic_fill_frac"] = filled / self.questions
+    if self.pairs:
+      batch = make_pairs(batch, g)
+    return batch
+
+
+class FrozenPolicySource(OnlineSource):
+  """Samples of the initial (SFT) policy, drawn once and cached.
+
+  At the first step the policy samples G completions for `pool_questions`
+  training questions; the pool is saved to `workdir/frozen_pool.npz` and
+  reused by later steps and by resumed runs. Each step takes `questions`
+  groups of the pool, chosen by (seed, step). Rewards are scored per step
+  (a learned reward model may change between steps).
+  """
+
+  def __init__(self, task, *, workdir: str, pool_questions: int, **kwargs):
+    super().__init__(task, **kwargs)
+    self.path = os.path.join(workdir, "frozen_pool.npz")
+    self.pool_questions = pool_questions
+    self._pool: Optional[Batch] = None
+
+  def _build_pool(self, params) -> Batch:
+    if os.path.exists(self.path):
+      with np.load(self.path) as f:
+        fields = {k: f[k] for k in f.files}
+      question_idx = fields.pop("question_idx")
+      logging.info("Loaded the frozen-policy pool from %s", self.path)
+    else:
+      rng = _step_rng(self.seed, -1)
+      train = self.task.examples("train")
+      question_idx = rng.choice(len(train), self.pool_questions,
+                                replace=len(train) < self.pool_questions)
+      key = jax.random.fold_in(jax.random.key(self.seed), -1)
+      parts = []
+      for start in range(0, self.pool_questions, self.questions):
+        chunk = question_idx[start:start + self.questions]
+        examples = [train[int(i)] for i in chunk]
+        if len(examples) < self.questions:  # keep one compiled shape
+          examples += examples[:1] * (self.questions - len(examples))
+        part = self._sample(params, examples,
+                            jax.random.fold_in(key, start))
+        parts.append(select(part, np.arange(len(chunk) * self.group_size)))
+      pool = concat(parts)
+      fields = {k: v for k, v in dataclasses.asdict(pool.rollout).items()
+                if v is not None}
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      tmp = self.path + ".tmp.npz"
+      np.savez(tmp, question_idx=question_idx, **fields)
+      os.replace(tmp, self.path)
+      logging.info("Sampled and cached the frozen-policy pool at %s",
+                   self.path)
+    train = self.task.examples("train")
+    rollout = Rollout(**fields)
+    g = self.group_size
+    ids = layout.completion_ids(rollout.tokens, rollout.completion_mask)
+    texts = [self.task.tokenizer.decode(x) for x in ids]
+    examples = [train[int(i)] for i in question_idx for _ in range(g)]
+    return Batch(rollout, examples, texts, {})
+
+  def draw(self, params, step: int, score: Scorer) -> Batch:
+    if self._pool is None:
+      self._pool = self._build_pool(params)
+    num_groups = len(self._pool.examples) // self.group_size
+
+    def draw_once(attempt):
+      groups = _step_rng(self.seed, step, attempt).choice(
+          num_groups, self.questions, replace=num_groups < self.questions)
+      return score(select(self._pool, _rows_of(groups, self.group_size)))
+
+    return self._assemble(draw_once)
+
+
+SOURCES = {
+    "dataset": DatasetSource,
+    "frozen_policy": FrozenPolicySource,
+    "online": OnlineSource,
+}
+
+
+def check_name(name: str) -> None:
+  if name not in SOURCES:
+    raise ValueError(f"unknown source {name!r}; valid sources: "
+                     f"{', '.join(sorted(SOURCES))}")

@@ -1,0 +1,63 @@
+"""Fixed-shape token layouts shared by every data source.
+
+Every row is a LEFT-padded prompt of P tokens followed by a RIGHT-padded
+completion of N tokens, so all batches of a run have one shape [B, P + N] and
+the jitted train step compiles once.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+
+def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
+                 pad_id: int):
+  """Left-pads prompts into int32 [B, P] tokens and mask.
+
+  Raises:
+    ValueError: when a prompt is longer than `prompt_len`.
+  """
+  tokens = np.full((len(prompts), prompt_len), pad_id, np.int32)
+  mask = np.zeros((len(prompts), prompt_len), np.int32)
+  for i, ids in enumerate(prompts):
+    if len(ids) > prompt_len:
+      raise ValueError(f"prompt {i} has {len(ids)} tokens, more than the "
+                       f"prompt length {prompt_len}")
+    if ids:
+      tokens[i, prompt_len - len(ids):] = ids
+      mask[i, prompt_len - len(ids):] = 1
+  return tokens, mask
+
+
+def pack(prompts: Sequence[Sequence[int]],
+         completions: Sequence[Sequence[int]], prompt_len: int,
+         completion_len: int, pad_id: int) -> dict:
+  """Packs prompt and completion ids into the fixed [B, P + N] layout.
+
+  Returns:
+    A dict of int32 [B, P + N] arrays: tokens, attention_mask,
+    completion_mask.
+
+  Raises:
+    ValueError: when a prompt or completion does not fit.
+  """
+  p_tokens, p_mask = pack_prompts(prompts, prompt_len, pad_id)
+  b = len(prompts)
+  c_tokens = np.full((b, completion_len), pad_id, np.int32)
+  c_mask = np.zeros((b, completion_len), np.int32)
+  for i, ids in enumerate(completions):
+    if len(ids) > completion_len:
+      raise ValueError(f"completion {i} has {len(ids)} tokens, more than the "
+                       f"completion budget {completion_len} "
+                       "(raise sampling.max_new_tokens)")
+    c_tokens[i, :len(ids)] = ids
+    c_mask[i, :len(ids)] = 1
+  return dict(
+      tokens=np.concatenate([p_tokens, c_tokens], 1),
+      attention_mask=np.concatenate([p_mask, c_mask], 1),
+      completion_mask=np.concatenate([np.zeros_like(p_mask), c_mask], 1))
+
+
+def completion_ids(tokens: np.ndarray, completion_mask: np.ndarray):
+  """The completion token ids of each row, as lists."""
+  return [row[m > 0].tolist() for row, m in zip(tokens, completion_mask)]
