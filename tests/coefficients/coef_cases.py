@@ -80,25 +80,31 @@ def _pairs(rng, b):
   return ids[order].astype(np.int32), signs[order]
 
 
-def unified_grad(name, hparams, rollout, theta, normalizer=None, max_len=None):
-  """Gradient w.r.t. theta of the unified loss with coefficient `name`, jitted."""
+def unified_grad(name, hparams, rollout, theta, normalizer=None, max_len=None,
+                 with_aux=False):
+  """Gradient w.r.t. theta of the unified loss with coefficient `name`, jitted.
+
+  With `with_aux`, returns (grad, coef, metrics) from the same compiled step.
+  """
   fn = coefficients.make_coefficient(name, **hparams)
   normalizer = normalizer or coefficients.NORMALIZERS[name]
 
   def loss(th, ro):
     logp = logp_of(th, ro.tokens)
-    coef, _ = fn(ro, logp)
-    return ugrad.unified_loss(logp, coef, ro.completion_mask, normalizer,
-                              max_len=max_len)[0]
+    coef, metrics = fn(ro, logp)
+    loss, _ = ugrad.unified_loss(logp, coef, ro.completion_mask, normalizer,
+                                 max_len=max_len)
+    return loss, (coef, metrics)
 
-  return jax.jit(jax.grad(loss))(theta, rollout)
+  grad, (coef, metrics) = jax.jit(jax.grad(loss, has_aux=True))(theta,
+                                                                 rollout)
+  return (grad, coef, metrics) if with_aux else grad
 
 
-def coef_metrics(name, hparams, rollout, theta):
-  """The coefficient's metrics at theta, jitted."""
+def jitted_coefficient(name, hparams):
+  """`(rollout, theta) -> (coef, metrics)`, jitted once for reuse."""
   fn = coefficients.make_coefficient(name, **hparams)
-  return jax.jit(lambda ro, th: fn(ro, logp_of(th, ro.tokens))[1])(
-      rollout, theta)
+  return jax.jit(lambda ro, th: fn(ro, logp_of(th, ro.tokens)))
 
 
 def assert_same_grad(got, want):

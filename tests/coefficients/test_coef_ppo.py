@@ -68,8 +68,9 @@ def test_ppo_matches_clipped_surrogate(x64, shape, hparams):
   high = hparams.get("clip_eps_high", 0.2)
   clipped = cc.clipped_fraction(ratio, adv, mask, 0.2, high)
   assert 0 < clipped < 0.9  # Off-policy: the clip is active on some tokens.
-  cc.assert_same_grad(cc.unified_grad("ppo", hparams, ro, theta), want)
-  metrics = cc.coef_metrics("ppo", hparams, ro, theta)
+  got, _, metrics = cc.unified_grad("ppo", hparams, ro, theta,
+                                    with_aux=True)
+  cc.assert_same_grad(got, want)
   np.testing.assert_allclose(metrics["clip_frac"], clipped, rtol=1e-12)
 
 
