@@ -1,0 +1,253 @@
+"""Batched sampling with a KV cache: one prefill, then a jitted decode loop.
+
+B prompts, left-padded to a common width P, each get G samples of up to N new
+tokens. Rows are prompt-major (row b * G + g, so group id = row // G) and all
+decode at the same cache slot, P + i at step i; each row's rotary position
+comes from its own prompt length. The cache is carried in the state of a
+`lax.while_loop` and written in place; the loop stops early once every row has
+emitted EOS. One compilation per (shapes, SamplingConfig, model graph).
+
+`Samples.logp` holds the log-probs of the sampled tokens under the distribution
+actually sampled from: temperature-scaled and truncated by top-k / top-p (a
+point mass, log-prob 0, under greedy decoding or top-k = 1). Only at
+temperature 1 without truncation do they equal the policy's log-probs; they
+become `Rollout.logp_old`, and the trainer logs how far they are from the
+log-probs it recomputes.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.struct
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugrad.models import transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to sample (hashable: it is a static argument of the jitted sampler).
+
+  Attributes:
+    max_new_tokens: N, the completion budget.
+    eos_id: the token that ends a completion (kept in it); None: never stop.
+    pad_id: the token written after EOS.
+    num_samples: G, samples per prompt.
+    temperature: 0 means greedy.
+    top_k: keep the k most likely tokens; None keeps all.
+    top_p: keep the smallest set of most likely tokens whose probability
+      reaches p (nucleus sampling); None keeps all.
+    cache_layout: "bshd" ([B, S, Hkv, Dh]) or "bhsd" ([B, Hkv, S, Dh]).
+  """
+
+  max_new_tokens: int
+  eos_id: Optional[int]
+  pad_id: int = 0
+  num_samples: int = 1
+  temperature: float = 1.0
+  top_k: Optional[int] = None
+  top_p: Optional[float] = None
+  cache_layout: str = "bshd"
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got "
+                       f"{self.max_new_tokens}")
+    if self.num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k is not None and self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+    if self.top_p is not None and not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+    if self.cache_layout not in transformer.CACHE_LAYOUTS:
+      raise ValueError(f"unknown cache_layout {self.cache_layout!r}; valid: "
+                       f"{', '.join(transformer.CACHE_LAYOUTS)}")
+    for name in ("eos_id", "pad_id"):
+      value = getattr(self, name)
+      if value is not None and value < 0:
+        raise ValueError(f"{name} must be a token id >= 0, got {value}")
+
+
+@flax.struct.dataclass
+class Samples:
+  """Prompts and completions, R = B * G rows, prompt-major.
+
+  Attributes:
+    tokens: int32 [R, P + N], the left-padded prompt then the completion,
+      pad_id after EOS.
+    attention_mask: int32 [R, P + N], 1 on real prompt and completion tokens.
+    completion_mask: int32 [R, P + N], 1 on completion tokens (EOS included).
+    lengths: int32 [R], completion tokens per row, EOS included.
+    logp: float32 [R, P + N], log-prob of each completion token under the
+      distribution it was sampled from; 0 off the completion.
+  """
+
+  tokens: jax.Array
+  attention_mask: jax.Array
+  completion_mask: jax.Array
+  lengths: jax.Array
+  logp: jax.Array
+
+
+def _truncate(x: jax.Array, top_k: Optional[int],
+              top_p: Optional[float]) -> jax.Array:
+  """Sets logits x [R, V] outside the top-k / top-p set to -inf.
+
+  Tokens tied with the last kept one are kept too.
+  """
+  if top_k is not None and top_k < x.shape[-1]:
+    kth = jax.lax.top_k(x, top_k)[0][:, -1:]
+    x = jnp.where(x >= kth, x, -jnp.inf)
+  if top_p is not None and top_p < 1:
+    ordered = -jnp.sort(-x, axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The most likely token always has mass_before 0, so it is always kept.
+    cut = jnp.min(jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1,
+                  keepdims=True)
+    x = jnp.where(x >= cut, x, -jnp.inf)
+  return x
+
+
+def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig):
+  """Picks one token per row.
+
+  Args:
+    logits: [R, V] next-token logits.
+    key: PRNG key for this step.
+    config: temperature and truncation.
+
+  Returns:
+    (int32 [R] tokens, float32 [R] their log-probs under the distribution
+    sampled from).
+  """
+  logits = logits.astype(jnp.float32)
+  if config.temperature == 0:
+    return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
+            jnp.zeros(logits.shape[:1], jnp.float32))
+  x = _truncate(logits / config.temperature, config.top_k, config.top_p)
+  token = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), token[:, None],
+                             axis=-1)[:, 0]
+  return token, logp
+
+
+def _write_column(buf: jax.Array, column: jax.Array, col) -> jax.Array:
+  return jax.lax.dynamic_update_slice(buf, column[:, None].astype(buf.dtype),
+                                      (0, col))
+
+
+def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
+            config: SamplingConfig) -> Samples:
+  """The traced sampler; see `sample`."""
+  model = nnx.merge(graphdef, params)
+  b, p = prompt_tokens.shape
+  n, g = config.max_new_tokens, config.num_samples
+  prompt_mask = prompt_mask.astype(jnp.int32)
+  # Slots of generated tokens are marked real up front: causality hides a
+  # slot until it is written.
+  kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, n)), constant_values=1)
+  cache = transformer.init_cache(model.config, b, p + n, config.cache_layout)
+  h, cache = model.hidden_cached(
+      prompt_tokens, transformer.positions_from_mask(prompt_mask), kv_mask,
+      cache, 0)
+  logits = model.logits(h[:, -1])
+
+  # The G samples of a prompt share one prefill.
+  def per_sample(x):
+    return jnp.repeat(x, g, axis=0)
+
+  cache, logits, kv_mask = jax.tree.map(per_sample, (cache, logits, kv_mask))
+  rows = b * g
+  prompt_len = per_sample(jnp.sum(prompt_mask, axis=-1))
+  state = {
+      "i": jnp.zeros((), jnp.int32),
+      "tokens": jnp.concatenate(
+          [per_sample(prompt_tokens).astype(jnp.int32),
+           jnp.full((rows, n), config.pad_id, jnp.int32)], axis=1),
+      "logp": jnp.zeros((rows, p + n), jnp.float32),
+      "completion": jnp.zeros((rows, p + n), jnp.int32),
+      "done": jnp.zeros((rows,), bool),
+      "logits": logits,
+      "cache": cache,
+  }
+
+  def emit(state):
+    """Samples token i of every live row and records it."""
+    token, logp = _choose(state["logits"], jax.random.fold_in(key, state["i"]),
+                          config)
+    live = ~state["done"]
+    token = jnp.where(live, token, config.pad_id)
+    col = p + state["i"]
+    done = state["done"]
+    if config.eos_id is not None:
+      done = done | (token == config.eos_id)
+    return token, {
+        **state,
+        "tokens": _write_column(state["tokens"], token, col),
+        "logp": _write_column(state["logp"], jnp.where(live, logp, 0.0), col),
+        "completion": _write_column(state["completion"], live, col),
+        "done": done,
+    }
+
+  def step(state):
+    token, state = emit(state)
+    i = state["i"]
+    h, cache = model.hidden_cached(token[:, None], (prompt_len + i)[:, None],
+                                   kv_mask, state["cache"], p + i)
+    return {**state, "i": i + 1, "logits": model.logits(h[:, 0]),
+            "cache": cache}
+
+  def keep_going(state):
+    return (state["i"] < n - 1) & ~jnp.all(state["done"])
+
+  state = jax.lax.while_loop(keep_going, step, state)
+  _, state = emit(state)
+  completion = state["completion"]
+  prompt_part = jnp.pad(per_sample(prompt_mask), ((0, 0), (0, n)))
+  return Samples(tokens=state["tokens"],
+                 attention_mask=prompt_part + completion,
+                 completion_mask=completion,
+                 lengths=jnp.sum(completion, axis=-1),
+                 logp=state["logp"])
+
+
+_sample_jit = jax.jit(_sample, static_argnums=(0, 5))
+
+
+def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
+           prompt_mask: jax.Array, key: jax.Array,
+           config: SamplingConfig) -> Samples:
+  """Samples `config.num_samples` completions for each prompt.
+
+  Compiled once per (graphdef, config, shapes, dtypes); later calls with new
+  parameters, prompts or keys reuse the compiled program.
+
+  Args:
+    graphdef: from `nnx.split(model, ...)` of a `Transformer`.
+    params: the matching state (e.g. the `nnx.Param` state).
+    prompt_tokens: int [B, P] prompts, LEFT-padded.
+    prompt_mask: [B, P], 1 on real prompt tokens; the last column must be
+      real in every row.
+    key: PRNG key; equal keys give equal samples.
+    config: see `SamplingConfig`.
+
+  Returns:
+    `Samples` of B * G rows, row b * G + g being sample g of prompt b.
+  """
+  if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
+    raise ValueError(
+        f"prompt_tokens {prompt_tokens.shape} and prompt_mask "
+        f"{prompt_mask.shape} must both be [B, P]")
+  if not isinstance(prompt_mask, jax.core.Tracer):
+    last = np.asarray(prompt_mask)[:, -1]
+    if not np.all(last > 0):
+      bad = np.flatnonzero(last <= 0).tolist()
+      raise ValueError(f"prompts must be left-padded with a real token in the "
+                       f"last column; rows {bad} are not")
+  return _sample_jit(graphdef, params, prompt_tokens, prompt_mask, key, config)
