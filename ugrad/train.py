@@ -10,6 +10,7 @@ coefficient.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -82,6 +83,7 @@ def validate(config) -> None:
   sources_lib.check_name(config.source)
   provided = rewards_lib.provided_fields(config.reward)
   name = config.coef.name
+  coefficients.bind_hparams(name, coef_hparams(config))  # names the valid
   needed = coefficients.required_fields(name, coef_hparams(config))
   if config.normalizer not in NORMALIZERS:
     raise ValueError(f"unknown normalizer {config.normalizer!r}; valid: "
@@ -311,6 +313,13 @@ def make_critic_update(graphdef, optimizer, coef_hp: dict, value_clip: float,
                  out_shardings=(param_sh, opt_sh, replicated))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def policy_logprobs(graphdef, params, tokens, attention_mask) -> jax.Array:
+  """[B, T] token log-probs of a policy (compiled once per graph and shape)."""
+  return models.token_logprobs(nnx.merge(graphdef, params), tokens,
+                               attention_mask)
+
+
 def value_predictions(critic, batch) -> jax.Array:
   """[B, T] V(s_t) for the state before token t (the critic scores prefixes
   tokens[:t+1], so the value of the state before token t is at t - 1)."""
@@ -398,9 +407,10 @@ class Trainer:
       self.critic_graphdef = c_graphdef
       self.critic_optimizer = make_optimizer(
           ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr)))
-      c_params = jax.device_put(c_params, sharding_lib.param_shardings(
-          c_params, self.mesh, sharding_lib.get_rules(
-              "fsdp" if config.fsdp else "data_parallel")))
+      c_params = jax.tree.map(jnp.copy, jax.device_put(
+          c_params, sharding_lib.param_shardings(
+              c_params, self.mesh, sharding_lib.get_rules(
+                  "fsdp" if config.fsdp else "data_parallel"))))
       c_opt = jax.jit(self.critic_optimizer.init)(c_params)
       state["critic"] = {"params": c_params, "opt_state": c_opt}
     if config.ref_reset_every:
@@ -451,8 +461,7 @@ class Trainer:
     self.update = make_update(graphdef, self.coef_fn, config.normalizer,
                               self.max_new, self.optimizer,
                               config.micro_batches, shardings)
-    self.logprobs = jax.jit(lambda p, t, m: models.token_logprobs(
-        nnx.merge(graphdef, p), t, m))
+    self.logprobs = functools.partial(policy_logprobs, graphdef)
     if config.coef.name == "ppo":
       critic = self.state["critic"]
       c_sh = (jax.tree.map(lambda x: x.sharding, critic["params"]),
@@ -630,7 +639,7 @@ class Trainer:
     metrics = {}
     bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
                     desc=config.method, dynamic_ncols=True,
-                    disable=config.get("quiet", False))
+                    disable=config.quiet)
     try:
       for step in range(self.start_step, config.steps):
         metrics = self.train_step(step, gradient_log, writer)

@@ -56,4 +56,5 @@ def get_config():
   c.eval_every = 0
   c.eval_questions = 1024
   c.fsdp = False
+  c.quiet = False  # no progress bar
   return c

@@ -78,6 +78,11 @@ def blank_rows(batch: Batch, rows: Sequence[int]) -> Batch:
   return out
 
 
+# The "step" under which the frozen-policy pool is drawn, distinct from every
+# training step.
+_POOL_STEP = 2**31 - 1
+
+
 def _step_rng(seed: int, step: int, attempt: int = 0) -> np.random.Generator:
   return np.random.default_rng([seed, step, attempt])
 
@@ -283,11 +288,11 @@ class FrozenPolicySource(OnlineSource):
       question_idx = fields.pop("question_idx")
       logging.info("Loaded the frozen-policy pool from %s", self.path)
     else:
-      rng = _step_rng(self.seed, -1)
+      rng = _step_rng(self.seed, _POOL_STEP)
       train = self.task.examples("train")
       question_idx = rng.choice(len(train), self.pool_questions,
                                 replace=len(train) < self.pool_questions)
-      key = jax.random.fold_in(jax.random.key(self.seed), -1)
+      key = jax.random.fold_in(jax.random.key(self.seed), _POOL_STEP)
       parts = []
       for start in range(0, self.pool_questions, self.questions):
         chunk = question_idx[start:start + self.questions]
