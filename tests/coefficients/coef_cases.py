@@ -94,11 +94,12 @@ def unified_grad(name, hparams, rollout, theta, normalizer=None, max_len=None,
     coef, metrics = fn(ro, logp)
     loss, _ = ugrad.unified_loss(logp, coef, ro.completion_mask, normalizer,
                                  max_len=max_len)
-    return loss, (coef, metrics)
+    # Unused metrics are left out of the compiled step: they double its
+    # compile time.
+    return loss, ((coef, metrics) if with_aux else ())
 
-  grad, (coef, metrics) = jax.jit(jax.grad(loss, has_aux=True))(theta,
-                                                                 rollout)
-  return (grad, coef, metrics) if with_aux else grad
+  grad, aux = jax.jit(jax.grad(loss, has_aux=True))(theta, rollout)
+  return (grad, *aux) if with_aux else grad
 
 
 def jitted_coefficient(name, hparams):

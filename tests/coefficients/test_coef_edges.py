@@ -63,18 +63,12 @@ def test_all_equal_group_has_zero_advantage(x64, name):
                                            ro.step_rewards))
   else:
     ro = ro.replace(rewards=jnp.where(flat, 0.7, ro.rewards))
-  coef, metrics = _coef(name, hparams, ro, theta)
-  assert np.all(np.isfinite(coef))
+  grad, coef, metrics = cc.unified_grad(name, hparams, ro, theta, max_len=7,
+                                        with_aux=True)
+  assert np.all(np.isfinite(coef)) and np.all(np.isfinite(grad))
   assert np.all(coef[flat] == 0) and np.any(coef[~flat] != 0)
+  assert np.all(grad[flat] == 0)
   assert float(metrics["zero_signal_group_frac"]) == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize("name", GROUP_METHODS)
-def test_batch_without_signal_gives_zero_gradient(x64, name):
-  theta, ro = cc.make_case(42, b=4, t=5, v=3, group_sizes=(2, 2))
-  ro = ro.replace(rewards=jnp.ones(4))
-  grad = cc.unified_grad(name, dict(beta=0.0), ro, theta, max_len=5)
-  assert np.all(grad == 0)
 
 
 @pytest.mark.parametrize("name,hparams", [

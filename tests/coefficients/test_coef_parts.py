@@ -1,0 +1,80 @@
+"""The shared pieces: KL estimators, advantage estimators, group statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugrad.coefficients import advantages
+from ugrad.coefficients import groups
+from ugrad.coefficients import kl
+
+
+def test_kl_loss_terms_are_minus_beta_times_the_estimator_derivative(x64):
+  x = jnp.linspace(-2.0, 2.0, 9)
+  ratio = jnp.exp(-x)  # pi_ref / pi
+  textbook = {"k1": x, "k2": 0.5 * x**2, "k3": ratio - jnp.log(ratio) - 1}
+  for name, want in textbook.items():
+    np.testing.assert_allclose(kl.estimate(name, x, 0.0), want, atol=1e-14)
+    derivative = jax.vmap(jax.grad(kl.ESTIMATORS[name]))(x)
+    np.testing.assert_allclose(kl.loss_coef(name, x, 0.0, 0.3),
+                               -0.3 * derivative, atol=1e-14)
+  # DESIGN.md's k3 form: beta * (pi_ref / pi - 1).
+  np.testing.assert_allclose(kl.loss_coef("k3", x, 0.0, 0.3),
+                             0.3 * (ratio - 1), atol=1e-14)
+
+
+def test_gae_scan_matches_loop_and_skips_masked_tokens(x64):
+  rng = np.random.default_rng(0)
+  b, t, gamma, lam = 4, 9, 0.9, 0.7
+  rewards, values = rng.normal(size=(b, t)), rng.normal(size=(b, t))
+  # Holes inside the completion (e.g. tool output) and an empty row.
+  mask = np.array([[0, 0, 1, 1, 0, 1, 1, 0, 0],
+                   [1, 1, 1, 1, 1, 1, 1, 1, 1],
+                   [0, 0, 0, 0, 0, 0, 0, 0, 0],
+                   [0, 0, 0, 0, 0, 1, 0, 1, 1]], float)
+  want = np.zeros((b, t))
+  for i in range(b):
+    running, next_value = 0.0, 0.0
+    for j in reversed(np.nonzero(mask[i])[0]):
+      delta = rewards[i, j] + gamma * next_value - values[i, j]
+      running = delta + gamma * lam * running
+      want[i, j], next_value = running, values[i, j]
+  adv, returns = jax.jit(advantages.gae, static_argnums=(3, 4))(
+      rewards, values, mask, gamma, lam)
+  np.testing.assert_allclose(adv, want, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(returns, (want + values) * mask, rtol=1e-12,
+                             atol=1e-14)
+
+
+def test_group_statistics_follow_ids_not_row_order(x64):
+  ids = jnp.array([7, 3, 7, 9, 3, 7, 9, 3], jnp.int32)
+  rewards = jnp.array([1.0, 0.0, 0.5, 2.0, 1.0, 0.0, 2.0, 3.0])
+  mask = jnp.ones((8, 3)).at[5].set(0.0)  # Row 5 is padding.
+  same = groups.same_group(ids, mask)
+  adv = advantages.group_normalize(rewards, same)
+  loo = advantages.leave_one_out(rewards, same)
+  for g, rows in ((7, [0, 2]), (3, [1, 4, 7])):
+    r = np.asarray(rewards)[rows]
+    np.testing.assert_allclose(adv[np.array(rows)],
+                               (r - r.mean()) / (r.std(ddof=1) + 1e-6))
+    others = (r.sum() - r) / (len(r) - 1)
+    np.testing.assert_allclose(loo[np.array(rows)], r - others)
+  assert adv[5] == 0 and loo[5] == 0  # Padding.
+  assert adv[3] == 0 and adv[6] == 0  # Group 9 has equal rewards.
+  frac = groups.group_fraction(groups.all_equal(rewards, same), same)
+  np.testing.assert_allclose(frac, 1 / 3)
+
+
+def test_token_helpers(x64):
+  mask = jnp.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], float)
+  placed = advantages.outcome_token_rewards(jnp.array([2.0, 3.0, 5.0]), mask)
+  np.testing.assert_array_equal(placed, [[0, 0, 2, 0], [0, 0, 0, 3],
+                                         [0, 0, 0, 0]])
+  x = jnp.arange(12.0).reshape(3, 4)
+  np.testing.assert_array_equal(advantages.reverse_cumsum(x, mask),
+                                [[0, 3, 2, 0], [22, 18, 13, 7], [0] * 4])
+  white = advantages.masked_whiten(x, mask)
+  on = np.asarray(white)[np.asarray(mask) > 0]
+  np.testing.assert_allclose([on.mean(), on.var()], [0, 1], atol=1e-12)
+  flat = advantages.masked_whiten(jnp.full((3, 4), 2.5), mask)
+  assert np.all(flat == 0)
