@@ -162,10 +162,12 @@ def test_gspo_matches_sequence_level_objective(x64, shape, hparams):
   theta, ro = cc.make_case(24, **shape)
   low = hparams.get("clip_eps", 3e-4)
   high = hparams.get("clip_eps_high", 4e-4)
-  # Sequence log-ratios around the clip range: some in, some out.
+  # Sequence log-ratios around the clip range, some in and some out, made
+  # of token log-ratios that differ along each sequence.
   shifts = np.linspace(-3, 3, shape["b"]) * high
-  ro = ro.replace(logp_old=cc.logp_of(theta, ro.tokens) -
-                  shifts[:, None] + 1e-3 * np.sin(np.arange(shape["t"])))
+  wiggle = 0.3 * high * np.sin(np.arange(shape["t"]))
+  ro = ro.replace(logp_old=cc.logp_of(theta, ro.tokens) - shifts[:, None] +
+                  wiggle)
   want, (s, adv) = jax.grad(_gspo_loss, has_aux=True)(theta, ro, low, high)
   s, adv = np.asarray(s), np.asarray(adv)
   clipped = ((adv > 0) & (s > 1 + high)) | ((adv < 0) & (s < 1 - low))
