@@ -252,6 +252,6 @@ def test_bad_input_is_refused(model):
   for bad, match in [(dict(top_p=0.0), "top_p"), (dict(top_k=0), "top_k"),
                      (dict(temperature=-1.0), "temperature"),
                      (dict(max_new_tokens=0), "max_new_tokens"),
-                     (dict(cache_layout="bsdh"), "valid: bshd, bhsd")]:
+                     (dict(cache_layout="bsdh"), "valid: bhsd, bshd")]:
     with pytest.raises(ValueError, match=match):
       dataclasses.replace(GREEDY, **bad)

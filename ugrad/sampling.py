@@ -40,7 +40,8 @@ class SamplingConfig:
     top_k: keep the k most likely tokens; None keeps all.
     top_p: keep the smallest set of most likely tokens whose probability
       reaches p (nucleus sampling); None keeps all.
-    cache_layout: "bshd" ([B, S, Hkv, Dh]) or "bhsd" ([B, Hkv, S, Dh]).
+    cache_layout: "bhsd" ([B, Hkv, S, Dh], the default: attention reads it
+      without a transpose) or "bshd" ([B, S, Hkv, Dh]).
   """
 
   max_new_tokens: int
@@ -50,7 +51,7 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: Optional[int] = None
   top_p: Optional[float] = None
-  cache_layout: str = "bshd"
+  cache_layout: str = "bhsd"
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
