@@ -50,9 +50,15 @@ def test_group_statistics_follow_ids_not_row_order(x64):
   ids = jnp.array([7, 3, 7, 9, 3, 7, 9, 3], jnp.int32)
   rewards = jnp.array([1.0, 0.0, 0.5, 2.0, 1.0, 0.0, 2.0, 3.0])
   mask = jnp.ones((8, 3)).at[5].set(0.0)  # Row 5 is padding.
-  same = groups.same_group(ids, mask)
-  adv = advantages.group_normalize(rewards, same)
-  loo = advantages.leave_one_out(rewards, same)
+
+  @jax.jit
+  def stats(rewards, ids, mask):
+    same = groups.same_group(ids, mask)
+    frac = groups.group_fraction(groups.all_equal(rewards, same), same)
+    return (advantages.group_normalize(rewards, same),
+            advantages.leave_one_out(rewards, same), frac)
+
+  adv, loo, frac = stats(rewards, ids, mask)
   for g, rows in ((7, [0, 2]), (3, [1, 4, 7])):
     r = np.asarray(rewards)[rows]
     np.testing.assert_allclose(adv[np.array(rows)],
@@ -61,20 +67,26 @@ def test_group_statistics_follow_ids_not_row_order(x64):
     np.testing.assert_allclose(loo[np.array(rows)], r - others)
   assert adv[5] == 0 and loo[5] == 0  # Padding.
   assert adv[3] == 0 and adv[6] == 0  # Group 9 has equal rewards.
-  frac = groups.group_fraction(groups.all_equal(rewards, same), same)
   np.testing.assert_allclose(frac, 1 / 3)
 
 
 def test_token_helpers(x64):
   mask = jnp.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], float)
-  placed = advantages.outcome_token_rewards(jnp.array([2.0, 3.0, 5.0]), mask)
+  x = jnp.arange(12.0).reshape(3, 4)
+
+  @jax.jit
+  def helpers(x, mask):
+    return (advantages.outcome_token_rewards(jnp.array([2.0, 3.0, 5.0]),
+                                             mask),
+            advantages.reverse_cumsum(x, mask),
+            advantages.masked_whiten(x, mask),
+            advantages.masked_whiten(jnp.full_like(x, 2.5), mask))
+
+  placed, tails, white, flat = helpers(x, mask)
   np.testing.assert_array_equal(placed, [[0, 0, 2, 0], [0, 0, 0, 3],
                                          [0, 0, 0, 0]])
-  x = jnp.arange(12.0).reshape(3, 4)
-  np.testing.assert_array_equal(advantages.reverse_cumsum(x, mask),
-                                [[0, 3, 2, 0], [22, 18, 13, 7], [0] * 4])
-  white = advantages.masked_whiten(x, mask)
+  np.testing.assert_array_equal(tails, [[0, 3, 2, 0], [22, 18, 13, 7],
+                                        [0] * 4])
   on = np.asarray(white)[np.asarray(mask) > 0]
   np.testing.assert_allclose([on.mean(), on.var()], [0, 1], atol=1e-12)
-  flat = advantages.masked_whiten(jnp.full((3, 4), 2.5), mask)
   assert np.all(flat == 0)

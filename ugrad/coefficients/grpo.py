@@ -70,7 +70,7 @@ def _outcome(name, rollout, logp, *, std_normalize, eps, clip_eps,
       rollout, logp, adv[:, None], clip_eps=clip_eps,
       clip_eps_high=clip_eps_high, beta=beta, kl_estimator=kl_estimator,
       kl_in=kl_in, zero_signal=groups.group_fraction(
-          groups.all_equal(rewards, same), same))
+          groups.all_equal(rollout.rewards, same), same))
 
 
 def _process(rollout, logp, *, std_normalize, eps, clip_eps, clip_eps_high,
@@ -209,5 +209,5 @@ def gspo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
       coef, rollout, logp, kl_estimator=kl_estimator,
       ratio=jnp.broadcast_to(ratio[:, None], logp.shape),
       gate=jnp.broadcast_to(gate[:, None], logp.shape),
-      zero_signal=groups.group_fraction(groups.all_equal(rewards, same),
-                                        same))
+      zero_signal=groups.group_fraction(
+          groups.all_equal(rollout.rewards, same), same))

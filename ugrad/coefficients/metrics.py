@@ -31,7 +31,8 @@ def coefficient_metrics(coef: jax.Array,
     kl_estimator: the estimator reported as `kl` when logp_ref is present.
     ratio: [B, T] importance ratios, when the method has them.
     gate: [B, T] clip gate (1 = not clipped), when the method clips.
-    zero_signal: scalar fraction of groups whose rewards are all equal.
+    zero_signal: scalar fraction of groups whose rewards (as the reward
+      function gave them, before any KL is folded in) are all equal.
 
   Returns:
     A dict with exactly the keys of `KEYS`, each a scalar in logp's dtype.

@@ -54,7 +54,7 @@ def rloo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   return policy.clipped_policy_gradient(
       rollout, logp, adv[:, None], clip_eps=clip_eps,
       clip_eps_high=clip_eps_high, zero_signal=groups.group_fraction(
-          groups.all_equal(rewards, same), same))
+          groups.all_equal(rollout.rewards, same), same))
 
 
 def reinforce_pp_fields(beta: float = 0.01, baseline: bool = False,
@@ -100,7 +100,8 @@ def reinforce_pp(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   zero_signal = None
   if baseline:
     same = groups.same_group(rollout.group_ids, mask)
-    zero_signal = groups.group_fraction(groups.all_equal(rewards, same), same)
+    zero_signal = groups.group_fraction(
+        groups.all_equal(rollout.rewards, same), same)
     rewards = advantages.group_normalize(rewards, same, std_normalize=False)
   token_rewards = advantages.outcome_token_rewards(rewards, mask)
   if beta:
