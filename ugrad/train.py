@@ -275,7 +275,7 @@ def make_update(graphdef, coef_fn, normalizer: str, max_len: int,
     scale = 1.0 / jnp.maximum(den, 1)
     grads = jax.tree.map(lambda g: g * scale, grads)
     metrics = dict(metrics, loss=num * scale,
-                   grad_norm=optax.global_norm(grads))
+                   grad_norm=optax.tree.norm(grads))
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -390,6 +390,13 @@ class Trainer:
     self.param_sharding = sharding_lib.param_shardings(self.init_params, mesh,
                                                        rules)
 
+  def _on_mesh(self, tree):
+    """Puts leaves that XLA left on one device (e.g. step counts) on the
+    mesh, replicated, so every jit input and output lives on one mesh."""
+    return jax.tree.map(
+        lambda x: x if isinstance(x.sharding, NamedSharding) else
+        jax.device_put(x, self.replicated), tree)
+
   def _init_state(self):
     config = self.config
     self.init_params = jax.device_put(self.init_params, self.param_sharding)
@@ -397,10 +404,11 @@ class Trainer:
     # parameters stay valid as the reference and the frozen sampler.
     params = jax.tree.map(jnp.copy, self.init_params)
     self.optimizer = make_optimizer(config.optim)
-    opt_state = jax.jit(self.optimizer.init)(params)
+    opt_state = self._on_mesh(jax.jit(self.optimizer.init)(params))
     self.opt_sharding = jax.tree.map(lambda x: x.sharding, opt_state)
     state = {"params": params, "opt_state": opt_state,
-             "rng": jax.random.key_data(jax.random.key(config.seed))}
+             "rng": self._on_mesh(
+                 jax.random.key_data(jax.random.key(config.seed)))}
     if config.coef.name == "ppo":
       c_graphdef, c_params = _critic_from_policy(self.policy.model_config,
                                                  self.init_params, config.seed)
@@ -411,7 +419,7 @@ class Trainer:
           c_params, sharding_lib.param_shardings(
               c_params, self.mesh, sharding_lib.get_rules(
                   "fsdp" if config.fsdp else "data_parallel"))))
-      c_opt = jax.jit(self.critic_optimizer.init)(c_params)
+      c_opt = self._on_mesh(jax.jit(self.critic_optimizer.init)(c_params))
       state["critic"] = {"params": c_params, "opt_state": c_opt}
     if config.ref_reset_every:
       state["ref_params"] = jax.tree.map(jnp.copy, params)
