@@ -169,9 +169,10 @@ def test_truncated_sampling_stays_in_the_set_and_reports_its_logp(
   config = dataclasses.replace(GREEDY, temperature=0.7, num_samples=4,
                                **truncation)
   out = _sample(model, tokens, mask, config, seed=1)
-  logits = _logits(model, out.tokens, out.attention_mask)[:, 6:-1] / 0.7  # [R, N, V]
-  kept = sampling._truncate(logits.reshape(-1, V), config.top_k,  # pylint: disable=protected-access
-                            config.top_p).reshape(logits.shape)
+  # [R, N, V]: the distributions the N completion tokens were drawn from.
+  logits = _logits(model, out.tokens, out.attention_mask)[:, 6:-1] / 0.7
+  kept = sampling.truncate_logits(logits.reshape(-1, V), config.top_k,
+                                  config.top_p).reshape(logits.shape)
   expected = jnp.take_along_axis(jax.nn.log_softmax(kept, -1),
                                  out.tokens[:, 7:, None], -1)[..., 0]
   assert np.all(np.isfinite(np.asarray(expected)))  # Sampled tokens kept.
@@ -185,7 +186,7 @@ def test_truncated_sampling_stays_in_the_set_and_reports_its_logp(
 
 def test_truncate_on_known_logits():
   logits = jnp.log(jnp.asarray([[0.5, 0.05, 0.3, 0.15]]))
-  kept = lambda **kw: np.isfinite(np.asarray(sampling._truncate(  # pylint: disable=protected-access
+  kept = lambda **kw: np.isfinite(np.asarray(sampling.truncate_logits(
       logits, kw.get("top_k"), kw.get("top_p"))))[0].tolist()
   assert kept(top_k=2) == [True, False, True, False]
   assert kept(top_p=0.5) == [True, False, False, False]

@@ -95,7 +95,7 @@ class Samples:
   logp: jax.Array
 
 
-def _truncate(x: jax.Array, top_k: Optional[int],
+def truncate_logits(x: jax.Array, top_k: Optional[int],
               top_p: Optional[float]) -> jax.Array:
   """Sets logits x [R, V] outside the top-k / top-p set to -inf.
 
@@ -131,7 +131,7 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig):
   if config.temperature == 0:
     return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
             jnp.zeros(logits.shape[:1], jnp.float32))
-  x = _truncate(logits / config.temperature, config.top_k, config.top_p)
+  x = truncate_logits(logits / config.temperature, config.top_k, config.top_p)
   token = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
   logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), token[:, None],
                              axis=-1)[:, 0]

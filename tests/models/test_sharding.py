@@ -78,10 +78,9 @@ _SCRIPT = textwrap.dedent("""
           "logits": float(jnp.abs(logits - ref_logits).max()),
           "grads": max(float(jnp.abs(a - b).max()) for a, b in
                        zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads))),
-          "shards": {
-              ".".join(map(str, path)): [list(x.shape),
-                                         list(x.addressable_shards[0].data.shape)]
-              for path, x in nnx.to_flat_state(placed)},
+          "shards": {".".join(map(str, path)): [
+              list(x.shape), list(x.addressable_shards[0].data.shape)]
+                     for path, x in nnx.to_flat_state(placed)},
       }
     print("RESULT", json.dumps(out))
 """)
