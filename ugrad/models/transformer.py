@@ -7,6 +7,8 @@ carries logical axis names in its `out_sharding` metadata (not placed eagerly);
 
 The same attention code serves training (no cache) and sampling (a `KVCache`
 written in place at a slot index), so cached and uncached logits agree.
+Weights start from N(0, 0.02) like Llama / Qwen2 (`initializer_range`), norm
+scales from 1, the scalar head from 0.
 """
 
 import dataclasses
@@ -417,7 +419,8 @@ class Transformer(Backbone):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Projects hidden states [..., D] to logits [..., V]."""
     w = self.output_embedding().astype(jnp.dtype(self.config.dtype))
-    return hidden @ w
+    logits = hidden.reshape(-1, hidden.shape[-1]) @ w  # Rank 2: see Dense.
+    return logits.reshape(*hidden.shape[:-1], w.shape[-1])
 
   def __call__(self, tokens: jax.Array,
                attention_mask: Optional[jax.Array] = None) -> jax.Array:
