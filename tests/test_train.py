@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from tests import sharded_step
 from tests import train_util
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
+from ugrad import models
 from ugrad import train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,3 +189,42 @@ def test_sigkilled_run_resumes_to_identical_metrics(sft_dir, tmp_path):
        str(killed / "gradient_log.jsonl")], capture_output=True, text=True,
       cwd=_REPO)
   assert result.returncode == 0 and result.stdout.startswith("OK")
+
+
+def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
+  graphdef, params, _ = train.load_policy(sft_dir)
+  model_config = nnx.merge(graphdef, params).config
+  rm = models.ScalarModel(model_config, rngs=nnx.Rngs(3))
+  # A non-zero head so the scores vary.
+  rm.score_head.kernel.value = jax.random.normal(
+      jax.random.key(4), rm.score_head.kernel.value.shape)
+  train.save_model(str(tmp_path / "rm"), nnx.split(rm, nnx.Param)[1],
+                   model_config, kind="scalar")
+  config = train_util.tiny("grpo_process", init_from=sft_dir)
+  config.reward = "process"
+  config.process_reward_model = str(tmp_path / "rm")
+  train.Trainer(config, str(tmp_path / "ps")).train()
+  config = train_util.tiny("grpo", init_from=sft_dir)
+  config.reward = "model"
+  config.reward_model = str(tmp_path / "rm")
+  metrics = train.Trainer(config, str(tmp_path / "os")).train()
+  assert metrics["reward_std"] > 0
+  config.reward_model = ""
+  with pytest.raises(ValueError, match="config.reward_model"):
+    train.validate(config)
+
+
+@pytest.mark.parametrize("name", ["grpo", "dapo"])
+def test_micro_batches_accumulate_to_the_full_batch_update(name, sft_dir,
+                                                           tmp_path):
+  results = []
+  for micro in (1, 2):
+    config = train_util.tiny(name, steps=1, init_from=sft_dir)
+    config.micro_batches = micro
+    trainer = train.Trainer(config, str(tmp_path / str(micro)))
+    metrics = trainer.train()
+    results.append((metrics["loss"], jax.device_get(trainer.state["params"])))
+  (loss1, p1), (loss2, p2) = results
+  np.testing.assert_allclose(loss1, loss2, rtol=1e-5, atol=1e-8)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

@@ -49,7 +49,8 @@ from ugrad.models import sharding as sharding_lib
 # Metrics that measure wall time; they differ between identical runs.
 TIMING_KEYS = ("tokens_per_s", "step_time_s")
 POLICY_DIR = "policy"  # the final parameters of a run, for init_from
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "run_config.json"
+MODEL_FILE = "model.json"
 SAMPLING_SOURCES = ("online", "frozen_policy")
 
 
@@ -135,6 +136,13 @@ def validate(config) -> None:
   if (rows // parts) % jax.device_count():
     raise ValueError(f"micro-batches of {rows // parts} rows do not divide "
                      f"over {jax.device_count()} devices")
+  terms = dict(rewards_lib.parse_spec(config.reward))
+  if "model" in terms and not config.reward_model:
+    raise ValueError("the 'model' reward needs config.reward_model: the "
+                     "workdir of a trained outcome reward model")
+  if "process" in terms and not config.process_reward_model:
+    raise ValueError("the 'process' reward needs config.process_reward_model:"
+                     " the workdir of a trained process reward model")
   if config.task != "arithmetic" and not config.init_from and (
       config.coef.name != "sft"):
     raise ValueError(f"RL on task {config.task!r} needs an SFT policy: set "
@@ -182,39 +190,60 @@ def prompt_length(task) -> int:
              for split in ("train", "test") for ex in task.examples(split))
 
 
-def save_policy(workdir: str, params, model_config) -> None:
-  """Writes the final parameters and the model shape for `init_from`."""
+_MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
+
+
+def save_model(workdir: str, params, model_config, kind: str = "policy"):
+  """Writes parameters and model shape where `init_from` (or a reward-model
+  setting) can load them: WORKDIR/policy and WORKDIR/model.json."""
   path = os.path.join(os.path.abspath(workdir), POLICY_DIR)
   if os.path.exists(path):
     return
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, params)
     checkpointer.wait_until_finished()
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(model_config), f)
+  with open(os.path.join(workdir, MODEL_FILE), "w") as f:
+    json.dump({"kind": kind, "config": dataclasses.asdict(model_config)}, f)
 
 
-def load_policy(path: str, dtype: Optional[str] = None):
-  """(graphdef, params, tokenizer or None) from a ugrad workdir or HF dir."""
-  if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(
-      os.path.join(path, "model_config.json")):
-    model, tokenizer = models.from_pretrained(path, dtype=dtype or "float32")
-    graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, params, tokenizer
-  config_file = os.path.join(path, "model_config.json")
-  if not os.path.exists(config_file):
+def load_model(path: str, kind: str = "policy"):
+  """(graphdef, params) of a model saved by `save_model`."""
+  model_file = os.path.join(path, MODEL_FILE)
+  if not os.path.exists(model_file):
     raise FileNotFoundError(
-        f"{path} is neither a finished ugrad run (no model_config.json) nor "
-        "a Hugging Face directory (no config.json)")
-  with open(config_file) as f:
-    model_config = models.ModelConfig(**json.load(f))
+        f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
+  with open(model_file) as f:
+    saved = json.load(f)
+  if saved["kind"] != kind:
+    raise ValueError(f"{path} holds a {saved['kind']} model, not a {kind} "
+                     "model")
+  model_config = models.ModelConfig(**saved["config"])
   abstract = nnx.eval_shape(
-      lambda: models.Transformer(model_config, rngs=nnx.Rngs(0)))
+      lambda: _MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(
         os.path.join(os.path.abspath(path), POLICY_DIR), abstract_params)
+  return graphdef, params
+
+
+def load_policy(path: str, dtype: Optional[str] = None):
+  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir."""
+  if not os.path.exists(os.path.join(path, MODEL_FILE)) and os.path.exists(
+      os.path.join(path, "config.json")):
+    model, tokenizer = models.from_pretrained(path, dtype=dtype or "float32")
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params, tokenizer
+  graphdef, params = load_model(path, "policy")
   return graphdef, params, None
+
+
+def reward_model_scorer(path: str):
+  """A numpy score function (tokens, attention_mask) -> [B, T] of a saved
+  scalar (reward) model."""
+  graphdef, params = load_model(path, "scalar")
+  scores = jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))
+  return lambda tokens, mask: np.asarray(scores(params, tokens, mask))
 
 
 def _critic_from_policy(model_config, policy_params, seed: int):
@@ -463,8 +492,12 @@ class Trainer:
         prompt_len=self.prompt_len, completion_len=self.max_new,
         seed=config.seed, workdir=self.workdir,
         **dict(config.sampling))
-    self.scorer = rewards_lib.make_scorer(
-        config.reward, rewards_lib.RewardContext(self.task))
+    self.scorer = rewards_lib.make_scorer(config.reward, rewards_lib.RewardContext(
+        self.task,
+        outcome_model=(reward_model_scorer(config.reward_model)
+                       if config.reward_model else None),
+        process_model=(reward_model_scorer(config.process_reward_model)
+                       if config.process_reward_model else None)))
     shardings = (self.param_sharding, self.opt_sharding, self.replicated)
     self.update = make_update(graphdef, self.coef_fn, config.normalizer,
                               self.max_new, self.optimizer,
@@ -665,7 +698,7 @@ class Trainer:
       writer.close()
       gradient_log.close()
       self.checkpointer.wait_until_finished()
-    save_policy(self.workdir, self.state["params"], self.policy.model_config)
+    save_model(self.workdir, self.state["params"], self.policy.model_config)
     return metrics
 
   def evaluate(self, params=None, num_questions: Optional[int] = None) -> dict:

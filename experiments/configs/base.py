@@ -27,6 +27,8 @@ def get_config():
   # The three families.
   c.source = "online"
   c.reward = "rule"
+  c.reward_model = ""  # workdir of an outcome reward model ("model" reward)
+  c.process_reward_model = ""  # workdir of a process reward model
   c.coef = _common.coef("grpo")
   c.normalizer = "sequence"
 
