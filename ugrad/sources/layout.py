@@ -39,8 +39,12 @@ def pack(prompts: Sequence[Sequence[int]],
     completion_mask.
 
   Raises:
-    ValueError: when a prompt or completion does not fit.
+    ValueError: when a prompt or completion does not fit, or the numbers of
+      prompts and completions differ.
   """
+  if len(prompts) != len(completions):
+    raise ValueError(f"{len(prompts)} prompts but {len(completions)} "
+                     "completions; pack needs one completion per prompt")
   p_tokens, p_mask = pack_prompts(prompts, prompt_len, pad_id)
   b = len(prompts)
   c_tokens = np.full((b, completion_len), pad_id, np.int32)
