@@ -21,6 +21,8 @@ P, N = 10, 32  # Prompt and completion widths that fit every 1-digit problem.
 G = 2
 
 RIGHT, WRONG = True, False
+# Only the first step, right (step labels [1]); then a wrong "####" ([1, 0]).
+FIRST, FIRST_WRONG = "first", "first_wrong"
 MIXED = (RIGHT, WRONG)
 FLAT_RIGHT = (RIGHT, RIGHT)
 FLAT_WRONG = (WRONG, WRONG)
@@ -40,9 +42,9 @@ def score(task):
 class ScriptedSampler:
   """A `Sampler` whose G completions per prompt follow a script.
 
-  `plan(call, i, question)` gives G booleans for prompt i of the call-th
-  call: True for the gold completion, False for a wrong final answer. Every
-  call is recorded (params, questions, key data).
+  `plan(call, i, question)` gives G kinds for prompt i of the call-th call:
+  RIGHT for the gold completion, WRONG for a wrong final answer, FIRST or
+  FIRST_WRONG. Every call is recorded (params, questions, key data).
   """
 
   def __init__(self, task, plan, group_size=G):
@@ -52,11 +54,15 @@ class ScriptedSampler:
     self.by_question = {ex.question: ex for ex in task.examples("train")}
     self.calls = []
 
-  def text(self, question, right):
+  def text(self, question, kind):
     ex = self.by_question[question]
-    if right:
-      return self.task.completion(ex)
-    return f"{question[:-1]}\n#### {int(ex.answer) + 1}"
+    first = ex.solution.split("\n")[0]
+    wrong = f"#### {int(ex.answer) + 1}"
+    if kind == FIRST:
+      return first
+    if kind == FIRST_WRONG:
+      return f"{first}\n{wrong}"
+    return self.task.completion(ex) if kind else f"{question[:-1]}\n{wrong}"
 
   def __call__(self, params, tokens, mask, key):
     tok = self.task.tokenizer
@@ -69,8 +75,8 @@ class ScriptedSampler:
     for i, q in enumerate(questions):
       pattern = self.plan(call, i, q)
       assert len(pattern) == self.group_size
-      completions += [tasks_lib.encode_completion(tok, self.text(q, right))
-                      for right in pattern]
+      completions += [tasks_lib.encode_completion(tok, self.text(q, kind))
+                      for kind in pattern]
     arrays = layout.pack([p for p in prompts for _ in range(self.group_size)],
                          completions, tokens.shape[1], N, tok.pad_id)
     cm = arrays["completion_mask"]
@@ -293,6 +299,44 @@ def test_dynamic_with_no_signal_at_all_stops_at_max_draws(task, score):
                                for _ in range(G)]
   assert batch.metrics == {"zero_signal_group_frac": 1.0, "draws": 3.0,
                            "dynamic_fill_frac": 1.0}
+
+
+def _process_score(task):
+  return rewards_lib.make_scorer("ground_truth_process",
+                                 rewards_lib.RewardContext(task))
+
+
+def test_process_rewards_signal_is_in_the_step_rewards(task):
+  # (RIGHT, FIRST): step rewards [1, 1, 1] and [1], all equal, no signal
+  # although the sums differ; (FIRST, FIRST_WRONG): [1] and [1, 0], signal
+  # although the sums are equal.
+  patterns = ((RIGHT, FIRST), (RIGHT, FIRST), (FIRST, FIRST_WRONG), MIXED)
+  source, _ = _online(task, _by_group(*patterns))
+  batch = source.draw(None, 0, _process_score(task))
+  assert batch.rollout.rewards is None
+  sums = batch.rollout.step_rewards.sum(1)
+  np.testing.assert_array_equal(sums, [3, 1, 3, 1, 1, 1, 3, 0])
+  assert batch.metrics["zero_signal_group_frac"] == 0.5
+
+
+def test_dynamic_with_process_rewards_keeps_groups_with_step_signal(task):
+  patterns = [((RIGHT, FIRST), (FIRST, FIRST_WRONG), MIXED, (RIGHT, FIRST)),
+              ((FIRST, FIRST_WRONG),) * 4]
+  source, sampler = _online(task, lambda c, i, q: patterns[c][i],
+                            dynamic=True)
+  batch = source.draw(None, 0, _process_score(task))
+  first, second = sampler.calls[0][1], sampler.calls[1][1]
+  kept = [first[1], first[2], second[0], second[1]]
+  assert _questions(batch) == [q for q in kept for _ in range(G)]
+  assert batch.metrics["zero_signal_group_frac"] == 0.0
+  assert batch.metrics["dynamic_fill_frac"] == 0.0
+
+
+def test_sampling_source_without_rewards_says_so(task):
+  source, _ = _online(task, _by_group(*[MIXED] * 4))
+  none = rewards_lib.make_scorer("none", rewards_lib.RewardContext(task))
+  with pytest.raises(ValueError, match="the reward gave none"):
+    source.draw(None, 0, none)
 
 
 # --- pairs ------------------------------------------------------------------
