@@ -16,6 +16,7 @@ A reward spec is a name or a weighted sum, "rule" or "rule:1.0,model:0.5".
 """
 
 import dataclasses
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -81,16 +82,17 @@ def ground_truth_process(ctx: RewardContext, batch) -> dict:
   return {"step_rewards": values, "step_mask": steps}
 
 
-def _need(model, name: str):
+def _need(model, name: str, field: str):
   if model is None:
     raise ValueError(f"the {name!r} reward needs a trained reward model "
-                     "(set config.reward_model_from)")
+                     f"(set config.{field})")
   return model
 
 
 def outcome_model(ctx: RewardContext, batch) -> dict:
   r = batch.rollout
-  scores = _need(ctx.outcome_model, "model")(r.tokens, r.attention_mask)
+  scores = _need(ctx.outcome_model, "model",
+                 "reward_model")(r.tokens, r.attention_mask)
   t = r.tokens.shape[1]
   last = np.max(np.where(r.attention_mask > 0, np.arange(t), 0), axis=1)
   rewards = np.asarray(scores)[np.arange(len(last)), last]
@@ -100,7 +102,8 @@ def outcome_model(ctx: RewardContext, batch) -> dict:
 
 def process_model(ctx: RewardContext, batch) -> dict:
   r = batch.rollout
-  scores = _need(ctx.process_model, "process")(r.tokens, r.attention_mask)
+  scores = _need(ctx.process_model, "process",
+                 "process_reward_model")(r.tokens, r.attention_mask)
   steps = step_end_mask(ctx, batch)
   probs = 1.0 / (1.0 + np.exp(-np.asarray(scores, np.float64)))
   return {"step_rewards": np.where(steps > 0, probs, 0.0).astype(np.float32),
@@ -124,15 +127,18 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
   """
   terms = []
   for part in spec.split(","):
-    name, _, weight = part.strip().partition(":")
+    name, colon, weight = part.strip().partition(":")
     if name not in REWARDS:
       raise ValueError(f"unknown reward {name!r}; valid rewards: "
                        f"{', '.join(sorted(REWARDS))}")
     try:
-      terms.append((name, float(weight) if weight else 1.0))
+      value = float(weight) if colon else 1.0
     except ValueError:
+      value = math.nan
+    if not math.isfinite(value):
       raise ValueError(f"bad weight {weight!r} for reward {name!r} in "
-                       f"{spec!r}") from None
+                       f"{spec!r}: a finite number is needed")
+    terms.append((name, value))
   return terms
 
 
