@@ -432,7 +432,7 @@ def _refuse(call, i, q):
 def test_frozen_pool_is_sampled_once_and_cached(task, score, tmp_path):
   plan = lambda call, i, q: MIXED if int(q[0]) % 2 else FLAT_RIGHT
   source, sampler = _frozen(task, tmp_path / "run", plan)
-  first = [source.draw("sft", step, score) for step in range(6)]
+  first = [source.draw("sft", step, score) for step in range(16)]
   # Pool of 5 questions in chunks of 2: three calls, the last one padded.
   assert len(sampler.calls) == 3
   assert all(params == "sft" for params, _, _ in sampler.calls)
@@ -440,6 +440,7 @@ def test_frozen_pool_is_sampled_once_and_cached(task, score, tmp_path):
   with np.load(path) as pool:
     idx = pool["question_idx"]
     tokens, mask = pool["tokens"], pool["attention_mask"]
+    logp = pool["logp_old"]
   assert len(idx) == 5 and tokens.shape == (5 * G, P + N)
   train = task.examples("train")
   asked = [q for _, questions, _ in sampler.calls for q in questions][:5]
@@ -447,10 +448,16 @@ def test_frozen_pool_is_sampled_once_and_cached(task, score, tmp_path):
   for row in range(5 * G):
     prompt = task.tokenizer.decode(tokens[row, :P][mask[row, :P] > 0])
     assert prompt == task.prompt(train[int(idx[row // G])])
-  # Every drawn row is a row of the pool; draws change with the step.
+  # Every drawn row is a row of the pool, groups drawn without replacement;
+  # draws change with the step.
   for batch in first:
-    for row in batch.rollout.tokens:
-      assert (tokens == row).all(1).any()
+    # The sampler's log-probs tell apart identical samples of one group.
+    rows = [np.flatnonzero((tokens == t).all(1) & (logp == lp).all(1))
+            for t, lp in zip(batch.rollout.tokens, batch.rollout.logp_old)]
+    assert all(len(r) == 1 for r in rows)
+    rows = np.concatenate(rows)
+    np.testing.assert_array_equal(rows % G, np.arange(len(rows)) % G)
+    assert len(set(rows // G)) == len(rows) // G
     np.testing.assert_array_equal(batch.rollout.group_ids, np.arange(4) // G)
   assert len({tuple(_questions(b)) for b in first}) > 1
   # A new source (a resumed run) reloads the pool and draws the same data.
