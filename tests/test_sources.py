@@ -4,8 +4,6 @@ No model is involved: a scripted sampler answers each prompt with chosen
 completions, so every field of a drawn batch can be checked exactly.
 """
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -213,7 +211,22 @@ def _online(task, plan, questions=4, **kwargs):
 
 
 def _by_group(*patterns):
+  """The same patterns, group by group, at every call."""
   return lambda call, i, q: patterns[i]
+
+
+def _by_call(*patterns):
+  """patterns[call][i] for group i of the call-th call."""
+  return lambda call, i, q: patterns[call][i]
+
+
+def _by_parity(odd, even):
+  """`odd` for questions whose first operand is odd, else `even`."""
+  return lambda call, i, q: odd if int(q[0]) % 2 else even
+
+
+def _always(pattern):
+  return lambda call, i, q: pattern
 
 
 def test_online_rows_are_the_samples_in_groups(task, score):
@@ -235,7 +248,7 @@ def test_online_rows_are_the_samples_in_groups(task, score):
 
 
 def test_online_draws_depend_only_on_seed_and_step(task, score):
-  plan = lambda call, i, q: MIXED if int(q[0]) % 2 else FLAT_RIGHT
+  plan = _by_parity(MIXED, FLAT_RIGHT)
   a, sampler_a = _online(task, plan)
   b, sampler_b = _online(task, plan)
   a.draw(None, 0, score)
@@ -246,8 +259,7 @@ def test_online_draws_depend_only_on_seed_and_step(task, score):
 
 
 def test_online_zero_signal_frac_counts_flat_groups(task, score):
-  plan = lambda call, i, q: MIXED if int(q[0]) % 2 else FLAT_WRONG
-  source, _ = _online(task, plan, questions=8)
+  source, _ = _online(task, _by_parity(MIXED, FLAT_WRONG), questions=8)
   for step in range(3):
     batch = source.draw(None, step, score)
     flat = [int(q[0]) % 2 == 0 for q in _questions(batch)[::G]]
@@ -258,7 +270,7 @@ def test_online_zero_signal_frac_counts_flat_groups(task, score):
 def test_dynamic_keeps_only_varied_groups_and_draws_again(task, score):
   patterns = [(MIXED, FLAT_RIGHT, MIXED, FLAT_WRONG),
               (FLAT_RIGHT, MIXED, MIXED, MIXED)]
-  source, sampler = _online(task, lambda c, i, q: patterns[c][i],
+  source, sampler = _online(task, _by_call(*patterns),
                             dynamic=True, max_draws=4)
   batch = source.draw(None, 2, score)
   assert len(sampler.calls) == 2
@@ -276,7 +288,7 @@ def test_dynamic_keeps_only_varied_groups_and_draws_again(task, score):
 def test_dynamic_fills_with_dropped_groups_after_max_draws(task, score):
   patterns = [(MIXED, FLAT_RIGHT, FLAT_WRONG, FLAT_RIGHT),
               (FLAT_WRONG,) * 4]
-  source, sampler = _online(task, lambda c, i, q: patterns[c][i],
+  source, sampler = _online(task, _by_call(*patterns),
                             dynamic=True, max_draws=2)
   batch = source.draw(None, 0, score)
   assert len(sampler.calls) == 2
@@ -291,7 +303,7 @@ def test_dynamic_fills_with_dropped_groups_after_max_draws(task, score):
 
 
 def test_dynamic_with_no_signal_at_all_stops_at_max_draws(task, score):
-  source, sampler = _online(task, lambda c, i, q: FLAT_RIGHT, dynamic=True,
+  source, sampler = _online(task, _always(FLAT_RIGHT), dynamic=True,
                             max_draws=3)
   batch = source.draw(None, 0, score)
   assert len(sampler.calls) == 3
@@ -322,7 +334,7 @@ def test_process_rewards_signal_is_in_the_step_rewards(task):
 def test_dynamic_with_process_rewards_keeps_groups_with_step_signal(task):
   patterns = [((RIGHT, FIRST), (FIRST, FIRST_WRONG), MIXED, (RIGHT, FIRST)),
               ((FIRST, FIRST_WRONG),) * 4]
-  source, sampler = _online(task, lambda c, i, q: patterns[c][i],
+  source, sampler = _online(task, _by_call(*patterns),
                             dynamic=True)
   batch = source.draw(None, 0, _process_score(task))
   first, second = sampler.calls[0][1], sampler.calls[1][1]
@@ -407,7 +419,7 @@ def test_online_pairs_chosen_is_right_rejected_is_wrong(task, score):
 def test_dynamic_pairs_have_no_dropped_pairs_when_signal_suffices(task,
                                                                   score):
   patterns = [(MIXED, FLAT_RIGHT, MIXED, FLAT_WRONG), (MIXED,) * 4]
-  source, _ = _online(task, lambda c, i, q: patterns[c][i], pairs=True,
+  source, _ = _online(task, _by_call(*patterns), pairs=True,
                       dynamic=True)
   batch = source.draw(None, 0, score)
   assert batch.metrics["pairs_dropped_frac"] == 0.0
@@ -430,8 +442,8 @@ def _refuse(call, i, q):
 
 
 def test_frozen_pool_is_sampled_once_and_cached(task, score, tmp_path):
-  plan = lambda call, i, q: MIXED if int(q[0]) % 2 else FLAT_RIGHT
-  source, sampler = _frozen(task, tmp_path / "run", plan)
+  source, sampler = _frozen(task, tmp_path / "run",
+                            _by_parity(MIXED, FLAT_RIGHT))
   first = [source.draw("sft", step, score) for step in range(16)]
   # Pool of 5 questions in chunks of 2: three calls, the last one padded.
   assert len(sampler.calls) == 3
@@ -473,14 +485,14 @@ def test_frozen_draws_are_scored_at_every_step(task, score, tmp_path):
     calls.append(len(batch.examples))
     return score(batch)
 
-  source, _ = _frozen(task, tmp_path, lambda c, i, q: MIXED)
+  source, _ = _frozen(task, tmp_path, _always(MIXED))
   source.draw(None, 0, count)
   source.draw(None, 1, count)
   assert calls == [4, 4]
 
 
 def test_frozen_dynamic_draws_again_from_the_pool(task, score, tmp_path):
-  source, _ = _frozen(task, tmp_path, lambda c, i, q: FLAT_RIGHT,
+  source, _ = _frozen(task, tmp_path, _always(FLAT_RIGHT),
                       dynamic=True, max_draws=3)
   batch = source.draw(None, 0, score)
   assert batch.metrics == {"zero_signal_group_frac": 1.0, "draws": 3.0,
