@@ -119,6 +119,9 @@ def validate(config) -> None:
   if "group_ids" in needed and not config.sampling.pairs and g < 2:
     raise ValueError(f"coefficient {name!r} compares samples within a group: "
                      f"sampling.group_size must be >= 2, got {g}")
+  if sampling_source and not rewards_lib.provided_fields(config.reward):
+    raise ValueError(f"source {config.source!r} samples completions that "
+                     f"need a reward, and reward {config.reward!r} gives none")
   if config.sampling.pairs and g < 2:
     raise ValueError("sampling.pairs builds a pair from each group: "
                      f"sampling.group_size must be >= 2, got {g}")
@@ -598,7 +601,7 @@ class Trainer:
         update_index += 1
     metrics = {k: float(np.mean([m[k] for m in step_metrics]))
                for k in step_metrics[0]}
-    metrics.update(batch.metrics)
+    metrics.update({f"source_{k}": v for k, v in batch.metrics.items()})
     metrics.update(self._batch_stats(batch))
     elapsed = time.perf_counter() - start
     tokens = int(np.asarray(batch.rollout.attention_mask).sum())
@@ -685,7 +688,9 @@ class Trainer:
       for step in range(self.start_step, config.steps):
         metrics = self.train_step(step, gradient_log, writer)
         if config.eval_every and (step + 1) % config.eval_every == 0:
-          metrics.update(self.evaluate())
+          result = self.evaluate()
+          lo, hi = result.pop("greedy_acc_ci")
+          metrics.update(result, greedy_acc_lo=lo, greedy_acc_hi=hi)
         writer.write(step + 1, metrics)
         self.checkpointer.save(step + 1, self.state, self._meta(step + 1, gradient_log),
                                force=step + 1 == config.steps,

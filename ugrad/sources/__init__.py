@@ -153,6 +153,7 @@ def make_pairs(batch: Batch, group_size: int) -> Batch:
       pair_ids=np.repeat(num_pairs, 2),
       pair_sign=np.tile(np.array([1.0, -1.0], np.float32), num_groups),
       group_ids=np.repeat(num_pairs, 2))
+  out.texts = [("" if b else t) for b, t in zip(blank, out.texts)]
   out.metrics["pairs_dropped_frac"] = float(1.0 - np.mean(real))
   return out
 
@@ -298,11 +299,20 @@ class FrozenPolicySource(OnlineSource):
     self.pool_questions = pool_questions
     self._pool: Optional[Batch] = None
 
+  def _made_with(self) -> list:
+    return [self.seed, self.group_size, self.pool_questions]
+
   def _build_pool(self, params) -> Batch:
     if os.path.exists(self.path):
       with np.load(self.path) as f:
         fields = {k: f[k] for k in f.files}
       question_idx = fields.pop("question_idx")
+      made_with = fields.pop("made_with").tolist()
+      if made_with != self._made_with():
+        raise ValueError(
+            f"{self.path} was sampled with (seed, group_size, "
+            f"pool_questions) = {made_with}, not {self._made_with()}: use "
+            "another workdir or delete the pool to sample a new one")
       logging.info("Loaded the frozen-policy pool from %s", self.path)
     else:
       rng = _step_rng(self.seed, _POOL_STEP)
@@ -324,7 +334,8 @@ class FrozenPolicySource(OnlineSource):
                 if v is not None}
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
       tmp = self.path + ".tmp.npz"
-      np.savez(tmp, question_idx=question_idx, **fields)
+      np.savez(tmp, question_idx=question_idx,
+               made_with=np.asarray(self._made_with()), **fields)
       os.replace(tmp, self.path)
       logging.info("Sampled and cached the frozen-policy pool at %s",
                    self.path)
