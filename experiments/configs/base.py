@@ -40,7 +40,7 @@ def get_config():
   c.batch_size = 64  # rows per step for the `dataset` source
 
   # Optimisation.
-  c.steps = 150
+  c.steps = 200
   c.optim = ml_collections.ConfigDict(
       dict(lr=1e-4, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
            grad_clip=1.0))
