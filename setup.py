@@ -25,6 +25,7 @@ setuptools.setup(
         "math-verify>=0.7.0",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # torch and transformers are only ever used by tests and the

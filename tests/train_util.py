@@ -10,6 +10,7 @@ def tiny(name: str, steps: int = 2, init_from: str = ""):
   """The config `name` shrunk to seconds per step on a CPU."""
   c = importlib.import_module(f"experiments.configs.{name}").get_config()
   c.steps = steps
+  c.model = "tiny"
   c.init_from = init_from
   c.batch_size = 16
   c.sampling.questions = 4

@@ -75,6 +75,14 @@ def validate(config) -> None:
     ValueError: for unknown names (listing the valid ones) and for
       combinations of source, reward and coefficient that cannot work.
   """
+  _check_names(config)
+  _check_fields(config)
+  _check_batch_split(config)
+  _check_models(config)
+
+
+def _check_names(config) -> None:
+  """Every family name exists (the error lists the valid ones)."""
   if config.task not in tasks_lib.TASKS:
     raise ValueError(f"unknown task {config.task!r}; valid tasks: "
                      f"{', '.join(sorted(tasks_lib.TASKS))}")
@@ -82,13 +90,32 @@ def validate(config) -> None:
     raise ValueError(f"unknown model preset {config.model!r}; valid: "
                      f"{', '.join(sorted(models.PRESETS))}")
   sources_lib.check_name(config.source)
-  provided = rewards_lib.provided_fields(config.reward)
-  name = config.coef.name
-  coefficients.bind_hparams(name, coef_hparams(config))  # names the valid
-  needed = coefficients.required_fields(name, coef_hparams(config))
+  rewards_lib.parse_spec(config.reward)
+  coefficients.bind_hparams(config.coef.name, coef_hparams(config))
   if config.normalizer not in NORMALIZERS:
     raise ValueError(f"unknown normalizer {config.normalizer!r}; valid: "
                      f"{', '.join(NORMALIZERS)}")
+
+
+_FIELD_HINTS = {
+    "pair_ids": "DPO pairs come from a sampling source (online / "
+                "frozen_policy) with sampling.pairs=True",
+    "pair_sign": "see pair_ids",
+    "group_ids": "groups come from a sampling source (online / "
+                 "frozen_policy)",
+    "rewards": "an outcome reward (rule / model) provides rewards",
+    "step_rewards": "a process reward (process / ground_truth_process) "
+                    "provides step rewards",
+    "step_mask": "see step_rewards",
+}
+
+
+def _check_fields(config) -> None:
+  """The source and reward provide every Rollout field the coefficient
+  needs."""
+  name = config.coef.name
+  needed = coefficients.required_fields(name, coef_hparams(config))
+  provided = rewards_lib.provided_fields(config.reward)
   sampling_source = config.source in SAMPLING_SOURCES
   g = config.sampling.group_size if sampling_source else 1
   provided |= {"logp_ref", "values"} if name == "ppo" else {"logp_ref"}
@@ -100,18 +127,8 @@ def validate(config) -> None:
     provided.add("logp_old")  # recomputed from the current policy
   missing = sorted(needed - provided)
   if missing:
-    hints = {
-        "pair_ids": "DPO pairs come from a sampling source "
-                    "(online / frozen_policy) with sampling.pairs=True",
-        "pair_sign": "see pair_ids",
-        "group_ids": "groups come from a sampling source (online / "
-                     "frozen_policy)",
-        "rewards": "an outcome reward (rule / model) provides rewards",
-        "step_rewards": "a process reward (process / ground_truth_process) "
-                        "provides step rewards",
-        "step_mask": "see step_rewards",
-    }
-    why = "; ".join(f"{f}: {hints.get(f, 'not provided')}" for f in missing)
+    why = "; ".join(f"{f}: {_FIELD_HINTS.get(f, 'not provided')}"
+                    for f in missing)
     raise ValueError(
         f"coefficient {name!r} needs {', '.join(missing)}, which source "
         f"{config.source!r} with reward {config.reward!r} does not provide "
@@ -128,8 +145,14 @@ def validate(config) -> None:
   if config.sampling.pairs and not sampling_source:
     raise ValueError("sampling.pairs needs a sampling source (online / "
                      f"frozen_policy), not {config.source!r}")
+
+
+def _check_batch_split(config) -> None:
+  """Minibatches and micro-batches hold whole groups and fill the devices."""
   rows = _rows_per_step(config)
-  chunk = 2 if config.sampling.pairs else g
+  sampling_source = config.source in SAMPLING_SOURCES
+  chunk = 2 if config.sampling.pairs else (
+      config.sampling.group_size if sampling_source else 1)
   parts = config.minibatches * config.micro_batches
   if rows % parts or (rows // parts) % chunk:
     raise ValueError(
@@ -139,6 +162,11 @@ def validate(config) -> None:
   if (rows // parts) % jax.device_count():
     raise ValueError(f"micro-batches of {rows // parts} rows do not divide "
                      f"over {jax.device_count()} devices")
+
+
+def _check_models(config) -> None:
+  """Learned rewards name their model; RL off the embedded task has an SFT
+  policy to start from."""
   terms = dict(rewards_lib.parse_spec(config.reward))
   if "model" in terms and not config.reward_model:
     raise ValueError("the 'model' reward needs config.reward_model: the "

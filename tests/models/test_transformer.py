@@ -92,7 +92,7 @@ def test_presets():
   cfg = tr.preset("qwen2_2.9m", 20)
   assert (cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias) == (2, 64, True)
   assert tr.preset("embedded", 30, num_layers=3).num_layers == 3
-  with pytest.raises(ValueError, match="valid: embedded, qwen2_2.9m"):
+  with pytest.raises(ValueError, match="valid: embedded, qwen2_2.9m, tiny"):
     tr.preset("gpt5", 20)
 
 

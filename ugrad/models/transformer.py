@@ -96,8 +96,15 @@ def _qwen2_2_9m(vocab_size: int) -> ModelConfig:
 
 
 # Model shapes by name; each takes the tokenizer's vocabulary size.
+def _tiny(vocab_size: int) -> ModelConfig:
+  """One small layer: for smoke tests, where compile time dominates."""
+  return ModelConfig(vocab_size=vocab_size, hidden_size=32, num_layers=1,
+                     num_heads=2, num_kv_heads=1, mlp_size=64)
+
+
 PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "embedded": _embedded,
+    "tiny": _tiny,
     "qwen2_2.9m": _qwen2_2_9m,
 }
 
