@@ -1,0 +1,213 @@
+r"""Sampled evaluation of a finished run: pass@k and maj@k with intervals.
+
+  python -m experiments.evaluate --checkpoint=runs/grpo --k=1,4,16,64
+
+Reads the run's task from CHECKPOINT/run_config.json, loads its final policy
+from CHECKPOINT/policy, draws --samples completions (default the largest k)
+for each of the first --questions held-out questions, prints pass@k and maj@k
+for every k and the greedy accuracy, each with a 95% bootstrap interval over
+questions, and writes them as JSON (default CHECKPOINT/eval_k.json).
+"""
+
+import json
+import os
+from typing import Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+import ml_collections
+
+from ugrad import eval as eval_lib
+from ugrad import train
+from ugrad.models import hf
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Workdir of a finished ugrad run.")
+_K = flags.DEFINE_list("k", ["1", "4", "16", "64"],
+                       "Comma-separated k of pass@k and maj@k.")
+_QUESTIONS = flags.DEFINE_integer(
+    "questions", 512, "Held-out questions (the first ones of the test split).")
+_SAMPLES = flags.DEFINE_integer(
+    "samples", None, "Samples per question (default: the largest k).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seeds the samples and the bootstrap.")
+_MAX_NEW = flags.DEFINE_integer(
+    "max_new_tokens", None,
+    "Completion budget (default: the run's sampling.max_new_tokens).")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "JSON file to write (default: CHECKPOINT/eval_k.json).")
+flags.mark_flag_as_required("checkpoint")
+
+OUTPUT_FILE = "eval_k.json"
+
+
+def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The config of a finished run in `run_dir`.
+
+  Raises:
+    FileNotFoundError: when run_dir does not exist, is not a ugrad run, or
+      its training has not finished (no final policy yet).
+  """
+  if not os.path.isdir(run_dir):
+    raise FileNotFoundError(f"--checkpoint={run_dir}: no such directory")
+  config_file = os.path.join(run_dir, train.CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(
+        f"{run_dir} is not a ugrad run: it has no {train.CONFIG_FILE}")
+  if not (os.path.isfile(os.path.join(run_dir, train.MODEL_FILE)) and
+          os.path.isdir(os.path.join(run_dir, train.POLICY_DIR))):
+    raise FileNotFoundError(
+        f"{run_dir} holds an unfinished run: {train.MODEL_FILE} and "
+        f"{train.POLICY_DIR}/ are written when training ends (rerun its "
+        "experiments.main command to resume and finish it)")
+  with open(config_file) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run_tokenizer(config: ml_collections.ConfigDict):
+  """The Hugging Face tokenizer the run trained with, or None for the task's.
+
+  A run initialised from a Hugging Face directory trains with that
+  directory's tokenizer; `init_from` is followed through ugrad runs to find
+  it.
+  """
+  path, seen = config.init_from, set()
+  while path and path not in seen:
+    seen.add(path)
+    if os.path.isfile(os.path.join(path, train.MODEL_FILE)):
+      config_file = os.path.join(path, train.CONFIG_FILE)
+      if not os.path.isfile(config_file):
+        return None
+      with open(config_file) as f:
+        path = json.load(f).get("init_from", "")
+    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+      return hf.HFTokenizer.from_directory(path)
+    else:
+      return None
+  return None
+
+
+def load_run(run_dir: str):
+  """(config, task, graphdef, params) of the finished run in `run_dir`."""
+  config = read_run_config(run_dir)
+  task = train.make_task(config)
+  graphdef, params, _ = train.load_policy(run_dir)
+  tokenizer = run_tokenizer(config)
+  if tokenizer is not None:
+    task.tokenizer = tokenizer
+  vocab = nnx.merge(graphdef, params).config.vocab_size
+  if task.tokenizer.vocab_size > vocab:
+    raise ValueError(
+        f"the policy in {run_dir} has {vocab} output tokens but the task's "
+        f"tokenizer has {task.tokenizer.vocab_size} ids")
+  return config, task, graphdef, params
+
+
+def parse_ks(values: Sequence[str]) -> list[int]:
+  """Sorted distinct positive ints from the --k list.
+
+  Raises:
+    ValueError: for an empty list or an entry that is not a positive integer.
+  """
+  ks = []
+  for v in values:
+    try:
+      k = int(v)
+    except ValueError:
+      raise ValueError(f"--k: {v!r} is not an integer") from None
+    if k < 1:
+      raise ValueError(f"--k: every k must be >= 1, got {k}")
+    ks.append(k)
+  if not ks:
+    raise ValueError("--k is empty; give e.g. --k=1,4,16,64")
+  return sorted(set(ks))
+
+
+def check_samples(ks: Sequence[int], samples: Optional[int]) -> int:
+  """The samples per question: `samples`, or the largest k when None.
+
+  Raises:
+    ValueError: when samples is below the largest k.
+  """
+  if samples is None:
+    return max(ks)
+  if samples < max(ks):
+    raise ValueError(f"--samples={samples} is fewer than the largest k "
+                     f"({max(ks)}); pass@k and maj@k need k <= samples")
+  return samples
+
+
+def evaluate(run_dir: str, ks: Sequence[int], questions: int = 512,
+             samples: Optional[int] = None, temperature: float = 1.0,
+             seed: int = 0, max_new_tokens: Optional[int] = None) -> dict:
+  """Sampled evaluation of the finished run in `run_dir`.
+
+  Returns:
+    `eval_lib.sample_eval`'s dict plus what produced it: checkpoint, task,
+    temperature, seed, ks, max_new_tokens.
+  """
+  samples = check_samples(ks, samples)
+  config, task, graphdef, params = load_run(run_dir)
+  max_new = (config.sampling.max_new_tokens if max_new_tokens is None
+             else max_new_tokens)
+  result = eval_lib.sample_eval(
+      task, graphdef, params, questions, samples, ks,
+      train.prompt_length(task), max_new, temperature=temperature, seed=seed)
+  return dict(result, checkpoint=os.path.abspath(run_dir), task=config.task,
+              ks=list(ks), temperature=temperature, seed=seed,
+              max_new_tokens=max_new)
+
+
+def _cell(result: dict, name: str) -> str:
+  lo, hi = result[name + "_ci"]
+  return (f"{100 * result[name]:5.1f}% "
+          f"[{100 * lo:5.1f}, {100 * hi:5.1f}]")
+
+
+def format_table(result: dict) -> str:
+  """The result as a table of pass@k and maj@k per k, greedy below."""
+  lines = [
+      f"{result['checkpoint']}: {result['num_questions']} held-out "
+      f"{result['task']} questions, {result['samples_per_question'][0]} "
+      f"samples each at temperature {result['temperature']:g}, seed "
+      f"{result['seed']} (95% bootstrap intervals)",
+      f"{'k':>5}  {'pass@k':<22}  {'maj@k':<22}"]
+  for k in result["ks"]:
+    lines.append(f"{k:>5}  {_cell(result, f'pass@{k}'):<22}  "
+                 f"{_cell(result, f'maj@{k}'):<22}")
+  lines.append(f"greedy accuracy: {_cell(result, 'greedy_acc')}")
+  return "\n".join(lines)
+
+
+def write_json(result: dict, path: str) -> None:
+  """Writes `result` to `path` whole or not at all."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(tmp, path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  run_dir = _CHECKPOINT.value
+  try:  # Bad flags and a missing or unfinished run: a message, no trace.
+    ks = parse_ks(_K.value)
+    samples = check_samples(ks, _SAMPLES.value)
+    read_run_config(run_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(str(e)) from e
+  result = evaluate(run_dir, ks, _QUESTIONS.value, samples,
+                    _TEMPERATURE.value, _SEED.value, _MAX_NEW.value)
+  output = _OUTPUT.value or os.path.join(run_dir, OUTPUT_FILE)
+  write_json(result, output)
+  print(format_table(result), flush=True)
+  print(f"wrote {output}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
