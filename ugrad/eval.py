@@ -16,6 +16,7 @@ References:
     (the percentile interval).
 """
 
+import functools
 import itertools
 import math
 import operator
@@ -490,12 +491,24 @@ def _nonempty(read: Callable[[str], Optional[str]]) -> AnswerFn:
   return answer
 
 
+def _math_equivalence(boxed: bool) -> Equivalence:
+  """math-verify equality, memoised: votes compare the same pairs often."""
+  from ugrad.tasks import math_answers  # pylint: disable=g-import-not-at-top
+
+  @functools.lru_cache(maxsize=1 << 16)
+  def same(a: str, b: str) -> bool:
+    return a == b or math_answers.answers_match(a, b, boxed)
+
+  return same
+
+
 def answer_functions(task) -> tuple[AnswerFn, Equivalence]:
   """How to read and compare the final answers of a task's completions.
 
   The embedded task's answer is the integer after "####" (compared with ==);
   a JSONL task's is the text after "####" (GSM8K) or in the last \\boxed{}
-  (MATH), compared with math-verify as the task's reward compares it.
+  (MATH), compared with math-verify as the task's reward compares it (and
+  equal when the strings are equal, even where math-verify cannot parse).
 
   Args:
     task: a `ugrad.tasks.ArithmeticTask` or `ugrad.tasks.JsonlTask`.
@@ -510,14 +523,12 @@ def answer_functions(task) -> tuple[AnswerFn, Equivalence]:
   # Imported here: the statistics above must not need the tasks.
   from ugrad.tasks import arithmetic  # pylint: disable=g-import-not-at-top
   from ugrad.tasks import jsonl  # pylint: disable=g-import-not-at-top
-  from ugrad.tasks import math_answers  # pylint: disable=g-import-not-at-top
 
   if isinstance(task, arithmetic.ArithmeticTask):
     return arithmetic.final_answer, operator.eq
   if isinstance(task, jsonl.JsonlTask):
-    boxed = task.fmt.boxed
     return (_nonempty(task.fmt.final_answer),
-            lambda a, b: math_answers.answers_match(a, b, boxed))
+            _math_equivalence(task.fmt.boxed))
   raise ValueError(
       f"no final-answer reader for a {type(task).__name__}; known tasks: "
       "ArithmeticTask, JsonlTask (or pass answer_fn and equivalent)")
