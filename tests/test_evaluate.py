@@ -216,3 +216,32 @@ def test_cli_refuses_missing_and_unfinished_runs(tmp_path):
   (tmp_path / train.CONFIG_FILE).write_text(_config().to_json())
   with pytest.raises(app.UsageError, match="holds an unfinished run"):
     _cli(checkpoint=str(tmp_path))
+
+
+def test_run_tokenizer_follows_init_from_to_a_hugging_face_directory(
+    tmp_path):
+  tokenizers = pytest.importorskip("tokenizers")
+  hf_dir = tmp_path / "hf"
+  hf_dir.mkdir()
+  tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {"<pad>": 0, "</s>": 1, "a": 2}, unk_token="<pad>")).save(
+          str(hf_dir / "tokenizer.json"))
+  (hf_dir / "tokenizer_config.json").write_text(
+      json.dumps({"eos_token": "</s>", "pad_token": "<pad>"}))
+
+  def run(name, init_from):
+    path = tmp_path / name
+    path.mkdir()
+    (path / train.MODEL_FILE).write_text("{}")
+    config = _config()
+    config.init_from = str(init_from)
+    (path / train.CONFIG_FILE).write_text(config.to_json())
+    return config
+
+  run("sft", hf_dir)
+  rl = run("rl", tmp_path / "sft")  # an RL run started from the SFT run
+  tok = evaluate_cli.run_tokenizer(rl)
+  assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 0, 3)
+  assert evaluate_cli.run_tokenizer(_config()) is None  # the task's own
+  loop = run("loop", tmp_path / "loop")
+  assert evaluate_cli.run_tokenizer(loop) is None
