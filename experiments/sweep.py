@@ -366,22 +366,26 @@ def _curve(rows: list[dict], name: str, key: str):
 
 def plot(rows: list[dict], names: list[str], key: str, label: str,
          path: str):
-  """One line per method (mean over seeds) with its 95% band; the SFT
-  baseline, evaluated once, is a horizontal line."""
+  """One line per method (mean over seeds) with its 95% band; the SFT run
+  is a horizontal line (for response length: its gold training data)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for name in names:
     steps, mean, lo, hi = _curve(rows, name, key)
     if not steps.size:
       continue
     if name == SFT_NAME:
-      ax.axhline(mean[-1], color="black", linestyle="--", label="SFT (no RL)")
+      sft_label = ("SFT data (gold solutions)" if key in WINDOW_KEYS
+                   else "SFT (no RL)")
+      ax.axhline(mean[-1], color="black", linestyle="--", label=sft_label)
       ax.axhspan(lo[-1], hi[-1], color="black", alpha=0.08)
       continue
     (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=name)
     ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("RL step")
   ax.set_ylabel(label)
   ax.set_title(f"{label}: mean over seeds, 95% t-interval band")
