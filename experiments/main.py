@@ -21,7 +21,6 @@ from ugrad import train
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _report(name: str, result: dict) -> str:
@@ -68,4 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
