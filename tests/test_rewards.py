@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from tests import bpe_util
 
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
@@ -18,14 +18,9 @@ class BpeTokenizer:
   """A byte-level BPE in the Tokenizer protocol: tokens span several chars."""
 
   def __init__(self):
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["48+27=75\n75-19=56\n#### 56", "12-34=-22"] * 20,
-                            trainer)
+    tok = bpe_util.train_bpe(
+        ["48+27=75\n75-19=56\n#### 56", "12-34=-22"] * 20, 300,
+        ("<pad>", "</s>"))
     self._tok = tok
     self.vocab_size = tok.get_vocab_size()
     self.pad_id = tok.token_to_id("<pad>")

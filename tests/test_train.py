@@ -1,5 +1,6 @@
 """The trainer end to end on the embedded task, at toy sizes."""
 
+import json
 import math
 import os
 import signal
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import bpe_util
 from tests import sharded_step
 from tests import train_util
 from ugrad import gradlog
@@ -228,3 +230,27 @@ def test_micro_batches_accumulate_to_the_full_batch_update(name, sft_dir,
   np.testing.assert_allclose(loss1, loss2, rtol=1e-5, atol=1e-8)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_rl_from_a_hugging_face_checkpoint_on_jsonl_data(tmp_path):
+  rows = [{"question": f"What is {a} plus {b}?",
+           "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+          for a in range(3, 9) for b in range(2, 5)]
+  for split, part in (("train", rows[:12]), ("test", rows[12:])):
+    with open(tmp_path / f"{split}.jsonl", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in part)
+  bpe = bpe_util.train_bpe([r["question"] + "\n" + r["answer"] for r in rows])
+  tokenizer = models.HFTokenizer(bpe, pad_id=0, bos_id=1, eos_id=2)
+  model_config = models.preset("tiny", tokenizer.vocab_size, qkv_bias=True)
+  policy = models.Transformer(model_config, rngs=nnx.Rngs(0))
+  models.save_pretrained(policy, tmp_path / "hf", tokenizer=tokenizer)
+  config = train_util.tiny("grpo", init_from=str(tmp_path / "hf"))
+  config.task = "gsm8k"
+  config.data.train_path = str(tmp_path / "train.jsonl")
+  config.data.test_path = str(tmp_path / "test.jsonl")
+  trainer = train.Trainer(config, str(tmp_path / "run"))
+  assert trainer.policy.tokenizer.vocab_size == tokenizer.vocab_size
+  metrics = trainer.train()
+  assert math.isfinite(metrics["loss"])
+  assert gradlog.verify(str(tmp_path / "run" / "gradient_log.jsonl")).ok
+  assert 0.0 <= trainer.evaluate()["greedy_acc"] <= 1.0

@@ -195,12 +195,23 @@ def _rows_per_step(config) -> int:
 
 
 def make_task(config):
-  kwargs = dict(config.task_kwargs)
+  """The embedded task (`task_kwargs`) or a JSONL task (`data` paths)."""
   if config.task == "arithmetic":
-    kwargs.pop("path", None)
+    kwargs = dict(config.task_kwargs)
     kwargs["digits"] = tuple(kwargs["digits"])
     kwargs.setdefault("seed", config.seed)
+  else:
+    kwargs = {"train_path": config.data.train_path or None,
+              "test_path": config.data.test_path or None}
   return tasks_lib.make_task(config.task, **kwargs)
+
+
+def compute_dtype(config) -> str:
+  """The model's compute dtype: "auto" is bfloat16 on GPU/TPU, float32 on
+  CPU. Parameters (and optimizer state) always stay float32."""
+  if config.compute_dtype != "auto":
+    return config.compute_dtype
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
@@ -258,11 +269,13 @@ def load_model(path: str, kind: str = "policy"):
   return graphdef, params
 
 
-def load_policy(path: str, dtype: Optional[str] = None):
-  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir."""
+def load_policy(path: str):
+  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir.
+
+  Parameters load as float32 (the trainer's master weights)."""
   if not os.path.exists(os.path.join(path, MODEL_FILE)) and os.path.exists(
       os.path.join(path, "config.json")):
-    model, tokenizer = models.from_pretrained(path, dtype=dtype or "float32")
+    model, tokenizer = models.from_pretrained(path, dtype="float32")
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params, tokenizer
   graphdef, params = load_model(path, "policy")
@@ -430,9 +443,13 @@ class Trainer:
         raise ValueError("a Hugging Face policy cannot be trained on the "
                          "embedded task's character vocabulary")
       tokenizer = hf_tokenizer or tokenizer
-      model_config = nnx.merge(graphdef, params).config
+      model_config = dataclasses.replace(
+          nnx.merge(graphdef, params).config, dtype=compute_dtype(config))
+      graphdef = nnx.split(nnx.eval_shape(lambda: models.Transformer(
+          model_config, rngs=nnx.Rngs(0))), nnx.Param)[0]
     else:
-      model_config = models.preset(config.model, tokenizer.vocab_size)
+      model_config = models.preset(config.model, tokenizer.vocab_size,
+                                   dtype=compute_dtype(config))
       model = models.Transformer(model_config, rngs=nnx.Rngs(config.seed))
       graphdef, params = nnx.split(model, nnx.Param)
     if hasattr(self.task, "tokenizer") and tokenizer is not self.task.tokenizer:

@@ -15,11 +15,14 @@ def get_config():
   c.task = "arithmetic"
   c.task_kwargs = ml_collections.ConfigDict(
       dict(num_operands=3, digits=(1, 2), operators="+-"))
+  # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.
+  c.data = ml_collections.ConfigDict(dict(train_path="", test_path=""))
 
   # The policy: a model preset, optionally initialised from a checkpoint
   # (a ugrad workdir or a Hugging Face directory). RL configs on the embedded
   # task train their own SFT policy first when init_from is empty.
   c.model = "embedded"
+  c.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
   c.init_from = ""
   c.warm_start = ml_collections.ConfigDict(
       dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50))

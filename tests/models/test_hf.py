@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import tokenizers
-from tokenizers import decoders
-from tokenizers import models as tok_models
-from tokenizers import pre_tokenizers
-from tokenizers import trainers
 import torch
 import transformers
 
+from tests import bpe_util
 from ugrad import models
 from ugrad import sampling
 from ugrad.models import hf
@@ -194,15 +191,7 @@ _SPECIALS = ("<pad>", "<s>", "</s>")
 
 def _train_tokenizer() -> tokenizers.Tokenizer:
   """A byte-level BPE tokenizer (exact round trips) with three specials."""
-  tokenizer = tokenizers.Tokenizer(tok_models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-      vocab_size=300, special_tokens=list(_SPECIALS),
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False)
-  tokenizer.train_from_iterator(_SENTENCES, trainer)
-  return tokenizer
+  return bpe_util.train_bpe(_SENTENCES, 300, _SPECIALS)
 
 
 @pytest.fixture(scope="module")

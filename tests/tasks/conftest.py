@@ -7,7 +7,8 @@ token offsets differ.
 
 import pytest
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from tests import bpe_util
 
 _CORPUS = [
     "Natalia sold 48/2 = 24 clips in May.\n#### 72",
@@ -35,11 +36,5 @@ class BpeTokenizer:
 
 @pytest.fixture(scope="session")
 def bpe():
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-      vocab_size=320, special_tokens=["<pad>", "</s>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator(_CORPUS * 10, trainer)
-  return BpeTokenizer(tok)
+  return BpeTokenizer(bpe_util.train_bpe(_CORPUS * 10, 320,
+                                         ("<pad>", "</s>")))
