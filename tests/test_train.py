@@ -254,3 +254,16 @@ def test_rl_from_a_hugging_face_checkpoint_on_jsonl_data(tmp_path):
   assert math.isfinite(metrics["loss"])
   assert gradlog.verify(str(tmp_path / "run" / "gradient_log.jsonl")).ok
   assert 0.0 <= trainer.evaluate()["greedy_acc"] <= 1.0
+
+
+def test_bfloat16_compute_with_float32_parameters(sft_dir, tmp_path):
+  config = train_util.tiny("grpo", init_from=sft_dir)
+  config.compute_dtype = "bfloat16"
+  trainer = train.Trainer(config, str(tmp_path))
+  assert trainer.policy.model_config.dtype == "bfloat16"
+  metrics = trainer.train()
+  assert math.isfinite(metrics["loss"])
+  # bf16 logits: sampler and trainer agree to bf16 precision, not float32.
+  assert metrics["logp_mismatch"] < 0.05
+  leaves = jax.tree.leaves(trainer.state["params"])
+  assert all(x.dtype == np.float32 for x in leaves)
