@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ugrad import reward_models
 from ugrad import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,6 +33,14 @@ def _report(name: str, result: dict) -> str:
 
 def run(config, workdir: str) -> dict:
   """Trains `config` in `workdir`; returns held-out accuracies."""
+  trainer_name = config.get("trainer", "policy")
+  if trainer_name not in ("policy", "reward_model"):
+    raise ValueError(f"unknown trainer {trainer_name!r}; valid: policy, "
+                     "reward_model")
+  if trainer_name == "reward_model":
+    result = reward_models.train_reward_model(config, workdir)
+    print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+    return result
   train.validate(config)
   warm = train._needs_sft_warm_start(config)  # pylint: disable=protected-access
   trainer = train.Trainer(config, workdir)

@@ -575,7 +575,11 @@ class Trainer:
         jax.tree.map(np.asarray, rollout), self.batch_sharding)
 
   def _prepare(self, step: int):
-    """Draws and scores the step's batch; adds logp_ref, values, logp_old."""
+    """Draws and scores the step's batch; adds logp_ref, values, logp_old.
+
+    Returns:
+      (the source's Batch, the completed Rollout as host arrays).
+    """
     config = self.config
     params = self.state["params"]
     if config.source == "frozen_policy":
@@ -598,9 +602,10 @@ class Trainer:
                                         rollout.attention_mask)
     if "values" in self.needed:
       extra["values"] = self.values(self.state["critic"]["params"], rollout)
-    rollout = rollout.replace(**extra)
-    coefficients.validate_rollout(config.coef.name,
-                                  jax.device_get(rollout),
+    # One copy on the host: minibatches are sliced from it, and the
+    # coefficient's value checks need concrete arrays.
+    rollout = jax.device_get(rollout.replace(**extra))
+    coefficients.validate_rollout(config.coef.name, rollout,
                                   coef_hparams(config))
     return batch, rollout
 
@@ -626,8 +631,7 @@ class Trainer:
     update_index = 0
     for epoch in range(config.ppo_epochs):
       for rows_idx in self._minibatches(step, epoch, rows):
-        mb = self._device_batch(jax.tree.map(
-            lambda x: np.asarray(x)[rows_idx], jax.device_get(rollout)))
+        mb = self._device_batch(jax.tree.map(lambda x: x[rows_idx], rollout))
         params, opt_state, metrics = self.update(
             self.state["params"], self.state["opt_state"], mb)
         self.state["params"], self.state["opt_state"] = params, opt_state
