@@ -1,11 +1,11 @@
 """Evaluation: greedy accuracy, pass@k, maj@k, bootstrap confidence intervals.
 
-`greedy_accuracy` runs a policy on a task's held-out questions; the rest are
-statistics. Every metric is computed per question first, so that one percentile bootstrap
-over questions gives a confidence interval for any of them. The functions are
-plain numpy and never see a model: callers pass, per question, the sampled
-final answers (None where the answer failed to parse) and the correctness of
-each sample.
+`greedy_accuracy` and `sample_eval` run a policy on a task's held-out
+questions; the statistics below them are plain numpy. Every metric is
+computed per question first, so that one percentile bootstrap over questions
+gives a confidence interval for any of them: callers pass, per question, the
+sampled final answers (None where the answer failed to parse) and the
+correctness of each sample.
 
 References:
   Chen et al. 2021, "Evaluating Large Language Models Trained on Code",

@@ -540,12 +540,13 @@ class Trainer:
         prompt_len=self.prompt_len, completion_len=self.max_new,
         seed=config.seed, workdir=self.workdir,
         **dict(config.sampling))
-    self.scorer = rewards_lib.make_scorer(config.reward, rewards_lib.RewardContext(
+    context = rewards_lib.RewardContext(
         self.task,
         outcome_model=(reward_model_scorer(config.reward_model)
                        if config.reward_model else None),
         process_model=(reward_model_scorer(config.process_reward_model)
-                       if config.process_reward_model else None)))
+                       if config.process_reward_model else None))
+    self.scorer = rewards_lib.make_scorer(config.reward, context)
     shardings = (self.param_sharding, self.opt_sharding, self.replicated)
     self.update = make_update(graphdef, self.coef_fn, config.normalizer,
                               self.max_new, self.optimizer,
@@ -741,9 +742,10 @@ class Trainer:
           lo, hi = result.pop("greedy_acc_ci")
           metrics.update(result, greedy_acc_lo=lo, greedy_acc_hi=hi)
         writer.write(step + 1, metrics)
-        self.checkpointer.save(step + 1, self.state, self._meta(step + 1, gradient_log),
-                               force=step + 1 == config.steps,
-                               wait=step + 1 == config.steps)
+        last = step + 1 == config.steps
+        self.checkpointer.save(step + 1, self.state,
+                               self._meta(step + 1, gradient_log),
+                               force=last, wait=last)
         bar.update(1)
         bar.set_postfix({k: f"{metrics[k]:.3g}" for k in (
             "reward_mean", "accuracy", "tokens_per_s") if k in metrics})
