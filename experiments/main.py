@@ -42,7 +42,7 @@ def run(config, workdir: str) -> dict:
     print(json.dumps(result, indent=2, sort_keys=True), flush=True)
     return result
   train.validate(config)
-  warm = train._needs_sft_warm_start(config)  # pylint: disable=protected-access
+  warm = train.needs_sft_warm_start(config)
   trainer = train.Trainer(config, workdir)
   results = {}
   if warm:

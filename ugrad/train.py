@@ -63,7 +63,8 @@ def coef_hparams(config) -> dict:
   return {k: v for k, v in config.coef.items() if k != "name"}
 
 
-def _needs_sft_warm_start(config) -> bool:
+def needs_sft_warm_start(config) -> bool:
+  """Whether an RL run on the embedded task must first train its SFT policy."""
   return (not config.init_from and config.coef.name != "sft"
           and config.task == "arithmetic")
 
@@ -435,7 +436,7 @@ class Trainer:
   def _init_policy(self):
     config = self.config
     tokenizer = self.task.tokenizer
-    if _needs_sft_warm_start(config):
+    if needs_sft_warm_start(config):
       config.init_from = warm_start(config, self.workdir)
     if config.init_from:
       graphdef, params, hf_tokenizer = load_policy(config.init_from)
