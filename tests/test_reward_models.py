@@ -1,0 +1,183 @@
+"""Reward models: Math-Shepherd labels, AUC, ORM / PRM training and use."""
+
+import math
+import os
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import orm as orm_config
+from experiments.configs import prm as prm_config
+from tests import train_util
+from ugrad import metrics as metrics_lib
+from ugrad import reward_models
+from ugrad import rewards as rewards_lib
+from ugrad import sources as sources_lib
+from ugrad import tasks as tasks_lib
+from ugrad import train
+from ugrad.sources import layout
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sft"))
+  train.Trainer(train_util.tiny("sft"), workdir).train()
+  return workdir
+
+
+def _tiny_rm(module, init_from: str, steps: int = 2):
+  c = module.get_config()
+  c.steps = steps
+  c.model = "tiny"
+  c.init_from = init_from
+  c.sampling.questions = 2
+  c.sampling.group_size = 2
+  c.sampling.max_new_tokens = 32
+  c.rm.rollouts = 2
+  c.rm.prefix_batch = 8
+  c.rm.eval_questions = 2  # the training batch's shape: no new compile
+  c.eval_every = 1
+  c.checkpoint_every = 1
+  c.quiet = True
+  return c
+
+
+# --- statistics ---------------------------------------------------------------
+
+
+def test_auc_known_cases():
+  # Positives win 4 of the 6 (positive, negative) pairs and tie one.
+  assert reward_models.auc([0.9, 0.5, 0.5, 0.1, 0.7], [1, 1, 0, 0, 0]) == (
+      pytest.approx(4.5 / 6))
+  assert reward_models.auc([3.0, 2.0, 1.0], [1, 1, 0]) == 1.0
+  assert reward_models.auc([1.0, 2.0, 3.0], [1, 1, 0]) == 0.0
+  assert reward_models.auc([1.0, 1.0], [1, 0]) == 0.5
+  assert math.isnan(reward_models.auc([1.0, 2.0], [1, 1]))
+  rng = np.random.default_rng(0)
+  scores, labels = rng.normal(size=50), rng.random(50) > 0.5
+  pairs = [(s > t) + 0.5 * (s == t) for s, a in zip(scores, labels) if a
+           for t, b in zip(scores, labels) if not b]
+  assert reward_models.auc(scores, labels) == pytest.approx(np.mean(pairs))
+
+
+# --- Math-Shepherd labels -----------------------------------------------------
+
+
+class _ScriptedContinuations:
+  """A fake sampler: the continuations of a prefix are looked up by its
+  text after the prompt."""
+
+  def __init__(self, tok, prompt: str, script: dict, new_tokens: int):
+    self.tok, self.prompt, self.script = tok, prompt, script
+    self.new_tokens = new_tokens
+    self.seen = []
+
+  def __call__(self, tokens, mask, key):
+    del key
+    rows, conts = [], []
+    for row, m in zip(tokens, mask):
+      text = self.tok.decode(row[m > 0])
+      assert text.startswith(self.prompt)
+      head = text[len(self.prompt):]
+      self.seen.append(head)
+      for cont in self.script[head]:
+        rows.append(row[m > 0].tolist())
+        conts.append(tasks_lib.encode_completion(self.tok, cont))
+    packed = layout.pack(rows, conts, tokens.shape[1], self.new_tokens,
+                         self.tok.pad_id)
+    return types.SimpleNamespace(tokens=packed["tokens"],
+                                 completion_mask=packed["completion_mask"])
+
+
+def test_shepherd_hard_and_soft_labels():
+  task = tasks_lib.ArithmeticTask(num_operands=3, digits=1, n_train=4)
+  tok = task.tokenizer
+  ex = tasks_lib.Example("1+2+3=", "1+2=3\n3+3=6", "6")
+  wrong = "1+2=4\n4+3=7\n#### 7"
+  right = "1+2=3\n3+3=6\n#### 6"
+  prompt = task.prompt(ex)
+  arrays = layout.pack([tasks_lib.encode_prompt(tok, prompt)] * 2,
+                       [tasks_lib.encode_completion(tok, t)
+                        for t in (wrong, right)], 10, 24, tok.pad_id)
+  batch = sources_lib.Batch(sources_lib.Rollout(**arrays), [ex, ex],
+                            [wrong, right], {})
+  mask = rewards_lib.step_end_mask(rewards_lib.RewardContext(task), batch)
+  # Completions that claim an answer regardless of the prefix: the rule
+  # reward reads the first "####", so only prefixes without one can flip.
+  script = {
+      "1+2=4": ["\n#### 6", "\n#### 7", "\n4+3=7\n#### 7"],
+      "1+2=4\n4+3=7": ["\n#### 6", "\n#### 7", "\n#### 7"],
+      "1+2=4\n4+3=7\n#### 7": ["", "", "\n#### 6"],
+      "1+2=3": ["\n3+3=6\n#### 6", "\n#### 6", "\n#### 5"],
+      "1+2=3\n3+3=6": ["\n#### 6"] * 3,
+      "1+2=3\n3+3=6\n#### 6": [""] * 3,
+  }
+  fake = _ScriptedContinuations(tok, prompt, script, 24)
+  soft = reward_models.shepherd_fractions(task, batch, mask, fake, 3,
+                                          chunk=4,
+                                          key=jax.random.key(0))
+  rows, cols = np.nonzero(mask)
+  assert rows.tolist() == [0, 0, 0, 1, 1, 1]
+  np.testing.assert_allclose(soft[rows, cols],
+                             [1 / 3, 1 / 3, 0, 2 / 3, 1, 1], rtol=1e-6)
+  assert (soft[mask == 0] == 0).all()
+  np.testing.assert_array_equal((soft[rows, cols] > 0),
+                                [True, True, False, True, True, True])
+  # 6 prefixes in chunks of 4: the second chunk is padded with a repeat.
+  assert len(fake.seen) == 8 and fake.seen[6:] == [fake.seen[4]] * 2
+
+
+# --- training, saving, scoring ------------------------------------------------
+
+
+def _rows(workdir):
+  return metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_orm_trains_saves_and_scores(sft_dir, tmp_path):
+  config = _tiny_rm(orm_config, sft_dir)
+  result = reward_models.train_reward_model(config, str(tmp_path))
+  rows = _rows(str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(math.isfinite(r["loss"]) for r in rows)
+  # A zero head scores 0: the first loss is log 2 whatever the labels.
+  assert rows[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)
+  assert "orm_acc" in rows[-1] and "orm_auc" in result
+  scorer = train.reward_model_scorer(str(tmp_path))
+  tokens = np.ones((2, 12), np.int32)
+  assert scorer(tokens, np.ones_like(tokens)).shape == (2, 12)
+
+
+def test_prm_resumes_and_drives_process_grpo(sft_dir, tmp_path):
+  prm_dir = str(tmp_path / "prm")
+  reward_models.train_reward_model(_tiny_rm(prm_config, sft_dir, steps=1),
+                                   prm_dir)
+  resumed = reward_models.RewardModelTrainer(
+      _tiny_rm(prm_config, sft_dir, steps=2), prm_dir)
+  assert resumed.start_step == 1
+  resumed.train()
+  rows = _rows(prm_dir)
+  assert [r["step"] for r in rows] == [1, 2]
+  for key in ("step_acc", "step_auc", "solution_acc", "label_mean",
+              "label_truth_agreement"):
+    assert key in rows[-1], key
+  rl = train_util.tiny("grpo_process", init_from=sft_dir)
+  rl.reward = "process"
+  rl.process_reward_model = prm_dir
+  train.Trainer(rl, str(tmp_path / "rl")).train()
+  rl_rows = _rows(str(tmp_path / "rl"))
+  assert [r["step"] for r in rl_rows] == [1, 2]
+  assert all(math.isfinite(r["loss"]) for r in rl_rows)
+
+
+def test_bad_settings_are_refused(sft_dir, tmp_path):
+  config = _tiny_rm(prm_config, sft_dir)
+  config.rm.label = "fuzzy"
+  with pytest.raises(ValueError, match="hard, soft, ground_truth"):
+    reward_models.RewardModelTrainer(config, str(tmp_path))
+  config = _tiny_rm(orm_config, sft_dir)
+  config.rm.kind = "vrm"
+  with pytest.raises(ValueError, match="orm, prm"):
+    reward_models.RewardModelTrainer(config, str(tmp_path))
