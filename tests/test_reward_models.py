@@ -36,10 +36,10 @@ def _tiny_rm(module, init_from: str, steps: int = 2):
   c.sampling.group_size = 2
   c.sampling.max_new_tokens = 32
   c.rm.rollouts = 2
-  c.rm.prefix_batch = 8
+  c.rm.prefix_batch = 16
   c.rm.eval_questions = 2  # the training batch's shape: no new compile
-  c.eval_every = 1
-  c.checkpoint_every = 1
+  c.eval_every = steps
+  c.checkpoint_every = steps  # one save: the forced last one
   c.quiet = True
   return c
 
@@ -136,7 +136,7 @@ def _rows(workdir):
   return metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
-def test_orm_trains_saves_and_scores(sft_dir, tmp_path):
+def test_orm_trains_saves_scores_and_resumes(sft_dir, tmp_path):
   config = _tiny_rm(orm_config, sft_dir)
   result = reward_models.train_reward_model(config, str(tmp_path))
   rows = _rows(str(tmp_path))
@@ -148,16 +148,17 @@ def test_orm_trains_saves_and_scores(sft_dir, tmp_path):
   scorer = train.reward_model_scorer(str(tmp_path))
   tokens = np.ones((2, 12), np.int32)
   assert scorer(tokens, np.ones_like(tokens)).shape == (2, 12)
+  # A new trainer on the workdir resumes from the last checkpoint.
+  resumed = reward_models.RewardModelTrainer(_tiny_rm(orm_config, sft_dir),
+                                             str(tmp_path))
+  assert resumed.start_step == 2
+  _, saved = train.load_model(str(tmp_path), "scalar")
+  jax.tree.map(np.testing.assert_array_equal, resumed.state["params"], saved)
 
 
-def test_prm_resumes_and_drives_process_grpo(sft_dir, tmp_path):
+def test_prm_trains_and_drives_process_grpo(sft_dir, tmp_path):
   prm_dir = str(tmp_path / "prm")
-  reward_models.train_reward_model(_tiny_rm(prm_config, sft_dir, steps=1),
-                                   prm_dir)
-  resumed = reward_models.RewardModelTrainer(
-      _tiny_rm(prm_config, sft_dir, steps=2), prm_dir)
-  assert resumed.start_step == 1
-  resumed.train()
+  reward_models.train_reward_model(_tiny_rm(prm_config, sft_dir), prm_dir)
   rows = _rows(prm_dir)
   assert [r["step"] for r in rows] == [1, 2]
   for key in ("step_acc", "step_auc", "solution_acc", "label_mean",

@@ -267,7 +267,7 @@ class RewardModelTrainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     validate(config)
-    train._check_names(config)  # pylint: disable=protected-access
+    train.validate(config)  # names, batch split, init_from off the task
     self.config = config
     self.kind = config.rm.kind
     self.workdir = os.path.abspath(workdir)
