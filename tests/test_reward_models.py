@@ -125,6 +125,11 @@ def test_shepherd_hard_and_soft_labels():
   assert (soft[mask == 0] == 0).all()
   np.testing.assert_array_equal((soft[rows, cols] > 0),
                                 [True, True, False, True, True, True])
+  # The ground-truth control: every step of the wrong sample is wrong.
+  truth = reward_models.true_step_labels(task, batch)
+  np.testing.assert_array_equal(truth["step_mask"], mask)
+  np.testing.assert_array_equal(truth["step_rewards"][rows, cols],
+                                [0, 0, 0, 1, 1, 1])
   # 6 prefixes in chunks of 4: the second chunk is padded with a repeat.
   assert len(fake.seen) == 8 and fake.seen[6:] == [fake.seen[4]] * 2
 

@@ -292,9 +292,9 @@ class RewardModelTrainer:
       self.task.tokenizer = hf_tokenizer
     model_config = dataclasses.replace(
         nnx.merge(graphdef, params).config, dtype=train.compute_dtype(config))
-    self.policy_graphdef = nnx.split(nnx.eval_shape(
-        lambda: models.Transformer(model_config, rngs=nnx.Rngs(0))),
-                                     nnx.Param)[0]
+    abstract = nnx.eval_shape(
+        lambda: models.Transformer(model_config, rngs=nnx.Rngs(0)))
+    self.policy_graphdef = nnx.split(abstract, nnx.Param)[0]
     self.policy_params = params
     self.model_config = model_config
     # pylint: disable-next=protected-access
