@@ -33,11 +33,10 @@ def _report(name: str, result: dict) -> str:
 
 def run(config, workdir: str) -> dict:
   """Trains `config` in `workdir`; returns held-out accuracies."""
-  trainer_name = config.get("trainer", "policy")
-  if trainer_name not in ("policy", "reward_model"):
-    raise ValueError(f"unknown trainer {trainer_name!r}; valid: policy, "
+  if config.trainer not in ("policy", "reward_model"):
+    raise ValueError(f"unknown trainer {config.trainer!r}; valid: policy, "
                      "reward_model")
-  if trainer_name == "reward_model":
+  if config.trainer == "reward_model":
     result = reward_models.train_reward_model(config, workdir)
     print(json.dumps(result, indent=2, sort_keys=True), flush=True)
     return result

@@ -297,8 +297,7 @@ class RewardModelTrainer:
     self.policy_graphdef = nnx.split(abstract, nnx.Param)[0]
     self.policy_params = params
     self.model_config = model_config
-    # pylint: disable-next=protected-access
-    self.graphdef, self.init_params = train._critic_from_policy(
+    self.graphdef, self.init_params = train.scalar_from_policy(
         model_config, params, config.seed)
 
   def _sampler(self, num_samples: int):

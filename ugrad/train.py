@@ -291,8 +291,9 @@ def reward_model_scorer(path: str):
   return lambda tokens, mask: np.asarray(scores(params, tokens, mask))
 
 
-def _critic_from_policy(model_config, policy_params, seed: int):
-  """A value model: the policy's backbone and a zero-initialised head."""
+def scalar_from_policy(model_config, policy_params, seed: int):
+  """A scalar model (critic, reward model): the policy's backbone and a
+  zero-initialised head."""
   critic = models.ScalarModel(model_config, rngs=nnx.Rngs(seed + 1))
   graphdef, params = nnx.split(critic, nnx.Param)
   pure = nnx.to_pure_dict(params)
@@ -488,7 +489,7 @@ class Trainer:
              "rng": self._on_mesh(
                  jax.random.key_data(jax.random.key(config.seed)))}
     if config.coef.name == "ppo":
-      c_graphdef, c_params = _critic_from_policy(self.policy.model_config,
+      c_graphdef, c_params = scalar_from_policy(self.policy.model_config,
                                                  self.init_params, config.seed)
       self.critic_graphdef = c_graphdef
       self.critic_optimizer = make_optimizer(

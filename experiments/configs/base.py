@@ -9,6 +9,7 @@ def get_config():
   """Returns the base config; method files override a few fields."""
   c = ml_collections.ConfigDict()
   c.method = "base"
+  c.trainer = "policy"  # or "reward_model" (orm.py, prm.py)
   c.seed = 0
 
   # The task: the embedded arithmetic problems, or a JSONL file.
