@@ -23,7 +23,6 @@ import os
 import time
 from typing import Callable
 
-from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,6 @@ import numpy as np
 import optax
 import tqdm
 
-from ugrad import checkpoint as checkpoint_lib
 from ugrad import eval as eval_lib
 from ugrad import masked
 from ugrad import metrics as metrics_lib
@@ -330,18 +328,8 @@ class RewardModelTrainer:
     state = {"params": params,
              "opt_state": jax.jit(self.optimizer.init)(params)}
     self.update = make_update(self.graphdef, self.optimizer)
-    self.checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), config.checkpoint_every,
-        config.keep_checkpoints)
-    self.start_step = 0
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state)
-    restored = self.checkpointer.restore(abstract)
-    if restored is not None:
-      self.start_step, state, _ = restored
-      logging.info("Resumed %s at step %d", self.workdir, self.start_step)
-    self.state = state
+    self.checkpointer, self.start_step, self.state, _ = (
+        train.open_checkpoints(config, self.workdir, state))
 
   # --- data ----------------------------------------------------------------
 

@@ -305,6 +305,28 @@ def scalar_from_policy(model_config, policy_params, seed: int):
   return graphdef, params
 
 
+def open_checkpoints(config, workdir: str, state):
+  """The run's Checkpointer and the state to start from.
+
+  Returns:
+    (checkpointer, start step, state, checkpoint meta): the latest good
+    checkpoint's step, state and meta when there is one, else (0, `state`,
+    {}).
+  """
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config.checkpoint_every,
+      config.keep_checkpoints)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  restored = checkpointer.restore(abstract)
+  if restored is None:
+    return checkpointer, 0, state, {}
+  step, state, meta = restored
+  logging.info("Resumed %s at step %d", workdir, step)
+  return checkpointer, step, state, meta
+
+
 # ---------------------------------------------------------------------------
 # The jitted functions.
 # ---------------------------------------------------------------------------
@@ -503,21 +525,8 @@ class Trainer:
     if config.ref_reset_every:
       state["ref_params"] = jax.tree.map(jnp.copy, params)
     self.ref_params = self.init_params
-    self.checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), config.checkpoint_every,
-        config.keep_checkpoints)
-    self.start_step = 0
-    self.resume_meta = {}
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state)
-    restored = self.checkpointer.restore(abstract)
-    if restored is not None:
-      self.start_step, state, meta = restored
-      self.resume_meta = meta
-      logging.info("Resumed %s at step %d (data position %s)", self.workdir,
-                   self.start_step, meta.get("data_position"))
-    self.state = state
+    (self.checkpointer, self.start_step, self.state,
+     self.resume_meta) = open_checkpoints(config, self.workdir, state)
 
   def _init_families(self):
     config = self.config
