@@ -603,13 +603,11 @@ class Trainer:
       extra["logp_ref"] = self.logprobs(self._reference_params(),
                                         rollout.tokens,
                                         rollout.attention_mask)
-    if config.recompute_logp_old or ("logp_old" in self.needed and
-                                     rollout.logp_old is None):
-      extra["logp_old"] = self.logprobs(self.state["params"], rollout.tokens,
-                                        rollout.attention_mask)
-    if rollout.logp_old is not None and config.source == "frozen_policy":
-      # Samples of the frozen policy: the ratio is against the current
-      # policy at the start of the step, as in offline PPO-style updates.
+    # Recomputed when asked, when the source gives none, or when the samples
+    # are the frozen policy's: the ratio is then against the current policy
+    # at the start of the step, as in offline PPO-style updates.
+    if (config.recompute_logp_old or config.source == "frozen_policy" or
+        ("logp_old" in self.needed and rollout.logp_old is None)):
       extra["logp_old"] = self.logprobs(self.state["params"], rollout.tokens,
                                         rollout.attention_mask)
     if "values" in self.needed:

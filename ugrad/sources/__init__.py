@@ -161,8 +161,6 @@ def make_pairs(batch: Batch, group_size: int) -> Batch:
 class DatasetSource:
   """Gold (question, completion) pairs of the task's training split."""
 
-  needs_policy = False
-
   def __init__(self, task, *, batch_size: int, prompt_len: int,
                completion_len: int, seed: int, **unused):
     del unused
@@ -196,8 +194,6 @@ class OnlineSource:
   reached the batch is filled with dropped groups, which carry no signal, and
   `dynamic_fill_frac` says how many.
   """
-
-  needs_policy = True
 
   def __init__(self, task, *, sampler: Sampler, questions: int,
                group_size: int, prompt_len: int, seed: int,
