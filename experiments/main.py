@@ -37,8 +37,9 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"unknown trainer {config.trainer!r}; valid: policy, "
                      "reward_model")
   if config.trainer == "reward_model":
-    result = reward_models.train_reward_model(config, workdir)
+    result = {"final": reward_models.train_reward_model(config, workdir)}
     print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+    _write_eval(workdir, result)
     return result
   train.validate(config)
   warm = train.needs_sft_warm_start(config)
@@ -51,9 +52,14 @@ def run(config, workdir: str) -> dict:
   trainer.train()
   results["final"] = trainer.evaluate()
   print(_report(f"{config.method} policy", results["final"]), flush=True)
+  _write_eval(workdir, results)
+  return results
+
+
+def _write_eval(workdir: str, results: dict):
+  """WORKDIR/eval.json: written last, so it marks a finished run."""
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(results, f, indent=2)
-  return results
 
 
 def _cached_eval(trainer, run_dir: str, params) -> dict:
