@@ -187,3 +187,66 @@ def test_bad_settings_are_refused(sft_dir, tmp_path):
   config.rm.kind = "vrm"
   with pytest.raises(ValueError, match="orm, prm"):
     reward_models.RewardModelTrainer(config, str(tmp_path))
+
+
+# --- continued training with replay (iterative RL) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def base_orm(sft_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("orm"))
+  reward_models.train_reward_model(_tiny_rm(orm_config, sft_dir), workdir)
+  return workdir
+
+
+def _continued(base: str, sft_dir: str, replay: float):
+  config = _tiny_rm(orm_config, sft_dir)
+  config.rm.init_from = base
+  config.rm.replay = replay
+  return config
+
+
+def test_continued_reward_model_starts_from_the_saved_one_and_replays(
+    base_orm, sft_dir, tmp_path):
+  config = _continued(base_orm, sft_dir, replay=0.5)
+  trainer = reward_models.RewardModelTrainer(config, str(tmp_path))
+  _, saved = train.load_model(base_orm, "scalar")
+  jax.tree.map(np.testing.assert_array_equal, trainer.init_params, saved)
+  # Draws continue after the base run's 2 steps.
+  assert trainer.data_offset == 2
+  history = reward_models.history(base_orm)
+  assert len(history["tokens"]) == 2 * 4  # 2 steps x 2 questions x 2 samples
+  trainer.train()
+  fresh = reward_models.history(str(tmp_path))
+  assert len(fresh["tokens"]) == 2 * 8  # the chain: both runs' fresh rows
+  # The continued run's own rows are new draws, not the base run's again.
+  assert not np.array_equal(fresh["tokens"][:8], fresh["tokens"][8:])
+  rows = {k: v[8:12] for k, v in fresh.items()}
+  mixed = trainer._with_replay(0, rows)
+  n = reward_models.replay_rows(4, 0.5)
+  assert n == 4 and len(mixed["tokens"]) == 4 + n
+  for key in rows:
+    np.testing.assert_array_equal(mixed[key][:4], rows[key])
+  for row in mixed["tokens"][4:]:
+    assert any(np.array_equal(row, h) for h in history["tokens"])
+  again = trainer._with_replay(0, rows)
+  np.testing.assert_array_equal(again["tokens"], mixed["tokens"])
+  assert [c.rm.init_from for c in reward_models.run_chain(str(tmp_path))] == [
+      base_orm, ""]
+
+
+def test_replay_share_and_bad_continuations(base_orm, sft_dir, tmp_path):
+  assert reward_models.replay_rows(128, 0.1) == 14  # 14 / 142 = 9.9%
+  assert reward_models.replay_rows(128, 0.0) == 0
+  config = _tiny_rm(orm_config, sft_dir)
+  config.rm.replay = 0.1
+  with pytest.raises(ValueError, match="set config.rm.init_from"):
+    reward_models.RewardModelTrainer(config, str(tmp_path / "a"))
+  config = _continued(base_orm, sft_dir, replay=0.1)
+  config.rm = prm_config.get_config().rm
+  config.rm.init_from = base_orm
+  with pytest.raises(ValueError, match="of kind 'orm', not 'prm'"):
+    reward_models.RewardModelTrainer(config, str(tmp_path / "b"))
+  config = _continued(str(tmp_path / "missing"), sft_dir, replay=0.1)
+  with pytest.raises(FileNotFoundError, match="no finished reward model"):
+    reward_models.RewardModelTrainer(config, str(tmp_path / "c"))

@@ -198,8 +198,9 @@ def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
   model_config = nnx.merge(graphdef, params).config
   rm = models.ScalarModel(model_config, rngs=nnx.Rngs(3))
   # A non-zero head so the scores vary.
-  rm.score_head.kernel.value = jax.random.normal(
-      jax.random.key(4), rm.score_head.kernel.value.shape)
+  kernel = rm.score_head.kernel
+  kernel.set_value(jax.random.normal(jax.random.key(4),
+                                     kernel.get_value().shape))
   train.save_model(str(tmp_path / "rm"), nnx.split(rm, nnx.Param)[1],
                    model_config, kind="scalar")
   config = train_util.tiny("grpo_process", init_from=sft_dir)

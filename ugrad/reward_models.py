@@ -12,13 +12,20 @@ reward model on samples of the policy:
   (the control that says what automatic labels cost).
 
 The reward model is a `ScalarModel` whose backbone starts from the policy in
-`config.init_from` and whose head starts at zero. The policy stays frozen;
-every draw is keyed by (seed, step), so a resumed run sees the same data. The
-result is saved with `train.save_model(..., kind="scalar")`, where
-`train.reward_model_scorer` (the `model` and `process` rewards) loads it.
+`config.init_from` and whose head starts at zero, or, with `rm.init_from`, the
+reward model saved in an earlier run, which it continues to train
+(DeepSeekMath's iterative RL, Algorithm 1): then `rm.replay` of every batch
+is historical data, rows drawn from what the earlier runs of the chain
+trained on, and the draws continue after the earlier runs' steps. The policy
+stays frozen; every draw is keyed by (seed, step), so a resumed run sees the
+same data. Each step's labelled rows are kept in WORKDIR/rm_data for later
+replay. The result is saved with `train.save_model(..., kind="scalar")`,
+where `train.reward_model_scorer` (the `model` and `process` rewards) loads
+it.
 """
 
 import dataclasses
+import json
 import os
 import time
 from typing import Callable
@@ -48,6 +55,8 @@ LABELS = ("hard", "soft", "ground_truth")
 # training draws (which use fold_in(seed, step)).
 _EVAL_STEP = 2**31 - 2
 _SHEPHERD_SALT = 1_000_003
+_REPLAY_SALT = 1_000_033
+DATA_DIR = "rm_data"  # one .npz of labelled training rows per step
 
 # (prompt tokens [R, W], prompt mask [R, W], key) -> samples with `tokens`
 # and `completion_mask` [R * K, W + N], K continuations per prompt.
@@ -248,11 +257,72 @@ def validate(config) -> None:
   for field in ("rollouts", "prefix_batch", "eval_questions"):
     if rm[field] < 1:
       raise ValueError(f"config.rm.{field} must be >= 1, got {rm[field]}")
+  if not 0.0 <= rm.replay < 1.0:
+    raise ValueError(f"config.rm.replay must be in [0, 1), got {rm.replay}")
+  if rm.replay and not rm.init_from:
+    raise ValueError("config.rm.replay draws from the data of earlier runs: "
+                     "set config.rm.init_from to the reward model to continue")
+  if rm.init_from:
+    previous = run_chain(rm.init_from)[0]
+    if previous.rm.kind != rm.kind:
+      raise ValueError(f"config.rm.init_from={rm.init_from} holds a reward "
+                       f"model of kind {previous.rm.kind!r}, not "
+                       f"{rm.kind!r}")
   if config.sampling.group_size < 1 or config.sampling.questions < 1:
     raise ValueError("sampling.questions and sampling.group_size must be >= 1")
   if not config.init_from and config.task != "arithmetic":
     raise ValueError(f"a reward model on task {config.task!r} starts from a "
                      "policy: set config.init_from")
+
+
+# ---------------------------------------------------------------------------
+# Continued training: the chain of earlier runs and their data.
+# ---------------------------------------------------------------------------
+
+
+def run_chain(workdir: str) -> list[ml_collections.ConfigDict]:
+  """The configs of a finished reward-model run and of the runs it
+  continued (`rm.init_from`), newest first.
+
+  Raises:
+    FileNotFoundError: when a run of the chain has not finished.
+  """
+  chain = []
+  while workdir:
+    if not os.path.exists(os.path.join(workdir, train.MODEL_FILE)):
+      raise FileNotFoundError(f"{workdir} holds no finished reward model "
+                              f"({train.MODEL_FILE} is missing)")
+    with open(os.path.join(workdir, train.CONFIG_FILE)) as f:
+      chain.append(ml_collections.ConfigDict(json.load(f)))
+    workdir = chain[-1].rm.get("init_from", "")
+  return chain
+
+
+def history(workdir: str) -> dict:
+  """The labelled rows every run of the chain ending at `workdir` trained
+  on (replayed rows excluded): "tokens", "attention_mask" [N, T] int32,
+  "targets", "label_mask" [N, T] float32."""
+  dirs, path = [], workdir
+  while path:
+    dirs.append(path)
+    with open(os.path.join(path, train.CONFIG_FILE)) as f:
+      path = json.load(f)["rm"].get("init_from", "")
+  parts = []
+  for directory in dirs:
+    data_dir = os.path.join(directory, DATA_DIR)
+    if not os.path.isdir(data_dir):
+      raise FileNotFoundError(f"{directory} kept no training data to replay "
+                              f"({DATA_DIR}/ is missing)")
+    for name in sorted(os.listdir(data_dir)):
+      with np.load(os.path.join(data_dir, name)) as rows:
+        parts.append(dict(rows))
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def replay_rows(fresh_rows: int, replay: float) -> int:
+  """Historical rows added to `fresh_rows` so they make up `replay` of the
+  batch."""
+  return int(round(fresh_rows * replay / (1.0 - replay)))
 
 
 # ---------------------------------------------------------------------------
@@ -297,6 +367,12 @@ class RewardModelTrainer:
     self.model_config = model_config
     self.graphdef, self.init_params = train.scalar_from_policy(
         model_config, params, config.seed)
+    self.data_offset, self.history = 0, None
+    if config.rm.init_from:
+      _, self.init_params = train.load_model(config.rm.init_from, "scalar")
+      self.data_offset = sum(c.steps for c in run_chain(config.rm.init_from))
+      if config.rm.replay:
+        self.history = history(config.rm.init_from)
 
   def _sampler(self, num_samples: int):
     cfg = sampling.SamplingConfig(
@@ -398,12 +474,19 @@ class RewardModelTrainer:
       label_metrics.update(self._label(batch, step))
       return batch
 
-    batch = self.source.draw(self.policy_params, step, score)
+    batch = self.source.draw(self.policy_params, self.data_offset + step,
+                             score)
     targets, label_mask = self._targets(batch.rollout)
     r = batch.rollout
+    rows = {"tokens": np.asarray(r.tokens, np.int32),
+            "attention_mask": np.asarray(r.attention_mask, np.int32),
+            "targets": np.asarray(targets, np.float32),
+            "label_mask": np.asarray(label_mask, np.float32)}
+    self._record(step, rows)
+    rows = self._with_replay(step, rows)
     params, opt_state, metrics = self.update(
-        self.state["params"], self.state["opt_state"], r.tokens,
-        r.attention_mask, targets, label_mask)
+        self.state["params"], self.state["opt_state"], rows["tokens"],
+        rows["attention_mask"], rows["targets"], rows["label_mask"])
     self.state = {"params": params, "opt_state": opt_state}
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not np.isfinite(metrics["loss"]):
@@ -412,6 +495,31 @@ class RewardModelTrainer:
     metrics.update(label_metrics)
     metrics["step_time_s"] = time.perf_counter() - start
     return metrics
+
+  def _record(self, step: int, rows: dict):
+    """Keeps the step's fresh labelled rows for later replay."""
+    data_dir = os.path.join(self.workdir, DATA_DIR)
+    os.makedirs(data_dir, exist_ok=True)
+    np.savez_compressed(os.path.join(data_dir, f"step_{step:07d}.npz"),
+                        **rows)
+
+  def _with_replay(self, step: int, rows: dict) -> dict:
+    """`rows` plus historical rows drawn by (seed, step), so that they make
+    up `rm.replay` of the batch."""
+    if self.history is None:
+      return rows
+    n = replay_rows(len(rows["tokens"]), self.config.rm.replay)
+    available, width = self.history["tokens"].shape
+    if width != rows["tokens"].shape[1]:
+      raise ValueError(f"replayed rows of {self.config.rm.init_from} have "
+                       f"{width} tokens, this run's have "
+                       f"{rows['tokens'].shape[1]}: the task or "
+                       "sampling.max_new_tokens changed")
+    idx = np.random.default_rng(
+        [self.config.seed, step, _REPLAY_SALT]).choice(available, size=n,
+                                                       replace=n > available)
+    return {k: np.concatenate([v, self.history[k][idx]])
+            for k, v in rows.items()}
 
   # --- evaluation -----------------------------------------------------------
 

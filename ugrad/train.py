@@ -80,6 +80,7 @@ def validate(config) -> None:
   _check_fields(config)
   _check_batch_split(config)
   _check_models(config)
+  _check_iterative(config)
 
 
 def _check_names(config) -> None:
@@ -180,6 +181,33 @@ def _check_models(config) -> None:
     raise ValueError(f"RL on task {config.task!r} needs an SFT policy: set "
                      "config.init_from to a ugrad workdir or a Hugging Face "
                      "directory")
+
+
+def _check_iterative(config) -> None:
+  """Iterative RL splits the steps evenly and owns the reference resets."""
+  it = config.iterative
+  if it.iterations < 1:
+    raise ValueError(f"iterative.iterations must be >= 1, got "
+                     f"{it.iterations}")
+  if it.iterations == 1:
+    return
+  if config.steps % it.iterations:
+    raise ValueError(f"{config.steps} steps cannot be split into "
+                     f"{it.iterations} equal iterations")
+  if config.ref_reset_every:
+    raise ValueError("iterative RL resets the reference after each "
+                     "iteration: set ref_reset_every=0")
+  if it.rm_steps < 1 or not 0.0 <= it.replay < 1.0:
+    raise ValueError("iterative.rm_steps must be >= 1 and iterative.replay "
+                     f"in [0, 1), got {it.rm_steps} and {it.replay}")
+
+
+def ref_reset_period(config) -> int:
+  """Steps between reference resets (0: never): `ref_reset_every`, or one
+  iteration of iterative RL."""
+  if config.iterative.iterations > 1:
+    return config.steps // config.iterative.iterations
+  return config.ref_reset_every
 
 
 def _rows_per_step(config) -> int:
@@ -522,7 +550,7 @@ class Trainer:
                   "fsdp" if config.fsdp else "data_parallel"))))
       c_opt = self._on_mesh(jax.jit(self.critic_optimizer.init)(c_params))
       state["critic"] = {"params": c_params, "opt_state": c_opt}
-    if config.ref_reset_every:
+    if ref_reset_period(config):
       state["ref_params"] = jax.tree.map(jnp.copy, params)
     self.ref_params = self.init_params
     (self.checkpointer, self.start_step, self.state,
@@ -551,13 +579,9 @@ class Trainer:
         prompt_len=self.prompt_len, completion_len=self.max_new,
         seed=config.seed, workdir=self.workdir,
         **dict(config.sampling))
-    context = rewards_lib.RewardContext(
-        self.task,
-        outcome_model=(reward_model_scorer(config.reward_model)
-                       if config.reward_model else None),
-        process_model=(reward_model_scorer(config.process_reward_model)
-                       if config.process_reward_model else None))
-    self.scorer = rewards_lib.make_scorer(config.reward, context)
+    self.scorer = self._make_scorer(config.reward_model,
+                                    config.process_reward_model)
+    self.reward_iteration = 0
     shardings = (self.param_sharding, self.opt_sharding, self.replicated)
     self.update = make_update(graphdef, self.coef_fn, config.normalizer,
                               self.max_new, self.optimizer,
@@ -575,7 +599,36 @@ class Trainer:
       self.values = jax.jit(lambda p, b: value_predictions(
           nnx.merge(c_graphdef, p), b))
 
+  def _make_scorer(self, outcome_dir: str, process_dir: str):
+    context = rewards_lib.RewardContext(
+        self.task,
+        outcome_model=(reward_model_scorer(outcome_dir)
+                       if outcome_dir else None),
+        process_model=(reward_model_scorer(process_dir)
+                       if process_dir else None))
+    return rewards_lib.make_scorer(self.config.reward, context)
+
   # --- one step -----------------------------------------------------------
+
+  def _start_iteration(self, step: int) -> dict:
+    """Iterative RL: before the first step of an iteration (or the first
+    step after resuming), the reward models of that iteration, continued on
+    samples of the current policy; returns their evaluation at the
+    iteration's first step."""
+    # Imported here: ugrad.iterative trains reward models, whose module
+    # imports this one.
+    from ugrad import iterative  # pylint: disable=g-import-not-at-top
+    k = iterative.iteration_of(self.config, step)
+    if k == self.reward_iteration:
+      return {}
+    first_step = step == k * ref_reset_period(self.config)
+    dirs, metrics = iterative.reward_models_of(
+        self.config, self.workdir, k, self.state["params"],
+        self.policy.model_config, first_step)
+    self.scorer = self._make_scorer(dirs.get("reward_model", ""),
+                                    dirs.get("process_reward_model", ""))
+    self.reward_iteration = k
+    return metrics if first_step else {}
 
   def _reference_params(self):
     if "ref_params" in self.state:
@@ -634,6 +687,7 @@ class Trainer:
   def train_step(self, step: int, gradient_log, writer) -> dict:
     config = self.config
     start = time.perf_counter()
+    reward_model_metrics = self._start_iteration(step)
     batch, rollout = self._prepare(step)
     rows = rollout.tokens.shape[0]
     host_tokens = np.asarray(batch.rollout.tokens)
@@ -662,11 +716,13 @@ class Trainer:
                for k in step_metrics[0]}
     metrics.update({f"source_{k}": v for k, v in batch.metrics.items()})
     metrics.update(self._batch_stats(batch))
+    metrics.update(reward_model_metrics)
     elapsed = time.perf_counter() - start
     tokens = int(np.asarray(batch.rollout.attention_mask).sum())
     metrics["tokens_per_s"] = tokens * config.ppo_epochs / elapsed
     metrics["step_time_s"] = elapsed
-    if config.ref_reset_every and (step + 1) % config.ref_reset_every == 0:
+    period = ref_reset_period(config)
+    if period and (step + 1) % period == 0:
       self.state["ref_params"] = jax.tree.map(jnp.copy, self.state["params"])
     if config.sample_log_every and step % config.sample_log_every == 0:
       for i in range(min(3, len(batch.texts))):
@@ -803,6 +859,7 @@ def sft_config(config) -> ml_collections.ConfigDict:
   sft.ppo_epochs = sft.minibatches = sft.micro_batches = 1
   sft.sampling.pairs = False
   sft.ref_reset_every = 0
+  sft.iterative.iterations = 1
   sft.eval_every = 0
   sft.checkpoint_every = max(ws.steps // 4, 1)
   return sft

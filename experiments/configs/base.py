@@ -52,7 +52,12 @@ def get_config():
   c.minibatches = 1
   c.micro_batches = 1
   c.recompute_logp_old = False
-  c.ref_reset_every = 0  # iterative RL: reset the reference every N steps
+  c.ref_reset_every = 0  # reset the reference every N steps
+  # Iterative RL (ugrad/iterative.py): `iterations` equal parts of `steps`;
+  # after each, the reference resets and the learned reward models continue
+  # for `rm_steps` steps on the policy's samples, `replay` of each batch old.
+  c.iterative = ml_collections.ConfigDict(
+      dict(iterations=1, rm_steps=100, replay=0.1))
   c.critic = ml_collections.ConfigDict(dict(lr=1e-4, value_clip=0.2))
 
   # Checkpoints, logs, evaluation.

@@ -12,7 +12,9 @@ def rm_settings(kind: str, label: str = "hard") -> ml_collections.ConfigDict:
       label=label,  # PRM: "hard" | "soft" | "ground_truth"
       rollouts=4,  # PRM: policy completions per step prefix
       prefix_batch=64,  # PRM: step prefixes per sampler call
-      eval_questions=128))  # held-out questions, sampling.group_size each
+      eval_questions=128,  # held-out questions, sampling.group_size each
+      init_from="",  # a reward-model workdir to continue training
+      replay=0.0))  # share of each batch replayed from init_from's data
 
 
 def get_config():
