@@ -268,3 +268,21 @@ def test_bfloat16_compute_with_float32_parameters(sft_dir, tmp_path):
   assert metrics["logp_mismatch"] < 0.05
   leaves = jax.tree.leaves(trainer.state["params"])
   assert all(x.dtype == np.float32 for x in leaves)
+
+
+def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir,
+                                                           tmp_path):
+  config = train_util.tiny("grpo", init_from=sft_dir)
+  config.eval_every = 2
+  config.eval_sampled.ks = "1, 2"
+  config.eval_sampled.questions = 4
+  train.Trainer(config, str(tmp_path)).train()
+  first, last = _metrics(str(tmp_path))
+  assert "greedy_acc" not in first and "pass@1" not in first
+  for name in ("greedy_acc", "pass@1", "pass@2", "maj@1", "maj@2"):
+    assert last[name + "_lo"] <= last[name] <= last[name + "_hi"], name
+  # pass@k never falls with k; maj@1 is pass@1.
+  assert last["pass@2"] >= last["pass@1"] == pytest.approx(last["maj@1"])
+  config.eval_sampled.ks = "1,four"
+  with pytest.raises(ValueError, match="'four' is not a positive integer"):
+    train.validate(config)

@@ -81,6 +81,7 @@ def validate(config) -> None:
   _check_batch_split(config)
   _check_models(config)
   _check_iterative(config)
+  sampled_ks(config)
 
 
 def _check_names(config) -> None:
@@ -208,6 +209,21 @@ def ref_reset_period(config) -> int:
   if config.iterative.iterations > 1:
     return config.steps // config.iterative.iterations
   return config.ref_reset_every
+
+
+def sampled_ks(config) -> list[int]:
+  """The k of the periodic pass@k / maj@k (`eval_sampled.ks`), sorted.
+
+  Raises:
+    ValueError: for an entry that is not a positive integer.
+  """
+  ks = []
+  for part in filter(None, config.eval_sampled.ks.replace(" ", "").split(",")):
+    if not part.isdigit() or int(part) < 1:
+      raise ValueError(f"eval_sampled.ks: {part!r} is not a positive "
+                       f"integer (e.g. \"1,4,16\")")
+    ks.append(int(part))
+  return sorted(set(ks))
 
 
 def _rows_per_step(config) -> int:
@@ -803,9 +819,7 @@ class Trainer:
       for step in range(self.start_step, config.steps):
         metrics = self.train_step(step, gradient_log, writer)
         if config.eval_every and (step + 1) % config.eval_every == 0:
-          result = self.evaluate()
-          lo, hi = result.pop("greedy_acc_ci")
-          metrics.update(result, greedy_acc_lo=lo, greedy_acc_hi=hi)
+          metrics.update(self.periodic_evaluation())
         writer.write(step + 1, metrics)
         last = step + 1 == config.steps
         self.checkpointer.save(step + 1, self.state,
@@ -820,6 +834,28 @@ class Trainer:
       gradient_log.close()
       self.checkpointer.wait_until_finished()
     save_model(self.workdir, self.state["params"], self.policy.model_config)
+    return metrics
+
+  def periodic_evaluation(self) -> dict:
+    """Greedy accuracy, and pass@k / maj@k when `eval_sampled.ks` is set,
+    as flat metrics with their 95% bootstrap bounds (`_lo`, `_hi`)."""
+    results = self.evaluate()
+    ks = sampled_ks(self.config)
+    if ks:
+      sampled = eval_lib.sample_eval(
+          self.task, self.policy.graphdef, self.state["params"],
+          self.config.eval_sampled.questions, max(ks), ks, self.prompt_len,
+          self.max_new, temperature=self.config.eval_sampled.temperature,
+          seed=self.config.seed)
+      results.update({k: v for k, v in sampled.items()
+                      if k.startswith(("pass@", "maj@"))})
+    metrics = {}
+    for name, value in results.items():
+      if name.endswith("_ci"):
+        lo, hi = value
+        metrics[name[:-3] + "_lo"], metrics[name[:-3] + "_hi"] = lo, hi
+      elif isinstance(value, (int, float)):
+        metrics[name] = value
     return metrics
 
   def evaluate(self, params=None, num_questions: Optional[int] = None) -> dict:

@@ -64,7 +64,11 @@ def get_config():
   c.checkpoint_every = 50
   c.keep_checkpoints = 3
   c.sample_log_every = 50
-  c.eval_every = 0
+  c.eval_every = 0  # greedy accuracy every N steps (0: only at the end)
+  # With eval_every, also pass@k and maj@k from max(ks) samples per question
+  # (ks: comma-separated, e.g. "1,4,16"; empty: none).
+  c.eval_sampled = ml_collections.ConfigDict(
+      dict(ks="", questions=128, temperature=1.0))
   c.eval_questions = 1024
   c.fsdp = False
   c.quiet = False  # no progress bar
