@@ -5,16 +5,25 @@ r"""Runs an ablation sweep: methods x seeds from one SFT policy per seed.
 
 A sweep file (see `experiments/sweeps/__init__.py`) lists runs, seeds and
 overrides. For each seed the SFT policy is trained once in
-WORKDIR/sft_seed_<s> (experiments/configs/sft.py) and every RL run of that
-seed starts from it (`init_from`), so runs differ only in the method. Each
-run trains in WORKDIR/<name>/seed_<s> through `experiments.main.run`; a run
-whose eval.json exists is skipped, a run with a checkpoint resumes. Then:
+WORKDIR/sft_seed_<s> (experiments/configs/sft.py) and every run of that seed
+starts from it (`init_from`), so runs differ only in the method. A run may be
+a reward model (`config.trainer == "reward_model"`, e.g. orm.py), trained on
+samples of that SFT policy; a later run of the same seed names it with the
+override value "{run:<name>}". Each run trains in WORKDIR/<name>/seed_<s>
+through `experiments.main.run`; a run whose eval.json exists is skipped, a
+run with a checkpoint resumes. Then, when the sweep has an "evaluate" part,
+the SFT and every policy run are sampled (pass@k and maj@k, RUN/eval_k.json,
+skipped when present). Then:
 
-* WORKDIR/results.csv: one row per run x seed x evaluation step.
+* WORKDIR/results.csv: one row per policy run x seed x evaluation step.
 * WORKDIR/report.md: final greedy accuracy per method, mean over seeds with a
-  95% t-interval over seeds, and the paired gain over the SFT baseline.
+  95% t-interval over seeds, and the paired gain over the SFT baseline; the
+  reward models' held-out metrics; pass@k and maj@k per k with their paired
+  gains over SFT.
 * WORKDIR/accuracy.png, WORKDIR/response_length.png: mean over seeds
   against steps, one line per method, a 95% t-interval band.
+* With "evaluate": WORKDIR/sampled_eval.csv (one row per run x seed x k) and
+  WORKDIR/pass_maj_at_k.png (pass@k and maj@k against k).
 
 `--smoke` shrinks every run to seconds (tiny model, 2 steps, one seed).
 """
@@ -25,6 +34,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Optional
 
@@ -35,14 +45,19 @@ import ml_collections
 import numpy as np
 
 from ugrad import metrics as metrics_lib
+from ugrad import reward_models
 from ugrad import train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_CONFIG = "experiments/configs/sft.py"
 SFT_NAME = "sft"
+POLICY, REWARD_MODEL = "policy", "reward_model"
 RESULTS_FILE = "results.csv"
 REPORT_FILE = "report.md"
 SWEEP_FILE = "sweep.json"
+SAMPLED_FILE = "sampled_eval.csv"
+SAMPLED_PLOT = "pass_maj_at_k.png"
+EVAL_K_FILE = "eval_k.json"  # experiments.evaluate.OUTPUT_FILE
 PLOTS = {"accuracy.png": ("greedy_acc", "held-out greedy accuracy"),
          "response_length.png": ("response_length",
                                  "mean response length (tokens)")}
@@ -50,8 +65,14 @@ PLOTS = {"accuracy.png": ("greedy_acc", "held-out greedy accuracy"),
 WINDOW_KEYS = ("response_length", "reward_mean", "accuracy", "kl")
 COLUMNS = ("name", "seed", "step", "greedy_acc", "greedy_acc_lo",
            "greedy_acc_hi") + WINDOW_KEYS
+SAMPLED_COLUMNS = ("name", "seed", "k", "pass_at_k", "maj_at_k")
 _SWEEP_KEYS = {"runs", "seeds", "shared", "sft", "rl"}
+_OPTIONAL_KEYS = {"rm", "evaluate"}
+_PARTS = ("shared", "sft", "rl", "rm")  # override dicts
 _RUN_KEYS = {"name", "config", "overrides"}
+_EVALUATE_KEYS = {"k", "questions", "temperature"}
+# "{run:orm}" in an override value: that seed's run directory of run "orm".
+_REFERENCE = re.compile(r"\{run:([^{}]*)\}")
 
 # --smoke: seconds per run on a CPU, one seed; applied after the profile.
 SMOKE = {
@@ -60,7 +81,11 @@ SMOKE = {
                "warm_start.steps": 2, "eval_questions": 8, "quiet": True},
     "sft": {"steps": 2, "batch_size": 16},
     "rl": {"steps": 2, "eval_every": 1, "checkpoint_every": 1},
+    "rm": {"steps": 2, "eval_every": 1, "checkpoint_every": 1,
+           "rm.eval_questions": 4, "rm.rollouts": 2, "rm.prefix_batch": 8},
 }
+# Merged into a sweep's "evaluate" part, when it has one.
+SMOKE_EVALUATE = {"k": [1, 2, 4], "questions": 4}
 
 
 # ---------------------------------------------------------------------------
@@ -98,31 +123,108 @@ def load_sweep(path: str, profile: str = "quick",
     raise ValueError(f"sweep file {path} defines no get_sweep(profile)")
   sweep = module.get_sweep(profile)
   _check_sweep(path, sweep)
+  sweep.setdefault("rm", {})
   if smoke:
-    sweep["seeds"] = sweep["seeds"][:1]
-    for part, overrides in SMOKE.items():
-      sweep[part] = {**sweep[part], **overrides}
+    _shrink(sweep)
   return sweep
 
 
+def _shrink(sweep: dict):
+  """Applies --smoke in place: one seed, SMOKE over the parts, and runs
+  whose own overrides would undo it shrunk too."""
+  sweep["seeds"] = sweep["seeds"][:1]
+  for part, overrides in SMOKE.items():
+    sweep[part] = {**sweep[part], **overrides}
+  if "evaluate" in sweep:
+    sweep["evaluate"] = {**sweep["evaluate"], **SMOKE_EVALUATE}
+  for run in sweep["runs"]:
+    run["overrides"] = _shrink_run(run["overrides"])
+
+
+def _shrink_run(overrides: dict) -> dict:
+  """A run's overrides under --smoke: the smoke's steps and evaluation
+  periods win over the run's; iterative RL keeps its iterations, one step
+  each, and its reward models continue for SMOKE's steps."""
+  smoke_keys = set(SMOKE["rl"]) | set(SMOKE["rm"])
+  out = {k: v for k, v in overrides.items() if k not in smoke_keys}
+  iterations = out.get("iterative.iterations", 1)
+  if iterations > 1:
+    out.update({"steps": iterations,
+                "iterative.rm_steps": SMOKE["rm"]["steps"]})
+  return out
+
+
 def _check_sweep(path: str, sweep: Any):
-  if not isinstance(sweep, dict) or set(sweep) != _SWEEP_KEYS:
+  """Refuses a malformed sweep dict, naming the file and the problem."""
+  keys = set(sweep) if isinstance(sweep, dict) else set()
+  if not isinstance(sweep, dict) or not (
+      _SWEEP_KEYS <= keys <= _SWEEP_KEYS | _OPTIONAL_KEYS):
     got = sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__
     raise ValueError(f"{path}: get_sweep must return a dict with keys "
-                     f"{sorted(_SWEEP_KEYS)}, got {got}")
+                     f"{sorted(_SWEEP_KEYS)} and optionally "
+                     f"{sorted(_OPTIONAL_KEYS)}, got {got}")
   seeds = sweep["seeds"]
   if not seeds or not all(isinstance(s, int) for s in seeds) or (
       len(set(seeds)) != len(seeds)):
     raise ValueError(f"{path}: seeds must be distinct ints, got {seeds!r}")
+  for part in _PARTS:
+    if not isinstance(sweep.get(part, {}), dict):
+      raise ValueError(f"{path}: {part!r} must be a dict of overrides, got "
+                       f"{sweep[part]!r}")
   names = []
   for run in sweep["runs"]:
-    if not isinstance(run, dict) or set(run) != _RUN_KEYS:
+    if not isinstance(run, dict) or set(run) != _RUN_KEYS or (
+        not isinstance(run["overrides"], dict)):
       raise ValueError(f"{path}: each run must be a dict with keys "
-                       f"{sorted(_RUN_KEYS)}, got {run!r}")
+                       f"{sorted(_RUN_KEYS)} (overrides a dict), got {run!r}")
     names.append(run["name"])
   if not names or len(set(names)) != len(names) or SFT_NAME in names:
     raise ValueError(f"{path}: run names must be distinct and not "
                      f"{SFT_NAME!r} (the shared warm start), got {names}")
+  _check_references(path, sweep["runs"])
+  if "evaluate" in sweep:
+    _check_evaluate(path, sweep["evaluate"])
+
+
+def references(value: Any) -> list[str]:
+  """The run names a value refers to with "{run:<name>}"."""
+  return _REFERENCE.findall(value) if isinstance(value, str) else []
+
+
+def _check_references(path: str, runs: list[dict]):
+  """Every "{run:<name>}" names the SFT or a run listed before, which the
+  sweep trains first for the same seed."""
+  earlier = [SFT_NAME]
+  for run in runs:
+    for key, value in run["overrides"].items():
+      for name in references(value):
+        if name not in earlier:
+          raise ValueError(
+              f"{path}: run {run['name']!r}: override {key}={value!r} "
+              f"refers to run {name!r}, which is not listed before it; "
+              f"valid here: {', '.join(earlier)}")
+    earlier.append(run["name"])
+
+
+def _check_evaluate(path: str, spec: Any):
+  """The "evaluate" part: {"k": [...], "questions": N, "temperature": T}."""
+  if not isinstance(spec, dict) or not (
+      {"k", "questions"} <= set(spec) <= _EVALUATE_KEYS):
+    raise ValueError(f"{path}: 'evaluate' must be a dict with keys k, "
+                     "questions and optionally temperature, got "
+                     f"{spec!r}")
+  ks = spec["k"]
+  if not isinstance(ks, (list, tuple)) or not ks or not all(
+      isinstance(k, int) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
+    raise ValueError(f"{path}: evaluate k must be distinct ints >= 1, got "
+                     f"{ks!r}")
+  if not isinstance(spec["questions"], int) or spec["questions"] < 1:
+    raise ValueError(f"{path}: evaluate questions must be an int >= 1, got "
+                     f"{spec['questions']!r}")
+  temperature = spec.get("temperature", 1.0)
+  if not isinstance(temperature, (int, float)) or temperature <= 0:
+    raise ValueError(f"{path}: evaluate temperature must be > 0, got "
+                     f"{temperature!r}")
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -163,12 +265,46 @@ def run_dir(workdir: str, name: str, seed: int) -> str:
   return os.path.join(workdir, name, f"seed_{seed}")
 
 
+def run_trainers(sweep: dict) -> dict[str, str]:
+  """Run name -> its config's trainer ("policy" or "reward_model"), the
+  SFT first."""
+  trainers = {SFT_NAME: POLICY}
+  for run in sweep["runs"]:
+    trainers[run["name"]] = run["overrides"].get(
+        "trainer", load_config(run["config"]).trainer)
+  return trainers
+
+
+def _resolve_references(overrides: dict, workdir: str, seed: int) -> dict:
+  """`overrides` with every "{run:<name>}" replaced by that seed's absolute
+  run directory."""
+  def replace(match):
+    return os.path.abspath(run_dir(workdir, match.group(1), seed))
+  return {k: _REFERENCE.sub(replace, v) if isinstance(v, str) else v
+          for k, v in overrides.items()}
+
+
+def _validate(config, run: dict):
+  """Checks a run's config before anything trains.
+
+  A reward model's own checks may read the runs it refers to (rm.init_from),
+  which do not exist before the sweep trains them; those checks then wait
+  for the run itself (its trainer validates again).
+  """
+  train.validate(config)
+  if config.trainer == REWARD_MODEL and not any(
+      references(v) for v in run["overrides"].values()):
+    reward_models.validate(config)
+
+
 def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
   """(name, seed, config) of every run in order: per seed, the SFT first.
 
   Every config is built and validated here, before anything trains.
+  Reward-model runs take the sweep's "rm" overrides, policy runs its "rl".
   """
   jobs = []
+  trainers = run_trainers(sweep)
   for seed in sweep["seeds"]:
     sft = load_config(SFT_CONFIG)
     where = f"{SFT_NAME} (seed {seed})"
@@ -179,11 +315,13 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
     for run in sweep["runs"]:
       config = load_config(run["config"])
       where = f"run {run['name']!r} ({run['config']}, seed {seed})"
+      part = "rm" if trainers[run["name"]] == REWARD_MODEL else "rl"
       init_from = os.path.abspath(run_dir(workdir, SFT_NAME, seed))
-      apply_overrides(config, {**sweep["shared"], **sweep["rl"],
-                               **run["overrides"], "seed": seed,
+      overrides = _resolve_references(run["overrides"], workdir, seed)
+      apply_overrides(config, {**sweep["shared"], **sweep.get(part, {}),
+                               **overrides, "seed": seed,
                                "init_from": init_from}, where)
-      train.validate(config)
+      _validate(config, run)
       jobs.append((run["name"], seed, config))
   return jobs
 
@@ -210,7 +348,8 @@ def _check_workdir(workdir: str, identity: dict):
 
 def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
               smoke: bool = False) -> dict:
-  """Trains every unfinished run of a sweep, then writes the outputs.
+  """Trains every unfinished run of a sweep, samples the policies when the
+  sweep has an "evaluate" part, then writes the outputs.
 
   Returns:
     The report's summary: method name -> statistics of its final accuracy.
@@ -229,7 +368,94 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
     start = time.perf_counter()
     _launcher().run(config, directory)
     print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
+  if "evaluate" in sweep:
+    evaluate_runs(sweep, workdir)
   return write_outputs(sweep, workdir)
+
+
+# ---------------------------------------------------------------------------
+# Sampled evaluation: pass@k and maj@k of every policy.
+# ---------------------------------------------------------------------------
+
+
+def _evaluate_settings(sweep: dict) -> dict:
+  spec = sweep["evaluate"]
+  return {"ks": sorted(spec["k"]), "questions": spec["questions"],
+          "temperature": float(spec.get("temperature", 1.0))}
+
+
+def _check_eval_k(path: str, result: dict, settings: dict, seed: int):
+  """Refuses an eval_k.json made with other settings than the sweep's."""
+  got = {"ks": result.get("ks"), "questions": result.get("questions"),
+         "temperature": result.get("temperature"), "seed": result.get("seed")}
+  want = dict(settings, seed=seed)
+  if got != want:
+    raise ValueError(f"{path} was sampled with {got}, not the sweep's "
+                     f"{want}: delete it to sample again")
+
+
+def evaluate_runs(sweep: dict, workdir: str):
+  """Samples the final policy of the SFT and of every policy run x seed
+  (pass@k and maj@k) into RUN/eval_k.json; a run that has one is skipped.
+
+  The samples of a run are seeded by its seed, so a rerun is identical.
+  """
+  settings = _evaluate_settings(sweep)
+  names = _policy_names(sweep)
+  jobs = [(n, s) for n in names for s in sweep["seeds"]]
+  for i, (name, seed) in enumerate(jobs, 1):
+    path = os.path.join(run_dir(workdir, name, seed), EVAL_K_FILE)
+    label = f"[sampled {i}/{len(jobs)}] {name} seed {seed}"
+    if os.path.exists(path):
+      with open(path) as f:
+        _check_eval_k(path, json.load(f), settings, seed)
+      print(f"{label}: finished, skipped", flush=True)
+      continue
+    start = time.perf_counter()
+    evaluator = _evaluator()
+    result = evaluator.evaluate(
+        os.path.dirname(path), settings["ks"], settings["questions"],
+        temperature=settings["temperature"], seed=seed)
+    evaluator.write_json(dict(result, questions=settings["questions"]), path)
+    print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def sampled_rows(sweep: dict, workdir: str) -> list[dict]:
+  """sampled_eval.csv rows: one per policy x seed x k."""
+  rows = []
+  for name in _policy_names(sweep):
+    for seed in sweep["seeds"]:
+      with open(os.path.join(run_dir(workdir, name, seed), EVAL_K_FILE)) as f:
+        result = json.load(f)
+      for k in result["ks"]:
+        rows.append({"name": name, "seed": seed, "k": k,
+                     "pass_at_k": result[f"pass@{k}"],
+                     "maj_at_k": result[f"maj@{k}"]})
+  return rows
+
+
+def summarize_sampled(sweep: dict, rows: list[dict]) -> dict:
+  """Per method and k: t-intervals over seeds of pass@k, maj@k, their
+  paired gains over the same seed's SFT, and maj@k's gain minus pass@k's."""
+  value = {(r["name"], r["seed"], r["k"]): r for r in rows}
+  seeds, ks = sweep["seeds"], _evaluate_settings(sweep)["ks"]
+  summary = {}
+  for name in _policy_names(sweep):
+    per_k = {}
+    for k in ks:
+      runs = [value[(name, s, k)] for s in seeds]
+      sfts = [value[(SFT_NAME, s, k)] for s in seeds]
+      gain = {m: [r[m] - b[m] for r, b in zip(runs, sfts)]
+              for m in ("pass_at_k", "maj_at_k")}
+      per_k[k] = {
+          "pass": t_interval([r["pass_at_k"] for r in runs]),
+          "maj": t_interval([r["maj_at_k"] for r in runs]),
+          "pass_gain": t_interval(gain["pass_at_k"]),
+          "maj_gain": t_interval(gain["maj_at_k"]),
+          "maj_minus_pass_gain": t_interval(
+              [m - p for m, p in zip(gain["maj_at_k"], gain["pass_at_k"])])}
+    summary[name] = per_k
+  return summary
 
 
 # ---------------------------------------------------------------------------
@@ -237,8 +463,13 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
 # ---------------------------------------------------------------------------
 
 
-def _method_names(sweep: dict) -> list[str]:
-  return [SFT_NAME] + [run["name"] for run in sweep["runs"]]
+def _policy_names(sweep: dict) -> list[str]:
+  """The SFT and the policy runs: the methods with a greedy accuracy."""
+  return [n for n, t in run_trainers(sweep).items() if t == POLICY]
+
+
+def _reward_model_names(sweep: dict) -> list[str]:
+  return [n for n, t in run_trainers(sweep).items() if t == REWARD_MODEL]
 
 
 def run_rows(directory: str, name: str, seed: int) -> list[dict]:
@@ -250,8 +481,7 @@ def run_rows(directory: str, name: str, seed: int) -> list[dict]:
   """
   records = metrics_lib.read_metrics(
       os.path.join(directory, metrics_lib.METRICS_FILE))
-  with open(os.path.join(directory, "eval.json")) as f:
-    final = json.load(f)["final"]
+  final = _final(directory)
   rows, window = [], []
   for i, record in enumerate(records):
     window.append(record)
@@ -272,22 +502,35 @@ def run_rows(directory: str, name: str, seed: int) -> list[dict]:
   return rows
 
 
-def write_outputs(sweep: dict, workdir: str) -> dict:
-  """Writes results.csv, report.md and the plots; returns the summary."""
-  rows = []
-  for name in _method_names(sweep):
-    for seed in sweep["seeds"]:
-      rows.extend(run_rows(run_dir(workdir, name, seed), name, seed))
-  with open(os.path.join(workdir, RESULTS_FILE), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+def _write_csv(path: str, columns, rows: list[dict]):
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
+
+
+def write_outputs(sweep: dict, workdir: str) -> dict:
+  """Writes results.csv, report.md and the plots (and, for a sweep with
+  "evaluate", sampled_eval.csv and its plot); returns the summary."""
+  names = _policy_names(sweep)
+  rows = []
+  for name in names:
+    for seed in sweep["seeds"]:
+      rows.extend(run_rows(run_dir(workdir, name, seed), name, seed))
+  _write_csv(os.path.join(workdir, RESULTS_FILE), COLUMNS, rows)
   summary = summarize(sweep, workdir)
+  reward = summarize_reward_models(sweep, workdir)
+  sampled = None
+  if "evaluate" in sweep:
+    sampled_table = sampled_rows(sweep, workdir)
+    _write_csv(os.path.join(workdir, SAMPLED_FILE), SAMPLED_COLUMNS,
+               sampled_table)
+    sampled = summarize_sampled(sweep, sampled_table)
+    plot_sampled(sampled, os.path.join(workdir, SAMPLED_PLOT))
   with open(os.path.join(workdir, REPORT_FILE), "w") as f:
-    f.write(report(sweep, summary))
+    f.write(report(sweep, summary, reward, sampled))
   for filename, (key, label) in PLOTS.items():
-    plot(rows, _method_names(sweep), key, label,
-         os.path.join(workdir, filename))
+    plot(rows, names, key, label, os.path.join(workdir, filename))
   return summary
 
 
@@ -305,22 +548,47 @@ def t_interval(values, confidence: float = 0.95
   return mean, mean - float(half), mean + float(half)
 
 
-def _final_accuracy(workdir: str, name: str, seed: int) -> float:
-  with open(os.path.join(run_dir(workdir, name, seed), "eval.json")) as f:
-    return json.load(f)["final"]["greedy_acc"]
+def _final(directory: str) -> dict:
+  """The final evaluation of a finished run (its eval.json "final")."""
+  with open(os.path.join(directory, "eval.json")) as f:
+    return json.load(f)["final"]
 
 
 def summarize(sweep: dict, workdir: str) -> dict:
-  """Per method: per-seed final accuracies, their t-interval, and the
+  """Per policy method: per-seed final accuracies, their t-interval, and the
   t-interval of the paired gain over the same seed's SFT policy."""
   seeds = sweep["seeds"]
-  sft = [_final_accuracy(workdir, SFT_NAME, s) for s in seeds]
+
+  def accuracies(name):
+    return [_final(run_dir(workdir, name, s))["greedy_acc"] for s in seeds]
+
+  sft = accuracies(SFT_NAME)
   summary = {}
-  for name in _method_names(sweep):
-    accs = [_final_accuracy(workdir, name, s) for s in seeds]
+  for name in _policy_names(sweep):
+    accs = accuracies(name)
     gains = [a - b for a, b in zip(accs, sft)]
     summary[name] = {"seeds": seeds, "acc": accs,
                      "acc_ci": t_interval(accs), "gain_ci": t_interval(gains)}
+  return summary
+
+
+def _held_out_metric(key: str) -> bool:
+  """Accuracies and AUCs of a reward model's held-out evaluation (not the
+  training batch's train_acc)."""
+  return key.endswith(("_acc", "_auc")) and not key.startswith("train_")
+
+
+def summarize_reward_models(sweep: dict, workdir: str) -> dict:
+  """Per reward-model run: metric -> (per-seed values, t-interval) for each
+  held-out *_acc and *_auc of its final evaluation."""
+  summary = {}
+  for name in _reward_model_names(sweep):
+    finals = [_final(run_dir(workdir, name, s)) for s in sweep["seeds"]]
+    keys = [k for k in finals[0] if _held_out_metric(k)]
+    summary[name] = {}
+    for key in keys:
+      values = [float(f[key]) for f in finals]
+      summary[name][key] = {"values": values, "ci": t_interval(values)}
   return summary
 
 
@@ -330,8 +598,15 @@ def _pct(mean, lo=None, hi=None) -> str:
   return f"{100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def report(sweep: dict, summary: dict) -> str:
-  """The markdown report: one row per method, the SFT baseline first."""
+def _label(name: str) -> str:
+  return "SFT (no RL)" if name == SFT_NAME else name
+
+
+def report(sweep: dict, summary: dict, reward: Optional[dict] = None,
+           sampled: Optional[dict] = None) -> str:
+  """The markdown report: greedy accuracy per policy method (the SFT
+  baseline first); then the reward models and the sampled evaluation, when
+  the sweep has them."""
   n = len(sweep["seeds"])
   lines = [
       "# Sweep report", "",
@@ -345,9 +620,54 @@ def report(sweep: dict, summary: dict) -> str:
   for name, s in summary.items():
     gain = "(baseline)" if name == SFT_NAME else _pct(*s["gain_ci"])
     per_seed = ", ".join(f"{100 * a:.1f}" for a in s["acc"])
-    label = "SFT (no RL)" if name == SFT_NAME else name
-    lines.append(f"| {label} | {_pct(*s['acc_ci'])} | {gain} | {per_seed} |")
+    lines.append(f"| {_label(name)} | {_pct(*s['acc_ci'])} | {gain} | "
+                 f"{per_seed} |")
+  if reward:
+    lines += ["", *_reward_model_table(reward)]
+  if sampled:
+    lines += ["", *_sampled_table(sweep, sampled)]
   return "\n".join(lines) + "\n"
+
+
+def _reward_model_table(reward: dict) -> list[str]:
+  lines = [
+      "## Reward models", "",
+      "Held-out metrics (%) of each reward model's final evaluation, on "
+      "samples of its seed's SFT policy: orm_* score the last token against "
+      "the rule reward; step_* score each step against the true step "
+      "labels; solution_* score the lowest step score against the rule "
+      "reward. Mean over seeds, 95% t-interval in brackets.", "",
+      "| reward model | metric | mean | per seed |", "|---|---|---|---|"]
+  for name, metrics in reward.items():
+    for key, s in metrics.items():
+      per_seed = ", ".join(f"{100 * v:.1f}" for v in s["values"])
+      lines.append(f"| {name} | {key} | {_pct(*s['ci'])} | {per_seed} |")
+  return lines
+
+
+def _sampled_table(sweep: dict, sampled: dict) -> list[str]:
+  settings = _evaluate_settings(sweep)
+  lines = [
+      "## Sampled evaluation: pass@k and maj@k", "",
+      f"pass@k and maj@k (%) on the first {settings['questions']} held-out "
+      f"questions, {max(settings['ks'])} samples per question at temperature "
+      f"{settings['temperature']:g}, seeded by the run's seed. Mean over "
+      "seeds, 95% t-interval in brackets; gains are paired with the same "
+      "seed's SFT policy. The last column is the maj@k gain minus the pass@k "
+      "gain: positive where RL raises maj@k more than pass@k.", "",
+      "| method | k | pass@k | maj@k | pass@k gain | maj@k gain | "
+      "maj@k gain - pass@k gain |",
+      "|---|---|---|---|---|---|---|"]
+  for name, per_k in sampled.items():
+    for k, s in per_k.items():
+      if name == SFT_NAME:
+        gains = ["(baseline)"] * 3
+      else:
+        gains = [_pct(*s[g]) for g in ("pass_gain", "maj_gain",
+                                       "maj_minus_pass_gain")]
+      lines.append(f"| {_label(name)} | {k} | {_pct(*s['pass'])} | "
+                   f"{_pct(*s['maj'])} | {' | '.join(gains)} |")
+  return lines
 
 
 def _curve(rows: list[dict], name: str, key: str):
@@ -357,20 +677,29 @@ def _curve(rows: list[dict], name: str, key: str):
     if row["name"] == name and row[key] != "":
       by_step.setdefault(row["step"], []).append(row[key])
   steps = sorted(by_step)
-  stats = [t_interval(by_step[s]) for s in steps]
+  return (np.array(steps),) + _bands([t_interval(by_step[s]) for s in steps])
+
+
+def _bands(stats: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Means and band edges of t-intervals; a band of one seed is its mean."""
   mean = np.array([m for m, _, _ in stats])
   lo = np.array([m if l is None else l for m, l, _ in stats])
   hi = np.array([m if h is None else h for m, _, h in stats])
-  return np.array(steps), mean, lo, hi
+  return mean, lo, hi
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
 
 
 def plot(rows: list[dict], names: list[str], key: str, label: str,
          path: str):
   """One line per method (mean over seeds) with its 95% band; the SFT run
   is a horizontal line (for response length: its gold training data)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for name in names:
@@ -389,6 +718,31 @@ def plot(rows: list[dict], names: list[str], key: str, label: str,
   ax.set_xlabel("RL step")
   ax.set_ylabel(label)
   ax.set_title(f"{label}: mean over seeds, 95% t-interval band")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_sampled(sampled: dict, path: str):
+  """maj@k (solid) and pass@k (dashed) against k on a log2 axis, one colour
+  per method, mean over seeds with a 95% t-interval band."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for i, (name, per_k) in enumerate(sampled.items()):
+    ks = np.array(sorted(per_k))
+    color = "black" if name == SFT_NAME else f"C{i}"
+    for metric, style in (("maj", "-"), ("pass", "--")):
+      mean, lo, hi = _bands([per_k[k][metric] for k in ks])
+      ax.plot(ks, mean, linestyle=style, marker="o", markersize=3,
+              color=color, label=f"{_label(name)} {metric}@k")
+      ax.fill_between(ks, lo, hi, color=color, alpha=0.12)
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(ks, [str(k) for k in ks])
+  ax.set_xlabel("k (samples per question)")
+  ax.set_ylabel("held-out accuracy")
+  ax.set_title("maj@k (solid) and pass@k (dashed): mean over seeds, 95% "
+               "t-interval band", fontsize="medium")
   ax.legend(fontsize="small")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -417,6 +771,12 @@ def _launcher():
   return importlib.import_module("experiments.main")
 
 
+def _evaluator():
+  """experiments.evaluate, imported late for the same reason (its required
+  --checkpoint)."""
+  return importlib.import_module("experiments.evaluate")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   rest = _FLAGS(argv, known_only=True)
   for name in ("sweep", "workdir"):
@@ -429,10 +789,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  summary = run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile,
-                      _FLAGS.smoke)
-  seeds = summary[SFT_NAME]["seeds"]
-  print(report({"seeds": seeds}, summary), flush=True)
+  run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile, _FLAGS.smoke)
+  with open(os.path.join(_FLAGS.workdir, REPORT_FILE)) as f:
+    print(f.read(), flush=True)
 
 
 if __name__ == "__main__":

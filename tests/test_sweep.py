@@ -1,8 +1,12 @@
-"""Sweep runner: the smoke followups sweep end to end, skip and resume,
-override errors, and every shipped sweep's configs at every profile."""
+"""Sweep runner: the smoke version of every shipped sweep end to end, skip
+and resume, run references, override errors, and every shipped sweep's
+configs at every profile."""
 
 import csv
+import glob
+import json
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -10,47 +14,192 @@ import pytest
 from experiments import sweep as sweep_lib
 from experiments import sweeps
 
-SWEEPS = ("experiments/sweeps/followups.py", "experiments/sweeps/figure5.py")
-FOLLOWUPS = SWEEPS[0]
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every sweep file, so a new one is covered without touching this test.
+SWEEPS = tuple(sorted(
+    os.path.relpath(p, _REPO)
+    for p in glob.glob(os.path.join(_REPO, "experiments/sweeps/*.py"))
+    if os.path.basename(p) != "__init__.py"))
+FOLLOWUPS = "experiments/sweeps/followups.py"
+FIGURE5 = "experiments/sweeps/figure5.py"
+FIGURE7 = "experiments/sweeps/figure7.py"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _job_key(config, workdir):
+  """A run's config with its sweep's workdir abstracted: equal keys train
+  the same run."""
+  return config.to_json().replace(os.path.abspath(workdir), "<workdir>")
 
 
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("followups"))
-  sweep_lib.run_sweep(FOLLOWUPS, workdir, smoke=True)
-  return workdir
+def smoke_workdir(tmp_path_factory):
+  """sweep path -> the workdir of its finished smoke run, run on first use.
+
+  A run whose config (up to the workdir) an earlier smoke sweep of this
+  file already trained is copied in before the sweep starts, so the sweep
+  skips it: every distinct run still trains once, and the file stays fast
+  (the SFT is shared by all sweeps, GRPO and the ORM by several).
+  """
+  done, trained = {}, {}
+
+  def get(path):
+    if path not in done:
+      workdir = str(tmp_path_factory.mktemp(
+          os.path.splitext(os.path.basename(path))[0]))
+      jobs = sweep_lib.plan(sweep_lib.load_sweep(path, smoke=True), workdir)
+      for name, seed, config in jobs:
+        source = trained.get(_job_key(config, workdir))
+        if source:
+          shutil.copytree(source, sweep_lib.run_dir(workdir, name, seed),
+                          ignore=shutil.ignore_patterns(
+                              sweep_lib.EVAL_K_FILE))
+      sweep_lib.run_sweep(path, workdir, smoke=True)
+      for name, seed, config in jobs:
+        trained.setdefault(_job_key(config, workdir),
+                           sweep_lib.run_dir(workdir, name, seed))
+      done[path] = workdir
+    return done[path]
+
+  return get
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, sweep_lib.RESULTS_FILE)) as f:
+def _rows(workdir, filename=sweep_lib.RESULTS_FILE):
+  with open(os.path.join(workdir, filename)) as f:
     return list(csv.DictReader(f))
 
 
-def test_smoke_sweep_writes_results_report_and_plots(smoke_dir):
-  sweep = sweep_lib.load_sweep(FOLLOWUPS, smoke=True)
-  names = [run["name"] for run in sweep["runs"]]
-  rows = _rows(smoke_dir)
+def _report_tables(workdir):
+  """The report's tables: lists of rows, each a list of cells."""
+  with open(os.path.join(workdir, sweep_lib.REPORT_FILE)) as f:
+    lines = f.read().splitlines()
+  tables, current = [], None
+  for line in lines:
+    if line.startswith("|"):
+      if current is None:
+        current = []
+        tables.append(current)
+      if not line.startswith("|---"):
+        current.append([c.strip() for c in line.strip("|").split("|")])
+    else:
+      current = None
+  return tables
+
+
+def _expected_steps(config):
+  """Steps of a run's results.csv rows: each periodic evaluation, and the
+  final one when no periodic one was at the last step."""
+  every = config.eval_every
+  steps = [s for s in range(1, config.steps + 1) if every and s % every == 0]
+  if not steps or steps[-1] != config.steps:
+    steps.append(config.steps)
+  return [str(s) for s in steps]
+
+
+def _check_accuracy_outputs(workdir, jobs, policy):
+  rows = _rows(workdir)
   assert tuple(rows[0]) == sweep_lib.COLUMNS
-  # The SFT's final evaluation, then each RL run evaluated at steps 1, 2.
-  expected = [("sft", "0", "2")] + [(n, "0", s) for n in names
-                                    for s in ("1", "2")]
-  assert [(r["name"], r["seed"], r["step"]) for r in rows] == expected
+  expected = [(name, str(seed), step) for name, seed, config in jobs
+              if name in policy for step in _expected_steps(config)]
+  assert sorted((r["name"], r["seed"], r["step"]) for r in rows) == sorted(
+      expected)
   for row in rows:
     assert 0.0 <= float(row["greedy_acc_lo"]) <= float(row["greedy_acc"])
     assert float(row["greedy_acc"]) <= float(row["greedy_acc_hi"]) <= 1.0
-    assert float(row["response_length"]) > 0
-  with open(os.path.join(smoke_dir, sweep_lib.REPORT_FILE)) as f:
-    report = f.read()
-  table = [line for line in report.splitlines() if line.startswith("| ")]
-  assert table[0].startswith("| method | accuracy | gain over SFT")
-  assert [line.split(" | ")[0][2:] for line in table[1:]] == (
-      ["SFT (no RL)"] + names)
+    assert float(row["response_length"]) >= 0
+  table = _report_tables(workdir)[0]
+  assert table[0][:3] == ["method", "accuracy", "gain over SFT"]
+  assert [r[0] for r in table[1:]] == ["SFT (no RL)"] + policy[1:]
   for filename in sweep_lib.PLOTS:
-    with open(os.path.join(smoke_dir, filename), "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(workdir, filename), "rb") as f:
+      assert f.read(8) == PNG
 
 
-def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(smoke_dir):
+_RM_METRICS = {"orm": ["orm_acc", "orm_auc"],
+               "prm": ["step_acc", "step_auc", "solution_acc",
+                       "solution_auc"]}
+
+
+def _check_reward_model_table(workdir, jobs, reward_models):
+  tables = _report_tables(workdir)
+  if not reward_models:
+    assert all(t[0][0] != "reward model" for t in tables)
+    return
+  (table,) = [t for t in tables if t[0][0] == "reward model"]
+  kinds = {name: config.rm.kind for name, _, config in jobs
+           if name in reward_models}
+  expected = [(name, key) for name in reward_models
+              for key in _RM_METRICS[kinds[name]]]
+  assert sorted((r[0], r[1]) for r in table[1:]) == sorted(expected)
+
+
+def _check_sampled_outputs(workdir, sweep, policy):
+  tables = _report_tables(workdir)
+  sampled_path = os.path.join(workdir, sweep_lib.SAMPLED_FILE)
+  if "evaluate" not in sweep:
+    assert not os.path.exists(sampled_path)
+    assert all(t[0][:2] != ["method", "k"] for t in tables)
+    return
+  ks = sorted(sweep["evaluate"]["k"])
+  rows = _rows(workdir, sweep_lib.SAMPLED_FILE)
+  assert tuple(rows[0]) == sweep_lib.SAMPLED_COLUMNS
+  assert [(r["name"], r["seed"], r["k"]) for r in rows] == [
+      (n, str(s), str(k)) for n in policy for s in sweep["seeds"] for k in ks]
+  for name in policy:
+    for seed in sweep["seeds"]:
+      mine = [r for r in rows if (r["name"], r["seed"]) == (name, str(seed))]
+      passes = [float(r["pass_at_k"]) for r in mine]
+      assert passes == sorted(passes)  # pass@k never falls with k
+      assert all(0.0 <= float(r["maj_at_k"]) <= p <= 1.0
+                 for r, p in zip(mine, passes))
+      assert float(mine[0]["maj_at_k"]) == passes[0]  # maj@1 == pass@1
+      with open(os.path.join(sweep_lib.run_dir(workdir, name, seed),
+                             sweep_lib.EVAL_K_FILE)) as f:
+        result = json.load(f)
+      assert (result["ks"], result["seed"]) == (ks, seed)
+  (table,) = [t for t in tables if t[0][:2] == ["method", "k"]]
+  assert table[0][2:5] == ["pass@k", "maj@k", "pass@k gain"]
+  labels = ["SFT (no RL)" if n == sweep_lib.SFT_NAME else n for n in policy]
+  assert [(r[0], r[1]) for r in table[1:]] == [
+      (label, str(k)) for label in labels for k in ks]
+  with open(os.path.join(workdir, sweep_lib.SAMPLED_PLOT), "rb") as f:
+    assert f.read(8) == PNG
+
+
+@pytest.mark.parametrize("path", SWEEPS)
+def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
+  workdir = smoke_workdir(path)
+  sweep = sweep_lib.load_sweep(path, smoke=True)
+  jobs = sweep_lib.plan(sweep, workdir)
+  trainers = sweep_lib.run_trainers(sweep)
+  policy = [n for n, t in trainers.items() if t == sweep_lib.POLICY]
+  reward_models = [n for n, t in trainers.items()
+                   if t == sweep_lib.REWARD_MODEL]
+  _check_accuracy_outputs(workdir, jobs, policy)
+  _check_reward_model_table(workdir, jobs, reward_models)
+  _check_sampled_outputs(workdir, sweep, policy)
+
+
+def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
+  workdir = smoke_workdir(FIGURE5)
+  names = [run["name"] for run in sweep_lib.load_sweep(FIGURE5)["runs"]]
+  # The rule-reward rows keep their names and order: old workdirs reuse.
+  assert names[:6] == ["rft", "online_rft", "dpo", "ppo", "grpo",
+                       "grpo_process"]
+  assert names[6:] == ["orm", "grpo_orm", "prm", "grpo_prm"]
+  for name, field in (("grpo_orm", "reward_model"),
+                      ("grpo_prm", "process_reward_model")):
+    with open(os.path.join(workdir, name, "seed_0", "run_config.json")) as f:
+      config = json.load(f)
+    model = config[field]
+    assert model.endswith(os.path.join(name[5:], "seed_0"))
+    with open(os.path.join(model, "run_config.json")) as f:
+      assert json.load(f)["trainer"] == sweep_lib.REWARD_MODEL
+
+
+def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
+    smoke_workdir):
+  smoke_dir = smoke_workdir(FOLLOWUPS)
   runs = [os.path.join(smoke_dir, "sft_seed_0")] + [
       os.path.join(smoke_dir, n, "seed_0")
       for n in ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo")]
@@ -74,9 +223,32 @@ def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(smoke_dir):
   assert _rows(smoke_dir) == rows
 
 
-def test_workdir_of_another_profile_is_refused(smoke_dir):
+def test_sampled_evaluation_is_skipped_when_done_and_checked(smoke_workdir):
+  workdir = smoke_workdir(FIGURE7)
+  sampled = _rows(workdir, sweep_lib.SAMPLED_FILE)
+  path = os.path.join(workdir, "grpo", "seed_0", sweep_lib.EVAL_K_FILE)
+  mtime = os.stat(path).st_mtime_ns
+  sweep_lib.run_sweep(FIGURE7, workdir, smoke=True)
+  assert os.stat(path).st_mtime_ns == mtime
+  assert _rows(workdir, sweep_lib.SAMPLED_FILE) == sampled
+  # One made with other settings (here: by hand with another seed).
+  with open(path) as f:
+    result = json.load(f)
+  try:
+    with open(path, "w") as f:
+      json.dump(dict(result, seed=7), f)
+    with pytest.raises(ValueError, match="grpo.*eval_k.json was sampled with "
+                       ".*'seed': 7.*delete it"):
+      sweep_lib.run_sweep(FIGURE7, workdir, smoke=True)
+  finally:
+    with open(path, "w") as f:
+      json.dump(result, f)
+
+
+def test_workdir_of_another_profile_is_refused(smoke_workdir):
   with pytest.raises(ValueError, match="use another workdir"):
-    sweep_lib.run_sweep(FOLLOWUPS, smoke_dir, profile="quick", smoke=False)
+    sweep_lib.run_sweep(FOLLOWUPS, smoke_workdir(FOLLOWUPS), profile="quick",
+                        smoke=False)
 
 
 @pytest.mark.parametrize("path", SWEEPS)
@@ -99,7 +271,82 @@ def test_every_sweep_config_builds_and_validates(path, profile, smoke,
     else:
       assert config.init_from == str(tmp_path / f"sft_seed_{seed}")
       assert config.eval_every > 0
+    if config.trainer == sweep_lib.REWARD_MODEL:
+      assert config.steps == sweep["rm"]["steps"]
   assert not os.listdir(tmp_path)  # planning trains nothing
+
+
+def test_run_references_resolve_per_seed(tmp_path):
+  sweep = sweep_lib.load_sweep(FIGURE5, "quick")
+  jobs = sweep_lib.plan(sweep, str(tmp_path))
+  configs = {(name, seed): config for name, seed, config in jobs}
+  for seed in sweep["seeds"]:
+    assert configs[("grpo_orm", seed)].reward_model == str(
+        tmp_path / "orm" / f"seed_{seed}")
+    assert configs[("grpo_prm", seed)].process_reward_model == str(
+        tmp_path / "prm" / f"seed_{seed}")
+    # RL runs take the "rl" part, reward models the "rm" part.
+    assert configs[("grpo_orm", seed)].steps == sweep["rl"]["steps"]
+    assert configs[("prm", seed)].steps == sweep["rm"]["steps"]
+    assert configs[("prm", seed)].rm.label == "hard"
+
+
+def _write_sweep(tmp_path, runs, **parts):
+  path = tmp_path / "sweep_file.py"
+  path.write_text(textwrap.dedent(f"""\
+      from experiments import sweeps
+
+      def get_sweep(profile):
+        sweep = sweeps.profile_settings(profile)
+        sweep["runs"] = {runs!r}
+        sweep.update({parts!r})
+        return sweep
+      """))
+  return str(path)
+
+
+def _run(name, method, **overrides):
+  return {"name": name, "config": sweeps.config_path(method),
+          "overrides": overrides}
+
+
+@pytest.mark.parametrize("runs,match", [
+    # Listed after the run that uses it.
+    ([_run("grpo_orm", "grpo", reward="model", reward_model="{run:orm}"),
+      _run("orm", "orm")],
+     r"run 'grpo_orm': override reward_model='\{run:orm\}' refers to run "
+     r"'orm', which is not listed before it; valid here: sft"),
+    # Not in the sweep at all.
+    ([_run("orm", "orm"),
+      _run("grpo_orm", "grpo", reward="model", reward_model="{run:ormm}")],
+     r"refers to run 'ormm', which is not listed before it; valid here: "
+     r"sft, orm"),
+])
+def test_reference_to_a_later_or_unknown_run_fails_before_training(
+    runs, match, tmp_path):
+  path = _write_sweep(tmp_path, runs)
+  with pytest.raises(ValueError, match=match):
+    sweep_lib.load_sweep(path)
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=match):
+    sweep_lib.run_sweep(path, str(workdir), smoke=True)
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("parts,match", [
+    ({"evaluate": {"k": [1, 0], "questions": 8}},
+     r"evaluate k must be distinct ints >= 1, got \[1, 0\]"),
+    ({"evaluate": {"k": [1], "questions": 8, "temprature": 1.0}},
+     "'evaluate' must be a dict with keys k, questions and optionally "
+     "temperature"),
+    ({"evaluate": {"k": [1], "questions": 0}},
+     "evaluate questions must be an int >= 1"),
+    ({"extra": {}}, r"optionally \['evaluate', 'rm'\], got .*'extra'"),
+])
+def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
+  path = _write_sweep(tmp_path, [_run("grpo", "grpo")], **parts)
+  with pytest.raises(ValueError, match=match):
+    sweep_lib.load_sweep(path)
 
 
 def test_unknown_profile_lists_valid_ones():
@@ -108,20 +355,11 @@ def test_unknown_profile_lists_valid_ones():
 
 
 def test_bad_override_key_fails_before_training(tmp_path):
-  path = tmp_path / "typo.py"
-  path.write_text(textwrap.dedent("""\
-      from experiments import sweeps
-
-      def get_sweep(profile):
-        sweep = sweeps.profile_settings(profile)
-        sweep["runs"] = [{"name": "grpo", "config": sweeps.config_path("grpo"),
-                          "overrides": {"coef.betta": 0.0}}]
-        return sweep
-      """))
+  path = _write_sweep(tmp_path, [_run("grpo", "grpo", **{"coef.betta": 0.0})])
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=r"run 'grpo'.*'coef.betta' is not a "
                      r"config field \(valid here: .*beta"):
-    sweep_lib.run_sweep(str(path), str(workdir), smoke=True)
+    sweep_lib.run_sweep(path, str(workdir), smoke=True)
   assert not workdir.exists()
 
 
