@@ -273,6 +273,9 @@ def test_every_sweep_config_builds_and_validates(path, profile, smoke,
       assert config.eval_every > 0
     if config.trainer == sweep_lib.REWARD_MODEL:
       assert config.steps == sweep["rm"]["steps"]
+    if smoke:  # whatever a run overrides; iterative RL: a step an iteration
+      assert config.steps == max(sweep_lib.SMOKE["rl"]["steps"],
+                                 config.iterative.iterations)
   assert not os.listdir(tmp_path)  # planning trains nothing
 
 

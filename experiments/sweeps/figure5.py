@@ -23,13 +23,13 @@ from experiments import sweeps
 METHODS = ("rft", "online_rft", "dpo", "ppo", "grpo", "grpo_process")
 
 # The learned-reward rows, quick profile ("rm": 200 steps for each reward
-# model; the GRPO runs take "rl", 150 steps). Measured on the 2-core CPU for
-# seed 0, training only these rows in a copy of a finished quick figure5
-# workdir (seed 0 of this sweep, same file name, so the workdir is reused and
-# only they train; python -m experiments.sweep --sweep=<that file>
-# --workdir=<the copy> --profile=quick): orm 71 s, grpo_orm 200 s (while a
-# test run shared the two cores; rule-reward GRPO takes about 90 s), prm
-# 103 s, grpo_prm 107 s. 481 s per seed: about 24 minutes for 3 seeds.
+# model; the GRPO runs take "rl", 150 steps). Measured on the 2-core CPU by
+# training only these rows in a copy of a finished quick figure5 workdir
+# (the workdir is reused, only they train; python -m experiments.sweep
+# --sweep=experiments/sweeps/figure5.py --workdir=<the copy> --profile=quick):
+# orm 65 / 45 s, grpo_orm 111 / 106 s, prm 91 / 89 s, grpo_prm 104 / 99 s
+# for seeds 1 / 2 (seed 0, while a test run shared the cores: 71, 200, 103,
+# 107 s); 1,191 s, about 20 minutes, for the 3 seeds.
 LEARNED_REWARDS = (
     ("orm", "orm", {}),
     ("grpo_orm", "grpo", {"reward": "model", "reward_model": "{run:orm}"}),
