@@ -702,8 +702,9 @@ class Trainer:
 
   def train_step(self, step: int, gradient_log, writer) -> dict:
     config = self.config
-    start = time.perf_counter()
+    # Before the clock starts: continuing reward models is not the step's.
     reward_model_metrics = self._start_iteration(step)
+    start = time.perf_counter()
     batch, rollout = self._prepare(step)
     rows = rollout.tokens.shape[0]
     host_tokens = np.asarray(batch.rollout.tokens)
