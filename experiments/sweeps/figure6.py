@@ -6,11 +6,10 @@ reward model fixed (`grpo_orm`) or iteratively (`grpo_orm_iterative`,
 Algorithm 1): 3 iterations of 50 steps (full profile: 4 of 250); after
 each, the reference resets to the policy and the reward model continues for
 100 steps on the policy's fresh samples, 10% of each batch replayed from
-its earlier data. GRPO on
-the rule reward (`grpo_rule`) is the control for what a learned reward
-costs. The paper's figure uses a process reward model; this sweep uses the
-outcome one, whose labels are cheap on a CPU (Math-Shepherd labels need
-policy roll-outs from every step).
+its earlier data. The same three rows follow with a process reward model
+on hard Math-Shepherd labels and process GRPO (`prm`, `grpo_prm`,
+`grpo_prm_iterative`), the paper's setting. GRPO on the rule reward
+(`grpo_rule`) is the control for what a learned reward costs.
 
   python -m experiments.sweep --sweep=experiments/sweeps/figure6.py \
       --workdir=runs/figure6 --profile=quick
@@ -18,24 +17,35 @@ policy roll-outs from every step).
 
 from experiments import sweeps
 
-_ORM = "{run:orm}"
 # Iterations divide the profile's RL steps: 150 = 3 x 50, 1000 = 4 x 250.
 ITERATIONS = {"quick": 3, "full": 4}
+
+
+def _rows(kind: str, policy_config: str, reward: str, field: str,
+          iterations: int) -> list[dict]:
+  """A reward model of `kind` and GRPO on it, fixed and iterative."""
+  learned = {"reward": reward, field: "{run:%s}" % kind}
+  return [
+      {"name": kind, "config": sweeps.config_path(kind), "overrides": {}},
+      {"name": f"grpo_{kind}", "config": sweeps.config_path(policy_config),
+       "overrides": learned},
+      {"name": f"grpo_{kind}_iterative",
+       "config": sweeps.config_path(policy_config),
+       "overrides": dict(learned, **{"iterative.iterations": iterations,
+                                     "iterative.rm_steps": 100,
+                                     "iterative.replay": 0.1})},
+  ]
 
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
   iterations = ITERATIONS[profile]
-  learned = {"reward": "model", "reward_model": _ORM}
-  sweep["runs"] = [
-      {"name": "orm", "config": sweeps.config_path("orm"), "overrides": {}},
-      {"name": "grpo_rule", "config": sweeps.config_path("grpo"),
-       "overrides": {}},
-      {"name": "grpo_orm", "config": sweeps.config_path("grpo"),
-       "overrides": learned},
-      {"name": "grpo_orm_iterative", "config": sweeps.config_path("grpo"),
-       "overrides": dict(learned, **{"iterative.iterations": iterations,
-                                     "iterative.rm_steps": 100,
-                                     "iterative.replay": 0.1})},
-  ]
+  grpo_rule = {"name": "grpo_rule", "config": sweeps.config_path("grpo"),
+               "overrides": {}}
+  outcome = _rows("orm", "grpo", "model", "reward_model", iterations)
+  process = _rows("prm", "grpo_process", "process", "process_reward_model",
+                  iterations)
+  # The outcome rows first, in their original order, so a workdir of the
+  # sweep from before the process rows is reused.
+  sweep["runs"] = outcome[:1] + [grpo_rule] + outcome[1:] + process
   return sweep
