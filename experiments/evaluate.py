@@ -111,18 +111,10 @@ def parse_ks(values: Sequence[str]) -> list[int]:
   Raises:
     ValueError: for an empty list or an entry that is not a positive integer.
   """
-  ks = []
-  for v in values:
-    try:
-      k = int(v)
-    except ValueError:
-      raise ValueError(f"--k: {v!r} is not an integer") from None
-    if k < 1:
-      raise ValueError(f"--k: every k must be >= 1, got {k}")
-    ks.append(k)
+  ks = eval_lib.parse_ks(values, "--k")
   if not ks:
     raise ValueError("--k is empty; give e.g. --k=1,4,16,64")
-  return sorted(set(ks))
+  return ks
 
 
 def check_samples(ks: Sequence[int], samples: Optional[int]) -> int:

@@ -564,6 +564,26 @@ def _sample_batches(task, graphdef, params, examples: list[Any],
       yield ex, [tok.decode(row) for row in ids[q * n:(q + 1) * n]]
 
 
+def parse_ks(values: Sequence[str], name: str) -> list[int]:
+  """Sorted distinct positive ints from strings such as ["1", " 4"]; blank
+  entries are skipped, so an empty list gives [].
+
+  Raises:
+    ValueError: naming `name` (the flag or field), for an entry that is not
+      a positive integer.
+  """
+  ks = []
+  for v in filter(None, (v.strip() for v in values)):
+    try:
+      k = int(v)
+    except ValueError:
+      raise ValueError(f"{name}: {v!r} is not an integer") from None
+    if k < 1:
+      raise ValueError(f"{name}: every k must be >= 1, got {k}")
+    ks.append(k)
+  return sorted(set(ks))
+
+
 def _check_ks(ks: Sequence[int], n_samples: int) -> list[int]:
   ks = [int(k) for k in ks]
   if not ks:

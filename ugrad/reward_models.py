@@ -302,11 +302,8 @@ def history(workdir: str) -> dict:
   """The labelled rows every run of the chain ending at `workdir` trained
   on (replayed rows excluded): "tokens", "attention_mask" [N, T] int32,
   "targets", "label_mask" [N, T] float32."""
-  dirs, path = [], workdir
-  while path:
-    dirs.append(path)
-    with open(os.path.join(path, train.CONFIG_FILE)) as f:
-      path = json.load(f)["rm"].get("init_from", "")
+  chain = run_chain(workdir)
+  dirs = [workdir] + [c.rm.init_from for c in chain[:-1]]
   parts = []
   for directory in dirs:
     data_dir = os.path.join(directory, DATA_DIR)

@@ -212,18 +212,14 @@ def ref_reset_period(config) -> int:
 
 
 def sampled_ks(config) -> list[int]:
-  """The k of the periodic pass@k / maj@k (`eval_sampled.ks`), sorted.
+  """The k of the periodic pass@k / maj@k (`eval_sampled.ks`, e.g.
+  "1,4,16"), sorted; [] for none.
 
   Raises:
     ValueError: for an entry that is not a positive integer.
   """
-  ks = []
-  for part in filter(None, config.eval_sampled.ks.replace(" ", "").split(",")):
-    if not part.isdigit() or int(part) < 1:
-      raise ValueError(f"eval_sampled.ks: {part!r} is not a positive "
-                       f"integer (e.g. \"1,4,16\")")
-    ks.append(int(part))
-  return sorted(set(ks))
+  return eval_lib.parse_ks(config.eval_sampled.ks.split(","),
+                           "eval_sampled.ks")
 
 
 def _rows_per_step(config) -> int:
