@@ -20,6 +20,7 @@ from flax import nnx
 import ml_collections
 
 from ugrad import eval as eval_lib
+from ugrad import stats
 from ugrad import train
 from ugrad.models import hf
 
@@ -111,7 +112,7 @@ def parse_ks(values: Sequence[str]) -> list[int]:
   Raises:
     ValueError: for an empty list or an entry that is not a positive integer.
   """
-  ks = eval_lib.parse_ks(values, "--k")
+  ks = stats.parse_ks(values, "--k")
   if not ks:
     raise ValueError("--k is empty; give e.g. --k=1,4,16,64")
   return ks

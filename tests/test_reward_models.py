@@ -1,4 +1,4 @@
-"""Reward models: Math-Shepherd labels, AUC, ORM / PRM training and use."""
+"""Reward models: Math-Shepherd labels, ORM / PRM training and use."""
 
 import math
 import os
@@ -42,24 +42,6 @@ def _tiny_rm(module, init_from: str, steps: int = 2):
   c.checkpoint_every = steps  # one save: the forced last one
   c.quiet = True
   return c
-
-
-# --- statistics ---------------------------------------------------------------
-
-
-def test_auc_known_cases():
-  # Positives win 4 of the 6 (positive, negative) pairs and tie one.
-  assert reward_models.auc([0.9, 0.5, 0.5, 0.1, 0.7], [1, 1, 0, 0, 0]) == (
-      pytest.approx(4.5 / 6))
-  assert reward_models.auc([3.0, 2.0, 1.0], [1, 1, 0]) == 1.0
-  assert reward_models.auc([1.0, 2.0, 3.0], [1, 1, 0]) == 0.0
-  assert reward_models.auc([1.0, 1.0], [1, 0]) == 0.5
-  assert math.isnan(reward_models.auc([1.0, 2.0], [1, 1]))
-  rng = np.random.default_rng(0)
-  scores, labels = rng.normal(size=50), rng.random(50) > 0.5
-  pairs = [(s > t) + 0.5 * (s == t) for s, a in zip(scores, labels) if a
-           for t, b in zip(scores, labels) if not b]
-  assert reward_models.auc(scores, labels) == pytest.approx(np.mean(pairs))
 
 
 # --- Math-Shepherd labels -----------------------------------------------------

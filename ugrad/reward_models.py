@@ -38,13 +38,13 @@ import numpy as np
 import optax
 import tqdm
 
-from ugrad import eval as eval_lib
 from ugrad import masked
 from ugrad import metrics as metrics_lib
 from ugrad import models
 from ugrad import rewards as rewards_lib
 from ugrad import sampling
 from ugrad import sources as sources_lib
+from ugrad import stats
 from ugrad import tasks as tasks_lib
 from ugrad import train
 from ugrad.sources import layout
@@ -68,37 +68,6 @@ ContinueFn = Callable
 # ---------------------------------------------------------------------------
 
 
-def auc(scores, labels) -> float:
-  """Area under the ROC curve: P(score of a positive > score of a negative).
-
-  Ties count one half (the Mann-Whitney U statistic with average ranks).
-
-  Args:
-    scores: [N] real scores.
-    labels: [N] booleans (or 0/1).
-
-  Returns:
-    The AUC, or NaN when the labels hold only one class.
-  """
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  labels = np.asarray(labels).reshape(-1) > 0.5
-  if scores.shape != labels.shape:
-    raise ValueError(f"auc: {scores.shape[0]} scores but {labels.shape[0]} "
-                     "labels")
-  pos, neg = int(labels.sum()), int((~labels).sum())
-  if pos == 0 or neg == 0:
-    return float("nan")
-  order = np.argsort(scores, kind="mergesort")
-  ranks = np.empty(len(scores))
-  sorted_scores = scores[order]
-  # Average rank over each run of tied scores.
-  starts = np.flatnonzero(np.r_[True, np.diff(sorted_scores) != 0])
-  ends = np.r_[starts[1:], len(scores)]
-  for s, e in zip(starts, ends):
-    ranks[order[s:e]] = (s + e + 1) / 2.0
-  return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
-
-
 def _binary_metrics(prefix: str, scores, labels, groups) -> dict:
   """Accuracy (score > 0 <=> label), its bootstrap interval over questions,
   AUC and the positive rate of labels, all named `prefix_*`."""
@@ -110,9 +79,9 @@ def _binary_metrics(prefix: str, scores, labels, groups) -> dict:
   groups = np.asarray(groups)
   per_question = np.asarray([right[groups == g].mean()
                              for g in np.unique(groups)])
-  mean, low, high = eval_lib.bootstrap_ci(per_question)
+  mean, low, high = stats.bootstrap_ci(per_question)
   return {f"{prefix}_acc": mean, f"{prefix}_acc_lo": low,
-          f"{prefix}_acc_hi": high, f"{prefix}_auc": auc(scores, labels),
+          f"{prefix}_acc_hi": high, f"{prefix}_auc": stats.auc(scores, labels),
           f"{prefix}_positive_frac": float(labels.mean())}
 
 

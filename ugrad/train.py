@@ -39,6 +39,7 @@ from ugrad import models
 from ugrad import rewards as rewards_lib
 from ugrad import sampling
 from ugrad import sources as sources_lib
+from ugrad import stats as stats_lib
 from ugrad import tasks as tasks_lib
 from ugrad.coefficients import advantages
 from ugrad.coefficients import ppo as ppo_lib
@@ -218,8 +219,8 @@ def sampled_ks(config) -> list[int]:
   Raises:
     ValueError: for an entry that is not a positive integer.
   """
-  return eval_lib.parse_ks(config.eval_sampled.ks.split(","),
-                           "eval_sampled.ks")
+  return stats_lib.parse_ks(config.eval_sampled.ks.split(","),
+                            "eval_sampled.ks")
 
 
 def _rows_per_step(config) -> int:
