@@ -37,6 +37,7 @@ import optax
 import ugrad
 from ugrad import sampling
 from ugrad.models import hf
+from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
 _BATCH = flags.DEFINE_integer("batch", 128, "prompts per sampling call")
@@ -106,7 +107,8 @@ def measure_matmul(repeats, n=1024):
 
 
 def _model(name, seed=0):
-  model = tr.Transformer(tr.preset(name, len(VOCAB)), rngs=nnx.Rngs(seed))
+  model = tr.Transformer(model_config.preset(name, len(VOCAB)),
+                         rngs=nnx.Rngs(seed))
   # 5x the 0.02 init gives peaked next-token distributions, so greedy
   # agreement between the two implementations is a meaningful check.
   nnx.update(model, jax.tree.map(lambda x: 5 * x,
@@ -202,7 +204,7 @@ def _train_step_fn(graphdef, optimizer):
 
 
 def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
-  cfg = tr.preset("embedded", len(VOCAB))
+  cfg = model_config.preset("embedded", len(VOCAB))
   graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)),
                                nnx.Param)
   optimizer = optax.adamw(1e-3)

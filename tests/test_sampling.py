@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from ugrad import sampling
+from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
 V, PAD = 20, 0
 # One config and fixed shapes for the whole file: each compiles once.
-CFG = tr.ModelConfig(vocab_size=V, hidden_size=32, num_layers=2, num_heads=4,
-                     num_kv_heads=2, mlp_size=48, qkv_bias=True,
-                     tie_embeddings=False)
+CFG = model_config.ModelConfig(vocab_size=V, hidden_size=32, num_layers=2,
+                               num_heads=4, num_kv_heads=2, mlp_size=48,
+                               qkv_bias=True, tie_embeddings=False)
 GREEDY = sampling.SamplingConfig(max_new_tokens=6, eos_id=None, pad_id=PAD,
                                  temperature=0.0)
 

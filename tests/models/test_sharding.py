@@ -45,12 +45,13 @@ _SCRIPT = textwrap.dedent("""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from ugrad.models import sharding, transformer as tr
+    from ugrad.models import model_config, sharding, transformer as tr
 
     assert jax.device_count() == 8, jax.devices()
-    cfg = tr.ModelConfig(vocab_size=20, hidden_size=64, num_layers=1,
-                         num_heads=4, num_kv_heads=2, mlp_size=96,
-                         qkv_bias=True, tie_embeddings=False)
+    cfg = model_config.ModelConfig(vocab_size=20, hidden_size=64,
+                                   num_layers=1, num_heads=4,
+                                   num_kv_heads=2, mlp_size=96,
+                                   qkv_bias=True, tie_embeddings=False)
     graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)),
                                  nnx.Param)
     rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
 V = 24
@@ -17,7 +18,7 @@ def _config(**overrides):
   base = dict(vocab_size=V, hidden_size=32, num_layers=2, num_heads=4,
               num_kv_heads=2, mlp_size=48, qkv_bias=True, rope_theta=5000.0)
   base.update(overrides)
-  return tr.ModelConfig(**base)
+  return model_config.ModelConfig(**base)
 
 
 def _tokens(b, t, seed=0):
@@ -80,31 +81,6 @@ def test_every_param_has_logical_axes():
     assert len(names) == var.get_value().ndim, path
     assert set(names) <= allowed, path
     assert "embed" in names or path[-1] == "bias", path
-
-
-def test_presets():
-  for name, size in (("embedded", 0.53e6), ("qwen2_2.9m", 2.9e6)):
-    cfg = tr.preset(name, 20)
-    params = nnx.state(nnx.eval_shape(lambda c=cfg: tr.Transformer(
-        c, rngs=nnx.Rngs(0))), nnx.Param)
-    count = sum(x.size for x in jax.tree.leaves(params))
-    assert abs(count - size) / size < 0.05, (name, count)
-  cfg = tr.preset("qwen2_2.9m", 20)
-  assert (cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias) == (2, 64, True)
-  assert tr.preset("embedded", 30, num_layers=3).num_layers == 3
-  with pytest.raises(ValueError, match="valid: embedded, qwen2_2.9m, tiny"):
-    tr.preset("gpt5", 20)
-
-
-@pytest.mark.parametrize("bad, match", [
-    (dict(num_kv_heads=3), "multiple of num_kv_heads"),
-    (dict(hidden_size=30), "set head_dim"),
-    (dict(head_dim=7), "even head_dim"),
-    (dict(dtype="float33"), "not a dtype"),
-])
-def test_config_errors(bad, match):
-  with pytest.raises(ValueError, match=match):
-    _config(**bad)
 
 
 # ------------------------------------------------------- Hugging Face parity

@@ -4,14 +4,14 @@ from ugrad.models.sharding import FSDP_RULES
 from ugrad.models.sharding import REPLICATED_RULES
 from ugrad.models.sharding import RULES
 from ugrad.models.sharding import param_shardings
+from ugrad.models.model_config import ModelConfig
+from ugrad.models.model_config import PRESETS
+from ugrad.models.model_config import preset
 from ugrad.models.transformer import KVCache
-from ugrad.models.transformer import ModelConfig
-from ugrad.models.transformer import PRESETS
 from ugrad.models.transformer import ScalarModel
 from ugrad.models.transformer import Transformer
 from ugrad.models.transformer import init_cache
 from ugrad.models.transformer import last_token_scores
-from ugrad.models.transformer import preset
 from ugrad.models.transformer import token_logprobs
 from ugrad.models.hf import HFTokenizer
 from ugrad.models.hf import from_pretrained

@@ -24,7 +24,7 @@ import safetensors
 import safetensors.numpy
 import tokenizers
 
-from ugrad.models.transformer import ModelConfig
+from ugrad.models.model_config import ModelConfig
 from ugrad.models.transformer import Transformer
 
 PathLike = str | pathlib.Path

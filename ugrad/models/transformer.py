@@ -11,13 +11,14 @@ Weights start from N(0, 0.02) like Llama / Qwen2 (`initializer_range`), norm
 scales from 1, the scalar head from 0.
 """
 
-import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.struct
 from flax import nnx
 import jax
 import jax.numpy as jnp
+
+from ugrad.models.model_config import ModelConfig
 
 # Masked attention scores get this instead of -inf, so a query row that sees
 # no key at all (a left-padding row) gives a uniform softmax, never NaN.
@@ -28,93 +29,6 @@ _INIT_STD = 0.02  # Llama / Qwen2 `initializer_range`.
 def _wide(dtype) -> jnp.dtype:
   """The dtype of precision-sensitive math: float32, or float64 if wider."""
   return jnp.promote_types(dtype, jnp.float32)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-  """Shape and numerics of a decoder (field names follow the HF configs).
-
-  Attributes:
-    vocab_size: V.
-    hidden_size: D, the residual width.
-    num_layers: number of decoder layers.
-    num_heads: H, query heads.
-    num_kv_heads: Hkv, key/value heads (grouped-query attention); divides H.
-    head_dim: Dh; None means hidden_size // num_heads.
-    mlp_size: F, the SwiGLU inner width.
-    rope_theta: rotary embedding base.
-    rms_eps: RMSNorm epsilon.
-    qkv_bias: biases on q/k/v projections (Qwen2).
-    tie_embeddings: the output projection is the input embedding transposed.
-    dtype: compute dtype name ("float32", "bfloat16").
-    param_dtype: parameter dtype name.
-  """
-
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: Optional[int] = None
-  mlp_size: int
-  rope_theta: float = 10000.0
-  rms_eps: float = 1e-6
-  qkv_bias: bool = False
-  tie_embeddings: bool = True
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-
-  def __post_init__(self):
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
-    if self.head_dim is None:
-      if self.hidden_size % self.num_heads:
-        raise ValueError(f"hidden_size={self.hidden_size} is not a multiple "
-                         f"of num_heads={self.num_heads}; set head_dim")
-      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-    if self.head_dim % 2:
-      raise ValueError(f"rotary embeddings need an even head_dim, got "
-                       f"{self.head_dim}")
-    for field in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, field))
-      except TypeError as e:
-        raise ValueError(f"{field}={getattr(self, field)!r} is not a dtype "
-                         "name") from e
-
-
-def _embedded(vocab_size: int) -> ModelConfig:
-  return ModelConfig(vocab_size=vocab_size, hidden_size=128, num_layers=2,
-                     num_heads=4, num_kv_heads=4, mlp_size=512)
-
-
-def _qwen2_2_9m(vocab_size: int) -> ModelConfig:
-  return ModelConfig(vocab_size=vocab_size, hidden_size=256, num_layers=4,
-                     num_heads=4, num_kv_heads=2, mlp_size=688, qkv_bias=True,
-                     rope_theta=1000000.0)
-
-
-# Model shapes by name; each takes the tokenizer's vocabulary size.
-def _tiny(vocab_size: int) -> ModelConfig:
-  """One small layer: for smoke tests, where compile time dominates."""
-  return ModelConfig(vocab_size=vocab_size, hidden_size=32, num_layers=1,
-                     num_heads=2, num_kv_heads=1, mlp_size=64)
-
-
-PRESETS: dict[str, Callable[[int], ModelConfig]] = {
-    "embedded": _embedded,
-    "tiny": _tiny,
-    "qwen2_2.9m": _qwen2_2_9m,
-}
-
-
-def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
-  """The config of preset `name` for a vocabulary, with fields overridden."""
-  if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; valid: "
-                     f"{', '.join(sorted(PRESETS))}")
-  return dataclasses.replace(PRESETS[name](vocab_size), **overrides)
 
 
 def _meta(*names):
