@@ -22,7 +22,7 @@ import ml_collections
 from ugrad import eval as eval_lib
 from ugrad import stats
 from ugrad import train
-from ugrad.models import hf
+from ugrad.models import hf_tokenizer
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Workdir of a finished ugrad run.")
@@ -84,7 +84,7 @@ def run_tokenizer(config: ml_collections.ConfigDict):
       with open(config_file) as f:
         path = json.load(f).get("init_from", "")
     elif os.path.isfile(os.path.join(path, "tokenizer.json")):
-      return hf.HFTokenizer.from_directory(path)
+      return hf_tokenizer.HFTokenizer.from_directory(path)
     else:
       return None
   return None

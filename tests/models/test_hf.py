@@ -18,6 +18,8 @@ from tests import bpe_util
 from ugrad import models
 from ugrad import sampling
 from ugrad.models import hf
+from ugrad.models import hf_config
+from ugrad.models import hf_tokenizer
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -209,7 +211,7 @@ def _write(file: pathlib.Path, data: dict) -> None:
 
 
 def test_tokenizer_round_trip_and_special_ids(tokenizer_dir):
-  tok = hf.HFTokenizer.from_directory(tokenizer_dir)
+  tok = hf_tokenizer.HFTokenizer.from_directory(tokenizer_dir)
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
   assert tok.vocab_size == tok.tokenizer.get_vocab_size()
   for text in _SENTENCES + ("unseen words: zebra 99!",):
@@ -225,24 +227,24 @@ def test_tokenizer_fallbacks(tokenizer_dir, tmp_path):
   (tmp_path / "tokenizer.json").write_text(
       (tokenizer_dir / "tokenizer.json").read_text())
   with pytest.raises(ValueError, match="No eos token"):
-    hf.HFTokenizer.from_directory(tmp_path)
+    hf_tokenizer.HFTokenizer.from_directory(tmp_path)
   # Ids from config.json (eos as a list), no pad anywhere: pad = eos.
   _write(tmp_path / "config.json", {"eos_token_id": [2, 1]})
-  tok = hf.HFTokenizer.from_directory(tmp_path)
+  tok = hf_tokenizer.HFTokenizer.from_directory(tmp_path)
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (2, None, 2)
   # generation_config.json wins over config.json.
   _write(tmp_path / "generation_config.json", {"eos_token_id": 1})
-  assert hf.HFTokenizer.from_directory(tmp_path).eos_id == 1
+  assert hf_tokenizer.HFTokenizer.from_directory(tmp_path).eos_id == 1
   _write(tmp_path / "tokenizer_config.json", {"eos_token": "<nope>"})
   with pytest.raises(ValueError, match="<nope>"):
-    hf.HFTokenizer.from_directory(tmp_path)
+    hf_tokenizer.HFTokenizer.from_directory(tmp_path)
 
 
 def test_tokenizer_saved_with_model_loads_in_transformers(
     hf_model, tokenizer_dir, tmp_path):
   _, path = hf_model
   model, _ = hf.from_pretrained(path)
-  tok = hf.HFTokenizer.from_directory(tokenizer_dir)
+  tok = hf_tokenizer.HFTokenizer.from_directory(tokenizer_dir)
   hf.save_pretrained(model, tmp_path, tokenizer=tok)
   _, again = hf.from_pretrained(tmp_path)
   assert (again.pad_id, again.bos_id, again.eos_id) == (0, 1, 2)
@@ -273,7 +275,7 @@ def test_unsupported_architecture_is_named(tmp_path):
   config = _qwen2_config(model_type="gpt2")
   del config["architectures"]
   with pytest.raises(ValueError, match="gpt2"):
-    hf.config_from_hf(config)
+    hf_config.config_from_hf(config)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -286,20 +288,20 @@ def test_unsupported_architecture_is_named(tmp_path):
 ])
 def test_unrepresentable_config_is_refused(changes, message):
   with pytest.raises(ValueError, match=message):
-    hf.config_from_hf(_qwen2_config(**changes))
+    hf_config.config_from_hf(_qwen2_config(**changes))
 
 
 def test_llama_attention_bias_is_refused():
   config = _llama_untied().config.to_dict()
   config["attention_bias"] = True
   with pytest.raises(ValueError, match="attention_bias"):
-    hf.config_from_hf(config)
+    hf_config.config_from_hf(config)
 
 
 def test_legacy_rope_keys():
   config = _qwen2_config(rope_theta=1234.0, rope_scaling=None)
   del config["rope_parameters"]
-  assert hf.config_from_hf(config).rope_theta == 1234.0
+  assert hf_config.config_from_hf(config).rope_theta == 1234.0
 
 
 def _rewrite_weights(path: pathlib.Path, edit) -> None:
@@ -339,7 +341,7 @@ def test_save_refuses_stale_shards_and_foreign_tokenizers(hf_model, tmp_path):
 def test_package_exports():
   assert models.from_pretrained is hf.from_pretrained
   assert models.save_pretrained is hf.save_pretrained
-  assert models.HFTokenizer is hf.HFTokenizer
+  assert models.HFTokenizer is hf_tokenizer.HFTokenizer
 
 
 def test_wrong_shape_is_named(hf_model, tmp_path):
