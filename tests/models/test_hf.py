@@ -20,6 +20,7 @@ from ugrad import sampling
 from ugrad.models import hf
 from ugrad.models import hf_config
 from ugrad.models import hf_tokenizer
+from ugrad.models import sharding
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -155,6 +156,25 @@ def test_sharded_checkpoint(hf_model, tmp_path):
   for got, want in zip(jax.tree.leaves(nnx.state(sharded)),
                        jax.tree.leaves(nnx.state(single)), strict=True):
     np.testing.assert_array_equal(got, want)
+
+
+def test_load_puts_each_tensor_with_its_sharding(hf_model):
+  _, path = hf_model
+  single, _ = hf.from_pretrained(path)
+  want = dict(nnx.to_flat_state(nnx.state(single, nnx.Param)))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  shardings = sharding.param_shardings(nnx.state(single, nnx.Param), mesh,
+                                       sharding.FSDP_RULES)
+  placed = list(nnx.to_flat_state(shardings))
+  sharded, _ = hf.from_pretrained(path, shardings=shardings)
+  got = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))
+  assert sorted(got, key=str) == sorted(want, key=str)
+  for name, target in placed:
+    value = got[name].get_value()
+    assert value.sharding == target.get_value(), name
+    np.testing.assert_array_equal(value, want[name].get_value())
+  with pytest.raises(ValueError, match="shardings do not match"):
+    hf.from_pretrained(path, shardings=nnx.from_flat_state(placed[1:]))
 
 
 def test_greedy_generation_matches_transformers(hf_model):

@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -98,9 +97,27 @@ def _check_tied_head(read: _TensorReader, files: dict[str, Any],
                      f"{head} differs from {embed}")
 
 
+def _flat_shardings(shardings: Any,
+                    variables: dict[tuple[Any, ...], nnx.Variable]
+                    ) -> dict[tuple[Any, ...], Optional[jax.sharding.Sharding]]:
+  """The sharding of each parameter path; None (default device) for all when
+  `shardings` is None."""
+  if shardings is None:
+    return dict.fromkeys(variables)
+  flat = {path: s.get_value() if isinstance(s, nnx.Variable) else s
+          for path, s in nnx.to_flat_state(shardings)}
+  if set(flat) != set(variables):
+    raise ValueError(
+        "shardings do not match the parameters: missing "
+        f"{sorted(set(variables) - set(flat), key=str)}, unexpected "
+        f"{sorted(set(flat) - set(variables), key=str)}")
+  return flat
+
+
 def _load_params(abstract: nnx.State, table: dict[str, Any],
-                 read: _TensorReader) -> nnx.State:
-  """Fills the abstract parameter state with checkpoint tensors."""
+                 read: _TensorReader, shardings: Any) -> nnx.State:
+  """Fills the abstract parameter state with checkpoint tensors, each put
+  with its sharding as it is read (see `from_pretrained`)."""
   variables = dict(nnx.to_flat_state(abstract))
   by_path = {path: (hf_name, transpose)
              for hf_name, (path, transpose) in table.items()}
@@ -108,6 +125,7 @@ def _load_params(abstract: nnx.State, table: dict[str, Any],
   if unmapped:
     raise ValueError(f"ugrad parameters without a Hugging Face name: "
                      f"{unmapped}")
+  placement = _flat_shardings(shardings, variables)
   loaded = []
   for path, variable in variables.items():
     hf_name, transpose = by_path[path]
@@ -118,14 +136,15 @@ def _load_params(abstract: nnx.State, table: dict[str, Any],
       raise ValueError(f"Tensor {hf_name} has shape {stored.shape}; the "
                        f"config implies {expected.shape}"
                        f"{' transposed' if transpose else ''}")
-    loaded.append((path, variable.replace(
-        jnp.asarray(array, dtype=expected.dtype))))
+    # Cast on the host, then copy only each device's shard to it.
+    loaded.append((path, variable.replace(jax.device_put(
+        np.asarray(array, dtype=expected.dtype), placement[path]))))
   return nnx.from_flat_state(loaded)
 
 
 def from_pretrained(
     path: hf_config.PathLike, dtype: str = "float32",
-    param_dtype: Optional[str] = None
+    param_dtype: Optional[str] = None, shardings: Any = None
 ) -> tuple[Transformer, Optional[HFTokenizer]]:
   """Loads a local Hugging Face Qwen2 or Llama directory.
 
@@ -135,6 +154,11 @@ def from_pretrained(
     dtype: compute dtype of the model ("float32", "bfloat16", "float16").
     param_dtype: parameter dtype; None means `dtype`. Checkpoint tensors are
       cast to it.
+    shardings: None (every tensor on the default device), or a
+      `jax.sharding.Sharding` for each parameter in the structure of the
+      model's `nnx.Param` state, such as `sharding.param_shardings` returns.
+      Each tensor is placed with its sharding as it is read, so the whole
+      model is never on one device.
 
   Returns:
     (model, tokenizer); tokenizer is None when there is no tokenizer.json.
@@ -156,7 +180,7 @@ def from_pretrained(
   with _TensorReader(files) as read:
     if config.tie_embeddings:
       _check_tied_head(read, files, path)
-    params = _load_params(abstract_params, table, read)
+    params = _load_params(abstract_params, table, read, shardings)
   model = nnx.merge(graphdef, params, rest)
   tokenizer = (HFTokenizer.from_directory(path)
                if (path / "tokenizer.json").is_file() else None)
