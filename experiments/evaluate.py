@@ -19,9 +19,10 @@ from absl import logging
 from flax import nnx
 import ml_collections
 
+from ugrad import build
 from ugrad import eval as eval_lib
+from ugrad import runs
 from ugrad import stats
-from ugrad import train
 from ugrad.models import hf_tokenizer
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -53,15 +54,15 @@ def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f"--checkpoint={run_dir}: no such directory")
-  config_file = os.path.join(run_dir, train.CONFIG_FILE)
+  config_file = os.path.join(run_dir, runs.CONFIG_FILE)
   if not os.path.isfile(config_file):
     raise FileNotFoundError(
-        f"{run_dir} is not a ugrad run: it has no {train.CONFIG_FILE}")
-  if not (os.path.isfile(os.path.join(run_dir, train.MODEL_FILE)) and
-          os.path.isdir(os.path.join(run_dir, train.POLICY_DIR))):
+        f"{run_dir} is not a ugrad run: it has no {runs.CONFIG_FILE}")
+  if not (os.path.isfile(os.path.join(run_dir, runs.MODEL_FILE)) and
+          os.path.isdir(os.path.join(run_dir, runs.POLICY_DIR))):
     raise FileNotFoundError(
-        f"{run_dir} holds an unfinished run: {train.MODEL_FILE} and "
-        f"{train.POLICY_DIR}/ are written when training ends (rerun its "
+        f"{run_dir} holds an unfinished run: {runs.MODEL_FILE} and "
+        f"{runs.POLICY_DIR}/ are written when training ends (rerun its "
         "experiments.main command to resume and finish it)")
   with open(config_file) as f:
     return ml_collections.ConfigDict(json.load(f))
@@ -77,8 +78,8 @@ def run_tokenizer(config: ml_collections.ConfigDict):
   path, seen = config.init_from, set()
   while path and path not in seen:
     seen.add(path)
-    if os.path.isfile(os.path.join(path, train.MODEL_FILE)):
-      config_file = os.path.join(path, train.CONFIG_FILE)
+    if os.path.isfile(os.path.join(path, runs.MODEL_FILE)):
+      config_file = os.path.join(path, runs.CONFIG_FILE)
       if not os.path.isfile(config_file):
         return None
       with open(config_file) as f:
@@ -93,8 +94,8 @@ def run_tokenizer(config: ml_collections.ConfigDict):
 def load_run(run_dir: str):
   """(config, task, graphdef, params) of the finished run in `run_dir`."""
   config = read_run_config(run_dir)
-  task = train.make_task(config)
-  graphdef, params, _ = train.load_policy(run_dir)
+  task = build.make_task(config)
+  graphdef, params, _ = runs.load_policy(run_dir)
   tokenizer = run_tokenizer(config)
   if tokenizer is not None:
     task.tokenizer = tokenizer
@@ -147,7 +148,7 @@ def evaluate(run_dir: str, ks: Sequence[int], questions: int = 512,
              else max_new_tokens)
   result = eval_lib.sample_eval(
       task, graphdef, params, questions, samples, ks,
-      train.prompt_length(task), max_new, temperature=temperature, seed=seed)
+      build.prompt_length(task), max_new, temperature=temperature, seed=seed)
   return dict(result, checkpoint=os.path.abspath(run_dir), task=config.task,
               ks=list(ks), temperature=temperature, seed=seed,
               max_new_tokens=max_new)

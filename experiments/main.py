@@ -14,9 +14,11 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
-from ugrad import reward_models
+from ugrad import iterative
+from ugrad import runs
 from ugrad import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,22 +33,62 @@ def _report(name: str, result: dict) -> str:
           f"(95% CI {100 * lo:.1f}-{100 * hi:.1f})")
 
 
+def needs_sft_warm_start(config) -> bool:
+  """Whether a run on the embedded task must first train its SFT policy:
+  every run but SFT itself, when no init_from is given."""
+  return (not config.init_from and config.task == "arithmetic" and
+          (config.coef.name != "sft" or config.trainer != "policy"))
+
+
+def sft_config(config) -> ml_collections.ConfigDict:
+  """The SFT warm-start run of a config on the embedded task."""
+  sft = ml_collections.ConfigDict(config.to_dict())
+  ws = config.warm_start
+  sft.method = "sft_warm_start"
+  sft.trainer = "policy"
+  sft.init_from = ""
+  sft.source = "dataset"
+  sft.reward = "none"
+  sft.coef = ml_collections.ConfigDict({"name": "sft"})
+  sft.normalizer = "sequence"
+  sft.steps = ws.steps
+  sft.batch_size = ws.batch_size
+  sft.optim.lr = ws.lr
+  sft.optim.warmup_steps = ws.warmup_steps
+  sft.ppo_epochs = sft.minibatches = sft.micro_batches = 1
+  sft.sampling.pairs = False
+  sft.ref_reset_every = 0
+  sft.iterative.iterations = 1
+  sft.eval_every = 0
+  sft.checkpoint_every = max(ws.steps // 4, 1)
+  return sft
+
+
+def warm_start(config, workdir: str) -> str:
+  """Trains (or reuses) the SFT policy of the embedded task in
+  WORKDIR/sft and returns that directory."""
+  sft_dir = os.path.join(os.path.abspath(workdir), "sft")
+  if not os.path.exists(os.path.join(sft_dir, runs.POLICY_DIR)):
+    logging.info("No init_from: training the SFT policy in %s", sft_dir)
+    train.Trainer(sft_config(config), sft_dir).train()
+  return sft_dir
+
+
 def run(config, workdir: str) -> dict:
-  """Trains `config` in `workdir`; returns held-out accuracies."""
-  if config.trainer not in ("policy", "reward_model"):
-    raise ValueError(f"unknown trainer {config.trainer!r}; valid: policy, "
-                     "reward_model")
+  """Trains `config` in `workdir`; returns held-out results."""
+  warm = needs_sft_warm_start(config)
+  if warm:
+    config.init_from = warm_start(config, workdir)
   if config.trainer == "reward_model":
-    result = {"final": reward_models.train_reward_model(config, workdir)}
+    result = {"final": train.train_reward_model(config, workdir)}
     print(json.dumps(result, indent=2, sort_keys=True), flush=True)
     _write_eval(workdir, result)
     return result
-  train.validate(config)
-  warm = train.needs_sft_warm_start(config)
-  trainer = train.Trainer(config, workdir)
+  trainer = train.Trainer(config, workdir,
+                          hooks=iterative.hooks(config, workdir))
   results = {}
   if warm:
-    results["sft"] = _cached_eval(trainer, os.path.join(workdir, "sft"),
+    results["sft"] = _cached_eval(trainer, config.init_from,
                                   trainer.init_params)
     print(_report("SFT policy", results["sft"]), flush=True)
   trainer.train()
@@ -58,12 +100,12 @@ def run(config, workdir: str) -> dict:
 
 def _write_eval(workdir: str, results: dict):
   """WORKDIR/eval.json: written last, so it marks a finished run."""
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
+  with open(os.path.join(workdir, runs.EVAL_FILE), "w") as f:
     json.dump(results, f, indent=2)
 
 
 def _cached_eval(trainer, run_dir: str, params) -> dict:
-  path = os.path.join(run_dir, "eval.json")
+  path = os.path.join(run_dir, runs.EVAL_FILE)
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)

@@ -46,7 +46,7 @@ import numpy as np
 
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
-from ugrad import train
+from ugrad import validate
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_CONFIG = "experiments/configs/sft.py"
@@ -291,10 +291,10 @@ def _validate(config, run: dict):
   which do not exist before the sweep trains them; those checks then wait
   for the run itself (its trainer validates again).
   """
-  train.validate(config)
+  validate.check_config(config)
   if config.trainer == REWARD_MODEL and not any(
       references(v) for v in run["overrides"].values()):
-    reward_models.validate(config)
+    reward_models.check_config(config)
 
 
 def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
@@ -310,7 +310,7 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
     where = f"{SFT_NAME} (seed {seed})"
     apply_overrides(sft, {**sweep["shared"], **sweep["sft"], "seed": seed},
                     where)
-    train.validate(sft)
+    validate.check_config(sft)
     jobs.append((SFT_NAME, seed, sft))
     for run in sweep["runs"]:
       config = load_config(run["config"])

@@ -11,10 +11,10 @@ import string
 from flax import nnx
 import pytest
 
+from ugrad import build
 from ugrad import eval as ev
 from ugrad import models
 from ugrad import tasks as tasks_lib
-from ugrad import train
 from ugrad.tasks import arithmetic
 
 # One shape for every sampler call below, so the sampler compiles once per
@@ -59,7 +59,7 @@ def _sample_eval(task, policy, **kwargs):
                      ks=[1, 2, 4], batch_questions=BATCH_QUESTIONS,
                      answer_fn=_first_char, equivalent=None), **kwargs)
   return ev.sample_eval(task, graphdef, params,
-                        prompt_len=train.prompt_length(task),
+                        prompt_len=build.prompt_length(task),
                         max_new_tokens=MAX_NEW, **kwargs)
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from experiments import evaluate as evaluate_cli
 from experiments.configs import sft
+from ugrad import build
 from ugrad import models
-from ugrad import train
+from ugrad import runs
 
 QUESTIONS = 6
 MAX_NEW = 12
@@ -36,12 +37,12 @@ def run_dir(tmp_path_factory):
   """A finished run of the tiny (untrained) policy on the embedded task."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = _config()
-  task = train.make_task(config)
+  task = build.make_task(config)
   model_config = models.preset(config.model, task.tokenizer.vocab_size)
   _, params = nnx.split(models.Transformer(model_config, rngs=nnx.Rngs(0)),
                         nnx.Param)
-  train.save_model(workdir, params, model_config)
-  with open(os.path.join(workdir, train.CONFIG_FILE), "w") as f:
+  runs.save_model(workdir, params, model_config)
+  with open(os.path.join(workdir, runs.CONFIG_FILE), "w") as f:
     f.write(config.to_json())
   return workdir
 
@@ -96,7 +97,7 @@ def test_cli_refuses_missing_and_unfinished_runs(tmp_path):
     _cli(checkpoint=str(tmp_path / "missing"))
   with pytest.raises(app.UsageError, match="is not a ugrad run"):
     _cli(checkpoint=str(tmp_path))
-  (tmp_path / train.CONFIG_FILE).write_text(_config().to_json())
+  (tmp_path / runs.CONFIG_FILE).write_text(_config().to_json())
   with pytest.raises(app.UsageError, match="holds an unfinished run"):
     _cli(checkpoint=str(tmp_path))
 
@@ -115,10 +116,10 @@ def test_run_tokenizer_follows_init_from_to_a_hugging_face_directory(
   def run(name, init_from):
     path = tmp_path / name
     path.mkdir()
-    (path / train.MODEL_FILE).write_text("{}")
+    (path / runs.MODEL_FILE).write_text("{}")
     config = _config()
     config.init_from = str(init_from)
-    (path / train.CONFIG_FILE).write_text(config.to_json())
+    (path / runs.CONFIG_FILE).write_text(config.to_json())
     return config
 
   run("sft", hf_dir)

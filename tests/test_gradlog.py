@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,8 +24,9 @@ def _append(log, step, seed=0):
   return log.append(step, "grpo", tokens,
                     loss=jnp.float32(rng.normal()),
                     grad_norm=np.float64(rng.uniform(0, 3)),
-                    coef=gradlog.summary(coef, mask),
-                    reward=gradlog.summary(rewards),
+                    coef={"mean": float(coef[mask > 0].mean()),
+                          "max": float(coef.max())},
+                    reward={"mean": float(rewards.mean())},
                     kl=rng.uniform(0, 0.1), clip_frac=0.125,
                     extra={"zero_signal_groups": 1})
 
@@ -65,7 +65,7 @@ def test_valid_log_verifies(log_path):
       r["sha256"] for r in records[:-1]]
   first = records[0]
   assert first["method"] == "grpo" and first["clip_frac"] == 0.125
-  assert set(first["coef"]) == {"mean", "std", "min", "max"}
+  assert set(first["coef"]) == {"mean", "max"}
 
 
 def test_sft_style_record_has_nulls(tmp_path):
@@ -183,17 +183,6 @@ def test_batch_sha256():
   assert gradlog.batch_sha256(tokens.T) != want.hexdigest()
   with pytest.raises(ValueError, match="do not fit in int32"):
     gradlog.batch_sha256(np.array([2**31], np.int64))
-
-
-def test_summary_matches_numpy_under_jit():
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(3, 5)).astype(np.float32)
-  mask = (rng.uniform(size=(3, 5)) > 0.4).astype(np.float32)
-  got = jax.jit(gradlog.summary)(x, mask)
-  kept = x[mask > 0]
-  for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min),
-                   ("max", np.max)):
-    np.testing.assert_allclose(got[name], fn(kept), rtol=1e-5, atol=1e-6)
 
 
 def _cli(*args):

@@ -11,7 +11,9 @@ from tests import train_util
 from ugrad import iterative
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
+from ugrad import runs
 from ugrad import train
+from ugrad import validate
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def orm_dir(sft_dir, tmp_path_factory):
   c.sampling.max_new_tokens = 32
   c.rm.eval_questions = 2
   c.eval_every = c.checkpoint_every = 2
-  reward_models.train_reward_model(c, workdir)
+  train.train_reward_model(c, workdir)
   return workdir
 
 
@@ -50,12 +52,17 @@ def _metrics(workdir):
           for r in rows]
 
 
+def _trainer(config, workdir):
+  return train.Trainer(config, workdir,
+                       hooks=iterative.hooks(config, workdir))
+
+
 @pytest.fixture(scope="module")
 def run_dir(sft_dir, orm_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("iterative"))
-  trainer = train.Trainer(_iterative_grpo(sft_dir, orm_dir), workdir)
+  trainer = _trainer(_iterative_grpo(sft_dir, orm_dir), workdir)
   trainer.train()
-  assert trainer.reward_iteration == 1
+  assert trainer.hooks[0].iteration == 1
   return workdir
 
 
@@ -68,8 +75,8 @@ def test_reward_model_continues_on_the_policy_of_each_iteration(
   assert chain[0].rm.init_from == orm_dir and chain[0].rm.replay == 0.1
   assert chain[0].steps == 2
   # It trained: its parameters moved from the ORM it continued.
-  _, before = train.load_model(orm_dir, "scalar")
-  _, after = train.load_model(rm_dir, "scalar")
+  _, before = runs.load_model(orm_dir, "scalar")
+  _, after = runs.load_model(rm_dir, "scalar")
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after)
   assert any(jax.tree.leaves(moved))
   rows = _metrics(run_dir)
@@ -94,21 +101,19 @@ def test_run_killed_at_an_iteration_boundary_resumes_identically(
   with monkeypatch.context() as m:
     m.setattr(iterative, "reward_models_of", killed)
     with pytest.raises(KeyboardInterrupt):
-      train.Trainer(config, workdir).train()
+      _trainer(config, workdir).train()
   assert [r["step"] for r in _metrics(workdir)] == [1, 2]
-  resumed = train.Trainer(_iterative_grpo(sft_dir, orm_dir), workdir)
+  resumed = _trainer(_iterative_grpo(sft_dir, orm_dir), workdir)
   assert resumed.start_step == 2
   restored = jax.device_get(resumed.state["params"])
   resumed.train()
   assert _metrics(workdir) == _metrics(run_dir)
   # The reward model sampled the policy at the boundary.
-  _, sampled = train.load_model(iterative.iteration_dir(workdir, 1))
+  _, sampled = runs.load_model(iterative.iteration_dir(workdir, 1))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(sampled),
                restored)
-  no_time = lambda d: [{k: v for k, v in r.items() if "time" not in k}
-                       for r in metrics_lib.read_metrics(os.path.join(
-                           iterative.iteration_dir(d, 1), "reward_model",
-                           "metrics.jsonl"))]
+  no_time = lambda d: _metrics(os.path.join(
+      iterative.iteration_dir(d, 1), "reward_model"))
   assert no_time(workdir) == no_time(run_dir)
 
 
@@ -122,4 +127,4 @@ def test_bad_iterative_settings_are_refused(sft_dir, orm_dir, change,
   for key, value in change.items():
     setattr(config, key, value)
   with pytest.raises(ValueError, match=message):
-    train.validate(config)
+    validate.check_config(config)

@@ -11,13 +11,15 @@ import pytest
 from experiments.configs import orm as orm_config
 from experiments.configs import prm as prm_config
 from tests import train_util
+from ugrad import layout
 from ugrad import metrics as metrics_lib
+from ugrad import reward_labels
 from ugrad import reward_models
 from ugrad import rewards as rewards_lib
+from ugrad import runs
 from ugrad import sources as sources_lib
 from ugrad import tasks as tasks_lib
 from ugrad import train
-from ugrad.sources import layout
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_shepherd_hard_and_soft_labels():
       "1+2=3\n3+3=6\n#### 6": [""] * 3,
   }
   fake = _ScriptedContinuations(tok, prompt, script, 24)
-  soft = reward_models.shepherd_fractions(task, batch, mask, fake, 3,
+  soft = reward_labels.shepherd_fractions(task, batch, mask, fake, 3,
                                           chunk=4,
                                           key=jax.random.key(0))
   rows, cols = np.nonzero(mask)
@@ -108,7 +110,7 @@ def test_shepherd_hard_and_soft_labels():
   np.testing.assert_array_equal((soft[rows, cols] > 0),
                                 [True, True, False, True, True, True])
   # The ground-truth control: every step of the wrong sample is wrong.
-  truth = reward_models.true_step_labels(task, batch)
+  truth = reward_labels.true_step_labels(task, batch)
   np.testing.assert_array_equal(truth["step_mask"], mask)
   np.testing.assert_array_equal(truth["step_rewards"][rows, cols],
                                 [0, 0, 0, 1, 1, 1])
@@ -125,27 +127,26 @@ def _rows(workdir):
 
 def test_orm_trains_saves_scores_and_resumes(sft_dir, tmp_path):
   config = _tiny_rm(orm_config, sft_dir)
-  result = reward_models.train_reward_model(config, str(tmp_path))
+  result = train.train_reward_model(config, str(tmp_path))
   rows = _rows(str(tmp_path))
   assert [r["step"] for r in rows] == [1, 2]
   assert all(math.isfinite(r["loss"]) for r in rows)
   # A zero head scores 0: the first loss is log 2 whatever the labels.
   assert rows[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)
   assert "orm_acc" in rows[-1] and "orm_auc" in result
-  scorer = train.reward_model_scorer(str(tmp_path))
+  scorer = runs.reward_model_scorer(str(tmp_path))
   tokens = np.ones((2, 12), np.int32)
   assert scorer(tokens, np.ones_like(tokens)).shape == (2, 12)
   # A new trainer on the workdir resumes from the last checkpoint.
-  resumed = reward_models.RewardModelTrainer(_tiny_rm(orm_config, sft_dir),
-                                             str(tmp_path))
+  resumed = train.Trainer(_tiny_rm(orm_config, sft_dir), str(tmp_path))
   assert resumed.start_step == 2
-  _, saved = train.load_model(str(tmp_path), "scalar")
+  _, saved = runs.load_model(str(tmp_path), "scalar")
   jax.tree.map(np.testing.assert_array_equal, resumed.state["params"], saved)
 
 
 def test_prm_trains_and_drives_process_grpo(sft_dir, tmp_path):
   prm_dir = str(tmp_path / "prm")
-  reward_models.train_reward_model(_tiny_rm(prm_config, sft_dir), prm_dir)
+  train.train_reward_model(_tiny_rm(prm_config, sft_dir), prm_dir)
   rows = _rows(prm_dir)
   assert [r["step"] for r in rows] == [1, 2]
   for key in ("step_acc", "step_auc", "solution_acc", "label_mean",
@@ -164,11 +165,11 @@ def test_bad_settings_are_refused(sft_dir, tmp_path):
   config = _tiny_rm(prm_config, sft_dir)
   config.rm.label = "fuzzy"
   with pytest.raises(ValueError, match="hard, soft, ground_truth"):
-    reward_models.RewardModelTrainer(config, str(tmp_path))
+    train.Trainer(config, str(tmp_path))
   config = _tiny_rm(orm_config, sft_dir)
   config.rm.kind = "vrm"
   with pytest.raises(ValueError, match="orm, prm"):
-    reward_models.RewardModelTrainer(config, str(tmp_path))
+    train.Trainer(config, str(tmp_path))
 
 
 # --- continued training with replay (iterative RL) ----------------------------
@@ -177,7 +178,7 @@ def test_bad_settings_are_refused(sft_dir, tmp_path):
 @pytest.fixture(scope="module")
 def base_orm(sft_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("orm"))
-  reward_models.train_reward_model(_tiny_rm(orm_config, sft_dir), workdir)
+  train.train_reward_model(_tiny_rm(orm_config, sft_dir), workdir)
   return workdir
 
 
@@ -191,11 +192,12 @@ def _continued(base: str, sft_dir: str, replay: float):
 def test_continued_reward_model_starts_from_the_saved_one_and_replays(
     base_orm, sft_dir, tmp_path):
   config = _continued(base_orm, sft_dir, replay=0.5)
-  trainer = reward_models.RewardModelTrainer(config, str(tmp_path))
-  _, saved = train.load_model(base_orm, "scalar")
-  jax.tree.map(np.testing.assert_array_equal, trainer.init_params, saved)
+  trainer = train.Trainer(config, str(tmp_path))
+  _, saved = runs.load_model(base_orm, "scalar")
+  learner = trainer.learner
+  jax.tree.map(np.testing.assert_array_equal, learner.init_params, saved)
   # Draws continue after the base run's 2 steps.
-  assert trainer.data_offset == 2
+  assert learner.data_offset == 2
   history = reward_models.history(base_orm)
   assert len(history["tokens"]) == 2 * 4  # 2 steps x 2 questions x 2 samples
   trainer.train()
@@ -204,14 +206,14 @@ def test_continued_reward_model_starts_from_the_saved_one_and_replays(
   # The continued run's own rows are new draws, not the base run's again.
   assert not np.array_equal(fresh["tokens"][:8], fresh["tokens"][8:])
   rows = {k: v[8:12] for k, v in fresh.items()}
-  mixed = trainer._with_replay(0, rows)
+  mixed = learner._with_replay(0, rows)
   n = reward_models.replay_rows(4, 0.5)
   assert n == 4 and len(mixed["tokens"]) == 4 + n
   for key in rows:
     np.testing.assert_array_equal(mixed[key][:4], rows[key])
   for row in mixed["tokens"][4:]:
     assert any(np.array_equal(row, h) for h in history["tokens"])
-  again = trainer._with_replay(0, rows)
+  again = learner._with_replay(0, rows)
   np.testing.assert_array_equal(again["tokens"], mixed["tokens"])
   assert [c.rm.init_from for c in reward_models.run_chain(str(tmp_path))] == [
       base_orm, ""]
@@ -223,12 +225,12 @@ def test_replay_share_and_bad_continuations(base_orm, sft_dir, tmp_path):
   config = _tiny_rm(orm_config, sft_dir)
   config.rm.replay = 0.1
   with pytest.raises(ValueError, match="set config.rm.init_from"):
-    reward_models.RewardModelTrainer(config, str(tmp_path / "a"))
+    train.Trainer(config, str(tmp_path / "a"))
   config = _continued(base_orm, sft_dir, replay=0.1)
   config.rm = prm_config.get_config().rm
   config.rm.init_from = base_orm
   with pytest.raises(ValueError, match="of kind 'orm', not 'prm'"):
-    reward_models.RewardModelTrainer(config, str(tmp_path / "b"))
+    train.Trainer(config, str(tmp_path / "b"))
   config = _continued(str(tmp_path / "missing"), sft_dir, replay=0.1)
   with pytest.raises(FileNotFoundError, match="no finished reward model"):
-    reward_models.RewardModelTrainer(config, str(tmp_path / "c"))
+    train.Trainer(config, str(tmp_path / "c"))

@@ -9,7 +9,7 @@ from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
 from ugrad import sources
 from ugrad import tasks as tasks_lib
-from ugrad.sources import layout
+from ugrad import layout
 
 P, N = 12, 40
 
@@ -159,9 +159,8 @@ def test_weighted_sum_adds_outcome_and_process_parts(task):
 
 
 def test_unknown_reward_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="unknown reward 'rules'; valid "
-                     "rewards: ground_truth_process, model, none, process, "
-                     "rule"):
+  with pytest.raises(ValueError, match="unknown reward 'rules'; valid: "
+                     "none, rule, model, process, ground_truth_process"):
     rewards_lib.parse_spec("rule:1.0,rules:0.5")
 
 

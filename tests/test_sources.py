@@ -13,7 +13,7 @@ from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad import sources
 from ugrad import tasks as tasks_lib
-from ugrad.sources import layout
+from ugrad import layout
 
 P, N = 10, 32  # Prompt and completion widths that fit every 1-digit problem.
 G = 2
@@ -62,24 +62,27 @@ class ScriptedSampler:
       return f"{first}\n{wrong}"
     return self.task.completion(ex) if kind else f"{question[:-1]}\n{wrong}"
 
-  def __call__(self, params, tokens, mask, key):
+  def __call__(self, params, prompts, key):
     tok = self.task.tokenizer
-    prompts = [row[m > 0].tolist() for row, m in zip(tokens, mask)]
-    questions = [tok.decode(p).strip() for p in prompts]
+    questions = [text.strip() for text in prompts]
     call = len(self.calls)
     self.calls.append((params, questions,
                        np.asarray(jax.random.key_data(key))))
-    completions = []
+    completions, texts = [], []
     for i, q in enumerate(questions):
       pattern = self.plan(call, i, q)
       assert len(pattern) == self.group_size
-      completions += [tasks_lib.encode_completion(tok, self.text(q, kind))
-                      for kind in pattern]
-    arrays = layout.pack([p for p in prompts for _ in range(self.group_size)],
-                         completions, tokens.shape[1], N, tok.pad_id)
+      texts += [self.text(q, kind) for kind in pattern]
+    completions = [tasks_lib.encode_completion(tok, t) for t in texts]
+    ids = [tasks_lib.encode_prompt(tok, text) for text in prompts]
+    arrays = layout.pack([p for p in ids for _ in range(self.group_size)],
+                         completions, P, N, tok.pad_id)
     cm = arrays["completion_mask"]
-    return sampling.Samples(lengths=cm.sum(1).astype(np.int32),
-                            logp=fake_logp(arrays["tokens"], cm), **arrays)
+    return sampling.Completions(
+        arrays["tokens"], arrays["attention_mask"], cm,
+        fake_logp(arrays["tokens"], cm),
+        [tok.decode(c) for c in
+         layout.completion_ids(arrays["tokens"], cm)])
 
 
 def fake_logp(tokens, completion_mask):
@@ -503,13 +506,13 @@ def test_frozen_dynamic_draws_again_from_the_pool(task, score, tmp_path):
 
 
 def test_unknown_source_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="valid sources: dataset, "
-                     "frozen_policy, online"):
-    sources.check_name("web")
-  sources.check_name("online")
+  with pytest.raises(ValueError, match="unknown source 'web'; valid: "
+                     "dataset, frozen_policy, online"):
+    sources.get("web")
+  assert sources.get("online") is sources.OnlineSource
 
 
-def test_select_concat_and_blank_rows():
+def test_select_and_concat():
   batch = _hand_batch([[0, 1, 1], [1, 0, 0]])
   picked = sources.select(batch, [4, 0])
   np.testing.assert_array_equal(picked.rollout.tokens[:, 0], [7, 3])
@@ -517,8 +520,3 @@ def test_select_concat_and_blank_rows():
   both = sources.concat([picked, sources.select(batch, [5])])
   np.testing.assert_array_equal(both.rollout.rewards, [0, 0, 0])
   assert both.examples == ["ex1", "ex0", "ex1"]
-  blank = sources.blank_rows(batch, [1, 2])
-  assert blank.texts == ["", ""]
-  assert blank.rollout.completion_mask.sum() == 0
-  np.testing.assert_array_equal(blank.rollout.attention_mask,
-                                batch.rollout.attention_mask[1:3])

@@ -19,7 +19,9 @@ from tests import train_util
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import models
+from ugrad import runs
 from ugrad import train
+from ugrad import validate
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +48,7 @@ def test_every_config_runs(name, sft_dir, tmp_path):
   assert all(math.isfinite(r["loss"]) for r in rows)
   log = gradlog.verify(str(tmp_path / "gradient_log.jsonl"))
   assert log.ok and log.records == 2 * config.ppo_epochs * config.minibatches
-  assert os.path.isdir(tmp_path / train.POLICY_DIR)
+  assert os.path.isdir(tmp_path / runs.POLICY_DIR)
 
 
 def test_same_seed_same_metrics_and_resume_continues(sft_dir, tmp_path):
@@ -62,17 +64,6 @@ def test_same_seed_same_metrics_and_resume_continues(sft_dir, tmp_path):
   resumed.train()
   assert _metrics(str(tmp_path / "c")) == _metrics(str(tmp_path / "a"))
   assert gradlog.verify(str(tmp_path / "c" / "gradient_log.jsonl")).ok
-
-
-def test_warm_start_trains_sft_once(tmp_path):
-  config = train_util.tiny("online_rft")
-  trainer = train.Trainer(config, str(tmp_path))
-  assert config.init_from == str(tmp_path / "sft")
-  assert len(_metrics(str(tmp_path / "sft"))) == config.warm_start.steps
-  mtime = os.path.getmtime(tmp_path / "sft" / "metrics.jsonl")
-  train.Trainer(train_util.tiny("online_rft"), str(tmp_path))
-  assert os.path.getmtime(tmp_path / "sft" / "metrics.jsonl") == mtime
-  del trainer
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):
@@ -95,9 +86,9 @@ def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(source="web"), "valid sources: dataset, frozen_policy, online"),
-    (dict(reward="rules"), "valid rewards: .*rule"),
-    (dict(task="gsm9k"), "valid tasks"),
+    (dict(source="web"), "unknown source 'web'; valid: dataset, frozen_policy, online"),
+    (dict(reward="rules"), "unknown reward.*valid: .*rule"),
+    (dict(task="gsm9k"), "unknown task .gsm9k.; valid: arithmetic"),
     (dict(model="big"), "valid: embedded"),
     (dict(normalizer="tokens"), "valid: sequence, token, constant"),
     (dict(source="dataset"), "pair_ids.*sampling.pairs=True"),
@@ -107,21 +98,21 @@ def test_bad_config_is_refused_before_work(change, message):
   for key, value in change.items():
     config[key] = value
   with pytest.raises(ValueError, match=message):
-    train.validate(config)
+    validate.check_config(config)
 
 
 def test_unknown_coefficient_lists_valid_ones():
   config = train_util.tiny("grpo")
   config.coef.name = "grpoo"
   with pytest.raises(ValueError, match="valid: sft, rft, dpo"):
-    train.validate(config)
+    validate.check_config(config)
 
 
 def test_group_method_needs_groups():
   config = train_util.tiny("grpo")
   config.sampling.group_size = 1
   with pytest.raises(ValueError, match="group_size must be >= 2"):
-    train.validate(config)
+    validate.check_config(config)
 
 
 def _subprocess_env(devices: int) -> dict:
@@ -194,14 +185,14 @@ def test_sigkilled_run_resumes_to_identical_metrics(sft_dir, tmp_path):
 
 
 def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
-  graphdef, params, _ = train.load_policy(sft_dir)
+  graphdef, params, _ = runs.load_policy(sft_dir)
   model_config = nnx.merge(graphdef, params).config
   rm = models.ScalarModel(model_config, rngs=nnx.Rngs(3))
   # A non-zero head so the scores vary.
   kernel = rm.score_head.kernel
   kernel.set_value(jax.random.normal(jax.random.key(4),
                                      kernel.get_value().shape))
-  train.save_model(str(tmp_path / "rm"), nnx.split(rm, nnx.Param)[1],
+  runs.save_model(str(tmp_path / "rm"), nnx.split(rm, nnx.Param)[1],
                    model_config, kind="scalar")
   config = train_util.tiny("grpo_process", init_from=sft_dir)
   config.reward = "process"
@@ -214,7 +205,7 @@ def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
   assert metrics["reward_std"] > 0
   config.reward_model = ""
   with pytest.raises(ValueError, match="config.reward_model"):
-    train.validate(config)
+    validate.check_config(config)
 
 
 @pytest.mark.parametrize("name", ["grpo", "dapo"])
@@ -285,4 +276,4 @@ def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir,
   assert last["pass@2"] >= last["pass@1"] == pytest.approx(last["maj@1"])
   config.eval_sampled.ks = "1,four"
   with pytest.raises(ValueError, match="'four' is not an integer"):
-    train.validate(config)
+    validate.check_config(config)

@@ -14,8 +14,6 @@ import numpy as np
 
 from ugrad import sampling
 from ugrad import stats
-from ugrad import tasks as tasks_lib
-from ugrad.sources import layout
 from ugrad.tasks import arithmetic
 from ugrad.tasks import jsonl
 from ugrad.tasks import math_answers
@@ -53,14 +51,11 @@ def greedy_accuracy(task, graphdef, params, num_questions: int,
   for start in range(0, n, batch_size):
     chunk = [examples[i] for i in range(start, min(start + batch_size, n))]
     padded = chunk + chunk[:1] * (batch_size - len(chunk))
-    prompts = [tasks_lib.encode_prompt(tok, task.prompt(ex)) for ex in padded]
-    p_tokens, p_mask = layout.pack_prompts(prompts, prompt_len, tok.pad_id)
-    out = sampling.sample(graphdef, params, p_tokens, p_mask,
-                          jax.random.key(0), config)
-    tokens = np.asarray(out.tokens)
-    mask = np.asarray(out.completion_mask)
-    for ex, ids in zip(chunk, layout.completion_ids(tokens, mask)):
-      correct.append(task.reward(ex, tok.decode(ids)))
+    out = sampling.sample_prompts(graphdef, params,
+                                  [task.prompt(ex) for ex in padded], tok,
+                                  prompt_len, jax.random.key(0), config)
+    for ex, text in zip(chunk, out.texts):
+      correct.append(task.reward(ex, text))
   mean, low, high = stats.bootstrap_ci(np.asarray(correct, np.float64))
   return {"greedy_acc": mean, "greedy_acc_ci": [low, high],
           "eval_questions": n}
@@ -138,14 +133,12 @@ def _sample_batches(task, graphdef, params, examples: list[Any],
   for call, start in enumerate(range(0, len(examples), batch_questions)):
     chunk = examples[start:start + batch_questions]
     padded = chunk + chunk[:1] * (batch_questions - len(chunk))
-    prompts = [tasks_lib.encode_prompt(tok, task.prompt(ex)) for ex in padded]
-    p_tokens, p_mask = layout.pack_prompts(prompts, prompt_len, tok.pad_id)
-    out = sampling.sample(graphdef, params, p_tokens, p_mask,
-                          jax.random.fold_in(base_key, call), config)
-    ids = layout.completion_ids(np.asarray(out.tokens),
-                                np.asarray(out.completion_mask))
+    out = sampling.sample_prompts(graphdef, params,
+                                  [task.prompt(ex) for ex in padded], tok,
+                                  prompt_len,
+                                  jax.random.fold_in(base_key, call), config)
     for q, ex in enumerate(chunk):
-      yield ex, [tok.decode(row) for row in ids[q * n:(q + 1) * n]]
+      yield ex, out.texts[q * n:(q + 1) * n]
 
 
 def _check_ks(ks: Sequence[int], n_samples: int) -> list[int]:

@@ -32,11 +32,8 @@ import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ugrad import masked
 from ugrad import metrics
 
 GENESIS = "0" * 64
@@ -61,25 +58,6 @@ def batch_sha256(tokens: Any) -> str:
   data = np.ascontiguousarray(array, dtype="<i4")
   header = "int32[" + ",".join(str(d) for d in array.shape) + "]"
   return hashlib.sha256(header.encode("ascii") + data.tobytes()).hexdigest()
-
-
-def summary(x: jax.Array, mask: Optional[jax.Array] = None) -> dict:
-  """The statistics the log keeps of coefficients and rewards; jit-able.
-
-  Args:
-    x: values, e.g. coefficients [B, T] or rewards [B].
-    mask: same shape as `x`, 1 where a value counts (completion tokens,
-      real rows); None counts every value.
-
-  Returns:
-    {"mean", "std", "min", "max"} as scalar arrays; all 0 if nothing counts.
-  """
-  if mask is None:
-    mask = jnp.ones_like(x)
-  return {"mean": masked.masked_mean(x, mask),
-          "std": jnp.sqrt(masked.masked_var(x, mask)),
-          "min": masked.masked_min(x, mask),
-          "max": masked.masked_max(x, mask)}
 
 
 def record_sha256(record: Mapping[str, Any]) -> str:

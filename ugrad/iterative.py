@@ -16,14 +16,12 @@ run resumes there.
 import json
 import os
 
-import ml_collections
-
-from ugrad import reward_models
+from ugrad import build
+from ugrad import runs
 from ugrad import train
 
 ITERATIONS_DIR = "iterations"
 REWARD_FIELDS = ("reward_model", "process_reward_model")
-EVAL_FILE = "eval.json"
 
 
 def iteration_of(config, step: int) -> int:
@@ -39,12 +37,11 @@ def iteration_dir(workdir: str, k: int) -> str:
 
 
 def continuation_config(previous: str, policy_dir: str,
-                        config) -> ml_collections.ConfigDict:
+                        config):
   """The config that continues the reward model in `previous` on samples
   of the policy in `policy_dir`: the earlier run's own config, with the
   iteration's steps and replay."""
-  with open(os.path.join(previous, train.CONFIG_FILE)) as f:
-    rm_config = ml_collections.ConfigDict(json.load(f))
+  rm_config = runs.read_config(previous)
   rm_config.init_from = policy_dir
   rm_config.rm.init_from = previous
   rm_config.rm.replay = config.iterative.replay
@@ -75,20 +72,20 @@ def reward_models_of(config, workdir: str, k: int, params, model_config,
   if k == 0:
     return dirs, {}
   directory = iteration_dir(workdir, k)
-  if not os.path.exists(os.path.join(directory, train.MODEL_FILE)):
+  if not runs.is_finished_model(directory):
     if not first_step:
       raise RuntimeError(f"{directory} lacks the policy of iteration {k}, "
                          "which training has passed: the run directory is "
                          "incomplete")
-    train.save_model(directory, params, model_config)
+    runs.save_model(directory, params, model_config)
   metrics = {}
   for field in dirs:
     previous = dirs[field] if k == 1 else os.path.join(
         iteration_dir(workdir, k - 1), field)
     rm_dir = os.path.join(directory, field)
-    eval_file = os.path.join(rm_dir, EVAL_FILE)
+    eval_file = os.path.join(rm_dir, runs.EVAL_FILE)
     if not os.path.exists(eval_file):
-      result = reward_models.train_reward_model(
+      result = train.train_reward_model(
           continuation_config(previous, directory, config), rm_dir)
       with open(eval_file, "w") as f:
         json.dump({"final": result}, f, indent=2)
@@ -98,3 +95,36 @@ def reward_models_of(config, workdir: str, k: int, params, model_config,
                     if key.endswith(("_acc", "_auc"))})
     dirs[field] = rm_dir
   return dirs, metrics
+
+
+class RewardModelRefresh:
+  """The trainer hook of iterative RL: before the first step of an
+  iteration (or the first step after resuming in one), the reward models of
+  that iteration, continued on samples of the current policy, become the
+  run's rewards; their evaluation is logged at the iteration's first step.
+  """
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.iteration = 0
+
+  def __call__(self, trainer, step: int) -> dict:
+    k = iteration_of(self.config, step)
+    if k == self.iteration:
+      return {}
+    first_step = step == k * build.ref_reset_period(self.config)
+    dirs, metrics = reward_models_of(
+        self.config, self.workdir, k, trainer.state["params"],
+        trainer.policy.model_config, first_step)
+    trainer.learner.set_reward_models(dirs.get("reward_model", ""),
+                                      dirs.get("process_reward_model", ""))
+    self.iteration = k
+    return metrics if first_step else {}
+
+
+def hooks(config, workdir: str) -> list:
+  """The trainer hooks a run's config asks for."""
+  if config.iterative.iterations > 1:
+    return [RewardModelRefresh(config, workdir)]
+  return []

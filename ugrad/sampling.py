@@ -16,7 +16,7 @@ log-probs it recomputes.
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.struct
 from flax import nnx
@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ugrad import layout
 from ugrad.models import transformer
+from ugrad.tasks import base as tasks_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,3 +254,77 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
       raise ValueError(f"prompts must be left-padded with a real token in the "
                        f"last column; rows {bad} are not")
   return _sample_jit(graphdef, params, prompt_tokens, prompt_mask, key, config)
+
+
+# (params, prompt texts, key) -> Completions: a policy's sampler, as data
+# sources, evaluation and reward-model labelling call it.
+Sampler = Callable[[Any, Sequence[str], jax.Array], "Completions"]
+
+
+@dataclasses.dataclass
+class Completions:
+  """Host copies of sampled completions, R = B * G rows, prompt-major.
+
+  Attributes:
+    tokens: int32 [R, P + N] (the `Samples` layout).
+    attention_mask: int32 [R, P + N].
+    completion_mask: int32 [R, P + N].
+    logp: float32 [R, P + N], see `Samples.logp`.
+    texts: the decoded completion of each row.
+  """
+
+  tokens: np.ndarray
+  attention_mask: np.ndarray
+  completion_mask: np.ndarray
+  logp: np.ndarray
+  texts: list
+
+
+def sample_prompts(graphdef: nnx.GraphDef, params: Any,
+                   prompts: Sequence[str], tokenizer, prompt_len: int,
+                   key: jax.Array, config: SamplingConfig,
+                   sharding: Optional[jax.sharding.Sharding] = None
+                   ) -> Completions:
+  """The one sampling loop: prompt texts -> encode -> pack -> sample ->
+  decode. Every caller (data sources, evaluation, reward-model labelling,
+  iterative RL) samples through it.
+
+  Args:
+    graphdef: the policy's graph definition.
+    params: its parameters (as trained: sharded or not).
+    prompts: B prompt texts (BOS is added when the tokenizer has one).
+    tokenizer: encodes prompts and decodes completions.
+    prompt_len: P; prompts are left-padded to it (keep it fixed per run so
+      the sampler compiles once).
+    key: PRNG key; equal keys give equal samples.
+    config: see `SamplingConfig`.
+    sharding: where the prompt batch goes (e.g. rows over the mesh's batch
+      axes); None leaves placement to JAX.
+
+  Returns:
+    `Completions` of B * G rows.
+  """
+  ids = [tasks_base.encode_prompt(tokenizer, text) for text in prompts]
+  p_tokens, p_mask = layout.pack_prompts(ids, prompt_len, tokenizer.pad_id)
+  if sharding is not None:
+    p_tokens, p_mask = jax.device_put((p_tokens, p_mask), sharding)
+  out = jax.device_get(sample(graphdef, params, p_tokens, p_mask, key,
+                              config))
+  tokens = np.asarray(out.tokens, np.int32)
+  completion_mask = np.asarray(out.completion_mask, np.int32)
+  texts = [tokenizer.decode(row)
+           for row in layout.completion_ids(tokens, completion_mask)]
+  return Completions(tokens, np.asarray(out.attention_mask, np.int32),
+                     completion_mask, np.asarray(out.logp, np.float32), texts)
+
+
+def make_sampler(graphdef: nnx.GraphDef, tokenizer, prompt_len: int,
+                 config: SamplingConfig,
+                 sharding: Optional[jax.sharding.Sharding] = None) -> Sampler:
+  """`sample_prompts` with everything but (params, prompts, key) bound."""
+
+  def sampler(params, prompts: Sequence[str], key: jax.Array) -> Completions:
+    return sample_prompts(graphdef, params, prompts, tokenizer, prompt_len,
+                          key, config, sharding)
+
+  return sampler

@@ -87,7 +87,7 @@ def unified_grad(name, hparams, rollout, theta, normalizer=None, max_len=None,
   With `with_aux`, returns (grad, coef, metrics) from the same compiled step.
   """
   fn = coefficients.make_coefficient(name, **hparams)
-  normalizer = normalizer or coefficients.NORMALIZERS[name]
+  normalizer = normalizer or coefficients.get(name).normalizer
 
   def loss(th, ro):
     logp = logp_of(th, ro.tokens)

@@ -248,7 +248,7 @@ def test_token_logprobs_never_holds_full_logits():
 # ------------------------------------------------------------ scalar head
 
 
-def test_scalar_model_and_last_token_scores():
+def test_scalar_model_scores_every_prefix():
   cfg = _config()
   model = tr.ScalarModel(cfg, rngs=nnx.Rngs(0))
   tokens = _tokens(3, 7)
@@ -264,5 +264,3 @@ def test_scalar_model_and_last_token_scores():
   h = model.hidden(tokens, mask)
   np.testing.assert_allclose(scores, (h @ model.score_head.kernel[...])[..., 0],
                              atol=1e-5)
-  last = tr.last_token_scores(scores, mask)
-  np.testing.assert_allclose(last, [scores[0, 4], scores[1, 6], scores[2, 0]])

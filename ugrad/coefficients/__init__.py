@@ -1,19 +1,28 @@
 """Gradient coefficients: every method is one `GC[b, t]` for the unified loss.
 
-A coefficient is a pure, jit-able function
+A method is one `Coefficient` record in `COEFFICIENTS`:
 
-    fn(rollout, logp, **hparams) -> (coef [B, T], metrics)
+* `fn(rollout, logp, **hparams) -> (coef [B, T], metrics)`, pure and
+  jit-able; it never folds the normaliser in;
+* `fields(**hparams)`: the optional Rollout fields it reads (which the
+  start-up check compares with what the source and reward provide); it also
+  validates the hyper-parameters;
+* `normalizer`: the N of `ugrad.unified_loss` its textbook objective is
+  written with (under which the unified gradient equals the textbook one);
+* `value_targets(rollout, **hparams) -> [B, T]` (optional): the regression
+  targets of a learned critic. A coefficient that declares them reads
+  `values`, and the trainer trains that critic beside the policy (PPO).
 
-selected by name from `COEFFICIENTS`. It never folds the normaliser in: that
-is the separate `normalizer` of `ugrad.unified_loss`, and `NORMALIZERS`
-gives the one each method's objective is written with (the one under which
-the unified gradient equals the textbook gradient).
+Code outside the package adds a method with `ugrad.register_coefficient`.
 """
 
+import dataclasses
 import functools
 import inspect
 from typing import Callable, Mapping, Optional
 
+from ugrad import loss as loss_lib
+from ugrad import registry
 from ugrad import rollout as rollout_lib
 from ugrad.coefficients import dpo as dpo_lib
 from ugrad.coefficients import grpo as grpo_lib
@@ -23,60 +32,69 @@ from ugrad.coefficients import reinforce as reinforce_lib
 from ugrad.coefficients import supervised
 from ugrad.coefficients import validation
 
-COEFFICIENTS = {
-    "sft": supervised.sft,
-    "rft": supervised.rft,
-    "dpo": dpo_lib.dpo,
-    "ppo": ppo_lib.ppo,
-    "grpo": grpo_lib.grpo,
-    "dr_grpo": grpo_lib.dr_grpo,
-    "dapo": grpo_lib.dapo,
-    "gspo": grpo_lib.gspo,
-    "rloo": reinforce_lib.rloo,
-    "reinforce_pp": reinforce_lib.reinforce_pp,
-}
 
-# name -> fn(**all_hparams) -> the optional Rollout fields it needs.
-_FIELDS = {
-    "sft": supervised.sft_fields,
-    "rft": supervised.rft_fields,
-    "dpo": dpo_lib.dpo_fields,
-    "ppo": ppo_lib.ppo_fields,
-    "grpo": grpo_lib.group_fields,
-    "dr_grpo": grpo_lib.group_fields,
-    "dapo": grpo_lib.group_fields,
-    "gspo": grpo_lib.group_fields,
-    "rloo": reinforce_lib.rloo_fields,
-    "reinforce_pp": reinforce_lib.reinforce_pp_fields,
-}
+@dataclasses.dataclass(frozen=True)
+class Coefficient:
+  """One method's gradient coefficient and what it needs.
 
-# The normaliser each method's objective uses.
-NORMALIZERS = {
-    "sft": "sequence",
-    "rft": "sequence",
-    "dpo": "sequence",
-    "ppo": "sequence",
-    "grpo": "sequence",
-    "dr_grpo": "constant",
-    "dapo": "token",
-    "gspo": "sequence",
-    "rloo": "constant",
-    "reinforce_pp": "token",
+  Attributes:
+    fn: `(rollout, logp, **hparams) -> (coef [B, T], metrics)`; its
+      keyword-only arguments are the method's hyper-parameters.
+    fields: `(**hparams) -> set` of optional Rollout fields it reads;
+      raises ValueError for an invalid hyper-parameter choice.
+    normalizer: "sequence", "token" or "constant".
+    value_targets: `(rollout, **hparams) -> [B, T]` returns a critic
+      regresses on, or None when the method needs no critic.
+  """
+
+  fn: Callable
+  fields: Callable[..., set]
+  normalizer: str = "sequence"
+  value_targets: Optional[Callable] = None
+
+
+COEFFICIENTS: dict[str, Coefficient] = {
+    "sft": Coefficient(supervised.sft, supervised.sft_fields),
+    "rft": Coefficient(supervised.rft, supervised.rft_fields),
+    "dpo": Coefficient(dpo_lib.dpo, dpo_lib.dpo_fields),
+    "ppo": Coefficient(ppo_lib.ppo, ppo_lib.ppo_fields,
+                       value_targets=ppo_lib.value_targets),
+    "grpo": Coefficient(grpo_lib.grpo, grpo_lib.group_fields),
+    "dr_grpo": Coefficient(grpo_lib.dr_grpo, grpo_lib.group_fields,
+                           "constant"),
+    "dapo": Coefficient(grpo_lib.dapo, grpo_lib.group_fields, "token"),
+    "gspo": Coefficient(grpo_lib.gspo, grpo_lib.group_fields),
+    "rloo": Coefficient(reinforce_lib.rloo, reinforce_lib.rloo_fields,
+                        "constant"),
+    "reinforce_pp": Coefficient(reinforce_lib.reinforce_pp,
+                                reinforce_lib.reinforce_pp_fields, "token"),
 }
 
 METRIC_KEYS = metrics_lib.KEYS
 
 
-def _lookup(name: str) -> Callable:
-  if name not in COEFFICIENTS:
-    raise ValueError(f"unknown coefficient {name!r}; valid: "
-                     f"{', '.join(COEFFICIENTS)}")
-  return COEFFICIENTS[name]
+def get(name: str) -> Coefficient:
+  """The record of coefficient `name` (the error lists the valid ones)."""
+  return registry.lookup(COEFFICIENTS, "coefficient", name)
+
+
+def register(name: str, coefficient: Coefficient, *,
+             replace: bool = False) -> Coefficient:
+  """Adds a method; see `ugrad.register_coefficient`."""
+  if not isinstance(coefficient, Coefficient):
+    raise TypeError(f"coefficient {name!r}: expected a Coefficient record, "
+                    f"got {type(coefficient).__name__}")
+  if coefficient.normalizer not in loss_lib.NORMALIZERS:
+    raise ValueError(f"coefficient {name!r}: unknown normalizer "
+                     f"{coefficient.normalizer!r}; valid: "
+                     f"{', '.join(loss_lib.NORMALIZERS)}")
+  return registry.register(COEFFICIENTS, "coefficient", name, coefficient,
+                           replace=replace)
 
 
 def default_hparams(name: str) -> dict:
   """The hyper-parameters of coefficient `name` and their defaults."""
-  params = inspect.signature(_lookup(name)).parameters.values()
+  params = inspect.signature(get(name).fn).parameters.values()
   return {p.name: p.default for p in params
           if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
@@ -103,7 +121,7 @@ def bind_hparams(name: str, hparams: Optional[Mapping] = None) -> dict:
         f"unknown hyper-parameter(s) {', '.join(unknown)} for coefficient "
         f"{name!r}; valid: {', '.join(full) or '(none)'}")
   full.update(hparams or {})
-  _FIELDS[name](**full)  # Validates the choices (estimator names, ...).
+  get(name).fields(**full)  # Validates the choices (estimator names, ...).
   return full
 
 
@@ -113,6 +131,7 @@ def required_fields(name: str, hparams: Optional[Mapping] = None) -> set:
   `tokens` and `completion_mask` are always present and not listed.
   `logp_old` is listed only where it is required (PPO); elsewhere it is
   used when present and the rollout is taken as on-policy otherwise.
+  `values` is listed exactly when the method declares `value_targets`.
 
   Args:
     name: a key of `COEFFICIENTS`.
@@ -121,7 +140,7 @@ def required_fields(name: str, hparams: Optional[Mapping] = None) -> set:
   Returns:
     A set of Rollout attribute names, e.g. {"rewards", "group_ids"}.
   """
-  return set(_FIELDS[name](**bind_hparams(name, hparams)))
+  return set(get(name).fields(**bind_hparams(name, hparams)))
 
 
 def make_coefficient(name: str, **hparams) -> Callable:
@@ -131,7 +150,7 @@ def make_coefficient(name: str, **hparams) -> Callable:
     ValueError: as `bind_hparams`.
   """
   bind_hparams(name, hparams)
-  return functools.partial(_lookup(name), **hparams)
+  return functools.partial(get(name).fn, **hparams)
 
 
 def validate_rollout(name: str, rollout: rollout_lib.Rollout,
@@ -149,7 +168,8 @@ def validate_rollout(name: str, rollout: rollout_lib.Rollout,
 
 
 __all__ = [
-    "COEFFICIENTS", "NORMALIZERS", "METRIC_KEYS", "bind_hparams",
+    "COEFFICIENTS", "Coefficient", "METRIC_KEYS", "bind_hparams", "get",
+    "register",
     "default_hparams", "make_coefficient", "required_fields",
     "validate_rollout",
 ]

@@ -3,8 +3,9 @@
 Per-token reward r_t = r * 1[t = last completion token] - beta * k(x_old_t)
 (Ouyang et al. 2022's KL-in-reward, arXiv 2203.02155), GAE(gamma, lambda)
 (arXiv 1506.02438) over completion tokens, then the clipped surrogate's
-coefficient A_t * rho_t * g_t. The critic's loss is the trainer's business;
-`advantages.gae` also returns its regression targets.
+coefficient A_t * rho_t * g_t. `value_targets` gives the critic's regression
+targets (the GAE returns); the trainer fits any critic a coefficient
+declares.
 """
 
 from typing import Optional
@@ -32,8 +33,7 @@ def token_rewards(rollout: rollout_lib.Rollout, beta: float,
                   kl_estimator: str, kl_in: str) -> jax.Array:
   """[B, T] r * 1[t = last] - beta * k(x_old_t) (the KL only when in reward).
 
-  Shared by the coefficient and the trainer's critic, whose regression
-  targets are the GAE returns of these rewards.
+  Shared by the coefficient and `value_targets`.
   """
   rewards = advantages.outcome_token_rewards(rollout.rewards,
                                              rollout.completion_mask)
@@ -41,6 +41,18 @@ def token_rewards(rollout: rollout_lib.Rollout, beta: float,
     rewards = rewards + kl.reward_penalty(kl_estimator, rollout.logp_old,
                                           rollout.logp_ref, beta)
   return rewards
+
+
+def value_targets(rollout: rollout_lib.Rollout, *, gamma: float = 1.0,
+                  lam: float = 0.95, beta: float = 0.0,
+                  kl_estimator: str = "k1", kl_in: str = "reward",
+                  **unused) -> jax.Array:
+  """[B, T] GAE returns: what the critic's V(s_t) regresses on."""
+  del unused
+  rewards = token_rewards(rollout, beta, kl_estimator, kl_in)
+  _, returns = advantages.gae(rewards, rollout.values,
+                              rollout.completion_mask, gamma, lam)
+  return returns
 
 
 def ppo(rollout: rollout_lib.Rollout, logp: jax.Array, *,

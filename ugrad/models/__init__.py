@@ -11,7 +11,6 @@ from ugrad.models.transformer import KVCache
 from ugrad.models.transformer import ScalarModel
 from ugrad.models.transformer import Transformer
 from ugrad.models.transformer import init_cache
-from ugrad.models.transformer import last_token_scores
 from ugrad.models.transformer import token_logprobs
 from ugrad.models.hf import from_pretrained
 from ugrad.models.hf import save_pretrained

@@ -13,6 +13,8 @@ last token of each step with `step_mask` [B, T].
 * `ground_truth_process`: the embedded task's true step labels (1 / 0).
 
 A reward spec is a name or a weighted sum, "rule" or "rule:1.0,model:0.5".
+Each entry of `REWARDS` is a `Reward`: the function and the Rollout fields
+it fills. Code outside the package adds one with `ugrad.register_reward`.
 """
 
 import dataclasses
@@ -21,8 +23,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ugrad import registry
 from ugrad import tasks as tasks_lib
-from ugrad.sources import layout
+from ugrad import layout
 
 # (tokens [B, T], attention_mask [B, T]) -> float scores [B, T].
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -110,13 +113,42 @@ def process_model(ctx: RewardContext, batch) -> dict:
           "step_mask": steps}
 
 
-REWARDS = {
-    "none": no_reward,
-    "rule": rule,
-    "model": outcome_model,
-    "process": process_model,
-    "ground_truth_process": ground_truth_process,
+@dataclasses.dataclass(frozen=True)
+class Reward:
+  """A reward function and what it fills.
+
+  Attributes:
+    fn: `(context, batch) -> {field: array}` for the batch's rollout.
+    fields: the Rollout fields it fills: {"rewards"} (outcome) or
+      {"step_rewards", "step_mask"} (process), or none.
+  """
+
+  fn: Callable[[RewardContext, object], dict]
+  fields: frozenset = frozenset()
+
+
+_OUTCOME = frozenset({"rewards"})
+_PROCESS = frozenset({"step_rewards", "step_mask"})
+
+REWARDS: dict[str, Reward] = {
+    "none": Reward(no_reward),
+    "rule": Reward(rule, _OUTCOME),
+    "model": Reward(outcome_model, _OUTCOME),
+    "process": Reward(process_model, _PROCESS),
+    "ground_truth_process": Reward(ground_truth_process, _PROCESS),
 }
+
+
+def register(name: str, reward: Reward, *, replace: bool = False) -> Reward:
+  """Adds a reward function; see `ugrad.register_reward`."""
+  if not isinstance(reward, Reward):
+    raise TypeError(f"reward {name!r}: expected a Reward record, got "
+                    f"{type(reward).__name__}")
+  unknown = set(reward.fields) - _OUTCOME - _PROCESS
+  if unknown:
+    raise ValueError(f"reward {name!r} fills unknown fields {sorted(unknown)};"
+                     f" valid: {', '.join(sorted(_OUTCOME | _PROCESS))}")
+  return registry.register(REWARDS, "reward", name, reward, replace=replace)
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
@@ -128,9 +160,7 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
   terms = []
   for part in spec.split(","):
     name, colon, weight = part.strip().partition(":")
-    if name not in REWARDS:
-      raise ValueError(f"unknown reward {name!r}; valid rewards: "
-                       f"{', '.join(sorted(REWARDS))}")
+    registry.lookup(REWARDS, "reward", name)
     try:
       value = float(weight) if colon else 1.0
     except ValueError:
@@ -149,7 +179,7 @@ def make_scorer(spec: str, ctx: RewardContext):
   def score(batch):
     total = {}
     for name, weight in terms:
-      for field, value in REWARDS[name](ctx, batch).items():
+      for field, value in REWARDS[name].fn(ctx, batch).items():
         if field == "step_mask":
           total[field] = np.maximum(total.get(field, 0), value)
         else:
@@ -162,10 +192,4 @@ def make_scorer(spec: str, ctx: RewardContext):
 
 def provided_fields(spec: str) -> set:
   """The Rollout fields a reward spec fills."""
-  fields = set()
-  for name, _ in parse_spec(spec):
-    if name in ("rule", "model"):
-      fields.add("rewards")
-    elif name in ("process", "ground_truth_process"):
-      fields |= {"step_rewards", "step_mask"}
-  return fields
+  return set().union(*(REWARDS[name].fields for name, _ in parse_spec(spec)))

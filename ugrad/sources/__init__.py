@@ -9,6 +9,12 @@
 Every source returns a `Batch` whose rollout has the fixed [B, P + N] layout
 of `layout.pack`. Draws are a pure function of (seed, step), so a resumed run
 sees exactly the data an uninterrupted one would.
+
+A source class declares what it gives, for the start-up check that compares
+it with what the coefficient needs: `samples` (it samples a policy, so its
+completions need a reward), `frozen` (it samples the initial policy, not the
+current one) and `provides(pairs)`, the optional Rollout fields it fills.
+Code outside the package adds a source with `ugrad.register_source`.
 """
 
 import dataclasses
@@ -19,9 +25,11 @@ from absl import logging
 import jax
 import numpy as np
 
+from ugrad import registry
 from ugrad import rollout as rollout_lib
+from ugrad import sampling
 from ugrad import tasks as tasks_lib
-from ugrad.sources import layout
+from ugrad import layout
 
 Rollout = rollout_lib.Rollout
 
@@ -45,8 +53,6 @@ class Batch:
 
 # A reward scorer fills rewards / step_rewards / step_mask of a Batch.
 Scorer = Callable[[Batch], Batch]
-# A sampler maps (params, prompt tokens [Q, P], prompt mask, key) to samples.
-Sampler = Callable
 
 
 def select(batch: Batch, rows: Sequence[int]) -> Batch:
@@ -63,19 +69,6 @@ def concat(batches: Sequence[Batch]) -> Batch:
       b.rollout for b in batches])
   return Batch(rollout, sum((b.examples for b in batches), []),
                sum((b.texts for b in batches), []), dict(batches[0].metrics))
-
-
-def blank_rows(batch: Batch, rows: Sequence[int]) -> Batch:
-  """Copies of `rows` with no completion: they pad a batch to its shape.
-
-  A row without completion tokens contributes nothing to the loss under any
-  normaliser (see `ugrad.unified_loss`).
-  """
-  out = select(batch, rows)
-  mask = np.zeros_like(out.rollout.completion_mask)
-  out.rollout = out.rollout.replace(completion_mask=mask)
-  out.texts = [""] * len(out.texts)
-  return out
 
 
 # The "step" under which the frozen-policy pool is drawn, distinct from every
@@ -161,6 +154,14 @@ def make_pairs(batch: Batch, group_size: int) -> Batch:
 class DatasetSource:
   """Gold (question, completion) pairs of the task's training split."""
 
+  samples = False
+  frozen = False
+
+  @staticmethod
+  def provides(pairs: bool) -> set:
+    del pairs
+    return set()
+
   def __init__(self, task, *, batch_size: int, prompt_len: int,
                completion_len: int, seed: int, **unused):
     del unused
@@ -195,7 +196,15 @@ class OnlineSource:
   `dynamic_fill_frac` says how many.
   """
 
-  def __init__(self, task, *, sampler: Sampler, questions: int,
+  samples = True
+  frozen = False
+
+  @staticmethod
+  def provides(pairs: bool) -> set:
+    fields = {"logp_old", "group_ids"}
+    return fields | {"pair_ids", "pair_sign"} if pairs else fields
+
+  def __init__(self, task, *, sampler: sampling.Sampler, questions: int,
                group_size: int, prompt_len: int, seed: int,
                pairs: bool = False, dynamic: bool = False,
                max_draws: int = 4, **unused):
@@ -211,24 +220,15 @@ class OnlineSource:
     self.max_draws = max_draws if dynamic else 1
 
   def _sample(self, params, examples, key) -> Batch:
-    tok = self.task.tokenizer
-    prompts = [tasks_lib.encode_prompt(tok, self.task.prompt(ex))
-               for ex in examples]
-    p_tokens, p_mask = layout.pack_prompts(prompts, self.prompt_len,
-                                           tok.pad_id)
-    out = jax.device_get(self.sampler(params, p_tokens, p_mask, key))
+    out = self.sampler(params, [self.task.prompt(ex) for ex in examples],
+                       key)
     g = self.group_size
-    rows = len(examples) * g
     rollout = Rollout(
-        tokens=np.asarray(out.tokens, np.int32),
-        attention_mask=np.asarray(out.attention_mask, np.int32),
-        completion_mask=np.asarray(out.completion_mask, np.int32),
-        logp_old=np.asarray(out.logp, np.float32),
-        group_ids=np.arange(rows, dtype=np.int32) // g)
-    ids = layout.completion_ids(rollout.tokens, rollout.completion_mask)
-    texts = [tok.decode(x) for x in ids]
-    return Batch(rollout, [ex for ex in examples for _ in range(g)], texts,
-                 {})
+        tokens=out.tokens, attention_mask=out.attention_mask,
+        completion_mask=out.completion_mask, logp_old=out.logp,
+        group_ids=np.arange(len(examples) * g, dtype=np.int32) // g)
+    return Batch(rollout, [ex for ex in examples for _ in range(g)],
+                 out.texts, {})
 
   def _questions(self, step: int, attempt: int) -> list:
     train = self.task.examples("train")
@@ -288,6 +288,8 @@ class FrozenPolicySource(OnlineSource):
   groups of the pool, chosen by (seed, step). Rewards are scored per step
   (a learned reward model may change between steps).
   """
+
+  frozen = True
 
   def __init__(self, task, *, workdir: str, pool_questions: int, **kwargs):
     super().__init__(task, **kwargs)
@@ -363,7 +365,17 @@ SOURCES = {
 }
 
 
-def check_name(name: str) -> None:
-  if name not in SOURCES:
-    raise ValueError(f"unknown source {name!r}; valid sources: "
-                     f"{', '.join(sorted(SOURCES))}")
+def get(name: str):
+  """The source class called `name` (the error lists the valid ones)."""
+  return registry.lookup(SOURCES, "source", name)
+
+
+def register(name: str, source_cls, *, replace: bool = False):
+  """Adds a source class; see `ugrad.register_source`."""
+  for attr in ("samples", "frozen", "provides", "draw"):
+    if not hasattr(source_cls, attr):
+      raise TypeError(f"source {name!r} lacks {attr!r}: a source class "
+                      "declares samples, frozen, provides(pairs) and "
+                      "draw(params, step, score)")
+  return registry.register(SOURCES, "source", name, source_cls,
+                           replace=replace)

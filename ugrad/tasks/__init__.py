@@ -5,6 +5,7 @@
 
 from typing import Any
 
+from ugrad import registry
 from ugrad.tasks.arithmetic import ArithmeticTask
 from ugrad.tasks.base import chars_to_tokens
 from ugrad.tasks.base import encode_completion
@@ -32,9 +33,7 @@ def make_task(name: str, **kwargs: Any) -> Task:
   Raises:
     ValueError: for an unknown name, listing the valid ones.
   """
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
-  return TASKS[name](**kwargs)
+  return registry.lookup(TASKS, "task", name)(**kwargs)
 
 
 __all__ = [

@@ -1,0 +1,55 @@
+"""Name -> implementation tables of the families, and their one lookup.
+
+Every family (coefficients, rewards, sources, tasks, model presets, ...) is a
+plain dict. `lookup` is the single place where an unknown name becomes an
+error that lists the valid ones; `register` is how code outside the package
+adds an entry (see `ugrad.register_coefficient` and friends).
+"""
+
+from typing import Mapping, MutableMapping, TypeVar
+
+T = TypeVar("T")
+
+
+def lookup(family: Mapping[str, T], what: str, name: str) -> T:
+  """`family[name]`, or a ValueError naming the valid entries.
+
+  Args:
+    family: the table, e.g. `ugrad.coefficients.COEFFICIENTS`.
+    what: what an entry is, for the message ("coefficient", "reward", ...).
+    name: the requested entry.
+
+  Raises:
+    ValueError: "unknown WHAT 'NAME'; valid: a, b, c" (in table order).
+  """
+  if name not in family:
+    raise ValueError(f"unknown {what} {name!r}; valid: "
+                     f"{', '.join(family)}")
+  return family[name]
+
+
+def register(family: MutableMapping[str, T], what: str, name: str, value: T,
+             *, replace: bool = False) -> T:
+  """Adds `value` to `family` under `name`.
+
+  Args:
+    family: the table to extend.
+    what: what an entry is, for the message.
+    name: the new entry's name.
+    value: the implementation.
+    replace: allow replacing an existing entry (off: a typo that shadows a
+      built-in method is an error, not a silent override).
+
+  Returns:
+    `value`, so registration can be used inline.
+
+  Raises:
+    ValueError: when `name` is taken and `replace` is False, or empty.
+  """
+  if not name or not isinstance(name, str):
+    raise ValueError(f"a {what} needs a non-empty string name, got {name!r}")
+  if name in family and not replace and family[name] is not value:
+    raise ValueError(f"{what} {name!r} is already registered; pass "
+                     "replace=True to override it")
+  family[name] = value
+  return value

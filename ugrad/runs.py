@@ -1,0 +1,112 @@
+"""A run's workdir artifacts: its config, its final model, its evaluation.
+
+A finished run leaves WORKDIR/policy (the final parameters, an Orbax
+checkpoint), WORKDIR/model.json (the model's kind and shape) and
+WORKDIR/run_config.json; `init_from`, `reward_model` and
+`process_reward_model` settings point at such a directory.
+"""
+
+import dataclasses
+import json
+import os
+
+from flax import nnx
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ugrad import models
+
+POLICY_DIR = "policy"  # the final parameters of a run, for init_from
+CONFIG_FILE = "run_config.json"
+MODEL_FILE = "model.json"
+EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
+
+MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict):
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def is_finished_model(workdir: str) -> bool:
+  """Whether `workdir` holds a saved model (`save_model` ran)."""
+  return os.path.exists(os.path.join(workdir, MODEL_FILE))
+
+
+def save_model(workdir: str, params, model_config, kind: str = "policy"):
+  """Writes parameters and model shape where `init_from` (or a reward-model
+  setting) can load them: WORKDIR/policy and WORKDIR/model.json. A model
+  already saved there is kept (a resumed run saves once)."""
+  path = os.path.join(os.path.abspath(workdir), POLICY_DIR)
+  if os.path.exists(path):
+    return
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, params)
+    checkpointer.wait_until_finished()
+  with open(os.path.join(workdir, MODEL_FILE), "w") as f:
+    json.dump({"kind": kind, "config": dataclasses.asdict(model_config)}, f)
+
+
+def load_model(path: str, kind: str = "policy", shardings=None):
+  """(graphdef, params) of a model saved by `save_model`.
+
+  Args:
+    path: the run directory.
+    kind: "policy" or "scalar"; a mismatch raises.
+    shardings: optional pytree of shardings matching the parameters: each
+      array is restored straight into its shards.
+  """
+  if not is_finished_model(path):
+    raise FileNotFoundError(
+        f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
+  with open(os.path.join(path, MODEL_FILE)) as f:
+    saved = json.load(f)
+  if saved["kind"] != kind:
+    raise ValueError(f"{path} holds a {saved['kind']} model, not a {kind} "
+                     "model")
+  model_config = models.ModelConfig(**saved["config"])
+  abstract = nnx.eval_shape(
+      lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  if shardings is not None:
+    abstract_params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_params, shardings)
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(
+        os.path.join(os.path.abspath(path), POLICY_DIR), abstract_params)
+  return graphdef, params
+
+
+def is_hf_dir(path: str) -> bool:
+  """A Hugging Face model directory (not a ugrad run)."""
+  return not is_finished_model(path) and os.path.exists(
+      os.path.join(path, "config.json"))
+
+
+def load_policy(path: str):
+  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir.
+
+  Parameters load as float32 (the trainer's master weights)."""
+  if is_hf_dir(path):
+    model, tokenizer = models.from_pretrained(path, dtype="float32")
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params, tokenizer
+  graphdef, params = load_model(path, "policy")
+  return graphdef, params, None
+
+
+def reward_model_scorer(path: str):
+  """A numpy score function (tokens, attention_mask) -> [B, T] of a saved
+  scalar (reward) model."""
+  graphdef, params = load_model(path, "scalar")
+  scores = jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))
+  return lambda tokens, mask: np.asarray(scores(params, tokens, mask))
