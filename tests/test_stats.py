@@ -236,7 +236,7 @@ def test_maj_at_k_when_n_equals_k_uses_the_full_set_in_order():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(k=3), "question 1 has only n=2"),
     (dict(k=0), "k >= 1"),
-    (dict(k=2, subsets="all"), "valid: chunks, random"),
+    (dict(k=2, subsets="all"), "valid: random, chunks"),
     (dict(k=2, ties="random"), "valid: expected, first"),
 ])
 def test_maj_at_k_rejects_bad_input(kwargs, match):

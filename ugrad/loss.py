@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ugrad import masked
+from ugrad import registry
 
 NORMALIZERS = ("sequence", "token", "constant")
 
@@ -40,9 +41,7 @@ def unified_loss(logp: jax.Array,
     "denominator", so callers accumulating micro-batches or devices divide the
     global numerator by the global denominator.
   """
-  if normalizer not in NORMALIZERS:
-    raise ValueError(
-        f"unknown normalizer {normalizer!r}; valid: {', '.join(NORMALIZERS)}")
+  registry.lookup(NORMALIZERS, "normalizer", normalizer)
   coef = jax.lax.stop_gradient(coef)
   per_token = -coef * logp
   lengths = masked.masked_count(mask, axis=-1)  # [B]

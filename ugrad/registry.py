@@ -6,26 +6,30 @@ error that lists the valid ones; `register` is how code outside the package
 adds an entry (see `ugrad.register_coefficient` and friends).
 """
 
-from typing import Mapping, MutableMapping, TypeVar
+from typing import Collection, Mapping, MutableMapping, TypeVar
 
 T = TypeVar("T")
 
 
-def lookup(family: Mapping[str, T], what: str, name: str) -> T:
+def lookup(family: Collection, what: str, name: str):
   """`family[name]`, or a ValueError naming the valid entries.
 
   Args:
-    family: the table, e.g. `ugrad.coefficients.COEFFICIENTS`.
+    family: a table (e.g. `ugrad.coefficients.COEFFICIENTS`) or a sequence
+      of valid names (e.g. the KL estimators).
     what: what an entry is, for the message ("coefficient", "reward", ...).
     name: the requested entry.
+
+  Returns:
+    The table's entry, or `name` itself for a sequence of names.
 
   Raises:
     ValueError: "unknown WHAT 'NAME'; valid: a, b, c" (in table order).
   """
   if name not in family:
     raise ValueError(f"unknown {what} {name!r}; valid: "
-                     f"{', '.join(family)}")
-  return family[name]
+                     f"{', '.join(map(str, family))}")
+  return family[name] if isinstance(family, Mapping) else name
 
 
 def register(family: MutableMapping[str, T], what: str, name: str, value: T,

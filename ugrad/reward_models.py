@@ -31,6 +31,7 @@ import optax
 
 from ugrad import build
 from ugrad import masked
+from ugrad import registry
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
 from ugrad import runs
@@ -72,12 +73,9 @@ def label_loss(graphdef):
 def check_config(config) -> None:
   """Refuses a reward-model config that cannot work, saying why."""
   rm = config.rm
-  if rm.kind not in KINDS:
-    raise ValueError(f"unknown reward model kind {rm.kind!r}; valid: "
-                     f"{', '.join(KINDS)}")
-  if rm.kind == "prm" and rm.label not in LABELS:
-    raise ValueError(f"unknown PRM label {rm.label!r}; valid: "
-                     f"{', '.join(LABELS)}")
+  registry.lookup(KINDS, "reward model kind", rm.kind)
+  if rm.kind == "prm":
+    registry.lookup(LABELS, "PRM label", rm.label)
   for field in ("rollouts", "prefix_batch", "eval_questions"):
     if rm[field] < 1:
       raise ValueError(f"config.rm.{field} must be >= 1, got {rm[field]}")

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ugrad import layout
+from ugrad import registry
 from ugrad.models import transformer
 from ugrad.tasks import base as tasks_base
 
@@ -67,9 +68,8 @@ class SamplingConfig:
       raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
     if self.top_p is not None and not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
-    if self.cache_layout not in transformer.CACHE_LAYOUTS:
-      raise ValueError(f"unknown cache_layout {self.cache_layout!r}; valid: "
-                       f"{', '.join(transformer.CACHE_LAYOUTS)}")
+    registry.lookup(transformer.CACHE_LAYOUTS, "cache_layout",
+                    self.cache_layout)
     for name in ("eos_id", "pad_id"):
       value = getattr(self, name)
       if value is not None and value < 0:

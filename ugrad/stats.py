@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ugrad import registry
+
 # Memory cap for one block of bootstrap resample indices (int64 entries).
 _BOOTSTRAP_BLOCK_ENTRIES = 1 << 22
 
@@ -161,13 +163,6 @@ def _first_seen_among_ties(tied: np.ndarray, group_correct: np.ndarray,
 TIE_BREAKS = {"expected": _expected_over_ties, "first": _first_seen_among_ties}
 
 
-def _lookup(family: dict, kind: str, name: str):
-  if name not in family:
-    raise ValueError(
-        f"unknown {kind} {name!r}; valid: {', '.join(sorted(family))}")
-  return family[name]
-
-
 def _vote(labels: np.ndarray, group_correct: np.ndarray, subsets: np.ndarray,
           tie_break) -> float:
   """Mean over subsets of the correctness of the majority answer.
@@ -262,8 +257,8 @@ def maj_at_k(answers: Sequence[Sequence[Answer]],
     ValueError: for k < 1, a question with fewer than k samples, mismatched
       flag lengths, or an unknown `subsets` / `ties` name.
   """
-  make_subsets = _lookup(SUBSETS, "subsets mode", subsets)
-  tie_break = _lookup(TIE_BREAKS, "tie-break", ties)
+  make_subsets = registry.lookup(SUBSETS, "subsets mode", subsets)
+  tie_break = registry.lookup(TIE_BREAKS, "tie-break", ties)
   if k < 1:
     raise ValueError(f"maj@k needs k >= 1, got k={k}")
   if num_subsets < 1:

@@ -14,6 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from ugrad import registry
 from ugrad import rollout as rollout_lib
 from ugrad.coefficients import advantages
 from ugrad.coefficients import groups
@@ -31,9 +32,7 @@ def group_fields(supervision: str = "outcome", beta: float = 0.0,
   """The Rollout fields a GRPO-family coefficient needs; checks hparams."""
   del unused
   kl.check(kl_estimator, kl_in)
-  if supervision not in SUPERVISIONS:
-    raise ValueError(f"unknown supervision {supervision!r}; valid: "
-                     f"{', '.join(SUPERVISIONS)}")
+  registry.lookup(SUPERVISIONS, "supervision", supervision)
   if supervision == "process" and beta and kl_in == "reward":
     raise ValueError("process supervision has no outcome reward to fold the "
                      "KL into: use kl_in='loss' or beta=0")

@@ -16,6 +16,8 @@ which the advantage estimator then carries to earlier tokens.
 import jax
 import jax.numpy as jnp
 
+from ugrad import registry
+
 PLACEMENTS = ("loss", "reward")
 
 
@@ -50,12 +52,8 @@ _DERIVATIVES = {"k1": _k1_grad, "k2": _k2_grad, "k3": _k3_grad}
 
 def check(estimator: str, placement: str) -> None:
   """Raises ValueError for an unknown estimator or placement name."""
-  if estimator not in ESTIMATORS:
-    raise ValueError(f"unknown kl_estimator {estimator!r}; valid: "
-                     f"{', '.join(ESTIMATORS)}")
-  if placement not in PLACEMENTS:
-    raise ValueError(f"unknown kl_in {placement!r}; valid: "
-                     f"{', '.join(PLACEMENTS)}")
+  registry.lookup(ESTIMATORS, "kl_estimator", estimator)
+  registry.lookup(PLACEMENTS, "kl_in", placement)
 
 
 def estimate(estimator: str, logp: jax.Array,

@@ -8,6 +8,7 @@ import json
 import pathlib
 from typing import Any, Optional
 
+from ugrad import registry
 from ugrad.models.model_config import ModelConfig
 
 PathLike = str | pathlib.Path
@@ -100,8 +101,7 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
   """
   param_dtype = param_dtype or dtype
   for name in (dtype, param_dtype):
-    if name not in _DTYPES:
-      raise ValueError(f"Unknown dtype {name!r}; valid: {list(_DTYPES)}")
+    registry.lookup(_DTYPES, "dtype", name)
   _, read_options = _ARCHITECTURES[_model_type(hf, where)]
   options = read_options(hf, where)
   if hf.get("hidden_act", "silu") != "silu":

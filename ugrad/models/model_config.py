@@ -5,6 +5,8 @@ from typing import Callable, Optional
 
 import jax.numpy as jnp
 
+from ugrad import registry
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -87,7 +89,5 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
 
 def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
   """The config of preset `name` for a vocabulary, with fields overridden."""
-  if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; valid: "
-                     f"{', '.join(sorted(PRESETS))}")
-  return dataclasses.replace(PRESETS[name](vocab_size), **overrides)
+  make = registry.lookup(PRESETS, "model preset", name)
+  return dataclasses.replace(make(vocab_size), **overrides)

@@ -17,6 +17,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from ugrad import registry
+
 Rules = Sequence[tuple[str, Optional[str]]]
 
 # Data parallel: every device holds all parameters; only the batch is split.
@@ -33,10 +35,7 @@ RULES: dict[str, Rules] = {
 
 def get_rules(name: str) -> Rules:
   """The rule list called `name`."""
-  if name not in RULES:
-    raise ValueError(f"unknown sharding rules {name!r}; valid: "
-                     f"{', '.join(sorted(RULES))}")
-  return RULES[name]
+  return registry.lookup(RULES, "sharding rules", name)
 
 
 def data_mesh(num_devices: Optional[int] = None, axis: str = "data") -> Mesh:

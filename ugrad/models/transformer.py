@@ -18,6 +18,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from ugrad import registry
 from ugrad.models.model_config import ModelConfig
 
 # Masked attention scores get this instead of -inf, so a query row that sees
@@ -105,9 +106,7 @@ CACHE_LAYOUTS = ("bhsd", "bshd")
 def init_cache(config: ModelConfig, batch: int, slots: int,
                layout: str = "bhsd") -> KVCache:
   """A zero cache of `slots` positions for `batch` rows."""
-  if layout not in CACHE_LAYOUTS:
-    raise ValueError(f"unknown cache layout {layout!r}; valid: "
-                     f"{', '.join(CACHE_LAYOUTS)}")
+  registry.lookup(CACHE_LAYOUTS, "cache layout", layout)
   hkv, dh = config.num_kv_heads, config.head_dim
   shape = ((batch, slots, hkv, dh) if layout == "bshd" else
            (batch, hkv, slots, dh))

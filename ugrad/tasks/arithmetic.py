@@ -16,6 +16,7 @@ import functools
 import re
 from typing import Optional, Sequence, Union
 
+from ugrad import registry
 from ugrad.tasks import base
 from ugrad.tasks.problems import Difficulty
 from ugrad.tasks.problems import draw_test_problems
@@ -119,8 +120,7 @@ def step_labels(question: str, completion: str,
   Returns:
     One bool per non-blank line, aligned with `base.line_step_ends`.
   """
-  if rule not in STEP_RULES:
-    raise ValueError(f"unknown step rule {rule!r}; valid: {STEP_RULES}")
+  registry.lookup(STEP_RULES, "step rule", rule)
   operands, ops = parse_question(question)
   num_steps = len(ops)
   labels = []
@@ -191,8 +191,7 @@ class ArithmeticTask:
                                  allow_negative)
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if step_rule not in STEP_RULES:
-      raise ValueError(f"unknown step_rule {step_rule!r}; valid: {STEP_RULES}")
+    registry.lookup(STEP_RULES, "step_rule", step_rule)
     if n_train < 0 or n_test < 0:
       raise ValueError(f"n_train, n_test must be >= 0: {n_train}, {n_test}")
     self.sizes = {"train": n_train, "test": n_test}
