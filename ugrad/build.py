@@ -189,7 +189,8 @@ def make_policy(config, task, mesh: Mesh):
   """
   tokenizer = task.tokenizer
   if config.init_from:
-    graphdef, params, hf_tokenizer = runs.load_policy(config.init_from)
+    graphdef, params, hf_tokenizer = runs.load_policy(config.init_from,
+                                                      mesh.params)
     if hf_tokenizer is not None and config.task == "arithmetic":
       raise ValueError("a Hugging Face policy cannot be trained on the "
                        "embedded task's character vocabulary")
@@ -197,7 +198,6 @@ def make_policy(config, task, mesh: Mesh):
     model_config = dataclasses.replace(
         nnx.merge(graphdef, params).config, dtype=compute_dtype(config))
     graphdef = policy_graphdef(model_config)
-    params = jax.device_put(params, mesh.params(params))
   else:
     model_config = models.preset(config.model, tokenizer.vocab_size,
                                  dtype=compute_dtype(config))

@@ -61,8 +61,9 @@ def load_model(path: str, kind: str = "policy", shardings=None):
   Args:
     path: the run directory.
     kind: "policy" or "scalar"; a mismatch raises.
-    shardings: optional pytree of shardings matching the parameters: each
-      array is restored straight into its shards.
+    shardings: optional pytree of shardings matching the parameters, or a
+      function from the abstract parameters to it: each array is restored
+      straight into its shards.
   """
   if not is_finished_model(path):
     raise FileNotFoundError(
@@ -76,6 +77,8 @@ def load_model(path: str, kind: str = "policy", shardings=None):
   abstract = nnx.eval_shape(
       lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  if callable(shardings):
+    shardings = shardings(abstract_params)
   if shardings is not None:
     abstract_params = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -92,15 +95,17 @@ def is_hf_dir(path: str) -> bool:
       os.path.join(path, "config.json"))
 
 
-def load_policy(path: str):
+def load_policy(path: str, shardings=None):
   """(graphdef, params, tokenizer or None) from a ugrad run or HF dir.
 
-  Parameters load as float32 (the trainer's master weights)."""
+  Parameters load as float32 (the trainer's master weights), each straight
+  into its shards when `shardings` (as for `load_model`) is given."""
   if is_hf_dir(path):
-    model, tokenizer = models.from_pretrained(path, dtype="float32")
+    model, tokenizer = models.from_pretrained(path, dtype="float32",
+                                              shardings=shardings)
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params, tokenizer
-  graphdef, params = load_model(path, "policy")
+  graphdef, params = load_model(path, "policy", shardings)
   return graphdef, params, None
 
 

@@ -154,11 +154,12 @@ def from_pretrained(
     dtype: compute dtype of the model ("float32", "bfloat16", "float16").
     param_dtype: parameter dtype; None means `dtype`. Checkpoint tensors are
       cast to it.
-    shardings: None (every tensor on the default device), or a
+    shardings: None (every tensor on the default device), a
       `jax.sharding.Sharding` for each parameter in the structure of the
-      model's `nnx.Param` state, such as `sharding.param_shardings` returns.
-      Each tensor is placed with its sharding as it is read, so the whole
-      model is never on one device.
+      model's `nnx.Param` state, such as `sharding.param_shardings` returns,
+      or a function from the abstract `nnx.Param` state to them. Each tensor
+      is placed with its sharding as it is read, so the whole model is never
+      on one device.
 
   Returns:
     (model, tokenizer); tokenizer is None when there is no tokenizer.json.
@@ -174,6 +175,8 @@ def from_pretrained(
     raise ValueError("Transformer has non-parameter state "
                      f"{list(nnx.to_flat_state(rest))}; cannot build it from "
                      "a checkpoint")
+  if callable(shardings):
+    shardings = shardings(abstract_params)
   table = hf_config.name_table(config)
   files = _shard_map(path)
   _check_names(files, table, path)
