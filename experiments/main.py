@@ -6,6 +6,11 @@ r"""Launches one experiment: a config names a source, a reward, a coefficient.
 A workdir that holds a checkpoint resumes. On the embedded task an RL config
 without `init_from` first trains (or reuses) the SFT policy in WORKDIR/sft and
 prints the held-out greedy accuracy of the SFT and of the trained policy.
+
+Several hosts: run the same command on every host, with `--distributed` on a
+Cloud TPU VM slice or under SLURM (JAX finds its peers), or with
+`--coordinator_address=HOST0:PORT --num_processes=N --process_id=I`
+elsewhere; `--config.mesh.*` lays the devices out (see base.py).
 """
 
 import json
@@ -17,6 +22,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from ugrad import distributed
 from ugrad import iterative
 from ugrad import runs
 from ugrad import train
@@ -24,6 +30,16 @@ from ugrad import train
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "HOST:PORT of process 0 of a multi-process "
+    "run (with --num_processes and --process_id)")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", 0, "processes of a multi-process run")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", -1, "this process's index in a multi-process run")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "join a multi-host run whose peers JAX detects "
+    "(Cloud TPU VM slices, SLURM, Open MPI)")
 
 
 def _report(name: str, result: dict) -> str:
@@ -81,7 +97,7 @@ def run(config, workdir: str) -> dict:
     config.init_from = warm_start(config, workdir)
   if config.trainer == "reward_model":
     result = {"final": train.train_reward_model(config, workdir)}
-    print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+    _print(json.dumps(result, indent=2, sort_keys=True))
     _write_eval(workdir, result)
     return result
   trainer = train.Trainer(config, workdir,
@@ -90,16 +106,23 @@ def run(config, workdir: str) -> dict:
   if warm:
     results["sft"] = _cached_eval(trainer, config.init_from,
                                   trainer.init_params)
-    print(_report("SFT policy", results["sft"]), flush=True)
+    _print(_report("SFT policy", results["sft"]))
   trainer.train()
   results["final"] = trainer.evaluate()
-  print(_report(f"{config.method} policy", results["final"]), flush=True)
+  _print(_report(f"{config.method} policy", results["final"]))
   _write_eval(workdir, results)
   return results
 
 
+def _print(text: str):
+  if distributed.is_main():
+    print(text, flush=True)
+
+
 def _write_eval(workdir: str, results: dict):
   """WORKDIR/eval.json: written last, so it marks a finished run."""
+  if not distributed.is_main():
+    return
   with open(os.path.join(workdir, runs.EVAL_FILE), "w") as f:
     json.dump(results, f, indent=2)
 
@@ -110,8 +133,9 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
     with open(path) as f:
       return json.load(f)
   result = trainer.evaluate(params)
-  with open(path, "w") as f:
-    json.dump(result, f)
+  if distributed.is_main():
+    with open(path, "w") as f:
+      json.dump(result, f)
   return result
 
 
@@ -119,6 +143,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value, auto=_DISTRIBUTED.value)
   run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -1,27 +1,67 @@
-"""Runs one GRPO train step and saves its loss and parameters (a test helper).
+"""One train step on a mesh, saved for comparison with one device (a test
+helper for tests/test_mesh.py).
 
-Usage: python -m tests.sharded_step SFT_DIR WORKDIR OUT.npz FSDP(0/1)
-Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
+Usage: python -m tests.sharded_step SFT_DIR WORKDIR OUT_PREFIX CASE...
+where CASE is METHOD:DATA,FSDP,TENSOR (e.g. grpo:2,2,2); each case writes
+OUT_PREFIX-METHOD-D-F-T.npz. Run with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 """
 
+import os
 import sys
 
 import jax
 import numpy as np
 
 from tests import train_util
+from ugrad import sampling
 from ugrad import train
 
+MESH_PRESET = "mesh_test"
 
-def run(sft_dir: str, workdir: str, out: str, fsdp: bool) -> None:
-  config = train_util.tiny("grpo", steps=1, init_from=sft_dir)
-  config.fsdp = fsdp
-  trainer = train.Trainer(config, workdir)
+
+def config_for(method: str, sft_dir: str, mesh: tuple):
+  config = train_util.tiny(method, steps=1, init_from=sft_dir)
+  config.sampling.questions = 16
+  # Micro-batches accumulate on the mesh too; each holds 8k rows.
+  config.minibatches, config.micro_batches = 1, 2
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+  return config
+
+
+def greedy_tokens(trainer) -> np.ndarray:
+  """Greedy completions of 8 test prompts, sampled on the run's mesh."""
+  task = trainer.task
+  prompts = [task.prompt(ex) for ex in task.examples("test")[:8]]
+  out = sampling.sample_prompts(
+      trainer.policy.graphdef, trainer.state["params"], prompts,
+      trainer.policy.tokenizer, trainer.prompt_len, jax.random.key(0),
+      sampling.SamplingConfig(max_new_tokens=16,
+                              eos_id=trainer.policy.tokenizer.eos_id,
+                              temperature=0.0),
+      trainer.mesh.mesh)
+  return out.tokens
+
+
+def run(sft_dir: str, workdir: str, out: str, method: str,
+        mesh: tuple) -> None:
+  trainer = train.Trainer(config_for(method, sft_dir, mesh), workdir)
+  greedy = greedy_tokens(trainer)
   metrics = trainer.train()
-  leaves = jax.tree.leaves(jax.device_get(trainer.state["params"]))
+  leaves = jax.tree.leaves(jax.device_get(trainer.state))
   np.savez(out, loss=metrics["loss"], devices=jax.device_count(),
+           greedy=greedy,
            **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)})
 
 
+def case_file(prefix: str, method: str, mesh: tuple) -> str:
+  return f"{prefix}-{method}-{'-'.join(map(str, mesh))}.npz"
+
+
 if __name__ == "__main__":
-  run(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1")
+  sft, work, prefix = sys.argv[1:4]
+  for case in sys.argv[4:]:
+    name, sizes = case.split(":")
+    shape = tuple(int(s) for s in sizes.split(","))
+    run(sft, os.path.join(work, case.replace(":", "-").replace(",", "-")),
+        case_file(prefix, name, shape), name, shape)

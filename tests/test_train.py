@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from tests import bpe_util
-from tests import sharded_step
 from tests import train_util
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
@@ -119,26 +118,6 @@ def _subprocess_env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return env
-
-
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_eight_devices_match_one(sft_dir, tmp_path, fsdp):
-  one = tmp_path / "one.npz"
-  sharded_step.run(sft_dir, str(tmp_path / "w1"), str(one), False)
-  eight = tmp_path / "eight.npz"
-  subprocess.run(
-      [sys.executable, "-m", "tests.sharded_step", sft_dir,
-       str(tmp_path / "w8"), str(eight), "1" if fsdp else "0"],
-      check=True, env=_subprocess_env(8), cwd=_REPO)
-  a, b = np.load(one), np.load(eight)
-  assert int(a["devices"]) == 1 and int(b["devices"]) == 8
-  np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
-  # Adam's first update is about lr * g / (|g| + eps): for gradients near
-  # eps, reduction-order differences between 1 and 8 devices are amplified,
-  # so parameters are compared to a tenth of the learning rate (1e-4).
-  for key in a.files:
-    if key.startswith("p"):
-      np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5)
 
 
 def _main_command(workdir, sft_dir, steps):

@@ -127,7 +127,11 @@ class Mesh:
   """The device mesh of a run and the shardings derived from it."""
 
   mesh: jax.sharding.Mesh
-  rules: Any
+  rules: Any = sharding_lib.RULES
+
+  @property
+  def shape(self) -> dict:
+    return dict(self.mesh.shape)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -135,8 +139,8 @@ class Mesh:
 
   @property
   def batch(self) -> NamedSharding:
-    """Rows over the data axis."""
-    return NamedSharding(self.mesh, PartitionSpec("data"))
+    """Rows over the batch axes (dcn_data, data, fsdp)."""
+    return NamedSharding(self.mesh, PartitionSpec(sharding_lib.BATCH_AXES))
 
   def params(self, abstract_params) -> Any:
     """NamedShardings of a parameter state, from its logical axis names."""
@@ -144,9 +148,13 @@ class Mesh:
                                         self.rules)
 
 
+def mesh_shape(config) -> dict:
+  """The run's mesh axis sizes, -1 resolved (see `sharding.mesh_shape`)."""
+  return sharding_lib.mesh_shape(config.mesh.to_dict())
+
+
 def make_mesh(config) -> Mesh:
-  rules = sharding_lib.get_rules("fsdp" if config.fsdp else "data_parallel")
-  return Mesh(sharding_lib.data_mesh(), rules)
+  return Mesh(sharding_lib.make_mesh(mesh_shape(config)))
 
 
 def init_params(model_cls, model_config, seed: int, mesh: Mesh):
@@ -196,11 +204,15 @@ def make_policy(config, task, mesh: Mesh):
                        "embedded task's character vocabulary")
     tokenizer = hf_tokenizer or tokenizer
     model_config = dataclasses.replace(
-        nnx.merge(graphdef, params).config, dtype=compute_dtype(config))
+        nnx.merge(graphdef, params).config, dtype=compute_dtype(config),
+        remat=config.remat)
+    sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
   else:
     model_config = models.preset(config.model, tokenizer.vocab_size,
-                                 dtype=compute_dtype(config))
+                                 dtype=compute_dtype(config),
+                                 remat=config.remat)
+    sharding_lib.check_model(model_config, mesh.shape)
     graphdef, params = init_params(models.Transformer, model_config,
                                    config.seed, mesh)
   task.tokenizer = tokenizer

@@ -21,7 +21,8 @@ from ugrad.tasks import math_answers
 
 def greedy_accuracy(task, graphdef, params, num_questions: int,
                     prompt_len: int, max_new_tokens: int,
-                    batch_size: int = 256, split: str = "test") -> dict:
+                    batch_size: int = 256, split: str = "test",
+                    mesh=None) -> dict:
   """Greedy accuracy of a policy on the first questions of `split`.
 
   Every batch has the same shape (the last one is padded with repeats that
@@ -36,6 +37,8 @@ def greedy_accuracy(task, graphdef, params, num_questions: int,
     max_new_tokens: the completion budget.
     batch_size: questions per sampler call.
     split: "test" (held out) or "train".
+    mesh: the run's device mesh, where the sampler's prompts go (None:
+      JAX's default placement).
 
   Returns:
     {"greedy_acc": mean, "greedy_acc_ci": [low, high], "eval_questions": n}.
@@ -53,7 +56,8 @@ def greedy_accuracy(task, graphdef, params, num_questions: int,
     padded = chunk + chunk[:1] * (batch_size - len(chunk))
     out = sampling.sample_prompts(graphdef, params,
                                   [task.prompt(ex) for ex in padded], tok,
-                                  prompt_len, jax.random.key(0), config)
+                                  prompt_len, jax.random.key(0), config,
+                                  mesh)
     for ex, text in zip(chunk, out.texts):
       correct.append(task.reward(ex, text))
   mean, low, high = stats.bootstrap_ci(np.asarray(correct, np.float64))
@@ -120,7 +124,7 @@ def answer_functions(task) -> tuple[AnswerFn, stats.Equivalence]:
 
 def _sample_batches(task, graphdef, params, examples: list[Any],
                     batch_questions: int, prompt_len: int, config,
-                    seed: int):
+                    seed: int, mesh=None):
   """Yields (example, [n] completion texts) for every question, in order.
 
   Every sampler call has batch_questions prompts (the last batch is padded
@@ -136,7 +140,8 @@ def _sample_batches(task, graphdef, params, examples: list[Any],
     out = sampling.sample_prompts(graphdef, params,
                                   [task.prompt(ex) for ex in padded], tok,
                                   prompt_len,
-                                  jax.random.fold_in(base_key, call), config)
+                                  jax.random.fold_in(base_key, call), config,
+                                  mesh)
     for q, ex in enumerate(chunk):
       yield ex, out.texts[q * n:(q + 1) * n]
 
@@ -158,7 +163,7 @@ def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
                 batch_questions: Optional[int] = None, *,
                 answer_fn: Optional[AnswerFn] = None,
                 equivalent: Optional[stats.Equivalence] = None,
-                split: str = "test") -> dict[str, Any]:
+                split: str = "test", mesh=None) -> dict[str, Any]:
   """pass@k, maj@k and greedy accuracy of a policy on held-out questions.
 
   Draws n_samples completions for each of the first num_questions questions
@@ -183,6 +188,8 @@ def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
       default from `answer_functions(task)`.
     equivalent: when two answers are the same; default as for answer_fn.
     split: "test" (held out) or "train".
+    mesh: the run's device mesh, where the sampler's prompts go (None:
+      JAX's default placement).
 
   Returns:
     `stats.summarize`'s dict (num_questions, samples_per_question, pass@k,
@@ -215,7 +222,8 @@ def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
       num_samples=n_samples, temperature=temperature)
   correct, answers = [], []
   for ex, texts in _sample_batches(task, graphdef, params, examples,
-                                   batch_questions, prompt_len, config, seed):
+                                   batch_questions, prompt_len, config, seed,
+                                   mesh):
     correct.append([task.reward(ex, text) > 0 for text in texts])
     answers.append([answer_fn(text) for text in texts])
   out = stats.summarize(correct, answers, ks=ks, maj_ks=ks,

@@ -17,6 +17,7 @@ import numpy as np
 
 from ugrad import build
 from ugrad import coefficients
+from ugrad import distributed
 from ugrad import eval as eval_lib
 from ugrad import rewards as rewards_lib
 from ugrad import runs
@@ -49,7 +50,8 @@ class PolicyLearner:
             temperature=config.sampling.temperature,
             top_k=config.sampling.top_k or None,
             top_p=(config.sampling.top_p if config.sampling.top_p < 1
-                   else None)))
+                   else None)),
+        trainer.mesh.mesh)
     self.source = build.source_class(config)(
         self.task, sampler=sampler, batch_size=config.batch_size,
         prompt_len=trainer.prompt_len, completion_len=trainer.max_new,
@@ -145,7 +147,7 @@ class PolicyLearner:
       extra["values"] = self.values(state["critic"]["params"], rollout)
     # One copy on the host: minibatches are sliced from it, and the
     # coefficient's value checks need concrete arrays.
-    rollout = jax.device_get(rollout.replace(**extra))
+    rollout = distributed.host_get(rollout.replace(**extra))
     coefficients.validate_rollout(config.coef.name, rollout,
                                   build.coef_hparams(config))
     return batch, rollout
@@ -190,7 +192,7 @@ class PolicyLearner:
     return eval_lib.greedy_accuracy(
         self.task, self.policy.graphdef, params,
         num_questions or self.config.eval_questions, self.trainer.prompt_len,
-        self.trainer.max_new)
+        self.trainer.max_new, mesh=self.trainer.mesh.mesh)
 
   def periodic_evaluation(self) -> dict:
     """Greedy accuracy, and pass@k / maj@k when `eval_sampled.ks` is set,
@@ -204,7 +206,7 @@ class PolicyLearner:
           self.config.eval_sampled.questions, max(ks), ks,
           self.trainer.prompt_len, self.trainer.max_new,
           temperature=self.config.eval_sampled.temperature,
-          seed=self.config.seed)
+          seed=self.config.seed, mesh=self.trainer.mesh.mesh)
       results.update({k: v for k, v in sampled.items()
                       if k.startswith(("pass@", "maj@"))})
     return flatten_intervals(results)

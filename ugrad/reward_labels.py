@@ -14,6 +14,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from ugrad import distributed
 from ugrad import layout
 from ugrad import rewards as rewards_lib
 from ugrad import stats
@@ -120,7 +121,7 @@ def shepherd_fractions(task, batch, step_mask: np.ndarray,
   for start in range(0, len(rows), chunk):
     idx = np.arange(start, min(start + chunk, len(rows)))
     padded = np.concatenate([idx, np.repeat(idx[:1], chunk - len(idx))])
-    out = jax.device_get(continue_fn(p_tokens[padded], p_mask[padded],
+    out = distributed.host_get(continue_fn(p_tokens[padded], p_mask[padded],
                                      jax.random.fold_in(key, start)))
     ids = layout.completion_ids(np.asarray(out.tokens),
                                 np.asarray(out.completion_mask))

@@ -195,7 +195,8 @@ class RewardModelLearner:
   def _sampler(self, num_samples: int) -> sampling.Sampler:
     return sampling.make_sampler(
         self.trainer.policy.graphdef, self.task.tokenizer,
-        self.trainer.prompt_len, self._sampling_config(num_samples))
+        self.trainer.prompt_len, self._sampling_config(num_samples),
+        self.trainer.mesh.mesh)
 
   # --- what the trainer asks ----------------------------------------------
 

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ugrad import distributed
 from ugrad import models
 
 POLICY_DIR = "policy"  # the final parameters of a run, for init_from
@@ -27,6 +28,8 @@ MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict):
+  if not distributed.is_main():
+    return
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(config.to_json(indent=2))
 
@@ -51,8 +54,11 @@ def save_model(workdir: str, params, model_config, kind: str = "policy"):
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, params)
     checkpointer.wait_until_finished()
-  with open(os.path.join(workdir, MODEL_FILE), "w") as f:
-    json.dump({"kind": kind, "config": dataclasses.asdict(model_config)}, f)
+  if distributed.is_main():
+    with open(os.path.join(workdir, MODEL_FILE), "w") as f:
+      json.dump({"kind": kind, "config": dataclasses.asdict(model_config)},
+                f)
+  distributed.sync("save_model")
 
 
 def load_model(path: str, kind: str = "policy", shardings=None):

@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ugrad import distributed
 from ugrad import layout
 from ugrad import registry
+from ugrad.models import sharding as sharding_lib
 from ugrad.models import transformer
 from ugrad.tasks import base as tasks_base
 
@@ -283,7 +285,7 @@ class Completions:
 def sample_prompts(graphdef: nnx.GraphDef, params: Any,
                    prompts: Sequence[str], tokenizer, prompt_len: int,
                    key: jax.Array, config: SamplingConfig,
-                   sharding: Optional[jax.sharding.Sharding] = None
+                   mesh: Optional[jax.sharding.Mesh] = None
                    ) -> Completions:
   """The one sampling loop: prompt texts -> encode -> pack -> sample ->
   decode. Every caller (data sources, evaluation, reward-model labelling,
@@ -298,18 +300,20 @@ def sample_prompts(graphdef: nnx.GraphDef, params: Any,
       the sampler compiles once).
     key: PRNG key; equal keys give equal samples.
     config: see `SamplingConfig`.
-    sharding: where the prompt batch goes (e.g. rows over the mesh's batch
-      axes); None leaves placement to JAX.
+    mesh: the run's mesh: prompts are split over its batch axes when their
+      number divides, else replicated; parameters stay as they are (no
+      gather to one device). None leaves placement to JAX.
 
   Returns:
     `Completions` of B * G rows.
   """
   ids = [tasks_base.encode_prompt(tokenizer, text) for text in prompts]
   p_tokens, p_mask = layout.pack_prompts(ids, prompt_len, tokenizer.pad_id)
-  if sharding is not None:
-    p_tokens, p_mask = jax.device_put((p_tokens, p_mask), sharding)
-  out = jax.device_get(sample(graphdef, params, p_tokens, p_mask, key,
-                              config))
+  if mesh is not None:
+    p_tokens, p_mask = distributed.put_global(
+        (p_tokens, p_mask), prompt_sharding(mesh, len(ids)))
+  out = distributed.host_get(sample(graphdef, params, p_tokens, p_mask, key,
+                                    config))
   tokens = np.asarray(out.tokens, np.int32)
   completion_mask = np.asarray(out.completion_mask, np.int32)
   texts = [tokenizer.decode(row)
@@ -318,13 +322,23 @@ def sample_prompts(graphdef: nnx.GraphDef, params: Any,
                      completion_mask, np.asarray(out.logp, np.float32), texts)
 
 
+def prompt_sharding(mesh: jax.sharding.Mesh,
+                    rows: int) -> jax.sharding.NamedSharding:
+  """Prompt rows over the mesh's batch axes when they divide, else
+  replicated (every device then samples every row)."""
+  axes = tuple(a for a in sharding_lib.BATCH_AXES if a in mesh.shape)
+  shards = int(np.prod([mesh.shape[a] for a in axes]))
+  spec = jax.P(axes) if rows % shards == 0 else jax.P()
+  return jax.sharding.NamedSharding(mesh, spec)
+
+
 def make_sampler(graphdef: nnx.GraphDef, tokenizer, prompt_len: int,
                  config: SamplingConfig,
-                 sharding: Optional[jax.sharding.Sharding] = None) -> Sampler:
+                 mesh: Optional[jax.sharding.Mesh] = None) -> Sampler:
   """`sample_prompts` with everything but (params, prompts, key) bound."""
 
   def sampler(params, prompts: Sequence[str], key: jax.Array) -> Completions:
     return sample_prompts(graphdef, params, prompts, tokenizer, prompt_len,
-                          key, config, sharding)
+                          key, config, mesh)
 
   return sampler

@@ -28,6 +28,7 @@ import tqdm
 
 from ugrad import build
 from ugrad import checkpoint as checkpoint_lib
+from ugrad import distributed
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
@@ -97,9 +98,9 @@ class Trainer:
       logging.info("Resumed %s at step %d", self.workdir, self.start_step)
 
   def device_batch(self, rollout):
-    """A host rollout on the mesh, rows over the data axis."""
-    return jax.device_put(jax.tree.map(np.asarray, rollout),
-                          self.mesh.batch)
+    """A host rollout (the same on every process) on the mesh, rows over
+    the batch axes; each process puts only its own shards."""
+    return distributed.put_global(rollout, self.mesh.batch)
 
   # --- one step -----------------------------------------------------------
 
@@ -123,7 +124,7 @@ class Trainer:
         self.state["params"], self.state["opt_state"],
         self.device_batch(rollout))
     self.state["params"], self.state["opt_state"] = params, opt_state
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in distributed.host_get(metrics).items()}
 
   def train_step(self, step: int, gradient_log, writer) -> dict:
     config = self.config
@@ -203,12 +204,15 @@ class Trainer:
     """Runs the remaining steps, saves the model; returns the last step's
     metrics."""
     config = self.config
-    writer = metrics_lib.MetricsWriter(self.workdir,
-                                       resume_step=self.start_step)
-    gradient_log = gradlog.GradientLog(
-        os.path.join(self.workdir, "gradient_log.jsonl"),
-        resume_step=self.start_step * self._updates_per_step(),
-        expected_head=self.resume_meta.get("gradlog_head"))
+    if distributed.is_main():
+      writer = metrics_lib.MetricsWriter(self.workdir,
+                                         resume_step=self.start_step)
+      gradient_log = gradlog.GradientLog(
+          os.path.join(self.workdir, "gradient_log.jsonl"),
+          resume_step=self.start_step * self._updates_per_step(),
+          expected_head=self.resume_meta.get("gradlog_head"))
+    else:  # Process 0 writes the run's record; the others only compute.
+      writer = gradient_log = _NoRecord()
     runs.write_config(self.workdir, config)
     metrics = {}
     bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
@@ -242,6 +246,20 @@ class Trainer:
     ones)."""
     params = self.state["params"] if params is None else params
     return self.learner.evaluate(params, num_questions)
+
+
+class _NoRecord:
+  """The metrics writer and gradient log of a process other than 0."""
+
+  head = None
+
+  def write(self, *unused, **unused_kw):
+    pass
+
+  write_text = append = write
+
+  def close(self):
+    pass
 
 
 def train_reward_model(config: ml_collections.ConfigDict,

@@ -13,8 +13,10 @@ from typing import Callable
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from ugrad import distributed
 from ugrad import masked
 from ugrad import models
 from ugrad.loss import unified_loss
@@ -70,7 +72,7 @@ def on_mesh(tree, sharding):
   mesh with `sharding`, so every jit input and output lives on one mesh."""
   return jax.tree.map(
       lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else
-      jax.device_put(x, sharding), tree)
+      distributed.put_global(np.asarray(x), sharding), tree)
 
 
 def policy_loss(graphdef, coef_fn, normalizer: str, max_len: int) -> LossFn:

@@ -7,7 +7,6 @@ into whole groups over the devices, a learned reward without its model.
 A reward-model run adds `ugrad.reward_models.check_config`.
 """
 
-import jax
 
 from ugrad import build
 from ugrad import coefficients
@@ -16,6 +15,7 @@ from ugrad import registry
 from ugrad import rewards as rewards_lib
 from ugrad import tasks as tasks_lib
 from ugrad.loss import NORMALIZERS
+from ugrad.models import sharding as sharding_lib
 
 TRAINERS = {"policy": "a policy, by the unified loss",
             "reward_model": "an outcome or process reward model"}
@@ -51,6 +51,7 @@ def check_config(config) -> None:
 def _check_names(config) -> None:
   """Every family name exists (the error lists the valid ones)."""
   registry.lookup(TRAINERS, "trainer", config.trainer)
+  registry.lookup(models.REMAT_POLICIES, "remat", config.remat)
   registry.lookup(tasks_lib.TASKS, "task", config.task)
   registry.lookup(models.PRESETS, "model preset", config.model)
   build.source_class(config)
@@ -114,9 +115,12 @@ def _check_batch_split(config) -> None:
         f"{rows} rows per step cannot be split into {config.minibatches} "
         f"minibatches x {config.micro_batches} micro-batches of whole groups "
         f"of {chunk}")
-  if (rows // parts) % jax.device_count():
+  shape = build.mesh_shape(config)
+  shards = sharding_lib.batch_shards(shape)
+  if (rows // parts) % shards:
+    axes = " x ".join(f"{a}={shape[a]}" for a in sharding_lib.BATCH_AXES)
     raise ValueError(f"micro-batches of {rows // parts} rows do not divide "
-                     f"over {jax.device_count()} devices")
+                     f"over the batch axes {axes} ({shards} shards)")
 
 
 def _check_models(config) -> None:

@@ -70,6 +70,13 @@ def get_config():
   c.eval_sampled = ml_collections.ConfigDict(
       dict(ks="", questions=128, temperature=1.0))
   c.eval_questions = 1024
-  c.fsdp = False
+  # The device mesh (sizes; -1 = every remaining device; see
+  # ugrad/models/sharding.py): batch rows over dcn_data x data x fsdp,
+  # parameters' width over fsdp, heads / MLP / vocabulary over tensor.
+  c.mesh = ml_collections.ConfigDict(
+      dict(dcn_data=1, data=-1, fsdp=1, tensor=1))
+  # Activation memory: "none", "full" (recompute each decoder layer in the
+  # backward pass) or "dots" (keep matmul outputs, recompute the rest).
+  c.remat = "none"
   c.quiet = False  # no progress bar
   return c

@@ -1,13 +1,16 @@
 """Decoder models: the NNX transformer, its presets, and sharding rules."""
 
-from ugrad.models.sharding import FSDP_RULES
-from ugrad.models.sharding import REPLICATED_RULES
+from ugrad.models.sharding import BATCH_AXES
+from ugrad.models.sharding import MESH_AXES
 from ugrad.models.sharding import RULES
+from ugrad.models.sharding import make_mesh
+from ugrad.models.sharding import mesh_shape
 from ugrad.models.sharding import param_shardings
 from ugrad.models.model_config import ModelConfig
 from ugrad.models.model_config import PRESETS
 from ugrad.models.model_config import preset
 from ugrad.models.transformer import KVCache
+from ugrad.models.transformer import REMAT_POLICIES
 from ugrad.models.transformer import ScalarModel
 from ugrad.models.transformer import Transformer
 from ugrad.models.transformer import init_cache

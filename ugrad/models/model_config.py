@@ -26,6 +26,9 @@ class ModelConfig:
     tie_embeddings: the output projection is the input embedding transposed.
     dtype: compute dtype name ("float32", "bfloat16").
     param_dtype: parameter dtype name.
+    remat: activation memory of the backward pass: "none" (keep every
+      activation), "full" (recompute each decoder layer) or "dots" (keep
+      matmul outputs, recompute the rest); see `transformer.REMAT_POLICIES`.
   """
 
   vocab_size: int
@@ -41,6 +44,7 @@ class ModelConfig:
   tie_embeddings: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: str = "none"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

@@ -1,53 +1,121 @@
-"""Logical axis names on parameters -> mesh axes, by a short rule list.
+"""The device mesh and logical axis names on parameters -> mesh axes.
+
+The mesh has four axes, each of any size (1 switches it off):
+
+* `dcn_data`: data parallelism across slices or hosts over the data-centre
+  network (a hybrid mesh: only gradients cross it);
+* `data`: data parallelism within a slice;
+* `fsdp`: the batch AND every parameter's model width (`embed`) are split,
+  parameters gathered by XLA where used (fully sharded data parallel);
+* `tensor`: attention heads, the MLP width and the vocabulary are split
+  (tensor parallelism, Megatron-style).
 
 Every parameter of `ugrad.models.transformer` names its dimensions with
 logical axes (embed, heads, kv_heads, mlp, vocab) in its `out_sharding`
-metadata. A rule list is a sequence of (logical axis, mesh axis or None)
-pairs; a dimension whose name has no rule is replicated. A rule is skipped
-for a dimension when its mesh axis is already used by another dimension of
-the same array or does not divide the dimension's size (e.g. a vocabulary of
-20 over 8 devices), so every rule list gives a valid sharding.
+metadata; `RULES` maps them to mesh axes. A rule is skipped for a dimension
+when its mesh axis is already used by another dimension of the same array or
+does not divide the dimension's size (e.g. a 20-character vocabulary over
+tensor=8), so the rules always give a valid sharding; `check_model` refuses
+the cases where skipping would silently undo the user's tensor or fsdp
+choice (heads, kv_heads, mlp, embed).
 """
 
+import math
 from typing import Any, Mapping, Optional, Sequence
 
 from flax import nnx
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-from ugrad import registry
-
 Rules = Sequence[tuple[str, Optional[str]]]
 
-# Data parallel: every device holds all parameters; only the batch is split.
-REPLICATED_RULES: Rules = ()
-# Fully sharded data parallel: every parameter is split along its model width
-# over the data axis and gathered by XLA when used.
-FSDP_RULES: Rules = (("embed", "data"),)
-
-RULES: dict[str, Rules] = {
-    "data_parallel": REPLICATED_RULES,
-    "fsdp": FSDP_RULES,
-}
+MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
+# The batch's rows are split over these axes, in this order.
+BATCH_AXES = ("dcn_data", "data", "fsdp")
+RULES: Rules = (("embed", "fsdp"), ("heads", "tensor"),
+                ("kv_heads", "tensor"), ("mlp", "tensor"),
+                ("vocab", "tensor"))
 
 
-def get_rules(name: str) -> Rules:
-  """The rule list called `name`."""
-  return registry.lookup(RULES, "sharding rules", name)
+def mesh_shape(requested: Mapping[str, int],
+               num_devices: Optional[int] = None) -> dict:
+  """Axis sizes with one -1 resolved to the devices that remain.
 
+  Args:
+    requested: a size for each of `MESH_AXES` (missing axes are 1); at most
+      one may be -1.
+    num_devices: devices to fill (default: all of them).
 
-def data_mesh(num_devices: Optional[int] = None, axis: str = "data") -> Mesh:
-  """A one-axis mesh over the first `num_devices` devices (default: all).
-
-  The axis is of type Auto, so XLA propagates shardings through the model;
-  `jax.make_mesh`'s default in current JAX (Explicit axes) would require
-  every gather in the model to name its output sharding.
+  Raises:
+    ValueError: naming the sizes when they do not multiply to the devices.
   """
   n = jax.device_count() if num_devices is None else num_devices
-  return jax.make_mesh((n,), (axis,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  unknown = sorted(set(requested) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"unknown mesh axes {unknown}; valid: "
+                     f"{', '.join(MESH_AXES)}")
+  shape = {axis: int(requested.get(axis, 1)) for axis in MESH_AXES}
+  bad = [f"{a}={v}" for a, v in shape.items() if v == 0 or v < -1]
+  if bad:
+    raise ValueError(f"mesh sizes must be >= 1 or -1, got {', '.join(bad)}")
+  free = [a for a, v in shape.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f"only one mesh axis may be -1, got {', '.join(free)}")
+  fixed = math.prod(v for v in shape.values() if v != -1)
+  if free:
+    if n % fixed:
+      raise ValueError(f"mesh {_show(shape)} cannot fill {n} devices: {n} is "
+                       f"not a multiple of {fixed}")
+    shape[free[0]] = n // fixed
+  if math.prod(shape.values()) != n:
+    raise ValueError(f"mesh {_show(shape)} has {math.prod(shape.values())} "
+                     f"devices but there are {n}")
+  return shape
+
+
+def _show(shape: Mapping[str, int]) -> str:
+  return " x ".join(f"{a}={v}" for a, v in shape.items())
+
+
+def make_mesh(shape: Mapping[str, int],
+              devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """The mesh of `shape` (from `mesh_shape`) over `devices` (default all).
+
+  With dcn_data > 1 the devices are laid out as a hybrid mesh: dcn_data
+  groups of one slice (TPU) or one process (elsewhere) each, so only the
+  dcn_data axis crosses the data-centre network. Axes are of type Auto: XLA
+  propagates shardings through the model.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  ici = tuple(shape[a] if a != "dcn_data" else 1 for a in MESH_AXES)
+  if shape["dcn_data"] > 1:
+    dcn = (shape["dcn_data"], 1, 1, 1)
+    granule = not hasattr(devices[0], "slice_index")
+    array = mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=granule)
+  else:
+    array = mesh_utils.create_device_mesh(ici, devices)
+  return Mesh(array, MESH_AXES,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_shards(shape: Mapping[str, int]) -> int:
+  """How many pieces the batch's rows are split into."""
+  return math.prod(shape[a] for a in BATCH_AXES)
+
+
+def check_model(model_config, shape: Mapping[str, int]) -> None:
+  """Refuses a mesh that does not divide the model, with the numbers."""
+  tensor, fsdp = shape["tensor"], shape["fsdp"]
+  for axis, size, field in (
+      ("tensor", tensor, "num_heads"), ("tensor", tensor, "num_kv_heads"),
+      ("tensor", tensor, "mlp_size"), ("fsdp", fsdp, "hidden_size")):
+    value = getattr(model_config, field)
+    if value % size:
+      raise ValueError(f"{axis}={size} does not divide {field}={value}")
 
 
 def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],

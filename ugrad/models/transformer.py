@@ -253,6 +253,25 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
+# What a decoder layer keeps for the backward pass (`ModelConfig.remat`):
+# None keeps everything (no jax.checkpoint); otherwise a jax.checkpoint policy.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _layer_outputs(layer: DecoderLayer, x, rope, mask, remat: str):
+  """A decoder layer's outputs [B, T, D] (no cache), under `remat`."""
+  policy = registry.lookup(REMAT_POLICIES, "remat", remat)
+  if policy is None:
+    return layer(x, rope, mask)[0]
+  forward = nnx.remat(lambda lyr, x, rope, mask: lyr(x, rope, mask)[0],
+                      policy=policy)
+  return forward(layer, x, rope, mask)
+
+
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
   """Positions [B, T] of left-padded rows: cumsum(mask) - 1, 0 on padding."""
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
@@ -292,7 +311,7 @@ class Backbone(nnx.Module):
                   _wide(self.config.dtype))
     x = self.embed_tokens(tokens)
     for layer in self.layers:
-      x, _ = layer(x, rope, mask)
+      x = _layer_outputs(layer, x, rope, mask, self.config.remat)
     return self.norm(x)
 
   def hidden_cached(self, tokens: jax.Array, positions: jax.Array,

@@ -25,6 +25,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ugrad import distributed
 from ugrad import registry
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
@@ -330,11 +331,13 @@ class FrozenPolicySource(OnlineSource):
       pool = concat(parts)
       fields = {k: v for k, v in dataclasses.asdict(pool.rollout).items()
                 if v is not None}
-      os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      tmp = self.path + ".tmp.npz"
-      np.savez(tmp, question_idx=question_idx,
-               made_with=np.asarray(self._made_with()), **fields)
-      os.replace(tmp, self.path)
+      if distributed.is_main():
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp.npz"
+        np.savez(tmp, question_idx=question_idx,
+                 made_with=np.asarray(self._made_with()), **fields)
+        os.replace(tmp, self.path)
+      distributed.sync("frozen_pool")
       logging.info("Sampled and cached the frozen-policy pool at %s",
                    self.path)
     train = self.task.examples("train")

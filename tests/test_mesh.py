@@ -1,0 +1,77 @@
+"""Every mesh shape trains and samples like one device (8 fake CPU devices)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import sharded_step
+from tests import train_util
+from ugrad import models
+from ugrad import registry
+from ugrad import train
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
+METHODS = ["grpo", "ppo"]  # PPO: the critic trains on the mesh too.
+
+
+def _mesh_preset(vocab_size: int) -> models.ModelConfig:
+  """Small, with heads, kv heads and MLP width divisible by tensor=4 and a
+  width divisible by fsdp=8."""
+  return models.ModelConfig(vocab_size=vocab_size, hidden_size=32,
+                            num_layers=1, num_heads=4, num_kv_heads=4,
+                            mlp_size=64)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """(one-device results, 8-device results) by (method, mesh)."""
+  registry.register(models.PRESETS, "model preset", sharded_step.MESH_PRESET,
+                    _mesh_preset, replace=True)
+  root = tmp_path_factory.mktemp("mesh")
+  sft = str(root / "sft")
+  config = train_util.tiny("sft")
+  config.model = sharded_step.MESH_PRESET
+  train.Trainer(config, sft).train()
+  prefix = str(root / "out")
+  one = {}
+  for method in METHODS:
+    path = sharded_step.case_file(prefix + "-one", method, (1, 1, 1))
+    sharded_step.run(sft, str(root / f"one-{method}"), path, method,
+                     (1, 1, 1))
+    one[method] = np.load(path)
+  cases = [f"{m}:{','.join(map(str, mesh))}" for m in METHODS
+           for mesh in MESHES]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.sharded_step", sft, str(root / "eight"),
+       prefix, *cases], env=env, cwd=_REPO, capture_output=True, text=True,
+      timeout=1200, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  eight = {(m, mesh): np.load(sharded_step.case_file(prefix, m, mesh))
+           for m in METHODS for mesh in MESHES}
+  return one, eight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
+def test_mesh_matches_one_device(runs, method, mesh):
+  one, eight = runs
+  a, b = one[method], eight[(method, mesh)]
+  assert int(a["devices"]) == 1 and int(b["devices"]) == 8
+  np.testing.assert_array_equal(a["greedy"], b["greedy"])
+  np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+  # Adam's update is about lr * g / (|g| + eps): for gradients near eps,
+  # reduction-order differences are amplified, so parameters (policy,
+  # optimizer state, critic) are compared to a tenth of the learning rate
+  # per optimizer update (PPO makes several per step).
+  updates = sharded_step.config_for(method, "", mesh).ppo_epochs
+  for key in a.files:
+    if key.startswith("p"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4,
+                                 atol=1e-5 * updates, err_msg=key)
