@@ -13,7 +13,8 @@ override value "{run:<name>}". Each run trains in WORKDIR/<name>/seed_<s>
 through `experiments.main.run`; a run whose eval.json exists is skipped, a
 run with a checkpoint resumes. Then, when the sweep has an "evaluate" part,
 the SFT and every policy run are sampled (pass@k and maj@k, RUN/eval_k.json,
-skipped when present). Then:
+skipped when present). Then it writes the results, and `experiments.report`
+the report and the plots:
 
 * WORKDIR/results.csv: one row per policy run x seed x evaluation step.
 * WORKDIR/report.md: final greedy accuracy per method, mean over seeds with a
@@ -32,11 +33,10 @@ import csv
 import importlib
 import importlib.util
 import json
-import math
 import os
 import re
 import time
-from typing import Any, Optional
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -44,27 +44,21 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from experiments import report
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
 from ugrad import validate
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_CONFIG = "experiments/configs/sft.py"
-SFT_NAME = "sft"
+SFT_NAME = report.SFT_NAME  # the shared warm start's run name
 POLICY, REWARD_MODEL = "policy", "reward_model"
 RESULTS_FILE = "results.csv"
-REPORT_FILE = "report.md"
 SWEEP_FILE = "sweep.json"
 SAMPLED_FILE = "sampled_eval.csv"
-SAMPLED_PLOT = "pass_maj_at_k.png"
 EVAL_K_FILE = "eval_k.json"  # experiments.evaluate.OUTPUT_FILE
-PLOTS = {"accuracy.png": ("greedy_acc", "held-out greedy accuracy"),
-         "response_length.png": ("response_length",
-                                 "mean response length (tokens)")}
-# Means over the training steps since the previous evaluation.
-WINDOW_KEYS = ("response_length", "reward_mean", "accuracy", "kl")
 COLUMNS = ("name", "seed", "step", "greedy_acc", "greedy_acc_lo",
-           "greedy_acc_hi") + WINDOW_KEYS
+           "greedy_acc_hi") + report.WINDOW_KEYS
 SAMPLED_COLUMNS = ("name", "seed", "k", "pass_at_k", "maj_at_k")
 _SWEEP_KEYS = {"runs", "seeds", "shared", "sft", "rl"}
 _OPTIONAL_KEYS = {"rm", "evaluate"}
@@ -378,12 +372,6 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
 # ---------------------------------------------------------------------------
 
 
-def _evaluate_settings(sweep: dict) -> dict:
-  spec = sweep["evaluate"]
-  return {"ks": sorted(spec["k"]), "questions": spec["questions"],
-          "temperature": float(spec.get("temperature", 1.0))}
-
-
 def _check_eval_k(path: str, result: dict, settings: dict, seed: int):
   """Refuses an eval_k.json made with other settings than the sweep's."""
   got = {"ks": result.get("ks"), "questions": result.get("questions"),
@@ -400,7 +388,7 @@ def evaluate_runs(sweep: dict, workdir: str):
 
   The samples of a run are seeded by its seed, so a rerun is identical.
   """
-  settings = _evaluate_settings(sweep)
+  settings = report.evaluate_settings(sweep)
   names = _policy_names(sweep)
   jobs = [(n, s) for n in names for s in sweep["seeds"]]
   for i, (name, seed) in enumerate(jobs, 1):
@@ -434,32 +422,8 @@ def sampled_rows(sweep: dict, workdir: str) -> list[dict]:
   return rows
 
 
-def summarize_sampled(sweep: dict, rows: list[dict]) -> dict:
-  """Per method and k: t-intervals over seeds of pass@k, maj@k, their
-  paired gains over the same seed's SFT, and maj@k's gain minus pass@k's."""
-  value = {(r["name"], r["seed"], r["k"]): r for r in rows}
-  seeds, ks = sweep["seeds"], _evaluate_settings(sweep)["ks"]
-  summary = {}
-  for name in _policy_names(sweep):
-    per_k = {}
-    for k in ks:
-      runs = [value[(name, s, k)] for s in seeds]
-      sfts = [value[(SFT_NAME, s, k)] for s in seeds]
-      gain = {m: [r[m] - b[m] for r, b in zip(runs, sfts)]
-              for m in ("pass_at_k", "maj_at_k")}
-      per_k[k] = {
-          "pass": t_interval([r["pass_at_k"] for r in runs]),
-          "maj": t_interval([r["maj_at_k"] for r in runs]),
-          "pass_gain": t_interval(gain["pass_at_k"]),
-          "maj_gain": t_interval(gain["maj_at_k"]),
-          "maj_minus_pass_gain": t_interval(
-              [m - p for m, p in zip(gain["maj_at_k"], gain["pass_at_k"])])}
-    summary[name] = per_k
-  return summary
-
-
 # ---------------------------------------------------------------------------
-# Results, report and plots.
+# Results: results.csv and sampled_eval.csv (experiments.report reports them).
 # ---------------------------------------------------------------------------
 
 
@@ -494,7 +458,7 @@ def run_rows(directory: str, name: str, seed: int) -> list[dict]:
                     greedy_acc_lo=lo, greedy_acc_hi=hi)
     row = {"name": name, "seed": seed, "step": record["step"]}
     row.update({k: record[k] for k in COLUMNS[3:6]})
-    for key in WINDOW_KEYS:
+    for key in report.WINDOW_KEYS:
       values = [r[key] for r in window if key in r]
       row[key] = float(np.mean(values)) if values else ""
     rows.append(row)
@@ -510,42 +474,25 @@ def _write_csv(path: str, columns, rows: list[dict]):
 
 
 def write_outputs(sweep: dict, workdir: str) -> dict:
-  """Writes results.csv, report.md and the plots (and, for a sweep with
-  "evaluate", sampled_eval.csv and its plot); returns the summary."""
+  """Writes results.csv (and, for a sweep with "evaluate", sampled_eval.csv),
+  then report.md and the plots through `report.write_report`; returns the
+  report's summary."""
   names = _policy_names(sweep)
   rows = []
   for name in names:
     for seed in sweep["seeds"]:
       rows.extend(run_rows(run_dir(workdir, name, seed), name, seed))
   _write_csv(os.path.join(workdir, RESULTS_FILE), COLUMNS, rows)
-  summary = summarize(sweep, workdir)
-  reward = summarize_reward_models(sweep, workdir)
-  sampled = None
+  policy_finals = final_evaluations(sweep, workdir, names)
+  reward_model_finals = final_evaluations(sweep, workdir,
+                                          _reward_model_names(sweep))
+  sampled_table = None
   if "evaluate" in sweep:
     sampled_table = sampled_rows(sweep, workdir)
     _write_csv(os.path.join(workdir, SAMPLED_FILE), SAMPLED_COLUMNS,
                sampled_table)
-    sampled = summarize_sampled(sweep, sampled_table)
-    plot_sampled(sampled, os.path.join(workdir, SAMPLED_PLOT))
-  with open(os.path.join(workdir, REPORT_FILE), "w") as f:
-    f.write(report(sweep, summary, reward, sampled))
-  for filename, (key, label) in PLOTS.items():
-    plot(rows, names, key, label, os.path.join(workdir, filename))
-  return summary
-
-
-def t_interval(values, confidence: float = 0.95
-               ) -> tuple[float, Optional[float], Optional[float]]:
-  """(mean, low, high) of Student's t-interval; bounds None for one value."""
-  # Imported here: scipy (a JAX dependency) is needed only by reports.
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  values = np.asarray(values, dtype=np.float64)
-  mean = float(values.mean())
-  if values.size < 2:
-    return mean, None, None
-  half = stats.t.ppf((1 + confidence) / 2, values.size - 1) * values.std(
-      ddof=1) / math.sqrt(values.size)
-  return mean, mean - float(half), mean + float(half)
+  return report.write_report(sweep, workdir, rows, policy_finals,
+                             reward_model_finals, sampled_table)
 
 
 def _final(directory: str) -> dict:
@@ -554,199 +501,11 @@ def _final(directory: str) -> dict:
     return json.load(f)["final"]
 
 
-def summarize(sweep: dict, workdir: str) -> dict:
-  """Per policy method: per-seed final accuracies, their t-interval, and the
-  t-interval of the paired gain over the same seed's SFT policy."""
-  seeds = sweep["seeds"]
-
-  def accuracies(name):
-    return [_final(run_dir(workdir, name, s))["greedy_acc"] for s in seeds]
-
-  sft = accuracies(SFT_NAME)
-  summary = {}
-  for name in _policy_names(sweep):
-    accs = accuracies(name)
-    gains = [a - b for a, b in zip(accs, sft)]
-    summary[name] = {"seeds": seeds, "acc": accs,
-                     "acc_ci": t_interval(accs), "gain_ci": t_interval(gains)}
-  return summary
-
-
-def _held_out_metric(key: str) -> bool:
-  """Accuracies and AUCs of a reward model's held-out evaluation (not the
-  training batch's train_acc)."""
-  return key.endswith(("_acc", "_auc")) and not key.startswith("train_")
-
-
-def summarize_reward_models(sweep: dict, workdir: str) -> dict:
-  """Per reward-model run: metric -> (per-seed values, t-interval) for each
-  held-out *_acc and *_auc of its final evaluation."""
-  summary = {}
-  for name in _reward_model_names(sweep):
-    finals = [_final(run_dir(workdir, name, s)) for s in sweep["seeds"]]
-    keys = [k for k in finals[0] if _held_out_metric(k)]
-    summary[name] = {}
-    for key in keys:
-      values = [float(f[key]) for f in finals]
-      summary[name][key] = {"values": values, "ci": t_interval(values)}
-  return summary
-
-
-def _pct(mean, lo=None, hi=None) -> str:
-  if lo is None:
-    return f"{100 * mean:.1f}"
-  return f"{100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def _label(name: str) -> str:
-  return "SFT (no RL)" if name == SFT_NAME else name
-
-
-def report(sweep: dict, summary: dict, reward: Optional[dict] = None,
-           sampled: Optional[dict] = None) -> str:
-  """The markdown report: greedy accuracy per policy method (the SFT
-  baseline first); then the reward models and the sampled evaluation, when
-  the sweep has them."""
-  n = len(sweep["seeds"])
-  lines = [
-      "# Sweep report", "",
-      f"Final held-out greedy accuracy (%), mean over {n} seed(s) "
-      f"{sweep['seeds']}. Brackets: 95% Student t-interval over seeds "
-      "(t quantile with n-1 degrees of freedom; none with one seed). "
-      "Gain: the paired difference from the same seed's SFT policy, which "
-      "every RL run starts from.", "",
-      "| method | accuracy | gain over SFT | per seed |",
-      "|---|---|---|---|"]
-  for name, s in summary.items():
-    gain = "(baseline)" if name == SFT_NAME else _pct(*s["gain_ci"])
-    per_seed = ", ".join(f"{100 * a:.1f}" for a in s["acc"])
-    lines.append(f"| {_label(name)} | {_pct(*s['acc_ci'])} | {gain} | "
-                 f"{per_seed} |")
-  if reward:
-    lines += ["", *_reward_model_table(reward)]
-  if sampled:
-    lines += ["", *_sampled_table(sweep, sampled)]
-  return "\n".join(lines) + "\n"
-
-
-def _reward_model_table(reward: dict) -> list[str]:
-  lines = [
-      "## Reward models", "",
-      "Held-out metrics (%) of each reward model's final evaluation, on "
-      "samples of its seed's SFT policy: orm_* score the last token against "
-      "the rule reward; step_* score each step against the true step "
-      "labels; solution_* score the lowest step score against the rule "
-      "reward. Mean over seeds, 95% t-interval in brackets.", "",
-      "| reward model | metric | mean | per seed |", "|---|---|---|---|"]
-  for name, metrics in reward.items():
-    for key, s in metrics.items():
-      per_seed = ", ".join(f"{100 * v:.1f}" for v in s["values"])
-      lines.append(f"| {name} | {key} | {_pct(*s['ci'])} | {per_seed} |")
-  return lines
-
-
-def _sampled_table(sweep: dict, sampled: dict) -> list[str]:
-  settings = _evaluate_settings(sweep)
-  lines = [
-      "## Sampled evaluation: pass@k and maj@k", "",
-      f"pass@k and maj@k (%) on the first {settings['questions']} held-out "
-      f"questions, {max(settings['ks'])} samples per question at temperature "
-      f"{settings['temperature']:g}, seeded by the run's seed. Mean over "
-      "seeds, 95% t-interval in brackets; gains are paired with the same "
-      "seed's SFT policy. The last column is the maj@k gain minus the pass@k "
-      "gain: positive where RL raises maj@k more than pass@k.", "",
-      "| method | k | pass@k | maj@k | pass@k gain | maj@k gain | "
-      "maj@k gain - pass@k gain |",
-      "|---|---|---|---|---|---|---|"]
-  for name, per_k in sampled.items():
-    for k, s in per_k.items():
-      if name == SFT_NAME:
-        gains = ["(baseline)"] * 3
-      else:
-        gains = [_pct(*s[g]) for g in ("pass_gain", "maj_gain",
-                                       "maj_minus_pass_gain")]
-      lines.append(f"| {_label(name)} | {k} | {_pct(*s['pass'])} | "
-                   f"{_pct(*s['maj'])} | {' | '.join(gains)} |")
-  return lines
-
-
-def _curve(rows: list[dict], name: str, key: str):
-  """Steps, mean over seeds and t-interval band of one method's `key`."""
-  by_step = {}
-  for row in rows:
-    if row["name"] == name and row[key] != "":
-      by_step.setdefault(row["step"], []).append(row[key])
-  steps = sorted(by_step)
-  return (np.array(steps),) + _bands([t_interval(by_step[s]) for s in steps])
-
-
-def _bands(stats: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Means and band edges of t-intervals; a band of one seed is its mean."""
-  mean = np.array([m for m, _, _ in stats])
-  lo = np.array([m if l is None else l for m, l, _ in stats])
-  hi = np.array([m if h is None else h for m, _, h in stats])
-  return mean, lo, hi
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def plot(rows: list[dict], names: list[str], key: str, label: str,
-         path: str):
-  """One line per method (mean over seeds) with its 95% band; the SFT run
-  is a horizontal line (for response length: its gold training data)."""
-  plt = _pyplot()
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name in names:
-    steps, mean, lo, hi = _curve(rows, name, key)
-    if not steps.size:
-      continue
-    if name == SFT_NAME:
-      sft_label = ("SFT data (gold solutions)" if key in WINDOW_KEYS
-                   else "SFT (no RL)")
-      ax.axhline(mean[-1], color="black", linestyle="--", label=sft_label)
-      ax.axhspan(lo[-1], hi[-1], color="black", alpha=0.08)
-      continue
-    (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=name)
-    ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-  ax.set_xlabel("RL step")
-  ax.set_ylabel(label)
-  ax.set_title(f"{label}: mean over seeds, 95% t-interval band")
-  ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def plot_sampled(sampled: dict, path: str):
-  """maj@k (solid) and pass@k (dashed) against k on a log2 axis, one colour
-  per method, mean over seeds with a 95% t-interval band."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, (name, per_k) in enumerate(sampled.items()):
-    ks = np.array(sorted(per_k))
-    color = "black" if name == SFT_NAME else f"C{i}"
-    for metric, style in (("maj", "-"), ("pass", "--")):
-      mean, lo, hi = _bands([per_k[k][metric] for k in ks])
-      ax.plot(ks, mean, linestyle=style, marker="o", markersize=3,
-              color=color, label=f"{_label(name)} {metric}@k")
-      ax.fill_between(ks, lo, hi, color=color, alpha=0.12)
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(ks, [str(k) for k in ks])
-  ax.set_xlabel("k (samples per question)")
-  ax.set_ylabel("held-out accuracy")
-  ax.set_title("maj@k (solid) and pass@k (dashed): mean over seeds, 95% "
-               "t-interval band", fontsize="medium")
-  ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+def final_evaluations(sweep: dict, workdir: str,
+                      names: list[str]) -> dict[str, list[dict]]:
+  """Run name -> the final evaluation of each of its seeds, in order."""
+  return {name: [_final(run_dir(workdir, name, s)) for s in sweep["seeds"]]
+          for name in names}
 
 
 # ---------------------------------------------------------------------------
@@ -790,7 +549,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile, _FLAGS.smoke)
-  with open(os.path.join(_FLAGS.workdir, REPORT_FILE)) as f:
+  with open(os.path.join(_FLAGS.workdir, report.REPORT_FILE)) as f:
     print(f.read(), flush=True)
 
 

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from experiments import report as report_lib
 from experiments import sweep as sweep_lib
 from experiments import sweeps
 
@@ -71,7 +72,7 @@ def _rows(workdir, filename=sweep_lib.RESULTS_FILE):
 
 def _report_tables(workdir):
   """The report's tables: lists of rows, each a list of cells."""
-  with open(os.path.join(workdir, sweep_lib.REPORT_FILE)) as f:
+  with open(os.path.join(workdir, report_lib.REPORT_FILE)) as f:
     lines = f.read().splitlines()
   tables, current = [], None
   for line in lines:
@@ -110,7 +111,7 @@ def _check_accuracy_outputs(workdir, jobs, policy):
   table = _report_tables(workdir)[0]
   assert table[0][:3] == ["method", "accuracy", "gain over SFT"]
   assert [r[0] for r in table[1:]] == ["SFT (no RL)"] + policy[1:]
-  for filename in sweep_lib.PLOTS:
+  for filename in report_lib.PLOTS:
     with open(os.path.join(workdir, filename), "rb") as f:
       assert f.read(8) == PNG
 
@@ -159,10 +160,10 @@ def _check_sampled_outputs(workdir, sweep, policy):
       assert (result["ks"], result["seed"]) == (ks, seed)
   (table,) = [t for t in tables if t[0][:2] == ["method", "k"]]
   assert table[0][2:5] == ["pass@k", "maj@k", "pass@k gain"]
-  labels = ["SFT (no RL)" if n == sweep_lib.SFT_NAME else n for n in policy]
+  labels = ["SFT (no RL)" if n == report_lib.SFT_NAME else n for n in policy]
   assert [(r[0], r[1]) for r in table[1:]] == [
       (label, str(k)) for label in labels for k in ks]
-  with open(os.path.join(workdir, sweep_lib.SAMPLED_PLOT), "rb") as f:
+  with open(os.path.join(workdir, report_lib.SAMPLED_PLOT), "rb") as f:
     assert f.read(8) == PNG
 
 
@@ -381,12 +382,3 @@ def test_malformed_sweep_is_refused(tmp_path):
   path.write_text("def get_sweep(profile):\n  return {'runs': []}\n")
   with pytest.raises(ValueError, match="must return a dict with keys"):
     sweep_lib.load_sweep(str(path))
-
-
-def test_t_interval():
-  mean, lo, hi = sweep_lib.t_interval([1.0, 2.0, 3.0])
-  # t(0.975, 2) = 4.302653, standard error 1 / sqrt(3).
-  assert mean == 2.0
-  assert hi - mean == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
-  assert mean - lo == pytest.approx(hi - mean)
-  assert sweep_lib.t_interval([0.5]) == (0.5, None, None)
