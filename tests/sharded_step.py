@@ -49,7 +49,8 @@ def run(sft_dir: str, workdir: str, out: str, method: str,
   greedy = greedy_tokens(trainer)
   metrics = trainer.train()
   leaves = jax.tree.leaves(jax.device_get(trainer.state))
-  np.savez(out, loss=metrics["loss"], devices=jax.device_count(),
+  np.savez(out, loss=metrics["loss"], grad_norm=metrics["grad_norm"],
+           devices=jax.device_count(),
            greedy=greedy,
            **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)})
 

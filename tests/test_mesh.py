@@ -66,12 +66,14 @@ def test_mesh_matches_one_device(runs, method, mesh):
   assert int(a["devices"]) == 1 and int(b["devices"]) == 8
   np.testing.assert_array_equal(a["greedy"], b["greedy"])
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
   # Adam's update is about lr * g / (|g| + eps): for gradients near eps,
-  # reduction-order differences are amplified, so parameters (policy,
-  # optimizer state, critic) are compared to a tenth of the learning rate
-  # per optimizer update (PPO makes several per step).
-  updates = sharded_step.config_for(method, "", mesh).ppo_epochs
+  # reduction-order differences are amplified up to the learning rate, so
+  # parameters (policy, optimizer state, PPO's critic) are compared to half
+  # the learning rate per optimizer update (PPO makes two per step).
+  config = sharded_step.config_for(method, "", mesh)
+  atol = 0.5 * config.optim.lr * config.ppo_epochs * config.minibatches
   for key in a.files:
     if key.startswith("p"):
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-4,
-                                 atol=1e-5 * updates, err_msg=key)
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=atol,
+                                 err_msg=key)

@@ -34,7 +34,9 @@ Orbax does not checksum array data: a flipped byte inside an array file that
 keeps the file length restores silently with a wrong value. Only missing or
 truncated data is detected.
 
-File moves assume one process manages the directory (a single host).
+In a multi-process run every process saves and restores together (Orbax
+coordinates them); only process 0 moves bad checkpoints aside, and the
+others wait for it.
 """
 
 import json
@@ -44,6 +46,8 @@ from typing import Any, Mapping, Optional
 from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ugrad import distributed
 
 # Orbax names an unfinished step directory `<step>` + this marker (checked
 # against orbax-checkpoint 0.12.8, whose atomic-rename mode is used on local
@@ -152,6 +156,7 @@ class Checkpointer:
     """
     self._manager.wait_until_finished()
     self._quarantine_unfinished()
+    distributed.sync("checkpoint_quarantine")
     failures = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
@@ -236,9 +241,12 @@ class Checkpointer:
       self._move_aside(str(step), f"checkpoint step {step}, which could not "
                        "be read back while an older one could")
     if failures:
+      distributed.sync("checkpoint_quarantine_failed")
       self._manager.reload()
 
   def _move_aside(self, name: str, what: str):
+    if not distributed.is_main():
+      return
     target_dir = os.path.join(self.directory, CORRUPT_DIR)
     os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, name)

@@ -249,7 +249,10 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
     raise ValueError(
         f"prompt_tokens {prompt_tokens.shape} and prompt_mask "
         f"{prompt_mask.shape} must both be [B, P]")
-  if not isinstance(prompt_mask, jax.core.Tracer):
+  # Checked where the mask is concrete and whole on this host (a multi-host
+  # global array was checked on the host before it was placed).
+  if (not isinstance(prompt_mask, jax.core.Tracer) and
+      getattr(prompt_mask, "is_fully_addressable", True)):
     last = np.asarray(prompt_mask)[:, -1]
     if not np.all(last > 0):
       bad = np.flatnonzero(last <= 0).tolist()
