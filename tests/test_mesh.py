@@ -15,7 +15,10 @@ from ugrad import train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
-METHODS = ["grpo", "ppo"]  # PPO: the critic trains on the mesh too.
+# SFT: a dataset batch with a real gradient at step 1 (GRPO's is zero there:
+# a barely trained policy gets no reward). PPO: sampling on the mesh, and
+# its critic trains on the mesh too.
+METHODS = ["sft", "ppo"]
 
 
 def _mesh_preset(vocab_size: int) -> models.ModelConfig:
@@ -66,7 +69,8 @@ def test_mesh_matches_one_device(runs, method, mesh):
   assert int(a["devices"]) == 1 and int(b["devices"]) == 8
   np.testing.assert_array_equal(a["greedy"], b["greedy"])
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
+  np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4,
+                             atol=1e-7)
   # Adam's update is about lr * g / (|g| + eps): for gradients near eps,
   # reduction-order differences are amplified up to the learning rate, so
   # parameters (policy, optimizer state, PPO's critic) are compared to half
