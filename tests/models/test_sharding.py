@@ -100,6 +100,7 @@ def eight_devices():
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rules", ["data_parallel", "fsdp"])
 def test_sharded_matches_unsharded(eight_devices, rules):
   result = eight_devices[rules]
@@ -107,6 +108,8 @@ def test_sharded_matches_unsharded(eight_devices, rules):
   assert result["grads"] < 1e-5
 
 
+# Slow for its fixture: the eight-device subprocess run.
+@pytest.mark.slow
 def test_fsdp_shards_every_matrix_and_data_parallel_replicates(eight_devices):
   for name, (shape, shard) in eight_devices["fsdp"]["shards"].items():
     if name.endswith("bias"):  # [heads]-only vectors have no embed axis.
