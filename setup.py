@@ -35,5 +35,12 @@ setuptools.setup(
             "torch>=2.2",
             "transformers>=4.45",
         ],
+        # Formatter, linter and git hooks: pyproject.toml and
+        # .pre-commit-config.yaml hold their settings.
+        "dev": [
+            "pyink>=24.10",
+            "pylint>=3.0",
+            "pre-commit>=3.0",
+        ],
     },
 )

@@ -15,6 +15,9 @@ from ugrad import runs
 from ugrad import train
 from ugrad import validate
 
+# Every test here needs the module's SFT and ORM runs (~1-2 min together).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):

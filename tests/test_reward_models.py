@@ -125,6 +125,7 @@ def _rows(workdir):
   return metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
+@pytest.mark.slow
 def test_orm_trains_saves_scores_and_resumes(sft_dir, tmp_path):
   config = _tiny_rm(orm_config, sft_dir)
   result = train.train_reward_model(config, str(tmp_path))
@@ -144,6 +145,7 @@ def test_orm_trains_saves_scores_and_resumes(sft_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed.state["params"], saved)
 
 
+@pytest.mark.slow
 def test_prm_trains_and_drives_process_grpo(sft_dir, tmp_path):
   prm_dir = str(tmp_path / "prm")
   train.train_reward_model(_tiny_rm(prm_config, sft_dir), prm_dir)
@@ -161,6 +163,8 @@ def test_prm_trains_and_drives_process_grpo(sft_dir, tmp_path):
   assert all(math.isfinite(r["loss"]) for r in rl_rows)
 
 
+# Slow for its fixture (the module's SFT run).
+@pytest.mark.slow
 def test_bad_settings_are_refused(sft_dir, tmp_path):
   config = _tiny_rm(prm_config, sft_dir)
   config.rm.label = "fuzzy"
@@ -189,6 +193,7 @@ def _continued(base: str, sft_dir: str, replay: float):
   return config
 
 
+@pytest.mark.slow
 def test_continued_reward_model_starts_from_the_saved_one_and_replays(
     base_orm, sft_dir, tmp_path):
   config = _continued(base_orm, sft_dir, replay=0.5)
@@ -219,6 +224,8 @@ def test_continued_reward_model_starts_from_the_saved_one_and_replays(
       base_orm, ""]
 
 
+# Slow for its fixtures (the module's SFT and ORM runs).
+@pytest.mark.slow
 def test_replay_share_and_bad_continuations(base_orm, sft_dir, tmp_path):
   assert reward_models.replay_rows(128, 0.1) == 14  # 14 / 142 = 9.9%
   assert reward_models.replay_rows(128, 0.0) == 0

@@ -66,6 +66,7 @@ def _sample(model, tokens, mask, config, seed=0):
                          config)
 
 
+@pytest.mark.slow
 def test_greedy_equals_repeated_argmax_of_full_forward(model):
   tokens, mask = _prompts([5, 2, 7], 7)
   out = _sample(model, tokens, mask, GREEDY)
@@ -207,6 +208,7 @@ def test_deterministic_given_the_key(model):
   assert not np.array_equal(a.tokens, c.tokens)
 
 
+@pytest.mark.slow
 def test_ragged_prompts_match_each_prompt_alone(model):
   tokens, mask = _prompts([5, 2, 7], 7)
   batch = _sample(model, tokens, mask, GREEDY)

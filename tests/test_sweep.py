@@ -167,6 +167,7 @@ def _check_sampled_outputs(workdir, sweep, policy):
     assert f.read(8) == PNG
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SWEEPS)
 def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
   workdir = smoke_workdir(path)
@@ -181,6 +182,7 @@ def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
   _check_sampled_outputs(workdir, sweep, policy)
 
 
+@pytest.mark.slow
 def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
   workdir = smoke_workdir(FIGURE5)
   names = [run["name"] for run in sweep_lib.load_sweep(FIGURE5)["runs"]]
@@ -198,6 +200,7 @@ def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
       assert json.load(f)["trainer"] == sweep_lib.REWARD_MODEL
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
     smoke_workdir):
   smoke_dir = smoke_workdir(FOLLOWUPS)
@@ -224,6 +227,8 @@ def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
   assert _rows(smoke_dir) == rows
 
 
+# Slow for its fixture (a smoke sweep).
+@pytest.mark.slow
 def test_sampled_evaluation_is_skipped_when_done_and_checked(smoke_workdir):
   workdir = smoke_workdir(FIGURE7)
   sampled = _rows(workdir, sweep_lib.SAMPLED_FILE)
@@ -246,6 +251,8 @@ def test_sampled_evaluation_is_skipped_when_done_and_checked(smoke_workdir):
       json.dump(result, f)
 
 
+# Slow for its fixture (a smoke sweep).
+@pytest.mark.slow
 def test_workdir_of_another_profile_is_refused(smoke_workdir):
   with pytest.raises(ValueError, match="use another workdir"):
     sweep_lib.run_sweep(FOLLOWUPS, smoke_workdir(FOLLOWUPS), profile="quick",

@@ -38,6 +38,7 @@ def _metrics(workdir):
           for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", train_util.CONFIGS)
 def test_every_config_runs(name, sft_dir, tmp_path):
   config = train_util.tiny(name, init_from=sft_dir if name != "sft" else "")
@@ -50,6 +51,7 @@ def test_every_config_runs(name, sft_dir, tmp_path):
   assert os.path.isdir(tmp_path / runs.POLICY_DIR)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_continues(sft_dir, tmp_path):
   full = train_util.tiny("grpo", steps=3, init_from=sft_dir)
   train.Trainer(full, str(tmp_path / "a")).train()
@@ -65,6 +67,8 @@ def test_same_seed_same_metrics_and_resume_continues(sft_dir, tmp_path):
   assert gradlog.verify(str(tmp_path / "c" / "gradient_log.jsonl")).ok
 
 
+# Slow for its fixture (the module's SFT run).
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):
   config = train_util.tiny("online_rft", steps=4, init_from=sft_dir)
   trainer = train.Trainer(config, str(tmp_path))
@@ -129,6 +133,7 @@ def _main_command(workdir, sft_dir, steps):
           "--config.eval_questions=8", "--config.quiet=True"]
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_identical_metrics(sft_dir, tmp_path):
   steps = 10
   subprocess.run(_main_command(tmp_path / "full", sft_dir, steps), check=True,
@@ -163,6 +168,7 @@ def test_sigkilled_run_resumes_to_identical_metrics(sft_dir, tmp_path):
   assert result.returncode == 0 and result.stdout.startswith("OK")
 
 
+@pytest.mark.slow
 def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
   graphdef, params, _ = runs.load_policy(sft_dir)
   model_config = nnx.merge(graphdef, params).config
@@ -187,6 +193,7 @@ def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
     validate.check_config(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["grpo", "dapo"])
 def test_micro_batches_accumulate_to_the_full_batch_update(name, sft_dir,
                                                            tmp_path):
@@ -203,6 +210,7 @@ def test_micro_batches_accumulate_to_the_full_batch_update(name, sft_dir,
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rl_from_a_hugging_face_checkpoint_on_jsonl_data(tmp_path):
   rows = [{"question": f"What is {a} plus {b}?",
            "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
@@ -227,6 +235,7 @@ def test_rl_from_a_hugging_face_checkpoint_on_jsonl_data(tmp_path):
   assert 0.0 <= trainer.evaluate()["greedy_acc"] <= 1.0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_with_float32_parameters(sft_dir, tmp_path):
   config = train_util.tiny("grpo", init_from=sft_dir)
   config.compute_dtype = "bfloat16"
@@ -240,6 +249,7 @@ def test_bfloat16_compute_with_float32_parameters(sft_dir, tmp_path):
   assert all(x.dtype == np.float32 for x in leaves)
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir,
                                                            tmp_path):
   config = train_util.tiny("grpo", init_from=sft_dir)

@@ -162,9 +162,9 @@ def test_load_puts_each_tensor_with_its_sharding(hf_model):
   _, path = hf_model
   single, _ = hf.from_pretrained(path)
   want = dict(nnx.to_flat_state(nnx.state(single, nnx.Param)))
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  mesh = sharding.make_mesh(sharding.mesh_shape({"fsdp": -1}))
   shardings = sharding.param_shardings(nnx.state(single, nnx.Param), mesh,
-                                       sharding.FSDP_RULES)
+                                       sharding.RULES)
   placed = list(nnx.to_flat_state(shardings))
   sharded, _ = hf.from_pretrained(path, shardings=shardings)
   got = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))

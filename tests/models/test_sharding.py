@@ -10,33 +10,61 @@ import textwrap
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from ugrad.models import model_config
 from ugrad.models import sharding
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_logical_to_spec_rules():
-  sizes = {"data": 8}
+  sizes = {"fsdp": 8, "tensor": 4}
   spec = sharding.logical_to_spec
-  assert spec(("embed", "mlp"), (64, 128), sizes, sharding.FSDP_RULES) == P(
-      "data", None)
+  rules = sharding.RULES
+  assert spec(("embed", "mlp"), (64, 128), sizes, rules) == P("fsdp",
+                                                              "tensor")
   assert spec(("mlp", "embed"), (128, 64), sizes, ()) == P(None, None)
   # 20 does not divide over 8 devices: replicated, not an error.
-  assert spec(("embed",), (20,), sizes, sharding.FSDP_RULES) == P(None)
+  assert spec(("embed",), (20,), sizes, rules) == P(None)
+  assert spec(("vocab", "embed"), (22, 64), sizes, rules) == P(None, "fsdp")
   # A mesh axis shards one dimension at most; a later rule is a fallback.
-  rules = (("embed", "data"), ("mlp", "data"), ("mlp", None))
-  assert spec(("mlp", "embed"), (128, 64), sizes, rules) == P("data", None)
-  assert spec(("embed", "mlp"), (20, 128), sizes, rules) == P(None, "data")
-  with pytest.raises(ValueError, match="mesh axes: data"):
+  fallback = (("embed", "fsdp"), ("mlp", "fsdp"), ("mlp", None))
+  assert spec(("mlp", "embed"), (128, 64), sizes, fallback) == P("fsdp",
+                                                                 None)
+  assert spec(("embed", "mlp"), (20, 128), sizes, fallback) == P(None,
+                                                                 "fsdp")
+  with pytest.raises(ValueError, match="mesh axes: fsdp, tensor"):
     spec(("embed",), (64,), sizes, (("embed", "model"),))
   with pytest.raises(ValueError, match="do not match shape"):
     spec(("embed",), (64, 2), sizes, ())
 
 
-def test_unknown_rules_name():
-  assert sharding.get_rules("fsdp") == sharding.FSDP_RULES
-  with pytest.raises(ValueError, match="valid: data_parallel, fsdp"):
-    sharding.get_rules("tensor")
+def test_mesh_shape_fills_the_devices_or_says_why():
+  assert sharding.mesh_shape({"data": -1}, 8) == dict(
+      dcn_data=1, data=8, fsdp=1, tensor=1)
+  assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == dict(
+      dcn_data=1, data=2, fsdp=2, tensor=2)
+  with pytest.raises(ValueError, match="has 4 devices but there are 8"):
+    sharding.mesh_shape({"data": 2, "tensor": 2}, 8)
+  with pytest.raises(ValueError, match="8 is not a multiple of 3"):
+    sharding.mesh_shape({"data": -1, "tensor": 3}, 8)
+  with pytest.raises(ValueError, match="only one mesh axis may be -1"):
+    sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
+  with pytest.raises(ValueError, match="unknown mesh axes.*valid: dcn_data"):
+    sharding.mesh_shape({"model": 2}, 8)
+  with pytest.raises(ValueError, match="must be >= 1 or -1"):
+    sharding.mesh_shape({"data": 0}, 8)
+
+
+def test_a_mesh_that_does_not_divide_the_model_is_refused():
+  cfg = model_config.preset("qwen2_2.9m", 20)  # 4 heads, 2 kv heads.
+  shape = dict(dcn_data=1, data=1, fsdp=2, tensor=2)
+  sharding.check_model(cfg, shape)
+  with pytest.raises(ValueError,
+                     match="tensor=4 does not divide num_kv_heads=2"):
+    sharding.check_model(cfg, dict(shape, tensor=4))
+  with pytest.raises(ValueError, match="fsdp=3 does not divide "
+                     "hidden_size=256"):
+    sharding.check_model(cfg, dict(shape, fsdp=3))
 
 
 _SCRIPT = textwrap.dedent("""
@@ -50,7 +78,7 @@ _SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     cfg = model_config.ModelConfig(vocab_size=20, hidden_size=64,
                                    num_layers=1, num_heads=4,
-                                   num_kv_heads=2, mlp_size=96,
+                                   num_kv_heads=4, mlp_size=96,
                                    qkv_bias=True, tie_embeddings=False)
     graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)),
                                  nnx.Param)
@@ -66,11 +94,14 @@ _SCRIPT = textwrap.dedent("""
       return model(tokens, mask), jax.grad(loss)(params)
 
     ref_logits, ref_grads = jax.jit(fn)(params, tokens, mask)
-    mesh = sharding.data_mesh()
-    batch = jax.NamedSharding(mesh, jax.P("data"))
+    shapes = {"data8": {"data": 8}, "fsdp8": {"fsdp": 8},
+              "2x2x2": {"data": 2, "fsdp": 2, "tensor": 2},
+              "fsdp2_tensor4": {"fsdp": 2, "tensor": 4}}
     out = {}
-    for name, rules in sharding.RULES.items():
-      shardings = sharding.param_shardings(params, mesh, rules)
+    for name, requested in shapes.items():
+      mesh = sharding.make_mesh(sharding.mesh_shape(requested))
+      batch = jax.NamedSharding(mesh, jax.P(sharding.BATCH_AXES))
+      shardings = sharding.param_shardings(params, mesh, sharding.RULES)
       placed = jax.device_put(params, shardings)
       step = jax.jit(fn, in_shardings=(shardings, batch, batch),
                      out_shardings=(batch, shardings))
@@ -100,19 +131,22 @@ def eight_devices():
   return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("rules", ["data_parallel", "fsdp"])
-def test_sharded_matches_unsharded(eight_devices, rules):
-  result = eight_devices[rules]
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", ["data8", "fsdp8", "2x2x2", "fsdp2_tensor4"])
+def test_sharded_matches_unsharded(eight_devices, mesh):
+  result = eight_devices[mesh]
   assert result["logits"] < 1e-5
   assert result["grads"] < 1e-5
 
 
+# Slow for its fixture: the eight-device subprocess run.
+@pytest.mark.slow
 def test_fsdp_shards_every_matrix_and_data_parallel_replicates(eight_devices):
-  for name, (shape, shard) in eight_devices["fsdp"]["shards"].items():
+  for name, (shape, shard) in eight_devices["fsdp8"]["shards"].items():
     if name.endswith("bias"):  # [heads]-only vectors have no embed axis.
       assert shard == shape, name
     else:
       split = [i for i, (a, b) in enumerate(zip(shape, shard)) if a != b]
       assert len(split) == 1 and shard[split[0]] * 8 == shape[split[0]], name
-  for name, (shape, shard) in eight_devices["data_parallel"]["shards"].items():
+  for name, (shape, shard) in eight_devices["data8"]["shards"].items():
     assert shard == shape, name

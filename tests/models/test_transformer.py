@@ -146,6 +146,7 @@ def test_matches_transformers_with_left_padding(overrides):
 # ------------------------------------------------------------ padding
 
 
+@pytest.mark.slow
 def test_left_padding_matches_unpadded_and_never_nans():
   model = tr.Transformer(_config(), rngs=nnx.Rngs(0))
   tokens = _tokens(3, 9)

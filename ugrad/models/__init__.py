@@ -18,3 +18,24 @@ from ugrad.models.transformer import token_logprobs
 from ugrad.models.hf import from_pretrained
 from ugrad.models.hf import save_pretrained
 from ugrad.models.hf_tokenizer import HFTokenizer
+
+__all__ = [
+    "BATCH_AXES",
+    "MESH_AXES",
+    "RULES",
+    "make_mesh",
+    "mesh_shape",
+    "param_shardings",
+    "ModelConfig",
+    "PRESETS",
+    "preset",
+    "KVCache",
+    "REMAT_POLICIES",
+    "ScalarModel",
+    "Transformer",
+    "init_cache",
+    "token_logprobs",
+    "from_pretrained",
+    "save_pretrained",
+    "HFTokenizer",
+]
