@@ -14,14 +14,29 @@ import jax
 import numpy as np
 
 from tests import train_util
+import ugrad
 from ugrad import sampling
 from ugrad import train
 
 MESH_PRESET = "mesh_test"
+LENGTH_REWARD = "length_test"
+
+
+def _length(ctx, batch) -> dict:
+  """A dense reward (a barely trained policy gets no rule reward, so its
+  advantages, and gradients, would be zero)."""
+  del ctx
+  return {"rewards": np.asarray([len(t) / 32 for t in batch.texts],
+                                np.float32)}
+
+
+ugrad.register_reward(LENGTH_REWARD, _length, replace=True)
 
 
 def config_for(method: str, sft_dir: str, mesh: tuple):
   config = train_util.tiny(method, steps=1, init_from=sft_dir)
+  if config.reward == "rule":
+    config.reward = LENGTH_REWARD
   config.sampling.questions = 16
   # Micro-batches accumulate on the mesh too; each holds 8k rows.
   config.minibatches, config.micro_batches = 1, 2
@@ -43,15 +58,27 @@ def greedy_tokens(trainer) -> np.ndarray:
   return out.tokens
 
 
+def first_gradient(trainer) -> list:
+  """The gradient of the step-1 loss numerator (policy parameters), on the
+  run's mesh."""
+  _, rollout = trainer.learner.prepare(0)
+  loss_fn = trainer.learner.loss_fn()
+  grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b)[0]))
+  return jax.tree.leaves(jax.device_get(
+      grad(trainer.state["params"], trainer.device_batch(rollout))))
+
+
 def run(sft_dir: str, workdir: str, out: str, method: str,
         mesh: tuple) -> None:
   trainer = train.Trainer(config_for(method, sft_dir, mesh), workdir)
   greedy = greedy_tokens(trainer)
+  grads = first_gradient(trainer)
   metrics = trainer.train()
   leaves = jax.tree.leaves(jax.device_get(trainer.state))
   np.savez(out, loss=metrics["loss"], grad_norm=metrics["grad_norm"],
            devices=jax.device_count(),
-           greedy=greedy,
+           greedy=greedy, **{f"g{i}": np.asarray(g) for i, g in
+                             enumerate(grads)},
            **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)})
 
 

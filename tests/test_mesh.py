@@ -15,9 +15,9 @@ from ugrad import train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
-# SFT: a dataset batch with a real gradient at step 1 (GRPO's is zero there:
-# a barely trained policy gets no reward). PPO: sampling on the mesh, and
-# its critic trains on the mesh too.
+# SFT: a dataset batch. PPO (with a dense length reward, see sharded_step):
+# sampling on the mesh, advantages from its critic, which trains on the mesh
+# too.
 METHODS = ["sft", "ppo"]
 
 
@@ -71,12 +71,19 @@ def test_mesh_matches_one_device(runs, method, mesh):
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4,
                              atol=1e-7)
-  # Adam's update is about lr * g / (|g| + eps): for gradients near eps,
-  # reduction-order differences are amplified up to the learning rate, so
-  # parameters (policy, optimizer state, PPO's critic) are compared to half
-  # the learning rate per optimizer update (PPO makes two per step).
+  grads = [key for key in a.files if key.startswith("g") and key[1:].isdigit()]
+  assert grads
+  scale = max(np.abs(a[key]).max() for key in grads)
+  for key in grads:
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5 * scale,
+                               err_msg=key)
+  # After the step's Adam updates, a sanity bound only: Adam moves each
+  # parameter by up to about lr per update whatever the gradient's size, so
+  # reduction-order noise in near-zero gradients can move a parameter of
+  # one run by up to 2 lr per update against the other (PPO: two updates,
+  # and its critic).
   config = sharded_step.config_for(method, "", mesh)
-  atol = 0.5 * config.optim.lr * config.ppo_epochs * config.minibatches
+  atol = 2 * config.optim.lr * config.ppo_epochs * config.minibatches
   for key in a.files:
     if key.startswith("p"):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=atol,

@@ -16,14 +16,16 @@ import pytest
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import runs
-from ugrad import train
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 
 
 def _flags(workdir):
-  return ["--config=experiments/configs/grpo.py", f"--workdir={workdir}",
+  # The example method: its reward (rule minus a length cost) is dense, so
+  # every step has a real gradient even though the tiny policy is never
+  # right, and a method registered from outside the package runs too.
+  return ["--config=examples/custom_method/config.py", f"--workdir={workdir}",
           "--config.model=tiny", f"--config.steps={STEPS}",
           "--config.quiet=True", "--config.sampling.questions=4",
           "--config.sampling.group_size=4",
@@ -73,9 +75,10 @@ def _tail(log_dir):
   return "\n---\n".join(out)
 
 
-def _no_time(rows):
-  return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS}
-          for r in rows]
+# Continuous metrics (fractions such as gc_pos_frac jump when a coefficient
+# near 0 changes sign at rounding level).
+COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std",
+            "response_length", "gc_mean", "gc_std")
 
 
 @pytest.mark.slow
@@ -105,10 +108,10 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   got = metrics_lib.read_metrics(os.path.join(work, "metrics.jsonl"))
   want = metrics_lib.read_metrics(os.path.join(ref, "metrics.jsonl"))
   assert [r["step"] for r in got] == list(range(1, STEPS + 1))
-  for a, b in zip(_no_time(got), _no_time(want)):
+  for a, b in zip(got, want):
     assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-5,
+    for key in COMPARED:
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-6,
                                  err_msg=f"step {a['step']} {key}")
   assert gradlog.verify(os.path.join(work, "gradient_log.jsonl")).ok
   with open(os.path.join(work, runs.EVAL_FILE)) as f:
@@ -116,7 +119,8 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   _, multi_params = runs.load_model(work)
   _, ref_params = runs.load_model(ref)
   for a, b in zip(jax.tree.leaves(multi_params), jax.tree.leaves(ref_params)):
-    # Adam amplifies reduction-order differences of tiny gradients: a
-    # tenth of the learning rate per step.
+    # A sanity bound: Adam moves a parameter by up to about lr per step
+    # whatever its gradient's size, so reduction-order noise in near-zero
+    # gradients can differ by up to 2 lr per step.
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
-                               atol=1e-5 * STEPS)
+                               atol=2 * 1e-4 * STEPS)

@@ -13,6 +13,7 @@ import pytest
 
 from experiments import report as report_lib
 from experiments import sweep as sweep_lib
+from experiments import sweep_file
 from experiments import sweeps
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ def smoke_workdir(tmp_path_factory):
     if path not in done:
       workdir = str(tmp_path_factory.mktemp(
           os.path.splitext(os.path.basename(path))[0]))
-      jobs = sweep_lib.plan(sweep_lib.load_sweep(path, smoke=True), workdir)
+      jobs = sweep_lib.plan(sweep_file.load_sweep(path, smoke=True), workdir)
       for name, seed, config in jobs:
         source = trained.get(_job_key(config, workdir))
         if source:
@@ -171,7 +172,7 @@ def _check_sampled_outputs(workdir, sweep, policy):
 @pytest.mark.parametrize("path", SWEEPS)
 def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
   workdir = smoke_workdir(path)
-  sweep = sweep_lib.load_sweep(path, smoke=True)
+  sweep = sweep_file.load_sweep(path, smoke=True)
   jobs = sweep_lib.plan(sweep, workdir)
   trainers = sweep_lib.run_trainers(sweep)
   policy = [n for n, t in trainers.items() if t == sweep_lib.POLICY]
@@ -185,7 +186,7 @@ def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
 @pytest.mark.slow
 def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
   workdir = smoke_workdir(FIGURE5)
-  names = [run["name"] for run in sweep_lib.load_sweep(FIGURE5)["runs"]]
+  names = [run["name"] for run in sweep_file.load_sweep(FIGURE5)["runs"]]
   # The rule-reward rows keep their names and order: old workdirs reuse.
   assert names[:6] == ["rft", "online_rft", "dpo", "ppo", "grpo",
                        "grpo_process"]
@@ -264,7 +265,7 @@ def test_workdir_of_another_profile_is_refused(smoke_workdir):
                                            ("quick", True)])
 def test_every_sweep_config_builds_and_validates(path, profile, smoke,
                                                  tmp_path):
-  sweep = sweep_lib.load_sweep(path, profile, smoke)
+  sweep = sweep_file.load_sweep(path, profile, smoke)
   jobs = sweep_lib.plan(sweep, str(tmp_path))
   seeds = sweep["seeds"]
   assert len(seeds) == (1 if smoke else len(sweeps.profile_settings(
@@ -288,7 +289,7 @@ def test_every_sweep_config_builds_and_validates(path, profile, smoke,
 
 
 def test_run_references_resolve_per_seed(tmp_path):
-  sweep = sweep_lib.load_sweep(FIGURE5, "quick")
+  sweep = sweep_file.load_sweep(FIGURE5, "quick")
   jobs = sweep_lib.plan(sweep, str(tmp_path))
   configs = {(name, seed): config for name, seed, config in jobs}
   for seed in sweep["seeds"]:
@@ -337,7 +338,7 @@ def test_reference_to_a_later_or_unknown_run_fails_before_training(
     runs, match, tmp_path):
   path = _write_sweep(tmp_path, runs)
   with pytest.raises(ValueError, match=match):
-    sweep_lib.load_sweep(path)
+    sweep_file.load_sweep(path)
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=match):
     sweep_lib.run_sweep(path, str(workdir), smoke=True)
@@ -357,12 +358,12 @@ def test_reference_to_a_later_or_unknown_run_fails_before_training(
 def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
   path = _write_sweep(tmp_path, [_run("grpo", "grpo")], **parts)
   with pytest.raises(ValueError, match=match):
-    sweep_lib.load_sweep(path)
+    sweep_file.load_sweep(path)
 
 
 def test_unknown_profile_lists_valid_ones():
   with pytest.raises(ValueError, match="quick, full"):
-    sweep_lib.load_sweep(FOLLOWUPS, "fast")
+    sweep_file.load_sweep(FOLLOWUPS, "fast")
 
 
 def test_bad_override_key_fails_before_training(tmp_path):
@@ -375,12 +376,12 @@ def test_bad_override_key_fails_before_training(tmp_path):
 
 
 def test_override_errors_name_the_field():
-  config = sweep_lib.load_config("experiments/configs/grpo.py")
+  config = sweep_file.load_config("experiments/configs/grpo.py")
   with pytest.raises(ValueError, match="'sampling.questions.x' is not"):
-    sweep_lib.apply_overrides(config, {"sampling.questions.x": 1}, "here")
+    sweep_file.apply_overrides(config, {"sampling.questions.x": 1}, "here")
   with pytest.raises(ValueError, match="here: override steps='ten'"):
-    sweep_lib.apply_overrides(config, {"steps": "ten"}, "here")
-  sweep_lib.apply_overrides(config, {"coef.beta": 0.0, "steps": 7}, "here")
+    sweep_file.apply_overrides(config, {"steps": "ten"}, "here")
+  sweep_file.apply_overrides(config, {"coef.beta": 0.0, "steps": 7}, "here")
   assert (config.coef.beta, config.steps) == (0.0, 7)
 
 
@@ -388,4 +389,4 @@ def test_malformed_sweep_is_refused(tmp_path):
   path = tmp_path / "bad.py"
   path.write_text("def get_sweep(profile):\n  return {'runs': []}\n")
   with pytest.raises(ValueError, match="must return a dict with keys"):
-    sweep_lib.load_sweep(str(path))
+    sweep_file.load_sweep(str(path))

@@ -1,0 +1,211 @@
+"""Sweep files: reading, checking and shrinking them, and the configs they name.
+
+A sweep file (see `experiments/sweeps/__init__.py`) is a Python module whose
+`get_sweep(profile)` returns a dict: runs (name, config, overrides), seeds,
+and the override dicts `shared`, `sft`, `rl` (and optionally `rm`,
+`evaluate`). Everything here is checked before any training starts, and each
+error names the sweep file and the entry.
+"""
+
+import importlib
+import importlib.util
+import os
+import re
+from typing import Any
+
+import ml_collections
+
+from experiments import report
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SFT_NAME = report.SFT_NAME
+_SWEEP_KEYS = {"runs", "seeds", "shared", "sft", "rl"}
+_OPTIONAL_KEYS = {"rm", "evaluate"}
+_PARTS = ("shared", "sft", "rl", "rm")  # override dicts
+_RUN_KEYS = {"name", "config", "overrides"}
+_EVALUATE_KEYS = {"k", "questions", "temperature"}
+# "{run:orm}" in an override value: that seed's run directory of run "orm".
+REFERENCE = re.compile(r"\{run:([^{}]*)\}")
+
+# --smoke: seconds per run on a CPU, one seed; applied after the profile.
+SMOKE = {
+    "shared": {"model": "tiny", "sampling.questions": 4,
+               "sampling.group_size": 4, "sampling.pool_questions": 8,
+               "warm_start.steps": 2, "eval_questions": 8, "quiet": True},
+    "sft": {"steps": 2, "batch_size": 16},
+    "rl": {"steps": 2, "eval_every": 1, "checkpoint_every": 1},
+    "rm": {"steps": 2, "eval_every": 1, "checkpoint_every": 1,
+           "rm.eval_questions": 4, "rm.rollouts": 2, "rm.prefix_batch": 8},
+}
+# Merged into a sweep's "evaluate" part, when it has one.
+SMOKE_EVALUATE = {"k": [1, 2, 4], "questions": 4}
+
+# ---------------------------------------------------------------------------
+# Loading sweeps and configs.
+# ---------------------------------------------------------------------------
+
+
+def _resolve(path: str) -> str:
+  """`path` as given, or relative to the repository root."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  return os.path.join(_REPO, path)
+
+
+def _load_module(path: str, kind: str):
+  resolved = _resolve(path)
+  if not os.path.isfile(resolved):
+    raise FileNotFoundError(f"{kind} file {path!r} does not exist")
+  name = "_sweep_" + os.path.splitext(os.path.basename(resolved))[0]
+  spec = importlib.util.spec_from_file_location(name, resolved)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_sweep(path: str, profile: str = "quick",
+               smoke: bool = False) -> dict:
+  """The sweep of file `path` for `profile`, checked; shrunk by `smoke`.
+
+  Raises:
+    ValueError: for an unknown profile or a malformed sweep.
+  """
+  module = _load_module(path, "sweep")
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"sweep file {path} defines no get_sweep(profile)")
+  sweep = module.get_sweep(profile)
+  _check_sweep(path, sweep)
+  sweep.setdefault("rm", {})
+  if smoke:
+    _shrink(sweep)
+  return sweep
+
+
+def _shrink(sweep: dict):
+  """Applies --smoke in place: one seed, SMOKE over the parts, and runs
+  whose own overrides would undo it shrunk too."""
+  sweep["seeds"] = sweep["seeds"][:1]
+  for part, overrides in SMOKE.items():
+    sweep[part] = {**sweep[part], **overrides}
+  if "evaluate" in sweep:
+    sweep["evaluate"] = {**sweep["evaluate"], **SMOKE_EVALUATE}
+  for run in sweep["runs"]:
+    run["overrides"] = _shrink_run(run["overrides"])
+
+
+def _shrink_run(overrides: dict) -> dict:
+  """A run's overrides under --smoke: the smoke's steps and evaluation
+  periods win over the run's; iterative RL keeps its iterations, one step
+  each, and its reward models continue for SMOKE's steps."""
+  smoke_keys = set(SMOKE["rl"]) | set(SMOKE["rm"])
+  out = {k: v for k, v in overrides.items() if k not in smoke_keys}
+  iterations = out.get("iterative.iterations", 1)
+  if iterations > 1:
+    out.update({"steps": iterations,
+                "iterative.rm_steps": SMOKE["rm"]["steps"]})
+  return out
+
+
+def _check_sweep(path: str, sweep: Any):
+  """Refuses a malformed sweep dict, naming the file and the problem."""
+  keys = set(sweep) if isinstance(sweep, dict) else set()
+  if not isinstance(sweep, dict) or not (
+      _SWEEP_KEYS <= keys <= _SWEEP_KEYS | _OPTIONAL_KEYS):
+    got = sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__
+    raise ValueError(f"{path}: get_sweep must return a dict with keys "
+                     f"{sorted(_SWEEP_KEYS)} and optionally "
+                     f"{sorted(_OPTIONAL_KEYS)}, got {got}")
+  seeds = sweep["seeds"]
+  if not seeds or not all(isinstance(s, int) for s in seeds) or (
+      len(set(seeds)) != len(seeds)):
+    raise ValueError(f"{path}: seeds must be distinct ints, got {seeds!r}")
+  for part in _PARTS:
+    if not isinstance(sweep.get(part, {}), dict):
+      raise ValueError(f"{path}: {part!r} must be a dict of overrides, got "
+                       f"{sweep[part]!r}")
+  names = []
+  for run in sweep["runs"]:
+    if not isinstance(run, dict) or set(run) != _RUN_KEYS or (
+        not isinstance(run["overrides"], dict)):
+      raise ValueError(f"{path}: each run must be a dict with keys "
+                       f"{sorted(_RUN_KEYS)} (overrides a dict), got {run!r}")
+    names.append(run["name"])
+  if not names or len(set(names)) != len(names) or SFT_NAME in names:
+    raise ValueError(f"{path}: run names must be distinct and not "
+                     f"{SFT_NAME!r} (the shared warm start), got {names}")
+  _check_references(path, sweep["runs"])
+  if "evaluate" in sweep:
+    _check_evaluate(path, sweep["evaluate"])
+
+
+def references(value: Any) -> list[str]:
+  """The run names a value refers to with "{run:<name>}"."""
+  return REFERENCE.findall(value) if isinstance(value, str) else []
+
+
+def _check_references(path: str, runs: list[dict]):
+  """Every "{run:<name>}" names the SFT or a run listed before, which the
+  sweep trains first for the same seed."""
+  earlier = [SFT_NAME]
+  for run in runs:
+    for key, value in run["overrides"].items():
+      for name in references(value):
+        if name not in earlier:
+          raise ValueError(
+              f"{path}: run {run['name']!r}: override {key}={value!r} "
+              f"refers to run {name!r}, which is not listed before it; "
+              f"valid here: {', '.join(earlier)}")
+    earlier.append(run["name"])
+
+
+def _check_evaluate(path: str, spec: Any):
+  """The "evaluate" part: {"k": [...], "questions": N, "temperature": T}."""
+  if not isinstance(spec, dict) or not (
+      {"k", "questions"} <= set(spec) <= _EVALUATE_KEYS):
+    raise ValueError(f"{path}: 'evaluate' must be a dict with keys k, "
+                     "questions and optionally temperature, got "
+                     f"{spec!r}")
+  ks = spec["k"]
+  if not isinstance(ks, (list, tuple)) or not ks or not all(
+      isinstance(k, int) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
+    raise ValueError(f"{path}: evaluate k must be distinct ints >= 1, got "
+                     f"{ks!r}")
+  if not isinstance(spec["questions"], int) or spec["questions"] < 1:
+    raise ValueError(f"{path}: evaluate questions must be an int >= 1, got "
+                     f"{spec['questions']!r}")
+  temperature = spec.get("temperature", 1.0)
+  if not isinstance(temperature, (int, float)) or temperature <= 0:
+    raise ValueError(f"{path}: evaluate temperature must be > 0, got "
+                     f"{temperature!r}")
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, locked so new fields are refused."""
+  config = _load_module(path, "config").get_config()
+  config.lock()
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
+                    where: str):
+  """Sets dotted fields (`{"coef.beta": 0.0}`) of a locked config in place.
+
+  Raises:
+    ValueError: naming `where` and the key, for a field the config lacks or
+      a value of the wrong type.
+  """
+  for key, value in overrides.items():
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        valid = (", ".join(sorted(node.keys()))
+                 if isinstance(node, ml_collections.ConfigDict) else "none")
+        raise ValueError(
+            f"{where}: override {key!r}: {'.'.join(parts[:i + 1])!r} is not a "
+            f"config field (valid here: {valid})")
+      if i < len(parts) - 1:
+        node = node[part]
+    try:
+      setattr(node, parts[-1], value)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{where}: override {key}={value!r}: {e}") from None
