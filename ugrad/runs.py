@@ -69,7 +69,8 @@ def load_model(path: str, kind: str = "policy", shardings=None):
     kind: "policy" or "scalar"; a mismatch raises.
     shardings: optional pytree of shardings matching the parameters, or a
       function from the abstract parameters to it: each array is restored
-      straight into its shards.
+      straight into its shards. None restores onto one local device, also
+      a model saved from many devices or processes.
   """
   if not is_finished_model(path):
     raise FileNotFoundError(
@@ -85,10 +86,12 @@ def load_model(path: str, kind: str = "policy", shardings=None):
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
   if callable(shardings):
     shardings = shardings(abstract_params)
-  if shardings is not None:
-    abstract_params = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_params, shardings)
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract_params)
+  abstract_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_params, shardings)
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(
         os.path.join(os.path.abspath(path), POLICY_DIR), abstract_params)
