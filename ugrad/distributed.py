@@ -82,7 +82,9 @@ def sync(name: str) -> None:
 
 
 def _to_host(x: Any) -> Any:
-  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+  if not isinstance(x, jax.Array):
+    return x  # Host values stay as they are (as with jax.device_get).
+  if x.is_fully_addressable:
     return np.asarray(x)
   if x.is_fully_replicated:
     return np.asarray(x.addressable_data(0))
@@ -90,8 +92,8 @@ def _to_host(x: Any) -> Any:
 
 
 def host_get(tree: Any) -> Any:
-  """Numpy copies of a pytree of (possibly multi-host) global arrays: the
-  whole global value on every process."""
+  """`jax.device_get` for (possibly multi-host) global arrays: numpy copies
+  holding the whole global value on every process."""
   return jax.tree.map(_to_host, tree)
 
 
