@@ -10,6 +10,7 @@ import time
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -265,4 +266,16 @@ def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir,
   assert last["pass@2"] >= last["pass@1"] == pytest.approx(last["maj@1"])
   config.eval_sampled.ks = "1,four"
   with pytest.raises(ValueError, match="'four' is not an integer"):
+    validate.check_config(config)
+
+
+def test_bfloat16_parameters_train(tmp_path):
+  config = train_util.tiny("sft", steps=1)
+  config.param_dtype = "bfloat16"
+  trainer = train.Trainer(config, str(tmp_path))
+  trainer.train()
+  dtypes = {x.dtype for x in jax.tree.leaves(trainer.state["params"])}
+  assert dtypes == {jnp.dtype("bfloat16")}
+  config.param_dtype = "float16"
+  with pytest.raises(ValueError, match="unknown param_dtype 'float16'"):
     validate.check_config(config)
