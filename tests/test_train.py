@@ -279,3 +279,16 @@ def test_bfloat16_parameters_train(tmp_path):
   config.param_dtype = "float16"
   with pytest.raises(ValueError, match="unknown param_dtype 'float16'"):
     validate.check_config(config)
+
+
+@pytest.mark.slow
+def test_phase_times_add_up_to_the_step(tmp_path):
+  trainer = train.Trainer(train_util.tiny("sft", steps=2), str(tmp_path))
+  trainer.train()
+  rows = metrics_lib.read_metrics(os.path.join(str(tmp_path),
+                                              "metrics.jsonl"))
+  assert len(rows) == 2
+  for row in rows:
+    phases = [row[f"time/{p}_s"] for p in train.PHASES]
+    assert min(phases) >= 0
+    np.testing.assert_allclose(sum(phases), row["step_time_s"], rtol=1e-3)
