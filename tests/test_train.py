@@ -10,6 +10,7 @@ import time
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -266,3 +267,28 @@ def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir,
   config.eval_sampled.ks = "1,four"
   with pytest.raises(ValueError, match="'four' is not an integer"):
     validate.check_config(config)
+
+
+def test_bfloat16_parameters_train(tmp_path):
+  config = train_util.tiny("sft", steps=1)
+  config.param_dtype = "bfloat16"
+  trainer = train.Trainer(config, str(tmp_path))
+  trainer.train()
+  dtypes = {x.dtype for x in jax.tree.leaves(trainer.state["params"])}
+  assert dtypes == {jnp.dtype("bfloat16")}
+  config.param_dtype = "float16"
+  with pytest.raises(ValueError, match="unknown param_dtype 'float16'"):
+    validate.check_config(config)
+
+
+@pytest.mark.slow
+def test_phase_times_add_up_to_the_step(tmp_path):
+  trainer = train.Trainer(train_util.tiny("sft", steps=2), str(tmp_path))
+  trainer.train()
+  rows = metrics_lib.read_metrics(os.path.join(str(tmp_path),
+                                              "metrics.jsonl"))
+  assert len(rows) == 2
+  for row in rows:
+    phases = [row[f"time/{p}_s"] for p in train.PHASES]
+    assert min(phases) >= 0
+    np.testing.assert_allclose(sum(phases), row["step_time_s"], rtol=1e-3)

@@ -81,7 +81,7 @@ def sampled_ks(config) -> list[int]:
 
 def compute_dtype(config) -> str:
   """The model's compute dtype: "auto" is bfloat16 on GPU/TPU, float32 on
-  CPU. Parameters (and optimizer state) always stay float32."""
+  CPU. Parameters and optimizer state are in `config.param_dtype`."""
   if config.compute_dtype != "auto":
     return config.compute_dtype
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
@@ -190,7 +190,7 @@ def policy_graphdef(model_config):
 
 
 def make_policy(config, task, mesh: Mesh):
-  """(Policy, float32 params on the mesh) of `config.init_from` or, when it
+  """(Policy, params in `config.param_dtype` on the mesh) of `config.init_from` or, when it
   is empty, of the `config.model` preset freshly initialised.
 
   A Hugging Face policy brings its own tokenizer, which replaces the task's.
@@ -205,12 +205,14 @@ def make_policy(config, task, mesh: Mesh):
     tokenizer = hf_tokenizer or tokenizer
     model_config = dataclasses.replace(
         nnx.merge(graphdef, params).config, dtype=compute_dtype(config),
-        remat=config.remat)
+        param_dtype=config.param_dtype, remat=config.remat)
+    params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
   else:
     model_config = models.preset(config.model, tokenizer.vocab_size,
                                  dtype=compute_dtype(config),
+                                 param_dtype=config.param_dtype,
                                  remat=config.remat)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef, params = init_params(models.Transformer, model_config,

@@ -130,6 +130,7 @@ class PolicyLearner:
     frozen = self.source.frozen
     params = self.trainer.init_params if frozen else state["params"]
     batch = self.source.draw(params, step, self.scorer)
+    self.trainer.timer.lap("sample")
     rollout = self.trainer.device_batch(batch.rollout)
     extra = {}
     if "logp_ref" in self.needed:

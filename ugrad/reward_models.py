@@ -224,6 +224,7 @@ class RewardModelLearner:
 
     batch = self.source.draw(self.policy_params, self.data_offset + step,
                              score)
+    self.trainer.timer.lap("sample")
     targets, label_mask = self._targets(batch.rollout)
     r = batch.rollout
     rows = {"tokens": np.asarray(r.tokens, np.int32),

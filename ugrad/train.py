@@ -38,7 +38,34 @@ from ugrad import update as update_lib
 from ugrad.policy_learner import PolicyLearner
 
 # Metrics that measure wall time; they differ between identical runs.
-TIMING_KEYS = ("tokens_per_s", "step_time_s")
+# The phases of a step, timed back to back so that they add up to
+# step_time_s: "sample" (the source's draw: sampling, decoding and rewards
+# on the host), "prepare" (the rest of the batch: reference and old
+# log-probs, values, labels), "update" (the optimizer updates, critic's
+# included, waited for), "host" (gradient log, statistics, sample texts).
+PHASES = ("sample", "prepare", "update", "host")
+TIMING_KEYS = ("tokens_per_s", "step_time_s") + tuple(
+    f"time/{phase}_s" for phase in PHASES)
+
+
+class PhaseTimer:
+  """Wall time per phase: each `lap(phase)` charges the time since the
+  previous lap to `phase`."""
+
+  def __init__(self):
+    self.restart()
+
+  def restart(self):
+    self.totals = dict.fromkeys(PHASES, 0.0)
+    self._last = time.perf_counter()
+
+  def lap(self, phase: str):
+    now = time.perf_counter()
+    self.totals[phase] += now - self._last
+    self._last = now
+
+  def metrics(self) -> dict:
+    return {f"time/{phase}_s": t for phase, t in self.totals.items()}
 
 # Called before each step's clock starts: hook(trainer, step) -> metrics.
 Hook = Callable[["Trainer", int], dict]
@@ -62,6 +89,7 @@ class Trainer:
     self.workdir = os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self.hooks = list(hooks)
+    self.timer = PhaseTimer()
     self.task = build.make_task(config)
     self.mesh = build.make_mesh(config)
     self.policy, self.init_params = build.make_policy(config, self.task,
@@ -134,7 +162,9 @@ class Trainer:
     for hook in self.hooks:
       hook_metrics.update(hook(self, step))
     start = time.perf_counter()
+    self.timer.restart()
     batch, rollout = self.learner.prepare(step)
+    self.timer.lap("prepare")
     rows = rollout.tokens.shape[0]
     step_metrics = []
     update_index = 0
@@ -145,8 +175,10 @@ class Trainer:
         if not math.isfinite(metrics["loss"]):
           raise FloatingPointError(self._nan_message(step, metrics["loss"]))
         metrics.update(self.learner.after_update(mb))
+        self.timer.lap("update")
         self._log_update(gradient_log, step, update_index, batch, metrics,
                          np.asarray(rollout.tokens)[rows_idx])
+        self.timer.lap("host")
         step_metrics.append(metrics)
         update_index += 1
     metrics = {k: float(np.mean([m[k] for m in step_metrics]))
@@ -154,16 +186,18 @@ class Trainer:
     metrics.update({f"source_{k}": v for k, v in batch.metrics.items()})
     metrics.update(self.learner.batch_stats(batch))
     metrics.update(hook_metrics)
-    elapsed = time.perf_counter() - start
-    tokens = int(np.asarray(batch.rollout.attention_mask).sum())
-    metrics["tokens_per_s"] = tokens * config.ppo_epochs / elapsed
-    metrics["step_time_s"] = elapsed
     self.learner.after_step(step)
     if config.sample_log_every and step % config.sample_log_every == 0:
       for i in range(min(3, len(batch.texts))):
         writer.write_text(step + 1, f"sample_{i}",
                           self.task.prompt(batch.examples[i]) +
                           batch.texts[i])
+    self.timer.lap("host")
+    elapsed = time.perf_counter() - start
+    tokens = int(np.asarray(batch.rollout.attention_mask).sum())
+    metrics["tokens_per_s"] = tokens * config.ppo_epochs / elapsed
+    metrics["step_time_s"] = elapsed
+    metrics.update(self.timer.metrics())
     return metrics
 
   def _updates_per_step(self) -> int:

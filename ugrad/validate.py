@@ -32,6 +32,8 @@ _FIELD_HINTS = {
     "step_mask": "see step_rewards",
 }
 
+PARAM_DTYPES = ("float32", "bfloat16")
+
 
 def check_config(config) -> None:
   """Refuses a config that cannot work, saying why.
@@ -52,6 +54,7 @@ def _check_names(config) -> None:
   """Every family name exists (the error lists the valid ones)."""
   registry.lookup(TRAINERS, "trainer", config.trainer)
   registry.lookup(models.REMAT_POLICIES, "remat", config.remat)
+  registry.lookup(PARAM_DTYPES, "param_dtype", config.param_dtype)
   registry.lookup(tasks_lib.TASKS, "task", config.task)
   registry.lookup(models.PRESETS, "model preset", config.model)
   build.source_class(config)

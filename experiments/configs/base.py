@@ -24,6 +24,9 @@ def get_config():
   # task train their own SFT policy first when init_from is empty.
   c.model = "embedded"
   c.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
+  # Parameters and optimizer state: float32 master weights, or bfloat16 to
+  # halve their memory (updates then round to bfloat16).
+  c.param_dtype = "float32"
   c.init_from = ""
   c.warm_start = ml_collections.ConfigDict(
       dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50))
