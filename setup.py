@@ -35,5 +35,10 @@ setuptools.setup(
             "torch>=2.2",
             "transformers>=4.45",
         ],
+        # experiments/plan.py: compiling for Cloud TPU topologies on any
+        # machine (jax[tpu] pins the libtpu of its jax version).
+        "plan": [
+            "jax[tpu]>=0.10",
+        ],
     },
 )
