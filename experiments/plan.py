@@ -37,8 +37,10 @@ import sys
 import tempfile
 from typing import Any, Optional
 
-# The plan compiles for a topology's devices; it never runs on a local TPU.
+# The plan compiles for a topology's devices; it never runs on a local TPU,
+# so several plans (or tests) may load libtpu at once without its lockfile.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import app
 from absl import flags
