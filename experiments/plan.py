@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from typing import Any, Optional
 
 # The plan compiles for a topology's devices; it never runs on a local TPU,
@@ -44,6 +45,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import app
 from absl import flags
+from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -320,13 +322,17 @@ def plan(config, cloud_topology: str, prompt_len: int,
   chips = len(devices)
   results = {}
   for name, (fn, args, resident_args) in functions.items():
+    start = time.perf_counter()
     compiled = _compile(fn, *args)
+    seconds = time.perf_counter() - start
+    logging.info("compiled %s in %.0f s", name, seconds)
     memory = _memory(compiled)
     # What else stays on the chip meanwhile: resident state that is not
     # among this function's arguments.
     with_resident = memory["peak"] + resident - resident_args
     results[name] = dict(
         memory=memory, peak_with_resident_state=with_resident,
+        compile_seconds=round(seconds, 1),
         fits=with_resident <= chip.hbm_bytes,
         compiled_flops_per_chip=_flops(compiled),
         analytic_flops_per_chip=analytic[name] / chips)
