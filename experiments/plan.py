@@ -405,7 +405,7 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
       "",
       f"  {'function':9s} {'argument':>10s} {'output':>10s} {'temp':>10s} "
       f"{'alias':>10s} {'peak':>10s} {'+resident':>10s} fits  "
-      f"{'compiled FLOPs':>14s} {'analytic FLOPs':>14s}",
+      f"{'compiled FLOPs':>14s} {'analytic FLOPs':>14s} compile",
   ]
   for name, f in r["functions"].items():
     m = f["memory"]
@@ -416,7 +416,8 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
             ("argument", "output", "temp", "alias", "peak")) +
         f" {_gb(f['peak_with_resident_state']):>10s} "
         f"{'yes ' if f['fits'] else 'NO  '} "
-        f"{(compiled or 0):14.3e} {f['analytic_flops_per_chip']:14.3e}")
+        f"{(compiled or 0):14.3e} {f['analytic_flops_per_chip']:14.3e} "
+        f"{f.get('compile_seconds', 0):5.0f} s")
   lines += [
       "  (FLOPs per chip per call; compiled FLOPs count a while-loop or scan "
       "body once: decoding, micro-batches, vocabulary chunks)",
