@@ -49,8 +49,6 @@ from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 import optax
 
@@ -191,7 +189,7 @@ def _compile(jitted, *args) -> Any:
     return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
 
 
-def _rollout(config, rows: int, length: int, needed: set, sharding):
+def _rollout(rows: int, length: int, needed: set, sharding):
   """The abstract update batch: a GRPO rollout of `rows` x `length`."""
   def seq(dtype):
     return jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding)
@@ -210,7 +208,6 @@ def _rollout(config, rows: int, length: int, needed: set, sharding):
       fields[name] = seq(per_token[name])
     elif name in per_row:
       fields[name] = row(per_row[name])
-  del config
   return rollout_lib.Rollout(**fields)
 
 
@@ -279,7 +276,7 @@ def plan(config, cloud_topology: str, prompt_len: int,
   new_tokens = config.sampling.max_new_tokens
   rows, length = questions * group, prompt_len + new_tokens
   needed = build.needed_fields(config)
-  batch = _rollout(config, rows, length, needed, mesh.batch)
+  batch = _rollout(rows, length, needed, mesh.batch)
   hp = build.coef_hparams(config)
   coef_fn = coefficients.make_coefficient(config.coef.name, **hp)
   loss_fn = update_lib.policy_loss(graphdef, coef_fn, config.normalizer,
