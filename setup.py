@@ -42,5 +42,10 @@ setuptools.setup(
             "pylint>=3.0",
             "pre-commit>=3.0",
         ],
+        # experiments/plan.py: compiling for Cloud TPU topologies on any
+        # machine (jax[tpu] pins the libtpu of its jax version).
+        "plan": [
+            "jax[tpu]>=0.10",
+        ],
     },
 )

@@ -18,8 +18,43 @@ def test_presets():
   cfg = model_config.preset("qwen2_2.9m", 20)
   assert (cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias) == (2, 64, True)
   assert model_config.preset("embedded", 30, num_layers=3).num_layers == 3
-  with pytest.raises(ValueError, match="valid: embedded, tiny, qwen2_2.9m"):
+  with pytest.raises(ValueError, match="valid: embedded, tiny, qwen2_2.9m, "
+                     "qwen2.5-0.5b"):
     model_config.preset("gpt5", 20)
+
+
+def _param_count(cfg) -> int:
+  params = nnx.state(nnx.eval_shape(lambda: tr.Transformer(
+      cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+# Published parameter counts (the model cards / safetensors totals).
+@pytest.mark.parametrize("name, published, vocab", [
+    ("qwen2.5-0.5b", 494_032_768, 151936),
+    ("qwen2.5-1.5b", 1_543_714_304, 151936),
+    ("qwen2.5-7b", 7_615_616_512, 151936),
+    ("llama3.2-1b", 1_235_814_400, 128256),
+    ("llama3.1-8b", 8_030_261_248, 128256),
+])
+def test_published_presets(name, published, vocab):
+  cfg = model_config.preset(name, 151665 if vocab > 151665 else 128000)
+  assert cfg.vocab_size == vocab  # the tokenizer's vocabulary is not used
+  count = _param_count(cfg)  # eval_shape: nothing is allocated
+  assert abs(count - published) / published < 0.01, (name, count)
+  with pytest.raises(ValueError, match="fewer than the tokenizer"):
+    model_config.preset(name, vocab + 1)
+
+
+def test_published_shapes():
+  q7 = model_config.preset("qwen2.5-7b", 100)
+  assert (q7.num_heads, q7.num_kv_heads, q7.head_dim, q7.qkv_bias,
+          q7.tie_embeddings) == (28, 4, 128, True, False)
+  assert model_config.preset("qwen2.5-0.5b", 100).tie_embeddings
+  l1 = model_config.preset("llama3.2-1b", 100)
+  assert (l1.head_dim, l1.rope_theta, l1.qkv_bias, l1.tie_embeddings) == (
+      64, 500000.0, False, True)
+  assert not model_config.preset("llama3.1-8b", 100).tie_embeddings
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -77,17 +77,63 @@ def _qwen2_2_9m(vocab_size: int) -> ModelConfig:
                      rope_theta=1000000.0)
 
 
-# Model shapes by name; each takes the tokenizer's vocabulary size.
+# Model shapes by name; each takes the tokenizer's vocabulary size (the
+# published models' presets below keep their own and only check it).
 def _tiny(vocab_size: int) -> ModelConfig:
   """One small layer: for smoke tests, where compile time dominates."""
   return ModelConfig(vocab_size=vocab_size, hidden_size=32, num_layers=1,
                      num_heads=2, num_kv_heads=1, mlp_size=64)
 
 
+def _published(name: str, vocab: int, **fields) -> Callable[[int], ModelConfig]:
+  """A preset with the shapes of a published model.
+
+  Its vocabulary is the model's own (the embedding has `vocab` rows whatever
+  the tokenizer): the tokenizer's `vocab_size` is only checked to fit in it,
+  as the real tokenizers are smaller than their embeddings (Qwen2.5's has
+  151,665 tokens for 151,936 rows).
+  """
+
+  def make(vocab_size: int) -> ModelConfig:
+    if vocab_size > vocab:
+      raise ValueError(f"model preset {name!r} has {vocab} embedding rows, "
+                       f"fewer than the tokenizer's {vocab_size} tokens")
+    return ModelConfig(vocab_size=vocab, **fields)
+
+  make.__doc__ = f"The shapes of {name} (vocabulary fixed at {vocab})."
+  return make
+
+
+# Shapes of published models (their Hugging Face config.json). Llama 3's
+# "llama3" rope scaling is not implemented: the shapes, parameter counts and
+# memory plans are exact, the rotary frequencies of loaded weights are not.
+_QWEN25 = dict(rope_theta=1000000.0, rms_eps=1e-6, qkv_bias=True)
+_LLAMA3 = dict(rope_theta=500000.0, rms_eps=1e-5, qkv_bias=False)
+
 PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "embedded": _embedded,
     "tiny": _tiny,
     "qwen2_2.9m": _qwen2_2_9m,
+    "qwen2.5-0.5b": _published(
+        "qwen2.5-0.5b", 151936, hidden_size=896, num_layers=24, num_heads=14,
+        num_kv_heads=2, head_dim=64, mlp_size=4864, tie_embeddings=True,
+        **_QWEN25),
+    "qwen2.5-1.5b": _published(
+        "qwen2.5-1.5b", 151936, hidden_size=1536, num_layers=28,
+        num_heads=12, num_kv_heads=2, head_dim=128, mlp_size=8960,
+        tie_embeddings=True, **_QWEN25),
+    "qwen2.5-7b": _published(
+        "qwen2.5-7b", 151936, hidden_size=3584, num_layers=28, num_heads=28,
+        num_kv_heads=4, head_dim=128, mlp_size=18944, tie_embeddings=False,
+        **_QWEN25),
+    "llama3.2-1b": _published(
+        "llama3.2-1b", 128256, hidden_size=2048, num_layers=16, num_heads=32,
+        num_kv_heads=8, head_dim=64, mlp_size=8192, tie_embeddings=True,
+        **_LLAMA3),
+    "llama3.1-8b": _published(
+        "llama3.1-8b", 128256, hidden_size=4096, num_layers=32, num_heads=32,
+        num_kv_heads=8, head_dim=128, mlp_size=14336, tie_embeddings=False,
+        **_LLAMA3),
 }
 
 

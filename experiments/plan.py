@@ -1,0 +1,452 @@
+r"""Memory and FLOPs plan of a GRPO run on a Cloud TPU topology, without a TPU.
+
+  python -m experiments.plan --config=experiments/configs/grpo.py \
+      --topology=v5p-16 --config.model=qwen2.5-7b --config.remat=full \
+      --config.mesh.data=1 --config.mesh.fsdp=8 \
+      --config.sampling.questions=4 --config.sampling.group_size=16 \
+      --config.sampling.max_new_tokens=1024 --prompt_len=512 [--json] \
+      [--step_time=60]
+
+Compiles ahead of time, on this machine's CPU, the jitted functions of one
+GRPO step for the topology's TPU devices (`jax.experimental.topologies`;
+needs libtpu: `pip install -e '.[plan]'`): the sampler (prefill and decode
+loop with its KV cache), the log-prob forward (reference / old log-probs)
+and the update (loss, gradient over `micro_batches`, AdamW). Nothing is
+allocated: parameters, optimizer state and batch are ShapeDtypeStructs with
+the run's shardings. Each function's `memory_analysis()` gives its arguments,
+outputs, temporaries and peak per chip; the plan adds the state that stays
+resident while it runs (the policy, its optimizer state and the frozen
+reference) and compares the result with the chip's HBM.
+
+These are the compiler's estimates, not measurements on hardware. FLOPs:
+`cost_analysis()` counts a scanned or while-loop body once (the decode loop,
+the micro-batch scan, the chunked vocabulary projection), so the plan also
+gives analytic FLOPs (2 N per token forward, 6 N per token for the update,
+N the parameters that multiply, plus attention over the full T x T or cache
+scores the code computes), and with `--step_time` the MFU that time would
+mean.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+# The plan compiles for a topology's devices; it never runs on a local TPU,
+# so several plans (or tests) may load libtpu at once without its lockfile.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import optax
+
+from ugrad import build
+from ugrad import coefficients
+from ugrad import models
+from ugrad import rollout as rollout_lib
+from ugrad import sampling
+from ugrad import update as update_lib
+from ugrad.models import sharding as sharding_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an experiment config file.", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)")
+_JSON = flags.DEFINE_bool("json", False, "print one JSON object")
+_STEP_TIME = flags.DEFINE_float(
+    "step_time", None, "seconds per GRPO step, for the MFU it would mean")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "P, prompt tokens")
+_VOCAB = flags.DEFINE_integer(
+    "vocab_size", 0, "the tokenizer's vocabulary (0: the config's task's); "
+    "published-model presets keep their own")
+
+GiB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  hbm_bytes: int
+  peak_bf16_flops: float  # per chip, per second
+
+
+CHIPS = {
+    "v5e": Chip(16 * GiB, 197e12),
+    "v5p": Chip(95 * GiB, 459e12),
+    "v6e": Chip(32 * GiB, 918e12),
+}
+
+# Cloud TPU names -> (chip, jax topology name). Cloud counts TensorCores for
+# v5p (two per chip: v5p-8 is 4 chips) and chips for v5e / v6e.
+TOPOLOGIES = {
+    "v5e-8": ("v5e", "v5e:2x4"),
+    "v5p-8": ("v5p", "v5p:2x2x1"),
+    "v5p-16": ("v5p", "v5p:2x2x2"),
+    "v6e-8": ("v6e", "v6e:2x4"),
+}
+
+# libtpu's messages on a machine without a TPU; harmless for a plan.
+_HARMLESS = re.compile(
+    r"could not determine TPU accelerator type|unexpected worker hostname|"
+    r"TPU_WORKER_HOSTNAMES|Failed to get TPU metadata|"
+    r"WARNING: All log messages before absl::InitializeLog|"
+    r"Logging before InitGoogle|Failed to find host bounds|"
+    r"Source Location Trace|libtpu_init_utils|"
+    r"Unable to initialize backend|Platform 'tpu' is experimental|"
+    r"^\s*$")
+
+
+def topology_name(cloud_name: str) -> tuple[str, str]:
+  """(chip kind, jax topology name) of a Cloud TPU name.
+
+  Raises:
+    ValueError: for an unknown name, listing the valid ones.
+  """
+  if cloud_name not in TOPOLOGIES:
+    raise ValueError(f"unknown TPU topology {cloud_name!r}; valid: "
+                     f"{', '.join(TOPOLOGIES)}")
+  return TOPOLOGIES[cloud_name]
+
+
+@contextlib.contextmanager
+def filtered_stderr():
+  """Runs the block with the process's stderr (file descriptor 2, where
+  libtpu logs) captured, then replays every line but libtpu's harmless
+  ones."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      for line in tmp.read().decode(errors="replace").splitlines():
+        if not _HARMLESS.search(line):
+          print(line, file=sys.stderr)
+
+
+def topology_devices(cloud_name: str) -> list:
+  """The compile-only TPU devices of a Cloud topology (needs libtpu)."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  _, name = topology_name(cloud_name)
+  with filtered_stderr():
+    return list(topologies.get_topology_desc(topology_name=name,
+                                             platform="tpu").devices)
+
+
+def bytes_per_chip(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs with shardings
+  (the largest shard of each leaf)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+def _memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  fields = {"argument": "argument_size_in_bytes",
+            "output": "output_size_in_bytes",
+            "temp": "temp_size_in_bytes", "alias": "alias_size_in_bytes",
+            "peak": "peak_memory_in_bytes",
+            "code": "generated_code_size_in_bytes"}
+  return {k: int(getattr(m, f, 0) or 0) for k, f in fields.items()}
+
+
+def _flops(compiled) -> Optional[float]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get("flops")
+  return None if flops is None else float(flops)
+
+
+def _compile(jitted, *args) -> Any:
+  with filtered_stderr():
+    lowered = jitted.lower(*args)
+    return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
+
+
+def _rollout(rows: int, length: int, needed: set, sharding):
+  """The abstract update batch: a GRPO rollout of `rows` x `length`."""
+  def seq(dtype):
+    return jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding)
+
+  def row(dtype):
+    return jax.ShapeDtypeStruct((rows,), dtype, sharding=sharding)
+
+  fields = dict(tokens=seq(jnp.int32), completion_mask=seq(jnp.int32),
+                attention_mask=seq(jnp.int32), logp_old=seq(jnp.float32),
+                group_ids=row(jnp.int32), rewards=row(jnp.float32))
+  per_token = {"logp_ref": jnp.float32, "step_rewards": jnp.float32,
+               "step_mask": jnp.int32, "values": jnp.float32}
+  per_row = {"pair_ids": jnp.int32, "pair_sign": jnp.float32}
+  for name in needed:
+    if name in per_token:
+      fields[name] = seq(per_token[name])
+    elif name in per_row:
+      fields[name] = row(per_row[name])
+  return rollout_lib.Rollout(**fields)
+
+
+def analytic_flops(cfg, params: int, *, questions: int, group: int,
+                   prompt_len: int, new_tokens: int) -> dict:
+  """Model FLOPs of one call of each function (whole slice, no remat).
+
+  N counts the parameters that multiply: all but the input embedding table
+  (a lookup), with the output projection (the tied embedding or lm_head).
+  Attention counts the full score matrices the code computes (masked, not
+  skipped): 4 L H Dh per query per key slot forward.
+  """
+  vd = cfg.vocab_size * cfg.hidden_size
+  n = params if cfg.tie_embeddings else params - vd
+  att = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+  rows, t = questions * group, prompt_len + new_tokens
+  forward = rows * (2 * n * t + att * t * t)
+  update = 3 * forward
+  prefill = questions * (2 * (n - vd) * prompt_len + att * prompt_len * t) \
+      + questions * 2 * vd
+  decode = rows * new_tokens * (2 * n + att * t)
+  return {"matmul_params": n, "sample": prefill + decode,
+          "logprobs": forward, "update": update}
+
+
+def plan(config, cloud_topology: str, prompt_len: int,
+         vocab_size: int, devices: Optional[list] = None) -> dict:
+  """Compiles the step's functions for a topology; the plan as a dict.
+
+  Args:
+    config: an experiment config (GRPO: an online sampling source).
+    cloud_topology: a key of `TOPOLOGIES`.
+    prompt_len: P.
+    vocab_size: the tokenizer's vocabulary (see `models.preset`).
+    devices: the topology's devices (default: `topology_devices`).
+  """
+  chip_kind, jax_name = topology_name(cloud_topology)
+  chip = CHIPS[chip_kind]
+  devices = topology_devices(cloud_topology) if devices is None else devices
+  shape = sharding_lib.mesh_shape(config.mesh.to_dict(), len(devices))
+  mesh = build.Mesh(sharding_lib.make_mesh(shape, devices))
+  dtype = ("bfloat16" if config.compute_dtype == "auto"
+           else config.compute_dtype)
+  cfg = models.preset(config.model, vocab_size, dtype=dtype,
+                      remat=config.remat)
+  sharding_lib.check_model(cfg, shape)
+
+  abstract_model = nnx.eval_shape(
+      lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+  param_sh = mesh.params(abstract_params)
+  params = _abstract(abstract_params, param_sh)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
+
+  optimizer = build.make_optimizer(config.optim)
+  # Adam's moments are sharded like their parameters, the counts
+  # replicated (as the trainer's jitted init and `update.on_mesh` give).
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_sh = optax.tree_map_params(
+      optimizer, lambda _, s: s, abstract_opt, param_sh,
+      transform_non_params=lambda _: mesh.replicated)
+  opt_state = _abstract(abstract_opt, opt_sh)
+
+  questions = config.sampling.questions
+  group = config.sampling.group_size
+  new_tokens = config.sampling.max_new_tokens
+  rows, length = questions * group, prompt_len + new_tokens
+  needed = build.needed_fields(config)
+  batch = _rollout(rows, length, needed, mesh.batch)
+  hp = build.coef_hparams(config)
+  coef_fn = coefficients.make_coefficient(config.coef.name, **hp)
+  loss_fn = update_lib.policy_loss(graphdef, coef_fn, config.normalizer,
+                                   new_tokens)
+  update = update_lib.make_update(loss_fn, optimizer, config.micro_batches,
+                                  (param_sh, opt_sh, mesh.replicated))
+
+  prompt_sh = sampling.prompt_sharding(mesh.mesh, questions)
+  prompts = jax.ShapeDtypeStruct((questions, prompt_len), jnp.int32,
+                                 sharding=prompt_sh)
+  key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
+                             sharding=mesh.replicated)
+  sampling_config = sampling.SamplingConfig(
+      max_new_tokens=new_tokens, eos_id=0, num_samples=group,
+      temperature=config.sampling.temperature,
+      top_k=config.sampling.top_k or None,
+      top_p=(config.sampling.top_p if config.sampling.top_p < 1 else None))
+
+  params_bytes = bytes_per_chip(params)
+  opt_bytes = bytes_per_chip(opt_state)
+  # The frozen reference (initial parameters) stays on the device beside
+  # the policy when the coefficient needs logp_ref or the reference resets.
+  reference = ("logp_ref" in needed) or bool(build.ref_reset_period(config))
+  ref_bytes = params_bytes if reference else 0
+  resident = params_bytes + opt_bytes + ref_bytes
+
+  functions = {
+      "sample": (sampling._sample_jit,  # pylint: disable=protected-access
+                 (graphdef, params, prompts, prompts, key, sampling_config),
+                 params_bytes),
+      "logprobs": (update_lib.policy_logprobs,
+                   (graphdef, params, batch.tokens, batch.attention_mask),
+                   params_bytes),
+      "update": (update, (params, opt_state, batch),
+                 params_bytes + opt_bytes),
+  }
+  analytic = analytic_flops(cfg, num_params, questions=questions,
+                            group=group, prompt_len=prompt_len,
+                            new_tokens=new_tokens)
+  chips = len(devices)
+  results = {}
+  for name, (fn, args, resident_args) in functions.items():
+    start = time.perf_counter()
+    compiled = _compile(fn, *args)
+    seconds = time.perf_counter() - start
+    logging.info("compiled %s in %.0f s", name, seconds)
+    memory = _memory(compiled)
+    # What else stays on the chip meanwhile: resident state that is not
+    # among this function's arguments.
+    with_resident = memory["peak"] + resident - resident_args
+    results[name] = dict(
+        memory=memory, peak_with_resident_state=with_resident,
+        compile_seconds=round(seconds, 1),
+        fits=with_resident <= chip.hbm_bytes,
+        compiled_flops_per_chip=_flops(compiled),
+        analytic_flops_per_chip=analytic[name] / chips)
+
+  kv_heads_split = shape["tensor"] if cfg.num_kv_heads % shape["tensor"] == 0 \
+      else 1
+  row_split = (sharding_lib.batch_shards(shape)
+               if questions % sharding_lib.batch_shards(shape) == 0 else 1)
+  kv_cache = (2 * cfg.num_layers * rows * length * cfg.num_kv_heads *
+              cfg.head_dim * jnp.dtype(dtype).itemsize)
+  forward_passes = int("logp_ref" in needed) + int(config.recompute_logp_old)
+  step_flops = (analytic["sample"] + forward_passes * analytic["logprobs"] +
+                config.ppo_epochs * analytic["update"])
+  peak = max(r["peak_with_resident_state"] for r in results.values())
+  out = dict(
+      topology=cloud_topology, jax_topology=jax_name, chip=chip_kind,
+      chips=chips, mesh=shape, model=config.model, num_params=num_params,
+      matmul_params=analytic["matmul_params"], compute_dtype=dtype,
+      remat=config.remat, micro_batches=config.micro_batches,
+      questions=questions, group_size=group, prompt_len=prompt_len,
+      max_new_tokens=new_tokens, rows=rows,
+      hbm_bytes_per_chip=chip.hbm_bytes,
+      params_bytes_per_chip=params_bytes,
+      opt_state_bytes_per_chip=opt_bytes,
+      reference_bytes_per_chip=ref_bytes,
+      grads_bytes_per_chip=params_bytes,
+      kv_cache_bytes=kv_cache,
+      kv_cache_bytes_per_chip=kv_cache // (row_split * kv_heads_split),
+      functions=results, peak_bytes_per_chip=peak,
+      fits=peak <= chip.hbm_bytes,
+      step=dict(forward_passes=forward_passes,
+                analytic_flops=step_flops,
+                analytic_flops_per_chip=step_flops / chips),
+      peak_flops_per_chip=chip.peak_bf16_flops)
+  return out
+
+
+def mfu(result: dict, step_time: float) -> float:
+  """Model FLOPs utilisation of a step that takes `step_time` seconds."""
+  return result["step"]["analytic_flops"] / (
+      step_time * result["chips"] * result["peak_flops_per_chip"])
+
+
+def _gb(x) -> str:
+  return f"{x / 1e9:.2f} GB" if x >= 1e8 else f"{x / 1e6:.2f} MB"
+
+
+def format_plan(r: dict, step_time: Optional[float] = None) -> str:
+  mesh = " x ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1) or \
+      "1 device"
+  lines = [
+      "Compile-time estimates (XLA for TPU, compiled on CPU; not measured "
+      "on hardware)",
+      f"{r['model']} ({r['num_params'] / 1e9:.3f}e9 params, compute "
+      f"{r['compute_dtype']}, remat={r['remat']}, micro_batches="
+      f"{r['micro_batches']}) on {r['topology']} ({r['jax_topology']}, "
+      f"{r['chips']} chips), mesh {mesh}",
+      f"GRPO step: {r['questions']} questions x G={r['group_size']} = "
+      f"{r['rows']} rows of {r['prompt_len']} + {r['max_new_tokens']} tokens",
+      "",
+      f"per chip (HBM {r['hbm_bytes_per_chip'] / GiB:.2f} GiB = "
+      f"{_gb(r['hbm_bytes_per_chip'])}):",
+      f"  parameters (float32)    {_gb(r['params_bytes_per_chip'])}",
+      f"  optimizer state         {_gb(r['opt_state_bytes_per_chip'])}",
+      f"  reference parameters    {_gb(r['reference_bytes_per_chip'])}",
+      f"  gradients (float32)     {_gb(r['grads_bytes_per_chip'])} "
+      "(inside the update's temporaries)",
+      f"  KV cache                {_gb(r['kv_cache_bytes_per_chip'])} "
+      f"({_gb(r['kv_cache_bytes'])} in all)",
+      "",
+      f"  {'function':9s} {'argument':>10s} {'output':>10s} {'temp':>10s} "
+      f"{'alias':>10s} {'peak':>10s} {'+resident':>10s} fits  "
+      f"{'compiled FLOPs':>14s} {'analytic FLOPs':>14s} compile",
+  ]
+  for name, f in r["functions"].items():
+    m = f["memory"]
+    compiled = f["compiled_flops_per_chip"]
+    lines.append(
+        f"  {name:9s} " + " ".join(
+            f"{_gb(m[k]):>10s}" for k in
+            ("argument", "output", "temp", "alias", "peak")) +
+        f" {_gb(f['peak_with_resident_state']):>10s} "
+        f"{'yes ' if f['fits'] else 'NO  '} "
+        f"{(compiled or 0):14.3e} {f['analytic_flops_per_chip']:14.3e} "
+        f"{f.get('compile_seconds', 0):5.0f} s")
+  lines += [
+      "  (FLOPs per chip per call; compiled FLOPs count a while-loop or scan "
+      "body once: decoding, micro-batches, vocabulary chunks)",
+      "",
+      f"peak per chip {_gb(r['peak_bytes_per_chip'])} of "
+      f"{_gb(r['hbm_bytes_per_chip'])}: "
+      + ("fits" if r["fits"] else "DOES NOT FIT"),
+      f"analytic FLOPs per step: {r['step']['analytic_flops']:.3e} "
+      f"(sample + {r['step']['forward_passes']} log-prob forward(s) + "
+      "update)",
+  ]
+  if step_time:
+    lines.append(f"a {step_time:g} s step would be MFU "
+                 f"{100 * mfu(r, step_time):.1f}% (bf16 peak "
+                 f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip)")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  vocab = _VOCAB.value or build.make_task(config).tokenizer.vocab_size
+  result = plan(config, _TOPOLOGY.value, _PROMPT_LEN.value, vocab)
+  if _STEP_TIME.value:
+    result["step_time"] = _STEP_TIME.value
+    result["mfu"] = mfu(result, _STEP_TIME.value)
+  if _JSON.value:
+    print(json.dumps(result))
+  else:
+    print(format_plan(result, _STEP_TIME.value))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
