@@ -60,17 +60,6 @@ from ugrad import sampling
 from ugrad import update as update_lib
 from ugrad.models import sharding as sharding_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an experiment config file.", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string(
-    "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)")
-_JSON = flags.DEFINE_bool("json", False, "print one JSON object")
-_STEP_TIME = flags.DEFINE_float(
-    "step_time", None, "seconds per GRPO step, for the MFU it would mean")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "P, prompt tokens")
-_VOCAB = flags.DEFINE_integer(
-    "vocab_size", 0, "the tokenizer's vocabulary (0: the config's task's); "
-    "published-model presets keep their own")
 
 GiB = 1024**3
 
@@ -448,5 +437,18 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so that tests can import this module
+  # beside experiments.main (which defines --config too).
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "Path to an experiment config file.", lock_config=True)
+  _TOPOLOGY = flags.DEFINE_string(
+      "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)")
+  _JSON = flags.DEFINE_bool("json", False, "print one JSON object")
+  _STEP_TIME = flags.DEFINE_float(
+      "step_time", None, "seconds per GRPO step, for the MFU it would mean")
+  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "P, prompt tokens")
+  _VOCAB = flags.DEFINE_integer(
+      "vocab_size", 0, "the tokenizer's vocabulary (0: the config's task's); "
+      "published-model presets keep their own")
   flags.mark_flags_as_required(["config"])
   app.run(main)
