@@ -179,6 +179,17 @@ def test_malformed_rows_name_file_and_line(tmp_path, name, rows, line, match):
   assert str(info.value).startswith(f"{path}:{line}: ")
 
 
+def test_bytes_that_are_not_utf8_name_file_line_and_column(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  good = json.dumps({"question": "q", "answer": "#### 1"}).encode()
+  latin1 = b'{"question": "caf\xe9", "answer": "#### 2"}\n'
+  path.write_bytes(good + b"\n" + latin1)
+  with pytest.raises(tasks.DataError) as info:
+    tasks.make_task("gsm8k", train_path=str(path))
+  assert str(info.value) == (f"{path}:2: not UTF-8 text (byte 0xe9 at "
+                             "column 18)")
+
+
 def test_empty_file_and_missing_paths(tmp_path):
   path = _write(tmp_path / "empty.jsonl", ["", "  "])
   with pytest.raises(tasks.DataError, match="no rows"):

@@ -79,13 +79,20 @@ def read_jsonl(path: str, parse_row: Callable[[dict[str, Any]], base.Example]
     The examples in file order.
 
   Raises:
-    DataError: "path:line: what is wrong" for invalid JSON, a row that is
+    DataError: "path:line: what is wrong" for bytes that are not UTF-8,
+      invalid JSON, a row that is
       not an object, a missing or non-string field, a missing final answer;
       or "path: no rows" for a file without rows.
   """
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte "
+                        f"0x{raw[e.start]:02x} at column {e.start + 1})"
+                        ) from None
       if not line.strip():
         continue
       try:
