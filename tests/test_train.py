@@ -95,6 +95,8 @@ def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):
     (dict(task="gsm9k"), "unknown task .gsm9k.; valid: arithmetic"),
     (dict(model="big"), "valid: embedded"),
     (dict(normalizer="tokens"), "valid: sequence, token, constant"),
+    (dict(steps=-3), "config.steps must be >= 1, got -3"),
+    (dict(micro_batches=0), "config.micro_batches must be >= 1, got 0"),
     (dict(source="dataset"), "pair_ids.*sampling.pairs=True"),
 ])
 def test_bad_config_is_refused_before_work(change, message):

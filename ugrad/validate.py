@@ -42,12 +42,42 @@ def check_config(config) -> None:
     ValueError: for unknown names (listing the valid ones) and for
       combinations of source, reward and coefficient that cannot work.
   """
+  _check_ranges(config)
   _check_names(config)
   _check_fields(config)
   _check_batch_split(config)
   _check_models(config)
   _check_iterative(config)
   build.sampled_ks(config)
+
+
+# (config key, smallest valid value, whether the smallest is excluded).
+_RANGES = (
+    ("steps", 1, False), ("batch_size", 1, False),
+    ("micro_batches", 1, False), ("minibatches", 1, False),
+    ("ppo_epochs", 1, False), ("checkpoint_every", 1, False),
+    ("keep_checkpoints", 1, False), ("eval_questions", 1, False),
+    ("eval_every", 0, False), ("sample_log_every", 0, False),
+    ("sampling.group_size", 1, False), ("sampling.questions", 1, False),
+    ("sampling.max_new_tokens", 1, False), ("sampling.temperature", 0, False),
+    ("sampling.top_k", 0, False),
+    ("optim.lr", 0, True), ("warm_start.steps", 0, False),
+)
+
+
+def _check_ranges(config) -> None:
+  """Numbers that cannot work (a negative step count, a zero learning
+  rate) are refused, naming the key and the value."""
+  for key, low, exclusive in _RANGES:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value < low or (exclusive and value == low):
+      bound = f"> {low}" if exclusive else f">= {low}"
+      raise ValueError(f"config.{key} must be {bound}, got {value}")
+  top_p = config.sampling.top_p
+  if not 0 < top_p <= 1:
+    raise ValueError(f"config.sampling.top_p must be in (0, 1], got {top_p}")
 
 
 def _check_names(config) -> None:
