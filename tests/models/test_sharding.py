@@ -73,6 +73,7 @@ _SCRIPT = textwrap.dedent("""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from ugrad import build
     from ugrad.models import model_config, sharding, transformer as tr
 
     assert jax.device_count() == 8, jax.devices()
@@ -106,7 +107,18 @@ _SCRIPT = textwrap.dedent("""
       step = jax.jit(fn, in_shardings=(shardings, batch, batch),
                      out_shardings=(batch, shardings))
       logits, grads = step(placed, tokens, mask)
+      # Created in its shards (jit with out_shardings), equal to the eager
+      # init bit for bit.
+      _, born = build.init_params(tr.Transformer, cfg, 0, build.Mesh(mesh))
       out[name] = {
+          "init": max(float(jnp.abs(a - b).max()) for a, b in
+                      zip(jax.tree.leaves(born), jax.tree.leaves(params))),
+          "init_shardings_match": all(
+              a.sharding == b.get_value() for a, b in zip(
+                  jax.tree.leaves(born),
+                  jax.tree.leaves(shardings,
+                                  is_leaf=lambda v: isinstance(
+                                      v, nnx.Variable)))),
           "logits": float(jnp.abs(logits - ref_logits).max()),
           "grads": max(float(jnp.abs(a - b).max()) for a, b in
                        zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads))),
@@ -135,6 +147,7 @@ def eight_devices():
 @pytest.mark.parametrize("mesh", ["data8", "fsdp8", "2x2x2", "fsdp2_tensor4"])
 def test_sharded_matches_unsharded(eight_devices, mesh):
   result = eight_devices[mesh]
+  assert result["init"] == 0.0 and result["init_shardings_match"]
   assert result["logits"] < 1e-5
   assert result["grads"] < 1e-5
 
