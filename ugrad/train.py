@@ -237,6 +237,10 @@ class Trainer:
   def train(self) -> dict:
     """Runs the remaining steps, saves the model; returns the last step's
     metrics."""
+    with jax.set_mesh(self.mesh.mesh):  # Layer boundaries see the mesh.
+      return self._train()
+
+  def _train(self) -> dict:
     config = self.config
     if distributed.is_main():
       writer = metrics_lib.MetricsWriter(self.workdir,
@@ -279,7 +283,8 @@ class Trainer:
     """The learner's held-out evaluation of `params` (default: the current
     ones)."""
     params = self.state["params"] if params is None else params
-    return self.learner.evaluate(params, num_questions)
+    with jax.set_mesh(self.mesh.mesh):
+      return self.learner.evaluate(params, num_questions)
 
 
 class _NoRecord:

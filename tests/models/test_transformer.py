@@ -77,7 +77,7 @@ def test_every_param_has_logical_axes():
   m = tr.Transformer(_config(tie_embeddings=False), rngs=nnx.Rngs(0))
   allowed = {"embed", "heads", "kv_heads", "mlp", "vocab", None}
   for path, var in nnx.to_flat_state(nnx.state(m, nnx.Param)):
-    names = var.get_metadata()["out_sharding"]
+    names = var.get_metadata()["logical_axes"]
     assert len(names) == var.get_value().ndim, path
     assert set(names) <= allowed, path
     assert "embed" in names or path[-1] == "bias", path

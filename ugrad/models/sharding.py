@@ -11,7 +11,7 @@ The mesh has four axes, each of any size (1 switches it off):
   (tensor parallelism, Megatron-style).
 
 Every parameter of `ugrad.models.transformer` names its dimensions with
-logical axes (embed, heads, kv_heads, mlp, vocab) in its `out_sharding`
+logical axes (embed, heads, kv_heads, mlp, vocab) in its `logical_axes`
 metadata; `RULES` maps them to mesh axes. A rule is skipped for a dimension
 when its mesh axis is already used by another dimension of the same array or
 does not divide the dimension's size (e.g. a 20-character vocabulary over
@@ -160,7 +160,7 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
 
   Args:
     params: an `nnx.State` (e.g. from `nnx.split(model, nnx.Param)`) whose
-      variables carry `out_sharding` logical axis names; variables without
+      variables carry `logical_axes` names; variables without
       them are replicated.
     mesh: the device mesh.
     rules: a rule list such as `FSDP_RULES`.
@@ -174,7 +174,7 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
   def one(var):
     if not isinstance(var, nnx.Variable):
       return NamedSharding(mesh, PartitionSpec())
-    names = var.get_metadata().get("out_sharding")
+    names = var.get_metadata().get("logical_axes")
     shape = var.get_value().shape
     if not names:
       return var.replace(NamedSharding(mesh, PartitionSpec()))

@@ -2,7 +2,7 @@
 
 The attribute names mirror Hugging Face's (`embed_tokens`, `layers[i].self_attn
 .q_proj`, ...) so the weight bridge is a short name table. Every parameter
-carries logical axis names in its `out_sharding` metadata (not placed eagerly);
+carries logical axis names in its `logical_axes` metadata (not placed eagerly);
 `ugrad.models.sharding` maps them to mesh axes with a rule list.
 
 The same attention code serves training (no cache) and sampling (a `KVCache`
@@ -11,6 +11,7 @@ Weights start from N(0, 0.02) like Llama / Qwen2 (`initializer_range`), norm
 scales from 1, the scalar head from 0.
 """
 
+import math
 from typing import Optional
 
 import flax.struct
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from ugrad import registry
 from ugrad.models.model_config import ModelConfig
+from ugrad.models.sharding import BATCH_AXES
 
 # Masked attention scores get this instead of -inf, so a query row that sees
 # no key at all (a left-padding row) gives a uniform softmax, never NaN.
@@ -33,8 +35,11 @@ def _wide(dtype) -> jnp.dtype:
 
 
 def _meta(*names):
-  """Param metadata: logical axis names, applied later by a rule list."""
-  return {"out_sharding": names, "eager_sharding": False}
+  """Param metadata: logical axis names, applied later by a rule list.
+
+  Under their own key, not flax's `out_sharding`: flax would read those as
+  mesh axes whenever a mesh is set (`jax.set_mesh`), and these are not."""
+  return {"logical_axes": names}
 
 
 def _normal(key, shape, dtype=jnp.float32):
@@ -262,6 +267,20 @@ REMAT_POLICIES = {
 }
 
 
+def constrain_rows(x: jax.Array) -> jax.Array:
+  """`x` with its rows over the mesh's batch axes, when a mesh is set
+  (`jax.set_mesh`, as the trainer does) and they divide; else `x`. Placed at
+  layer boundaries so XLA keeps activations batch-sharded (and replicated
+  over tensor) instead of guessing."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.P(axes))
+
+
 def _layer_outputs(layer: DecoderLayer, x, rope, mask, remat: str):
   """A decoder layer's outputs [B, T, D] (no cache), under `remat`."""
   policy = registry.lookup(REMAT_POLICIES, "remat", remat)
@@ -309,9 +328,10 @@ class Backbone(nnx.Module):
       mask = causal & (attention_mask > 0)[:, None, :]
     rope = rotary(positions, self.config.head_dim, self.config.rope_theta,
                   _wide(self.config.dtype))
-    x = self.embed_tokens(tokens)
+    x = constrain_rows(self.embed_tokens(tokens))
     for layer in self.layers:
-      x = _layer_outputs(layer, x, rope, mask, self.config.remat)
+      x = constrain_rows(_layer_outputs(layer, x, rope, mask,
+                                        self.config.remat))
     return self.norm(x)
 
   def hidden_cached(self, tokens: jax.Array, positions: jax.Array,
