@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 # Seconds a process waits for a peer that stopped answering before it exits
-# with an error (JAX's coordination-service heartbeat); also the barrier and
-# start-up timeout.
+# with an error (JAX's coordination-service heartbeat), and for all
+# processes to join at start-up.
 HEARTBEAT_TIMEOUT_S = 100
 INIT_TIMEOUT_S = 300
 

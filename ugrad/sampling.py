@@ -329,9 +329,8 @@ def prompt_sharding(mesh: jax.sharding.Mesh,
                     rows: int) -> jax.sharding.NamedSharding:
   """Prompt rows over the mesh's batch axes when they divide, else
   replicated (every device then samples every row)."""
-  axes = tuple(a for a in sharding_lib.BATCH_AXES if a in mesh.shape)
-  shards = int(np.prod([mesh.shape[a] for a in axes]))
-  spec = jax.P(axes) if rows % shards == 0 else jax.P()
+  divides = rows % sharding_lib.batch_shards(mesh.shape) == 0
+  spec = jax.P(sharding_lib.BATCH_AXES) if divides else jax.P()
   return jax.sharding.NamedSharding(mesh, spec)
 
 

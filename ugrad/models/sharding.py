@@ -183,3 +183,17 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
 
   return jax.tree.map(one, params,
                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def constrain_rows(x: jax.Array) -> jax.Array:
+  """`x` with its rows over the mesh's batch axes, when a mesh is set
+  (`jax.set_mesh`, as the trainer does) and they divide; else `x`. Placed at
+  layer boundaries so XLA keeps activations batch-sharded (and replicated
+  over tensor) instead of guessing."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.P(axes))

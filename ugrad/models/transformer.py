@@ -11,7 +11,6 @@ Weights start from N(0, 0.02) like Llama / Qwen2 (`initializer_range`), norm
 scales from 1, the scalar head from 0.
 """
 
-import math
 from typing import Optional
 
 import flax.struct
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 
 from ugrad import registry
 from ugrad.models.model_config import ModelConfig
-from ugrad.models.sharding import BATCH_AXES
+from ugrad.models import sharding
 
 # Masked attention scores get this instead of -inf, so a query row that sees
 # no key at all (a left-padding row) gives a uniform softmax, never NaN.
@@ -267,20 +266,6 @@ REMAT_POLICIES = {
 }
 
 
-def constrain_rows(x: jax.Array) -> jax.Array:
-  """`x` with its rows over the mesh's batch axes, when a mesh is set
-  (`jax.set_mesh`, as the trainer does) and they divide; else `x`. Placed at
-  layer boundaries so XLA keeps activations batch-sharded (and replicated
-  over tensor) instead of guessing."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return x
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
-    return x
-  return jax.lax.with_sharding_constraint(x, jax.P(axes))
-
-
 def _layer_outputs(layer: DecoderLayer, x, rope, mask, remat: str):
   """A decoder layer's outputs [B, T, D] (no cache), under `remat`."""
   policy = registry.lookup(REMAT_POLICIES, "remat", remat)
@@ -328,10 +313,10 @@ class Backbone(nnx.Module):
       mask = causal & (attention_mask > 0)[:, None, :]
     rope = rotary(positions, self.config.head_dim, self.config.rope_theta,
                   _wide(self.config.dtype))
-    x = constrain_rows(self.embed_tokens(tokens))
+    x = sharding.constrain_rows(self.embed_tokens(tokens))
     for layer in self.layers:
-      x = constrain_rows(_layer_outputs(layer, x, rope, mask,
-                                        self.config.remat))
+      x = sharding.constrain_rows(
+          _layer_outputs(layer, x, rope, mask, self.config.remat))
     return self.norm(x)
 
   def hidden_cached(self, tokens: jax.Array, positions: jax.Array,
