@@ -29,6 +29,7 @@ mean.
 
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -291,6 +292,26 @@ def plan(config, cloud_topology: str, prompt_len: int,
   reference = ("logp_ref" in needed) or bool(build.ref_reset_period(config))
   ref_bytes = params_bytes if reference else 0
   resident = params_bytes + opt_bytes + ref_bytes
+  chips = len(devices)
+  out = dict(
+      topology=cloud_topology, jax_topology=jax_name, chip=chip_kind,
+      chips=chips, mesh=shape, model=config.model, num_params=num_params,
+      compute_dtype=dtype, remat=config.remat,
+      micro_batches=config.micro_batches, questions=questions,
+      group_size=group, prompt_len=prompt_len, max_new_tokens=new_tokens,
+      rows=questions * group, hbm_bytes_per_chip=chip.hbm_bytes,
+      params_bytes_per_chip=params_bytes, opt_state_bytes_per_chip=opt_bytes,
+      reference_bytes_per_chip=ref_bytes, grads_bytes_per_chip=params_bytes,
+      peak_flops_per_chip=chip.peak_bf16_flops)
+  if resident + params_bytes > chip.hbm_bytes:
+    # The update holds the gradients beside the resident state: this mesh
+    # cannot fit, whatever the compiler does with the rest; no compile.
+    out.update(functions={}, peak_bytes_per_chip=resident + params_bytes,
+               fits=False, reason=(
+                   f"parameters, optimizer state, reference and gradients "
+                   f"alone are {_gb(resident + params_bytes)} per chip on "
+                   f"this mesh, over the {_gb(chip.hbm_bytes)} of HBM"))
+    return out
 
   functions = {
       "sample": (sampling._sample_jit,  # pylint: disable=protected-access
@@ -305,7 +326,6 @@ def plan(config, cloud_topology: str, prompt_len: int,
   analytic = analytic_flops(cfg, num_params, questions=questions,
                             group=group, prompt_len=prompt_len,
                             new_tokens=new_tokens)
-  chips = len(devices)
   results = {}
   for name, (fn, args, resident_args) in functions.items():
     start = time.perf_counter()
@@ -333,26 +353,14 @@ def plan(config, cloud_topology: str, prompt_len: int,
   step_flops = (analytic["sample"] + forward_passes * analytic["logprobs"] +
                 config.ppo_epochs * analytic["update"])
   peak = max(r["peak_with_resident_state"] for r in results.values())
-  out = dict(
-      topology=cloud_topology, jax_topology=jax_name, chip=chip_kind,
-      chips=chips, mesh=shape, model=config.model, num_params=num_params,
-      matmul_params=analytic["matmul_params"], compute_dtype=dtype,
-      remat=config.remat, micro_batches=config.micro_batches,
-      questions=questions, group_size=group, prompt_len=prompt_len,
-      max_new_tokens=new_tokens, rows=rows,
-      hbm_bytes_per_chip=chip.hbm_bytes,
-      params_bytes_per_chip=params_bytes,
-      opt_state_bytes_per_chip=opt_bytes,
-      reference_bytes_per_chip=ref_bytes,
-      grads_bytes_per_chip=params_bytes,
-      kv_cache_bytes=kv_cache,
+  out.update(
+      matmul_params=analytic["matmul_params"], kv_cache_bytes=kv_cache,
       kv_cache_bytes_per_chip=kv_cache // (row_split * kv_heads_split),
       functions=results, peak_bytes_per_chip=peak,
       fits=peak <= chip.hbm_bytes,
       step=dict(forward_passes=forward_passes,
                 analytic_flops=step_flops,
-                analytic_flops_per_chip=step_flops / chips),
-      peak_flops_per_chip=chip.peak_bf16_flops)
+                analytic_flops_per_chip=step_flops / chips))
   return out
 
 
@@ -369,6 +377,9 @@ def _gb(x) -> str:
 def format_plan(r: dict, step_time: Optional[float] = None) -> str:
   mesh = " x ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1) or \
       "1 device"
+  if r.get("reason"):
+    return (f"{r['model']} on {r['topology']}, mesh {mesh}: DOES NOT FIT: "
+            f"{r['reason']} (nothing compiled)")
   lines = [
       "Compile-time estimates (XLA for TPU, compiled on CPU; not measured "
       "on hardware)",
@@ -422,8 +433,40 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
   return "\n".join(lines)
 
 
+def table_row(r: dict) -> str:
+  """One markdown row of the committed plan table."""
+  mesh = ", ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1)
+  gb = lambda x: f"{x / 1e9:.1f}"
+  peaks = " / ".join(
+      gb(r["functions"][f]["peak_with_resident_state"]) if f in
+      r["functions"] else "-" for f in ("sample", "logprobs", "update"))
+  verdict = (f"yes, {gb(r['peak_bytes_per_chip'])} of "
+             f"{gb(r['hbm_bytes_per_chip'])} GB" if r["fits"] else
+             r.get("reason") or f"NO: {gb(r['peak_bytes_per_chip'])} of "
+             f"{gb(r['hbm_bytes_per_chip'])} GB")
+  return (f"| {r['model']} | {r['topology']} ({r['chips']}) | {mesh} | "
+          f"{r['remat']}, {r['micro_batches']} | "
+          f"{gb(r['params_bytes_per_chip'])} / "
+          f"{gb(r['opt_state_bytes_per_chip'])} / "
+          f"{gb(r['reference_bytes_per_chip'])} | {peaks} | {verdict} |")
+
+
+TABLE_HEADER = (
+    "| model | topology (chips) | mesh | remat, micro-batches | params / opt /"
+    " ref per chip, GB | peak +resident, GB: sample / log-probs / update |"
+    " fits? |\n|---|---|---|---|---|---|---|")
+
+
 def main(argv):
   del argv
+  if _TABLE.value:
+    print(TABLE_HEADER)
+    for path in sorted(glob.glob(os.path.join(_TABLE.value, "*.json"))):
+      with open(path, encoding="utf-8") as f:
+        print(table_row(json.load(f)))
+    return
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required (or --table DIR)")
   config = _CONFIG.value
   vocab = _VOCAB.value or build.make_task(config).tokenizer.vocab_size
   result = plan(config, _TOPOLOGY.value, _PROMPT_LEN.value, vocab)
@@ -450,5 +493,7 @@ if __name__ == "__main__":
   _VOCAB = flags.DEFINE_integer(
       "vocab_size", 0, "the tokenizer's vocabulary (0: the config's task's); "
       "published-model presets keep their own")
-  flags.mark_flags_as_required(["config"])
+  _TABLE = flags.DEFINE_string(
+      "table", None, "print the markdown table of the --json outputs (*.json)"
+      " in this directory")
   app.run(main)
