@@ -14,7 +14,6 @@ elsewhere; `--config.mesh.*` lays the devices out (see base.py).
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -24,6 +23,7 @@ from ml_collections import config_flags
 
 from ugrad import distributed
 from ugrad import iterative
+from ugrad import paths
 from ugrad import runs
 from ugrad import train
 
@@ -83,8 +83,8 @@ def sft_config(config) -> ml_collections.ConfigDict:
 def warm_start(config, workdir: str) -> str:
   """Trains (or reuses) the SFT policy of the embedded task in
   WORKDIR/sft and returns that directory."""
-  sft_dir = os.path.join(os.path.abspath(workdir), "sft")
-  if not os.path.exists(os.path.join(sft_dir, runs.POLICY_DIR)):
+  sft_dir = str(paths.resolve(workdir) / "sft")
+  if not (paths.resolve(sft_dir) / runs.POLICY_DIR).exists():
     logging.info("No init_from: training the SFT policy in %s", sft_dir)
     train.Trainer(sft_config(config), sft_dir).train()
   return sft_dir
@@ -123,19 +123,17 @@ def _write_eval(workdir: str, results: dict):
   """WORKDIR/eval.json: written last, so it marks a finished run."""
   if not distributed.is_main():
     return
-  with open(os.path.join(workdir, runs.EVAL_FILE), "w") as f:
-    json.dump(results, f, indent=2)
+  (paths.resolve(workdir) / runs.EVAL_FILE).write_text(
+      json.dumps(results, indent=2))
 
 
 def _cached_eval(trainer, run_dir: str, params) -> dict:
-  path = os.path.join(run_dir, runs.EVAL_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  path = paths.resolve(run_dir) / runs.EVAL_FILE
+  if path.exists():
+    return json.loads(path.read_text())
   result = trainer.evaluate(params)
   if distributed.is_main():
-    with open(path, "w") as f:
-      json.dump(result, f)
+    path.write_text(json.dumps(result))
   return result
 
 

@@ -40,7 +40,6 @@ others wait for it.
 """
 
 import json
-import os
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -48,6 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ugrad import distributed
+from ugrad import paths
 
 # Orbax names an unfinished step directory `<step>` + this marker (checked
 # against orbax-checkpoint 0.12.8, whose atomic-rename mode is used on local
@@ -82,7 +82,7 @@ class Checkpointer:
       raise ValueError(f"save_every must be a positive int, got {save_every!r}")
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep!r}")
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.directory = paths.resolve(directory)
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            create=True)
@@ -230,7 +230,7 @@ class Checkpointer:
   # Moving bad checkpoints aside.
 
   def _quarantine_unfinished(self):
-    for name in sorted(os.listdir(self.directory)):
+    for name in sorted(p.name for p in self.directory.iterdir()):
       step, marker, _ = name.partition(ORBAX_TMP_MARKER)
       if marker and step.isdigit():
         self._move_aside(name, f"an unfinished save of step {step} "
@@ -247,16 +247,16 @@ class Checkpointer:
   def _move_aside(self, name: str, what: str):
     if not distributed.is_main():
       return
-    target_dir = os.path.join(self.directory, CORRUPT_DIR)
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, name)
+    target_dir = self.directory / CORRUPT_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / name
     suffix = 1
-    while os.path.exists(target):
-      target = os.path.join(target_dir, f"{name}.{suffix}")
+    while target.exists():
+      target = target_dir / f"{name}.{suffix}"
       suffix += 1
-    os.rename(os.path.join(self.directory, name), target)
+    (self.directory / name).rename(target)
     logging.warning("%s: moved %s to %s (kept for inspection, not deleted)",
-                    what, os.path.join(self.directory, name), target)
+                    what, self.directory / name, target)
 
 
 class _MismatchError(Exception):

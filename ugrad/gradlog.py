@@ -28,13 +28,13 @@ and exits 0, or prints the first bad record and exits 1.
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ugrad import metrics
+from ugrad import paths
 
 GENESIS = "0" * 64
 
@@ -86,8 +86,8 @@ class GradientLog:
       ValueError: the kept records do not verify, or do not end at
         `expected_head`.
     """
-    self.path = path
-    kept = metrics.truncate_jsonl(path, resume_step)
+    self.path = paths.resolve(path)
+    kept = metrics.truncate_jsonl(self.path, resume_step)
     result = _verify_lines(kept)
     if not result.ok:
       raise ValueError(f"{path}: cannot continue a broken chain: {result}")
@@ -100,7 +100,7 @@ class GradientLog:
       raise ValueError(
           f"{path}: the last kept record (step {self.last_step}) has hash "
           f"{self.head}, but the checkpoint expects {expected_head}")
-    self._file = open(path, "a", encoding="ascii")
+    self._file = self.path.open("a", encoding="utf-8")  # ASCII records
 
   def append(self, step: int, method: str, tokens: Any, *,
              loss: Any, grad_norm: Any, coef: Mapping[str, Any],
@@ -183,9 +183,9 @@ class VerifyResult:
     return f"line {self.line}{step}: {self.reason}"
 
 
-def verify(path: str) -> VerifyResult:
+def verify(path: paths.PathLike) -> VerifyResult:
   """Checks every record's hash and link; names the first that fails."""
-  with open(path, encoding="utf-8") as f:
+  with paths.resolve(path).open(encoding="utf-8") as f:
     return _verify_lines(f.readlines())
 
 
@@ -249,7 +249,7 @@ def main(argv: Sequence[str]) -> int:
   if len(argv) != 2 or argv[0] != "verify":
     print("usage: python -m ugrad.gradlog verify FILE", file=sys.stderr)
     return 2
-  if not os.path.isfile(argv[1]):
+  if not paths.resolve(argv[1]).is_file():
     print(f"{argv[1]}: no such file", file=sys.stderr)
     return 2
   result = verify(argv[1])

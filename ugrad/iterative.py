@@ -14,9 +14,10 @@ run resumes there.
 """
 
 import json
-import os
 
 from ugrad import build
+from ugrad import distributed
+from ugrad import paths
 from ugrad import runs
 from ugrad import train
 
@@ -33,7 +34,7 @@ def iteration_of(config, step: int) -> int:
 
 
 def iteration_dir(workdir: str, k: int) -> str:
-  return os.path.join(workdir, ITERATIONS_DIR, f"iter_{k}")
+  return str(paths.resolve(workdir) / ITERATIONS_DIR / f"iter_{k}")
 
 
 def continuation_config(previous: str, policy_dir: str,
@@ -80,17 +81,17 @@ def reward_models_of(config, workdir: str, k: int, params, model_config,
     runs.save_model(directory, params, model_config)
   metrics = {}
   for field in dirs:
-    previous = dirs[field] if k == 1 else os.path.join(
-        iteration_dir(workdir, k - 1), field)
-    rm_dir = os.path.join(directory, field)
-    eval_file = os.path.join(rm_dir, runs.EVAL_FILE)
-    if not os.path.exists(eval_file):
+    previous = dirs[field] if k == 1 else str(
+        paths.resolve(iteration_dir(workdir, k - 1)) / field)
+    rm_dir = str(paths.resolve(directory) / field)
+    eval_file = paths.resolve(rm_dir) / runs.EVAL_FILE
+    if not eval_file.exists():
       result = train.train_reward_model(
           continuation_config(previous, directory, config), rm_dir)
-      with open(eval_file, "w") as f:
-        json.dump({"final": result}, f, indent=2)
-    with open(eval_file) as f:
-      final = json.load(f)["final"]
+      if distributed.is_main():
+        eval_file.write_text(json.dumps({"final": result}, indent=2))
+      distributed.sync("iterative_rm_eval")
+    final = json.loads(eval_file.read_text())["final"]
     metrics.update({f"{field}/{key}": value for key, value in final.items()
                     if key.endswith(("_acc", "_auc"))})
     dirs[field] = rm_dir
@@ -106,7 +107,7 @@ class RewardModelRefresh:
 
   def __init__(self, config, workdir: str):
     self.config = config
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = str(paths.resolve(workdir))
     self.iteration = 0
 
   def __call__(self, trainer, step: int) -> dict:

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Optional
 from absl import logging
 import numpy as np
 
+from ugrad import paths
+
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 TB_DIR = "tb"
@@ -40,21 +42,22 @@ class MetricsWriter:
         with a larger step are dropped. None starts a fresh run: every
         existing line is dropped (moved to `<file>.dropped`).
     """
-    os.makedirs(workdir, exist_ok=True)
+    directory = paths.resolve(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
     self.workdir = workdir
     self._last_step = -1 if resume_step is None else resume_step
-    paths = [os.path.join(workdir, n) for n in (METRICS_FILE, SAMPLES_FILE)]
-    for path in paths:
+    files = [directory / n for n in (METRICS_FILE, SAMPLES_FILE)]
+    for path in files:
       truncate_jsonl(path, resume_step)
     self._metrics, self._samples = (
-        open(p, "a", encoding="utf-8") for p in paths)
+        p.open("a", encoding="utf-8") for p in files)
     # Imported here, not at the top: tensorboardX imports torch when it is
     # installed (2.4 s), which json_scalar and truncate_jsonl users such as
     # the gradient-log verifier do not need.
     import tensorboardX  # pylint: disable=g-import-not-at-top
     # TensorBoard hides events at steps >= purge_step from earlier runs.
     purge = 0 if resume_step is None else resume_step + 1
-    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR),
+    self._tb = tensorboardX.SummaryWriter(str(directory / TB_DIR),
                                           purge_step=purge)
 
   def write(self, step: int, metrics: Mapping[str, Any]):
@@ -140,10 +143,10 @@ def json_scalar(name: str, value: Any):
   return item
 
 
-def read_metrics(path: str) -> list[dict]:
+def read_metrics(path: paths.PathLike) -> list[dict]:
   """Reads a metrics JSON-lines file; non-finite markers become floats."""
   records = []
-  with open(path, encoding="utf-8") as f:
+  with paths.resolve(path).open(encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       try:
         record = json.loads(line)
@@ -154,7 +157,8 @@ def read_metrics(path: str) -> list[dict]:
   return records
 
 
-def truncate_jsonl(path: str, resume_step: Optional[int]) -> list[str]:
+def truncate_jsonl(path: paths.PathLike,
+                   resume_step: Optional[int]) -> list[str]:
   """Drops the lines of a JSON-lines log written after step `resume_step`.
 
   A last line cut short by a killed write is dropped too. Dropped lines are
@@ -170,9 +174,10 @@ def truncate_jsonl(path: str, resume_step: Optional[int]) -> list[str]:
   Raises:
     ValueError: a line other than the last is not JSON or has no int step.
   """
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not path.exists():
     return []
-  with open(path, encoding="utf-8") as f:
+  with path.open(encoding="utf-8") as f:
     lines = f.readlines()
   kept, dropped = [], []
   for number, line in enumerate(lines, 1):
@@ -182,12 +187,13 @@ def truncate_jsonl(path: str, resume_step: Optional[int]) -> list[str]:
     else:
       dropped.append(line if line.endswith("\n") else line + "\n")
   if dropped:
-    with open(path + DROPPED_SUFFIX, "a", encoding="utf-8") as f:
+    dropped_file = path.with_name(path.name + DROPPED_SUFFIX)
+    with dropped_file.open("a", encoding="utf-8") as f:
       f.writelines(dropped)
     _replace(path, kept)
     logging.warning("%s: moved %d line(s) %s to %s", path, len(dropped),
                     "of an earlier run" if resume_step is None else
-                    f"logged after step {resume_step}", path + DROPPED_SUFFIX)
+                    f"logged after step {resume_step}", dropped_file)
   return kept
 
 
@@ -207,9 +213,10 @@ def _line_step(path, number, line, last):
 
 def _replace(path, lines):
   """Rewrites `path` atomically: a crash leaves the old or the new file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  tmp = path.with_name(path.name + ".tmp")
+  with tmp.open("w", encoding="utf-8") as f:
     f.writelines(lines)
     f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+    if not paths.is_uri(path):  # Cloud objects appear whole on close.
+      os.fsync(f.fileno())
+  tmp.replace(path)

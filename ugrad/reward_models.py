@@ -20,7 +20,6 @@ scalar model, which `ugrad.runs.reward_model_scorer` (the `model` and
 `process` rewards) loads.
 """
 
-import os
 
 from flax import nnx
 import jax
@@ -31,6 +30,7 @@ import optax
 
 from ugrad import build
 from ugrad import masked
+from ugrad import paths
 from ugrad import registry
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
@@ -126,12 +126,12 @@ def history(workdir: str) -> dict:
   dirs = [workdir] + [c.rm.init_from for c in chain[:-1]]
   parts = []
   for directory in dirs:
-    data_dir = os.path.join(directory, DATA_DIR)
-    if not os.path.isdir(data_dir):
+    data_dir = paths.resolve(directory) / DATA_DIR
+    if not data_dir.is_dir():
       raise FileNotFoundError(f"{directory} kept no training data to replay "
                               f"({DATA_DIR}/ is missing)")
-    for name in sorted(os.listdir(data_dir)):
-      with np.load(os.path.join(data_dir, name)) as rows:
+    for file in sorted(data_dir.iterdir()):
+      with file.open("rb") as f, np.load(f) as rows:
         parts.append(dict(rows))
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -311,10 +311,10 @@ class RewardModelLearner:
 
   def _record(self, step: int, rows: dict):
     """Keeps the step's fresh labelled rows for later replay."""
-    data_dir = os.path.join(self.trainer.workdir, DATA_DIR)
-    os.makedirs(data_dir, exist_ok=True)
-    np.savez_compressed(os.path.join(data_dir, f"step_{step:07d}.npz"),
-                        **rows)
+    data_dir = paths.resolve(self.trainer.workdir) / DATA_DIR
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / f"step_{step:07d}.npz").open("wb") as f:
+      np.savez_compressed(f, **rows)
 
   def _with_replay(self, step: int, rows: dict) -> dict:
     """`rows` plus historical rows drawn by (seed, step), so that they make

@@ -8,7 +8,7 @@ WORKDIR/run_config.json; `init_from`, `reward_model` and
 
 import dataclasses
 import json
-import os
+import tempfile
 
 from flax import nnx
 import jax
@@ -18,11 +18,14 @@ import orbax.checkpoint as ocp
 
 from ugrad import distributed
 from ugrad import models
+from ugrad import paths
 
 POLICY_DIR = "policy"  # the final parameters of a run, for init_from
 CONFIG_FILE = "run_config.json"
 MODEL_FILE = "model.json"
 EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
+GRADIENT_LOG = "gradient_log.jsonl"
+CHECKPOINT_DIR = "checkpoints"
 
 MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
 
@@ -30,34 +33,32 @@ MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
 def write_config(workdir: str, config: ml_collections.ConfigDict):
   if not distributed.is_main():
     return
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json(indent=2))
+  (paths.resolve(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(
+      json.loads((paths.resolve(workdir) / CONFIG_FILE).read_text()))
 
 
 def is_finished_model(workdir: str) -> bool:
   """Whether `workdir` holds a saved model (`save_model` ran)."""
-  return os.path.exists(os.path.join(workdir, MODEL_FILE))
+  return (paths.resolve(workdir) / MODEL_FILE).exists()
 
 
 def save_model(workdir: str, params, model_config, kind: str = "policy"):
   """Writes parameters and model shape where `init_from` (or a reward-model
   setting) can load them: WORKDIR/policy and WORKDIR/model.json. A model
   already saved there is kept (a resumed run saves once)."""
-  path = os.path.join(os.path.abspath(workdir), POLICY_DIR)
-  if os.path.exists(path):
+  path = paths.resolve(workdir) / POLICY_DIR
+  if path.exists():
     return
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, params)
     checkpointer.wait_until_finished()
   if distributed.is_main():
-    with open(os.path.join(workdir, MODEL_FILE), "w") as f:
-      json.dump({"kind": kind, "config": dataclasses.asdict(model_config)},
-                f)
+    (paths.resolve(workdir) / MODEL_FILE).write_text(json.dumps(
+        {"kind": kind, "config": dataclasses.asdict(model_config)}))
   distributed.sync("save_model")
 
 
@@ -75,8 +76,7 @@ def load_model(path: str, kind: str = "policy", shardings=None):
   if not is_finished_model(path):
     raise FileNotFoundError(
         f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
-  with open(os.path.join(path, MODEL_FILE)) as f:
-    saved = json.load(f)
+  saved = json.loads((paths.resolve(path) / MODEL_FILE).read_text())
   if saved["kind"] != kind:
     raise ValueError(f"{path} holds a {saved['kind']} model, not a {kind} "
                      "model")
@@ -93,15 +93,15 @@ def load_model(path: str, kind: str = "policy", shardings=None):
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_params, shardings)
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(
-        os.path.join(os.path.abspath(path), POLICY_DIR), abstract_params)
+    params = checkpointer.restore(paths.resolve(path) / POLICY_DIR,
+                                  abstract_params)
   return graphdef, params
 
 
 def is_hf_dir(path: str) -> bool:
   """A Hugging Face model directory (not a ugrad run)."""
-  return not is_finished_model(path) and os.path.exists(
-      os.path.join(path, "config.json"))
+  return not is_finished_model(path) and (
+      paths.resolve(path) / "config.json").exists()
 
 
 def load_policy(path: str, shardings=None):
@@ -110,12 +110,24 @@ def load_policy(path: str, shardings=None):
   Parameters load as float32 (the trainer's master weights), each straight
   into its shards when `shardings` (as for `load_model`) is given."""
   if is_hf_dir(path):
-    model, tokenizer = models.from_pretrained(path, dtype="float32",
+    local = local_copy(path) if paths.is_uri(path) else path
+    model, tokenizer = models.from_pretrained(local, dtype="float32",
                                               shardings=shardings)
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params, tokenizer
   graphdef, params = load_model(path, "policy", shardings)
   return graphdef, params, None
+
+
+def local_copy(path: str) -> str:
+  """A local copy of the files of directory `path` (e.g. a Hugging Face
+  model on gs://, which safetensors memory-maps); each process makes its
+  own under the system's temporary directory."""
+  local = paths.resolve(tempfile.mkdtemp(prefix="ugrad-hf-"))
+  for file in paths.resolve(path).iterdir():
+    if file.is_file():
+      file.copy(local / file.name)
+  return str(local)
 
 
 def reward_model_scorer(path: str):

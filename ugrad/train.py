@@ -16,7 +16,6 @@ what a run kind changes is its learner (`PolicyLearner` here,
 """
 
 import math
-import os
 import time
 from typing import Callable, Optional, Sequence
 
@@ -31,6 +30,7 @@ from ugrad import checkpoint as checkpoint_lib
 from ugrad import distributed
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
+from ugrad import paths
 from ugrad import reward_models
 from ugrad import runs
 from ugrad import validate
@@ -86,8 +86,8 @@ class Trainer:
     if config.trainer == "reward_model":
       reward_models.check_config(config)
     self.config = config
-    self.workdir = os.path.abspath(workdir)
-    os.makedirs(self.workdir, exist_ok=True)
+    self.workdir = str(paths.resolve(workdir))
+    paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
     self.hooks = list(hooks)
     self.timer = PhaseTimer()
     self.task = build.make_task(config)
@@ -114,7 +114,7 @@ class Trainer:
                               config.micro_batches,
                               sh + (self.mesh.replicated,))
     self.checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), config.checkpoint_every,
+        paths.resolve(self.workdir) / runs.CHECKPOINT_DIR, config.checkpoint_every,
         config.keep_checkpoints)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -246,7 +246,7 @@ class Trainer:
       writer = metrics_lib.MetricsWriter(self.workdir,
                                          resume_step=self.start_step)
       gradient_log = gradlog.GradientLog(
-          os.path.join(self.workdir, "gradient_log.jsonl"),
+          paths.resolve(self.workdir) / runs.GRADIENT_LOG,
           resume_step=self.start_step * self._updates_per_step(),
           expected_head=self.resume_meta.get("gradlog_head"))
     else:  # Process 0 writes the run's record; the others only compute.

@@ -18,7 +18,6 @@ Code outside the package adds a source with `ugrad.register_source`.
 """
 
 import dataclasses
-import os
 from typing import Callable, Optional, Sequence
 
 from absl import logging
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 
 from ugrad import distributed
+from ugrad import paths
 from ugrad import registry
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
@@ -294,7 +294,7 @@ class FrozenPolicySource(OnlineSource):
 
   def __init__(self, task, *, workdir: str, pool_questions: int, **kwargs):
     super().__init__(task, **kwargs)
-    self.path = os.path.join(workdir, "frozen_pool.npz")
+    self.path = paths.resolve(workdir) / "frozen_pool.npz"
     self.pool_questions = pool_questions
     self._pool: Optional[Batch] = None
 
@@ -302,8 +302,8 @@ class FrozenPolicySource(OnlineSource):
     return [self.seed, self.group_size, self.pool_questions]
 
   def _build_pool(self, params) -> Batch:
-    if os.path.exists(self.path):
-      with np.load(self.path) as f:
+    if self.path.exists():
+      with self.path.open("rb") as file, np.load(file) as f:
         fields = {k: f[k] for k in f.files}
       question_idx = fields.pop("question_idx")
       made_with = fields.pop("made_with").tolist()
@@ -332,11 +332,12 @@ class FrozenPolicySource(OnlineSource):
       fields = {k: v for k, v in dataclasses.asdict(pool.rollout).items()
                 if v is not None}
       if distributed.is_main():
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp.npz"
-        np.savez(tmp, question_idx=question_idx,
-                 made_with=np.asarray(self._made_with()), **fields)
-        os.replace(tmp, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as f:
+          np.savez(f, question_idx=question_idx,
+                   made_with=np.asarray(self._made_with()), **fields)
+        tmp.replace(self.path)
       distributed.sync("frozen_pool")
       logging.info("Sampled and cached the frozen-policy pool at %s",
                    self.path)
