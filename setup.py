@@ -16,6 +16,7 @@ setuptools.setup(
         "flax>=0.11.0",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
+        "etils[epath]>=1.7",
         "chex>=0.1.89",
         "absl-py>=2.1.0",
         "ml_collections>=1.0.0",
