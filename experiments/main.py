@@ -14,6 +14,8 @@ elsewhere; `--config.mesh.*` lays the devices out (see base.py).
 """
 
 import json
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -23,7 +25,9 @@ from ml_collections import config_flags
 
 from ugrad import distributed
 from ugrad import iterative
+from ugrad import lock
 from ugrad import paths
+from ugrad import preemption
 from ugrad import runs
 from ugrad import train
 
@@ -37,6 +41,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", 0, "processes of a multi-process run")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", -1, "this process's index in a multi-process run")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "show the traceback of an error (also: "
+    "UGRAD_TRACEBACK=1)")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "join a multi-host run whose peers JAX detects "
     "(Cloud TPU VM slices, SLURM, Open MPI)")
@@ -91,7 +98,13 @@ def warm_start(config, workdir: str) -> str:
 
 
 def run(config, workdir: str) -> dict:
-  """Trains `config` in `workdir`; returns held-out results."""
+  """Trains `config` in `workdir`, holding its lock; returns held-out
+  results."""
+  with lock.hold(workdir):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
   warm = needs_sft_warm_start(config)
   if warm:
     config.init_from = warm_start(config, workdir)
@@ -137,13 +150,36 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
   return result
 
 
+# What a user can fix (a config, a path, a data file, a held workdir, a
+# diverged run): one line, no traceback. Anything else is a bug: traceback.
+USER_ERRORS = (ValueError, KeyError, OSError, lock.WorkdirInUse,
+               FloatingPointError)
+EXIT_ERROR = 1
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
+
+
+def error_line(e: BaseException) -> str:
+  message = e.args[0] if isinstance(e, KeyError) and e.args else e
+  return f"error: {message}"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value, auto=_DISTRIBUTED.value)
-  run(_CONFIG.value, _WORKDIR.value)
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value, auto=_DISTRIBUTED.value)
+    run(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  except USER_ERRORS as e:
+    if _TRACEBACK.value or os.environ.get("UGRAD_TRACEBACK"):
+      raise
+    print(error_line(e) + "  (--traceback shows where)", file=sys.stderr,
+          flush=True)
+    sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 import json
 import os
+import re
+import signal
 
 import pytest
 
 from experiments import main
+from tests import launch_util
 from tests import train_util
+from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import runs
 
@@ -40,3 +44,49 @@ def test_warm_start_trains_sft_once_and_the_run_reports_both(tmp_path):
       os.path.join(sft_dir, "metrics.jsonl")) == sft_rows
   rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_a_config_error_is_one_line_without_a_traceback(tmp_path):
+  result = launch_util.run(launch_util.command(
+      tmp_path / "run", **{"coef.name": "no_such_method"}))
+  assert result.returncode == main.EXIT_ERROR
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: unknown coefficient 'no_such_method'"
+                              "; valid: "), result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_exits_75_and_resume_is_exact(tmp_path):
+  argv = launch_util.command(tmp_path / "stopped", steps=60)
+  proc = launch_util.start(argv)
+  launch_util.wait_for_lines(tmp_path / "stopped" / "metrics.jsonl", 7, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == main.EXIT_PREEMPTED, err
+  stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+) of 60",
+                             err).group(1))
+  assert stopped_at < 60
+  assert str(stopped_at) in os.listdir(tmp_path / "stopped" / "checkpoints")
+  assert launch_util.run(argv).returncode == 0
+  straight = launch_util.command(tmp_path / "straight", steps=60)
+  assert launch_util.run(straight).returncode == 0
+  assert (launch_util.comparable_metrics(tmp_path / "stopped") ==
+          launch_util.comparable_metrics(tmp_path / "straight"))
+  assert gradlog.verify(tmp_path / "stopped" / "gradient_log.jsonl").ok
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_held_workdir_exits_at_once(tmp_path):
+  argv = launch_util.command(tmp_path / "run", steps=60)
+  first = launch_util.start(argv)
+  launch_util.wait_for_lines(tmp_path / "run" / "metrics.jsonl", 2, first)
+  second = launch_util.run(argv, timeout=120)
+  assert second.returncode == main.EXIT_ERROR
+  assert re.search(rf"error: {tmp_path / 'run'} is in use by PID "
+                   rf"{first.pid} on \S+ since ", second.stderr), second.stderr
+  first.communicate(timeout=600)
+  assert first.returncode == 0
+  records = launch_util.comparable_metrics(tmp_path / "run")
+  assert [r["step"] for r in records] == list(range(1, 61))
+  assert gradlog.verify(tmp_path / "run" / "gradient_log.jsonl").ok

@@ -81,6 +81,14 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def agree(ok: bool) -> bool:
+  """Process 0's `ok`, on every process (e.g. whether process 0 could
+  take the workdir's lock), so that all of them go the same way."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
 def _to_host(x: Any) -> Any:
   if not isinstance(x, jax.Array):
     return x  # Host values stay as they are (as with jax.device_get).

@@ -31,6 +31,7 @@ from ugrad import distributed
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import paths
+from ugrad import preemption
 from ugrad import reward_models
 from ugrad import runs
 from ugrad import validate
@@ -256,25 +257,34 @@ class Trainer:
     bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
                     desc=config.method, dynamic_ncols=True,
                     disable=config.quiet)
-    try:
-      for step in range(self.start_step, config.steps):
-        metrics = self.train_step(step, gradient_log, writer)
-        if config.eval_every and (step + 1) % config.eval_every == 0:
-          metrics.update(self.learner.periodic_evaluation())
-        writer.write(step + 1, metrics)
-        last = step + 1 == config.steps
-        self.checkpointer.save(
-            step + 1, self.state,
-            {"step": step + 1, "gradlog_head": gradient_log.head,
-             "config": config.to_json()}, force=last, wait=last)
-        bar.update(1)
-        bar.set_postfix({k: f"{metrics[k]:.3g}" for k in (
-            "reward_mean", "accuracy", "tokens_per_s") if k in metrics})
-    finally:
-      bar.close()
-      writer.close()
-      gradient_log.close()
-      self.checkpointer.wait_until_finished()
+    with preemption.Watcher() as watcher:
+      try:
+        for step in range(self.start_step, config.steps):
+          metrics = self.train_step(step, gradient_log, writer)
+          if config.eval_every and (step + 1) % config.eval_every == 0:
+            metrics.update(self.learner.periodic_evaluation())
+          writer.write(step + 1, metrics)
+          last = step + 1 == config.steps
+          stop = not last and watcher.should_stop(step + 1)
+          self.checkpointer.save(
+              step + 1, self.state,
+              {"step": step + 1, "gradlog_head": gradient_log.head,
+               "config": config.to_json()}, force=last or stop,
+              wait=last or stop)
+          bar.update(1)
+          bar.set_postfix({k: f"{metrics[k]:.3g}" for k in (
+              "reward_mean", "accuracy", "tokens_per_s") if k in metrics})
+          if stop:
+            raise preemption.Preempted(
+                f"stopped by {watcher.reason()} after step {step + 1} of "
+                f"{config.steps}: checkpoint step {step + 1} saved in "
+                f"{self.checkpointer.directory}; run the same command to "
+                "resume")
+      finally:
+        bar.close()
+        writer.close()
+        gradient_log.close()
+        self.checkpointer.wait_until_finished()
     self.learner.save(self.workdir)
     return metrics
 
