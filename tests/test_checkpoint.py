@@ -61,6 +61,8 @@ def _saved(directory, steps, max_to_keep=3):
   for step in steps:
     assert ckpt.save(step, _train_state(step), {"step": step, "pos": 10 * step},
                      wait=True)
+  assert [s for s, _ in ckpt.finish()] == [
+      s for s in steps if s in ckpt.all_steps()]
   return ckpt
 
 
@@ -145,6 +147,18 @@ def _garbage_state_metadata(step_dir):
     f.write("not json at all")
 
 
+def _flip_one_bit(step_dir):
+  """Corruption the storage format cannot see: same length, one bit."""
+  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
+                    recursive=True)
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.seek(os.path.getsize(biggest) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 1]))
+
+
 # Orbax's concurrent reads of a broken checkpoint leave coroutines that
 # complain when collected after their event loop closed; the failure itself
 # is handled. They are collected inside the test so the filter applies.
@@ -152,7 +166,7 @@ def _garbage_state_metadata(step_dir):
     "ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("corrupt", [
     _make_unfinished, _truncate_array_file, _delete_array_files,
-    _garbage_meta, _garbage_state_metadata])
+    _garbage_meta, _garbage_state_metadata, _flip_one_bit])
 def test_falls_back_to_previous_good_checkpoint(tmp_path, caplog, corrupt):
   _saved(tmp_path, [1, 2]).close()
   corrupt(os.path.join(tmp_path, "2"))
@@ -177,16 +191,48 @@ def test_falls_back_to_previous_good_checkpoint(tmp_path, caplog, corrupt):
   gc.collect()
 
 
-def test_garbage_orbax_step_metadata_is_tolerated(tmp_path):
-  # Orbax logs and ignores an unreadable _CHECKPOINT_METADATA; the arrays
-  # and meta are intact, so the step is still good.
-  _saved(tmp_path, [1, 2]).close()
-  with open(os.path.join(tmp_path, "2", "_CHECKPOINT_METADATA"), "w") as f:
-    f.write("{{{")
-  with checkpoint.Checkpointer(tmp_path, save_every=1) as ckpt:
-    step, state, _ = ckpt.restore(_abstract(_train_state(1)))
-  assert step == 2
-  _assert_same(state, _train_state(2))
+def test_manifest_hashes_every_file_and_survives_a_restore(tmp_path):
+  ckpt = _saved(tmp_path, [1])
+  digest = ckpt.manifest_sha256(1)
+  listed = checkpoint.file_hashes(os.path.join(tmp_path, "1"))
+  on_disk = {os.path.relpath(os.path.join(root, name), tmp_path / "1")
+             for root, _, names in os.walk(tmp_path / "1") for name in names}
+  assert set(listed) == on_disk - {checkpoint.MANIFEST}
+  ckpt.restore(_abstract(_train_state(1)))
+  ckpt.close()
+  assert checkpoint.check_manifest(os.path.join(tmp_path, "1")) is None
+  assert ckpt.manifest_sha256(1) == digest
+
+
+def test_a_checkpoint_without_manifest_gets_one_at_restore(tmp_path, caplog):
+  ckpt = checkpoint.Checkpointer(tmp_path, save_every=1)
+  ckpt.save(1, _train_state(1), {"step": 1}, wait=True)
+  ckpt.close()  # No finish(): as if killed before the manifest.
+  assert ckpt.manifest_sha256(1) is None
+  with caplog.at_level(logging.WARNING):
+    with checkpoint.Checkpointer(tmp_path, save_every=1) as again:
+      assert again.restore(_abstract(_train_state(1)))[0] == 1
+      assert again.manifest_sha256(1) is not None
+  assert any("no checksums" in r.getMessage() for r in caplog.records)
+
+
+def test_garbage_orbax_step_metadata_is_caught_by_checksums_only(tmp_path):
+  # Orbax logs and ignores an unreadable _CHECKPOINT_METADATA (the arrays
+  # and meta are intact); the manifest still sees the file changed.
+  for manifest in (False, True):
+    directory = tmp_path / str(manifest)
+    ckpt = checkpoint.Checkpointer(directory, save_every=1)
+    for step in (1, 2):
+      ckpt.save(step, _train_state(step), {"step": step}, wait=True)
+    if manifest:
+      ckpt.finish()
+    ckpt.close()
+    with open(os.path.join(directory, "2", "_CHECKPOINT_METADATA"), "w") as f:
+      f.write("{{{")
+    with checkpoint.Checkpointer(directory, save_every=1) as ckpt:
+      step, state, _ = ckpt.restore(_abstract(_train_state(1)))
+    assert step == (1 if manifest else 2)
+    _assert_same(state, _train_state(step))
 
 
 def test_no_readable_checkpoint_raises_and_moves_nothing(tmp_path):

@@ -1,5 +1,6 @@
 """The gradient log: chaining, tamper detection, resume, the CLI."""
 
+import glob
 import hashlib
 import json
 import os
@@ -10,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import train_util
 from ugrad import gradlog
+from ugrad import train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,3 +204,22 @@ def test_cli(log_path, tmp_path):
   assert bad.returncode == 1, bad.stderr
   assert bad.stdout.startswith(f"{bad_path}: line 3 (step 4): broken link")
   assert _cli("verify", str(tmp_path / "missing")).returncode == 2
+
+
+def test_verify_workdir_checks_checkpoints_against_the_log(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  config = train_util.tiny("sft", steps=3)
+  config.keep_checkpoints = 2
+  train.Trainer(config, workdir).train()
+  log = os.path.join(workdir, "gradient_log.jsonl")
+  assert sorted(gradlog.checkpoint_records(log)) == [1, 2, 3]
+  assert gradlog.main(["verify", workdir]) == 0
+  assert "checkpoints match their records" in capsys.readouterr().out
+  data = glob.glob(os.path.join(workdir, "checkpoints", "3", "state", "**",
+                                "d", "*"), recursive=True)
+  with open(data[0], "r+b") as f:
+    byte = f.read(1)
+    f.seek(0)
+    f.write(bytes([byte[0] ^ 0x80]))
+  assert gradlog.main(["verify", workdir]) == 1
+  assert "the file changed after the save" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import textwrap
 
 import pytest
@@ -15,6 +16,7 @@ from experiments import report as report_lib
 from experiments import sweep as sweep_lib
 from experiments import sweep_file
 from experiments import sweeps
+from ugrad import lock
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every sweep file, so a new one is covered without touching this test.
@@ -203,7 +205,7 @@ def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
 
 @pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
-    smoke_workdir):
+    smoke_workdir, capsys):
   smoke_dir = smoke_workdir(FOLLOWUPS)
   runs = [os.path.join(smoke_dir, "sft_seed_0")] + [
       os.path.join(smoke_dir, n, "seed_0")
@@ -219,6 +221,15 @@ def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
   unfinished = runs[-1]
   os.remove(os.path.join(unfinished, "eval.json"))
   rows = _rows(smoke_dir)
+  # Held by another live process (the test's parent): skipped and said so.
+  with open(os.path.join(unfinished, lock.LOCK_FILE), "w") as f:
+    json.dump({"host": socket.gethostname(), "pid": os.getppid(),
+               "since": "2026-01-01T00:00:00"}, f)
+  assert sweep_lib.run_sweep(FOLLOWUPS, smoke_dir, smoke=True) == {}
+  assert f"skipped, {unfinished} is in use by PID {os.getppid()}" in (
+      capsys.readouterr().out)
+  assert not os.path.exists(os.path.join(unfinished, "eval.json"))
+  os.remove(os.path.join(unfinished, lock.LOCK_FILE))
   sweep_lib.run_sweep(FOLLOWUPS, smoke_dir, smoke=True)
   for directory in runs[:-1]:
     assert snapshot(directory) == before[directory], directory

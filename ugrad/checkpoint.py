@@ -30,15 +30,21 @@ What counts as a bad checkpoint, and what happens to it:
   `abstract_state` is a configuration change, not corruption: `restore`
   raises ValueError naming the first differing entry.
 
-Orbax does not checksum array data: a flipped byte inside an array file that
-keeps the file length restores silently with a wrong value. Only missing or
-truncated data is detected.
+Checksums: Orbax does not checksum array data (a flipped bit inside an array
+file restores silently), so once a save is on disk `finish` writes
+`<step>/ugrad_sha256.json`, the SHA-256 of every file of the step, and
+returns the SHA-256 of that manifest for the gradient log. `restore` checks
+a step's files against its manifest before reading it: a mismatch makes the
+step unreadable (moved aside, the next older one tried). A step saved by a
+process killed before `finish` has no manifest; `restore` writes it then,
+with a warning.
 
 In a multi-process run every process saves and restores together (Orbax
 coordinates them); only process 0 moves bad checkpoints aside, and the
 others wait for it.
 """
 
+import hashlib
 import json
 from typing import Any, Mapping, Optional
 
@@ -54,6 +60,7 @@ from ugrad import paths
 # file systems).
 ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 CORRUPT_DIR = "corrupt"
+MANIFEST = "ugrad_sha256.json"
 _STATE = "state"
 _META = "meta"
 
@@ -92,6 +99,7 @@ class Checkpointer:
                 _META: ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_handlers=handlers)
+    self._unhashed: list[int] = []  # Saved by this process, no manifest yet.
 
   def should_save(self, step: int) -> bool:
     """Whether `step` (the number of updates done) is a checkpoint step."""
@@ -127,9 +135,59 @@ class Checkpointer:
                                  _META: ocp.args.JsonSave(dict(meta))})
     # Orbax's own interval logic is bypassed: should_save above decides.
     saved = self._manager.save(step, args=args, force=True)
+    if saved:
+      self._unhashed.append(step)
     if wait:
       self._manager.wait_until_finished()
     return saved
+
+  def finish(self) -> list[tuple[int, str]]:
+    """Waits for the save in flight, then writes the manifest of each step
+    this process saved since the last call.
+
+    Returns:
+      (step, SHA-256 of its manifest) for each of those steps still on
+      disk, ascending (what the gradient log records).
+    """
+    if not self._unhashed:
+      return []
+    self._manager.wait_until_finished()
+    done, self._unhashed = self._unhashed, []
+    present = set(self._manager.all_steps())
+    return [(step, self.write_manifest(step)) for step in done
+            if step in present]
+
+  def write_manifest(self, step: int) -> str:
+    """Hashes the files of a finished step into its manifest (process 0
+    writes it); returns the manifest's SHA-256 on every process."""
+    hashes = file_hashes(self.directory / str(step))
+    text = _manifest_text(hashes)
+    if distributed.is_main():
+      (self.directory / str(step) / MANIFEST).write_text(text)
+    distributed.sync("checkpoint_manifest")
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+  def manifest_sha256(self, step: int) -> Optional[str]:
+    """The SHA-256 of step's manifest as stored, None without one."""
+    path = self.directory / str(step) / MANIFEST
+    if not path.exists():
+      return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+  def _verify_files(self, step: int):
+    """Raises ChecksumError if step's files differ from its manifest (on
+    process 0, the verdict shared with all); writes a missing one."""
+    problem = None
+    if distributed.is_main():
+      problem = check_manifest(self.directory / str(step))
+    if not distributed.agree(problem is None):
+      raise ChecksumError(problem or f"checkpoint step {step} failed its "
+                          "checksums on process 0")
+    if self.manifest_sha256(step) is None:
+      logging.warning("checkpoint step %d in %s has no checksums (its run "
+                      "stopped before writing them); writing them now",
+                      step, self.directory)
+      self.write_manifest(step)
 
   def wait_until_finished(self):
     """Blocks until the save in flight, if any, is on disk."""
@@ -160,6 +218,7 @@ class Checkpointer:
     failures = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
+        self._verify_files(step)
         meta = self._read_meta(step)
         self._check_structure(step, abstract_state)
         state = self._read_state(step, abstract_state)
@@ -261,6 +320,59 @@ class Checkpointer:
 
 class _MismatchError(Exception):
   """The stored state is readable but differs from the expected one."""
+
+
+class ChecksumError(Exception):
+  """A checkpoint file's bytes differ from its manifest."""
+
+
+def file_hashes(step_dir) -> dict[str, str]:
+  """SHA-256 of every file under a step directory (the manifest left
+  out), keyed by path relative to it."""
+  step_dir = paths.resolve(step_dir)
+  hashes = {}
+  for root, _, files in step_dir.walk():
+    for name in files:
+      path = root / name
+      relative = str(path.relative_to(step_dir))
+      if relative != MANIFEST:
+        hashes[relative] = _sha256_of(path)
+  return dict(sorted(hashes.items()))
+
+
+def check_manifest(step_dir) -> Optional[str]:
+  """Why a step's files differ from its manifest, or None if they match
+  (or it has none)."""
+  step_dir = paths.resolve(step_dir)
+  path = step_dir / MANIFEST
+  if not path.exists():
+    return None
+  try:
+    want = json.loads(path.read_text())
+  except ValueError as e:
+    return f"{path} is not valid JSON ({e})"
+  got = file_hashes(step_dir)
+  for name in sorted(set(want) | set(got)):
+    if name not in got:
+      return f"{step_dir}/{name} is missing (listed in {MANIFEST})"
+    if name not in want:
+      return f"{step_dir}/{name} is not listed in {MANIFEST}"
+    if got[name] != want[name]:
+      return (f"{step_dir}/{name} has SHA-256 {got[name]}, but {MANIFEST} "
+              f"says {want[name]} (the file changed after the save)")
+  return None
+
+
+def _manifest_text(hashes: Mapping[str, str]) -> str:
+  return json.dumps(hashes, sort_keys=True, indent=0) + "\n"
+
+
+def _sha256_of(path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def _check_meta(meta: Mapping[str, Any]):

@@ -15,6 +15,14 @@ that record. Statistics a method does not have (reward, KL, clip fraction)
 are null. Numbers follow `ugrad.metrics.json_scalar` (non-finite values as
 "NaN", "Infinity", "-Infinity").
 
+A checkpoint record follows the update records of the step it saved, once
+the save is on disk: {"checkpoint_sha256": SHA-256 of the step's
+`ugrad_sha256.json` manifest (the SHA-256 of each of its files),
+"checkpoint_step": the trainer step, "prev_sha256", "sha256", "step": the
+same update count as the record before}. So the chain also covers the
+parameters the updates claim to start from; `verify WORKDIR` checks the
+checkpoints still on disk against these records.
+
 What the chain cannot show: records cut off the end (the chain before them
 is still valid), or a log rewritten from some record on with recomputed
 hashes. Both are caught when the last hash is kept elsewhere: the trainer
@@ -22,7 +30,9 @@ stores `GradientLog.head` in each checkpoint's metadata and passes it back
 as `expected_head` on resume.
 
 Command line: `python -m ugrad.gradlog verify FILE` prints `OK (N records)`
-and exits 0, or prints the first bad record and exits 1.
+and exits 0, or prints the first bad record and exits 1. `verify WORKDIR`
+does the same for WORKDIR/gradient_log.jsonl and then checks each
+checkpoint in WORKDIR/checkpoints against its manifest and its record.
 """
 
 import dataclasses
@@ -37,6 +47,9 @@ from ugrad import metrics
 from ugrad import paths
 
 GENESIS = "0" * 64
+# In a workdir (the names `ugrad.runs` gives them).
+LOG_FILE = "gradient_log.jsonl"
+CHECKPOINT_DIR = "checkpoints"
 
 
 def batch_sha256(tokens: Any) -> str:
@@ -93,10 +106,16 @@ class GradientLog:
       raise ValueError(f"{path}: cannot continue a broken chain: {result}")
     self.head = GENESIS
     self.last_step = -1
+    self.last_checkpoint = None  # The trainer step of the last record's.
+    heads = {GENESIS}
     if kept:
       last = json.loads(kept[-1])
       self.head, self.last_step = last["sha256"], last["step"]
-    if expected_head is not None and expected_head != self.head:
+      self.last_checkpoint = last.get("checkpoint_step")
+      # A checkpoint's metadata holds the head before its own record.
+      heads = {self.head, last["prev_sha256"] if self.last_checkpoint
+               is not None else self.head}
+    if expected_head is not None and expected_head not in heads:
       raise ValueError(
           f"{path}: the last kept record (step {self.last_step}) has hash "
           f"{self.head}, but the checkpoint expects {expected_head}")
@@ -142,11 +161,24 @@ class GradientLog:
         "extra": _scalars("extra", extra or {}),
         "prev_sha256": self.head,
     }
+    return self._write(record)
+
+  def append_checkpoint(self, checkpoint_step: int,
+                        manifest_sha256: str) -> dict:
+    """Records a checkpoint on disk: the SHA-256 of its manifest."""
+    record = {"step": max(self.last_step, 0),
+              "checkpoint_step": int(checkpoint_step),
+              "checkpoint_sha256": manifest_sha256,
+              "prev_sha256": self.head}
+    return self._write(record)
+
+  def _write(self, record: dict) -> dict:
     record["sha256"] = record_sha256(record)
     self._file.write(_canonical(record) + "\n")
     # A killed process must not leave the record in Python's buffer only.
     self._file.flush()
     self.head, self.last_step = record["sha256"], record["step"]
+    self.last_checkpoint = record.get("checkpoint_step")
     return record
 
   def close(self):
@@ -203,6 +235,44 @@ def _verify_lines(lines: Sequence[str]) -> VerifyResult:
   return VerifyResult(True, len(lines))
 
 
+def checkpoint_records(path: paths.PathLike) -> dict[int, str]:
+  """{trainer step: manifest SHA-256} of a log's checkpoint records."""
+  with paths.resolve(path).open(encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  return {r["checkpoint_step"]: r["checkpoint_sha256"] for r in records
+          if "checkpoint_step" in r}
+
+
+def verify_checkpoints(workdir: paths.PathLike) -> list[str]:
+  """Problems of the checkpoints in WORKDIR/checkpoints: files that differ
+  from their manifest, a manifest that differs from the log's record, a
+  checkpoint the log does not record. Empty when all agree."""
+  # Imported here: the checkpoint module imports Orbax (slow to import).
+  from ugrad import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = paths.resolve(workdir)
+  logged = checkpoint_records(workdir / LOG_FILE)
+  directory = workdir / CHECKPOINT_DIR
+  steps = sorted(int(p.name) for p in directory.iterdir()
+                 if p.name.isdigit()) if directory.exists() else []
+  problems = []
+  for step in steps:
+    step_dir = directory / str(step)
+    problem = checkpoint.check_manifest(step_dir)
+    manifest = step_dir / checkpoint.MANIFEST
+    if problem is None and not manifest.exists():
+      problem = f"checkpoint step {step} has no {checkpoint.MANIFEST}"
+    if problem is None:
+      digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+      if step not in logged:
+        problem = f"checkpoint step {step} has no record in the log"
+      elif logged[step] != digest:
+        problem = (f"checkpoint step {step}: its manifest hashes to "
+                   f"{digest}, the log recorded {logged[step]}")
+    if problem:
+      problems.append(problem)
+  return problems
+
+
 def _check_record(record, line, prev, prev_step):
   """(step, why the record is bad or None)."""
   if not isinstance(record, dict):
@@ -222,7 +292,8 @@ def _check_record(record, line, prev, prev_step):
     return step, (f"broken link: prev_sha256 is {record['prev_sha256']}, "
                   f"but the record before has sha256 {prev} (a record was "
                   "deleted, reordered or inserted)")
-  if prev_step is not None and step <= prev_step:
+  if prev_step is not None and (step < prev_step or (
+      step == prev_step and "checkpoint_sha256" not in record)):
     return step, f"step {step} does not follow step {prev_step}"
   if not line.endswith("\n"):
     return step, "the line is not newline-terminated (a cut-short write)"
@@ -245,16 +316,28 @@ def _canonical(obj) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-  """`verify FILE`: prints OK or the first bad record; returns the exit code."""
+  """`verify FILE|WORKDIR`: prints OK or what is bad; returns the exit
+  code."""
   if len(argv) != 2 or argv[0] != "verify":
-    print("usage: python -m ugrad.gradlog verify FILE", file=sys.stderr)
+    print("usage: python -m ugrad.gradlog verify FILE|WORKDIR",
+          file=sys.stderr)
     return 2
-  if not paths.resolve(argv[1]).is_file():
-    print(f"{argv[1]}: no such file", file=sys.stderr)
+  target = paths.resolve(argv[1])
+  log = target / LOG_FILE if target.is_dir() else target
+  if not log.is_file():
+    print(f"{log}: no such file", file=sys.stderr)
     return 2
-  result = verify(argv[1])
-  print(result if result.ok else f"{argv[1]}: {result}")
-  return 0 if result.ok else 1
+  result = verify(log)
+  if not result.ok:
+    print(f"{log}: {result}")
+    return 1
+  problems = verify_checkpoints(target) if target.is_dir() else []
+  for problem in problems:
+    print(problem)
+  if not problems:
+    print(result if not target.is_dir() else
+          f"{result}; checkpoints match their records")
+  return 1 if problems else 0
 
 
 if __name__ == "__main__":

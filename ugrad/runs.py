@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ugrad import distributed
+from ugrad import gradlog
 from ugrad import models
 from ugrad import paths
 
@@ -24,8 +25,8 @@ POLICY_DIR = "policy"  # the final parameters of a run, for init_from
 CONFIG_FILE = "run_config.json"
 MODEL_FILE = "model.json"
 EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
-GRADIENT_LOG = "gradient_log.jsonl"
-CHECKPOINT_DIR = "checkpoints"
+GRADIENT_LOG = gradlog.LOG_FILE
+CHECKPOINT_DIR = gradlog.CHECKPOINT_DIR
 
 MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
 

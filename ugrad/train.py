@@ -177,6 +177,8 @@ class Trainer:
           raise FloatingPointError(self._nan_message(step, metrics["loss"]))
         metrics.update(self.learner.after_update(mb))
         self.timer.lap("update")
+        if update_index == 0:  # The last save had this step's time to land.
+          self._log_checkpoints(gradient_log)
         self._log_update(gradient_log, step, update_index, batch, metrics,
                          np.asarray(rollout.tokens)[rows_idx])
         self.timer.lap("host")
@@ -224,6 +226,11 @@ class Trainer:
         kl=metrics.get("kl"), clip_frac=metrics.get("clip_frac"),
         extra=dict(extra, train_step=step + 1))
 
+  def _log_checkpoints(self, gradient_log):
+    """Records the checkpoints whose saves are done in the gradient log."""
+    for step, digest in self.checkpointer.finish():
+      gradient_log.append_checkpoint(step, digest)
+
   def _nan_message(self, step: int, loss: float) -> str:
     steps = self.checkpointer.all_steps()
     where = (f"the last good checkpoint is step {steps[-1]} in "
@@ -252,6 +259,11 @@ class Trainer:
           expected_head=self.resume_meta.get("gradlog_head"))
     else:  # Process 0 writes the run's record; the others only compute.
       writer = gradient_log = _NoRecord()
+    if self.start_step and gradient_log.last_checkpoint != self.start_step:
+      # Killed between that save and its record (restore checked the files
+      # and wrote a missing manifest).
+      gradient_log.append_checkpoint(
+          self.start_step, self.checkpointer.manifest_sha256(self.start_step))
     runs.write_config(self.workdir, config)
     metrics = {}
     bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
@@ -271,6 +283,8 @@ class Trainer:
               {"step": step + 1, "gradlog_head": gradient_log.head,
                "config": config.to_json()}, force=last or stop,
               wait=last or stop)
+          if last or stop:
+            self._log_checkpoints(gradient_log)
           bar.update(1)
           bar.set_postfix({k: f"{metrics[k]:.3g}" for k in (
               "reward_mean", "accuracy", "tokens_per_s") if k in metrics})
@@ -300,12 +314,12 @@ class Trainer:
 class _NoRecord:
   """The metrics writer and gradient log of a process other than 0."""
 
-  head = None
+  head = last_checkpoint = None
 
   def write(self, *unused, **unused_kw):
     pass
 
-  write_text = append = write
+  write_text = append = append_checkpoint = write
 
   def close(self):
     pass
