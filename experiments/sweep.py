@@ -43,6 +43,7 @@ import numpy as np
 
 from experiments import report
 from experiments import sweep_file
+from ugrad import lock
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
 from ugrad import validate
@@ -162,6 +163,7 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
   jobs = plan(sweep, workdir)
   _check_workdir(workdir, {"sweep": os.path.basename(sweep_path),
                            "profile": profile, "smoke": smoke})
+  held = []
   for i, (name, seed, config) in enumerate(jobs, 1):
     directory = run_dir(workdir, name, seed)
     label = f"[{i}/{len(jobs)}] {name} seed {seed}"
@@ -170,8 +172,17 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
       continue
     print(f"{label}: training in {directory}", flush=True)
     start = time.perf_counter()
-    _launcher().run(config, directory)
+    try:
+      _launcher().run(config, directory)
+    except lock.WorkdirInUse as e:
+      print(f"{label}: skipped, {e}", flush=True)
+      held.append(directory)
+      continue
     print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
+  if held:
+    print(f"{len(held)} run(s) are held by other processes; run the sweep "
+          "again once they finish to write its results", flush=True)
+    return {}
   if "evaluate" in sweep:
     evaluate_runs(sweep, workdir)
   return write_outputs(sweep, workdir)

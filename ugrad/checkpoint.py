@@ -44,8 +44,11 @@ coordinates them); only process 0 moves bad checkpoints aside, and the
 others wait for it.
 """
 
+import contextlib
+import gc
 import hashlib
 import json
+import sys
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -134,12 +137,26 @@ class Checkpointer:
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
                                  _META: ocp.args.JsonSave(dict(meta))})
     # Orbax's own interval logic is bypassed: should_save above decides.
-    saved = self._manager.save(step, args=args, force=True)
-    if saved:
-      self._unhashed.append(step)
-    if wait:
-      self._manager.wait_until_finished()
+    with self._save_errors():
+      saved = self._manager.save(step, args=args, force=True)
+      if saved:
+        self._unhashed.append(step)
+      if wait:
+        self._manager.wait_until_finished()
     return saved
+
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """A failed write (a full disk) names the directory and what is safe.
+    Orbax reports a background save's failure at the next call."""
+    try:
+      yield
+    except OSError as e:
+      raise OSError(e.errno, (
+          f"a checkpoint save in {self.directory} failed "
+          f"({e.strerror or e}); the finished checkpoints there are intact: "
+          "free space (or fix the path) and rerun the same command to "
+          "resume from the newest")) from e
 
   def finish(self) -> list[tuple[int, str]]:
     """Waits for the save in flight, then writes the manifest of each step
@@ -151,7 +168,7 @@ class Checkpointer:
     """
     if not self._unhashed:
       return []
-    self._manager.wait_until_finished()
+    self.wait_until_finished()
     done, self._unhashed = self._unhashed, []
     present = set(self._manager.all_steps())
     return [(step, self.write_manifest(step)) for step in done
@@ -183,6 +200,9 @@ class Checkpointer:
     if not distributed.agree(problem is None):
       raise ChecksumError(problem or f"checkpoint step {step} failed its "
                           "checksums on process 0")
+
+  def _ensure_manifest(self, step: int):
+    """Writes the manifest of a step that restored without one."""
     if self.manifest_sha256(step) is None:
       logging.warning("checkpoint step %d in %s has no checksums (its run "
                       "stopped before writing them); writing them now",
@@ -191,7 +211,8 @@ class Checkpointer:
 
   def wait_until_finished(self):
     """Blocks until the save in flight, if any, is on disk."""
-    self._manager.wait_until_finished()
+    with self._save_errors():
+      self._manager.wait_until_finished()
 
   def restore(self, abstract_state: Any):
     """Restores the newest checkpoint that reads back completely.
@@ -222,19 +243,24 @@ class Checkpointer:
         meta = self._read_meta(step)
         self._check_structure(step, abstract_state)
         state = self._read_state(step, abstract_state)
+        self._ensure_manifest(step)
       except _MismatchError as e:
         raise ValueError(str(e)) from None
       except Exception as e:  # pylint: disable=broad-exception-caught
         logging.warning("checkpoint step %d in %s is unreadable (%s: %s); "
                         "trying an older one", step, self.directory,
                         type(e).__name__, _first_line(e))
-        failures.append((step, e))
+        # The reason only: the exception's frames would keep Orbax's
+        # abandoned reads alive past `_collect_abandoned_reads`.
+        failures.append((step, f"{type(e).__name__}: {_first_line(e)}"))
         continue
       self._quarantine_failed(failures)
+      if failures:
+        _collect_abandoned_reads()
       return step, state, meta
     if failures:
-      listing = "; ".join(f"step {s}: {type(e).__name__}: {_first_line(e)}"
-                          for s, e in failures)
+      _collect_abandoned_reads()
+      listing = "; ".join(f"step {s}: {why}" for s, why in failures)
       raise RuntimeError(
           f"no checkpoint in {self.directory} could be restored ({listing}); "
           "nothing was moved or deleted")
@@ -361,6 +387,25 @@ def check_manifest(step_dir) -> Optional[str]:
       return (f"{step_dir}/{name} has SHA-256 {got[name]}, but {MANIFEST} "
               f"says {want[name]} (the file changed after the save)")
   return None
+
+
+def _collect_abandoned_reads():
+  """Orbax's concurrent reads of a broken checkpoint leave coroutines that
+  raise "Event loop is closed" whenever they are collected, at the latest
+  at exit, as tracebacks that look like a crash. Collects them now,
+  quietly; any other unraisable error still reaches the hook."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
 
 
 def _manifest_text(hashes: Mapping[str, str]) -> str:
