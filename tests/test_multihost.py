@@ -3,6 +3,7 @@ process with 4 devices, survive kill -9 and resume, and leave one record."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -124,3 +125,30 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
     # gradients can differ by up to 2 lr per step.
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
                                atol=2 * 1e-4 * STEPS)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
+  """A preemption notice reaches one worker; JAX's preemption sync point
+  names one step to every process, both save it and exit 75, and the same
+  command resumes to the end."""
+  work, logs = str(tmp_path / "multi"), str(tmp_path)
+  procs = _launch(work, logs)
+  deadline = time.time() + 900
+  while _steps_logged(work) < 2 and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), _tail(logs)
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  codes = [p.wait(timeout=900) for p in procs]
+  assert codes == [75, 75], _tail(logs)
+  with open(os.path.join(logs, "p0.log"), errors="replace") as f:
+    stopped = int(re.search(r"after step (\d+) of", f.read()).group(1))
+  assert stopped < STEPS
+  assert _steps_logged(work) == stopped
+  assert str(stopped) in os.listdir(os.path.join(work, "checkpoints"))
+  procs = _launch(work, logs)
+  for p in procs:
+    assert p.wait(timeout=900) == 0, _tail(logs)
+  got = metrics_lib.read_metrics(os.path.join(work, "metrics.jsonl"))
+  assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+  assert gradlog.main(["verify", work]) == 0
