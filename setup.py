@@ -35,6 +35,10 @@ setuptools.setup(
             "pytest>=8.0",
             "torch>=2.2",
             "transformers>=4.45",
+            # The plan test compiles for a TPU topology on the CPU; libtpu
+            # has Linux x86-64 wheels only (elsewhere that test skips).
+            "jax[tpu]>=0.10; sys_platform == 'linux' and "
+            "platform_machine == 'x86_64'",
         ],
         # Formatter, linter and git hooks: pyproject.toml and
         # .pre-commit-config.yaml hold their settings.

@@ -23,6 +23,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from ugrad import checkpoint
 from ugrad import distributed
 from ugrad import iterative
 from ugrad import lock
@@ -30,6 +31,7 @@ from ugrad import paths
 from ugrad import preemption
 from ugrad import runs
 from ugrad import train
+from ugrad import validate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiment config file.", lock_config=True)
@@ -106,6 +108,8 @@ def run(config, workdir: str) -> dict:
 
 def _run(config, workdir: str) -> dict:
   warm = needs_sft_warm_start(config)
+  if warm:  # The run's own settings, before spending the warm start.
+    validate.check_settings(config)
   if warm:
     config.init_from = warm_start(config, workdir)
   if config.trainer == "reward_model":
@@ -153,7 +157,7 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
 # What a user can fix (a config, a path, a data file, a held workdir, a
 # diverged run): one line, no traceback. Anything else is a bug: traceback.
 USER_ERRORS = (ValueError, KeyError, OSError, lock.WorkdirInUse,
-               FloatingPointError)
+               FloatingPointError, checkpoint.UnreadableCheckpoints)
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
 
@@ -168,9 +172,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:
+    try:
+      config = _CONFIG.value  # Loading the file and its overrides.
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise ValueError(f"--config: {type(e).__name__}: {e}") from e
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value, auto=_DISTRIBUTED.value)
-    run(_CONFIG.value, _WORKDIR.value)
+    run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)
@@ -182,6 +190,24 @@ def main(argv):
     sys.exit(EXIT_ERROR)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag or override (`--config.nosuch=1`)
+  reported as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if "--traceback" in argv or os.environ.get("UGRAD_TRACEBACK"):
+      raise
+    message = e
+    if isinstance(e, (KeyError, AttributeError)):  # From ml_collections.
+      field = str(e.args[0] if e.args else "").strip("\"'")
+      message = (f"the config has no field {field!r}; check the "
+                 "--config.* overrides")
+    print(f"error: {message}  (--traceback shows where)", file=sys.stderr,
+          flush=True)
+    sys.exit(EXIT_ERROR)
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

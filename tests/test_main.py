@@ -90,3 +90,12 @@ def test_a_second_run_on_a_held_workdir_exits_at_once(tmp_path):
   records = launch_util.comparable_metrics(tmp_path / "run")
   assert [r["step"] for r in records] == list(range(1, 61))
   assert gradlog.verify(tmp_path / "run" / "gradient_log.jsonl").ok
+
+
+def test_an_unknown_config_field_is_one_line(tmp_path):
+  result = launch_util.run(launch_util.command(tmp_path / "run",
+                                               nosuch_field=1))
+  assert result.returncode == main.EXIT_ERROR
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: the config has no field 'nosuch_field'"), result.stderr
+  assert "Traceback" not in result.stderr

@@ -1,7 +1,7 @@
 """experiments/plan.py: Cloud TPU names, and a small plan compiled for v5e-8.
 
-The compile needs libtpu (`pip install -e '.[plan]'`); CI installs only
-`.[test]`, so that test is skipped there.
+The compile needs libtpu, which the `test` extra installs on Linux x86-64
+(as `plan` does); elsewhere that test is skipped.
 """
 
 import pytest

@@ -231,7 +231,7 @@ class Checkpointer:
     Raises:
       ValueError: the newest readable checkpoint does not match
         `abstract_state` (structure or shapes).
-      RuntimeError: checkpoints exist but none could be read.
+      UnreadableCheckpoints: checkpoints exist but none could be read.
     """
     self._manager.wait_until_finished()
     self._quarantine_unfinished()
@@ -261,7 +261,7 @@ class Checkpointer:
     if failures:
       _collect_abandoned_reads()
       listing = "; ".join(f"step {s}: {why}" for s, why in failures)
-      raise RuntimeError(
+      raise UnreadableCheckpoints(
           f"no checkpoint in {self.directory} could be restored ({listing}); "
           "nothing was moved or deleted")
     return None
@@ -346,6 +346,10 @@ class Checkpointer:
 
 class _MismatchError(Exception):
   """The stored state is readable but differs from the expected one."""
+
+
+class UnreadableCheckpoints(RuntimeError):
+  """Checkpoints exist but none restores."""
 
 
 class ChecksumError(Exception):

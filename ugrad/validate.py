@@ -42,13 +42,19 @@ def check_config(config) -> None:
     ValueError: for unknown names (listing the valid ones) and for
       combinations of source, reward and coefficient that cannot work.
   """
-  _check_ranges(config)
-  _check_names(config)
+  check_settings(config)
   _check_fields(config)
   _check_batch_split(config)
   _check_models(config)
   _check_iterative(config)
   build.sampled_ks(config)
+
+
+def check_settings(config) -> None:
+  """The checks that need no model: numeric ranges and registry names
+  (the launcher runs them before an SFT warm start)."""
+  _check_ranges(config)
+  _check_names(config)
 
 
 # (config key, smallest valid value, whether the smallest is excluded).
