@@ -25,6 +25,21 @@ analytic (2N per token forward, 6N per token in the update, N = the matmul
 parameters) and from XLA's cost analysis of its compiled sampler, log-prob
 and update functions (which counts a while loop's body once), and its fraction
 of the FLOP floor at the float32 matmul rate measured in the same run.
+
+Where the phases come from:
+
+* ugrad: the trainer's `time/*_s` metrics (sample minus the reward, timed
+  around the scorer; prepare = reference log-probs; update; host = gradient
+  log and statistics) and the rest of the step outside its clock (metrics
+  file, checkpoint, progress bar), added to host as `loop`.
+* TRL: its `profiling_context` timers (`transformers.generate`,
+  `_calculate_rewards`, the log-prob forwards inside `_prepare_inputs`,
+  `compute_loss` as `loss_forward`); update runs from the end of
+  `_prepare_inputs` to `on_step_end` (forward, backward, optimizer); loop
+  from there to the next step (logging).
+* Tunix: its perf tracer's rollout, reference and actor-training spans; with
+  every role on one device these overlap and may add up to more than the
+  step, so host and loop are null.
 """
 
 import dataclasses
