@@ -47,6 +47,16 @@ setuptools.setup(
             "pylint>=3.0",
             "pre-commit>=3.0",
         ],
+        # experiments/benchmark.py --grpo: the peers it times ugrad against.
+        # google-tunix 0.1.7 installs beside jax 0.10 (it pulls
+        # transformers 5.12 through its tokenizers pin).
+        "bench": [
+            "torch>=2.2",
+            "transformers>=4.45",
+            "datasets>=4.0",
+            "trl==1.16.*",
+            "google-tunix==0.1.7",
+        ],
         # experiments/plan.py: compiling for Cloud TPU topologies on any
         # machine (jax[tpu] pins the libtpu of its jax version).
         "plan": [

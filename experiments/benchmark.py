@@ -1,9 +1,11 @@
 """Throughput figures: sampling against `transformers`, and the train step.
 
   python -m experiments.benchmark
+  python -m experiments.benchmark --grpo   # see experiments/benchmark_grpo.py
 
 prints one JSON line per figure:
 
+* `machine`: the backend, CPU model and load average.
 * `matmul`: float32 matmul FLOP/s measured in this run, the yardstick for
   FLOP utilisation.
 * `sample`: new tokens/s of `ugrad.sampling.sample` and of `transformers`'
@@ -14,6 +16,8 @@ prints one JSON line per figure:
 * `train_step`: tokens/s of one jitted step (token_logprobs + unified_loss +
   grad + AdamW) on the embedded model, and its FLOP utilisation: (6 * params
   * tokens + 12 * layers * B * T^2 * D) per step divided by the matmul FLOP/s.
+* with --grpo, instead of `sample` and `train_step`: one GRPO step of ugrad,
+  TRL and Tunix on the same work (`experiments.benchmark_grpo`).
 
 Every figure is the median of --repeats timed runs after a warm-up run;
 contenders of one figure run in turn within each repeat, so load from other
@@ -34,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import benchmark_grpo
 import ugrad
 from ugrad import sampling
 from ugrad.models import hf
@@ -49,6 +54,8 @@ _LAYOUTS = flags.DEFINE_list("layouts", list(tr.CACHE_LAYOUTS),
                              "KV-cache layouts to time")
 _HF = flags.DEFINE_bool("hf", True, "also time transformers' generate")
 _TRAIN = flags.DEFINE_bool("train", True, "time the train step")
+_GRPO = flags.DEFINE_bool("grpo", False, "time one GRPO step of ugrad, TRL "
+                          "and Tunix instead (experiments/benchmark_grpo.py)")
 
 # A character vocabulary like the embedded task's: pad, eos, digits,
 # operators, '=', '#', newline, space, and two spare symbols.
@@ -234,8 +241,13 @@ def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
 def main(argv):
   del argv
   _emit(figure="machine", backend=jax.default_backend(),
-        devices=jax.device_count(), cpus=os.cpu_count())
+        devices=jax.device_count(), cpus=os.cpu_count(),
+        cpu_model=benchmark_grpo.cpu_model(),
+        load_average=[round(x, 2) for x in os.getloadavg()])
   matmul_flops = measure_matmul(_REPEATS.value)
+  if _GRPO.value:
+    benchmark_grpo.main(_REPEATS.value, matmul_flops)
+    return
   for name in _MODELS.value:
     benchmark_sampling(name, _REPEATS.value)
   if _TRAIN.value:

@@ -2,11 +2,13 @@
 
 import pytest
 
+from experiments.configs import grpo
 import ugrad
 from ugrad import coefficients
 from ugrad import registry
 from ugrad import rewards
 from ugrad import sources
+from ugrad import validate
 
 
 def test_lookup_lists_the_valid_names_in_table_order():
@@ -57,3 +59,11 @@ def test_register_source_needs_the_interface(monkeypatch):
     ugrad.register_source("bare", object)
   ugrad.register_source("copy", sources.DatasetSource)
   assert sources.get("copy") is sources.DatasetSource
+
+
+def test_unknown_attention_kernel_is_refused_listing_the_valid_ones():
+  config = grpo.get_config()
+  config.attention = "flash"
+  with pytest.raises(ValueError,
+                     match="unknown attention 'flash'; valid: auto, xla, cudnn"):
+    validate.check_config(config)

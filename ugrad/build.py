@@ -205,7 +205,8 @@ def make_policy(config, task, mesh: Mesh):
     tokenizer = hf_tokenizer or tokenizer
     model_config = dataclasses.replace(
         nnx.merge(graphdef, params).config, dtype=compute_dtype(config),
-        param_dtype=config.param_dtype, remat=config.remat)
+        param_dtype=config.param_dtype, remat=config.remat,
+        attention=config.attention)
     params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
@@ -213,7 +214,8 @@ def make_policy(config, task, mesh: Mesh):
     model_config = models.preset(config.model, tokenizer.vocab_size,
                                  dtype=compute_dtype(config),
                                  param_dtype=config.param_dtype,
-                                 remat=config.remat)
+                                 remat=config.remat,
+                                 attention=config.attention)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef, params = init_params(models.Transformer, model_config,
                                    config.seed, mesh)

@@ -81,5 +81,9 @@ def get_config():
   # Activation memory: "none", "full" (recompute each decoder layer in the
   # backward pass) or "dots" (keep matmul outputs, recompute the rest).
   c.remat = "none"
+  # The attention kernel of training and prefill: "xla", "cudnn" (flash
+  # attention on NVIDIA GPUs, 16-bit compute) or "auto" (cudnn where it
+  # applies, else xla).
+  c.attention = "auto"
   c.quiet = False  # no progress bar
   return c

@@ -143,6 +143,65 @@ def test_matches_transformers_with_left_padding(overrides):
                              rtol=2e-4)
 
 
+# ------------------------------------------------------------ attention
+
+
+def _attention_inputs(b=3, t=5, s=7, h=4, hkv=2, dh=8, seed=0):
+  """q [B, T, H, Dh], k and v [B, S, Hkv, Dh], and a causal, left-padded
+  mask [B, T, S] in which every query row of batch row 2 sees nothing."""
+  keys = jax.random.split(jax.random.key(seed), 3)
+  q = jax.random.normal(keys[0], (b, t, h, dh))
+  k = jax.random.normal(keys[1], (b, s, hkv, dh))
+  v = jax.random.normal(keys[2], (b, s, hkv, dh))
+  causal = np.arange(s)[None, :] <= s - t + np.arange(t)[:, None]
+  real = np.arange(s)[None, :] >= np.array([0, 3, s])[:, None]
+  return q, k, v, jnp.asarray(causal[None] & real[:, None, :])
+
+
+@pytest.mark.parametrize("layout", tr.CACHE_LAYOUTS)
+def test_xla_attention_kernel_equals_the_einsums(layout):
+  """`attention="xla"` (jax.nn.dot_product_attention) gives the outputs and
+  gradients of the einsum implementation, fully masked rows included."""
+  q, k, v, mask = _attention_inputs()
+  if layout == "bhsd":
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  cotangent = jax.random.normal(jax.random.key(1), q.shape)
+
+  def run(attend):
+    def loss(q, k, v):
+      return jnp.sum(attend(q, k, v, mask, layout) * cotangent)
+    out = jax.jit(lambda q, k, v: attend(q, k, v, mask, layout))(q, k, v)
+    return out, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+  out, grads = run(lambda *a: tr._attend_kernel(*a, "xla"))
+  want, want_grads = run(tr._attend)
+  assert np.all(np.isfinite(np.asarray(out)))
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+  # A row that sees nothing averages the values uniformly, as before.
+  np.testing.assert_allclose(out[2], want[2], rtol=1e-5, atol=1e-5)
+  for got, expected in zip(grads, want_grads):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_switch_reaches_training_and_prefill(monkeypatch):
+  """The model's uncached and prefill attention go through the configured
+  kernel; "auto" is xla off GPU."""
+  seen = []
+  kernel = tr._attend_kernel
+  monkeypatch.setattr(tr, "_attend_kernel", lambda *a: seen.append(
+      tr.attention_kernel(a[-1], a[0].dtype)) or kernel(*a))
+  cfg = _config(attention="xla")
+  model = tr.Transformer(cfg, rngs=nnx.Rngs(0))
+  tokens = _tokens(2, 6)
+  model(tokens)
+  cache = tr.init_cache(cfg, 2, 8)
+  model.hidden_cached(tokens, jnp.broadcast_to(jnp.arange(6), (2, 6)),
+                      jnp.ones((2, 8), jnp.int32), cache, 0)
+  assert seen == ["xla"] * (2 * cfg.num_layers)
+  if jax.default_backend() != "gpu":
+    assert tr.attention_kernel("auto", jnp.bfloat16) == "xla"
+
+
 # ------------------------------------------------------------ padding
 
 

@@ -6,6 +6,7 @@ from ugrad.models.sharding import RULES
 from ugrad.models.sharding import make_mesh
 from ugrad.models.sharding import mesh_shape
 from ugrad.models.sharding import param_shardings
+from ugrad.models.model_config import ATTENTION
 from ugrad.models.model_config import ModelConfig
 from ugrad.models.model_config import PRESETS
 from ugrad.models.model_config import preset
@@ -26,6 +27,7 @@ __all__ = [
     "make_mesh",
     "mesh_shape",
     "param_shardings",
+    "ATTENTION",
     "ModelConfig",
     "PRESETS",
     "preset",

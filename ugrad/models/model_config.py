@@ -7,6 +7,12 @@ import jax.numpy as jnp
 
 from ugrad import registry
 
+# Attention kernels of training and prefill (`ModelConfig.attention`), each
+# an `implementation` of `jax.nn.dot_product_attention`: "xla" anywhere,
+# "cudnn" (flash attention) on NVIDIA GPUs in bfloat16 / float16, "auto"
+# cudnn where it applies, else xla.
+ATTENTION = ("auto", "xla", "cudnn")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -29,6 +35,8 @@ class ModelConfig:
     remat: activation memory of the backward pass: "none" (keep every
       activation), "full" (recompute each decoder layer) or "dots" (keep
       matmul outputs, recompute the rest); see `transformer.REMAT_POLICIES`.
+    attention: the attention kernel of training and prefill, one of
+      `ATTENTION` (decoding one token at a time keeps its own einsums).
   """
 
   vocab_size: int
@@ -45,8 +53,10 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  attention: str = "auto"
 
   def __post_init__(self):
+    registry.lookup(ATTENTION, "attention", self.attention)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")

@@ -168,6 +168,29 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
       b, t, h, dh)
 
 
+def attention_kernel(name: str, dtype) -> str:
+  """The `jax.nn.dot_product_attention` implementation that
+  `ModelConfig.attention` names: "auto" is cudnn on a GPU in 16-bit compute
+  (its flash kernel takes no float32), xla elsewhere."""
+  if name != "auto":
+    return name
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+
+
+def _attend_kernel(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                   layout: str, name: str) -> jax.Array:
+  """`_attend` through `jax.nn.dot_product_attention` with the kernel of
+  `attention_kernel(name)`. Its masked scores get the same -0.7 * float32 max
+  as `_MASK_VALUE`, so a query row that sees no key gives the same uniform
+  softmax, not NaN."""
+  if layout == "bhsd":
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  return jax.nn.dot_product_attention(
+      q, k, v, mask=mask[:, None],
+      implementation=attention_kernel(name, q.dtype))
+
+
 def _write(cache: jax.Array, new: jax.Array, index, layout: str) -> jax.Array:
   """Writes new [B, T, Hkv, Dh] into cache at slot `index`, in place."""
   if layout == "bhsd":
@@ -185,6 +208,7 @@ class Attention(nnx.Module):
     d, h, dh = cfg.hidden_size, cfg.num_heads, cfg.head_dim
     hkv = cfg.num_kv_heads
     self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, dh
+    self.attention = cfg.attention
     bias = cfg.qkv_bias
     self.q_proj = _linear(cfg, d, h * dh, ("embed", "heads"), bias=bias,
                           rngs=rngs)
@@ -214,14 +238,16 @@ class Attention(nnx.Module):
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     q, k = _apply_rotary(q, *rope), _apply_rotary(k, *rope)
     if cache_kv is None:
-      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-      out, new_kv = _attend(q, k, v, mask, "bhsd"), None
-    else:
-      keys, values, layout = cache_kv
-      keys = _write(keys, k, index, layout)
-      values = _write(values, v, index, layout)
-      out, new_kv = _attend(q, keys, values, mask, layout), (keys, values)
-    return self.o_proj(out.reshape(b, t, -1)), new_kv
+      out = _attend_kernel(q, k, v, mask, "bshd", self.attention)
+      return self.o_proj(out.reshape(b, t, -1)), None
+    keys, values, layout = cache_kv
+    keys = _write(keys, k, index, layout)
+    values = _write(values, v, index, layout)
+    if t == 1:  # Decoding one token keeps its own einsums over the cache.
+      out = _attend(q, keys, values, mask, layout)
+    else:  # Prefill.
+      out = _attend_kernel(q, keys, values, mask, layout, self.attention)
+    return self.o_proj(out.reshape(b, t, -1)), (keys, values)
 
 
 class MLP(nnx.Module):

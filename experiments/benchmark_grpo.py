@@ -1,0 +1,652 @@
+"""One GRPO step, side by side: ugrad, TRL's GRPOTrainer, Tunix's GRPOLearner.
+
+  python -m experiments.benchmark --grpo [--repeats=5] [--grpo_peers=ugrad,trl]
+
+The same work for every contender: the `--grpo_model` shape with the same
+initial weights (written with `ugrad.models.hf.save_pretrained`, read by each),
+the embedded task's character vocabulary (a `tokenizers` BPE without merges
+for the peers), the prompts ugrad's online source draws at each step, G
+samples of up to N new tokens at temperature 1 (EOS ends a completion), the
+rule reward, beta, AdamW at the same rate, float32 on the CPU. TRL runs with
+`use_vllm=False` and no gradient checkpointing; Tunix with its vanilla
+rollout and a KV cache of prompt + new tokens.
+
+Each contender runs its OWN training loop, unchanged, in a thread that waits
+at the start of every step (a ugrad trainer hook, a TRL callback, the Tunix
+data iterator); the main thread lets the contenders take one step each in
+turn (repeat r: ugrad, TRL, Tunix; then r + 1), after one warm-up step each.
+A step's seconds run from its release to the next step's start, so they
+include each loop's logging and checkpointing. One JSON line per contender:
+s/step (median and all), completion tokens/s, and the phases each one's own
+timers give (null where it has none): sample, host (decode + reward),
+reference (reference and old log-probs), update, loop (logging, gradient log,
+checkpoint: the rest of the step). ugrad's line adds its FLOPs per step,
+analytic (2N per token forward, 6N per token in the update, N = the matmul
+parameters) and from XLA's cost analysis of its compiled sampler, log-prob
+and update functions (which counts a while loop's body once), and its fraction
+of the FLOP floor at the float32 matmul rate measured in the same run.
+
+Where the phases come from:
+
+* ugrad: the trainer's `time/*_s` metrics (sample minus the reward, timed
+  around the scorer; prepare = reference log-probs; update; host = gradient
+  log and statistics) and the rest of the step outside its clock (metrics
+  file, checkpoint, progress bar), added to host as `loop`.
+* TRL: its `profiling_context` timers (`transformers.generate`,
+  `_calculate_rewards`, the log-prob forwards inside `_prepare_inputs`,
+  `compute_loss` as `loss_forward`); update runs from the end of
+  `_prepare_inputs` to `on_step_end` (forward, backward, optimizer); loop
+  from there to the next step (logging).
+* Tunix: its perf tracer's rollout, reference and actor-training spans; with
+  every role on one device these overlap and may add up to more than the
+  step, so host and loop are null.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import traceback
+from typing import Callable, Optional
+
+from absl import flags
+from absl import logging
+from flax import nnx
+import jax
+import numpy as np
+
+from experiments.configs import grpo as grpo_config
+from ugrad import build
+from ugrad import metrics as metrics_lib
+from ugrad import sampling
+from ugrad import train
+from ugrad import update as update_lib
+from ugrad.models import hf
+from ugrad.models import model_config
+from ugrad.models import transformer as tr
+
+CONTENDERS = ("ugrad", "trl", "tunix")
+
+_MODEL = flags.DEFINE_string("grpo_model", "qwen2_2.9m", "model preset")
+_PROMPTS = flags.DEFINE_integer("grpo_prompts", 16, "prompts per step")
+_GROUP = flags.DEFINE_integer("grpo_group", 8, "samples per prompt (G)")
+_NEW = flags.DEFINE_integer("grpo_new_tokens", 24, "new tokens at most")
+_LR = flags.DEFINE_float("grpo_lr", 1e-4, "AdamW learning rate")
+_BETA = flags.DEFINE_float("grpo_beta", 0.04, "KL weight")
+_PEERS = flags.DEFINE_list("grpo_peers", list(CONTENDERS),
+                           "contenders, in their order within a repeat")
+
+
+@dataclasses.dataclass
+class Work:
+  """What every contender does per step, and the files they share."""
+
+  model: str = "qwen2_2.9m"
+  prompts: int = 16
+  group: int = 8
+  new_tokens: int = 24
+  temperature: float = 1.0
+  beta: float = 0.04
+  lr: float = 1e-4
+  seed: int = 0
+  steps: int = 0  # steps each loop is built for (warm-up, timed, one more)
+  hf_dir: str = ""  # the initial weights (no tokenizer: ugrad's is the task's)
+  workdir: str = ""
+
+  @property
+  def rows(self) -> int:
+    return self.prompts * self.group
+
+
+def _emit(**figure):
+  print(json.dumps(figure), flush=True)
+
+
+# ---------------------------------------------------------------- lockstep
+
+
+class _Stop(Exception):
+  """Ends a contender's loop once the benchmark has its steps."""
+
+
+class Lockstep:
+  """One contender's own training loop in a thread, one step at a time.
+
+  `start(gate)` builds the contender and runs its loop, which calls `gate()`
+  where each step begins. `step()` lets one step run and returns its wall
+  seconds, from the release to the next `gate()`.
+  """
+
+  def __init__(self, name: str, start: Callable[[Callable[[], None]], None]):
+    self.name = name
+    self._go = threading.Semaphore(0)
+    self._arrived = threading.Semaphore(0)
+    self._stop = self._done = False
+    self._error = None
+    self._thread = threading.Thread(target=self._run, args=(start,),
+                                    name=f"bench-{name}", daemon=True)
+    self._thread.start()
+    self._wait()  # Built, and at the first step's start.
+
+  def gate(self):
+    self._arrived.release()
+    self._go.acquire()
+    if self._stop:
+      raise _Stop()
+
+  def _run(self, start):
+    try:
+      start(self.gate)
+    except _Stop:
+      pass
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e
+      traceback.print_exc()
+    finally:
+      self._done = True
+      self._arrived.release()
+
+  def _wait(self):
+    self._arrived.acquire()
+    if self._error is not None:
+      raise RuntimeError(f"{self.name} failed: {self._error!r}")
+    if self._done:
+      raise RuntimeError(f"{self.name}'s loop ended before the benchmark")
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    self._go.release()
+    self._wait()
+    return time.perf_counter() - start
+
+  def close(self):
+    if not self._done:
+      self._stop = True
+      self._go.release()
+    self._thread.join()
+
+
+# ---------------------------------------------------------------- the work
+
+
+def _config(work: Work):
+  """ugrad's GRPO config for the work (experiments/configs/grpo.py)."""
+  c = grpo_config.get_config()
+  c.seed = work.seed
+  c.init_from = work.hf_dir
+  c.sampling.questions = work.prompts
+  c.sampling.group_size = work.group
+  c.sampling.max_new_tokens = work.new_tokens
+  c.sampling.temperature = work.temperature
+  c.coef.beta = work.beta
+  c.optim.lr = work.lr
+  c.steps = 10**6  # Stopped by the benchmark.
+  c.quiet = True
+  return c
+
+
+def write_initial_weights(work: Work, path: str, task) -> int:
+  """The preset's seed-0 weights as a Hugging Face directory; returns N,
+  the parameters a token's forward pass multiplies by (the output
+  projection counted, the embedding lookup not)."""
+  cfg = model_config.preset(work.model, task.tokenizer.vocab_size)
+  model = tr.Transformer(cfg, rngs=nnx.Rngs(work.seed))
+  hf.save_pretrained(model, path)
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  lookup = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size
+  return int(params - lookup)
+
+
+def hf_char_tokenizer(char_tokenizer):
+  """ugrad's CharTokenizer as a `transformers` tokenizer with the same ids:
+  a BPE without merges splits text into characters."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  specials = ["<pad>", "<bos>", "<eos>"]  # ids 0, 1, 2 as in CharTokenizer
+  vocab = {s: i for i, s in enumerate(specials)}
+  vocab.update({c: i + len(specials)
+                for i, c in enumerate(char_tokenizer.chars)})
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, []))
+  tok.add_special_tokens(specials)
+  tok.decoder = decoders.Fuse()
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+      eos_token="<eos>")
+
+
+# ---------------------------------------------------------------- ugrad
+
+
+class UgradRun:
+  """ugrad's Trainer on the work, its loop gated by a trainer hook."""
+
+  name = "ugrad"
+
+  def __init__(self, work: Work):
+    self.work = work
+    self.workdir = os.path.join(work.workdir, "ugrad")
+    self.trainer = None
+    self.reward_s = {}  # step -> seconds in the reward function
+    self.abstract = {}  # function -> abstract arguments of its first call
+
+  def start(self, gate):
+    self.trainer = train.Trainer(_config(self.work), self.workdir,
+                                 hooks=[lambda trainer, step: gate() or {}])
+    self._instrument()
+    self.trainer.train()
+
+  def examples(self, step: int) -> list:
+    """The questions ugrad's online source draws at `step`."""
+    return self.trainer.learner.source._questions(step, 0)  # pylint: disable=protected-access
+
+  def _instrument(self):
+    """Times the reward and records the abstract arguments of the compiled
+    functions (for their cost analysis), without changing what they do."""
+    learner = self.trainer.learner
+    scorer = learner.scorer
+
+    def timed_scorer(*args, **kwargs):
+      start = time.perf_counter()
+      out = scorer(*args, **kwargs)
+      self.reward_s[len(self.reward_s)] = time.perf_counter() - start
+      return out
+
+    learner.scorer = timed_scorer
+    learner.logprobs = self._recording("logprobs", learner.logprobs)
+    self.trainer.update = self._recording("update", self.trainer.update)
+    sampling.sample = self._recording("sample", sampling.sample)
+
+  def _recording(self, name, fn):
+    def call(*args):
+      if name not in self.abstract:
+        self.abstract[name] = jax.tree.map(_abstract, args)
+      return fn(*args)
+    call.original = fn
+    return call
+
+  def close(self):
+    sampling.sample = getattr(sampling.sample, "original", sampling.sample)
+
+  def phases(self, steps: list[int], seconds: list[float]) -> dict:
+    """Per-step phases (lists) from the trainer's metrics of `steps`."""
+    rows = {r["step"]: r for r in metrics_lib.read_metrics(
+        os.path.join(self.workdir, metrics_lib.METRICS_FILE))}
+    out = {k: [] for k in ("sample", "host", "reference", "update", "loop",
+                           "host_log", "completion_tokens")}
+    for step, total in zip(steps, seconds):
+      row = rows[step + 1]
+      reward = self.reward_s[step]
+      out["sample"].append(row["time/sample_s"] - reward)
+      out["host"].append(reward)
+      out["reference"].append(row["time/prepare_s"])
+      out["update"].append(row["time/update_s"])
+      # The gradient log and statistics, then metrics writing, the
+      # checkpoint and the progress bar outside the trainer's step clock.
+      out["host_log"].append(row["time/host_s"])
+      out["loop"].append(row["time/host_s"] + total - row["step_time_s"])
+      out["completion_tokens"].append(
+          row["response_length"] * self.work.rows)
+    return out
+
+  def flops(self, n: int, prompt_len: int) -> dict:
+    """Analytic FLOPs per step and XLA's count of the compiled functions."""
+    w = self.work
+    length = prompt_len + w.new_tokens
+    analytic = {
+        "sample": 2 * n * (w.prompts * prompt_len + w.rows * w.new_tokens),
+        "reference": 2 * n * w.rows * length,
+        "update": 6 * n * w.rows * length,
+    }
+    xla = {}
+    graphdef = self.trainer.policy.graphdef
+    functions = {  # phase: (jitted function, its leading arguments, calls)
+        "sample": (sampling._sample_jit, (), "sample"),  # pylint: disable=protected-access
+        "reference": (update_lib.policy_logprobs, (graphdef,), "logprobs"),
+        "update": (self.trainer.update.original, (), "update")}
+    for phase, (fn, leading, name) in functions.items():
+      if name in self.abstract:
+        cost = fn.lower(*leading, *self.abstract[name]).compile(
+        ).cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        xla[phase] = float(cost.get("flops", float("nan")))
+    return {"analytic": analytic, "xla_cost_analysis": xla}
+
+
+def _abstract(x):
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return x
+
+
+# ---------------------------------------------------------------- TRL
+
+
+class TrlRun:
+  """TRL's GRPOTrainer on the work; a callback gates its steps and its own
+  profiling timers (`profiling_context`) are collected."""
+
+  name = "trl"
+
+  def __init__(self, work: Work, task, examples: Callable[[int], list]):
+    self.work, self.task, self.examples = work, task, examples
+    self.events = []  # (name, start, end) of TRL's timers, and our marks
+
+  def start(self, gate):
+    import datasets  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    import trl  # pylint: disable=g-import-not-at-top
+    from trl.extras import profiling  # pylint: disable=g-import-not-at-top
+    w = self.work
+    events = self.events
+
+    def log_metrics(context, duration):
+      events.append((context.name.split(".", 1)[1],
+                     context._start_time, context._start_time + duration))  # pylint: disable=protected-access
+
+    profiling.ProfilingContext._log_metrics = log_metrics  # pylint: disable=protected-access
+    torch.manual_seed(w.seed)
+    examples = [ex for s in range(w.steps) for ex in self.examples(s)]
+    # The BOS that ugrad's prompts start with (TRL adds no special tokens).
+    dataset = datasets.Dataset.from_dict(
+        {"prompt": ["<bos>" + self.task.prompt(ex) for ex in examples],
+         "index": list(range(len(examples)))})
+    task = self.task
+
+    def rule_reward(completions, index, **unused):
+      return [task.reward(examples[i], c) for i, c in zip(index, completions)]
+
+    class Gate(transformers.TrainerCallback):
+
+      def on_step_begin(self, *unused, **unused_kw):
+        events.append(("step_begin", time.perf_counter(), None))
+        gate()
+
+      def on_step_end(self, *unused, **unused_kw):
+        events.append(("step_end", time.perf_counter(), None))
+
+      def on_log(self, *unused, logs=None, **unused_kw):
+        events.append(("log", (logs or {}).get("completions/mean_length"),
+                       None))
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        w.hf_dir, dtype=torch.float32)
+    args = trl.GRPOConfig(
+        output_dir=os.path.join(w.workdir, "trl"), use_cpu=True, bf16=False,
+        fp16=False, use_vllm=False, gradient_checkpointing=False,
+        per_device_train_batch_size=w.rows, gradient_accumulation_steps=1,
+        num_generations=w.group, max_completion_length=w.new_tokens,
+        temperature=w.temperature, top_p=1.0, top_k=0, beta=w.beta,
+        learning_rate=w.lr, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0, adam_beta2=0.99, max_grad_norm=1.0,
+        loss_type="grpo", num_iterations=1, shuffle_dataset=False,
+        max_steps=w.steps, save_strategy="no", logging_steps=1,
+        report_to="none", disable_tqdm=True, seed=w.seed,
+        dataloader_num_workers=0)
+    trainer = trl.GRPOTrainer(
+        model=model, reward_funcs=rule_reward, args=args,
+        train_dataset=dataset, processing_class=hf_char_tokenizer(
+            self.task.tokenizer), callbacks=[Gate()])
+    # Logs stay in the trainer's state, not on stdout between JSON lines.
+    trainer.remove_callback(transformers.PrinterCallback)
+    trainer.train()
+
+  def phases(self, steps: list[int], seconds: list[float]) -> dict:
+    """Each timed step's phases from TRL's timers between its marks."""
+    begins = [e[1] for e in self.events if e[0] == "step_begin"]
+    ends = [e[1] for e in self.events if e[0] == "step_end"]
+    lengths = [e[1] for e in self.events if e[0] == "log"]
+    out = {k: [] for k in ("sample", "host", "reference", "update", "loop",
+                           "loss_forward", "completion_tokens")}
+    for step, total in zip(steps, seconds):
+      lo, end, hi = begins[step], ends[step], begins[step + 1]
+
+      def spent(name, within=(lo, end)):
+        return sum(e - s for n, s, e in self.events
+                   if n == name and within[0] <= s and e <= within[1])
+
+      prepare = [(s, e) for n, s, e in self.events
+                 if n == "_prepare_inputs" and lo <= s <= end]
+      prep_end = prepare[0][1] if prepare else lo
+      out["sample"].append(spent("transformers.generate"))
+      out["host"].append(spent("_calculate_rewards"))
+      out["reference"].append(spent("_get_per_token_logps_and_entropies",
+                                    (lo, prep_end)))
+      out["update"].append(end - prep_end)
+      out["loss_forward"].append(spent("compute_loss"))
+      out["loop"].append(hi - end)
+      out["completion_tokens"].append(
+          lengths[step] * self.work.rows if lengths[step] else None)
+    return out
+
+
+# ---------------------------------------------------------------- Tunix
+
+
+class TunixRun:
+  """Tunix's GRPOLearner on the work; its data iterator gates the steps and
+  its own perf tracer (`PerfMetricsExport`) gives the phases."""
+
+  name = "tunix"
+
+  def __init__(self, work: Work, task, examples: Callable[[int], list]):
+    self.work, self.task, self.examples = work, task, examples
+    self.perf = []  # per global step: Tunix's exported perf metrics
+    self.tokens = []  # per global step: completion tokens
+
+  def start(self, gate):
+    import optax  # pylint: disable=g-import-not-at-top
+    from tunix.models.qwen2 import model as qwen2  # pylint: disable=g-import-not-at-top
+    from tunix.models.qwen2 import params as qwen2_params  # pylint: disable=g-import-not-at-top
+    from tunix.perf import export as perf_export  # pylint: disable=g-import-not-at-top
+    from tunix.perf import metrics as perf_metrics  # pylint: disable=g-import-not-at-top
+    from tunix.rl import rl_cluster as rl_cluster_lib  # pylint: disable=g-import-not-at-top
+    from tunix.rl.grpo import grpo_learner  # pylint: disable=g-import-not-at-top
+    from tunix.rl.rollout import base_rollout  # pylint: disable=g-import-not-at-top
+    from tunix.sft import metrics_logger  # pylint: disable=g-import-not-at-top
+    w = self.work
+    cfg = model_config.preset(w.model, self.task.tokenizer.vocab_size)
+    shape = qwen2.ModelConfig(
+        num_layers=cfg.num_layers, vocab_size=cfg.vocab_size,
+        embed_dim=cfg.hidden_size, hidden_dim=cfg.mlp_size,
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+        num_kv_heads=cfg.num_kv_heads, rope_theta=int(cfg.rope_theta),
+        norm_eps=cfg.rms_eps, use_tied_embedding=cfg.tie_embeddings)
+    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), axis_types=(
+        jax.sharding.AxisType.Auto,) * 2)
+    actor, reference = (qwen2_params.create_model_from_safe_tensors(
+        w.hf_dir, shape, mesh) for _ in range(2))
+    prompt_len = build.prompt_length(self.task)
+    role = rl_cluster_lib.Role
+    cluster_config = rl_cluster_lib.ClusterConfig(
+        role_to_mesh={role.ACTOR: mesh, role.REFERENCE: mesh,
+                      role.ROLLOUT: mesh},
+        rollout_engine="vanilla", offload_to_cpu=False,
+        training_config=rl_cluster_lib.RLTrainingConfig(
+            actor_optimizer=optax.chain(
+                optax.clip_by_global_norm(1.0),
+                optax.adamw(w.lr, b1=0.9, b2=0.99, weight_decay=0.0)),
+            eval_every_n_steps=10**9, max_steps=w.steps,
+            metrics_logging_options=metrics_logger.MetricsLoggerOptions(
+                log_dir=os.path.join(w.workdir, "tunix")),
+            pbar_description=None),
+        rollout_config=base_rollout.RolloutConfig(
+            max_tokens_to_generate=w.new_tokens, max_prompt_length=prompt_len,
+            kv_cache_size=prompt_len + w.new_tokens,
+            temperature=w.temperature, top_p=1.0, top_k=None))
+    export = perf_export.PerfMetricsExport.from_cluster_config(
+        cluster_config)
+
+    def record(query):
+      metrics = export(query)
+      self.perf.append({k: float(v) for k, (v, _) in metrics.items()})
+      return metrics
+
+    perf_config = perf_metrics.PerfMetricsConfig(custom_export_fn=record)
+    cluster = rl_cluster_lib.RLCluster(
+        actor=actor, reference=reference,
+        tokenizer=hf_char_tokenizer(self.task.tokenizer),
+        cluster_config=cluster_config, perf_config=perf_config)
+    examples = [ex for s in range(w.steps) for ex in self.examples(s)]
+    task = self.task
+
+    def rule_reward(prompts, completions, index, **unused):
+      del prompts
+      return [task.reward(examples[i], c) for i, c in zip(index, completions)]
+
+    def count_tokens(completions, **unused):
+      # One token per character, and the EOS of a completion that ended.
+      self.tokens.append(sum(min(len(c) + 1, w.new_tokens)
+                             for c in completions))
+      return {}
+
+    learner = grpo_learner.GRPOLearner(
+        rl_cluster=cluster, reward_fns=[rule_reward],
+        metric_fns=[count_tokens],
+        algo_config=grpo_learner.GRPOConfig(
+            num_generations=w.group, num_iterations=1, beta=w.beta))
+
+    def batches():
+      for step in range(w.steps):
+        gate()
+        rows = range(step * w.prompts, (step + 1) * w.prompts)
+        yield {"prompts": np.asarray([task.prompt(examples[i]) for i in rows]),
+               "index": np.asarray(rows)}
+
+    learner.train(batches())
+
+  def phases(self, steps: list[int], seconds: list[float]) -> dict:
+    """Tunix's own perf spans of each step. With rollout, actor and
+    reference on one device their device spans overlap and can add up to
+    more than the step, and its global_step_time includes the wait at the
+    gate, so the rest of the step (loop) is not derived: null."""
+    del seconds
+    out = {k: [] for k in ("sample", "host", "reference", "update", "loop",
+                           "weight_sync", "completion_tokens")}
+    for step in steps:
+      m = self.perf[step]
+      out["sample"].append(m.get("perf/sum/rollout_time"))
+      out["host"].append(None)
+      out["reference"].append(m.get("perf/sum/refer_inference_time"))
+      out["update"].append(m.get("perf/sum/actor_train_time"))
+      out["weight_sync"].append(m.get("perf/weight_sync_time"))
+      out["loop"].append(None)
+      out["completion_tokens"].append(self.tokens[step])
+    return out
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _median(values):
+  values = [v for v in values if v is not None]
+  return round(statistics.median(values), 4) if values else None
+
+
+def run(work: Work, contenders, repeats: int, matmul_flops: float) -> dict:
+  """Alternates the contenders for `repeats` timed steps after a warm-up;
+  prints and returns one figure per contender that ran."""
+  work.steps = repeats + 2
+  task = build.make_task(_config(work))
+  n = write_initial_weights(work, work.hf_dir, task)
+  prompt_len = build.prompt_length(task)
+  ugrad_run = UgradRun(work)
+  runners = {"ugrad": lambda: ugrad_run}
+  runners["trl"] = lambda: TrlRun(work, task, ugrad_run.examples)
+  runners["tunix"] = lambda: TunixRun(work, task, ugrad_run.examples)
+  missing = {name: _missing(name) for name in contenders if name != "ugrad"}
+  for name, why in missing.items():
+    if why:
+      _emit(figure="grpo_step", contender=name, skipped=why)
+  active = [c for c in contenders if not missing.get(c)]
+  if "ugrad" not in active:
+    raise ValueError("the GRPO benchmark needs ugrad (it draws the prompts)")
+  active.remove("ugrad")
+  active.insert(0, "ugrad")
+  objects, steppers = {}, {}
+  try:
+    for name in active:
+      objects[name] = runners[name]()
+      steppers[name] = Lockstep(name, objects[name].start)
+    for stepper in steppers.values():
+      stepper.step()  # Warm-up: compilation, first allocations.
+    seconds = {name: [] for name in active}
+    for _ in range(repeats):
+      for name, stepper in steppers.items():
+        seconds[name].append(stepper.step())
+  finally:
+    for stepper in steppers.values():
+      stepper.close()
+    ugrad_run.close()
+  steps = list(range(1, repeats + 1))
+  figures = {}
+  for name in active:
+    phases = objects[name].phases(steps, seconds[name])
+    tokens = phases.pop("completion_tokens")
+    median = statistics.median(seconds[name])
+    figure = dict(
+        figure="grpo_step", contender=name, model=work.model,
+        prompts=work.prompts, group=work.group, new_tokens=work.new_tokens,
+        s_per_step=round(median, 4),
+        s_per_step_all=[round(s, 4) for s in seconds[name]],
+        completion_tokens_per_s=(
+            round(_median([t / s for t, s in zip(tokens, seconds[name])]), 1)
+            if None not in tokens else None),
+        phases_s={k: _median(v) for k, v in phases.items()})
+    if name == "ugrad":
+      flops = ugrad_run.flops(n, prompt_len)
+      total = sum(flops["analytic"].values())
+      figure.update(
+          params_matmul=n, flops_per_step=flops,
+          matmul_gflops=round(matmul_flops / 1e9, 1),
+          floor_s=round(total / matmul_flops, 4),
+          fraction_of_floor=round(total / matmul_flops / median, 3))
+    figures[name] = figure
+  for name in ("trl", "tunix"):
+    if name in figures:
+      figures[name]["ugrad_speedup"] = round(
+          figures[name]["s_per_step"] / figures["ugrad"]["s_per_step"], 2)
+  for figure in figures.values():
+    _emit(**figure)
+  return figures
+
+
+def _missing(name: str) -> Optional[str]:
+  """Why a peer cannot run here (its package is not installed), or None."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  packages = {"trl": ("trl", "torch", "transformers", "datasets"),
+              "tunix": ("tunix",)}[name]
+  absent = [p for p in packages if importlib.util.find_spec(p) is None]
+  if absent:
+    return (f"{', '.join(absent)} not installed: pip install -e '.[bench]'")
+  return None
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
+
+
+def main(repeats: int, matmul_flops: float) -> dict:
+  """The --grpo figures with the flags' work."""
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint call.
+  with tempfile.TemporaryDirectory() as tmp:
+    work = Work(model=_MODEL.value, prompts=_PROMPTS.value,
+                group=_GROUP.value, new_tokens=_NEW.value, beta=_BETA.value,
+                lr=_LR.value, hf_dir=os.path.join(tmp, "init"),
+                workdir=tmp)
+    figures = run(work, _PEERS.value, repeats, matmul_flops)
+  _emit(figure="grpo_machine_after",
+        load_average=[round(x, 2) for x in os.getloadavg()])
+  return figures
+
