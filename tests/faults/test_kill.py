@@ -79,7 +79,7 @@ _ORM = {"steps": 6, "checkpoint_every": 2, "eval_every": 3,
         "sampling.max_new_tokens": 32, "rm.eval_questions": 2}
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_policy_run_with_its_warm_start(seed, tmp_path):
   """Killed once in the SFT warm start and once in GRPO; before the last
   start one bit of the newest checkpoint is flipped, so the resume must
