@@ -16,6 +16,7 @@ import pytest
 
 from tests import bpe_util
 from tests import train_util
+from ugrad import eval as eval_lib
 from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import models
@@ -294,3 +295,21 @@ def test_phase_times_add_up_to_the_step(tmp_path):
     phases = [row[f"time/{p}_s"] for p in train.PHASES]
     assert min(phases) >= 0
     np.testing.assert_allclose(sum(phases), row["step_time_s"], rtol=1e-3)
+
+
+def test_eval_split_validation_evaluates_on_the_validation_questions(
+    tmp_path, monkeypatch):
+  config = train_util.tiny("sft", steps=1)
+  config.task_kwargs.update(val_fraction=0.05, n_validation=64)
+  config.eval_split = "validation"
+  trainer = train.Trainer(config, str(tmp_path))
+  asked = []
+  real = eval_lib.greedy_accuracy
+  monkeypatch.setattr(eval_lib, "greedy_accuracy",
+                      lambda *a, **k: asked.append(k["split"]) or real(*a, **k))
+  assert 0.0 <= trainer.evaluate()["greedy_acc"] <= 1.0
+  assert asked == ["validation"]
+  config.eval_split = "dev"
+  with pytest.raises(ValueError, match="unknown eval_split 'dev'; valid: "
+                     "test, validation"):
+    train.Trainer(config, str(tmp_path / "bad"))

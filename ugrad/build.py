@@ -100,15 +100,25 @@ def make_task(config):
     kwargs.setdefault("seed", config.seed)
   else:
     kwargs = {"train_path": config.data.train_path or None,
-              "test_path": config.data.test_path or None}
+              "test_path": config.data.test_path or None,
+              "validation_path": config.data.validation_path or None}
   return tasks_lib.make_task(config.task, **kwargs)
 
 
 def prompt_length(task) -> int:
-  """The longest encoded prompt over both splits (the fixed P)."""
+  """The longest encoded prompt over the task's splits (the fixed P)."""
   tok = task.tokenizer
   return max(len(tasks_lib.encode_prompt(tok, task.prompt(ex)))
-             for split in ("train", "test") for ex in task.examples(split))
+             for split in task_splits(task) for ex in task.examples(split))
+
+
+def task_splits(task) -> tuple[str, ...]:
+  """train, test and, when the task has one, validation."""
+  try:
+    task.examples("validation")
+  except ValueError:
+    return ("train", "test")
+  return ("train", "test", "validation")
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:

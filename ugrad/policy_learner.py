@@ -189,11 +189,13 @@ class PolicyLearner:
   # --- evaluation and the result -------------------------------------------
 
   def evaluate(self, params, num_questions=None) -> dict:
-    """Greedy accuracy on the held-out split, with a bootstrap interval."""
+    """Greedy accuracy on the held-out split (`config.eval_split`), with a
+    bootstrap interval."""
     return eval_lib.greedy_accuracy(
         self.task, self.policy.graphdef, params,
         num_questions or self.config.eval_questions, self.trainer.prompt_len,
-        self.trainer.max_new, mesh=self.trainer.mesh.mesh)
+        self.trainer.max_new, split=self.config.eval_split,
+        mesh=self.trainer.mesh.mesh)
 
   def periodic_evaluation(self) -> dict:
     """Greedy accuracy, and pass@k / maj@k when `eval_sampled.ks` is set,
@@ -207,7 +209,8 @@ class PolicyLearner:
           self.config.eval_sampled.questions, max(ks), ks,
           self.trainer.prompt_len, self.trainer.max_new,
           temperature=self.config.eval_sampled.temperature,
-          seed=self.config.seed, mesh=self.trainer.mesh.mesh)
+          seed=self.config.seed, split=self.config.eval_split,
+          mesh=self.trainer.mesh.mesh)
       results.update({k: v for k, v in sampled.items()
                       if k.startswith(("pass@", "maj@"))})
     return flatten_intervals(results)

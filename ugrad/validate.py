@@ -33,6 +33,7 @@ _FIELD_HINTS = {
 }
 
 PARAM_DTYPES = ("float32", "bfloat16")
+EVAL_SPLITS = ("test", "validation")
 
 
 def check_config(config) -> None:
@@ -93,6 +94,7 @@ def _check_names(config) -> None:
   registry.lookup(models.ATTENTION, "attention", config.attention)
   registry.lookup(PARAM_DTYPES, "param_dtype", config.param_dtype)
   registry.lookup(tasks_lib.TASKS, "task", config.task)
+  registry.lookup(EVAL_SPLITS, "eval_split", config.eval_split)
   registry.lookup(models.PRESETS, "model preset", config.model)
   build.source_class(config)
   rewards_lib.parse_spec(config.reward)

@@ -14,10 +14,13 @@ def get_config():
 
   # The task: the embedded arithmetic problems, or a JSONL file.
   c.task = "arithmetic"
+  # val_fraction > 0 reserves a validation split (for eval_split below).
   c.task_kwargs = ml_collections.ConfigDict(
-      dict(num_operands=3, digits=(1, 2), operators="+-"))
+      dict(num_operands=3, digits=(1, 2), operators="+-", val_fraction=0.0,
+           n_validation=1024))
   # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.
-  c.data = ml_collections.ConfigDict(dict(train_path="", test_path=""))
+  c.data = ml_collections.ConfigDict(dict(train_path="", test_path="",
+                                          validation_path=""))
 
   # The policy: a model preset, optionally initialised from a checkpoint
   # (a ugrad workdir or a Hugging Face directory). RL configs on the embedded
@@ -73,6 +76,9 @@ def get_config():
   c.eval_sampled = ml_collections.ConfigDict(
       dict(ks="", questions=128, temperature=1.0))
   c.eval_questions = 1024
+  # Where evaluations draw their questions: "test", or "validation" when
+  # choosing settings (task_kwargs.val_fraction or data.validation_path).
+  c.eval_split = "test"
   # The device mesh (sizes; -1 = every remaining device; see
   # ugrad/models/sharding.py): batch rows over dcn_data x data x fsdp,
   # parameters' width over fsdp, heads / MLP / vocabulary over tensor.
@@ -81,9 +87,10 @@ def get_config():
   # Activation memory: "none", "full" (recompute each decoder layer in the
   # backward pass) or "dots" (keep matmul outputs, recompute the rest).
   c.remat = "none"
-  # The attention kernel of training and prefill: "xla", "cudnn" (flash
-  # attention on NVIDIA GPUs, 16-bit compute) or "auto" (cudnn where it
-  # applies, else xla).
+  # The attention kernel of training and prefill: "einsum" (ugrad's own),
+  # "xla" (jax.nn.dot_product_attention), "cudnn" (flash attention on
+  # NVIDIA GPUs, 16-bit compute) or "auto" (cudnn where it applies, else
+  # einsum).
   c.attention = "auto"
   c.quiet = False  # no progress bar
   return c

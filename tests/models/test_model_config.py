@@ -63,7 +63,7 @@ def test_published_shapes():
     (dict(head_dim=7), "even head_dim"),
     (dict(dtype="float33"), "not a dtype"),
     (dict(attention="flash"),
-     "unknown attention 'flash'; valid: auto, xla, cudnn"),
+     "unknown attention 'flash'; valid: auto, einsum, xla, cudnn"),
 ])
 def test_config_errors(bad, match):
   fields = dict(vocab_size=24, hidden_size=32, num_layers=2, num_heads=4,

@@ -185,7 +185,7 @@ def test_xla_attention_kernel_equals_the_einsums(layout):
 
 def test_attention_switch_reaches_training_and_prefill(monkeypatch):
   """The model's uncached and prefill attention go through the configured
-  kernel; "auto" is xla off GPU."""
+  kernel; "auto" is the einsums off GPU."""
   seen = []
   kernel = tr._attend_kernel
   monkeypatch.setattr(tr, "_attend_kernel", lambda *a: seen.append(
@@ -199,7 +199,7 @@ def test_attention_switch_reaches_training_and_prefill(monkeypatch):
                       jnp.ones((2, 8), jnp.int32), cache, 0)
   assert seen == ["xla"] * (2 * cfg.num_layers)
   if jax.default_backend() != "gpu":
-    assert tr.attention_kernel("auto", jnp.bfloat16) == "xla"
+    assert tr.attention_kernel("auto", jnp.bfloat16) == "einsum"
 
 
 # ------------------------------------------------------------ padding

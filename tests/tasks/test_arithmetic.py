@@ -210,6 +210,23 @@ def test_bad_knobs_raise(kwargs, match):
 def test_unknown_split_and_bad_question():
   task = arithmetic.ArithmeticTask(n_train=1, n_test=1)
   with pytest.raises(ValueError, match="valid splits"):
-    task.examples("validation")
+    task.examples("dev")
   with pytest.raises(ValueError, match="not an arithmetic question"):
     task.step_labels(Example("what?", "", "1"), "#### 1")
+
+
+def test_validation_split_is_disjoint_and_leaves_train_and_test_alone():
+  plain = arithmetic.ArithmeticTask(n_train=4000, n_test=200)
+  with pytest.raises(ValueError, match="set task_kwargs.val_fraction"):
+    plain.examples("validation")
+  held = arithmetic.ArithmeticTask(n_train=4000, n_test=200, val_fraction=0.1,
+                                   n_validation=200)
+  questions = {s: {e.question for e in held.examples(s)}
+               for s in ("train", "validation", "test")}
+  assert len(questions["validation"]) == 200
+  assert not questions["validation"] & questions["train"]
+  assert not questions["validation"] & questions["test"]
+  assert not questions["train"] & questions["test"]
+  # The test split is the same with or without a validation split.
+  assert [e.question for e in held.examples("test")] == [
+      e.question for e in plain.examples("test")]

@@ -218,3 +218,13 @@ def test_make_task_lists_valid_names():
     tasks.make_task("mmlu")
   assert isinstance(tasks.make_task("arithmetic", n_train=10),
                     tasks.ArithmeticTask)
+
+
+def test_a_validation_file_is_its_own_split(tmp_path):
+  task = tasks.make_task(
+      "gsm8k", train_path=_write(tmp_path / "train.jsonl", GSM8K_ROWS),
+      validation_path=_write(tmp_path / "dev.jsonl", GSM8K_ROWS[:1]))
+  assert [e.answer for e in task.examples("validation")] == [
+      task.examples("train")[0].answer]
+  with pytest.raises(ValueError, match="no test_path was given"):
+    task.examples("test")

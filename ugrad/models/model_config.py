@@ -7,11 +7,12 @@ import jax.numpy as jnp
 
 from ugrad import registry
 
-# Attention kernels of training and prefill (`ModelConfig.attention`), each
-# an `implementation` of `jax.nn.dot_product_attention`: "xla" anywhere,
-# "cudnn" (flash attention) on NVIDIA GPUs in bfloat16 / float16, "auto"
-# cudnn where it applies, else xla.
-ATTENTION = ("auto", "xla", "cudnn")
+# Attention kernels of training and prefill (`ModelConfig.attention`):
+# "einsum", ugrad's own grouped einsums; "xla" and "cudnn" (flash attention
+# on NVIDIA GPUs in bfloat16 / float16), implementations of
+# `jax.nn.dot_product_attention`; "auto", cudnn where it applies, else
+# einsum.
+ATTENTION = ("auto", "einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -169,26 +169,28 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 
 
 def attention_kernel(name: str, dtype) -> str:
-  """The `jax.nn.dot_product_attention` implementation that
-  `ModelConfig.attention` names: "auto" is cudnn on a GPU in 16-bit compute
-  (its flash kernel takes no float32), xla elsewhere."""
+  """The kernel that `ModelConfig.attention` names: "auto" is cudnn on a GPU
+  in 16-bit compute (its flash kernel takes no float32), elsewhere ugrad's
+  own grouped einsums ("einsum", bit-identical to earlier releases)."""
   if name != "auto":
     return name
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+  return "cudnn" if jax.default_backend() == "gpu" and half else "einsum"
 
 
 def _attend_kernel(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                    layout: str, name: str) -> jax.Array:
   """`_attend` through `jax.nn.dot_product_attention` with the kernel of
-  `attention_kernel(name)`. Its masked scores get the same -0.7 * float32 max
-  as `_MASK_VALUE`, so a query row that sees no key gives the same uniform
-  softmax, not NaN."""
+  `attention_kernel(name)` ("einsum": `_attend` itself). Its masked scores
+  get the same -0.7 * float32 max as `_MASK_VALUE`, so a query row that sees
+  no key gives the same uniform softmax, not NaN."""
+  kernel = attention_kernel(name, q.dtype)
+  if kernel == "einsum":
+    return _attend(q, k, v, mask, layout)
   if layout == "bhsd":
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  return jax.nn.dot_product_attention(
-      q, k, v, mask=mask[:, None],
-      implementation=attention_kernel(name, q.dtype))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
+                                      implementation=kernel)
 
 
 def _write(cache: jax.Array, new: jax.Array, index, layout: str) -> jax.Array:
@@ -238,7 +240,8 @@ class Attention(nnx.Module):
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     q, k = _apply_rotary(q, *rope), _apply_rotary(k, *rope)
     if cache_kv is None:
-      out = _attend_kernel(q, k, v, mask, "bshd", self.attention)
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+      out = _attend_kernel(q, k, v, mask, "bhsd", self.attention)
       return self.o_proj(out.reshape(b, t, -1)), None
     keys, values, layout = cache_kv
     keys = _write(keys, k, index, layout)

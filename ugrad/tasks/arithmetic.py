@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 from ugrad import registry
 from ugrad.tasks import base
 from ugrad.tasks.problems import Difficulty
+from ugrad.tasks.problems import draw_held_out_problems
 from ugrad.tasks.problems import draw_test_problems
 from ugrad.tasks.problems import draw_train_problems
 from ugrad.tasks.problems import Problems
@@ -168,6 +169,8 @@ class ArithmeticTask:
                n_train: int = 200_000,
                n_test: int = 1024,
                test_fraction: float = 0.1,
+               val_fraction: float = 0.0,
+               n_validation: int = 1024,
                seed: int = 0,
                step_rule: str = "prefix",
                tokenizer: Optional[Tokenizer] = None):
@@ -181,6 +184,10 @@ class ArithmeticTask:
       n_train: training problems (repeats allowed).
       n_test: distinct test questions (fewer if the space holds fewer).
       test_fraction: share of the question space reserved for testing.
+      val_fraction: share reserved for the validation split (for choosing
+        settings; disjoint from train and test). 0, the default, has no
+        validation split and leaves the training draws as they were.
+      n_validation: distinct validation questions.
       seed: chooses the problems drawn, not the split.
       step_rule: "prefix" or "local" (see `step_labels`).
       tokenizer: any `Tokenizer`; default `CharTokenizer()`.
@@ -191,11 +198,16 @@ class ArithmeticTask:
                                  allow_negative)
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0 - test_fraction:
+      raise ValueError(f"val_fraction must be in [0, 1 - test_fraction), "
+                       f"got {val_fraction}")
     registry.lookup(STEP_RULES, "step_rule", step_rule)
     if n_train < 0 or n_test < 0:
       raise ValueError(f"n_train, n_test must be >= 0: {n_train}, {n_test}")
-    self.sizes = {"train": n_train, "test": n_test}
+    self.sizes = {"train": n_train, "test": n_test,
+                  "validation": n_validation}
     self.test_fraction = test_fraction
+    self.val_fraction = val_fraction
     self.seed = seed
     self.step_rule = step_rule
     self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
@@ -205,11 +217,21 @@ class ArithmeticTask:
     """The split's examples; `.problems` gives them as arrays."""
     base.check_split(split)
     if split not in self._examples:
-      draw = (draw_train_problems if split == "train"
-              else draw_test_problems)
-      self._examples[split] = ArithmeticExamples(
-          draw(self.seed, self.sizes[split], self.difficulty,
-               self.test_fraction))
+      tf, vf = self.test_fraction, self.val_fraction
+      if split == "train":
+        problems = draw_train_problems(self.seed, self.sizes[split],
+                                       self.difficulty, tf + vf)
+      elif split == "test":
+        problems = draw_test_problems(self.seed, self.sizes[split],
+                                      self.difficulty, tf)
+      elif vf > 0:
+        problems = draw_held_out_problems(
+            self.seed, self.sizes[split], self.difficulty, (tf, tf + vf),
+            stream=2, split=split)
+      else:
+        raise ValueError("no validation split: set task_kwargs.val_fraction "
+                         "(e.g. 0.05) to reserve one")
+      self._examples[split] = ArithmeticExamples(problems)
     return self._examples[split]
 
   def prompt(self, example: base.Example) -> str:

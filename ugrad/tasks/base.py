@@ -53,7 +53,7 @@ class Task(Protocol):
     """Character offset of the last character of each step."""
 
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 
 def check_split(split: str) -> None:

@@ -161,7 +161,8 @@ class JsonlTask:
                train_path: Optional[str] = None,
                test_path: Optional[str] = None,
                tokenizer: Optional[Tokenizer] = None,
-               prompt_template: str = "{question}\n"):
+               prompt_template: str = "{question}\n", *,
+               validation_path: Optional[str] = None):
     """Reads the files.
 
     Args:
@@ -171,6 +172,8 @@ class JsonlTask:
       tokenizer: any `Tokenizer`; default a `CharTokenizer` covering every
         character of the prompts and gold completions.
       prompt_template: format string with a {question} field.
+      validation_path: JSONL file of the validation split (for choosing
+        settings), or None.
     """
     if train_path is None and test_path is None:
       raise ValueError("give train_path, test_path or both")
@@ -180,7 +183,8 @@ class JsonlTask:
     prompt_template.format(question="")  # Fail now on stray braces.
     self.fmt = fmt
     self.prompt_template = prompt_template
-    self.paths = {"train": train_path, "test": test_path}
+    self.paths = {"train": train_path, "test": test_path,
+                  "validation": validation_path}
     self._examples = {
         split: read_jsonl(os.fspath(path), fmt.parse_row)
         for split, path in self.paths.items() if path is not None}
@@ -222,16 +226,18 @@ def gsm8k_task(train_path: Optional[str] = None,
                test_path: Optional[str] = None,
                tokenizer: Optional[Tokenizer] = None,
                prompt_template: str = "{question}\n",
-               strip_annotations: bool = True) -> JsonlTask:
+               strip_annotations: bool = True,
+               validation_path: Optional[str] = None) -> JsonlTask:
   """A GSM8K-style task (see the module docstring)."""
   return JsonlTask(gsm8k_format(strip_annotations), train_path, test_path,
-                   tokenizer, prompt_template)
+                   tokenizer, prompt_template, validation_path=validation_path)
 
 
 def math_task(train_path: Optional[str] = None,
               test_path: Optional[str] = None,
               tokenizer: Optional[Tokenizer] = None,
-              prompt_template: str = "{question}\n") -> JsonlTask:
+              prompt_template: str = "{question}\n",
+              validation_path: Optional[str] = None) -> JsonlTask:
   """A MATH-style task (see the module docstring)."""
   return JsonlTask(math_format(), train_path, test_path, tokenizer,
-                   prompt_template)
+                   prompt_template, validation_path=validation_path)

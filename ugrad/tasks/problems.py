@@ -84,10 +84,22 @@ def question_hash(problems: Problems) -> np.ndarray:
   return h
 
 
+def question_unit(problems: Problems) -> np.ndarray:
+  """float [N] in [0, 1): each question's fixed place in the split order
+  (a hash of the question alone, no seed)."""
+  unit = (question_hash(problems) >> np.uint64(11)).astype(np.float64)
+  return unit * 2.0**-53
+
+
 def is_test_question(problems: Problems, test_fraction: float) -> np.ndarray:
   """bool [N]: whether each question belongs to the test split."""
-  unit = (question_hash(problems) >> np.uint64(11)).astype(np.float64)
-  return unit * 2.0**-53 < test_fraction
+  return question_unit(problems) < test_fraction
+
+
+def in_band(problems: Problems, band: tuple[float, float]) -> np.ndarray:
+  """bool [N]: whether each question's unit is in [lo, hi)."""
+  unit = question_unit(problems)
+  return (unit >= band[0]) & (unit < band[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,40 +199,50 @@ def _first_unique(problems: Problems) -> Problems:
 
 
 def draw_test_problems(seed: int, n: int, difficulty: Difficulty,
-                  test_fraction: float) -> Problems:
-  """Up to N distinct test questions, deterministic given `seed`.
+                       test_fraction: float) -> Problems:
+  """Up to N distinct test questions (units in [0, test_fraction))."""
+  return draw_held_out_problems(seed, n, difficulty, (0.0, test_fraction),
+                                stream=1, split="test")
+
+
+def draw_held_out_problems(seed: int, n: int, difficulty: Difficulty,
+                           band: tuple[float, float], stream: int,
+                           split: str) -> Problems:
+  """Up to N distinct questions whose units lie in `band`, deterministic
+  given `seed` and `stream` (one per split).
 
   Small question spaces are enumerated, so the split then holds
-  min(N, every test question) problems, uniform over distinct questions.
-  Large spaces are sampled like training problems, repeats dropped.
+  min(N, every question of the band) problems, uniform over distinct
+  questions. Large spaces are sampled like training problems, repeats
+  dropped.
   """
-  rng = np.random.default_rng([seed, 1])
+  rng = np.random.default_rng([seed, stream])
   if difficulty.space_size() <= _ENUMERATE_LIMIT:
     every = enumerate_problems(difficulty)
-    every = every.select(is_test_question(every, test_fraction)
-                         & _keep(every, difficulty))
+    every = every.select(in_band(every, band) & _keep(every, difficulty))
     return every.select(rng.permutation(len(every))[:n])
   found = None
+  width = band[1] - band[0]
   for _ in range(_MAX_ROUNDS):
-    draw = sample_problems(rng, int(2 * n / test_fraction) + 64, difficulty)
-    draw = draw.select(is_test_question(draw, test_fraction)
-                       & _keep(draw, difficulty))
+    draw = sample_problems(rng, int(2 * n / width) + 64, difficulty)
+    draw = draw.select(in_band(draw, band) & _keep(draw, difficulty))
     found = _first_unique(draw if found is None else _concat([found, draw]))
     if len(found) >= n:
       return found.select(slice(0, n))
   raise ValueError(
-      f"found only {len(found)} of {n} distinct test questions; raise "
-      "test_fraction or lower n_test")
+      f"found only {len(found)} of {n} distinct {split} questions; raise "
+      f"its fraction or lower n_{split}")
 
 
 def draw_train_problems(seed: int, n: int, difficulty: Difficulty,
-                   test_fraction: float) -> Problems:
-  """N training problems (repeats allowed), none of them a test question."""
+                        held_out_fraction: float) -> Problems:
+  """N training problems (repeats allowed), none of them held out (test
+  or validation: units below `held_out_fraction`)."""
   rng = np.random.default_rng([seed, 0])
   parts, have = [], 0
   for _ in range(_MAX_ROUNDS):
     draw = sample_problems(rng, int(1.25 * (n - have)) + 64, difficulty)
-    draw = draw.select(~is_test_question(draw, test_fraction)
+    draw = draw.select(~is_test_question(draw, held_out_fraction)
                        & _keep(draw, difficulty))
     parts.append(draw)
     have += len(draw)
