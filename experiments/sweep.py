@@ -43,6 +43,7 @@ import numpy as np
 
 from experiments import report
 from experiments import sweep_file
+from experiments import tune
 from ugrad import lock
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
@@ -160,13 +161,37 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
     The report's summary: method name -> statistics of its final accuracy.
   """
   sweep = sweep_file.load_sweep(sweep_path, profile, smoke)
-  jobs = plan(sweep, workdir)
+  jobs = plan(sweep, workdir)  # Every config checked before any training.
+  tune_dir = os.path.join(workdir, tune.TUNE_DIR)
+  tune_jobs = plan(tune.tuning_sweep(sweep), tune_dir) if (
+      "tune" in sweep) else []
   _check_workdir(workdir, {"sweep": os.path.basename(sweep_path),
                            "profile": profile, "smoke": smoke})
+  tune_rows = None
+  if tune_jobs:
+    if _train(tune_jobs, tune_dir, "tuning "):
+      return {}
+    choices, tune_rows = tune.pick(sweep, lambda name: _final(
+        run_dir(tune_dir, name, sweep["tune"]["seed"])))
+    sweep = tune.apply(sweep, choices)
+    jobs = plan(sweep, workdir)
+  if _train(jobs, workdir):
+    return {}
+  if "evaluate" in sweep:
+    evaluate_runs(sweep, workdir)
+  summary = write_outputs(sweep, workdir)
+  if tune_rows is not None:
+    tune.write(workdir, sweep["tune"]["seed"], tune_rows, summary)
+  return summary
+
+
+def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
+  """Trains the unfinished runs of `jobs`; the directories skipped because
+  another process holds them."""
   held = []
   for i, (name, seed, config) in enumerate(jobs, 1):
     directory = run_dir(workdir, name, seed)
-    label = f"[{i}/{len(jobs)}] {name} seed {seed}"
+    label = f"{what}[{i}/{len(jobs)}] {name} seed {seed}"
     if os.path.exists(os.path.join(directory, "eval.json")):
       print(f"{label}: finished, skipped", flush=True)
       continue
@@ -182,10 +207,7 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
   if held:
     print(f"{len(held)} run(s) are held by other processes; run the sweep "
           "again once they finish to write its results", flush=True)
-    return {}
-  if "evaluate" in sweep:
-    evaluate_runs(sweep, workdir)
-  return write_outputs(sweep, workdir)
+  return held
 
 
 # ---------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from typing import Any
 import ml_collections
 
 from experiments import report
+from experiments import tune
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_NAME = report.SFT_NAME
 _SWEEP_KEYS = {"runs", "seeds", "shared", "sft", "rl"}
-_OPTIONAL_KEYS = {"rm", "evaluate"}
+_OPTIONAL_KEYS = {"rm", "evaluate", "tune"}
 _PARTS = ("shared", "sft", "rl", "rm")  # override dicts
 _RUN_KEYS = {"name", "config", "overrides"}
 _EVALUATE_KEYS = {"k", "questions", "temperature"}
@@ -136,6 +137,8 @@ def _check_sweep(path: str, sweep: Any):
   _check_references(path, sweep["runs"])
   if "evaluate" in sweep:
     _check_evaluate(path, sweep["evaluate"])
+  if "tune" in sweep:
+    tune.check(path, sweep)
 
 
 def references(value: Any) -> list[str]:

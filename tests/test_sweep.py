@@ -16,7 +16,9 @@ from experiments import report as report_lib
 from experiments import sweep as sweep_lib
 from experiments import sweep_file
 from experiments import sweeps
+from experiments import tune
 from ugrad import lock
+from ugrad import runs as runs_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every sweep file, so a new one is covered without touching this test.
@@ -400,4 +402,49 @@ def test_malformed_sweep_is_refused(tmp_path):
   path = tmp_path / "bad.py"
   path.write_text("def get_sweep(profile):\n  return {'runs': []}\n")
   with pytest.raises(ValueError, match="must return a dict with keys"):
+    sweep_file.load_sweep(str(path))
+
+
+_TUNED_SWEEP = textwrap.dedent("""
+    from experiments import sweeps
+
+    def get_sweep(profile):
+      sweep = sweeps.profile_settings(profile)
+      sweep["shared"]["task_kwargs.val_fraction"] = 0.05
+      sweep["runs"] = [{"name": m, "config": sweeps.config_path(m),
+                        "overrides": {}} for m in ("grpo", "rloo")]
+      sweep["tune"] = {"seed": 7, "grid": {"grpo": {
+          "optim.lr": [1e-5, 3e-4]}}}
+      return sweep
+    """)
+
+
+@pytest.mark.slow
+def test_tune_picks_on_validation_and_runs_the_pick_on_test_seeds(tmp_path):
+  path = tmp_path / "tuned.py"
+  path.write_text(_TUNED_SWEEP)
+  workdir = str(tmp_path / "work")
+  sweep_lib.run_sweep(str(path), workdir, smoke=True)
+  with open(os.path.join(workdir, tune.TUNE_FILE)) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["name"], json.loads(r["overrides"])) for r in rows] == [
+      ("grpo", {"optim.lr": 1e-5}), ("grpo", {"optim.lr": 3e-4})]
+  chosen = [r for r in rows if r["chosen"] == "1"]
+  assert len(chosen) == 1
+  for r in rows:  # Scored on the validation split, seed 7.
+    config = runs_lib.read_config(sweep_lib.run_dir(
+        os.path.join(workdir, tune.TUNE_DIR), f"grpo_tune{r['setting']}", 7))
+    assert config.eval_split == "validation" and config.seed == 7
+  test_run = runs_lib.read_config(sweep_lib.run_dir(workdir, "grpo", 0))
+  assert test_run.eval_split == "test"
+  assert test_run.optim.lr == json.loads(chosen[0]["overrides"])["optim.lr"]
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert "## Tuning on the validation split (seed 7" in f.read()
+
+
+def test_tune_without_a_validation_split_is_refused(tmp_path):
+  path = tmp_path / "tuned.py"
+  path.write_text(_TUNED_SWEEP.replace(
+      'sweep["shared"]["task_kwargs.val_fraction"] = 0.05', "pass"))
+  with pytest.raises(ValueError, match="tuning needs a validation split"):
     sweep_file.load_sweep(str(path))
