@@ -366,7 +366,7 @@ def test_reference_to_a_later_or_unknown_run_fails_before_training(
      "temperature"),
     ({"evaluate": {"k": [1], "questions": 0}},
      "evaluate questions must be an int >= 1"),
-    ({"extra": {}}, r"optionally \['evaluate', 'rm'\], got .*'extra'"),
+    ({"extra": {}}, r"optionally \['evaluate', 'rm', 'tune'\], got .*'extra'"),
 ])
 def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
   path = _write_sweep(tmp_path, [_run("grpo", "grpo")], **parts)
