@@ -294,7 +294,8 @@ def test_every_sweep_config_builds_and_validates(path, profile, smoke,
       assert config.init_from == str(tmp_path / f"sft_seed_{seed}")
       assert config.eval_every > 0
     if config.trainer == sweep_lib.REWARD_MODEL:
-      assert config.steps == sweep["rm"]["steps"]
+      own = {r["name"]: r["overrides"] for r in sweep["runs"]}[name]
+      assert config.steps == own.get("steps", sweep["rm"]["steps"])
     if smoke:  # whatever a run overrides; iterative RL: a step an iteration
       assert config.steps == max(sweep_lib.SMOKE["rl"]["steps"],
                                  config.iterative.iterations)
