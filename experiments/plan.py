@@ -242,7 +242,7 @@ def plan(config, cloud_topology: str, prompt_len: int,
   dtype = ("bfloat16" if config.compute_dtype == "auto"
            else config.compute_dtype)
   cfg = models.preset(config.model, vocab_size, dtype=dtype,
-                      remat=config.remat)
+                      remat=config.remat, param_dtype=config.param_dtype)
   sharding_lib.check_model(cfg, shape)
 
   abstract_model = nnx.eval_shape(
@@ -296,7 +296,7 @@ def plan(config, cloud_topology: str, prompt_len: int,
   out = dict(
       topology=cloud_topology, jax_topology=jax_name, chip=chip_kind,
       chips=chips, mesh=shape, model=config.model, num_params=num_params,
-      compute_dtype=dtype, remat=config.remat,
+      compute_dtype=dtype, param_dtype=config.param_dtype, remat=config.remat,
       micro_batches=config.micro_batches, questions=questions,
       group_size=group, prompt_len=prompt_len, max_new_tokens=new_tokens,
       rows=questions * group, hbm_bytes_per_chip=chip.hbm_bytes,
@@ -392,10 +392,12 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
       "",
       f"per chip (HBM {r['hbm_bytes_per_chip'] / GiB:.2f} GiB = "
       f"{_gb(r['hbm_bytes_per_chip'])}):",
-      f"  parameters (float32)    {_gb(r['params_bytes_per_chip'])}",
+      f"  parameters ({r.get('param_dtype', 'float32')})"
+      f"{' ' * max(1, 14 - len(r.get('param_dtype', 'float32')))}"
+      f"{_gb(r['params_bytes_per_chip'])}",
       f"  optimizer state         {_gb(r['opt_state_bytes_per_chip'])}",
       f"  reference parameters    {_gb(r['reference_bytes_per_chip'])}",
-      f"  gradients (float32)     {_gb(r['grads_bytes_per_chip'])} "
+      f"  gradients               {_gb(r['grads_bytes_per_chip'])} "
       "(inside the update's temporaries)",
       f"  KV cache                {_gb(r['kv_cache_bytes_per_chip'])} "
       f"({_gb(r['kv_cache_bytes'])} in all)",
@@ -444,8 +446,10 @@ def table_row(r: dict) -> str:
              f"{gb(r['hbm_bytes_per_chip'])} GB" if r["fits"] else
              r.get("reason") or f"NO: {gb(r['peak_bytes_per_chip'])} of "
              f"{gb(r['hbm_bytes_per_chip'])} GB")
+  dtype = r.get("param_dtype", "float32")
   return (f"| {r['model']} | {r['topology']} ({r['chips']}) | {mesh} | "
-          f"{r['remat']}, {r['micro_batches']} | "
+          f"{r['remat']}, {r['micro_batches']}"
+          f"{'' if dtype == 'float32' else ', ' + dtype + ' params'} | "
           f"{gb(r['params_bytes_per_chip'])} / "
           f"{gb(r['opt_state_bytes_per_chip'])} / "
           f"{gb(r['reference_bytes_per_chip'])} | {peaks} | {verdict} |")
