@@ -65,5 +65,5 @@ def test_unknown_attention_kernel_is_refused_listing_the_valid_ones():
   config = grpo.get_config()
   config.attention = "flash"
   with pytest.raises(ValueError,
-                     match="unknown attention 'flash'; valid: auto, xla, cudnn"):
+                     match="unknown attention 'flash'; valid: auto, einsum, xla, cudnn"):
     validate.check_config(config)

@@ -48,8 +48,12 @@ def test_every_config_runs(name, sft_dir, tmp_path):
   rows = _metrics(str(tmp_path))
   assert [r["step"] for r in rows] == [1, 2]
   assert all(math.isfinite(r["loss"]) for r in rows)
-  log = gradlog.verify(str(tmp_path / "gradient_log.jsonl"))
-  assert log.ok and log.records == 2 * config.ppo_epochs * config.minibatches
+  path = str(tmp_path / "gradient_log.jsonl")
+  log = gradlog.verify(path)
+  # One record per update, and one per checkpoint (checkpoint_every=1).
+  assert sorted(gradlog.checkpoint_records(path)) == [1, 2]
+  updates = 2 * config.ppo_epochs * config.minibatches
+  assert log.ok and log.records == updates + 2
   assert os.path.isdir(tmp_path / runs.POLICY_DIR)
 
 
