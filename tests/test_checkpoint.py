@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 from flax import nnx
 import jax
@@ -300,3 +301,26 @@ def test_sharded_state_restores_onto_another_mesh(tmp_path):
       [sys.executable, "-c", _SHARDED, str(tmp_path / "ckpt")],
       capture_output=True, text=True, env=env, timeout=120, check=False)
   assert "SHARDED_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_abandoned_read_filter_passes_other_errors_on(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  checkpoint._collect_abandoned_reads()
+  checkpoint._collect_abandoned_reads()  # Installed once, not stacked.
+  orbax_code = types.SimpleNamespace(co_filename="/x/orbax/checkpoint/y.py")
+  other_code = types.SimpleNamespace(co_filename="/x/mine.py")
+  dropped = [
+      types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"),
+                            object=None),
+      types.SimpleNamespace(exc_value=Exception("read error"),
+                            object=types.SimpleNamespace(cr_code=orbax_code)),
+  ]
+  kept = [
+      types.SimpleNamespace(exc_value=RuntimeError("other"), object=None),
+      types.SimpleNamespace(exc_value=Exception("read error"),
+                            object=types.SimpleNamespace(cr_code=other_code)),
+  ]
+  for unraisable in dropped + kept:
+    sys.unraisablehook(unraisable)
+  assert seen == kept

@@ -395,21 +395,30 @@ def check_manifest(step_dir) -> Optional[str]:
 
 def _collect_abandoned_reads():
   """Orbax's concurrent reads of a broken checkpoint leave coroutines that
-  raise "Event loop is closed" whenever they are collected, at the latest
-  at exit, as tracebacks that look like a crash. Collects them now,
-  quietly; any other unraisable error still reaches the hook."""
-  previous = sys.unraisablehook
+  raise when they are collected ("Event loop is closed", or their read
+  error again when closing them turns GeneratorExit into it): now, later
+  when a reader thread lets go of them, or at exit, as tracebacks that look
+  like a crash. From the first broken read on, this process's unraisable
+  hook drops exactly those (anything else still reaches the previous hook),
+  and what is collectable now is collected."""
+  if not getattr(sys.unraisablehook, "drops_abandoned_reads", False):
+    previous = sys.unraisablehook
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and
-            "Event loop is closed" in str(unraisable.exc_value)):
-      previous(unraisable)
+    def hook(unraisable):
+      if not _is_abandoned_read(unraisable):
+        previous(unraisable)
 
-  sys.unraisablehook = hook
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = previous
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+  gc.collect()
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  if (isinstance(unraisable.exc_value, RuntimeError) and
+      "Event loop is closed" in str(unraisable.exc_value)):
+    return True
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and "orbax" in code.co_filename
 
 
 def _manifest_text(hashes: Mapping[str, str]) -> str:
