@@ -1,7 +1,6 @@
 """Checkpointer: round trips, resume from the latest good checkpoint."""
 
 import gc
-import glob
 import logging
 import os
 import subprocess
@@ -17,6 +16,7 @@ import optax
 from orbax.checkpoint._src.path import atomicity_types
 import pytest
 
+from tests import checkpoint_util
 from ugrad import checkpoint
 
 
@@ -125,18 +125,13 @@ def _make_unfinished(step_dir):
 
 
 def _truncate_array_file(step_dir):
-  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
-                    recursive=True)
-  biggest = max(files, key=os.path.getsize)
+  biggest = max(checkpoint_util.array_files(step_dir), key=os.path.getsize)
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
 
 
 def _delete_array_files(step_dir):
-  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
-                    recursive=True)
-  assert files
-  for name in files:
+  for name in checkpoint_util.array_files(step_dir):
     os.remove(name)
 
 
@@ -150,21 +145,12 @@ def _garbage_state_metadata(step_dir):
     f.write("not json at all")
 
 
-def _flip_one_bit(step_dir):
-  """Corruption the storage format cannot see: same length, one bit."""
-  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
-                    recursive=True)
-  biggest = max(files, key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    f.seek(os.path.getsize(biggest) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 1]))
+_flip_one_bit = checkpoint_util.flip_one_bit
 
 
 # Orbax's concurrent reads of a broken checkpoint leave coroutines that
-# complain when collected after their event loop closed; restore collects
-# them quietly, so any that still complain fail the test.
+# complain when collected; restore keeps them quiet, so any that still
+# complain fail the test.
 @pytest.mark.filterwarnings(
     "error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("corrupt", [

@@ -73,6 +73,45 @@ def test_same_seed_same_metrics_and_resume_continues(sft_dir, tmp_path):
   assert gradlog.verify(str(tmp_path / "c" / "gradient_log.jsonl")).ok
 
 
+class _CompileCounter:
+  """XLA compilations in this process, read before each training step."""
+
+  def __init__(self):
+    self.names, self.before_step = [], {}
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+    return self
+
+  def __exit__(self, *unused):
+    jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+  def _on_event(self, event, unused_secs, fun_name="?", **unused_kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.names.append(fun_name)
+
+  def hook(self, unused_trainer, step):
+    self.before_step[step] = len(self.names)
+    return {}
+
+  def during_steps(self, first: int, last: int) -> list:
+    """What compiled from the start of step `first` to that of `last`+1
+    (0-based steps)."""
+    return self.names[self.before_step[first]:self.before_step[last + 1]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", train_util.CONFIGS)
+def test_nothing_compiles_after_the_first_step(name, sft_dir, tmp_path):
+  """Every shape a step meets is fixed by the config: after step 1 (and the
+  first checkpoint save), steps run already-compiled code only."""
+  config = train_util.tiny(name, steps=5,
+                           init_from=sft_dir if name != "sft" else "")
+  with _CompileCounter() as counter:
+    train.Trainer(config, str(tmp_path), hooks=[counter.hook]).train()
+  assert counter.during_steps(1, 3) == []
+
+
 # Slow for its fixture (the module's SFT run).
 @pytest.mark.slow
 def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):

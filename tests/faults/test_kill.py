@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests import checkpoint_util
 from tests import launch_util
 from ugrad import gradlog
 
@@ -94,7 +95,7 @@ def test_policy_run_with_its_warm_start(seed, tmp_path):
   _kill_at(argv, os.path.join(killed, "metrics.jsonl"), rng.randint(5, 7), rng)
   checkpoints = os.path.join(killed, "checkpoints")
   newest = max((n for n in os.listdir(checkpoints) if n.isdigit()), key=int)
-  _flip_a_bit(os.path.join(checkpoints, newest))
+  checkpoint_util.flip_one_bit(os.path.join(checkpoints, newest))
   _finish(argv)
   _assert_same_run(killed, straight, ("", "sft"))
   assert os.listdir(os.path.join(checkpoints, "corrupt"))
@@ -169,15 +170,3 @@ def test_sweep_killed_mid_way(tmp_path):
   with open(os.path.join(killed, "results.csv")) as f, \
       open(os.path.join(straight, "results.csv")) as g:
     assert f.read() == g.read()
-
-
-def _flip_a_bit(step_dir):
-  data = [os.path.join(root, name)
-          for root, _, names in os.walk(os.path.join(step_dir, "state"))
-          for name in names if os.path.basename(root) == "d"]
-  biggest = max(data, key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    f.seek(os.path.getsize(biggest) // 2)
-    byte = f.read(1)
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0x10]))
