@@ -68,6 +68,21 @@ def _steps_logged(workdir):
     return sum(1 for _ in f)
 
 
+def _wait_for_steps(procs, workdir, log_dir, steps):
+  """Until the processes have logged `steps` steps (all still alive)."""
+  deadline = time.time() + 900
+  while _steps_logged(workdir) < steps and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), _tail(log_dir)
+    time.sleep(0.2)
+
+
+def _finish(workdir, log_dir):
+  """Launches both processes again and waits for a clean end."""
+  procs = _launch(workdir, log_dir)
+  for p in procs:
+    assert p.wait(timeout=900) == 0, _tail(log_dir)
+
+
 def _tail(log_dir):
   out = []
   for i in range(2):
@@ -92,19 +107,14 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
 
   work, logs = str(tmp_path / "multi"), str(tmp_path)
   procs = _launch(work, logs)
-  deadline = time.time() + 900
-  while _steps_logged(work) < 2 and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), _tail(logs)
-    time.sleep(0.2)
+  _wait_for_steps(procs, work, logs, 2)
   for p in procs:
     p.send_signal(signal.SIGKILL)
     p.wait()
   killed_at = _steps_logged(work)
   assert 2 <= killed_at < STEPS, killed_at
 
-  procs = _launch(work, logs)
-  for p in procs:
-    assert p.wait(timeout=900) == 0, _tail(logs)
+  _finish(work, logs)
 
   got = metrics_lib.read_metrics(os.path.join(work, "metrics.jsonl"))
   want = metrics_lib.read_metrics(os.path.join(ref, "metrics.jsonl"))
@@ -134,10 +144,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   command resumes to the end."""
   work, logs = str(tmp_path / "multi"), str(tmp_path)
   procs = _launch(work, logs)
-  deadline = time.time() + 900
-  while _steps_logged(work) < 2 and time.time() < deadline:
-    assert all(p.poll() is None for p in procs), _tail(logs)
-    time.sleep(0.2)
+  _wait_for_steps(procs, work, logs, 2)
   procs[1].send_signal(signal.SIGTERM)
   codes = [p.wait(timeout=900) for p in procs]
   assert codes == [75, 75], _tail(logs)
@@ -146,9 +153,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   assert stopped < STEPS
   assert _steps_logged(work) == stopped
   assert str(stopped) in os.listdir(os.path.join(work, "checkpoints"))
-  procs = _launch(work, logs)
-  for p in procs:
-    assert p.wait(timeout=900) == 0, _tail(logs)
+  _finish(work, logs)
   got = metrics_lib.read_metrics(os.path.join(work, "metrics.jsonl"))
   assert [r["step"] for r in got] == list(range(1, STEPS + 1))
   assert gradlog.main(["verify", work]) == 0
