@@ -200,8 +200,9 @@ def policy_graphdef(model_config):
 
 
 def make_policy(config, task, mesh: Mesh):
-  """(Policy, params in `config.param_dtype` on the mesh) of `config.init_from` or, when it
-  is empty, of the `config.model` preset freshly initialised.
+  """(Policy, params in `config.param_dtype` on the mesh) of
+  `config.init_from` or, when it is empty, of the `config.model` preset
+  freshly initialised.
 
   A Hugging Face policy brings its own tokenizer, which replaces the task's.
   """

@@ -392,8 +392,8 @@ class RewardModelLearner:
       pass
     has = mask.sum(1) > 0
     solution = np.where(mask > 0, scores, np.inf).min(1)
-    out.update(labels_lib.binary_metrics("solution", solution[has], rewards[has],
-                               groups[has]))
+    out.update(labels_lib.binary_metrics("solution", solution[has],
+                                         rewards[has], groups[has]))
     return out
 
   # --- the loop -------------------------------------------------------------

@@ -87,8 +87,9 @@ class Trainer:
     if config.trainer == "reward_model":
       reward_models.check_config(config)
     self.config = config
-    self.workdir = str(paths.resolve(workdir))
-    paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
+    root = paths.resolve(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self.workdir = str(root)
     self.hooks = list(hooks)
     self.timer = PhaseTimer()
     self.task = build.make_task(config)
@@ -115,8 +116,8 @@ class Trainer:
                               config.micro_batches,
                               sh + (self.mesh.replicated,))
     self.checkpointer = checkpoint_lib.Checkpointer(
-        paths.resolve(self.workdir) / runs.CHECKPOINT_DIR, config.checkpoint_every,
-        config.keep_checkpoints)
+        paths.resolve(self.workdir) / runs.CHECKPOINT_DIR,
+        config.checkpoint_every, config.keep_checkpoints)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         state)
