@@ -40,6 +40,7 @@ import optax
 
 from experiments import benchmark_grpo
 import ugrad
+from ugrad import host_memory
 from ugrad import sampling
 from ugrad.models import hf
 from ugrad.models import model_config
@@ -240,6 +241,7 @@ def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # For every contender alike.
   _emit(figure="machine", backend=jax.default_backend(),
         devices=jax.device_count(), cpus=os.cpu_count(),
         cpu_model=benchmark_grpo.cpu_model(),

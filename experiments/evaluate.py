@@ -21,6 +21,7 @@ import ml_collections
 
 from ugrad import build
 from ugrad import eval as eval_lib
+from ugrad import host_memory
 from ugrad import runs
 from ugrad import stats
 from ugrad.models import hf_tokenizer
@@ -188,6 +189,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  host_memory.keep_freed_memory()
   run_dir = _CHECKPOINT.value
   try:  # Bad flags and a missing or unfinished run: a message, no trace.
     ks = parse_ks(_K.value)

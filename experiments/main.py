@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from ugrad import checkpoint
 from ugrad import distributed
+from ugrad import host_memory
 from ugrad import iterative
 from ugrad import lock
 from ugrad import paths
@@ -171,6 +172,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  host_memory.keep_freed_memory()
   try:
     try:
       config = _CONFIG.value  # Loading the file and its overrides.

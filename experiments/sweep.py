@@ -44,6 +44,7 @@ import numpy as np
 from experiments import report
 from experiments import sweep_file
 from experiments import tune
+from ugrad import host_memory
 from ugrad import lock
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
@@ -391,6 +392,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  host_memory.keep_freed_memory()
   run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile, _FLAGS.smoke)
   with open(os.path.join(_FLAGS.workdir, report.REPORT_FILE)) as f:
     print(f.read(), flush=True)
