@@ -18,6 +18,8 @@ prints one JSON line per figure:
   * tokens + 12 * layers * B * T^2 * D) per step divided by the matmul FLOP/s.
 * with --grpo, instead of `sample` and `train_step`: one GRPO step of ugrad,
   TRL and Tunix on the same work (`experiments.benchmark_grpo`).
+* with --accelerator, instead: training MFU and decode bandwidth of a
+  published model's shape (`experiments.benchmark_accelerator`).
 
 Every figure is the median of --repeats timed runs after a warm-up run;
 contenders of one figure run in turn within each repeat, so load from other
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import benchmark_accelerator
 from experiments import benchmark_grpo
 import ugrad
 from ugrad import host_memory
@@ -55,6 +58,9 @@ _LAYOUTS = flags.DEFINE_list("layouts", list(tr.CACHE_LAYOUTS),
                              "KV-cache layouts to time")
 _HF = flags.DEFINE_bool("hf", True, "also time transformers' generate")
 _TRAIN = flags.DEFINE_bool("train", True, "time the train step")
+_ACCELERATOR = flags.DEFINE_bool(
+    "accelerator", False, "training MFU and decode bandwidth of a real model "
+    "shape instead (experiments/benchmark_accelerator.py)")
 _GRPO = flags.DEFINE_bool("grpo", False, "time one GRPO step of ugrad, TRL "
                           "and Tunix instead (experiments/benchmark_grpo.py)")
 
@@ -197,7 +203,7 @@ def benchmark_sampling(name, repeats):
     _emit(**figure)
 
 
-def _train_step_fn(graphdef, optimizer):
+def train_step_fn(graphdef, optimizer):
   def loss_fn(params, tokens, completion_mask):
     logp = tr.token_logprobs(nnx.merge(graphdef, params), tokens)
     coef = jnp.ones_like(logp)  # SFT's coefficient.
@@ -217,7 +223,7 @@ def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
                                nnx.Param)
   optimizer = optax.adamw(1e-3)
   state = {"params": params, "opt": optimizer.init(params)}
-  step = _train_step_fn(graphdef, optimizer)
+  step = train_step_fn(graphdef, optimizer)
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(2, len(VOCAB), (batch, length)), jnp.int32)
   completion = jnp.asarray(np.arange(length)[None] >= 10, jnp.int32)
@@ -247,6 +253,10 @@ def main(argv):
         cpu_model=benchmark_grpo.cpu_model(),
         load_average=[round(x, 2) for x in os.getloadavg()])
   matmul_flops = measure_matmul(_REPEATS.value)
+  if _ACCELERATOR.value:
+    benchmark_accelerator.main(_emit, _median_seconds, train_step_fn,
+                               _REPEATS.value)
+    return
   if _GRPO.value:
     benchmark_grpo.main(_REPEATS.value, matmul_flops)
     return
