@@ -1,4 +1,5 @@
-"""experiments/benchmark_grpo.py: ugrad's side on a tiny shape, no peers."""
+"""experiments/benchmark_grpo.py: ugrad's side on a tiny shape, no peers;
+the peers' tokenizer (experiments/benchmark_peers.py)."""
 
 import importlib.util
 import json
@@ -6,6 +7,7 @@ import json
 import pytest
 
 from experiments import benchmark_grpo
+from experiments import benchmark_peers
 from ugrad import tasks
 
 
@@ -44,7 +46,7 @@ def test_ugrad_step_figure_without_the_peers(tmp_path, monkeypatch, capsys):
 def test_hf_char_tokenizer_has_the_task_ids():
   pytest.importorskip("transformers")
   char = tasks.make_task("arithmetic").tokenizer
-  tok = benchmark_grpo.hf_char_tokenizer(char)
+  tok = benchmark_peers.hf_char_tokenizer(char)
   text = "48+27-19=\n48+27=75\n#### 56"
   ids = tok("<bos>" + text, add_special_tokens=False)["input_ids"]
   assert ids == [char.bos_id] + char.encode(text)
