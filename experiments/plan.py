@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import optax
 
+from experiments import plan_report
 from ugrad import build
 from ugrad import coefficients
 from ugrad import models
@@ -62,7 +63,7 @@ from ugrad import update as update_lib
 from ugrad.models import sharding as sharding_lib
 
 
-GiB = 1024**3
+GiB = plan_report.GiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,8 +310,10 @@ def plan(config, cloud_topology: str, prompt_len: int,
     out.update(functions={}, peak_bytes_per_chip=resident + params_bytes,
                fits=False, reason=(
                    f"parameters, optimizer state, reference and gradients "
-                   f"alone are {_gb(resident + params_bytes)} per chip on "
-                   f"this mesh, over the {_gb(chip.hbm_bytes)} of HBM"))
+                   "alone are "
+                   f"{plan_report.gb(resident + params_bytes)} per chip on "
+                   "this mesh, over the "
+                   f"{plan_report.gb(chip.hbm_bytes)} of HBM"))
     return out
 
   functions = {
@@ -364,110 +367,13 @@ def plan(config, cloud_topology: str, prompt_len: int,
   return out
 
 
-def mfu(result: dict, step_time: float) -> float:
-  """Model FLOPs utilisation of a step that takes `step_time` seconds."""
-  return result["step"]["analytic_flops"] / (
-      step_time * result["chips"] * result["peak_flops_per_chip"])
-
-
-def _gb(x) -> str:
-  return f"{x / 1e9:.2f} GB" if x >= 1e8 else f"{x / 1e6:.2f} MB"
-
-
-def format_plan(r: dict, step_time: Optional[float] = None) -> str:
-  mesh = " x ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1) or \
-      "1 device"
-  if r.get("reason"):
-    return (f"{r['model']} on {r['topology']}, mesh {mesh}: DOES NOT FIT: "
-            f"{r['reason']} (nothing compiled)")
-  lines = [
-      "Compile-time estimates (XLA for TPU, compiled on CPU; not measured "
-      "on hardware)",
-      f"{r['model']} ({r['num_params'] / 1e9:.3f}e9 params, compute "
-      f"{r['compute_dtype']}, remat={r['remat']}, micro_batches="
-      f"{r['micro_batches']}) on {r['topology']} ({r['jax_topology']}, "
-      f"{r['chips']} chips), mesh {mesh}",
-      f"GRPO step: {r['questions']} questions x G={r['group_size']} = "
-      f"{r['rows']} rows of {r['prompt_len']} + {r['max_new_tokens']} tokens",
-      "",
-      f"per chip (HBM {r['hbm_bytes_per_chip'] / GiB:.2f} GiB = "
-      f"{_gb(r['hbm_bytes_per_chip'])}):",
-      f"  parameters ({r.get('param_dtype', 'float32')})"
-      f"{' ' * max(1, 14 - len(r.get('param_dtype', 'float32')))}"
-      f"{_gb(r['params_bytes_per_chip'])}",
-      f"  optimizer state         {_gb(r['opt_state_bytes_per_chip'])}",
-      f"  reference parameters    {_gb(r['reference_bytes_per_chip'])}",
-      f"  gradients               {_gb(r['grads_bytes_per_chip'])} "
-      "(inside the update's temporaries)",
-      f"  KV cache                {_gb(r['kv_cache_bytes_per_chip'])} "
-      f"({_gb(r['kv_cache_bytes'])} in all)",
-      "",
-      f"  {'function':9s} {'argument':>10s} {'output':>10s} {'temp':>10s} "
-      f"{'alias':>10s} {'peak':>10s} {'+resident':>10s} fits  "
-      f"{'compiled FLOPs':>14s} {'analytic FLOPs':>14s} compile",
-  ]
-  for name, f in r["functions"].items():
-    m = f["memory"]
-    compiled = f["compiled_flops_per_chip"]
-    lines.append(
-        f"  {name:9s} " + " ".join(
-            f"{_gb(m[k]):>10s}" for k in
-            ("argument", "output", "temp", "alias", "peak")) +
-        f" {_gb(f['peak_with_resident_state']):>10s} "
-        f"{'yes ' if f['fits'] else 'NO  '} "
-        f"{(compiled or 0):14.3e} {f['analytic_flops_per_chip']:14.3e} "
-        f"{f.get('compile_seconds', 0):5.0f} s")
-  lines += [
-      "  (FLOPs per chip per call; compiled FLOPs count a while-loop or scan "
-      "body once: decoding, micro-batches, vocabulary chunks)",
-      "",
-      f"peak per chip {_gb(r['peak_bytes_per_chip'])} of "
-      f"{_gb(r['hbm_bytes_per_chip'])}: "
-      + ("fits" if r["fits"] else "DOES NOT FIT"),
-      f"analytic FLOPs per step: {r['step']['analytic_flops']:.3e} "
-      f"(sample + {r['step']['forward_passes']} log-prob forward(s) + "
-      "update)",
-  ]
-  if step_time:
-    lines.append(f"a {step_time:g} s step would be MFU "
-                 f"{100 * mfu(r, step_time):.1f}% (bf16 peak "
-                 f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip)")
-  return "\n".join(lines)
-
-
-def table_row(r: dict) -> str:
-  """One markdown row of the committed plan table."""
-  mesh = ", ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1)
-  gb = lambda x: f"{x / 1e9:.1f}"
-  peaks = " / ".join(
-      gb(r["functions"][f]["peak_with_resident_state"]) if f in
-      r["functions"] else "-" for f in ("sample", "logprobs", "update"))
-  verdict = (f"yes, {gb(r['peak_bytes_per_chip'])} of "
-             f"{gb(r['hbm_bytes_per_chip'])} GB" if r["fits"] else
-             r.get("reason") or f"NO: {gb(r['peak_bytes_per_chip'])} of "
-             f"{gb(r['hbm_bytes_per_chip'])} GB")
-  dtype = r.get("param_dtype", "float32")
-  return (f"| {r['model']} | {r['topology']} ({r['chips']}) | {mesh} | "
-          f"{r['remat']}, {r['micro_batches']}"
-          f"{'' if dtype == 'float32' else ', ' + dtype + ' params'} | "
-          f"{gb(r['params_bytes_per_chip'])} / "
-          f"{gb(r['opt_state_bytes_per_chip'])} / "
-          f"{gb(r['reference_bytes_per_chip'])} | {peaks} | {verdict} |")
-
-
-TABLE_HEADER = (
-    "| model | topology (chips) | mesh | remat, micro-batches | params / opt /"
-    " ref per chip, GB | peak +resident, GB: sample / log-probs / update |"
-    " fits? |\n|---|---|---|---|---|---|---|")
-
-
 def main(argv):
   del argv
   if _TABLE.value:
-    print(TABLE_HEADER)
+    print(plan_report.TABLE_HEADER)
     for path in sorted(glob.glob(os.path.join(_TABLE.value, "*.json"))):
       with open(path, encoding="utf-8") as f:
-        print(table_row(json.load(f)))
+        print(plan_report.table_row(json.load(f)))
     return
   if _CONFIG.value is None:
     raise app.UsageError("--config is required (or --table DIR)")
@@ -476,11 +382,11 @@ def main(argv):
   result = plan(config, _TOPOLOGY.value, _PROMPT_LEN.value, vocab)
   if _STEP_TIME.value:
     result["step_time"] = _STEP_TIME.value
-    result["mfu"] = mfu(result, _STEP_TIME.value)
+    result["mfu"] = plan_report.mfu(result, _STEP_TIME.value)
   if _JSON.value:
     print(json.dumps(result))
   else:
-    print(format_plan(result, _STEP_TIME.value))
+    print(plan_report.format_plan(result, _STEP_TIME.value))
 
 
 if __name__ == "__main__":

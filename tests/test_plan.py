@@ -7,6 +7,7 @@ The compile needs libtpu, which the `test` extra installs on Linux x86-64
 import pytest
 
 from experiments import plan as plan_lib
+from experiments import plan_report
 from experiments.configs import grpo
 
 
@@ -23,7 +24,7 @@ def test_topology_names():
 def test_mfu():
   result = {"step": {"analytic_flops": 8 * 197e12 * 0.5}, "chips": 8,
             "peak_flops_per_chip": 197e12}
-  assert plan_lib.mfu(result, 2.0) == pytest.approx(0.25)
+  assert plan_report.mfu(result, 2.0) == pytest.approx(0.25)
 
 
 @pytest.mark.slow
@@ -62,4 +63,4 @@ def test_small_plan_on_v5e_8():
     assert f["fits"], name
     assert f["compiled_flops_per_chip"] > 0, name
   assert result["fits"]
-  assert "DOES NOT FIT" not in plan_lib.format_plan(result, 1.0)
+  assert "DOES NOT FIT" not in plan_report.format_plan(result, 1.0)
