@@ -48,6 +48,7 @@ from ugrad import host_memory
 from ugrad import lock
 from ugrad import metrics as metrics_lib
 from ugrad import reward_models
+from ugrad import runs as runs_lib
 from ugrad import validate
 
 SFT_CONFIG = "experiments/configs/sft.py"
@@ -186,6 +187,24 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
   return summary
 
 
+# Paths the sweep derives from its workdir: a moved workdir keeps its runs.
+_PATH_KEYS = ("init_from", "reward_model", "process_reward_model")
+
+
+def _check_same_config(directory: str, config):
+  """Refuses to reuse a finished run that the sweep now configures
+  differently (an edited sweep file or grid), naming the keys."""
+  stored = json.loads(runs_lib.read_config(directory).to_json())
+  wanted = json.loads(config.to_json())
+  changed = sorted(k for k in set(stored) | set(wanted)
+                   if k not in _PATH_KEYS and stored.get(k) != wanted.get(k))
+  if changed:
+    raise ValueError(
+        f"{directory} finished with another config than the sweep now gives "
+        f"it (different: {', '.join(changed)}); move it away to train it "
+        "again, or restore the sweep file")
+
+
 def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
   """Trains the unfinished runs of `jobs`; the directories skipped because
   another process holds them."""
@@ -194,6 +213,7 @@ def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
     directory = run_dir(workdir, name, seed)
     label = f"{what}[{i}/{len(jobs)}] {name} seed {seed}"
     if os.path.exists(os.path.join(directory, "eval.json")):
+      _check_same_config(directory, config)
       print(f"{label}: finished, skipped", flush=True)
       continue
     print(f"{label}: training in {directory}", flush=True)

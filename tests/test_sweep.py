@@ -454,3 +454,22 @@ def test_tune_without_a_validation_split_is_refused(tmp_path):
       'sweep["shared"]["task_kwargs.val_fraction"] = 0.05', "pass"))
   with pytest.raises(ValueError, match="tuning needs a validation split"):
     sweep_file.load_sweep(str(path))
+
+
+def test_a_finished_run_configured_differently_is_refused(tmp_path):
+  sweep = sweep_file.load_sweep(FOLLOWUPS, smoke=True)
+  jobs = sweep_lib.plan(sweep, str(tmp_path))
+  name, seed, config = jobs[1]
+  directory = sweep_lib.run_dir(str(tmp_path), name, seed)
+  os.makedirs(directory)
+  runs_lib.write_config(directory, config)
+  with open(os.path.join(directory, "eval.json"), "w") as f:
+    json.dump({"final": {"greedy_acc": 0.5}}, f)
+  # The same config (its paths aside: a moved workdir keeps its runs).
+  same = config.copy_and_resolve_references()
+  same.init_from = "/elsewhere/sft_seed_0"
+  assert sweep_lib._train([(name, seed, same)], str(tmp_path)) == []
+  edited = config.copy_and_resolve_references()
+  edited.optim.lr *= 3
+  with pytest.raises(ValueError, match=r"another config.*different: optim"):
+    sweep_lib._train([(name, seed, edited)], str(tmp_path))
