@@ -236,8 +236,8 @@ def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
 
   seconds = _median_seconds({"step": run}, repeats * 4)["step"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  flops = (6 * n_params * batch * length +
-           12 * cfg.num_layers * batch * length**2 * cfg.hidden_size)
+  flops = 3 * model_config.forward_flops(
+      cfg, model_config.matmul_params(cfg, n_params), batch, length)
   _emit(figure="train_step", model="embedded", params=int(n_params),
         batch=batch, length=length, step_ms=round(seconds * 1e3, 2),
         tokens_per_s=round(batch * length / seconds),

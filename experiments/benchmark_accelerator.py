@@ -12,9 +12,8 @@ vocabulary 151,936), randomly initialised, in `--accel_dtype` compute
   --peak_tflops / --hbm_gbps; absent for an unknown device, e.g. a CPU).
 * `train_mfu`: one jitted update (token log-probs, the unified loss with
   SFT's coefficient, gradients, AdamW) on B x T tokens: step time, tokens/s,
-  model FLOPs (6 N per token for the matmul parameters N plus 12 L T D per
-  token of attention; the embedding lookup not counted) and MFU against the
-  peak.
+  model FLOPs (3x `model_config.forward_flops`: 6 N per token for the
+  matmul parameters N, plus attention) and MFU against the peak.
 * `decode`: `ugrad.sampling.sample` of B prompts x N new tokens (no EOS):
   new tokens/s, and the bound that memory bandwidth sets: each decode step
   reads every parameter and the KV cache written so far once, so B tokens
@@ -88,20 +87,6 @@ def _model(name: str, dtype: str):
   return cfg, tr.Transformer(cfg, rngs=nnx.Rngs(0))
 
 
-def matmul_params(cfg, params) -> int:
-  """N: parameters a token's forward pass multiplies by (the output
-  projection counted, the embedding lookup not)."""
-  total = sum(x.size for x in jax.tree.leaves(params))
-  return int(total - (0 if cfg.tie_embeddings else
-                      cfg.vocab_size * cfg.hidden_size))
-
-
-def train_flops(cfg, n: int, batch: int, length: int) -> float:
-  head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_heads
-  attention = 12 * cfg.num_layers * length * cfg.num_heads * head_dim
-  return float(batch * length * (6 * n + attention))
-
-
 def train_mfu(emit, timer, make_step, peak: Optional[float],
               repeats: int) -> dict:
   cfg, model = _model(_MODEL.value, _DTYPE.value)
@@ -120,8 +105,9 @@ def train_mfu(emit, timer, make_step, peak: Optional[float],
     loss.block_until_ready()
 
   seconds = timer({"step": run}, repeats)["step"]
-  n = matmul_params(cfg, params)
-  flops = train_flops(cfg, n, b, t)
+  n = model_config.matmul_params(
+      cfg, sum(x.size for x in jax.tree.leaves(params)))
+  flops = 3 * model_config.forward_flops(cfg, n, b, t)
   figure = dict(figure="train_mfu", model=_MODEL.value, dtype=_DTYPE.value,
                 params_matmul=n, batch=b, length=t,
                 step_s=round(seconds, 6), tokens_per_s=round(b * t / seconds),
@@ -138,8 +124,7 @@ def decode_bound_s(cfg, params, batch: int, prompt: int, new: int,
   could read them in)."""
   param_bytes = sum(x.size * jnp.dtype(cfg.dtype).itemsize
                     for x in jax.tree.leaves(params))
-  head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_heads
-  kv_per_token = (2 * cfg.num_layers * cfg.num_kv_heads * head_dim *
+  kv_per_token = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim *
                   jnp.dtype(cfg.dtype).itemsize)
   mean_kv = batch * (prompt + new / 2) * kv_per_token
   return new * (param_bytes + mean_kv) / bandwidth

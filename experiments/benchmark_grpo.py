@@ -196,8 +196,7 @@ def write_initial_weights(work: Work, path: str, task) -> int:
   model = tr.Transformer(cfg, rngs=nnx.Rngs(work.seed))
   hf.save_pretrained(model, path)
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  lookup = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size
-  return int(params - lookup)
+  return model_config.matmul_params(cfg, params)
 
 
 # ---------------------------------------------------------------- ugrad

@@ -60,6 +60,7 @@ from ugrad import models
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad import update as update_lib
+from ugrad.models import model_config
 from ugrad.models import sharding as sharding_lib
 
 
@@ -212,10 +213,10 @@ def analytic_flops(cfg, params: int, *, questions: int, group: int,
   skipped): 4 L H Dh per query per key slot forward.
   """
   vd = cfg.vocab_size * cfg.hidden_size
-  n = params if cfg.tie_embeddings else params - vd
+  n = model_config.matmul_params(cfg, params)
   att = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim
   rows, t = questions * group, prompt_len + new_tokens
-  forward = rows * (2 * n * t + att * t * t)
+  forward = model_config.forward_flops(cfg, n, rows, t)
   update = 3 * forward
   prefill = questions * (2 * (n - vd) * prompt_len + att * prompt_len * t) \
       + questions * 2 * vd

@@ -70,3 +70,25 @@ def test_config_errors(bad, match):
                 num_kv_heads=2, mlp_size=48)
   with pytest.raises(ValueError, match=match):
     model_config.ModelConfig(**(fields | bad))
+
+
+def test_qwen_0_5b_matmul_params_and_flops_by_hand():
+  cfg = model_config.preset("qwen2.5-0.5b", 32)
+  d, f, layers, kv, dh = 896, 4864, 24, 2, 64
+  per_layer = (d * d + d + 2 * (d * kv * dh + kv * dh) + d * d  # q, k, v, o
+               + 3 * d * f + 2 * d)  # MLP, two norms
+  total = layers * per_layer + 151936 * d + d  # Tied embedding; final norm.
+  n = model_config.matmul_params(cfg, total)
+  assert n == layers * per_layer + 151936 * d + d  # Tied: output counted.
+  # The preset's own parameters: Qwen2.5-0.5B's published 494,032,768.
+  model = nnx.eval_shape(lambda: tr.Transformer(cfg, rngs=nnx.Rngs(0)))
+  real = sum(x.size for x in jax.tree.leaves(nnx.split(model, nnx.Param)[1]))
+  assert model_config.matmul_params(cfg, real) == n == 494_032_768
+  # An untied table is a lookup: not counted.
+  untied = model_config.preset("qwen2.5-7b", 32)
+  assert model_config.matmul_params(untied, 10**10) == (
+      10**10 - 151936 * 3584)
+  # A training step on 16 x 2,048 tokens: 6 N per token plus 12 L T H Dh of
+  # attention.
+  assert 3 * model_config.forward_flops(cfg, n, 16, 2048) == 16 * 2048 * (
+      6 * n + 12 * layers * 2048 * 14 * dh)

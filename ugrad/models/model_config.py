@@ -148,6 +148,24 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
 }
 
 
+def matmul_params(config: ModelConfig, total: int) -> int:
+  """N, the parameters a token's forward pass multiplies by: all `total`
+  parameters but an untied input embedding table (a lookup); a tied one is
+  the output projection and counts."""
+  lookup = 0 if config.tie_embeddings else (config.vocab_size *
+                                            config.hidden_size)
+  return int(total - lookup)
+
+
+def forward_flops(config: ModelConfig, n: int, rows: int,
+                  length: int) -> float:
+  """Model FLOPs of one forward pass over rows x length tokens: 2 N per
+  token, plus attention's full score matrices as computed (masked, not
+  skipped), 4 L H Dh per query per key. A training step is 3x this."""
+  attention = 4 * config.num_layers * config.num_heads * config.head_dim
+  return float(rows * (2 * n * length + attention * length * length))
+
+
 def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
   """The config of preset `name` for a vocabulary, with fields overridden."""
   make = registry.lookup(PRESETS, "model preset", name)
