@@ -1,10 +1,11 @@
 r"""Runs an ablation sweep: methods x seeds from one SFT policy per seed.
 
   python -m experiments.sweep --sweep=experiments/sweeps/followups.py \
-      --workdir=runs/followups [--profile=quick] [--smoke]
+      --workdir=runs/followups [--profile=quick] [--smoke] [--seeds=0,1]
 
 A sweep file (see `experiments/sweeps/__init__.py`, read and checked by
-`experiments.sweep_file`) lists runs, seeds and overrides. For each seed the SFT policy is trained once in
+`experiments.sweep_file`) lists runs, seeds and overrides; `--seeds`
+replaces its seeds. For each seed the SFT policy is trained once in
 WORKDIR/sft_seed_<s> (experiments/configs/sft.py) and every run of that seed
 starts from it (`init_from`), so runs differ only in the method. A run may be
 a reward model (`config.trainer == "reward_model"`, e.g. orm.py), trained on
@@ -155,14 +156,14 @@ def _check_workdir(workdir: str, identity: dict):
 
 
 def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
-              smoke: bool = False) -> dict:
+              smoke: bool = False, seeds: list[int] | None = None) -> dict:
   """Trains every unfinished run of a sweep, samples the policies when the
   sweep has an "evaluate" part, then writes the outputs.
 
   Returns:
     The report's summary: method name -> statistics of its final accuracy.
   """
-  sweep = sweep_file.load_sweep(sweep_path, profile, smoke)
+  sweep = sweep_file.load_sweep(sweep_path, profile, smoke, seeds)
   jobs = plan(sweep, workdir)  # Every config checked before any training.
   tune_dir = os.path.join(workdir, tune.TUNE_DIR)
   tune_jobs = plan(tune.tuning_sweep(sweep), tune_dir) if (
@@ -386,6 +387,10 @@ flags.DEFINE_string("profile", "quick", "Sweep profile: quick (CPU) or full.",
 flags.DEFINE_bool("smoke", False,
                   "Shrink every run to seconds (tiny model, one seed).",
                   flag_values=_FLAGS)
+flags.DEFINE_list("seeds", None,
+                  "Seeds to run instead of the sweep's own (e.g. 0 to start "
+                  "with one, or 0,1,2,3,4 to add seeds to a finished sweep).",
+                  flag_values=_FLAGS)
 
 
 def _launcher():
@@ -413,7 +418,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   host_memory.keep_freed_memory()
-  run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile, _FLAGS.smoke)
+  seeds = None if _FLAGS.seeds is None else [int(s) for s in _FLAGS.seeds]
+  run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile, _FLAGS.smoke, seeds)
   with open(os.path.join(_FLAGS.workdir, report.REPORT_FILE)) as f:
     print(f.read(), flush=True)
 

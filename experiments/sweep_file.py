@@ -64,9 +64,12 @@ def _load_module(path: str, kind: str):
   return module
 
 
-def load_sweep(path: str, profile: str = "quick",
-               smoke: bool = False) -> dict:
+def load_sweep(path: str, profile: str = "quick", smoke: bool = False,
+               seeds: list[int] | None = None) -> dict:
   """The sweep of file `path` for `profile`, checked; shrunk by `smoke`.
+
+  `seeds`, when given, replaces the sweep's seeds (a subset to start with,
+  or more seeds added to a finished sweep, whose runs are reused).
 
   Raises:
     ValueError: for an unknown profile or a malformed sweep.
@@ -75,6 +78,8 @@ def load_sweep(path: str, profile: str = "quick",
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"sweep file {path} defines no get_sweep(profile)")
   sweep = module.get_sweep(profile)
+  if seeds is not None and isinstance(sweep, dict):
+    sweep["seeds"] = list(seeds)
   _check_sweep(path, sweep)
   sweep.setdefault("rm", {})
   if smoke:

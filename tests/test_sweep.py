@@ -380,6 +380,14 @@ def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
     sweep_file.load_sweep(path)
 
 
+def test_seeds_replace_the_sweeps_own():
+  assert sweep_file.load_sweep(FOLLOWUPS, seeds=[3, 4])["seeds"] == [3, 4]
+  assert sweep_file.load_sweep(FOLLOWUPS, smoke=True, seeds=[5])["seeds"] == [5]
+  with pytest.raises(ValueError, match=r"seeds must be distinct ints, got "
+                     r"\[1, 1\]"):
+    sweep_file.load_sweep(FOLLOWUPS, seeds=[1, 1])
+
+
 def test_unknown_profile_lists_valid_ones():
   with pytest.raises(ValueError, match="quick, full"):
     sweep_file.load_sweep(FOLLOWUPS, "fast")
