@@ -23,12 +23,13 @@ DPO_LEARNING_RATES = [3e-6, 1e-5, 3e-5]
 # Five test seeds at both profiles: this sweep decides the paper's
 # comparisons between rule-reward methods (GRPO vs online RFT, PS vs OS).
 SEEDS = {"quick": [0, 1, 2, 3, 4], "full": [0, 1, 2, 3, 4]}
+VAL_FRACTION = 0.1
 
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
   sweep["seeds"] = SEEDS[profile]
-  sweep["shared"]["task_kwargs.val_fraction"] = 0.1
+  sweep["shared"]["task_kwargs.val_fraction"] = VAL_FRACTION
   sweep["runs"] = [{"name": m, "config": sweeps.config_path(m),
                     "overrides": {}} for m in figure5.METHODS]
   grid = {m: {"optim.lr": LEARNING_RATES} for m in figure5.METHODS}

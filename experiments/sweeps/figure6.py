@@ -21,8 +21,8 @@ from experiments import sweeps
 ITERATIONS = {"quick": 3, "full": 4}
 
 
-def _rows(kind: str, policy_config: str, reward: str, field: str,
-          iterations: int) -> list[dict]:
+def reward_model_rows(kind: str, policy_config: str, reward: str,
+                      field: str, iterations: int) -> list[dict]:
   """A reward model of `kind` and GRPO on it, fixed and iterative."""
   learned = {"reward": reward, field: "{run:%s}" % kind}
   return [
@@ -42,9 +42,10 @@ def get_sweep(profile: str) -> dict:
   iterations = ITERATIONS[profile]
   grpo_rule = {"name": "grpo_rule", "config": sweeps.config_path("grpo"),
                "overrides": {}}
-  outcome = _rows("orm", "grpo", "model", "reward_model", iterations)
-  process = _rows("prm", "grpo_process", "process", "process_reward_model",
-                  iterations)
+  outcome = reward_model_rows("orm", "grpo", "model", "reward_model",
+                              iterations)
+  process = reward_model_rows("prm", "grpo_process", "process",
+                              "process_reward_model", iterations)
   # The outcome rows first, in their original order, so a workdir of the
   # sweep from before the process rows is reused.
   sweep["runs"] = outcome[:1] + [grpo_rule] + outcome[1:] + process

@@ -13,19 +13,23 @@ controls, each one row beside the unprotected run:
 * "grpo_orm_mixed": the rule reward mixed in, `rule:1.0,model:0.5`.
 
 The report's accuracy rows say which control keeps the policy at or above
-its SFT start.
+its SFT start. The task split is figure5_tuned's (a validation split held
+out), so the SFT policies and the "orm" and "grpo_orm" runs are the same
+configs as in `figure5_tuned` and `headline` and may be copied from them.
 
   python -m experiments.sweep --sweep=experiments/sweeps/reward_hacking.py \
       --workdir=runs/reward_hacking --profile=quick
 """
 
 from experiments import sweeps
+from experiments.sweeps import figure5_tuned
 
 ORM = {"reward": "model", "reward_model": "{run:orm}"}
 
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
+  sweep["shared"]["task_kwargs.val_fraction"] = figure5_tuned.VAL_FRACTION
   rm_steps = sweep["rm"].get("steps", 200)
   grpo = sweeps.config_path("grpo")
   sweep["runs"] = [
