@@ -196,7 +196,54 @@ def report(sweep: dict, summary: dict, reward: Optional[dict] = None,
     lines += ["", *_reward_model_table(reward)]
   if sampled:
     lines += ["", *_sampled_table(sweep, sampled)]
+  if "findings" in sweep:
+    lines += ["", *_findings_table(sweep, summary, sampled)]
   return "\n".join(lines) + "\n"
+
+
+def verdict(ci: tuple) -> str:
+  """A claim's verdict from the t-interval of its paired difference:
+  "reproduces" above zero, "contradicted" below, else "undecided"."""
+  _, lo, hi = ci
+  if lo is None:
+    return "undecided (one seed)"
+  if lo > 0:
+    return "reproduces"
+  return "contradicted" if hi < 0 else "undecided"
+
+
+def finding_difference(finding: dict, summary: dict,
+                       sampled: Optional[dict]) -> tuple:
+  """The t-interval over seeds of a finding's paired difference: run a's
+  final accuracy minus run b's, or run a's maj@k gain over SFT minus its
+  pass@k gain."""
+  a = finding["a"]
+  if a not in summary or finding.get("b", a) not in summary:
+    raise ValueError(f"finding {finding['claim']!r}: {a!r} and "
+                     f"{finding.get('b')!r} must be policy runs")
+  if "k" in finding:
+    if not sampled:
+      raise ValueError(f"finding {finding['claim']!r} needs the sweep's "
+                       "sampled evaluation")
+    return sampled[a][finding["k"]]["maj_minus_pass_gain"]
+  accs = summary[a]["acc"], summary[finding["b"]]["acc"]
+  return t_interval([x - y for x, y in zip(*accs)])
+
+
+def _findings_table(sweep: dict, summary: dict,
+                    sampled: Optional[dict]) -> list[str]:
+  lines = [
+      "## Findings", "",
+      "Each claim's paired difference over seeds (points; a - b of the "
+      "final greedy accuracy, or for maj@k claims a's maj@k gain over SFT "
+      "minus its pass@k gain), mean and 95% t-interval. Verdict: "
+      "reproduces when the interval lies above zero, contradicted when it "
+      f"lies below, undecided otherwise ({len(sweep['seeds'])} seeds).", "",
+      "| claim | difference | verdict |", "|---|---|---|"]
+  for finding in sweep["findings"]:
+    ci = finding_difference(finding, summary, sampled)
+    lines.append(f"| {finding['claim']} | {_pct(*ci)} | {verdict(ci)} |")
+  return lines
 
 
 def _reward_model_table(reward: dict) -> list[str]:

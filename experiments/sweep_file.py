@@ -21,7 +21,7 @@ from experiments import tune
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_NAME = report.SFT_NAME
 _SWEEP_KEYS = {"runs", "seeds", "shared", "sft", "rl"}
-_OPTIONAL_KEYS = {"rm", "evaluate", "tune"}
+_OPTIONAL_KEYS = {"rm", "evaluate", "tune", "findings"}
 _PARTS = ("shared", "sft", "rl", "rm")  # override dicts
 _RUN_KEYS = {"name", "config", "overrides"}
 _EVALUATE_KEYS = {"k", "questions", "temperature"}
@@ -144,6 +144,8 @@ def _check_sweep(path: str, sweep: Any):
     _check_evaluate(path, sweep["evaluate"])
   if "tune" in sweep:
     tune.check(path, sweep)
+  if "findings" in sweep:
+    _check_findings(path, sweep, [SFT_NAME] + names)
 
 
 def references(value: Any) -> list[str]:
@@ -185,6 +187,31 @@ def _check_evaluate(path: str, spec: Any):
   if not isinstance(temperature, (int, float)) or temperature <= 0:
     raise ValueError(f"{path}: evaluate temperature must be > 0, got "
                      f"{temperature!r}")
+
+
+def _check_findings(path: str, sweep: dict, names: list[str]):
+  """The "findings" part: a list of {"claim", "a", "b"} (run a's final
+  greedy accuracy above run b's) or {"claim", "a", "k"} (run a raises maj@k
+  more than pass@k over SFT; needs "evaluate" with that k)."""
+  findings = sweep["findings"]
+  if not isinstance(findings, list) or not findings:
+    raise ValueError(f"{path}: 'findings' must be a non-empty list, got "
+                     f"{findings!r}")
+  ks = sweep.get("evaluate", {}).get("k", [])
+  for finding in findings:
+    keys = set(finding) if isinstance(finding, dict) else set()
+    if keys not in ({"claim", "a", "b"}, {"claim", "a", "k"}):
+      raise ValueError(f"{path}: each finding must be a dict with keys "
+                       f"claim, a and b (or claim, a and k), got {finding!r}")
+    for key in ("a", "b"):
+      if key in finding and finding[key] not in names:
+        raise ValueError(f"{path}: finding {finding['claim']!r}: {key}="
+                         f"{finding[key]!r} is not a run; valid: "
+                         f"{', '.join(names)}")
+    if "k" in finding and finding["k"] not in ks:
+      raise ValueError(f"{path}: finding {finding['claim']!r}: k="
+                       f"{finding['k']!r} is not among the sweep's evaluate "
+                       f"k {ks}")
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

@@ -1,5 +1,6 @@
 """Sweep report: Student t-intervals over seeds, gains paired with the same
-seed's SFT policy, and the reward models' held-out metrics."""
+seed's SFT policy, the reward models' held-out metrics, and the findings'
+verdicts."""
 
 import pytest
 
@@ -42,3 +43,41 @@ def test_reward_model_summary_keeps_the_held_out_metrics():
   assert list(summary["orm"]) == ["orm_acc", "orm_auc"]
   assert summary["orm"]["orm_acc"]["values"] == [0.25, 0.75]
   assert summary["orm"]["orm_acc"]["ci"][0] == 0.5
+
+
+@pytest.mark.parametrize("accs_b,verdict", [
+    ([0.5, 0.6, 0.7], "reproduces"),       # a ahead by 0.1 in every seed
+    ([0.7, 0.8, 0.9], "contradicted"),     # a behind by 0.1 in every seed
+    ([0.5, 0.8, 0.6], "undecided"),        # +0.1, -0.1, +0.2
+])
+def test_findings_are_paired_differences_with_verdicts(accs_b, verdict):
+  sweep = {"seeds": [0, 1, 2],
+           "findings": [{"claim": "a beats b", "a": "a", "b": "b"}]}
+  summary = report_lib.summarize(sweep, {
+      report_lib.SFT_NAME: _finals([0.1, 0.1, 0.1]),
+      "a": _finals([0.6, 0.7, 0.8]), "b": _finals(accs_b)})
+  ci = report_lib.finding_difference(sweep["findings"][0], summary, None)
+  diffs = [x - y for x, y in zip([0.6, 0.7, 0.8], accs_b)]
+  assert ci == pytest.approx(report_lib.t_interval(diffs))
+  assert report_lib.verdict(ci) == verdict
+  assert report_lib.report(sweep, summary).splitlines()[-1] == (
+      f"| a beats b | {report_lib._pct(*ci)} | {verdict} |")
+  assert report_lib.verdict((0.1, None, None)) == "undecided (one seed)"
+
+
+def test_maj_at_k_finding_reads_the_sampled_gain_difference():
+  sweep = {"seeds": [0, 1], "evaluate": {"k": [1, 4], "questions": 2},
+           "findings": [{"claim": "maj", "a": "grpo", "k": 4}]}
+  rows = [{"name": n, "seed": s, "k": k, "pass_at_k": p, "maj_at_k": m}
+          for n, s, k, p, m in [
+              ("sft", 0, 1, .5, .5), ("sft", 0, 4, .8, .6),
+              ("sft", 1, 1, .4, .4), ("sft", 1, 4, .7, .5),
+              ("grpo", 0, 1, .6, .6), ("grpo", 0, 4, .8, .8),
+              ("grpo", 1, 1, .5, .5), ("grpo", 1, 4, .75, .75)]]
+  sampled = report_lib.summarize_sampled(sweep, ["sft", "grpo"], rows)
+  summary = report_lib.summarize(sweep, {"sft": _finals([.4, .4]),
+                                         "grpo": _finals([.5, .5])})
+  ci = report_lib.finding_difference(sweep["findings"][0], summary, sampled)
+  # maj@4 gains 0.2, 0.25; pass@4 gains 0.0, 0.05: differences 0.2, 0.2.
+  assert ci == pytest.approx((0.2, 0.2, 0.2))
+  assert report_lib.verdict(ci) == "reproduces"

@@ -372,7 +372,15 @@ def test_reference_to_a_later_or_unknown_run_fails_before_training(
      "temperature"),
     ({"evaluate": {"k": [1], "questions": 0}},
      "evaluate questions must be an int >= 1"),
-    ({"extra": {}}, r"optionally \['evaluate', 'rm', 'tune'\], got .*'extra'"),
+    ({"extra": {}},
+     r"optionally \['evaluate', 'findings', 'rm', 'tune'\], got .*'extra'"),
+    ({"findings": [{"claim": "c", "a": "grpo", "b": "ppo"}]},
+     "finding 'c': b='ppo' is not a run; valid: sft, grpo"),
+    ({"findings": [{"claim": "c", "a": "grpo"}]},
+     "each finding must be a dict with keys claim, a and b"),
+    ({"findings": [{"claim": "c", "a": "grpo", "k": 4}],
+      "evaluate": {"k": [1, 2], "questions": 8}},
+     r"finding 'c': k=4 is not among the sweep's evaluate k \[1, 2\]"),
 ])
 def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
   path = _write_sweep(tmp_path, [_run("grpo", "grpo")], **parts)

@@ -10,14 +10,20 @@ A sweep file is a module with `get_sweep(profile)` returning a plain dict:
    "rl": {...},      # every RL (policy) run (steps, eval_every, ...)
    "rm": {...},      # every reward-model run (orm.py, prm.py); optional
    "evaluate": {"k": [1, 4, 16, 64], "questions": 256,
-                "temperature": 1.0}}  # optional: pass@k and maj@k
+                "temperature": 1.0},  # optional: pass@k and maj@k
+   "findings": [{"claim": "GRPO > online RFT", "a": "grpo",
+                 "b": "online_rft"},
+                {"claim": "RL raises maj@64 more than pass@64", "a": "grpo",
+                 "k": 64}]}  # optional: verdicts in the report
 
 Override keys are dotted config paths. `experiments.sweep` applies, to a
 locked ConfigDict, `shared`, then `sft`, `rl` or `rm` (by the config's
 `trainer`), then the run's own `overrides`, so a typo fails. An override
 value "{run:orm}" is the directory of the same seed's run "orm", which must
 be listed earlier (e.g. `"reward_model": "{run:orm}"`). With "evaluate", the
-SFT policy and every policy run are sampled after training. `profile_settings`
+SFT policy and every policy run are sampled after training. With
+"findings", the report gives each claim's paired difference over seeds and
+a verdict (reproduces, contradicted, undecided). `profile_settings`
 gives the two profiles every shipped sweep uses.
 """
 

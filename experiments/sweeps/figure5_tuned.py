@@ -24,6 +24,13 @@ DPO_LEARNING_RATES = [3e-6, 1e-5, 3e-5]
 # comparisons between rule-reward methods (GRPO vs online RFT, PS vs OS).
 SEEDS = {"quick": [0, 1, 2, 3, 4], "full": [0, 1, 2, 3, 4]}
 VAL_FRACTION = 0.1
+# DeepSeekMath section 5.2's comparisons between rule-reward methods.
+FINDINGS = [
+    {"claim": "online RFT > RFT", "a": "online_rft", "b": "rft"},
+    {"claim": "GRPO > online RFT", "a": "grpo", "b": "online_rft"},
+    {"claim": "GRPO+PS > GRPO+OS", "a": "grpo_process", "b": "grpo"},
+    {"claim": "GRPO > SFT", "a": "grpo", "b": "sft"},
+]
 
 
 def get_sweep(profile: str) -> dict:
@@ -36,4 +43,5 @@ def get_sweep(profile: str) -> dict:
   grid["dpo"] = {"optim.lr": DPO_LEARNING_RATES,
                  "coef.beta": [0.05, 0.1, 0.3]}
   sweep["tune"] = {"seed": sweep["seeds"][0], "grid": grid}
+  sweep["findings"] = FINDINGS
   return sweep

@@ -39,4 +39,10 @@ def get_sweep(profile: str) -> dict:
   sweep["runs"] += figure6.reward_model_rows(
       "orm", "grpo", "model", "reward_model", figure6.ITERATIONS[profile])
   sweep["evaluate"] = dict(figure7.EVALUATE[profile])
+  sweep["findings"] = [
+      {"claim": "iterative RL > fixed reward model (ORM)",
+       "a": "grpo_orm_iterative", "b": "grpo_orm"},
+      {"claim": "RL raises maj@64 more than pass@64", "a": "grpo", "k": 64},
+      {"claim": "RL raises maj@16 more than pass@16", "a": "grpo", "k": 16},
+  ]
   return sweep
