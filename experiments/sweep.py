@@ -188,8 +188,12 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
   return summary
 
 
-# Paths the sweep derives from its workdir: a moved workdir keeps its runs.
-_PATH_KEYS = ("init_from", "reward_model", "process_reward_model")
+# Paths the sweep derives from its workdir (a moved workdir keeps its runs),
+# and keys that do not change what a run computes (a run profiled or
+# trained quietly is the same run; a key added to the configs since the run
+# finished is at its default).
+_IGNORED_KEYS = ("init_from", "reward_model", "process_reward_model",
+                 "profile_steps", "quiet")
 
 
 def _check_same_config(directory: str, config):
@@ -198,7 +202,7 @@ def _check_same_config(directory: str, config):
   stored = json.loads(runs_lib.read_config(directory).to_json())
   wanted = json.loads(config.to_json())
   changed = sorted(k for k in set(stored) | set(wanted)
-                   if k not in _PATH_KEYS and stored.get(k) != wanted.get(k))
+                   if k not in _IGNORED_KEYS and stored.get(k) != wanted.get(k))
   if changed:
     raise ValueError(
         f"{directory} finished with another config than the sweep now gives "

@@ -32,6 +32,7 @@ from ugrad import gradlog
 from ugrad import metrics as metrics_lib
 from ugrad import paths
 from ugrad import preemption
+from ugrad import profiling
 from ugrad import reward_models
 from ugrad import runs
 from ugrad import validate
@@ -270,10 +271,14 @@ class Trainer:
     bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
                     desc=config.method, dynamic_ncols=True,
                     disable=config.quiet)
+    profiler = profiling.StepProfiler(config.profile_steps, self.workdir,
+                                      enabled=distributed.is_main())
     with preemption.Watcher() as watcher:
       try:
         for step in range(self.start_step, config.steps):
+          profiler.before(step)
           metrics = self.train_step(step, gradient_log, writer)
+          profiler.after(step)
           if config.eval_every and (step + 1) % config.eval_every == 0:
             metrics.update(self.learner.periodic_evaluation())
           writer.write(step + 1, metrics)
@@ -296,6 +301,7 @@ class Trainer:
                 f"{self.checkpointer.directory}; run the same command to "
                 "resume")
       finally:
+        profiler.close()
         bar.close()
         writer.close()
         gradient_log.close()

@@ -11,6 +11,7 @@ A reward-model run adds `ugrad.reward_models.check_config`.
 from ugrad import build
 from ugrad import coefficients
 from ugrad import models
+from ugrad import profiling
 from ugrad import registry
 from ugrad import rewards as rewards_lib
 from ugrad import tasks as tasks_lib
@@ -85,6 +86,7 @@ def _check_ranges(config) -> None:
   top_p = config.sampling.top_p
   if not 0 < top_p <= 1:
     raise ValueError(f"config.sampling.top_p must be in (0, 1], got {top_p}")
+  profiling.parse_steps(config.get("profile_steps", ""))
 
 
 def _check_names(config) -> None:

@@ -93,4 +93,7 @@ def get_config():
   # einsum).
   c.attention = "auto"
   c.quiet = False  # no progress bar
+  # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile;
+  # `python -m experiments.op_profile WORKDIR` sums it per XLA operation.
+  c.profile_steps = ""
   return c
