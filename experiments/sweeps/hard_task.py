@@ -31,4 +31,11 @@ def get_sweep(profile: str) -> dict:
        "overrides": {"reward": "process",
                      "process_reward_model": "{run:prm}"}},
   ]
+  sweep["findings"] = [
+      {"claim": "GRPO > online RFT", "a": "grpo", "b": "online_rft"},
+      {"claim": "GRPO+PS (true step labels) > GRPO+OS", "a": "grpo_process",
+       "b": "grpo"},
+      {"claim": "GRPO+PS (learned PRM) > GRPO+OS", "a": "grpo_prm",
+       "b": "grpo"},
+  ]
   return sweep
