@@ -44,4 +44,12 @@ def get_sweep(profile: str) -> dict:
       {"name": "grpo_orm_mixed", "config": grpo,
        "overrides": dict(ORM, reward="rule:1.0,model:0.5")},
   ]
+  controls = (("grpo_orm_kl", "KL beta 0.2"),
+              ("grpo_orm_long", "the longer-trained ORM"),
+              ("grpo_orm_mixed", "the rule reward mixed in"))
+  sweep["findings"] = [
+      {"claim": f"{label} beats the unprotected run", "a": name,
+       "b": "grpo_orm"} for name, label in controls] + [
+      {"claim": f"{label} ends above SFT", "a": name, "b": "sft"}
+      for name, label in controls]
   return sweep
