@@ -232,13 +232,14 @@ def finding_difference(finding: dict, summary: dict,
 
 def _findings_table(sweep: dict, summary: dict,
                     sampled: Optional[dict]) -> list[str]:
+  n = len(sweep["seeds"])
   lines = [
       "## Findings", "",
       "Each claim's paired difference over seeds (points; a - b of the "
       "final greedy accuracy, or for maj@k claims a's maj@k gain over SFT "
       "minus its pass@k gain), mean and 95% t-interval. Verdict: "
       "reproduces when the interval lies above zero, contradicted when it "
-      f"lies below, undecided otherwise ({len(sweep['seeds'])} seeds).", "",
+      f"lies below, undecided otherwise ({n} seed{'s' * (n != 1)}).", "",
       "| claim | difference | verdict |", "|---|---|---|"]
   for finding in sweep["findings"]:
     ci = finding_difference(finding, summary, sampled)
