@@ -49,3 +49,12 @@ def test_no_trace_without_profile_steps(tmp_path):
   assert not os.path.exists(tmp_path / profiling.PROFILE_DIR)
   with pytest.raises(FileNotFoundError, match="no profiler trace"):
     profiling.latest_trace(str(tmp_path / profiling.PROFILE_DIR))
+
+
+def test_a_config_stored_before_profile_steps_still_trains(tmp_path):
+  # A reward model that iterative RL continues comes from its stored
+  # run_config.json, which a run from before the key existed lacks.
+  config = train_util.tiny("sft", steps=1)
+  del config["profile_steps"]
+  train.Trainer(config, str(tmp_path)).train()
+  assert not os.path.exists(tmp_path / profiling.PROFILE_DIR)

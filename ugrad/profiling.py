@@ -19,6 +19,8 @@ from typing import Optional
 
 import jax
 
+from ugrad import paths
+
 PROFILE_DIR = "profile"
 # Events of XLA's executor and thread pools that wrap the operations
 # themselves; counting them too would count each operation twice.
@@ -45,7 +47,7 @@ class StepProfiler:
 
   def __init__(self, spec: str, workdir, enabled: bool = True):
     self.steps = parse_steps(spec) if enabled else None
-    self.directory = os.path.join(str(workdir), PROFILE_DIR)
+    self.directory = str(paths.resolve(workdir) / PROFILE_DIR)
     self._tracing = False
 
   def before(self, step: int):

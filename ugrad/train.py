@@ -271,7 +271,10 @@ class Trainer:
     bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
                     desc=config.method, dynamic_ncols=True,
                     disable=config.quiet)
-    profiler = profiling.StepProfiler(config.profile_steps, self.workdir,
+    # .get: a config stored before the key existed (a reward model that
+    # iterative RL continues from its own run_config.json) has none.
+    profiler = profiling.StepProfiler(config.get("profile_steps", ""),
+                                      self.workdir,
                                       enabled=distributed.is_main())
     with preemption.Watcher() as watcher:
       try:
