@@ -51,6 +51,13 @@ _DECODE_BATCH = flags.DEFINE_integer("accel_decode_batch", 64,
                                      "prompts decoded together")
 _PROMPT = flags.DEFINE_integer("accel_prompt", 128, "prompt tokens")
 _NEW = flags.DEFINE_integer("accel_new_tokens", 512, "new tokens per prompt")
+_ATTENTION = flags.DEFINE_list(
+    "accel_attention", ["auto"], "attention kernels to time the update with "
+    "(ModelConfig.attention: auto, einsum, xla, cudnn), one train_mfu figure "
+    "each; decoding uses the first")
+_REMAT = flags.DEFINE_string(
+    "accel_remat", "none", "ModelConfig.remat of the update (none, full, "
+    "dots); MFU counts the model's FLOPs, not the recomputation")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "the device's peak dense "
                            "FLOP/s in the compute dtype, in TFLOP/s (0: "
                            "from PEAKS by device kind)")
@@ -81,15 +88,16 @@ def peaks(device_kind: str) -> tuple[Optional[float], Optional[float]]:
           bandwidth * 1e9 if bandwidth else None)
 
 
-def _model(name: str, dtype: str):
+def _model(name: str, dtype: str, attention: str):
   cfg = model_config.preset(name, 32)
-  cfg = dataclasses.replace(cfg, dtype=dtype)
+  cfg = dataclasses.replace(cfg, dtype=dtype, attention=attention,
+                            remat=_REMAT.value)
   return cfg, tr.Transformer(cfg, rngs=nnx.Rngs(0))
 
 
-def train_mfu(emit, timer, make_step, peak: Optional[float],
-              repeats: int) -> dict:
-  cfg, model = _model(_MODEL.value, _DTYPE.value)
+def train_mfu(emit, timer, make_step, peak: Optional[float], repeats: int,
+              attention: str) -> dict:
+  cfg, model = _model(_MODEL.value, _DTYPE.value, attention)
   graphdef, params = nnx.split(model, nnx.Param)
   optimizer = optax.adamw(1e-5)
   state = {"params": params, "opt": optimizer.init(params)}
@@ -109,6 +117,8 @@ def train_mfu(emit, timer, make_step, peak: Optional[float],
       cfg, sum(x.size for x in jax.tree.leaves(params)))
   flops = 3 * model_config.forward_flops(cfg, n, b, t)
   figure = dict(figure="train_mfu", model=_MODEL.value, dtype=_DTYPE.value,
+                attention=tr.attention_kernel(attention, cfg.dtype),
+                remat=cfg.remat,
                 params_matmul=n, batch=b, length=t,
                 step_s=round(seconds, 6), tokens_per_s=round(b * t / seconds),
                 tflops_per_s=round(flops / seconds / 1e12, 3),
@@ -130,8 +140,9 @@ def decode_bound_s(cfg, params, batch: int, prompt: int, new: int,
   return new * (param_bytes + mean_kv) / bandwidth
 
 
-def decode(emit, timer, bandwidth: Optional[float], repeats: int) -> dict:
-  cfg, model = _model(_MODEL.value, _DTYPE.value)
+def decode(emit, timer, bandwidth: Optional[float], repeats: int,
+           attention: str) -> dict:
+  cfg, model = _model(_MODEL.value, _DTYPE.value, attention)
   graphdef, params = nnx.split(model, nnx.Param)
   b, p, n = _DECODE_BATCH.value, _PROMPT.value, _NEW.value
   rng = np.random.default_rng(0)
@@ -166,5 +177,8 @@ def main(emit, timer, make_step, repeats: int) -> dict:
   emit(figure="accelerator", device_kind=kind,
        peak_tflops=peak / 1e12 if peak else None,
        hbm_gbps=bandwidth / 1e9 if bandwidth else None)
-  return {"train_mfu": train_mfu(emit, timer, make_step, peak, repeats),
-          "decode": decode(emit, timer, bandwidth, repeats)}
+  train = [train_mfu(emit, timer, make_step, peak, repeats, attention)
+           for attention in _ATTENTION.value]
+  return {"train_mfu": train,
+          "decode": decode(emit, timer, bandwidth, repeats,
+                           _ATTENTION.value[0])}

@@ -76,6 +76,13 @@ _GROUP = flags.DEFINE_integer("grpo_group", 8, "samples per prompt (G)")
 _NEW = flags.DEFINE_integer("grpo_new_tokens", 24, "new tokens at most")
 _LR = flags.DEFINE_float("grpo_lr", 1e-4, "AdamW learning rate")
 _BETA = flags.DEFINE_float("grpo_beta", 0.04, "KL weight")
+_MICRO = flags.DEFINE_integer(
+    "grpo_micro_batches", 1, "ugrad's config.micro_batches (the update's "
+    "rows in that many accumulated parts; for model sizes whose update does "
+    "not fit at once; the peers are not given it)")
+_ATTENTION = flags.DEFINE_string(
+    "grpo_attention", "auto", "ugrad's config.attention (the peers use their "
+    "own defaults)")
 _PEERS = flags.DEFINE_list("grpo_peers", list(CONTENDERS),
                            "contenders, in their order within a repeat")
 
@@ -92,6 +99,8 @@ class Work:
   beta: float = 0.04
   lr: float = 1e-4
   seed: int = 0
+  micro_batches: int = 1  # ugrad's alone
+  attention: str = "auto"  # ugrad's alone
   steps: int = 0  # steps each loop is built for (warm-up, timed, one more)
   hf_dir: str = ""  # the initial weights (no tokenizer: ugrad's is the task's)
   workdir: str = ""
@@ -183,6 +192,8 @@ def _config(work: Work):
   c.sampling.temperature = work.temperature
   c.coef.beta = work.beta
   c.optim.lr = work.lr
+  c.micro_batches = work.micro_batches
+  c.attention = work.attention
   c.steps = 10**6  # Stopped by the benchmark.
   c.quiet = True
   return c
@@ -192,7 +203,12 @@ def write_initial_weights(work: Work, path: str, task) -> int:
   """The preset's seed-0 weights as a Hugging Face directory; returns N,
   the parameters a token's forward pass multiplies by (the output
   projection counted, the embedding lookup not)."""
-  cfg = model_config.preset(work.model, task.tokenizer.vocab_size)
+  # The task's vocabulary, also for a published shape (whose embedding keeps
+  # its own rows otherwise): the policy may only sample tokens the task's
+  # tokenizer can decode.
+  vocab = task.tokenizer.vocab_size
+  cfg = dataclasses.replace(model_config.preset(work.model, vocab),
+                            vocab_size=vocab)
   model = tr.Transformer(cfg, rngs=nnx.Rngs(work.seed))
   hf.save_pretrained(model, path)
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -359,6 +375,9 @@ def run(work: Work, contenders, repeats: int, matmul_flops: float) -> dict:
             if None not in tokens else None),
         phases_s={k: _median(v) for k, v in phases.items()})
     if name == "ugrad":
+      figure.update(micro_batches=work.micro_batches,
+                    attention=work.attention,
+                    backend=jax.default_backend())
       flops = ugrad_run.flops(n, prompt_len)
       total = sum(flops["analytic"].values())
       figure.update(
@@ -393,7 +412,9 @@ def main(repeats: int, matmul_flops: float) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     work = Work(model=_MODEL.value, prompts=_PROMPTS.value,
                 group=_GROUP.value, new_tokens=_NEW.value, beta=_BETA.value,
-                lr=_LR.value, hf_dir=os.path.join(tmp, "init"),
+                lr=_LR.value, micro_batches=_MICRO.value,
+                attention=_ATTENTION.value,
+                hf_dir=os.path.join(tmp, "init"),
                 workdir=tmp)
     figures = run(work, _PEERS.value, repeats, matmul_flops)
   _emit(figure="grpo_machine_after",

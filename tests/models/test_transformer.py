@@ -170,8 +170,10 @@ def test_xla_attention_kernel_equals_the_einsums(layout):
   def run(attend):
     def loss(q, k, v):
       return jnp.sum(attend(q, k, v, mask, layout) * cotangent)
-    out = jax.jit(lambda q, k, v: attend(q, k, v, mask, layout))(q, k, v)
-    return out, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    # Full float32 matmuls on a GPU too (its default is TF32).
+    with jax.default_matmul_precision("float32"):
+      out = jax.jit(lambda q, k, v: attend(q, k, v, mask, layout))(q, k, v)
+      return out, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
   out, grads = run(lambda *a: tr._attend_kernel(*a, "xla"))
   want, want_grads = run(tr._attend)
@@ -180,6 +182,71 @@ def test_xla_attention_kernel_equals_the_einsums(layout):
   # A row that sees nothing averages the values uniformly, as before.
   np.testing.assert_allclose(out[2], want[2], rtol=1e-5, atol=1e-5)
   for got, expected in zip(grads, want_grads):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="cuDNN flash attention needs an NVIDIA GPU "
+                    "(run with JAX_PLATFORMS=cuda there)")
+@pytest.mark.parametrize("layout", tr.CACHE_LAYOUTS)
+def test_cudnn_attention_kernel_equals_the_einsums_on_gpu(layout):
+  """`attention="cudnn"` in bfloat16 gives the einsums' outputs and
+  gradients to bfloat16 precision on every row that sees a key, and finite
+  values everywhere, at a model's head size (64) and a length past one
+  cuDNN tile."""
+  q, k, v, mask = _attention_inputs(b=3, t=160, s=192, h=8, hkv=2, dh=64)
+  q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  if layout == "bhsd":
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  # As in training, no loss reads a row that sees no key (a padding
+  # position): those rows differ by design, in outputs and gradients.
+  sees = np.asarray(mask).any(-1)
+  cotangent = jnp.where(sees[..., None, None], jax.random.normal(
+      jax.random.key(1), q.shape), 0).astype(jnp.bfloat16)
+
+  def run(attend):
+    def loss(q, k, v):
+      return jnp.sum((attend(q, k, v, mask, layout) * cotangent).astype(
+          jnp.float32))
+    out = jax.jit(lambda q, k, v: attend(q, k, v, mask, layout))(q, k, v)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    return np.asarray(out, np.float32), [np.asarray(g, np.float32)
+                                         for g in grads]
+
+  out, grads = run(lambda *a: tr._attend_kernel(*a, "cudnn"))
+  want, want_grads = run(tr._attend)
+  assert np.all(np.isfinite(out)) and all(np.all(np.isfinite(g))
+                                          for g in grads)
+  np.testing.assert_allclose(out[sees], want[sees], rtol=2e-2, atol=2e-2)
+  for got, expected in zip(grads, want_grads):
+    scale = np.max(np.abs(expected))
+    np.testing.assert_allclose(got / scale, expected / scale, atol=2e-2)
+
+
+@pytest.mark.parametrize("t,s", [(5, 7), (6, 8), (1, 8)])
+def test_cudnn_wrapper_pads_odd_lengths_and_unmasks_empty_rows(t, s):
+  """What `_attend_cudnn` does around cuDNN's kernel (odd lengths padded,
+  a row that sees no key given every key), run here with XLA's kernel:
+  every row that sees a key keeps the einsums' output and gradients, and no
+  gradient is NaN."""
+  q, k, v, mask = _attention_inputs(t=t, s=s)
+  cotangent = jax.random.normal(jax.random.key(1), q.shape)
+  sees = np.asarray(mask).any(-1)
+
+  def run(attend):
+    def loss(q, k, v):
+      return jnp.sum(jnp.where(sees[..., None, None], attend(q, k, v, mask),
+                               0.0) * cotangent)
+    with jax.default_matmul_precision("float32"):
+      return (attend(q, k, v, mask),
+              jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+  out, grads = run(lambda *a: tr._attend_cudnn(*a, implementation="xla"))
+  want, want_grads = run(lambda *a: tr._attend(*a, "bshd"))
+  assert out.shape == want.shape
+  np.testing.assert_allclose(out[sees], want[sees], rtol=1e-5, atol=1e-5)
+  for got, expected in zip(grads, want_grads):
+    assert np.all(np.isfinite(np.asarray(got)))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 

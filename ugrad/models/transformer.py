@@ -189,8 +189,30 @@ def _attend_kernel(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return _attend(q, k, v, mask, layout)
   if layout == "bhsd":
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  if kernel == "cudnn":
+    return _attend_cudnn(q, k, v, mask)
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
                                       implementation=kernel)
+
+
+def _attend_cudnn(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                  implementation: str = "cudnn") -> jax.Array:
+  """cuDNN flash attention on [B, T, H, Dh] queries and [B, S, Hkv, Dh] keys
+  and values, within its limits: with a mask, its training kernel takes
+  only even T and S (so both are padded by one where odd, the extra keys
+  masked, the extra query dropped), and a query row that sees no key (a
+  left-padding position) gets NaN gradients (so such a row sees every key
+  instead: its output is a padding position's, which no real position
+  attends to and no loss reads)."""
+  t, s = q.shape[1], k.shape[1]
+  if t % 2 or s % 2:
+    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2))
+    q, k, v = pad(q, t % 2), pad(k, s % 2), pad(v, s % 2)
+    mask = jnp.pad(mask, [(0, 0), (0, t % 2), (0, s % 2)])
+  mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
+                                     implementation=implementation)
+  return out[:, :t]
 
 
 def _write(cache: jax.Array, new: jax.Array, index, layout: str) -> jax.Array:
