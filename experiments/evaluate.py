@@ -20,6 +20,7 @@ from flax import nnx
 import ml_collections
 
 from ugrad import build
+from ugrad import compile_cache
 from ugrad import eval as eval_lib
 from ugrad import host_memory
 from ugrad import runs
@@ -190,6 +191,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   host_memory.keep_freed_memory()
+  compile_cache.enable()
   run_dir = _CHECKPOINT.value
   try:  # Bad flags and a missing or unfinished run: a message, no trace.
     ks = parse_ks(_K.value)

@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from ugrad import checkpoint
+from ugrad import compile_cache
 from ugrad import distributed
 from ugrad import host_memory
 from ugrad import iterative
@@ -173,6 +174,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   host_memory.keep_freed_memory()
+  compile_cache.enable()
   try:
     try:
       config = _CONFIG.value  # Loading the file and its overrides.

@@ -45,6 +45,7 @@ import numpy as np
 from experiments import report
 from experiments import sweep_file
 from experiments import tune
+from ugrad import compile_cache
 from ugrad import host_memory
 from ugrad import lock
 from ugrad import metrics as metrics_lib
@@ -422,6 +423,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   host_memory.keep_freed_memory()
+  compile_cache.enable()
   seeds = None if _FLAGS.seeds is None else [int(s) for s in _FLAGS.seeds]
   run_sweep(_FLAGS.sweep, _FLAGS.workdir, _FLAGS.profile, _FLAGS.smoke, seeds)
   with open(os.path.join(_FLAGS.workdir, report.REPORT_FILE)) as f:

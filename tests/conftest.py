@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Launchers started by tests compile afresh (tests/test_compile_cache.py
+# turns the persistent cache on where it tests it).
+os.environ.setdefault("UGRAD_COMPILATION_CACHE", "off")
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
