@@ -52,3 +52,29 @@ def test_temporaries_are_reused_not_faulted_in_each_step():
   # Untouched, each step maps its temporary afresh: a page fault per 4 KiB.
   assert system_faults > 40_000, system_faults
   assert faults < system_faults / 10, (faults, system_faults)
+
+
+@pytest.mark.parametrize("platforms,files,cpu", [
+    ("cpu", ["/dev/nvidiactl"], True),  # JAX_PLATFORMS decides.
+    ("cuda", [], False),
+    ("tpu,cpu", [], False),
+    ("", [], True),  # Unset: the device files decide.
+    ("", ["/dev/nvidiactl"], False),
+    ("", ["/dev/vfio/0"], False),
+])
+def test_computes_on_cpu(monkeypatch, platforms, files, cpu):
+  monkeypatch.setenv("JAX_PLATFORMS", platforms)
+  monkeypatch.setattr(host_memory.glob, "glob", lambda pattern: [
+      f for f in files if f.startswith(pattern.split("[")[0])])
+  assert host_memory.computes_on_cpu() is cpu
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_an_accelerator_host_keeps_the_system_allocator(monkeypatch):
+  calls = []
+  monkeypatch.setattr(host_memory, "computes_on_cpu", lambda: False)
+  monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda name: calls.append(
+      name) or pytest.fail("tuned the allocator"))
+  monkeypatch.delenv(host_memory.OPT_OUT, raising=False)
+  assert not host_memory.keep_freed_memory()
+  assert not calls
