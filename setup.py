@@ -26,6 +26,9 @@ setuptools.setup(
         "math-verify>=0.7.0",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        # JAX's compilation cache locks its directory with it
+        # (ugrad/compile_cache.py).
+        "filelock>=3.12",
         "matplotlib>=3.8",
     ],
     extras_require={
