@@ -19,7 +19,7 @@ def _env(**extra):
   return env
 
 
-def _enabled_dir(**env) -> str:
+def _enabled_dir(**env) -> list[str]:
   """What `enable()` returns in a fresh process with `env`."""
   code = ("from ugrad import compile_cache; import jax; "
           "print(compile_cache.enable(), jax.config.jax_compilation_cache_dir,"
@@ -39,6 +39,11 @@ def test_off_an_explicit_dir_and_jax_own_setting(tmp_path):
                                                           "-1"]
   assert _enabled_dir(UGRAD_COMPILATION_CACHE=str(tmp_path)) == [
       str(tmp_path), str(tmp_path), str(compile_cache.MAX_BYTES)]
+  # A directory that cannot be made: off, not a warning per compilation.
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  assert _enabled_dir(UGRAD_COMPILATION_CACHE=str(blocker / "cache")) == [
+      "None", "None", "-1"]
   # JAX's own variable wins, and ugrad does not cap its size.
   assert _enabled_dir(UGRAD_COMPILATION_CACHE=str(tmp_path / "u"),
                       JAX_COMPILATION_CACHE_DIR=str(tmp_path / "j")) == [

@@ -16,6 +16,7 @@ safely.
 import os
 from typing import Optional
 
+from absl import logging
 import jax
 
 ENV = "UGRAD_COMPILATION_CACHE"
@@ -31,11 +32,21 @@ def default_dir() -> str:
 
 def enable() -> Optional[str]:
   """Turns the cache on (before anything compiles); returns its directory,
-  or None when `UGRAD_COMPILATION_CACHE` is off."""
+  or None when `UGRAD_COMPILATION_CACHE` is off or names a directory that
+  cannot be written (a warning says so)."""
   if jax.config.jax_compilation_cache_dir:
     return jax.config.jax_compilation_cache_dir
   path = os.environ.get(ENV, default_dir())
   if path.strip().lower() in OFF:
+    return None
+  try:  # Else JAX warns at every compilation.
+    os.makedirs(path, exist_ok=True)
+    writable = os.access(path, os.W_OK)
+  except OSError:
+    writable = False
+  if not writable:
+    logging.warning("compilation cache off: cannot write %s (set %s to a "
+                    "writable directory, or off)", path, ENV)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
