@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from ugrad import sampling
+from ugrad.models import attention as attn
 from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
@@ -117,7 +118,7 @@ def train_mfu(emit, timer, make_step, peak: Optional[float], repeats: int,
       cfg, sum(x.size for x in jax.tree.leaves(params)))
   flops = 3 * model_config.forward_flops(cfg, n, b, t)
   figure = dict(figure="train_mfu", model=_MODEL.value, dtype=_DTYPE.value,
-                attention=tr.attention_kernel(attention, cfg.dtype),
+                attention=attn.attention_kernel(attention, cfg.dtype),
                 remat=cfg.remat,
                 params_matmul=n, batch=b, length=t,
                 step_s=round(seconds, 6), tokens_per_s=round(b * t / seconds),

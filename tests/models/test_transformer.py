@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ugrad.models import attention as attn
 from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
@@ -158,6 +159,25 @@ def _attention_inputs(b=3, t=5, s=7, h=4, hkv=2, dh=8, seed=0):
   return q, k, v, jnp.asarray(causal[None] & real[:, None, :])
 
 
+def _outputs_and_grads(attend, q, k, v, mask, cotangent):
+  """attend(q, k, v, mask) jitted, and the gradients of its sum against
+  `cotangent` for q, k and v, as float32 numpy; full float32 matmuls on a
+  GPU too (its default is TF32)."""
+  def loss(q, k, v):
+    return jnp.sum((attend(q, k, v, mask) * cotangent).astype(jnp.float32))
+  with jax.default_matmul_precision("float32"):
+    out = jax.jit(attend)(q, k, v, mask)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  return np.asarray(out, np.float32), [np.asarray(g, np.float32)
+                                       for g in grads]
+
+
+def _where_seen(mask, x):
+  """x on the query rows that see a key, 0 on the others (a padding
+  position's, which no loss reads)."""
+  return jnp.where(np.asarray(mask).any(-1)[..., None, None], x, 0)
+
+
 @pytest.mark.parametrize("layout", tr.CACHE_LAYOUTS)
 def test_xla_attention_kernel_equals_the_einsums(layout):
   """`attention="xla"` (jax.nn.dot_product_attention) gives the outputs and
@@ -167,17 +187,12 @@ def test_xla_attention_kernel_equals_the_einsums(layout):
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   cotangent = jax.random.normal(jax.random.key(1), q.shape)
 
-  def run(attend):
-    def loss(q, k, v):
-      return jnp.sum(attend(q, k, v, mask, layout) * cotangent)
-    # Full float32 matmuls on a GPU too (its default is TF32).
-    with jax.default_matmul_precision("float32"):
-      out = jax.jit(lambda q, k, v: attend(q, k, v, mask, layout))(q, k, v)
-      return out, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
-
-  out, grads = run(lambda *a: tr._attend_kernel(*a, "xla"))
-  want, want_grads = run(tr._attend)
-  assert np.all(np.isfinite(np.asarray(out)))
+  out, grads = _outputs_and_grads(
+      lambda *a: attn.attend_with(*a, layout, "xla"), q, k, v, mask,
+      cotangent)
+  want, want_grads = _outputs_and_grads(
+      lambda *a: attn.attend(*a, layout), q, k, v, mask, cotangent)
+  assert np.all(np.isfinite(out))
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
   # A row that sees nothing averages the values uniformly, as before.
   np.testing.assert_allclose(out[2], want[2], rtol=1e-5, atol=1e-5)
@@ -198,25 +213,19 @@ def test_cudnn_attention_kernel_equals_the_einsums_on_gpu(layout):
   q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
   if layout == "bhsd":
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  # As in training, no loss reads a row that sees no key (a padding
-  # position): those rows differ by design, in outputs and gradients.
-  sees = np.asarray(mask).any(-1)
-  cotangent = jnp.where(sees[..., None, None], jax.random.normal(
-      jax.random.key(1), q.shape), 0).astype(jnp.bfloat16)
+  # As in training, no loss reads a row that sees no key: those rows
+  # differ by design, in outputs and gradients.
+  cotangent = _where_seen(mask, jax.random.normal(
+      jax.random.key(1), q.shape)).astype(jnp.bfloat16)
 
-  def run(attend):
-    def loss(q, k, v):
-      return jnp.sum((attend(q, k, v, mask, layout) * cotangent).astype(
-          jnp.float32))
-    out = jax.jit(lambda q, k, v: attend(q, k, v, mask, layout))(q, k, v)
-    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
-    return np.asarray(out, np.float32), [np.asarray(g, np.float32)
-                                         for g in grads]
-
-  out, grads = run(lambda *a: tr._attend_kernel(*a, "cudnn"))
-  want, want_grads = run(tr._attend)
+  out, grads = _outputs_and_grads(
+      lambda *a: attn.attend_with(*a, layout, "cudnn"), q, k, v, mask,
+      cotangent)
+  want, want_grads = _outputs_and_grads(
+      lambda *a: attn.attend(*a, layout), q, k, v, mask, cotangent)
   assert np.all(np.isfinite(out)) and all(np.all(np.isfinite(g))
                                           for g in grads)
+  sees = np.asarray(mask).any(-1)
   np.testing.assert_allclose(out[sees], want[sees], rtol=2e-2, atol=2e-2)
   for got, expected in zip(grads, want_grads):
     scale = np.max(np.abs(expected))
@@ -230,23 +239,19 @@ def test_cudnn_wrapper_pads_odd_lengths_and_unmasks_empty_rows(t, s):
   every row that sees a key keeps the einsums' output and gradients, and no
   gradient is NaN."""
   q, k, v, mask = _attention_inputs(t=t, s=s)
-  cotangent = jax.random.normal(jax.random.key(1), q.shape)
-  sees = np.asarray(mask).any(-1)
+  cotangent = _where_seen(mask, jax.random.normal(jax.random.key(1),
+                                                  q.shape))
 
-  def run(attend):
-    def loss(q, k, v):
-      return jnp.sum(jnp.where(sees[..., None, None], attend(q, k, v, mask),
-                               0.0) * cotangent)
-    with jax.default_matmul_precision("float32"):
-      return (attend(q, k, v, mask),
-              jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
-
-  out, grads = run(lambda *a: tr._attend_cudnn(*a, implementation="xla"))
-  want, want_grads = run(lambda *a: tr._attend(*a, "bshd"))
+  out, grads = _outputs_and_grads(
+      lambda *a: attn._attend_cudnn(*a, implementation="xla"), q, k, v, mask,
+      cotangent)
+  want, want_grads = _outputs_and_grads(
+      lambda *a: attn.attend(*a, "bshd"), q, k, v, mask, cotangent)
   assert out.shape == want.shape
+  sees = np.asarray(mask).any(-1)
   np.testing.assert_allclose(out[sees], want[sees], rtol=1e-5, atol=1e-5)
   for got, expected in zip(grads, want_grads):
-    assert np.all(np.isfinite(np.asarray(got)))
+    assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -254,9 +259,9 @@ def test_attention_switch_reaches_training_and_prefill(monkeypatch):
   """The model's uncached and prefill attention go through the configured
   kernel; "auto" is the einsums off GPU."""
   seen = []
-  kernel = tr._attend_kernel
-  monkeypatch.setattr(tr, "_attend_kernel", lambda *a: seen.append(
-      tr.attention_kernel(a[-1], a[0].dtype)) or kernel(*a))
+  kernel = attn.attend_with
+  monkeypatch.setattr(attn, "attend_with", lambda *a: seen.append(
+      attn.attention_kernel(a[-1], a[0].dtype)) or kernel(*a))
   cfg = _config(attention="xla")
   model = tr.Transformer(cfg, rngs=nnx.Rngs(0))
   tokens = _tokens(2, 6)
@@ -266,7 +271,7 @@ def test_attention_switch_reaches_training_and_prefill(monkeypatch):
                       jnp.ones((2, 8), jnp.int32), cache, 0)
   assert seen == ["xla"] * (2 * cfg.num_layers)
   if jax.default_backend() != "gpu":
-    assert tr.attention_kernel("auto", jnp.bfloat16) == "einsum"
+    assert attn.attention_kernel("auto", jnp.bfloat16) == "einsum"
 
 
 # ------------------------------------------------------------ padding

@@ -15,6 +15,11 @@ from ugrad import registry
 ATTENTION = ("auto", "einsum", "xla", "cudnn")
 
 
+def wide(dtype) -> jnp.dtype:
+  """The dtype of precision-sensitive math: float32, or float64 if wider."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """Shape and numerics of a decoder (field names follow the HF configs).
