@@ -25,9 +25,10 @@ _TOP = flags.DEFINE_integer("top", 25, "operations listed")
 
 
 def profiled_steps(workdir: str) -> int:
-  start, stop = profiling.parse_steps(
-      runs.read_config(workdir).get("profile_steps", ""))
-  return stop - start
+  """How many steps the trace holds: START:STOP, cut at the run's last step."""
+  config = runs.read_config(workdir)
+  start, stop = profiling.parse_steps(config.get("profile_steps", "")) or (0, 0)
+  return max(min(stop, config.steps) - start, 1)
 
 
 def table(ops: list[profiling.OpTime], steps: int, top: int) -> str:
