@@ -27,7 +27,7 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "tqdm>=4.66",
         # JAX's compilation cache locks its directory with it
-        # (ugrad/compile_cache.py).
+        # (ugrad/runtime/compile_cache.py).
         "filelock>=3.12",
         "matplotlib>=3.8",
     ],
@@ -50,7 +50,7 @@ setuptools.setup(
             "pylint>=3.0",
             "pre-commit>=3.0",
         ],
-        # experiments/benchmark.py --grpo: the peers it times ugrad against.
+        # experiments/perf/benchmark.py --grpo: the peers it times ugrad against.
         # google-tunix 0.1.7 installs beside jax 0.10 (it pulls
         # transformers 5.12 through its tokenizers pin).
         "bench": [

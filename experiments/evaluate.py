@@ -19,12 +19,12 @@ from absl import logging
 from flax import nnx
 import ml_collections
 
-from ugrad import build
-from ugrad import compile_cache
-from ugrad import eval as eval_lib
-from ugrad import host_memory
-from ugrad import runs
-from ugrad import stats
+from ugrad.training import build
+from ugrad.runtime import compile_cache
+from ugrad.sampling import evaluation as eval_lib
+from ugrad.runtime import host_memory
+from ugrad.training import runs
+from ugrad.sampling import stats
 from ugrad.models import hf_tokenizer
 
 _CHECKPOINT = flags.DEFINE_string(

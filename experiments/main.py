@@ -23,17 +23,17 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from ugrad import checkpoint
-from ugrad import compile_cache
-from ugrad import distributed
-from ugrad import host_memory
-from ugrad import iterative
-from ugrad import lock
-from ugrad import paths
-from ugrad import preemption
-from ugrad import runs
-from ugrad import train
-from ugrad import validate
+from ugrad.runtime import checkpoint
+from ugrad.runtime import compile_cache
+from ugrad.runtime import distributed
+from ugrad.runtime import host_memory
+from ugrad.training import iterative
+from ugrad.runtime import lock
+from ugrad.runtime import paths
+from ugrad.runtime import preemption
+from ugrad.training import runs
+from ugrad.training import trainer as trainer_lib
+from ugrad.training import validate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiment config file.", lock_config=True)
@@ -97,7 +97,7 @@ def warm_start(config, workdir: str) -> str:
   sft_dir = str(paths.resolve(workdir) / "sft")
   if not (paths.resolve(sft_dir) / runs.POLICY_DIR).exists():
     logging.info("No init_from: training the SFT policy in %s", sft_dir)
-    train.Trainer(sft_config(config), sft_dir).train()
+    trainer_lib.Trainer(sft_config(config), sft_dir).train()
   return sft_dir
 
 
@@ -115,11 +115,11 @@ def _run(config, workdir: str) -> dict:
   if warm:
     config.init_from = warm_start(config, workdir)
   if config.trainer == "reward_model":
-    result = {"final": train.train_reward_model(config, workdir)}
+    result = {"final": trainer_lib.train_reward_model(config, workdir)}
     _print(json.dumps(result, indent=2, sort_keys=True))
     _write_eval(workdir, result)
     return result
-  trainer = train.Trainer(config, workdir,
+  trainer = trainer_lib.Trainer(config, workdir,
                           hooks=iterative.hooks(config, workdir))
   results = {}
   if warm:

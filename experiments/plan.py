@@ -54,12 +54,13 @@ from ml_collections import config_flags
 import optax
 
 from experiments import plan_report
-from ugrad import build
+from ugrad.training import build
 from ugrad import coefficients
 from ugrad import models
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
-from ugrad import update as update_lib
+from ugrad.sampling import sampler as sampler_lib
+from ugrad.training import update as update_lib
 from ugrad.models import model_config
 from ugrad.models import sharding as sharding_lib
 
@@ -318,7 +319,7 @@ def plan(config, cloud_topology: str, prompt_len: int,
     return out
 
   functions = {
-      "sample": (sampling._sample_jit,  # pylint: disable=protected-access
+      "sample": (sampler_lib._sample_jit,  # pylint: disable=protected-access
                  (graphdef, params, prompts, prompts, key, sampling_config),
                  params_bytes),
       "logprobs": (update_lib.policy_logprobs,

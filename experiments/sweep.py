@@ -14,7 +14,7 @@ override value "{run:<name>}". Each run trains in WORKDIR/<name>/seed_<s>
 through `experiments.main.run`; a run whose eval.json exists is skipped, a
 run with a checkpoint resumes. Then, when the sweep has an "evaluate" part,
 the SFT and every policy run are sampled (pass@k and maj@k, RUN/eval_k.json,
-skipped when present). Then it writes the results, and `experiments.report`
+skipped when present). Then it writes the results, and `experiments.sweep_report`
 the report and the plots:
 
 * WORKDIR/results.csv: one row per policy run x seed x evaluation step.
@@ -42,16 +42,16 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from experiments import report
+from experiments import sweep_report as report
 from experiments import sweep_file
 from experiments import tune
-from ugrad import compile_cache
-from ugrad import host_memory
-from ugrad import lock
-from ugrad import metrics as metrics_lib
-from ugrad import reward_models
-from ugrad import runs as runs_lib
-from ugrad import validate
+from ugrad.runtime import compile_cache
+from ugrad.runtime import host_memory
+from ugrad.runtime import lock
+from ugrad.runtime import metrics as metrics_lib
+from ugrad.training import reward_models
+from ugrad.training import runs as runs_lib
+from ugrad.training import validate
 
 SFT_CONFIG = "experiments/configs/sft.py"
 SFT_NAME = report.SFT_NAME  # the shared warm start's run name
@@ -293,7 +293,7 @@ def sampled_rows(sweep: dict, workdir: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
-# Results: results.csv and sampled_eval.csv (experiments.report reports them).
+# Results: results.csv and sampled_eval.csv (experiments.sweep_report reports them).
 # ---------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from experiments import report
+from experiments import sweep_report as report
 from experiments import tune
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

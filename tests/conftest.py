@@ -3,7 +3,7 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Launchers started by tests compile afresh (tests/test_compile_cache.py
+# Launchers started by tests compile afresh (tests/runtime/test_compile_cache.py
 # turns the persistent cache on where it tests it).
 os.environ.setdefault("UGRAD_COMPILATION_CACHE", "off")
 

@@ -8,7 +8,7 @@ from ugrad import coefficients
 from ugrad import registry
 from ugrad import rewards
 from ugrad import sources
-from ugrad import validate
+from ugrad.training import validate
 
 
 def test_lookup_lists_the_valid_names_in_table_order():

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from tests import bpe_util
+from tests.helpers import bpe_util
 
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
 from ugrad import sources
 from ugrad import tasks as tasks_lib
-from ugrad import layout
+from ugrad.sampling import layout
 
 P, N = 12, 40
 

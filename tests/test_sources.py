@@ -13,7 +13,7 @@ from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad import sources
 from ugrad import tasks as tasks_lib
-from ugrad import layout
+from ugrad.sampling import layout
 
 P, N = 10, 32  # Prompt and completion widths that fit every 1-digit problem.
 G = 2

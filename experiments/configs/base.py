@@ -59,7 +59,7 @@ def get_config():
   c.micro_batches = 1
   c.recompute_logp_old = False
   c.ref_reset_every = 0  # reset the reference every N steps
-  # Iterative RL (ugrad/iterative.py): `iterations` equal parts of `steps`;
+  # Iterative RL (ugrad/training/iterative.py): `iterations` equal parts of `steps`;
   # after each, the reference resets and the learned reward models continue
   # for `rm_steps` steps on the policy's samples, `replay` of each batch old.
   c.iterative = ml_collections.ConfigDict(
@@ -94,6 +94,6 @@ def get_config():
   c.attention = "auto"
   c.quiet = False  # no progress bar
   # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile;
-  # `python -m experiments.op_profile WORKDIR` sums it per XLA operation.
+  # `python -m experiments.perf.op_profile WORKDIR` sums it per XLA operation.
   c.profile_steps = ""
   return c

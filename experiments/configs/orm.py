@@ -6,7 +6,7 @@ from experiments.configs import base
 
 
 def rm_settings(kind: str, label: str = "hard") -> ml_collections.ConfigDict:
-  """The reward-model fields (see ugrad/reward_models.py)."""
+  """The reward-model fields (see ugrad/training/reward_models.py)."""
   return ml_collections.ConfigDict(dict(
       kind=kind,
       label=label,  # PRM: "hard" | "soft" | "ground_truth"

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import coef_cases as cc
+from tests.helpers import coef_cases as cc
 import ugrad
 from ugrad import coefficients
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import coef_cases as cc
+from tests.helpers import coef_cases as cc
 
 SHAPES = [dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
           dict(b=8, t=9, v=4, group_sizes=(2, 4, 2), padding="left")]

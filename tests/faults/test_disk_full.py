@@ -6,9 +6,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import main
-from tests import launch_util
-from tests import train_util
-from ugrad import train
+from tests.helpers import launch_util
+from tests.helpers import train_util
+from ugrad.training import trainer as trainer_lib
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_enospc_in_a_save_stops_clearly_and_the_run_resumes(tmp_path,
   assert "No space left on device" in line and "checkpoint" in line
   assert "rerun the same command" in line
   monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-  trainer = train.Trainer(config, str(tmp_path / "run"))
+  trainer = trainer_lib.Trainer(config, str(tmp_path / "run"))
   assert trainer.start_step == 2  # The save before the failure.
   main.run(config, str(tmp_path / "run"))
   assert (launch_util.comparable_metrics(tmp_path / "run") ==

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests import checkpoint_util
-from tests import launch_util
-from ugrad import gradlog
+from tests.helpers import checkpoint_util
+from tests.helpers import launch_util
+from ugrad.runtime import gradlog
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import tokenizers
 import torch
 import transformers
 
-from tests import bpe_util
+from tests.helpers import bpe_util
 from ugrad import models
 from ugrad import sampling
 from ugrad.models import hf

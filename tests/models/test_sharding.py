@@ -73,7 +73,7 @@ _SCRIPT = textwrap.dedent("""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from ugrad import build
+    from ugrad.training import build
     from ugrad.models import model_config, sharding, transformer as tr
 
     assert jax.device_count() == 8, jax.devices()

@@ -8,7 +8,7 @@ token offsets differ.
 import pytest
 import tokenizers
 
-from tests import bpe_util
+from tests.helpers import bpe_util
 
 _CORPUS = [
     "Natalia sold 48/2 = 24 clips in May.\n#### 72",

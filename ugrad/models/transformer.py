@@ -90,7 +90,7 @@ class KVCache:
     values: per layer, same shape as keys.
     layout: "bhsd" or "bshd" (static). Attention reads "bhsd" without a
       transpose; on a 2-core CPU the two measured the same at S = 41
-      (experiments/benchmark.py prints both).
+      (experiments/perf/benchmark.py prints both).
   """
 
   keys: tuple[jax.Array, ...]

@@ -25,7 +25,7 @@ import numpy as np
 
 from ugrad import registry
 from ugrad import tasks as tasks_lib
-from ugrad import layout
+from ugrad.sampling import layout
 
 # (tokens [B, T], attention_mask [B, T]) -> float scores [B, T].
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

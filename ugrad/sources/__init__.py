@@ -24,13 +24,13 @@ from absl import logging
 import jax
 import numpy as np
 
-from ugrad import distributed
-from ugrad import paths
+from ugrad.runtime import distributed
+from ugrad.runtime import paths
 from ugrad import registry
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad import tasks as tasks_lib
-from ugrad import layout
+from ugrad.sampling import layout
 
 Rollout = rollout_lib.Rollout
 

@@ -1,0 +1,104 @@
+"""experiments/main.py: the SFT warm start and the launcher's run."""
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from experiments import main
+from tests.helpers import launch_util
+from tests.helpers import train_util
+from ugrad.runtime import gradlog
+from ugrad.runtime import metrics as metrics_lib
+from ugrad.training import runs
+
+
+def test_only_an_sft_policy_run_or_an_init_from_skips_the_warm_start():
+  assert not main.needs_sft_warm_start(train_util.tiny("sft"))
+  assert main.needs_sft_warm_start(train_util.tiny("grpo"))
+  assert not main.needs_sft_warm_start(train_util.tiny("grpo",
+                                                       init_from="x"))
+  sft = main.sft_config(train_util.tiny("dpo"))
+  assert (sft.coef.name, sft.source, sft.reward) == ("sft", "dataset", "none")
+  assert sft.steps == 2 and not sft.sampling.pairs
+
+
+@pytest.mark.slow
+def test_warm_start_trains_sft_once_and_the_run_reports_both(tmp_path):
+  workdir = str(tmp_path / "grpo")
+  results = main.run(train_util.tiny("grpo"), workdir)
+  sft_dir = os.path.join(workdir, "sft")
+  assert runs.read_config(workdir).init_from == sft_dir
+  assert runs.is_finished_model(sft_dir)
+  assert set(results) == {"sft", "final"}
+  with open(os.path.join(workdir, runs.EVAL_FILE)) as f:
+    assert json.load(f) == results
+  sft_rows = metrics_lib.read_metrics(os.path.join(sft_dir, "metrics.jsonl"))
+  assert [r["step"] for r in sft_rows] == [1, 2]
+  # Running on (here: one step longer) reuses the SFT policy and its eval.
+  again = main.run(train_util.tiny("grpo", steps=3), workdir)
+  assert again["sft"] == results["sft"]
+  assert metrics_lib.read_metrics(
+      os.path.join(sft_dir, "metrics.jsonl")) == sft_rows
+  rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_a_config_error_is_one_line_without_a_traceback(tmp_path):
+  result = launch_util.run(launch_util.command(
+      tmp_path / "run", **{"coef.name": "no_such_method"}))
+  assert result.returncode == main.EXIT_ERROR
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: unknown coefficient 'no_such_method'"
+                              "; valid: "), result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_exits_75_and_resume_is_exact(tmp_path):
+  argv = launch_util.command(tmp_path / "stopped", steps=60)
+  proc = launch_util.start(argv)
+  launch_util.wait_for_lines(tmp_path / "stopped" / "metrics.jsonl", 7, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == main.EXIT_PREEMPTED, err
+  stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+) of 60",
+                             err).group(1))
+  assert stopped_at < 60
+  assert str(stopped_at) in os.listdir(tmp_path / "stopped" / "checkpoints")
+  assert launch_util.run(argv).returncode == 0
+  straight = launch_util.command(tmp_path / "straight", steps=60)
+  assert launch_util.run(straight).returncode == 0
+  assert (launch_util.comparable_metrics(tmp_path / "stopped") ==
+          launch_util.comparable_metrics(tmp_path / "straight"))
+  assert gradlog.verify(tmp_path / "stopped" / "gradient_log.jsonl").ok
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_held_workdir_exits_at_once(tmp_path):
+  # The first run is long enough to outlive the second's start-up
+  # whatever the load; it is stopped (and saves) once the second is refused.
+  argv = launch_util.command(tmp_path / "run", steps=100_000)
+  first = launch_util.start(argv)
+  launch_util.wait_for_lines(tmp_path / "run" / "metrics.jsonl", 2, first)
+  second = launch_util.run(argv, timeout=120)
+  assert second.returncode == main.EXIT_ERROR
+  assert re.search(rf"error: {tmp_path / 'run'} is in use by PID "
+                   rf"{first.pid} on \S+ since ", second.stderr), second.stderr
+  first.send_signal(signal.SIGTERM)
+  first.communicate(timeout=600)
+  assert first.returncode == main.EXIT_PREEMPTED
+  records = launch_util.comparable_metrics(tmp_path / "run")
+  assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+  assert gradlog.main(["verify", str(tmp_path / "run")]) == 0
+
+
+def test_an_unknown_config_field_is_one_line(tmp_path):
+  result = launch_util.run(launch_util.command(tmp_path / "run",
+                                               nosuch_field=1))
+  assert result.returncode == main.EXIT_ERROR
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: the config has no field 'nosuch_field'"), result.stderr
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,346 @@
+"""Batched sampling with a KV cache: one prefill, then a jitted decode loop.
+
+B prompts, left-padded to a common width P, each get G samples of up to N new
+tokens. Rows are prompt-major (row b * G + g, so group id = row // G) and all
+decode at the same cache slot, P + i at step i; each row's rotary position
+comes from its own prompt length. The cache is carried in the state of a
+`lax.while_loop` and written in place; the loop stops early once every row has
+emitted EOS. One compilation per (shapes, SamplingConfig, model graph).
+
+`Samples.logp` holds the log-probs of the sampled tokens under the distribution
+actually sampled from: temperature-scaled and truncated by top-k / top-p (a
+point mass, log-prob 0, under greedy decoding or top-k = 1). Only at
+temperature 1 without truncation do they equal the policy's log-probs; they
+become `Rollout.logp_old`, and the trainer logs how far they are from the
+log-probs it recomputes.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import flax.struct
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugrad.runtime import distributed
+from ugrad.sampling import layout
+from ugrad import registry
+from ugrad.models import sharding as sharding_lib
+from ugrad.models import transformer
+from ugrad.tasks import base as tasks_base
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to sample (hashable: it is a static argument of the jitted sampler).
+
+  Attributes:
+    max_new_tokens: N, the completion budget.
+    eos_id: the token that ends a completion (kept in it); None: never stop.
+    pad_id: the token written after EOS.
+    num_samples: G, samples per prompt.
+    temperature: 0 means greedy.
+    top_k: keep the k most likely tokens; None keeps all.
+    top_p: keep the smallest set of most likely tokens whose probability
+      reaches p (nucleus sampling); None keeps all.
+    cache_layout: "bhsd" ([B, Hkv, S, Dh], the default: attention reads it
+      without a transpose) or "bshd" ([B, S, Hkv, Dh]).
+  """
+
+  max_new_tokens: int
+  eos_id: Optional[int]
+  pad_id: int = 0
+  num_samples: int = 1
+  temperature: float = 1.0
+  top_k: Optional[int] = None
+  top_p: Optional[float] = None
+  cache_layout: str = "bhsd"
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got "
+                       f"{self.max_new_tokens}")
+    if self.num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k is not None and self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+    if self.top_p is not None and not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+    registry.lookup(transformer.CACHE_LAYOUTS, "cache_layout",
+                    self.cache_layout)
+    for name in ("eos_id", "pad_id"):
+      value = getattr(self, name)
+      if value is not None and value < 0:
+        raise ValueError(f"{name} must be a token id >= 0, got {value}")
+
+
+@flax.struct.dataclass
+class Samples:
+  """Prompts and completions, R = B * G rows, prompt-major.
+
+  Attributes:
+    tokens: int32 [R, P + N], the left-padded prompt then the completion,
+      pad_id after EOS.
+    attention_mask: int32 [R, P + N], 1 on real prompt and completion tokens.
+    completion_mask: int32 [R, P + N], 1 on completion tokens (EOS included).
+    lengths: int32 [R], completion tokens per row, EOS included.
+    logp: float32 [R, P + N], log-prob of each completion token under the
+      distribution it was sampled from; 0 off the completion.
+  """
+
+  tokens: jax.Array
+  attention_mask: jax.Array
+  completion_mask: jax.Array
+  lengths: jax.Array
+  logp: jax.Array
+
+
+def truncate_logits(x: jax.Array, top_k: Optional[int],
+              top_p: Optional[float]) -> jax.Array:
+  """Sets logits x [R, V] outside the top-k / top-p set to -inf.
+
+  Tokens tied with the last kept one are kept too.
+  """
+  if top_k is not None and top_k < x.shape[-1]:
+    kth = jax.lax.top_k(x, top_k)[0][:, -1:]
+    x = jnp.where(x >= kth, x, -jnp.inf)
+  if top_p is not None and top_p < 1:
+    ordered = -jnp.sort(-x, axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The most likely token always has mass_before 0, so it is always kept.
+    cut = jnp.min(jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1,
+                  keepdims=True)
+    x = jnp.where(x >= cut, x, -jnp.inf)
+  return x
+
+
+def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig):
+  """Picks one token per row.
+
+  Args:
+    logits: [R, V] next-token logits.
+    key: PRNG key for this step.
+    config: temperature and truncation.
+
+  Returns:
+    (int32 [R] tokens, float32 [R] their log-probs under the distribution
+    sampled from).
+  """
+  logits = logits.astype(jnp.float32)
+  if config.temperature == 0:
+    return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
+            jnp.zeros(logits.shape[:1], jnp.float32))
+  x = truncate_logits(logits / config.temperature, config.top_k, config.top_p)
+  token = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), token[:, None],
+                             axis=-1)[:, 0]
+  return token, logp
+
+
+def _write_column(buf: jax.Array, column: jax.Array, col) -> jax.Array:
+  return jax.lax.dynamic_update_slice(buf, column[:, None].astype(buf.dtype),
+                                      (0, col))
+
+
+def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
+            config: SamplingConfig) -> Samples:
+  """The traced sampler; see `sample`."""
+  model = nnx.merge(graphdef, params)
+  b, p = prompt_tokens.shape
+  n, g = config.max_new_tokens, config.num_samples
+  prompt_mask = prompt_mask.astype(jnp.int32)
+  # Slots of generated tokens are marked real up front: causality hides a
+  # slot until it is written.
+  kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, n)), constant_values=1)
+  cache = transformer.init_cache(model.config, b, p + n, config.cache_layout)
+  h, cache = model.hidden_cached(
+      prompt_tokens, transformer.positions_from_mask(prompt_mask), kv_mask,
+      cache, 0)
+  logits = model.logits(h[:, -1])
+
+  # The G samples of a prompt share one prefill.
+  def per_sample(x):
+    return jnp.repeat(x, g, axis=0)
+
+  cache, logits, kv_mask = jax.tree.map(per_sample, (cache, logits, kv_mask))
+  rows = b * g
+  prompt_len = per_sample(jnp.sum(prompt_mask, axis=-1))
+  state = {
+      "i": jnp.zeros((), jnp.int32),
+      "tokens": jnp.concatenate(
+          [per_sample(prompt_tokens).astype(jnp.int32),
+           jnp.full((rows, n), config.pad_id, jnp.int32)], axis=1),
+      "logp": jnp.zeros((rows, p + n), jnp.float32),
+      "completion": jnp.zeros((rows, p + n), jnp.int32),
+      "done": jnp.zeros((rows,), bool),
+      "logits": logits,
+      "cache": cache,
+  }
+
+  def emit(state):
+    """Samples token i of every live row and records it."""
+    token, logp = _choose(state["logits"], jax.random.fold_in(key, state["i"]),
+                          config)
+    live = ~state["done"]
+    token = jnp.where(live, token, config.pad_id)
+    col = p + state["i"]
+    done = state["done"]
+    if config.eos_id is not None:
+      done = done | (token == config.eos_id)
+    return token, {
+        **state,
+        "tokens": _write_column(state["tokens"], token, col),
+        "logp": _write_column(state["logp"], jnp.where(live, logp, 0.0), col),
+        "completion": _write_column(state["completion"], live, col),
+        "done": done,
+    }
+
+  def step(state):
+    token, state = emit(state)
+    i = state["i"]
+    h, cache = model.hidden_cached(token[:, None], (prompt_len + i)[:, None],
+                                   kv_mask, state["cache"], p + i)
+    return {**state, "i": i + 1, "logits": model.logits(h[:, 0]),
+            "cache": cache}
+
+  def keep_going(state):
+    return (state["i"] < n - 1) & ~jnp.all(state["done"])
+
+  state = jax.lax.while_loop(keep_going, step, state)
+  _, state = emit(state)
+  completion = state["completion"]
+  prompt_part = jnp.pad(per_sample(prompt_mask), ((0, 0), (0, n)))
+  return Samples(tokens=state["tokens"],
+                 attention_mask=prompt_part + completion,
+                 completion_mask=completion,
+                 lengths=jnp.sum(completion, axis=-1),
+                 logp=state["logp"])
+
+
+_sample_jit = jax.jit(_sample, static_argnums=(0, 5))
+
+
+def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
+           prompt_mask: jax.Array, key: jax.Array,
+           config: SamplingConfig) -> Samples:
+  """Samples `config.num_samples` completions for each prompt.
+
+  Compiled once per (graphdef, config, shapes, dtypes); later calls with new
+  parameters, prompts or keys reuse the compiled program.
+
+  Args:
+    graphdef: from `nnx.split(model, ...)` of a `Transformer`.
+    params: the matching state (e.g. the `nnx.Param` state).
+    prompt_tokens: int [B, P] prompts, LEFT-padded.
+    prompt_mask: [B, P], 1 on real prompt tokens; the last column must be
+      real in every row.
+    key: PRNG key; equal keys give equal samples.
+    config: see `SamplingConfig`.
+
+  Returns:
+    `Samples` of B * G rows, row b * G + g being sample g of prompt b.
+  """
+  if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
+    raise ValueError(
+        f"prompt_tokens {prompt_tokens.shape} and prompt_mask "
+        f"{prompt_mask.shape} must both be [B, P]")
+  # Checked where the mask is concrete and whole on this host (a multi-host
+  # global array was checked on the host before it was placed).
+  if (not isinstance(prompt_mask, jax.core.Tracer) and
+      getattr(prompt_mask, "is_fully_addressable", True)):
+    last = np.asarray(prompt_mask)[:, -1]
+    if not np.all(last > 0):
+      bad = np.flatnonzero(last <= 0).tolist()
+      raise ValueError(f"prompts must be left-padded with a real token in the "
+                       f"last column; rows {bad} are not")
+  return _sample_jit(graphdef, params, prompt_tokens, prompt_mask, key, config)
+
+
+# (params, prompt texts, key) -> Completions: a policy's sampler, as data
+# sources, evaluation and reward-model labelling call it.
+Sampler = Callable[[Any, Sequence[str], jax.Array], "Completions"]
+
+
+@dataclasses.dataclass
+class Completions:
+  """Host copies of sampled completions, R = B * G rows, prompt-major.
+
+  Attributes:
+    tokens: int32 [R, P + N] (the `Samples` layout).
+    attention_mask: int32 [R, P + N].
+    completion_mask: int32 [R, P + N].
+    logp: float32 [R, P + N], see `Samples.logp`.
+    texts: the decoded completion of each row.
+  """
+
+  tokens: np.ndarray
+  attention_mask: np.ndarray
+  completion_mask: np.ndarray
+  logp: np.ndarray
+  texts: list
+
+
+def sample_prompts(graphdef: nnx.GraphDef, params: Any,
+                   prompts: Sequence[str], tokenizer, prompt_len: int,
+                   key: jax.Array, config: SamplingConfig,
+                   mesh: Optional[jax.sharding.Mesh] = None
+                   ) -> Completions:
+  """The one sampling loop: prompt texts -> encode -> pack -> sample ->
+  decode. Every caller (data sources, evaluation, reward-model labelling,
+  iterative RL) samples through it.
+
+  Args:
+    graphdef: the policy's graph definition.
+    params: its parameters (as trained: sharded or not).
+    prompts: B prompt texts (BOS is added when the tokenizer has one).
+    tokenizer: encodes prompts and decodes completions.
+    prompt_len: P; prompts are left-padded to it (keep it fixed per run so
+      the sampler compiles once).
+    key: PRNG key; equal keys give equal samples.
+    config: see `SamplingConfig`.
+    mesh: the run's mesh: prompts are split over its batch axes when their
+      number divides, else replicated; parameters stay as they are (no
+      gather to one device). None leaves placement to JAX.
+
+  Returns:
+    `Completions` of B * G rows.
+  """
+  ids = [tasks_base.encode_prompt(tokenizer, text) for text in prompts]
+  p_tokens, p_mask = layout.pack_prompts(ids, prompt_len, tokenizer.pad_id)
+  if mesh is not None:
+    p_tokens, p_mask = distributed.put_global(
+        (p_tokens, p_mask), prompt_sharding(mesh, len(ids)))
+  out = distributed.host_get(sample(graphdef, params, p_tokens, p_mask, key,
+                                    config))
+  tokens = np.asarray(out.tokens, np.int32)
+  completion_mask = np.asarray(out.completion_mask, np.int32)
+  texts = [tokenizer.decode(row)
+           for row in layout.completion_ids(tokens, completion_mask)]
+  return Completions(tokens, np.asarray(out.attention_mask, np.int32),
+                     completion_mask, np.asarray(out.logp, np.float32), texts)
+
+
+def prompt_sharding(mesh: jax.sharding.Mesh,
+                    rows: int) -> jax.sharding.NamedSharding:
+  """Prompt rows over the mesh's batch axes when they divide, else
+  replicated (every device then samples every row)."""
+  divides = rows % sharding_lib.batch_shards(mesh.shape) == 0
+  spec = jax.P(sharding_lib.BATCH_AXES) if divides else jax.P()
+  return jax.sharding.NamedSharding(mesh, spec)
+
+
+def make_sampler(graphdef: nnx.GraphDef, tokenizer, prompt_len: int,
+                 config: SamplingConfig,
+                 mesh: Optional[jax.sharding.Mesh] = None) -> Sampler:
+  """`sample_prompts` with everything but (params, prompts, key) bound."""
+
+  def sampler(params, prompts: Sequence[str], key: jax.Array) -> Completions:
+    return sample_prompts(graphdef, params, prompts, tokenizer, prompt_len,
+                          key, config, mesh)
+
+  return sampler

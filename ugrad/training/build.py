@@ -1,0 +1,248 @@
+"""What a config builds: the task, the policy, the mesh, the optimizer.
+
+Pure construction, no training: `ugrad.training.trainer` and the launchers call these,
+and `ugrad.training.validate` reads the same config helpers.
+"""
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+import optax
+
+from ugrad import coefficients
+from ugrad import models
+from ugrad.training import runs
+from ugrad import sources as sources_lib
+from ugrad.sampling import stats
+from ugrad import tasks as tasks_lib
+from ugrad.models import sharding as sharding_lib
+
+
+# ---------------------------------------------------------------------------
+# Reading the config.
+# ---------------------------------------------------------------------------
+
+
+def coef_hparams(config) -> dict:
+  """The coefficient's hyper-parameters (config.coef without its name)."""
+  return {k: v for k, v in config.coef.items() if k != "name"}
+
+
+def coefficient(config) -> coefficients.Coefficient:
+  return coefficients.get(config.coef.name)
+
+
+def needed_fields(config) -> set:
+  """The optional Rollout fields the run's coefficient reads."""
+  return coefficients.required_fields(config.coef.name, coef_hparams(config))
+
+
+def source_class(config):
+  return sources_lib.get(config.source)
+
+
+def group_size(config) -> int:
+  """Rows per group: G for a sampling source, 2 for pairs, else 1."""
+  if not source_class(config).samples:
+    return 1
+  return 2 if config.sampling.pairs else config.sampling.group_size
+
+
+def rows_per_step(config) -> int:
+  """Rows of the batch a step draws."""
+  if not source_class(config).samples:
+    return config.batch_size
+  if config.sampling.pairs:
+    return 2 * config.sampling.questions
+  return config.sampling.questions * config.sampling.group_size
+
+
+def ref_reset_period(config) -> int:
+  """Steps between reference resets (0: never): `ref_reset_every`, or one
+  iteration of iterative RL."""
+  if config.iterative.iterations > 1:
+    return config.steps // config.iterative.iterations
+  return config.ref_reset_every
+
+
+def sampled_ks(config) -> list[int]:
+  """The k of the periodic pass@k / maj@k (`eval_sampled.ks`, e.g.
+  "1,4,16"), sorted; [] for none.
+
+  Raises:
+    ValueError: for an entry that is not a positive integer.
+  """
+  return stats.parse_ks(config.eval_sampled.ks.split(","), "eval_sampled.ks")
+
+
+def compute_dtype(config) -> str:
+  """The model's compute dtype: "auto" is bfloat16 on GPU/TPU, float32 on
+  CPU. Parameters and optimizer state are in `config.param_dtype`."""
+  if config.compute_dtype != "auto":
+    return config.compute_dtype
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+# ---------------------------------------------------------------------------
+# Building.
+# ---------------------------------------------------------------------------
+
+
+def make_task(config):
+  """The embedded task (`task_kwargs`) or a JSONL task (`data` paths)."""
+  if config.task == "arithmetic":
+    kwargs = dict(config.task_kwargs)
+    kwargs["digits"] = tuple(kwargs["digits"])
+    kwargs.setdefault("seed", config.seed)
+  else:
+    kwargs = {"train_path": config.data.train_path or None,
+              "test_path": config.data.test_path or None,
+              "validation_path": config.data.validation_path or None}
+  return tasks_lib.make_task(config.task, **kwargs)
+
+
+def prompt_length(task) -> int:
+  """The longest encoded prompt over the task's splits (the fixed P)."""
+  tok = task.tokenizer
+  return max(len(tasks_lib.encode_prompt(tok, task.prompt(ex)))
+             for split in task_splits(task) for ex in task.examples(split))
+
+
+def task_splits(task) -> tuple[str, ...]:
+  """train, test and, when the task has one, validation."""
+  try:
+    task.examples("validation")
+  except ValueError:
+    return ("train", "test")
+  return ("train", "test", "validation")
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """AdamW with linear warm-up to a constant rate, after global-norm clip."""
+  schedule = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
+  if optim.warmup_steps == 0:
+    schedule = optim.lr
+  return optax.chain(
+      optax.clip_by_global_norm(optim.grad_clip),
+      optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
+                  weight_decay=optim.weight_decay))
+
+
+@dataclasses.dataclass
+class Mesh:
+  """The device mesh of a run and the shardings derived from it."""
+
+  mesh: jax.sharding.Mesh
+  rules: Any = sharding_lib.RULES
+
+  @property
+  def shape(self) -> dict:
+    return dict(self.mesh.shape)
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def batch(self) -> NamedSharding:
+    """Rows over the batch axes (dcn_data, data, fsdp)."""
+    return NamedSharding(self.mesh, PartitionSpec(sharding_lib.BATCH_AXES))
+
+  def params(self, abstract_params) -> Any:
+    """NamedShardings of a parameter state, from its logical axis names."""
+    return sharding_lib.param_shardings(abstract_params, self.mesh,
+                                        self.rules)
+
+
+def mesh_shape(config) -> dict:
+  """The run's mesh axis sizes, -1 resolved (see `sharding.mesh_shape`)."""
+  return sharding_lib.mesh_shape(config.mesh.to_dict())
+
+
+def make_mesh(config) -> Mesh:
+  return Mesh(sharding_lib.make_mesh(mesh_shape(config)))
+
+
+def init_params(model_cls, model_config, seed: int, mesh: Mesh):
+  """(graphdef, params) of a freshly initialised model, each array created
+  directly in its shards: `eval_shape` of the init gives the logical axes,
+  the mesh rules give shardings, and the init is jitted with them as
+  out_shardings, so no host ever holds the whole model."""
+  abstract = nnx.eval_shape(lambda: model_cls(model_config,
+                                              rngs=nnx.Rngs(seed)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+
+  def init():
+    return nnx.split(model_cls(model_config, rngs=nnx.Rngs(seed)),
+                     nnx.Param)[1]
+
+  params = jax.jit(init, out_shardings=mesh.params(abstract_params))()
+  return graphdef, params
+
+
+@dataclasses.dataclass
+class Policy:
+  """A policy's graph definition and what it runs under."""
+
+  graphdef: Any
+  model_config: Any
+  tokenizer: Any
+
+
+def policy_graphdef(model_config):
+  abstract = nnx.eval_shape(
+      lambda: models.Transformer(model_config, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract, nnx.Param)[0]
+
+
+def make_policy(config, task, mesh: Mesh):
+  """(Policy, params in `config.param_dtype` on the mesh) of
+  `config.init_from` or, when it is empty, of the `config.model` preset
+  freshly initialised.
+
+  A Hugging Face policy brings its own tokenizer, which replaces the task's.
+  """
+  tokenizer = task.tokenizer
+  if config.init_from:
+    graphdef, params, hf_tokenizer = runs.load_policy(config.init_from,
+                                                      mesh.params)
+    if hf_tokenizer is not None and config.task == "arithmetic":
+      raise ValueError("a Hugging Face policy cannot be trained on the "
+                       "embedded task's character vocabulary")
+    tokenizer = hf_tokenizer or tokenizer
+    model_config = dataclasses.replace(
+        nnx.merge(graphdef, params).config, dtype=compute_dtype(config),
+        param_dtype=config.param_dtype, remat=config.remat,
+        attention=config.attention)
+    params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
+    sharding_lib.check_model(model_config, mesh.shape)
+    graphdef = policy_graphdef(model_config)
+  else:
+    model_config = models.preset(config.model, tokenizer.vocab_size,
+                                 dtype=compute_dtype(config),
+                                 param_dtype=config.param_dtype,
+                                 remat=config.remat,
+                                 attention=config.attention)
+    sharding_lib.check_model(model_config, mesh.shape)
+    graphdef, params = init_params(models.Transformer, model_config,
+                                   config.seed, mesh)
+  task.tokenizer = tokenizer
+  return Policy(graphdef, model_config, tokenizer), params
+
+
+def scalar_from_policy(model_config, policy_params, seed: int, mesh: Mesh):
+  """A scalar model (critic, reward model) on the mesh: the policy's
+  backbone and a zero-initialised head."""
+  graphdef, params = init_params(models.ScalarModel, model_config, seed + 1,
+                                 mesh)
+  pure = nnx.to_pure_dict(params)
+  policy = nnx.to_pure_dict(policy_params)
+  for key in pure:
+    if key in policy:
+      pure[key] = policy[key]
+  nnx.replace_by_pure_dict(params, pure)
+  return graphdef, params

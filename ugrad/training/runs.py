@@ -1,0 +1,139 @@
+"""A run's workdir artifacts: its config, its final model, its evaluation.
+
+A finished run leaves WORKDIR/policy (the final parameters, an Orbax
+checkpoint), WORKDIR/model.json (the model's kind and shape) and
+WORKDIR/run_config.json; `init_from`, `reward_model` and
+`process_reward_model` settings point at such a directory.
+"""
+
+import dataclasses
+import json
+import tempfile
+
+from flax import nnx
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ugrad.runtime import distributed
+from ugrad.runtime import gradlog
+from ugrad import models
+from ugrad.runtime import paths
+
+POLICY_DIR = "policy"  # the final parameters of a run, for init_from
+CONFIG_FILE = "run_config.json"
+MODEL_FILE = "model.json"
+EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
+GRADIENT_LOG = gradlog.LOG_FILE
+CHECKPOINT_DIR = gradlog.CHECKPOINT_DIR
+
+MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict):
+  if not distributed.is_main():
+    return
+  (paths.resolve(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      json.loads((paths.resolve(workdir) / CONFIG_FILE).read_text()))
+
+
+def is_finished_model(workdir: str) -> bool:
+  """Whether `workdir` holds a saved model (`save_model` ran)."""
+  return (paths.resolve(workdir) / MODEL_FILE).exists()
+
+
+def save_model(workdir: str, params, model_config, kind: str = "policy"):
+  """Writes parameters and model shape where `init_from` (or a reward-model
+  setting) can load them: WORKDIR/policy and WORKDIR/model.json. A model
+  already saved there is kept (a resumed run saves once)."""
+  path = paths.resolve(workdir) / POLICY_DIR
+  if path.exists():
+    return
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, params)
+    checkpointer.wait_until_finished()
+  if distributed.is_main():
+    (paths.resolve(workdir) / MODEL_FILE).write_text(json.dumps(
+        {"kind": kind, "config": dataclasses.asdict(model_config)}))
+  distributed.sync("save_model")
+
+
+def load_model(path: str, kind: str = "policy", shardings=None):
+  """(graphdef, params) of a model saved by `save_model`.
+
+  Args:
+    path: the run directory.
+    kind: "policy" or "scalar"; a mismatch raises.
+    shardings: optional pytree of shardings matching the parameters, or a
+      function from the abstract parameters to it: each array is restored
+      straight into its shards. None restores onto one local device, also
+      a model saved from many devices or processes.
+  """
+  if not is_finished_model(path):
+    raise FileNotFoundError(
+        f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
+  saved = json.loads((paths.resolve(path) / MODEL_FILE).read_text())
+  if saved["kind"] != kind:
+    raise ValueError(f"{path} holds a {saved['kind']} model, not a {kind} "
+                     "model")
+  model_config = models.ModelConfig(**saved["config"])
+  abstract = nnx.eval_shape(
+      lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  if callable(shardings):
+    shardings = shardings(abstract_params)
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract_params)
+  abstract_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_params, shardings)
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(paths.resolve(path) / POLICY_DIR,
+                                  abstract_params)
+  return graphdef, params
+
+
+def is_hf_dir(path: str) -> bool:
+  """A Hugging Face model directory (not a ugrad run)."""
+  return not is_finished_model(path) and (
+      paths.resolve(path) / "config.json").exists()
+
+
+def load_policy(path: str, shardings=None):
+  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir.
+
+  Parameters load as float32 (the trainer's master weights), each straight
+  into its shards when `shardings` (as for `load_model`) is given."""
+  if is_hf_dir(path):
+    local = local_copy(path) if paths.is_uri(path) else path
+    model, tokenizer = models.from_pretrained(local, dtype="float32",
+                                              shardings=shardings)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params, tokenizer
+  graphdef, params = load_model(path, "policy", shardings)
+  return graphdef, params, None
+
+
+def local_copy(path: str) -> str:
+  """A local copy of the files of directory `path` (e.g. a Hugging Face
+  model on gs://, which safetensors memory-maps); each process makes its
+  own under the system's temporary directory."""
+  local = paths.resolve(tempfile.mkdtemp(prefix="ugrad-hf-"))
+  for file in paths.resolve(path).iterdir():
+    if file.is_file():
+      file.copy(local / file.name)
+  return str(local)
+
+
+def reward_model_scorer(path: str):
+  """A numpy score function (tokens, attention_mask) -> [B, T] of a saved
+  scalar (reward) model."""
+  graphdef, params = load_model(path, "scalar")
+  scores = jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))
+  return lambda tokens, mask: np.asarray(scores(params, tokens, mask))

@@ -1,0 +1,344 @@
+"""The update and the loop, for policies and reward models alike.
+
+One step: a learner prepares the step's rollout (a policy run: the source
+draws and the reward scores it, then the reference's and old log-probs and a
+critic's values are added; a reward-model run: the frozen policy's samples
+with their labels), then for `ppo_epochs` x `minibatches` the jitted update
+does the maths:
+
+    update_on(rollout): loss -> grads (summed over micro-batches, divided
+                        once by the global normaliser) -> optimizer
+
+and the loop does the bookkeeping around it: metrics, the gradient log,
+checkpoints, periodic evaluation. What a method changes is in the config;
+what a run kind changes is its learner (`PolicyLearner` here,
+`ugrad.training.reward_models.RewardModelLearner`).
+"""
+
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from ugrad.training import build
+from ugrad.runtime import checkpoint as checkpoint_lib
+from ugrad.runtime import distributed
+from ugrad.runtime import gradlog
+from ugrad.runtime import metrics as metrics_lib
+from ugrad.runtime import paths
+from ugrad.runtime import preemption
+from ugrad.runtime import profiling
+from ugrad.training import reward_models
+from ugrad.training import runs
+from ugrad.training import validate
+from ugrad.training import update as update_lib
+from ugrad.training.policy_learner import PolicyLearner
+
+# Metrics that measure wall time; they differ between identical runs.
+# The phases of a step, timed back to back so that they add up to
+# step_time_s: "sample" (the source's draw: sampling, decoding and rewards
+# on the host), "prepare" (the rest of the batch: reference and old
+# log-probs, values, labels), "update" (the optimizer updates, critic's
+# included, waited for), "host" (gradient log, statistics, sample texts).
+PHASES = ("sample", "prepare", "update", "host")
+TIMING_KEYS = ("tokens_per_s", "step_time_s") + tuple(
+    f"time/{phase}_s" for phase in PHASES)
+
+
+class PhaseTimer:
+  """Wall time per phase: each `lap(phase)` charges the time since the
+  previous lap to `phase`."""
+
+  def __init__(self):
+    self.restart()
+
+  def restart(self):
+    self.totals = dict.fromkeys(PHASES, 0.0)
+    self._last = time.perf_counter()
+
+  def lap(self, phase: str):
+    now = time.perf_counter()
+    self.totals[phase] += now - self._last
+    self._last = now
+
+  def metrics(self) -> dict:
+    return {f"time/{phase}_s": t for phase, t in self.totals.items()}
+
+# Called before each step's clock starts: hook(trainer, step) -> metrics.
+Hook = Callable[["Trainer", int], dict]
+
+
+class Trainer:
+  """Builds a run from its config and trains it (resuming if possible).
+
+  Attributes:
+    config, workdir, task, mesh, policy (`build.Policy`), init_params (the
+      policy's initial parameters), learner, state (the checkpointed
+      pytree: "params", "opt_state" and the learner's extras).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+               hooks: Sequence[Hook] = ()):
+    validate.check_config(config)
+    if config.trainer == "reward_model":
+      reward_models.check_config(config)
+    self.config = config
+    root = paths.resolve(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self.workdir = str(root)
+    self.hooks = list(hooks)
+    self.timer = PhaseTimer()
+    self.task = build.make_task(config)
+    self.mesh = build.make_mesh(config)
+    self.policy, self.init_params = build.make_policy(config, self.task,
+                                                      self.mesh)
+    self.prompt_len = build.prompt_length(self.task)
+    self.max_new = config.sampling.max_new_tokens
+    learner_cls = (reward_models.RewardModelLearner
+                   if config.trainer == "reward_model" else PolicyLearner)
+    self.learner = learner_cls(self)
+    self._init_state()
+
+  def _init_state(self):
+    config = self.config
+    params = self.learner.initial_params()
+    self.optimizer = build.make_optimizer(config.optim)
+    opt_state = update_lib.on_mesh(jax.jit(self.optimizer.init)(params),
+                        self.mesh.replicated)
+    state = dict(self.learner.extra_state(),
+                 params=params, opt_state=opt_state)
+    sh = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+    self.update = update_lib.make_update(self.learner.loss_fn(), self.optimizer,
+                              config.micro_batches,
+                              sh + (self.mesh.replicated,))
+    self.checkpointer = checkpoint_lib.Checkpointer(
+        paths.resolve(self.workdir) / runs.CHECKPOINT_DIR,
+        config.checkpoint_every, config.keep_checkpoints)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        state)
+    restored = self.checkpointer.restore(abstract)
+    self.start_step, self.state, self.resume_meta = 0, state, {}
+    if restored is not None:
+      self.start_step, self.state, self.resume_meta = restored
+      logging.info("Resumed %s at step %d", self.workdir, self.start_step)
+
+  def device_batch(self, rollout):
+    """A host rollout (the same on every process) on the mesh, rows over
+    the batch axes; each process puts only its own shards."""
+    return distributed.put_global(rollout, self.mesh.batch)
+
+  # --- one step -----------------------------------------------------------
+
+  def _minibatches(self, step: int, epoch: int, rows: int):
+    """Row orders of the step's minibatches: whole groups, shuffled."""
+    config = self.config
+    chunk = self.learner.chunk
+    groups = rows // chunk
+    order = np.arange(groups)
+    if config.ppo_epochs > 1 or config.minibatches > 1:
+      order = np.random.default_rng([config.seed, step, epoch, 7]).permutation(
+          groups)
+    rows_of = (order[:, None] * chunk + np.arange(chunk)).reshape(-1)
+    return np.split(rows_of, config.minibatches)
+
+  def update_on(self, rollout) -> dict:
+    """One optimizer update of the state on a (host) rollout; its metrics
+    as floats. Raises FloatingPointError on a non-finite loss, before the
+    state is saved."""
+    params, opt_state, metrics = self.update(
+        self.state["params"], self.state["opt_state"],
+        self.device_batch(rollout))
+    self.state["params"], self.state["opt_state"] = params, opt_state
+    return {k: float(v) for k, v in distributed.host_get(metrics).items()}
+
+  def train_step(self, step: int, gradient_log, writer) -> dict:
+    config = self.config
+    # Before the clock starts: a hook's work (continuing reward models) is
+    # not the step's.
+    hook_metrics = {}
+    for hook in self.hooks:
+      hook_metrics.update(hook(self, step))
+    start = time.perf_counter()
+    self.timer.restart()
+    batch, rollout = self.learner.prepare(step)
+    self.timer.lap("prepare")
+    rows = rollout.tokens.shape[0]
+    step_metrics = []
+    update_index = 0
+    for epoch in range(config.ppo_epochs):
+      for rows_idx in self._minibatches(step, epoch, rows):
+        mb = jax.tree.map(lambda x: x[rows_idx], rollout)
+        metrics = self.update_on(mb)
+        if not math.isfinite(metrics["loss"]):
+          raise FloatingPointError(self._nan_message(step, metrics["loss"]))
+        metrics.update(self.learner.after_update(mb))
+        self.timer.lap("update")
+        if update_index == 0:  # The last save had this step's time to land.
+          self._log_checkpoints(gradient_log)
+        self._log_update(gradient_log, step, update_index, batch, metrics,
+                         np.asarray(rollout.tokens)[rows_idx])
+        self.timer.lap("host")
+        step_metrics.append(metrics)
+        update_index += 1
+    metrics = {k: float(np.mean([m[k] for m in step_metrics]))
+               for k in step_metrics[0]}
+    metrics.update({f"source_{k}": v for k, v in batch.metrics.items()})
+    metrics.update(self.learner.batch_stats(batch))
+    metrics.update(hook_metrics)
+    self.learner.after_step(step)
+    if config.sample_log_every and step % config.sample_log_every == 0:
+      for i in range(min(3, len(batch.texts))):
+        writer.write_text(step + 1, f"sample_{i}",
+                          self.task.prompt(batch.examples[i]) +
+                          batch.texts[i])
+    self.timer.lap("host")
+    elapsed = time.perf_counter() - start
+    tokens = int(np.asarray(batch.rollout.attention_mask).sum())
+    metrics["tokens_per_s"] = tokens * config.ppo_epochs / elapsed
+    metrics["step_time_s"] = elapsed
+    metrics.update(self.timer.metrics())
+    return metrics
+
+  def _updates_per_step(self) -> int:
+    return self.config.ppo_epochs * self.config.minibatches
+
+  def _log_update(self, gradient_log, step, update_index, batch, metrics,
+                  tokens):
+    """Appends one optimizer update to the tamper-evident gradient log."""
+    coef = {k[3:]: v for k, v in metrics.items() if k.startswith("gc_")}
+    reward = None
+    if batch.rollout.rewards is not None:
+      rewards = np.asarray(batch.rollout.rewards)
+      reward = {"mean": float(rewards.mean()), "std": float(rewards.std()),
+                "min": float(rewards.min()), "max": float(rewards.max())}
+    skip = {"loss", "grad_norm", "kl", "clip_frac"}
+    extra = {k: v for k, v in metrics.items()
+             if k not in skip and not k.startswith("gc_")}
+    gradient_log.append(
+        step * self._updates_per_step() + update_index + 1,
+        self.config.method if self.config.trainer == "reward_model" else
+        self.config.coef.name, tokens, loss=metrics["loss"],
+        grad_norm=metrics["grad_norm"], coef=coef, reward=reward,
+        kl=metrics.get("kl"), clip_frac=metrics.get("clip_frac"),
+        extra=dict(extra, train_step=step + 1))
+
+  def _log_checkpoints(self, gradient_log):
+    """Records the checkpoints whose saves are done in the gradient log."""
+    for step, digest in self.checkpointer.finish():
+      gradient_log.append_checkpoint(step, digest)
+
+  def _nan_message(self, step: int, loss: float) -> str:
+    steps = self.checkpointer.all_steps()
+    where = (f"the last good checkpoint is step {steps[-1]} in "
+             f"{self.checkpointer.directory}; rerun the same command to "
+             "resume from it" if steps else
+             "no checkpoint was written yet")
+    return (f"loss is {loss} at step {step + 1}; stopping without saving "
+            f"this state ({where})")
+
+  # --- the loop -------------------------------------------------------------
+
+  def train(self) -> dict:
+    """Runs the remaining steps, saves the model; returns the last step's
+    metrics."""
+    with jax.set_mesh(self.mesh.mesh):  # Layer boundaries see the mesh.
+      return self._train()
+
+  def _train(self) -> dict:
+    config = self.config
+    if distributed.is_main():
+      writer = metrics_lib.MetricsWriter(self.workdir,
+                                         resume_step=self.start_step)
+      gradient_log = gradlog.GradientLog(
+          paths.resolve(self.workdir) / runs.GRADIENT_LOG,
+          resume_step=self.start_step * self._updates_per_step(),
+          expected_head=self.resume_meta.get("gradlog_head"))
+    else:  # Process 0 writes the run's record; the others only compute.
+      writer = gradient_log = _NoRecord()
+    if self.start_step and gradient_log.last_checkpoint != self.start_step:
+      # Killed between that save and its record (restore checked the files
+      # and wrote a missing manifest).
+      gradient_log.append_checkpoint(
+          self.start_step, self.checkpointer.manifest_sha256(self.start_step))
+    runs.write_config(self.workdir, config)
+    metrics = {}
+    bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
+                    desc=config.method, dynamic_ncols=True,
+                    disable=config.quiet)
+    # .get: a config stored before the key existed (a reward model that
+    # iterative RL continues from its own run_config.json) has none.
+    profiler = profiling.StepProfiler(config.get("profile_steps", ""),
+                                      self.workdir,
+                                      enabled=distributed.is_main())
+    with preemption.Watcher() as watcher:
+      try:
+        for step in range(self.start_step, config.steps):
+          profiler.before(step)
+          metrics = self.train_step(step, gradient_log, writer)
+          profiler.after(step)
+          if config.eval_every and (step + 1) % config.eval_every == 0:
+            metrics.update(self.learner.periodic_evaluation())
+          writer.write(step + 1, metrics)
+          last = step + 1 == config.steps
+          stop = not last and watcher.should_stop(step + 1)
+          self.checkpointer.save(
+              step + 1, self.state,
+              {"step": step + 1, "gradlog_head": gradient_log.head,
+               "config": config.to_json()}, force=last or stop,
+              wait=last or stop)
+          if last or stop:
+            self._log_checkpoints(gradient_log)
+          bar.update(1)
+          bar.set_postfix({k: f"{metrics[k]:.3g}" for k in (
+              "reward_mean", "accuracy", "tokens_per_s") if k in metrics})
+          if stop:
+            raise preemption.Preempted(
+                f"stopped by {watcher.reason()} after step {step + 1} of "
+                f"{config.steps}: checkpoint step {step + 1} saved in "
+                f"{self.checkpointer.directory}; run the same command to "
+                "resume")
+      finally:
+        profiler.close()
+        bar.close()
+        writer.close()
+        gradient_log.close()
+        self.checkpointer.wait_until_finished()
+    self.learner.save(self.workdir)
+    return metrics
+
+  def evaluate(self, params=None, num_questions: Optional[int] = None
+               ) -> dict:
+    """The learner's held-out evaluation of `params` (default: the current
+    ones)."""
+    params = self.state["params"] if params is None else params
+    with jax.set_mesh(self.mesh.mesh):
+      return self.learner.evaluate(params, num_questions)
+
+
+class _NoRecord:
+  """The metrics writer and gradient log of a process other than 0."""
+
+  head = last_checkpoint = None
+
+  def write(self, *unused, **unused_kw):
+    pass
+
+  write_text = append = append_checkpoint = write
+
+  def close(self):
+    pass
+
+
+def train_reward_model(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """Trains (or resumes) the reward-model run of `config` in `workdir`;
+  returns the last step's metrics with a final evaluation."""
+  trainer = Trainer(config, workdir)
+  metrics = trainer.train()
+  return dict(metrics, **trainer.evaluate())

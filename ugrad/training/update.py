@@ -1,0 +1,123 @@
+"""The maths of one update: a loss, its gradient, the optimizer.
+
+A loss is `(params, batch) -> (numerator, (denominator, metrics))`: the
+unified loss of a coefficient (`policy_loss`), a critic's value regression
+(`value_loss`) or a reward model's cross-entropy
+(`ugrad.training.reward_models.label_loss`). `make_update` turns any of them into one
+jitted optimizer step with micro-batch accumulation.
+"""
+
+import functools
+from typing import Callable
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ugrad.runtime import distributed
+from ugrad import masked
+from ugrad import models
+from ugrad.loss import unified_loss
+
+# (params, batch) -> (numerator, (denominator, metrics)) of one micro-batch.
+LossFn = Callable
+
+
+def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
+  """The jitted update: (params, opt_state, batch) -> new state, metrics.
+
+  Micro-batches accumulate the numerator and denominator of the loss and the
+  gradient of the numerator, and divide by the global denominator once, so
+  accumulation gives exactly the full-batch gradient.
+
+  Args:
+    loss_fn: see `LossFn`.
+    optimizer: an optax transformation.
+    micro_batches: splits of the batch's rows, accumulated in a scan.
+    shardings: (params, opt_state, replicated) shardings of the outputs.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def update(params, opt_state, batch):
+    if micro_batches == 1:
+      (num, (den, metrics)), grads = grad_fn(params, batch)
+    else:
+      split = jax.tree.map(
+          lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+
+      def body(carry, micro):
+        (num, (den, metrics)), grads = grad_fn(params, micro)
+        carry = jax.tree.map(jnp.add, carry, (num, den, grads))
+        return carry, metrics
+
+      zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, params))
+      (num, den, grads), metrics = jax.lax.scan(body, zeros, split)
+      metrics = jax.tree.map(jnp.mean, metrics)
+    scale = 1.0 / jnp.maximum(den, 1)
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    metrics = dict(metrics, loss=num * scale,
+                   grad_norm=optax.tree.norm(grads))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  param_sh, opt_sh, replicated = shardings
+  return jax.jit(update, donate_argnums=(0, 1),
+                 out_shardings=(param_sh, opt_sh, replicated))
+
+
+def on_mesh(tree, sharding):
+  """Puts leaves that XLA left on one device (e.g. step counts) on the
+  mesh with `sharding`, so every jit input and output lives on one mesh."""
+  return jax.tree.map(
+      lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else
+      distributed.put_global(np.asarray(x), sharding), tree)
+
+
+def policy_loss(graphdef, coef_fn, normalizer: str, max_len: int) -> LossFn:
+  """The unified loss: -sum(stop_gradient(GC) * logp) / N, as a LossFn."""
+
+  def loss(params, batch):
+    model = nnx.merge(graphdef, params)
+    logp = models.token_logprobs(model, batch.tokens, batch.attention_mask)
+    coef, metrics = coef_fn(batch, logp)
+    _, aux = unified_loss(logp, coef, batch.completion_mask, normalizer,
+                          max_len)
+    if batch.logp_old is not None:
+      metrics["logp_mismatch"] = masked.masked_mean(
+          jnp.abs(logp - batch.logp_old), batch.completion_mask)
+    return aux["numerator"], (aux["denominator"], metrics)
+
+  return loss
+
+
+def value_predictions(critic, batch) -> jax.Array:
+  """[B, T] V(s_t) for the state before token t (the critic scores prefixes
+  tokens[:t+1], so the value of the state before token t is at t - 1)."""
+  scores = critic(batch.tokens, batch.attention_mask)
+  return jnp.pad(scores[:, :-1], ((0, 0), (1, 0)))
+
+
+def value_loss(graphdef, value_targets, value_clip: float) -> LossFn:
+  """A critic's clipped value loss 0.5 max((V - R)^2, (V_clip - R)^2),
+  averaged over completion tokens, R = `value_targets(batch)`."""
+
+  def loss(params, batch):
+    mask = batch.completion_mask
+    returns = value_targets(batch)
+    values = value_predictions(nnx.merge(graphdef, params), batch)
+    clipped = batch.values + jnp.clip(values - batch.values, -value_clip,
+                                      value_clip)
+    err = jnp.maximum(jnp.square(values - returns),
+                      jnp.square(clipped - returns))
+    return 0.5 * masked.masked_mean(err, mask), (1.0, {})
+
+  return loss
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def policy_logprobs(graphdef, params, tokens, attention_mask) -> jax.Array:
+  """[B, T] token log-probs of a policy (compiled once per graph and shape)."""
+  return models.token_logprobs(nnx.merge(graphdef, params), tokens,
+                               attention_mask)

@@ -1,0 +1,205 @@
+"""Start-up checks: everything that can be refused before anything heavy runs.
+
+`check_config(config)` raises ValueError with the reason for a config that
+cannot work: unknown names (listing the valid ones), a coefficient whose
+needs the source and reward do not provide, a batch that does not split
+into whole groups over the devices, a learned reward without its model.
+A reward-model run adds `ugrad.training.reward_models.check_config`.
+"""
+
+
+from ugrad.training import build
+from ugrad import coefficients
+from ugrad import models
+from ugrad.runtime import profiling
+from ugrad import registry
+from ugrad import rewards as rewards_lib
+from ugrad import tasks as tasks_lib
+from ugrad.loss import NORMALIZERS
+from ugrad.models import sharding as sharding_lib
+
+TRAINERS = {"policy": "a policy, by the unified loss",
+            "reward_model": "an outcome or process reward model"}
+
+_FIELD_HINTS = {
+    "pair_ids": "DPO pairs come from a sampling source (online / "
+                "frozen_policy) with sampling.pairs=True",
+    "pair_sign": "see pair_ids",
+    "group_ids": "groups come from a sampling source (online / "
+                 "frozen_policy)",
+    "rewards": "an outcome reward (rule / model) provides rewards",
+    "step_rewards": "a process reward (process / ground_truth_process) "
+                    "provides step rewards",
+    "step_mask": "see step_rewards",
+}
+
+PARAM_DTYPES = ("float32", "bfloat16")
+EVAL_SPLITS = ("test", "validation")
+
+
+def check_config(config) -> None:
+  """Refuses a config that cannot work, saying why.
+
+  Raises:
+    ValueError: for unknown names (listing the valid ones) and for
+      combinations of source, reward and coefficient that cannot work.
+  """
+  check_settings(config)
+  _check_fields(config)
+  _check_batch_split(config)
+  _check_models(config)
+  _check_iterative(config)
+  build.sampled_ks(config)
+
+
+def check_settings(config) -> None:
+  """The checks that need no model: numeric ranges and registry names
+  (the launcher runs them before an SFT warm start)."""
+  _check_ranges(config)
+  _check_names(config)
+
+
+# (config key, smallest valid value, whether the smallest is excluded).
+_RANGES = (
+    ("steps", 1, False), ("batch_size", 1, False),
+    ("micro_batches", 1, False), ("minibatches", 1, False),
+    ("ppo_epochs", 1, False), ("checkpoint_every", 1, False),
+    ("keep_checkpoints", 1, False), ("eval_questions", 1, False),
+    ("eval_every", 0, False), ("sample_log_every", 0, False),
+    ("sampling.group_size", 1, False), ("sampling.questions", 1, False),
+    ("sampling.max_new_tokens", 1, False), ("sampling.temperature", 0, False),
+    ("sampling.top_k", 0, False),
+    ("optim.lr", 0, True), ("warm_start.steps", 0, False),
+)
+
+
+def _check_ranges(config) -> None:
+  """Numbers that cannot work (a negative step count, a zero learning
+  rate) are refused, naming the key and the value."""
+  for key, low, exclusive in _RANGES:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value < low or (exclusive and value == low):
+      bound = f"> {low}" if exclusive else f">= {low}"
+      raise ValueError(f"config.{key} must be {bound}, got {value}")
+  top_p = config.sampling.top_p
+  if not 0 < top_p <= 1:
+    raise ValueError(f"config.sampling.top_p must be in (0, 1], got {top_p}")
+  profiling.parse_steps(config.get("profile_steps", ""))
+
+
+def _check_names(config) -> None:
+  """Every family name exists (the error lists the valid ones)."""
+  registry.lookup(TRAINERS, "trainer", config.trainer)
+  registry.lookup(models.REMAT_POLICIES, "remat", config.remat)
+  registry.lookup(models.ATTENTION, "attention", config.attention)
+  registry.lookup(PARAM_DTYPES, "param_dtype", config.param_dtype)
+  registry.lookup(tasks_lib.TASKS, "task", config.task)
+  registry.lookup(EVAL_SPLITS, "eval_split", config.eval_split)
+  registry.lookup(models.PRESETS, "model preset", config.model)
+  build.source_class(config)
+  rewards_lib.parse_spec(config.reward)
+  coefficients.bind_hparams(config.coef.name, build.coef_hparams(config))
+  registry.lookup(dict.fromkeys(NORMALIZERS), "normalizer", config.normalizer)
+
+
+def provided_fields(config) -> set:
+  """The optional Rollout fields the run's source, reward and trainer fill:
+  the reference's log-probs always, a critic's values when the coefficient
+  declares one, and the current policy's log-probs as `logp_old` for a
+  source that samples none."""
+  source = build.source_class(config)
+  provided = rewards_lib.provided_fields(config.reward) | {"logp_ref"}
+  provided |= source.provides(config.sampling.pairs)
+  if build.coefficient(config).value_targets is not None:
+    provided.add("values")
+  if not source.samples:
+    provided.add("logp_old")  # recomputed from the current policy
+  return provided
+
+
+def _check_fields(config) -> None:
+  """The source and reward provide every Rollout field the coefficient
+  needs."""
+  name = config.coef.name
+  needed = build.needed_fields(config)
+  missing = sorted(needed - provided_fields(config))
+  if missing:
+    why = "; ".join(f"{f}: {_FIELD_HINTS.get(f, 'not provided')}"
+                    for f in missing)
+    raise ValueError(
+        f"coefficient {name!r} needs {', '.join(missing)}, which source "
+        f"{config.source!r} with reward {config.reward!r} does not provide "
+        f"({why})")
+  samples = build.source_class(config).samples
+  g = config.sampling.group_size if samples else 1
+  if "group_ids" in needed and not config.sampling.pairs and g < 2:
+    raise ValueError(f"coefficient {name!r} compares samples within a group: "
+                     f"sampling.group_size must be >= 2, got {g}")
+  if samples and not rewards_lib.provided_fields(config.reward) and (
+      config.trainer == "policy"):
+    raise ValueError(f"source {config.source!r} samples completions that "
+                     f"need a reward, and reward {config.reward!r} gives none")
+  if config.sampling.pairs and g < 2:
+    raise ValueError("sampling.pairs builds a pair from each group: "
+                     f"sampling.group_size must be >= 2, got {g}")
+  if config.sampling.pairs and not samples:
+    raise ValueError("sampling.pairs needs a sampling source (online / "
+                     f"frozen_policy), not {config.source!r}")
+
+
+def _check_batch_split(config) -> None:
+  """Minibatches and micro-batches hold whole groups and fill the devices."""
+  rows = build.rows_per_step(config)
+  chunk = build.group_size(config)
+  parts = config.minibatches * config.micro_batches
+  if rows % parts or (rows // parts) % chunk:
+    raise ValueError(
+        f"{rows} rows per step cannot be split into {config.minibatches} "
+        f"minibatches x {config.micro_batches} micro-batches of whole groups "
+        f"of {chunk}")
+  shape = build.mesh_shape(config)
+  shards = sharding_lib.batch_shards(shape)
+  if (rows // parts) % shards:
+    axes = " x ".join(f"{a}={shape[a]}" for a in sharding_lib.BATCH_AXES)
+    raise ValueError(f"micro-batches of {rows // parts} rows do not divide "
+                     f"over the batch axes {axes} ({shards} shards)")
+
+
+def _check_models(config) -> None:
+  """Learned rewards name their model; RL has a policy to start from."""
+  terms = dict(rewards_lib.parse_spec(config.reward))
+  if "model" in terms and not config.reward_model:
+    raise ValueError("the 'model' reward needs config.reward_model: the "
+                     "workdir of a trained outcome reward model")
+  if "process" in terms and not config.process_reward_model:
+    raise ValueError("the 'process' reward needs config.process_reward_model:"
+                     " the workdir of a trained process reward model")
+  if not config.init_from and (config.coef.name != "sft" or
+                               config.trainer != "policy"):
+    what = ("a reward model" if config.trainer == "reward_model" else
+            f"coefficient {config.coef.name!r}")
+    raise ValueError(
+        f"{what} starts from a trained policy: set config.init_from to a "
+        "ugrad workdir or a Hugging Face directory (experiments.main trains "
+        "the embedded task's SFT policy first when it is empty)")
+
+
+def _check_iterative(config) -> None:
+  """Iterative RL splits the steps evenly and owns the reference resets."""
+  it = config.iterative
+  if it.iterations < 1:
+    raise ValueError(f"iterative.iterations must be >= 1, got "
+                     f"{it.iterations}")
+  if it.iterations == 1:
+    return
+  if config.steps % it.iterations:
+    raise ValueError(f"{config.steps} steps cannot be split into "
+                     f"{it.iterations} equal iterations")
+  if config.ref_reset_every:
+    raise ValueError("iterative RL resets the reference after each "
+                     "iteration: set ref_reset_every=0")
+  if it.rm_steps < 1 or not 0.0 <= it.replay < 1.0:
+    raise ValueError("iterative.rm_steps must be >= 1 and iterative.replay "
+                     f"in [0, 1), got {it.rm_steps} and {it.replay}")
