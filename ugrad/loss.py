@@ -5,6 +5,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from ugrad import errors
 from ugrad import masked
 from ugrad import registry
 
@@ -55,7 +56,7 @@ def unified_loss(logp: jax.Array,
     denominator = jnp.sum(lengths)
   else:
     if max_len is None:
-      raise ValueError("the 'constant' normalizer needs max_len (L_max)")
+      raise errors.UserError("the 'constant' normalizer needs max_len (L_max)")
     numerator = masked.masked_sum(per_token, mask)
     denominator = rows * max_len
   loss = numerator / jnp.maximum(denominator, 1)

@@ -8,6 +8,8 @@ adds an entry (see `ugrad.register_coefficient` and friends).
 
 from typing import Collection, Mapping, MutableMapping, TypeVar
 
+from ugrad import errors
+
 T = TypeVar("T")
 
 
@@ -27,7 +29,7 @@ def lookup(family: Collection, what: str, name: str):
     ValueError: "unknown WHAT 'NAME'; valid: a, b, c" (in table order).
   """
   if name not in family:
-    raise ValueError(f"unknown {what} {name!r}; valid: "
+    raise errors.UserError(f"unknown {what} {name!r}; valid: "
                      f"{', '.join(map(str, family))}")
   return family[name] if isinstance(family, Mapping) else name
 
@@ -51,9 +53,9 @@ def register(family: MutableMapping[str, T], what: str, name: str, value: T,
     ValueError: when `name` is taken and `replace` is False, or empty.
   """
   if not name or not isinstance(name, str):
-    raise ValueError(f"a {what} needs a non-empty string name, got {name!r}")
+    raise errors.UserError(f"a {what} needs a non-empty string name, got {name!r}")
   if name in family and not replace and family[name] is not value:
-    raise ValueError(f"{what} {name!r} is already registered; pass "
+    raise errors.UserError(f"{what} {name!r} is already registered; pass "
                      "replace=True to override it")
   family[name] = value
   return value

@@ -21,6 +21,7 @@ import functools
 import inspect
 from typing import Callable, Mapping, Optional
 
+from ugrad import errors
 from ugrad import loss as loss_lib
 from ugrad import registry
 from ugrad import rollout as rollout_lib
@@ -85,7 +86,7 @@ def register(name: str, coefficient: Coefficient, *,
     raise TypeError(f"coefficient {name!r}: expected a Coefficient record, "
                     f"got {type(coefficient).__name__}")
   if coefficient.normalizer not in loss_lib.NORMALIZERS:
-    raise ValueError(f"coefficient {name!r}: unknown normalizer "
+    raise errors.UserError(f"coefficient {name!r}: unknown normalizer "
                      f"{coefficient.normalizer!r}; valid: "
                      f"{', '.join(loss_lib.NORMALIZERS)}")
   return registry.register(COEFFICIENTS, "coefficient", name, coefficient,
@@ -117,7 +118,7 @@ def bind_hparams(name: str, hparams: Optional[Mapping] = None) -> dict:
   full = default_hparams(name)
   unknown = sorted(set(hparams or {}) - set(full))
   if unknown:
-    raise ValueError(
+    raise errors.UserError(
         f"unknown hyper-parameter(s) {', '.join(unknown)} for coefficient "
         f"{name!r}; valid: {', '.join(full) or '(none)'}")
   full.update(hparams or {})

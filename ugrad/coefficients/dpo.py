@@ -8,6 +8,7 @@ DPO's label smoothing (Mitchell 2023, "A note on DPO with noisy preferences").
 import jax
 import jax.numpy as jnp
 
+from ugrad import errors
 from ugrad import masked
 from ugrad import rollout as rollout_lib
 from ugrad.coefficients import groups
@@ -22,7 +23,7 @@ ROWS_PER_PAIR = 2
 def dpo_fields(label_smoothing: float = 0.0, **unused) -> set:
   del unused
   if not 0.0 <= label_smoothing <= 0.5:
-    raise ValueError(f"dpo: label_smoothing must be in [0, 0.5], got "
+    raise errors.UserError(f"dpo: label_smoothing must be in [0, 0.5], got "
                      f"{label_smoothing}")
   return {"pair_ids", "pair_sign", "logp_ref"}
 

@@ -14,6 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from ugrad import errors
 from ugrad import registry
 from ugrad import rollout as rollout_lib
 from ugrad.coefficients import advantages
@@ -34,7 +35,7 @@ def group_fields(supervision: str = "outcome", beta: float = 0.0,
   kl.check(kl_estimator, kl_in)
   registry.lookup(SUPERVISIONS, "supervision", supervision)
   if supervision == "process" and beta and kl_in == "reward":
-    raise ValueError("process supervision has no outcome reward to fold the "
+    raise errors.UserError("process supervision has no outcome reward to fold the "
                      "KL into: use kl_in='loss' or beta=0")
   fields = {"group_ids"}
   if supervision == "process":

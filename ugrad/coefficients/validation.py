@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ugrad import errors
 from ugrad import rollout as rollout_lib
 
 # Rollout fields aligned with tokens, [B, T], and fields with one value per
@@ -35,7 +36,7 @@ def require(rollout: rollout_lib.Rollout, name: str,
   """Raises ValueError naming the needed fields that are None."""
   missing = sorted(f for f in fields if getattr(rollout, f) is None)
   if missing:
-    raise ValueError(
+    raise errors.UserError(
         f"coefficient {name!r} needs rollout field(s) {', '.join(missing)}, "
         "but they are None: choose a data source and reward that provide "
         "them")
@@ -72,28 +73,28 @@ def check_shapes(rollout: rollout_lib.Rollout, name: str,
   """
   want = tuple(rollout.tokens.shape)
   if len(want) != 2:
-    raise ValueError(f"coefficient {name!r}: tokens must be [B, T], got "
+    raise errors.UserError(f"coefficient {name!r}: tokens must be [B, T], got "
                      f"shape {want}")
   if logp is not None and tuple(logp.shape) != want:
-    raise ValueError(f"coefficient {name!r}: logp has shape {logp.shape}, "
+    raise errors.UserError(f"coefficient {name!r}: logp has shape {logp.shape}, "
                      f"expected tokens' shape {want}")
   if tuple(rollout.completion_mask.shape) != want:
-    raise ValueError(f"coefficient {name!r}: completion_mask has shape "
+    raise errors.UserError(f"coefficient {name!r}: completion_mask has shape "
                      f"{rollout.completion_mask.shape}, expected {want}")
   for field in TOKEN_FIELDS:
     x = getattr(rollout, field)
     if x is not None and tuple(x.shape) != want:
-      raise ValueError(f"coefficient {name!r}: rollout.{field} has shape "
+      raise errors.UserError(f"coefficient {name!r}: rollout.{field} has shape "
                        f"{x.shape}, expected [B, T] = {want}")
   for field in ROW_FIELDS:
     x = getattr(rollout, field)
     if x is not None and tuple(x.shape) != want[:1]:
-      raise ValueError(f"coefficient {name!r}: rollout.{field} has shape "
+      raise errors.UserError(f"coefficient {name!r}: rollout.{field} has shape "
                        f"{x.shape}, expected [B] = {want[:1]}")
   for field in _ID_FIELDS:
     x = getattr(rollout, field)
     if x is not None and not jnp.issubdtype(x.dtype, jnp.integer):
-      raise ValueError(f"coefficient {name!r}: rollout.{field} has dtype "
+      raise errors.UserError(f"coefficient {name!r}: rollout.{field} has dtype "
                        f"{x.dtype}, expected an integer dtype (int32)")
 
 
@@ -118,7 +119,7 @@ def check_groups(group_ids, mask, name: str) -> None:
   values, counts = np.unique(ids, return_counts=True)
   lonely = values[counts < 2]
   if lonely.size:
-    raise ValueError(
+    raise errors.UserError(
         f"coefficient {name!r} needs groups of at least 2 samples (the "
         f"sample std and leave-one-out mean are undefined for one); "
         f"group_ids with a single non-empty row: {lonely.tolist()}")
@@ -142,12 +143,12 @@ def check_pairs(pair_ids, pair_sign, mask, name: str) -> None:
   signs = np.asarray(pair_sign)[real]
   bad_sign = sorted(set(ids[(signs != 1) & (signs != -1)].tolist()))
   if bad_sign:
-    raise ValueError(f"coefficient {name!r}: pair_sign must be +1 or -1; "
+    raise errors.UserError(f"coefficient {name!r}: pair_sign must be +1 or -1; "
                      f"pairs with another value: {bad_sign}")
   for pid in np.unique(ids):
     got = sorted(signs[ids == pid].tolist())
     if got != [-1, 1]:
-      raise ValueError(
+      raise errors.UserError(
           f"coefficient {name!r}: pair {int(pid)} must have exactly one "
           f"chosen (+1) and one rejected (-1) non-empty row; its signs are "
           f"{got}")

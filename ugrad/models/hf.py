@@ -21,6 +21,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from ugrad import errors
 from ugrad.models import hf_config
 from ugrad.models.hf_tokenizer import HFTokenizer
 from ugrad.models.transformer import Transformer
@@ -38,21 +39,21 @@ def _shard_map(path: pathlib.Path) -> dict[str, pathlib.Path]:
   if index.is_file():
     weight_map = hf_config.read_json(index).get("weight_map")
     if not weight_map:
-      raise ValueError(f"{index}: no weight_map")
+      raise errors.UserError(f"{index}: no weight_map")
     files = {name: path / file for name, file in weight_map.items()}
     for file in sorted(set(files.values())):
       if not file.is_file():
-        raise FileNotFoundError(f"{index} names missing shard {file.name}")
+        raise errors.MissingInput(f"{index} names missing shard {file.name}")
     return files
   files = {}
   shards = sorted(path.glob("*.safetensors"))
   if not shards:
-    raise FileNotFoundError(f"No *.safetensors file in {path}")
+    raise errors.MissingInput(f"No *.safetensors file in {path}")
   for file in shards:
     with safetensors.safe_open(str(file), framework="numpy") as f:
       for name in f.keys():
         if name in files:
-          raise ValueError(f"Tensor {name} is in both {files[name].name} and "
+          raise errors.UserError(f"Tensor {name} is in both {files[name].name} and "
                            f"{file.name} (and there is no {_INDEX_FILE})")
         files[name] = file
   return files
@@ -63,12 +64,12 @@ def _check_names(files: dict[str, pathlib.Path], table: dict[str, Any],
   """Refuses missing tensors and unexpected ones, naming them."""
   missing = sorted(set(table) - set(files))
   if missing:
-    raise ValueError(f"Checkpoint {path} lacks tensor(s) {missing}")
+    raise errors.UserError(f"Checkpoint {path} lacks tensor(s) {missing}")
   extra = sorted(name for name in set(files) - set(table)
                  if not name.endswith(_IGNORED_SUFFIXES)
                  and name != hf_config.LM_HEAD)
   if extra:
-    raise ValueError(f"Checkpoint {path} has unexpected tensor(s) {extra}; "
+    raise errors.UserError(f"Checkpoint {path} has unexpected tensor(s) {extra}; "
                      f"only names ending in {_IGNORED_SUFFIXES} are ignored")
 
 
@@ -93,7 +94,7 @@ def _check_tied_head(read: _TensorReader, files: dict[str, Any],
   """A tied checkpoint may still store lm_head.weight, but only as a copy."""
   head, embed = hf_config.LM_HEAD, hf_config.EMBED
   if head in files and not np.array_equal(read(head), read(embed)):
-    raise ValueError(f"Checkpoint {path} sets tie_word_embeddings but its "
+    raise errors.UserError(f"Checkpoint {path} sets tie_word_embeddings but its "
                      f"{head} differs from {embed}")
 
 
@@ -107,7 +108,7 @@ def _flat_shardings(shardings: Any,
   flat = {path: s.get_value() if isinstance(s, nnx.Variable) else s
           for path, s in nnx.to_flat_state(shardings)}
   if set(flat) != set(variables):
-    raise ValueError(
+    raise errors.UserError(
         "shardings do not match the parameters: missing "
         f"{sorted(set(variables) - set(flat), key=str)}, unexpected "
         f"{sorted(set(flat) - set(variables), key=str)}")
@@ -123,7 +124,7 @@ def _load_params(abstract: nnx.State, table: dict[str, Any],
              for hf_name, (path, transpose) in table.items()}
   unmapped = sorted(set(variables) - set(by_path), key=str)
   if unmapped:
-    raise ValueError(f"ugrad parameters without a Hugging Face name: "
+    raise errors.UserError(f"ugrad parameters without a Hugging Face name: "
                      f"{unmapped}")
   placement = _flat_shardings(shardings, variables)
   loaded = []
@@ -133,7 +134,7 @@ def _load_params(abstract: nnx.State, table: dict[str, Any],
     array = stored.T if transpose else stored
     expected = variable.get_value()
     if array.shape != expected.shape:
-      raise ValueError(f"Tensor {hf_name} has shape {stored.shape}; the "
+      raise errors.UserError(f"Tensor {hf_name} has shape {stored.shape}; the "
                        f"config implies {expected.shape}"
                        f"{' transposed' if transpose else ''}")
     # Cast on the host, then copy only each device's shard to it.
@@ -172,7 +173,7 @@ def from_pretrained(
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
   if jax.tree.leaves(rest):
-    raise ValueError("Transformer has non-parameter state "
+    raise errors.UserError("Transformer has non-parameter state "
                      f"{list(nnx.to_flat_state(rest))}; cannot build it from "
                      "a checkpoint")
   if callable(shardings):
@@ -215,7 +216,7 @@ def save_pretrained(model: Transformer, path: hf_config.PathLike,
   table = hf_config.name_table(config)
   unmapped = sorted(set(params) - {p for p, _ in table.values()}, key=str)
   if unmapped:
-    raise ValueError(f"ugrad parameters without a Hugging Face name: "
+    raise errors.UserError(f"ugrad parameters without a Hugging Face name: "
                      f"{unmapped}")
   tensors = {}
   for hf_name, (param_path, transpose) in table.items():
@@ -239,5 +240,5 @@ def _refuse_stale_weights(path: pathlib.Path) -> None:
   stale = sorted(file.name for file in path.glob("*.safetensors*")
                  if file.name != _MODEL_FILE)
   if stale:
-    raise ValueError(f"{path} already holds {stale}; save into an empty "
+    raise errors.UserError(f"{path} already holds {stale}; save into an empty "
                      "directory or remove them")

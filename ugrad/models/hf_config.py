@@ -8,6 +8,7 @@ import json
 import pathlib
 from typing import Any, Optional
 
+from ugrad import errors
 from ugrad import registry
 from ugrad.models.model_config import ModelConfig
 
@@ -33,7 +34,7 @@ def _qwen2_options(hf: dict[str, Any], where: str) -> dict[str, Any]:
     window_layers = list(range(hf["max_window_layers"],
                                hf["num_hidden_layers"]))
   if window_layers:
-    raise ValueError(f"{where}: sliding-window attention on layers "
+    raise errors.UserError(f"{where}: sliding-window attention on layers "
                      f"{window_layers} is not supported")
   return {"qkv_bias": True}
 
@@ -42,7 +43,7 @@ def _llama_options(hf: dict[str, Any], where: str) -> dict[str, Any]:
   """Llama: no bias anywhere (attention_bias would also bias o_proj)."""
   for key in ("attention_bias", "mlp_bias"):
     if hf.get(key, False):
-      raise ValueError(f"{where}: {key}=true is not supported (ugrad's "
+      raise errors.UserError(f"{where}: {key}=true is not supported (ugrad's "
                        "o_proj and MLP have no bias)")
   return {"qkv_bias": False}
 
@@ -66,7 +67,7 @@ def _model_type(hf: dict[str, Any], where: str) -> str:
     key = key if key in _ARCHITECTURES else None
     found = f"model_type {hf.get('model_type')!r}"
   if key is None:
-    raise ValueError(f"{where}: unsupported {found}; supported architectures: "
+    raise errors.UserError(f"{where}: unsupported {found}; supported architectures: "
                      f"{sorted(by_name)}")
   return key
 
@@ -76,12 +77,12 @@ def _rope_theta(hf: dict[str, Any], where: str) -> float:
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type != "default":
-    raise ValueError(f"{where}: RoPE type {rope_type!r} ({rope}) is not "
+    raise errors.UserError(f"{where}: RoPE type {rope_type!r} ({rope}) is not "
                      "supported; only default RoPE is")
   if rope.get("partial_rotary_factor", 1.0) != 1.0:
-    raise ValueError(f"{where}: partial_rotary_factor is not supported")
+    raise errors.UserError(f"{where}: partial_rotary_factor is not supported")
   if hf.get("rope_scaling") and hf.get("rope_parameters"):
-    raise ValueError(f"{where}: both rope_scaling and rope_parameters set")
+    raise errors.UserError(f"{where}: both rope_scaling and rope_parameters set")
   return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
@@ -105,7 +106,7 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
   _, read_options = _ARCHITECTURES[_model_type(hf, where)]
   options = read_options(hf, where)
   if hf.get("hidden_act", "silu") != "silu":
-    raise ValueError(f"{where}: hidden_act {hf['hidden_act']!r} is not "
+    raise errors.UserError(f"{where}: hidden_act {hf['hidden_act']!r} is not "
                      "supported; only 'silu' is")
   heads = hf["num_attention_heads"]
   return ModelConfig(
@@ -203,12 +204,12 @@ def read_json(file: pathlib.Path, required: bool = False) -> dict[str, Any]:
   """A JSON object from `file`; {} when optional and absent."""
   if not file.is_file():
     if required:
-      raise FileNotFoundError(f"Missing {file}")
+      raise errors.MissingInput(f"Missing {file}")
     return {}
   try:
     return json.loads(file.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from e
+    raise errors.UserError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from e
 
 
 def write_json(file: pathlib.Path, data: dict[str, Any]) -> None:

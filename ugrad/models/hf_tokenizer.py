@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tokenizers
 
+from ugrad import errors
 from ugrad.models import hf_config
 
 
@@ -52,12 +53,12 @@ class HFTokenizer:
     path = pathlib.Path(path)
     file = path / "tokenizer.json"
     if not file.is_file():
-      raise FileNotFoundError(f"No tokenizer.json in {path}")
+      raise errors.MissingInput(f"No tokenizer.json in {path}")
     tokenizer = tokenizers.Tokenizer.from_file(str(file))
     ids = {kind: _special_id(path, tokenizer, kind)
            for kind in ("bos", "eos", "pad")}
     if ids["eos"] is None:
-      raise ValueError(
+      raise errors.UserError(
           f"No eos token in {path}: looked for eos_token in "
           "tokenizer_config.json / special_tokens_map.json and eos_token_id "
           "in generation_config.json / config.json")
@@ -90,7 +91,7 @@ class HFTokenizer:
 
 def _check_id(token_id: Any, name: str, vocab_size: int) -> int:
   if not 0 <= int(token_id) < vocab_size:
-    raise ValueError(f"{name}={token_id} outside the vocabulary [0, "
+    raise errors.UserError(f"{name}={token_id} outside the vocabulary [0, "
                      f"{vocab_size})")
   return int(token_id)
 
@@ -105,7 +106,7 @@ def _special_id(path: pathlib.Path, tokenizer: tokenizers.Tokenizer,
     if token is not None:
       token_id = tokenizer.token_to_id(token)
       if token_id is None:
-        raise ValueError(f"{path / name}: {kind}_token {token!r} is not in "
+        raise errors.UserError(f"{path / name}: {kind}_token {token!r} is not in "
                          "tokenizer.json's vocabulary")
       return token_id
   for name in ("generation_config.json", "config.json"):

@@ -5,6 +5,7 @@ from typing import Callable, Optional
 
 import jax.numpy as jnp
 
+from ugrad import errors
 from ugrad import registry
 
 # Attention kernels of training and prefill (`ModelConfig.attention`):
@@ -64,21 +65,21 @@ class ModelConfig:
   def __post_init__(self):
     registry.lookup(ATTENTION, "attention", self.attention)
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+      raise errors.UserError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
     if self.head_dim is None:
       if self.hidden_size % self.num_heads:
-        raise ValueError(f"hidden_size={self.hidden_size} is not a multiple "
+        raise errors.UserError(f"hidden_size={self.hidden_size} is not a multiple "
                          f"of num_heads={self.num_heads}; set head_dim")
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
     if self.head_dim % 2:
-      raise ValueError(f"rotary embeddings need an even head_dim, got "
+      raise errors.UserError(f"rotary embeddings need an even head_dim, got "
                        f"{self.head_dim}")
     for field in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, field))
       except TypeError as e:
-        raise ValueError(f"{field}={getattr(self, field)!r} is not a dtype "
+        raise errors.UserError(f"{field}={getattr(self, field)!r} is not a dtype "
                          "name") from e
 
 
@@ -112,7 +113,7 @@ def _published(name: str, vocab: int, **fields) -> Callable[[int], ModelConfig]:
 
   def make(vocab_size: int) -> ModelConfig:
     if vocab_size > vocab:
-      raise ValueError(f"model preset {name!r} has {vocab} embedding rows, "
+      raise errors.UserError(f"model preset {name!r} has {vocab} embedding rows, "
                        f"fewer than the tokenizer's {vocab_size} tokens")
     return ModelConfig(vocab_size=vocab, **fields)
 

@@ -30,6 +30,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from ugrad import errors
+
 Rules = Sequence[tuple[str, Optional[str]]]
 
 MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
@@ -55,23 +57,23 @@ def mesh_shape(requested: Mapping[str, int],
   n = jax.device_count() if num_devices is None else num_devices
   unknown = sorted(set(requested) - set(MESH_AXES))
   if unknown:
-    raise ValueError(f"unknown mesh axes {unknown}; valid: "
+    raise errors.UserError(f"unknown mesh axes {unknown}; valid: "
                      f"{', '.join(MESH_AXES)}")
   shape = {axis: int(requested.get(axis, 1)) for axis in MESH_AXES}
   bad = [f"{a}={v}" for a, v in shape.items() if v == 0 or v < -1]
   if bad:
-    raise ValueError(f"mesh sizes must be >= 1 or -1, got {', '.join(bad)}")
+    raise errors.UserError(f"mesh sizes must be >= 1 or -1, got {', '.join(bad)}")
   free = [a for a, v in shape.items() if v == -1]
   if len(free) > 1:
-    raise ValueError(f"only one mesh axis may be -1, got {', '.join(free)}")
+    raise errors.UserError(f"only one mesh axis may be -1, got {', '.join(free)}")
   fixed = math.prod(v for v in shape.values() if v != -1)
   if free:
     if n % fixed:
-      raise ValueError(f"mesh {_show(shape)} cannot fill {n} devices: {n} is "
+      raise errors.UserError(f"mesh {_show(shape)} cannot fill {n} devices: {n} is "
                        f"not a multiple of {fixed}")
     shape[free[0]] = n // fixed
   if math.prod(shape.values()) != n:
-    raise ValueError(f"mesh {_show(shape)} has {math.prod(shape.values())} "
+    raise errors.UserError(f"mesh {_show(shape)} has {math.prod(shape.values())} "
                      f"devices but there are {n}")
   return shape
 
@@ -115,7 +117,7 @@ def check_model(model_config, shape: Mapping[str, int]) -> None:
       ("tensor", tensor, "mlp_size"), ("fsdp", fsdp, "hidden_size")):
     value = getattr(model_config, field)
     if value % size:
-      raise ValueError(f"{axis}={size} does not divide {field}={value}")
+      raise errors.UserError(f"{axis}={size} does not divide {field}={value}")
 
 
 def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],
@@ -133,7 +135,7 @@ def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],
     A PartitionSpec with one entry per dimension.
   """
   if len(names) != len(shape):
-    raise ValueError(f"logical axes {tuple(names)} do not match shape "
+    raise errors.UserError(f"logical axes {tuple(names)} do not match shape "
                      f"{tuple(shape)}")
   used = set()
   spec = []
@@ -143,7 +145,7 @@ def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],
       if logical != name or mesh_axis is None:
         continue
       if mesh_axis not in axis_sizes:
-        raise ValueError(f"rule ({logical!r}, {mesh_axis!r}) names a mesh "
+        raise errors.UserError(f"rule ({logical!r}, {mesh_axis!r}) names a mesh "
                          f"axis that is not in the mesh; mesh axes: "
                          f"{', '.join(axis_sizes)}")
       if mesh_axis not in used and size % axis_sizes[mesh_axis] == 0:

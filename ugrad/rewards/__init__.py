@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ugrad import errors
 from ugrad import registry
 from ugrad import tasks as tasks_lib
 from ugrad.sampling import layout
@@ -87,7 +88,7 @@ def ground_truth_process(ctx: RewardContext, batch) -> dict:
 
 def _need(model, name: str, field: str):
   if model is None:
-    raise ValueError(f"the {name!r} reward needs a trained reward model "
+    raise errors.UserError(f"the {name!r} reward needs a trained reward model "
                      f"(set config.{field})")
   return model
 
@@ -146,7 +147,7 @@ def register(name: str, reward: Reward, *, replace: bool = False) -> Reward:
                     f"{type(reward).__name__}")
   unknown = set(reward.fields) - _OUTCOME - _PROCESS
   if unknown:
-    raise ValueError(f"reward {name!r} fills unknown fields {sorted(unknown)};"
+    raise errors.UserError(f"reward {name!r} fills unknown fields {sorted(unknown)};"
                      f" valid: {', '.join(sorted(_OUTCOME | _PROCESS))}")
   return registry.register(REWARDS, "reward", name, reward, replace=replace)
 
@@ -166,7 +167,7 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     except ValueError:
       value = math.nan
     if not math.isfinite(value):
-      raise ValueError(f"bad weight {weight!r} for reward {name!r} in "
+      raise errors.UserError(f"bad weight {weight!r} for reward {name!r} in "
                        f"{spec!r}: a finite number is needed")
     terms.append((name, value))
   return terms

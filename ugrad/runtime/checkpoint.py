@@ -55,6 +55,7 @@ from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import paths
 
@@ -89,9 +90,9 @@ class Checkpointer:
         are deleted after each save. None keeps all.
     """
     if not isinstance(save_every, int) or save_every < 1:
-      raise ValueError(f"save_every must be a positive int, got {save_every!r}")
+      raise errors.UserError(f"save_every must be a positive int, got {save_every!r}")
     if max_to_keep is not None and max_to_keep < 1:
-      raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep!r}")
+      raise errors.UserError(f"max_to_keep must be >= 1 or None, got {max_to_keep!r}")
     self.directory = paths.resolve(directory)
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
@@ -132,7 +133,7 @@ class Checkpointer:
       return False
     _check_meta(meta)
     if step in self._manager.all_steps():
-      raise ValueError(
+      raise errors.UserError(
           f"a checkpoint for step {step} already exists in {self.directory}")
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
                                  _META: ocp.args.JsonSave(dict(meta))})
@@ -245,7 +246,7 @@ class Checkpointer:
         state = self._read_state(step, abstract_state)
         self._ensure_manifest(step)
       except _MismatchError as e:
-        raise ValueError(str(e)) from None
+        raise errors.UserError(str(e)) from None
       except Exception as e:  # pylint: disable=broad-exception-caught
         logging.warning("checkpoint step %d in %s is unreadable (%s: %s); "
                         "trying an older one", step, self.directory,
@@ -290,7 +291,7 @@ class Checkpointer:
     """Raises _MismatchError if the stored tree differs from the wanted one."""
     stored = self._manager.metadata(step).item_metadata[_STATE]
     if stored is None:
-      raise FileNotFoundError(f"step {step} has no readable '{_STATE}' item")
+      raise errors.MissingInput(f"step {step} has no readable '{_STATE}' item")
     stored = ocp.tree.to_flat_dict(stored)
     wanted = ocp.tree.to_flat_dict(abstract_state)
     where = f"checkpoint step {step} in {self.directory}"
@@ -435,11 +436,11 @@ def _sha256_of(path) -> str:
 
 def _check_meta(meta: Mapping[str, Any]):
   if not isinstance(meta, Mapping):
-    raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    raise errors.UserError(f"meta must be a dict, got {type(meta).__name__}")
   try:
     json.dumps(dict(meta), allow_nan=False)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"meta is not JSON-serialisable: {e}") from None
+    raise errors.UserError(f"meta is not JSON-serialisable: {e}") from None
 
 
 def _first_line(error: Exception) -> str:

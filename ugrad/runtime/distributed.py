@@ -17,6 +17,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from ugrad import errors
+
 # Seconds a process waits for a peer that stopped answering before it exits
 # with an error (JAX's coordination-service heartbeat), and for all
 # processes to join at start-up.
@@ -50,12 +52,12 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
     return False
   if explicit:
     if not (coordinator_address and num_processes > 0 and process_id >= 0):
-      raise ValueError(
+      raise errors.UserError(
           "a multi-process launch needs --coordinator_address, "
           "--num_processes and --process_id together (got "
           f"{coordinator_address!r}, {num_processes}, {process_id})")
     if process_id >= num_processes:
-      raise ValueError(f"--process_id={process_id} is not below "
+      raise errors.UserError(f"--process_id={process_id} is not below "
                        f"--num_processes={num_processes}")
   jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
   kwargs = dict(initialization_timeout=INIT_TIMEOUT_S,

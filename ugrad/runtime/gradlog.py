@@ -43,6 +43,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ugrad import errors
 from ugrad.runtime import metrics
 from ugrad.runtime import paths
 
@@ -64,10 +65,10 @@ def batch_sha256(tokens: Any) -> str:
   """
   array = np.asarray(tokens)
   if array.dtype.kind not in "iu":
-    raise ValueError(f"tokens must be integers, got dtype {array.dtype}")
+    raise errors.UserError(f"tokens must be integers, got dtype {array.dtype}")
   info = np.iinfo(np.int32)
   if array.size and (array.min() < info.min or array.max() > info.max):
-    raise ValueError("token ids do not fit in int32")
+    raise errors.UserError("token ids do not fit in int32")
   data = np.ascontiguousarray(array, dtype="<i4")
   header = "int32[" + ",".join(str(d) for d in array.shape) + "]"
   return hashlib.sha256(header.encode("ascii") + data.tobytes()).hexdigest()
@@ -103,7 +104,7 @@ class GradientLog:
     kept = metrics.truncate_jsonl(self.path, resume_step)
     result = _verify_lines(kept)
     if not result.ok:
-      raise ValueError(f"{path}: cannot continue a broken chain: {result}")
+      raise errors.UserError(f"{path}: cannot continue a broken chain: {result}")
     self.head = GENESIS
     self.last_step = -1
     self.last_checkpoint = None  # The trainer step of the last record's.
@@ -116,7 +117,7 @@ class GradientLog:
       heads = {self.head, last["prev_sha256"] if self.last_checkpoint
                is not None else self.head}
     if expected_head is not None and expected_head not in heads:
-      raise ValueError(
+      raise errors.UserError(
           f"{path}: the last kept record (step {self.last_step}) has hash "
           f"{self.head}, but the checkpoint expects {expected_head}")
     self._file = self.path.open("a", encoding="utf-8")  # ASCII records
@@ -144,10 +145,10 @@ class GradientLog:
       The record as written.
     """
     if not isinstance(step, (int, np.integer)) or step <= self.last_step:
-      raise ValueError(
+      raise errors.UserError(
           f"step must be an int after {self.last_step}, got {step!r}")
     if not isinstance(method, str) or not method:
-      raise ValueError(f"method must be a non-empty str, got {method!r}")
+      raise errors.UserError(f"method must be a non-empty str, got {method!r}")
     record = {
         "step": int(step), "method": method,
         "batch_sha256": batch_sha256(tokens),
@@ -302,11 +303,11 @@ def _check_record(record, line, prev, prev_step):
 
 def _scalars(name: str, values: Mapping[str, Any]) -> dict:
   if not isinstance(values, Mapping):
-    raise ValueError(f"{name} must be a dict of scalars, got "
+    raise errors.UserError(f"{name} must be a dict of scalars, got "
                      f"{type(values).__name__}")
   for key in values:
     if not isinstance(key, str):
-      raise ValueError(f"{name} keys must be str, got {key!r}")
+      raise errors.UserError(f"{name} keys must be str, got {key!r}")
   return {k: metrics.json_scalar(f"{name}/{k}", v) for k, v in values.items()}
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional
 from absl import logging
 import numpy as np
 
+from ugrad import errors
 from ugrad.runtime import paths
 
 METRICS_FILE = "metrics.jsonl"
@@ -70,7 +71,7 @@ class MetricsWriter:
     """
     self._check_step(step)
     if "step" in metrics:
-      raise ValueError("metrics must not contain the key 'step'")
+      raise errors.UserError("metrics must not contain the key 'step'")
     values = {name: json_scalar(name, metrics[name])
               for name in sorted(metrics)}
     self._append(self._metrics, step, values)
@@ -81,7 +82,7 @@ class MetricsWriter:
     """Logs a text (a sample completion) under `tag` for `step`."""
     self._check_step(step)
     if not isinstance(text, str):
-      raise ValueError(f"text for {tag!r} must be a str, got "
+      raise errors.UserError(f"text for {tag!r} must be a str, got "
                        f"{type(text).__name__}")
     self._append(self._samples, step, {"tag": tag, "text": text})
     self._tb.add_text(tag, text, step)
@@ -105,9 +106,9 @@ class MetricsWriter:
 
   def _check_step(self, step):
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
-      raise ValueError(f"step must be an int, got {step!r}")
+      raise errors.UserError(f"step must be an int, got {step!r}")
     if step < self._last_step:
-      raise ValueError(f"step {step} is before step {self._last_step}, "
+      raise errors.UserError(f"step {step} is before step {self._last_step}, "
                        "which is already logged")
     self._last_step = int(step)
 
@@ -133,7 +134,7 @@ def json_scalar(name: str, value: Any):
   else:
     array = np.asarray(value)
     if array.shape != () or array.dtype.kind not in "biuf":
-      raise ValueError(f"metric {name!r} must be a real scalar, got "
+      raise errors.UserError(f"metric {name!r} must be a real scalar, got "
                        f"{type(value).__name__} of shape {array.shape} and "
                        f"dtype {array.dtype}")
     item = array.item()
@@ -151,7 +152,7 @@ def read_metrics(path: paths.PathLike) -> list[dict]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+        raise errors.UserError(f"{path}:{number}: not valid JSON ({e})") from None
       records.append({k: _NON_FINITE.get(v, v) if isinstance(v, str) else v
                       for k, v in record.items()})
   return records
@@ -207,7 +208,7 @@ def _line_step(path, number, line, last):
     return step
   if last and not line.endswith("\n"):
     return None
-  raise ValueError(f"{path}:{number}: not a JSON object with an int 'step': "
+  raise errors.UserError(f"{path}:{number}: not a JSON object with an int 'step': "
                    f"{line[:80]!r}")
 
 

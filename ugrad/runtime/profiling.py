@@ -19,6 +19,7 @@ from typing import Optional
 
 import jax
 
+from ugrad import errors
 from ugrad.runtime import paths
 
 PROFILE_DIR = "profile"
@@ -37,7 +38,7 @@ def parse_steps(spec: str) -> Optional[tuple[int, int]]:
     return None
   match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
   if not match or int(match[1]) >= int(match[2]):
-    raise ValueError(f"profile_steps must be 'START:STOP' with 0 <= START < "
+    raise errors.UserError(f"profile_steps must be 'START:STOP' with 0 <= START < "
                      f"STOP (e.g. '10:20'), got {spec!r}")
   return int(match[1]), int(match[2])
 
@@ -83,7 +84,7 @@ def latest_trace(directory: str) -> str:
   found = sorted(glob.glob(os.path.join(
       directory, "plugins", "profile", "*", "*.xplane.pb")))
   if not found:
-    raise FileNotFoundError(f"no profiler trace (*.xplane.pb) under "
+    raise errors.MissingInput(f"no profiler trace (*.xplane.pb) under "
                             f"{directory}/plugins/profile")
   return found[-1]
 

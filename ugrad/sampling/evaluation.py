@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
+from ugrad import errors
 from ugrad import sampling
 from ugrad.sampling import stats
 from ugrad.tasks import arithmetic
@@ -117,7 +118,7 @@ def answer_functions(task) -> tuple[AnswerFn, stats.Equivalence]:
   if isinstance(task, jsonl.JsonlTask):
     return (_nonempty(task.fmt.final_answer),
             _math_equivalence(task.fmt.boxed))
-  raise ValueError(
+  raise errors.UserError(
       f"no final-answer reader for a {type(task).__name__}; known tasks: "
       "ArithmeticTask, JsonlTask (or pass answer_fn and equivalent)")
 
@@ -149,10 +150,10 @@ def _sample_batches(task, graphdef, params, examples: list[Any],
 def _check_ks(ks: Sequence[int], n_samples: int) -> list[int]:
   ks = [int(k) for k in ks]
   if not ks:
-    raise ValueError("ks is empty; give at least one k")
+    raise errors.UserError("ks is empty; give at least one k")
   bad = [k for k in ks if not 1 <= k <= n_samples]
   if bad:
-    raise ValueError(f"every k must be in [1, n_samples={n_samples}], got "
+    raise errors.UserError(f"every k must be in [1, n_samples={n_samples}], got "
                      f"{bad}")
   return sorted(set(ks))
 
@@ -201,10 +202,10 @@ def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
       batch_questions < 1, or a task without an answer reader.
   """
   if n_samples < 1:
-    raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    raise errors.UserError(f"n_samples must be >= 1, got {n_samples}")
   ks = _check_ks(ks, n_samples)
   if num_questions < 1:
-    raise ValueError(f"num_questions must be >= 1, got {num_questions}")
+    raise errors.UserError(f"num_questions must be >= 1, got {num_questions}")
   if answer_fn is None or equivalent is None:
     default_fn, default_eq = answer_functions(task)
     answer_fn = answer_fn or default_fn
@@ -214,7 +215,7 @@ def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
   if batch_questions is None:
     batch_questions = max(1, _SAMPLE_ROWS // n_samples)
   if batch_questions < 1:
-    raise ValueError(f"batch_questions must be >= 1, got {batch_questions}")
+    raise errors.UserError(f"batch_questions must be >= 1, got {batch_questions}")
   batch_questions = min(batch_questions, len(examples))
   tok = task.tokenizer
   config = sampling.SamplingConfig(

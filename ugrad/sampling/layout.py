@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ugrad import errors
+
 
 def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
                  pad_id: int):
@@ -21,7 +23,7 @@ def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
   mask = np.zeros((len(prompts), prompt_len), np.int32)
   for i, ids in enumerate(prompts):
     if len(ids) > prompt_len:
-      raise ValueError(f"prompt {i} has {len(ids)} tokens, more than the "
+      raise errors.UserError(f"prompt {i} has {len(ids)} tokens, more than the "
                        f"prompt length {prompt_len}")
     if ids:
       tokens[i, prompt_len - len(ids):] = ids
@@ -43,7 +45,7 @@ def pack(prompts: Sequence[Sequence[int]],
       prompts and completions differ.
   """
   if len(prompts) != len(completions):
-    raise ValueError(f"{len(prompts)} prompts but {len(completions)} "
+    raise errors.UserError(f"{len(prompts)} prompts but {len(completions)} "
                      "completions; pack needs one completion per prompt")
   p_tokens, p_mask = pack_prompts(prompts, prompt_len, pad_id)
   b = len(prompts)
@@ -51,7 +53,7 @@ def pack(prompts: Sequence[Sequence[int]],
   c_mask = np.zeros((b, completion_len), np.int32)
   for i, ids in enumerate(completions):
     if len(ids) > completion_len:
-      raise ValueError(f"completion {i} has {len(ids)} tokens, more than the "
+      raise errors.UserError(f"completion {i} has {len(ids)} tokens, more than the "
                        f"completion budget {completion_len} "
                        "(raise sampling.max_new_tokens)")
     c_tokens[i, :len(ids)] = ids

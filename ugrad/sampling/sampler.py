@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.sampling import layout
 from ugrad import registry
@@ -60,22 +61,22 @@ class SamplingConfig:
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got "
+      raise errors.UserError(f"max_new_tokens must be >= 1, got "
                        f"{self.max_new_tokens}")
     if self.num_samples < 1:
-      raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+      raise errors.UserError(f"num_samples must be >= 1, got {self.num_samples}")
     if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+      raise errors.UserError(f"temperature must be >= 0, got {self.temperature}")
     if self.top_k is not None and self.top_k < 1:
-      raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+      raise errors.UserError(f"top_k must be >= 1 or None, got {self.top_k}")
     if self.top_p is not None and not 0 < self.top_p <= 1:
-      raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+      raise errors.UserError(f"top_p must be in (0, 1] or None, got {self.top_p}")
     registry.lookup(transformer.CACHE_LAYOUTS, "cache_layout",
                     self.cache_layout)
     for name in ("eos_id", "pad_id"):
       value = getattr(self, name)
       if value is not None and value < 0:
-        raise ValueError(f"{name} must be a token id >= 0, got {value}")
+        raise errors.UserError(f"{name} must be a token id >= 0, got {value}")
 
 
 @flax.struct.dataclass
@@ -246,7 +247,7 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
     `Samples` of B * G rows, row b * G + g being sample g of prompt b.
   """
   if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
-    raise ValueError(
+    raise errors.UserError(
         f"prompt_tokens {prompt_tokens.shape} and prompt_mask "
         f"{prompt_mask.shape} must both be [B, P]")
   # Checked where the mask is concrete and whole on this host (a multi-host
@@ -256,7 +257,7 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
     last = np.asarray(prompt_mask)[:, -1]
     if not np.all(last > 0):
       bad = np.flatnonzero(last <= 0).tolist()
-      raise ValueError(f"prompts must be left-padded with a real token in the "
+      raise errors.UserError(f"prompts must be left-padded with a real token in the "
                        f"last column; rows {bad} are not")
   return _sample_jit(graphdef, params, prompt_tokens, prompt_mask, key, config)
 

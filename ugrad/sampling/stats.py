@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ugrad import errors
 from ugrad import registry
 
 # Memory cap for one block of bootstrap resample indices (int64 entries).
@@ -36,10 +37,10 @@ def _as_int_array(name: str, x) -> np.ndarray:
   arr = np.asarray(x)
   if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
                                or np.issubdtype(arr.dtype, np.floating)):
-    raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    raise errors.UserError(f"{name} must hold integers, got dtype {arr.dtype}")
   if np.issubdtype(arr.dtype, np.floating):
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-      raise ValueError(f"{name} must hold integers, got {arr!r}")
+      raise errors.UserError(f"{name} must hold integers, got {arr!r}")
   return arr.astype(np.int64)
 
 
@@ -65,20 +66,20 @@ def pass_at_k(n, c, k: int) -> np.ndarray:
   """
   k_arr = _as_int_array("k", k)
   if k_arr.ndim != 0:
-    raise ValueError(f"k must be a single integer, got shape {k_arr.shape}")
+    raise errors.UserError(f"k must be a single integer, got shape {k_arr.shape}")
   k = int(k_arr)
   n, c = np.broadcast_arrays(_as_int_array("n", n), _as_int_array("c", c))
   if k < 1:
-    raise ValueError(f"pass@k needs k >= 1, got k={k}")
+    raise errors.UserError(f"pass@k needs k >= 1, got k={k}")
   if np.any(k > n):
     q = int(np.argmax(np.ravel(k > n)))
-    raise ValueError(
+    raise errors.UserError(
         f"pass@k needs k <= n, got k={k} but question {q} has only "
         f"n={int(np.ravel(n)[q])} samples")
   bad = (c < 0) | (c > n)
   if np.any(bad):
     q = int(np.argmax(np.ravel(bad)))
-    raise ValueError(
+    raise errors.UserError(
         f"pass@k needs 0 <= c <= n, question {q} has c={int(np.ravel(c)[q])}"
         f", n={int(np.ravel(n)[q])}")
   flat_n, flat_c = np.ravel(n), np.ravel(c)
@@ -198,7 +199,7 @@ def _group_correctness(q: int, answers: Sequence[Answer],
   else:
     row = correct[q]
     if len(row) != len(answers):
-      raise ValueError(
+      raise errors.UserError(
           f"question {q}: {len(answers)} answers but {len(row)} correctness "
           "flags")
     flags = [bool(row[r]) for r in representatives]
@@ -260,16 +261,16 @@ def maj_at_k(answers: Sequence[Sequence[Answer]],
   make_subsets = registry.lookup(SUBSETS, "subsets mode", subsets)
   tie_break = registry.lookup(TIE_BREAKS, "tie-break", ties)
   if k < 1:
-    raise ValueError(f"maj@k needs k >= 1, got k={k}")
+    raise errors.UserError(f"maj@k needs k >= 1, got k={k}")
   if num_subsets < 1:
-    raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
+    raise errors.UserError(f"num_subsets must be >= 1, got {num_subsets}")
   if not callable(correct) and len(correct) != len(answers):
-    raise ValueError(f"{len(answers)} questions of answers but "
+    raise errors.UserError(f"{len(answers)} questions of answers but "
                      f"{len(correct)} of correctness flags")
   scores = np.zeros(len(answers))
   for q, row in enumerate(answers):
     if len(row) < k:
-      raise ValueError(
+      raise errors.UserError(
           f"maj@k needs k <= n, got k={k} but question {q} has only "
           f"n={len(row)} samples")
     labels, representatives = _group_answers(row, equivalent)
@@ -306,15 +307,15 @@ def bootstrap_ci(per_question_scores,
   """
   scores = np.asarray(per_question_scores, dtype=np.float64)
   if scores.ndim != 1 or scores.size == 0:
-    raise ValueError(
+    raise errors.UserError(
         f"bootstrap_ci needs a non-empty [Q] array, got shape {scores.shape}")
   if not np.all(np.isfinite(scores)):
-    raise ValueError("bootstrap_ci got non-finite scores at questions "
+    raise errors.UserError("bootstrap_ci got non-finite scores at questions "
                      f"{np.flatnonzero(~np.isfinite(scores))[:10].tolist()}")
   if not 0.0 < confidence < 1.0:
-    raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    raise errors.UserError(f"confidence must be in (0, 1), got {confidence}")
   if num_resamples < 1:
-    raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
+    raise errors.UserError(f"num_resamples must be >= 1, got {num_resamples}")
   num_questions = scores.size
   rng = np.random.default_rng(seed)
   block = max(1, _BOOTSTRAP_BLOCK_ENTRIES // num_questions)
@@ -331,7 +332,7 @@ def bootstrap_ci(per_question_scores,
 def _default_ks(min_samples: int) -> list[int]:
   """1, 2, 4, ... up to the smallest per-question sample count."""
   if min_samples < 1:
-    raise ValueError("a question has no samples; pass@k needs n >= 1")
+    raise errors.UserError("a question has no samples; pass@k needs n >= 1")
   return [2**e for e in range(int(math.log2(min_samples)) + 1)]
 
 
@@ -374,16 +375,16 @@ def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
   given = [x for x in (sample_correct, answers, greedy_correct)
            if x is not None]
   if not given:
-    raise ValueError("summarize needs sample_correct, answers or "
+    raise errors.UserError("summarize needs sample_correct, answers or "
                      "greedy_correct")
   num_questions = {len(x) for x in given}
   if len(num_questions) != 1:
-    raise ValueError(f"inputs disagree on the number of questions: "
+    raise errors.UserError(f"inputs disagree on the number of questions: "
                      f"{sorted(num_questions)}")
   if answers is not None and sample_correct is None:
-    raise ValueError("maj@k needs sample_correct alongside answers")
+    raise errors.UserError("maj@k needs sample_correct alongside answers")
   if maj_ks and answers is None:
-    raise ValueError(f"maj@k for k in {list(maj_ks)} needs answers")
+    raise errors.UserError(f"maj@k for k in {list(maj_ks)} needs answers")
   out: dict[str, Any] = {"num_questions": num_questions.pop()}
 
   def add(name: str, per_question: np.ndarray):
@@ -426,9 +427,9 @@ def parse_ks(values: Sequence[str], name: str) -> list[int]:
     try:
       k = int(v)
     except ValueError:
-      raise ValueError(f"{name}: {v!r} is not an integer") from None
+      raise errors.UserError(f"{name}: {v!r} is not an integer") from None
     if k < 1:
-      raise ValueError(f"{name}: every k must be >= 1, got {k}")
+      raise errors.UserError(f"{name}: every k must be >= 1, got {k}")
     ks.append(k)
   return sorted(set(ks))
 
@@ -448,7 +449,7 @@ def auc(scores, labels) -> float:
   scores = np.asarray(scores, np.float64).reshape(-1)
   labels = np.asarray(labels).reshape(-1) > 0.5
   if scores.shape != labels.shape:
-    raise ValueError(f"auc: {scores.shape[0]} scores but {labels.shape[0]} "
+    raise errors.UserError(f"auc: {scores.shape[0]} scores but {labels.shape[0]} "
                      "labels")
   pos, neg = int(labels.sum()), int((~labels).sum())
   if pos == 0 or neg == 0:

@@ -24,6 +24,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import paths
 from ugrad import registry
@@ -89,7 +90,7 @@ def _group_rewards(batch: Batch, group_size: int) -> np.ndarray:
   elif r.step_rewards is not None:
     rewards = np.asarray(r.step_rewards).sum(-1)
   else:
-    raise ValueError("sampling sources compare rewards within each group, "
+    raise errors.UserError("sampling sources compare rewards within each group, "
                      "but the reward gave none: use a reward that gives "
                      "outcome or step rewards (e.g. 'rule'), not 'none'")
   return rewards.reshape(-1, group_size)
@@ -308,7 +309,7 @@ class FrozenPolicySource(OnlineSource):
       question_idx = fields.pop("question_idx")
       made_with = fields.pop("made_with").tolist()
       if made_with != self._made_with():
-        raise ValueError(
+        raise errors.UserError(
             f"{self.path} was sampled with (seed, group_size, "
             f"pool_questions) = {made_with}, not {self._made_with()}: use "
             "another workdir or delete the pool to sample a new one")

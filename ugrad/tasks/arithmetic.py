@@ -16,6 +16,7 @@ import functools
 import re
 from typing import Optional, Sequence, Union
 
+from ugrad import errors
 from ugrad import registry
 from ugrad.tasks import base
 from ugrad.tasks.problems import Difficulty
@@ -78,7 +79,7 @@ def parse_question(question: str) -> tuple[tuple[int, ...], str]:
   """(operands, operators) of a question such as "48+27-19="."""
   m = _QUESTION_RE.fullmatch(question.strip())
   if m is None:
-    raise ValueError(f"not an arithmetic question: {question!r}")
+    raise errors.UserError(f"not an arithmetic question: {question!r}")
   operands = [int(m.group(1))]
   ops = ""
   for op, b in re.findall(r"([+\-*])(\d+)", m.group(2)):
@@ -197,13 +198,13 @@ class ArithmeticTask:
     self.difficulty = Difficulty(num_operands, tuple(digits), operators,
                                  allow_negative)
     if not 0.0 < test_fraction < 1.0:
-      raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+      raise errors.UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if not 0.0 <= val_fraction < 1.0 - test_fraction:
-      raise ValueError(f"val_fraction must be in [0, 1 - test_fraction), "
+      raise errors.UserError(f"val_fraction must be in [0, 1 - test_fraction), "
                        f"got {val_fraction}")
     registry.lookup(STEP_RULES, "step_rule", step_rule)
     if n_train < 0 or n_test < 0:
-      raise ValueError(f"n_train, n_test must be >= 0: {n_train}, {n_test}")
+      raise errors.UserError(f"n_train, n_test must be >= 0: {n_train}, {n_test}")
     self.sizes = {"train": n_train, "test": n_test,
                   "validation": n_validation}
     self.test_fraction = test_fraction
@@ -229,7 +230,7 @@ class ArithmeticTask:
             self.seed, self.sizes[split], self.difficulty, (tf, tf + vf),
             stream=2, split=split)
       else:
-        raise ValueError("no validation split: set task_kwargs.val_fraction "
+        raise errors.UserError("no validation split: set task_kwargs.val_fraction "
                          "(e.g. 0.05) to reserve one")
       self._examples[split] = ArithmeticExamples(problems)
     return self._examples[split]

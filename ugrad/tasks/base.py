@@ -8,6 +8,7 @@ import bisect
 import dataclasses
 from typing import Protocol, Sequence
 
+from ugrad import errors
 from ugrad.tasks.tokenizer import Tokenizer
 
 
@@ -58,7 +59,7 @@ SPLITS = ("train", "validation", "test")
 
 def check_split(split: str) -> None:
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; valid splits: {SPLITS}")
+    raise errors.UserError(f"unknown split {split!r}; valid splits: {SPLITS}")
 
 
 def line_spans(text: str) -> list[tuple[int, int]]:
@@ -101,7 +102,7 @@ def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
 def encode_completion(tokenizer: Tokenizer, text: str) -> list[int]:
   """The ids of `text` followed by EOS."""
   if tokenizer.eos_id is None:
-    raise ValueError("the tokenizer has no eos_id; completions need one")
+    raise errors.UserError("the tokenizer has no eos_id; completions need one")
   return tokenizer.encode(text) + [tokenizer.eos_id]
 
 
@@ -134,7 +135,7 @@ def chars_to_tokens(tokenizer: Tokenizer, ids: Sequence[int],
   out = []
   for c in offsets:
     if not 0 <= c < total:
-      raise ValueError(f"offset {c} outside the decoded text [0, {total})")
+      raise errors.UserError(f"offset {c} outside the decoded text [0, {total})")
     # The first token whose prefix decode extends past character c.
     out.append(bisect.bisect_right(lengths, c))
   return out

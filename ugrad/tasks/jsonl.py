@@ -17,6 +17,7 @@ import os
 import re
 from typing import Any, Callable, Optional, Sequence
 
+from ugrad import errors
 from ugrad.tasks import base
 from ugrad.tasks import math_answers
 from ugrad.tasks.tokenizer import CharTokenizer, Tokenizer
@@ -24,7 +25,7 @@ from ugrad.tasks.tokenizer import CharTokenizer, Tokenizer
 _ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """A malformed data file; the message starts with "path:line:"."""
 
 
@@ -176,9 +177,9 @@ class JsonlTask:
         settings), or None.
     """
     if train_path is None and test_path is None:
-      raise ValueError("give train_path, test_path or both")
+      raise errors.UserError("give train_path, test_path or both")
     if "{question}" not in prompt_template:
-      raise ValueError(
+      raise errors.UserError(
           f"prompt_template {prompt_template!r} has no {{question}} field")
     prompt_template.format(question="")  # Fail now on stray braces.
     self.fmt = fmt
@@ -197,7 +198,7 @@ class JsonlTask:
   def examples(self, split: str) -> Sequence[base.Example]:
     base.check_split(split)
     if split not in self._examples:
-      raise ValueError(f"no {split}_path was given, so no {split!r} split")
+      raise errors.UserError(f"no {split}_path was given, so no {split!r} split")
     return self._examples[split]
 
   def prompt(self, example: base.Example) -> str:

@@ -17,6 +17,8 @@ import dataclasses
 
 import numpy as np
 
+from ugrad import errors
+
 OPERATORS = "+-*"
 _APPLY = {"+": np.add, "-": np.subtract, "*": np.multiply}
 # Question spaces up to this size are enumerated exactly for the test split.
@@ -120,18 +122,18 @@ class Difficulty:
 
   def __post_init__(self):
     if self.num_operands < 2:
-      raise ValueError(f"num_operands must be >= 2, got {self.num_operands}")
+      raise errors.UserError(f"num_operands must be >= 2, got {self.num_operands}")
     lo, hi = self.digits
     if not 1 <= lo <= hi:
-      raise ValueError(f"digits must satisfy 1 <= lo <= hi, got {self.digits}")
+      raise errors.UserError(f"digits must satisfy 1 <= lo <= hi, got {self.digits}")
     if self.num_operands * hi > 18:
-      raise ValueError(
+      raise errors.UserError(
           f"{self.num_operands} operands of {hi} digits may overflow int64; "
           "need num_operands * max digits <= 18")
     bad = [c for c in self.operators if c not in OPERATORS]
     if bad or not self.operators or len(set(self.operators)) != len(
         self.operators):
-      raise ValueError(
+      raise errors.UserError(
           f"operators must be distinct characters from {OPERATORS!r}, got "
           f"{self.operators!r}")
 
@@ -229,7 +231,7 @@ def draw_held_out_problems(seed: int, n: int, difficulty: Difficulty,
     found = _first_unique(draw if found is None else _concat([found, draw]))
     if len(found) >= n:
       return found.select(slice(0, n))
-  raise ValueError(
+  raise errors.UserError(
       f"found only {len(found)} of {n} distinct {split} questions; raise "
       f"its fraction or lower n_{split}")
 
@@ -248,6 +250,6 @@ def draw_train_problems(seed: int, n: int, difficulty: Difficulty,
     have += len(draw)
     if have >= n:
       return _concat(parts).select(slice(0, n))
-  raise ValueError(
+  raise errors.UserError(
       f"drew only {have} of {n} training problems; allow_negative=False "
       "may reject almost every problem of this difficulty")

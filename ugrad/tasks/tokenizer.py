@@ -6,6 +6,8 @@ Any tokenizer with these five members works with every task: the embedded
 
 from typing import Iterable, Optional, Protocol, Sequence
 
+from ugrad import errors
+
 # Enough for the embedded arithmetic task and simple plain-text math.
 DEFAULT_CHARS = "0123456789+-*/=()#.,: \n"
 
@@ -54,10 +56,10 @@ class CharTokenizer:
     chars = list(chars)
     for c in chars:
       if len(c) != 1:
-        raise ValueError(f"CharTokenizer: {c!r} is not a single character")
+        raise errors.UserError(f"CharTokenizer: {c!r} is not a single character")
     dupes = sorted({c for c in chars if chars.count(c) > 1})
     if dupes:
-      raise ValueError(f"CharTokenizer: duplicate characters {dupes!r}")
+      raise errors.UserError(f"CharTokenizer: duplicate characters {dupes!r}")
     self.chars = "".join(chars)
     self._ids = {c: i + self._NUM_SPECIAL for i, c in enumerate(chars)}
     self.vocab_size = len(chars) + self._NUM_SPECIAL
@@ -86,7 +88,7 @@ class CharTokenizer:
       return [self._ids[c] for c in text]
     except KeyError:
       pos = next(i for i, c in enumerate(text) if c not in self._ids)
-      raise ValueError(
+      raise errors.UserError(
           f"CharTokenizer: unknown character {text[pos]!r} at position "
           f"{pos} of {text!r}; known characters: {self.chars!r}") from None
 
@@ -96,7 +98,7 @@ class CharTokenizer:
     for i in ids:
       i = int(i)
       if not 0 <= i < self.vocab_size:
-        raise ValueError(
+        raise errors.UserError(
             f"CharTokenizer: id {i} out of range [0, {self.vocab_size})")
       if i < self._NUM_SPECIAL:
         continue

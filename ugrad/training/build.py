@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec
 import optax
 
 from ugrad import coefficients
+from ugrad import errors
 from ugrad import models
 from ugrad.training import runs
 from ugrad import sources as sources_lib
@@ -211,7 +212,7 @@ def make_policy(config, task, mesh: Mesh):
     graphdef, params, hf_tokenizer = runs.load_policy(config.init_from,
                                                       mesh.params)
     if hf_tokenizer is not None and config.task == "arithmetic":
-      raise ValueError("a Hugging Face policy cannot be trained on the "
+      raise errors.UserError("a Hugging Face policy cannot be trained on the "
                        "embedded task's character vocabulary")
     tokenizer = hf_tokenizer or tokenizer
     model_config = dataclasses.replace(

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from ugrad import errors
 from ugrad.training import build
 from ugrad import masked
 from ugrad.runtime import paths
@@ -78,22 +79,22 @@ def check_config(config) -> None:
     registry.lookup(LABELS, "PRM label", rm.label)
   for field in ("rollouts", "prefix_batch", "eval_questions"):
     if rm[field] < 1:
-      raise ValueError(f"config.rm.{field} must be >= 1, got {rm[field]}")
+      raise errors.UserError(f"config.rm.{field} must be >= 1, got {rm[field]}")
   if not 0.0 <= rm.replay < 1.0:
-    raise ValueError(f"config.rm.replay must be in [0, 1), got {rm.replay}")
+    raise errors.UserError(f"config.rm.replay must be in [0, 1), got {rm.replay}")
   if rm.replay and not rm.init_from:
-    raise ValueError("config.rm.replay draws from the data of earlier runs: "
+    raise errors.UserError("config.rm.replay draws from the data of earlier runs: "
                      "set config.rm.init_from to the reward model to continue")
   if rm.init_from:
     previous = run_chain(rm.init_from)[0]
     if previous.rm.kind != rm.kind:
-      raise ValueError(f"config.rm.init_from={rm.init_from} holds a reward "
+      raise errors.UserError(f"config.rm.init_from={rm.init_from} holds a reward "
                        f"model of kind {previous.rm.kind!r}, not "
                        f"{rm.kind!r}")
   if config.sampling.group_size < 1 or config.sampling.questions < 1:
-    raise ValueError("sampling.questions and sampling.group_size must be >= 1")
+    raise errors.UserError("sampling.questions and sampling.group_size must be >= 1")
   if not config.init_from and config.task != "arithmetic":
-    raise ValueError(f"a reward model on task {config.task!r} starts from a "
+    raise errors.UserError(f"a reward model on task {config.task!r} starts from a "
                      "policy: set config.init_from")
 
 # ---------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def run_chain(workdir: str) -> list[ml_collections.ConfigDict]:
   chain = []
   while workdir:
     if not runs.is_finished_model(workdir):
-      raise FileNotFoundError(f"{workdir} holds no finished reward model "
+      raise errors.MissingInput(f"{workdir} holds no finished reward model "
                               f"({runs.MODEL_FILE} is missing)")
     chain.append(runs.read_config(workdir))
     workdir = chain[-1].rm.get("init_from", "")
@@ -128,7 +129,7 @@ def history(workdir: str) -> dict:
   for directory in dirs:
     data_dir = paths.resolve(directory) / DATA_DIR
     if not data_dir.is_dir():
-      raise FileNotFoundError(f"{directory} kept no training data to replay "
+      raise errors.MissingInput(f"{directory} kept no training data to replay "
                               f"({DATA_DIR}/ is missing)")
     for file in sorted(data_dir.iterdir()):
       with file.open("rb") as f, np.load(f) as rows:
@@ -324,7 +325,7 @@ class RewardModelLearner:
     n = replay_rows(len(rows["tokens"]), self.config.rm.replay)
     available, width = self.history["tokens"].shape
     if width != rows["tokens"].shape[1]:
-      raise ValueError(f"replayed rows of {self.config.rm.init_from} have "
+      raise errors.UserError(f"replayed rows of {self.config.rm.init_from} have "
                        f"{width} tokens, this run's have "
                        f"{rows['tokens'].shape[1]}: the task or "
                        "sampling.max_new_tokens changed")

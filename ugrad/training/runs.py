@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import gradlog
 from ugrad import models
@@ -75,11 +76,11 @@ def load_model(path: str, kind: str = "policy", shardings=None):
       a model saved from many devices or processes.
   """
   if not is_finished_model(path):
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
   saved = json.loads((paths.resolve(path) / MODEL_FILE).read_text())
   if saved["kind"] != kind:
-    raise ValueError(f"{path} holds a {saved['kind']} model, not a {kind} "
+    raise errors.UserError(f"{path} holds a {saved['kind']} model, not a {kind} "
                      "model")
   model_config = models.ModelConfig(**saved["config"])
   abstract = nnx.eval_shape(

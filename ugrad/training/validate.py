@@ -10,6 +10,7 @@ A reward-model run adds `ugrad.training.reward_models.check_config`.
 
 from ugrad.training import build
 from ugrad import coefficients
+from ugrad import errors
 from ugrad import models
 from ugrad.runtime import profiling
 from ugrad import registry
@@ -82,10 +83,10 @@ def _check_ranges(config) -> None:
       value = value[part]
     if value < low or (exclusive and value == low):
       bound = f"> {low}" if exclusive else f">= {low}"
-      raise ValueError(f"config.{key} must be {bound}, got {value}")
+      raise errors.UserError(f"config.{key} must be {bound}, got {value}")
   top_p = config.sampling.top_p
   if not 0 < top_p <= 1:
-    raise ValueError(f"config.sampling.top_p must be in (0, 1], got {top_p}")
+    raise errors.UserError(f"config.sampling.top_p must be in (0, 1], got {top_p}")
   profiling.parse_steps(config.get("profile_steps", ""))
 
 
@@ -128,24 +129,24 @@ def _check_fields(config) -> None:
   if missing:
     why = "; ".join(f"{f}: {_FIELD_HINTS.get(f, 'not provided')}"
                     for f in missing)
-    raise ValueError(
+    raise errors.UserError(
         f"coefficient {name!r} needs {', '.join(missing)}, which source "
         f"{config.source!r} with reward {config.reward!r} does not provide "
         f"({why})")
   samples = build.source_class(config).samples
   g = config.sampling.group_size if samples else 1
   if "group_ids" in needed and not config.sampling.pairs and g < 2:
-    raise ValueError(f"coefficient {name!r} compares samples within a group: "
+    raise errors.UserError(f"coefficient {name!r} compares samples within a group: "
                      f"sampling.group_size must be >= 2, got {g}")
   if samples and not rewards_lib.provided_fields(config.reward) and (
       config.trainer == "policy"):
-    raise ValueError(f"source {config.source!r} samples completions that "
+    raise errors.UserError(f"source {config.source!r} samples completions that "
                      f"need a reward, and reward {config.reward!r} gives none")
   if config.sampling.pairs and g < 2:
-    raise ValueError("sampling.pairs builds a pair from each group: "
+    raise errors.UserError("sampling.pairs builds a pair from each group: "
                      f"sampling.group_size must be >= 2, got {g}")
   if config.sampling.pairs and not samples:
-    raise ValueError("sampling.pairs needs a sampling source (online / "
+    raise errors.UserError("sampling.pairs needs a sampling source (online / "
                      f"frozen_policy), not {config.source!r}")
 
 
@@ -155,7 +156,7 @@ def _check_batch_split(config) -> None:
   chunk = build.group_size(config)
   parts = config.minibatches * config.micro_batches
   if rows % parts or (rows // parts) % chunk:
-    raise ValueError(
+    raise errors.UserError(
         f"{rows} rows per step cannot be split into {config.minibatches} "
         f"minibatches x {config.micro_batches} micro-batches of whole groups "
         f"of {chunk}")
@@ -163,7 +164,7 @@ def _check_batch_split(config) -> None:
   shards = sharding_lib.batch_shards(shape)
   if (rows // parts) % shards:
     axes = " x ".join(f"{a}={shape[a]}" for a in sharding_lib.BATCH_AXES)
-    raise ValueError(f"micro-batches of {rows // parts} rows do not divide "
+    raise errors.UserError(f"micro-batches of {rows // parts} rows do not divide "
                      f"over the batch axes {axes} ({shards} shards)")
 
 
@@ -171,16 +172,16 @@ def _check_models(config) -> None:
   """Learned rewards name their model; RL has a policy to start from."""
   terms = dict(rewards_lib.parse_spec(config.reward))
   if "model" in terms and not config.reward_model:
-    raise ValueError("the 'model' reward needs config.reward_model: the "
+    raise errors.UserError("the 'model' reward needs config.reward_model: the "
                      "workdir of a trained outcome reward model")
   if "process" in terms and not config.process_reward_model:
-    raise ValueError("the 'process' reward needs config.process_reward_model:"
+    raise errors.UserError("the 'process' reward needs config.process_reward_model:"
                      " the workdir of a trained process reward model")
   if not config.init_from and (config.coef.name != "sft" or
                                config.trainer != "policy"):
     what = ("a reward model" if config.trainer == "reward_model" else
             f"coefficient {config.coef.name!r}")
-    raise ValueError(
+    raise errors.UserError(
         f"{what} starts from a trained policy: set config.init_from to a "
         "ugrad workdir or a Hugging Face directory (experiments.main trains "
         "the embedded task's SFT policy first when it is empty)")
@@ -190,16 +191,16 @@ def _check_iterative(config) -> None:
   """Iterative RL splits the steps evenly and owns the reference resets."""
   it = config.iterative
   if it.iterations < 1:
-    raise ValueError(f"iterative.iterations must be >= 1, got "
+    raise errors.UserError(f"iterative.iterations must be >= 1, got "
                      f"{it.iterations}")
   if it.iterations == 1:
     return
   if config.steps % it.iterations:
-    raise ValueError(f"{config.steps} steps cannot be split into "
+    raise errors.UserError(f"{config.steps} steps cannot be split into "
                      f"{it.iterations} equal iterations")
   if config.ref_reset_every:
-    raise ValueError("iterative RL resets the reference after each "
+    raise errors.UserError("iterative RL resets the reference after each "
                      "iteration: set ref_reset_every=0")
   if it.rm_steps < 1 or not 0.0 <= it.replay < 1.0:
-    raise ValueError("iterative.rm_steps must be >= 1 and iterative.replay "
+    raise errors.UserError("iterative.rm_steps must be >= 1 and iterative.replay "
                      f"in [0, 1), got {it.rm_steps} and {it.replay}")
