@@ -292,8 +292,6 @@ def test_sharded_state_restores_onto_another_mesh(tmp_path):
 def test_abandoned_read_filter_passes_other_errors_on(monkeypatch):
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", seen.append)
-  checkpoint._collect_abandoned_reads()
-  checkpoint._collect_abandoned_reads()  # Installed once, not stacked.
   orbax_code = types.SimpleNamespace(co_filename="/x/orbax/checkpoint/y.py")
   other_code = types.SimpleNamespace(co_filename="/x/mine.py")
   dropped = [
@@ -307,6 +305,9 @@ def test_abandoned_read_filter_passes_other_errors_on(monkeypatch):
       types.SimpleNamespace(exc_value=Exception("read error"),
                             object=types.SimpleNamespace(cr_code=other_code)),
   ]
-  for unraisable in dropped + kept:
-    sys.unraisablehook(unraisable)
+  with checkpoint._dropping_abandoned_reads():  # pylint: disable=protected-access
+    for unraisable in dropped + kept:
+      sys.unraisablehook(unraisable)
   assert seen == kept
+  # Outside the restore, the process's own hook is back.
+  assert sys.unraisablehook == seen.append  # pylint: disable=comparison-with-callable

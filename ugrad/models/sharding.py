@@ -165,7 +165,7 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
       variables carry `logical_axes` names; variables without
       them are replicated.
     mesh: the device mesh.
-    rules: a rule list such as `FSDP_RULES`.
+    rules: a rule list such as `RULES`.
 
   Returns:
     The same structure with a NamedSharding in place of each value, usable

@@ -1,15 +1,11 @@
 """Orbax checkpoints of the train state that resume from the latest good one.
 
 A checkpoint is one step directory holding two Orbax items: `state`, the
-trainer's train-state pytree (params, optax state, critic and reward-model
-params, step, PRNG key data), and `meta`, a small JSON dict (data position,
-config hash, step).
-
-PRNG keys are stored as their raw data: the trainer keeps
-`jax.random.key_data(key)` (a uint32 array) in the state and rebuilds the key
-with `jax.random.wrap_key_data` after a restore, so the state holds plain
-arrays only. Python scalars in the state come back as 0-d numpy arrays; keep
-the step as a jnp int32 array.
+trainer's train-state pytree (params, optax state, and what the learner
+adds: a critic, a reference that resets), and `meta`, a small JSON dict (the
+step, the gradient log's head, the run's config). The state holds arrays
+only: every random draw is a function of (seed, step), so no PRNG key is
+stored. Python scalars in a state come back as 0-d numpy arrays.
 
 What counts as a bad checkpoint, and what happens to it:
 
@@ -237,6 +233,11 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._quarantine_unfinished()
     distributed.sync("checkpoint_quarantine")
+    with _dropping_abandoned_reads():
+      return self._restore_newest(abstract_state)
+
+  def _restore_newest(self, abstract_state: Any):
+    """`restore` without the unraisable-hook filter."""
     failures = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
@@ -252,15 +253,12 @@ class Checkpointer:
                         "trying an older one", step, self.directory,
                         type(e).__name__, _first_line(e))
         # The reason only: the exception's frames would keep Orbax's
-        # abandoned reads alive past `_collect_abandoned_reads`.
+        # abandoned reads alive past `_dropping_abandoned_reads`.
         failures.append((step, f"{type(e).__name__}: {_first_line(e)}"))
         continue
       self._quarantine_failed(failures)
-      if failures:
-        _collect_abandoned_reads()
       return step, state, meta
     if failures:
-      _collect_abandoned_reads()
       listing = "; ".join(f"step {s}: {why}" for s, why in failures)
       raise UnreadableCheckpoints(
           f"no checkpoint in {self.directory} could be restored ({listing}); "
@@ -394,24 +392,27 @@ def check_manifest(step_dir) -> Optional[str]:
   return None
 
 
-def _collect_abandoned_reads():
+@contextlib.contextmanager
+def _dropping_abandoned_reads():
   """Orbax's concurrent reads of a broken checkpoint leave coroutines that
   raise when they are collected ("Event loop is closed", or their read
-  error again when closing them turns GeneratorExit into it): now, later
-  when a reader thread lets go of them, or at exit, as tracebacks that look
-  like a crash. From the first broken read on, this process's unraisable
-  hook drops exactly those (anything else still reaches the previous hook),
-  and what is collectable now is collected."""
-  if not getattr(sys.unraisablehook, "drops_abandoned_reads", False):
-    previous = sys.unraisablehook
+  error again when closing them turns GeneratorExit into it), which Python
+  prints as tracebacks that look like a crash. Inside this context the
+  unraisable hook drops exactly those (anything else still reaches the
+  previous hook); on leaving, what is collectable is collected and the
+  previous hook is back."""
+  previous = sys.unraisablehook
 
-    def hook(unraisable):
-      if not _is_abandoned_read(unraisable):
-        previous(unraisable)
+  def hook(unraisable):
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
 
-    hook.drops_abandoned_reads = True
-    sys.unraisablehook = hook
-  gc.collect()
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
 
 
 def _is_abandoned_read(unraisable) -> bool:
