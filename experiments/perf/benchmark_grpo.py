@@ -88,27 +88,7 @@ _PEERS = flags.DEFINE_list("grpo_peers", list(CONTENDERS),
                            "contenders, in their order within a repeat")
 
 
-@dataclasses.dataclass
-class Work:
-  """What every contender does per step, and the files they share."""
-
-  model: str = "qwen2_2.9m"
-  prompts: int = 16
-  group: int = 8
-  new_tokens: int = 24
-  temperature: float = 1.0
-  beta: float = 0.04
-  lr: float = 1e-4
-  seed: int = 0
-  micro_batches: int = 1  # ugrad's alone
-  attention: str = "auto"  # ugrad's alone
-  steps: int = 0  # steps each loop is built for (warm-up, timed, one more)
-  hf_dir: str = ""  # the initial weights (no tokenizer: ugrad's is the task's)
-  workdir: str = ""
-
-  @property
-  def rows(self) -> int:
-    return self.prompts * self.group
+Work = benchmark_peers.Work
 
 
 def _emit(**figure):
@@ -233,7 +213,8 @@ class UgradRun:
 
   def start(self, gate):
     self.trainer = trainer_lib.Trainer(_config(self.work), self.workdir,
-                                 hooks=[lambda trainer, step: gate() or {}])
+                                 hooks=[lambda context, state, step: gate()
+                                        or trainer_lib.HookResult()])
     self._instrument()
     self.trainer.train()
 

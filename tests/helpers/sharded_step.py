@@ -61,7 +61,7 @@ def greedy_tokens(trainer) -> np.ndarray:
 def first_gradient(trainer) -> list:
   """The gradient of the step-1 loss numerator (policy parameters), on the
   run's mesh."""
-  _, rollout = trainer.learner.prepare(0)
+  _, rollout = trainer.rollout(0)
   loss_fn = trainer.learner.loss_fn()
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b)[0]))
   return jax.tree.leaves(jax.device_get(

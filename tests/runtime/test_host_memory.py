@@ -10,7 +10,7 @@ import pytest
 
 from ugrad.runtime import host_memory
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # SFT steps of the embedded model (the main job's warm start, whose update
 # has a 127 MB temporary at its batch of 64; here 128 rows, about twice
@@ -23,9 +23,9 @@ _PROGRAM = textwrap.dedent("""
     from ugrad.training import trainer as trainer_lib
     faults = {}
 
-    def hook(unused_trainer, step):
+    def hook(unused_context, unused_state, step):
       faults[step] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      return {}
+      return trainer_lib.HookResult()
 
     config = sft.get_config()
     config.steps, config.quiet, config.eval_questions = 6, True, 8

@@ -24,7 +24,7 @@ from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 from ugrad.training import validate
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,9 @@ class _CompileCounter:
     if event == "/jax/core/compile/backend_compile_duration":
       self.names.append(fun_name)
 
-  def hook(self, unused_trainer, step):
+  def hook(self, unused_context, unused_state, step):
     self.before_step[step] = len(self.names)
-    return {}
+    return trainer_lib.HookResult()
 
   def during_steps(self, first: int, last: int) -> list:
     """What compiled from the start of step `first` to that of `last`+1

@@ -1,9 +1,10 @@
 """What a config builds: the task, the policy, the mesh, the optimizer.
 
-Pure construction, no training: `ugrad.training.trainer` and the launchers call these,
-and `ugrad.training.validate` reads the same config helpers.
+Pure construction, no training: `ugrad.training.trainer` and the launchers
+call these, and `ugrad.training.validate` reads the same config helpers.
 """
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -16,6 +17,7 @@ import optax
 from ugrad import coefficients
 from ugrad import errors
 from ugrad import models
+from ugrad import sampling
 from ugrad.training import runs
 from ugrad import sources as sources_lib
 from ugrad.sampling import stats
@@ -200,14 +202,14 @@ def policy_graphdef(model_config):
   return nnx.split(abstract, nnx.Param)[0]
 
 
-def make_policy(config, task, mesh: Mesh):
+def make_policy(config, tokenizer, mesh: Mesh):
   """(Policy, params in `config.param_dtype` on the mesh) of
   `config.init_from` or, when it is empty, of the `config.model` preset
-  freshly initialised.
+  freshly initialised, for a task with `tokenizer`.
 
-  A Hugging Face policy brings its own tokenizer, which replaces the task's.
+  A Hugging Face policy brings its own tokenizer, which replaces the task's:
+  the Policy's is the one to use (`with_tokenizer`).
   """
-  tokenizer = task.tokenizer
   if config.init_from:
     graphdef, params, hf_tokenizer = runs.load_policy(config.init_from,
                                                       mesh.params)
@@ -231,8 +233,32 @@ def make_policy(config, task, mesh: Mesh):
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef, params = init_params(models.Transformer, model_config,
                                    config.seed, mesh)
-  task.tokenizer = tokenizer
   return Policy(graphdef, model_config, tokenizer), params
+
+
+def with_tokenizer(task, tokenizer):
+  """`task` if it has `tokenizer`, else a shallow copy of it that has."""
+  if task.tokenizer is tokenizer:
+    return task
+  task = copy.copy(task)
+  task.tokenizer = tokenizer
+  return task
+
+
+def sampling_config(config, tokenizer, num_samples: int, *,
+                    truncate: bool = True) -> sampling.SamplingConfig:
+  """How a run samples: `config.sampling`'s budget and temperature, the
+  tokenizer's EOS and padding, `num_samples` per prompt and, when
+  `truncate`, its top-k and top-p (0 and 1: all tokens)."""
+  top_k = top_p = None
+  if truncate:
+    top_k = config.sampling.top_k or None
+    top_p = config.sampling.top_p if config.sampling.top_p < 1 else None
+  return sampling.SamplingConfig(
+      max_new_tokens=config.sampling.max_new_tokens,
+      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+      num_samples=num_samples, temperature=config.sampling.temperature,
+      top_k=top_k, top_p=top_p)
 
 
 def scalar_from_policy(model_config, policy_params, seed: int, mesh: Mesh):

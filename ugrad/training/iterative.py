@@ -18,11 +18,11 @@ import json
 from ugrad.training import build
 from ugrad.runtime import distributed
 from ugrad.runtime import paths
+from ugrad.training import learner as learner_lib
 from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 
 ITERATIONS_DIR = "iterations"
-REWARD_FIELDS = ("reward_model", "process_reward_model")
 
 
 def iteration_of(config, step: int) -> int:
@@ -69,7 +69,7 @@ def reward_models_of(config, workdir: str, k: int, params, model_config,
     evaluation metrics of each reward model continued in iteration k, named
     "<field>/<metric>").
   """
-  dirs = {f: config[f] for f in REWARD_FIELDS if config[f]}
+  dirs = {f: config[f] for f in learner_lib.REWARD_MODEL_FIELDS if config[f]}
   if k == 0:
     return dirs, {}
   directory = iteration_dir(workdir, k)
@@ -99,10 +99,11 @@ def reward_models_of(config, workdir: str, k: int, params, model_config,
 
 
 class RewardModelRefresh:
-  """The trainer hook of iterative RL: before the first step of an
-  iteration (or the first step after resuming in one), the reward models of
-  that iteration, continued on samples of the current policy, become the
-  run's rewards; their evaluation is logged at the iteration's first step.
+  """The trainer hook (`learner.Hook`) of iterative RL: before the first
+  step of an iteration (or the first step after resuming in one), the
+  reward models of that iteration, continued on samples of the current
+  policy, become the run's rewards (`HookResult.reward_models`); their
+  evaluation is logged at the iteration's first step.
   """
 
   def __init__(self, config, workdir: str):
@@ -110,18 +111,18 @@ class RewardModelRefresh:
     self.workdir = str(paths.resolve(workdir))
     self.iteration = 0
 
-  def __call__(self, trainer, step: int) -> dict:
+  def __call__(self, context: learner_lib.RunContext, state: dict,
+               step: int) -> learner_lib.HookResult:
     k = iteration_of(self.config, step)
     if k == self.iteration:
-      return {}
+      return learner_lib.HookResult()
     first_step = step == k * build.ref_reset_period(self.config)
     dirs, metrics = reward_models_of(
-        self.config, self.workdir, k, trainer.state["params"],
-        trainer.policy.model_config, first_step)
-    trainer.learner.set_reward_models(dirs.get("reward_model", ""),
-                                      dirs.get("process_reward_model", ""))
+        self.config, self.workdir, k, state["params"],
+        context.policy.model_config, first_step)
     self.iteration = k
-    return metrics if first_step else {}
+    return learner_lib.HookResult(metrics if first_step else {},
+                                  reward_models=dirs)
 
 
 def hooks(config, workdir: str) -> list:

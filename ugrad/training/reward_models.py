@@ -1,12 +1,13 @@
 """Outcome and process reward models, trained by the same loop as policies.
 
 DeepSeekMath (section 5) and Math-Shepherd (Wang et al. 2024) supervise a
-reward model on samples of the policy; `ugrad.training.reward_labels` makes the
-labels. A reward-model run (`config.trainer = "reward_model"`) is a
-`ugrad.training.trainer.Trainer` whose learner is `RewardModelLearner`: the model is a
-`ScalarModel` (the policy's backbone, a zero head), the loss target is
-binary cross-entropy on the labelled positions (`label_loss`), so the run
-gets the mesh, micro-batches, the gradient log and exact resume of every run.
+reward model on samples of the policy; `ugrad.training.reward_labels` makes
+the labels. A reward-model run (`config.trainer = "reward_model"`) is a
+`ugrad.training.trainer.Trainer` whose learner is `RewardModelLearner`: the
+model is a `ScalarModel` (the policy's backbone, a zero head), the loss
+target is binary cross-entropy on the labelled positions (`label_loss`), so
+the run gets the mesh, micro-batches, the gradient log and exact resume of
+every run.
 
 The reward model starts from the policy in `config.init_from` or, with
 `rm.init_from`, from the reward model saved in an earlier run, which it
@@ -16,8 +17,8 @@ earlier runs of the chain trained on, and the draws continue after the
 earlier runs' steps. The policy stays frozen; every draw is keyed by
 (seed, step), so a resumed run sees the same data. Each step's labelled rows
 are kept in WORKDIR/rm_data for later replay. The result is saved as a
-scalar model, which `ugrad.training.runs.reward_model_scorer` (the `model` and
-`process` rewards) loads.
+scalar model, which `ugrad.training.runs.reward_model_scorer` (the `model`
+and `process` rewards) loads.
 """
 
 
@@ -35,6 +36,7 @@ from ugrad.runtime import paths
 from ugrad import registry
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
+from ugrad.training import learner as learner_lib
 from ugrad.training import runs
 from ugrad import sampling
 from ugrad import sources as sources_lib
@@ -79,23 +81,29 @@ def check_config(config) -> None:
     registry.lookup(LABELS, "PRM label", rm.label)
   for field in ("rollouts", "prefix_batch", "eval_questions"):
     if rm[field] < 1:
-      raise errors.UserError(f"config.rm.{field} must be >= 1, got {rm[field]}")
+      raise errors.UserError(
+          f"config.rm.{field} must be >= 1, got {rm[field]}")
   if not 0.0 <= rm.replay < 1.0:
-    raise errors.UserError(f"config.rm.replay must be in [0, 1), got {rm.replay}")
+    raise errors.UserError(
+        f"config.rm.replay must be in [0, 1), got {rm.replay}")
   if rm.replay and not rm.init_from:
-    raise errors.UserError("config.rm.replay draws from the data of earlier runs: "
-                     "set config.rm.init_from to the reward model to continue")
+    raise errors.UserError(
+        "config.rm.replay draws from the data of earlier runs: set "
+        "config.rm.init_from to the reward model to continue")
   if rm.init_from:
     previous = run_chain(rm.init_from)[0]
     if previous.rm.kind != rm.kind:
-      raise errors.UserError(f"config.rm.init_from={rm.init_from} holds a reward "
-                       f"model of kind {previous.rm.kind!r}, not "
-                       f"{rm.kind!r}")
+      raise errors.UserError(
+          f"config.rm.init_from={rm.init_from} holds a reward model of kind "
+          f"{previous.rm.kind!r}, not {rm.kind!r}")
   if config.sampling.group_size < 1 or config.sampling.questions < 1:
-    raise errors.UserError("sampling.questions and sampling.group_size must be >= 1")
+    raise errors.UserError(
+        "sampling.questions and sampling.group_size must be >= 1")
   if not config.init_from and config.task != "arithmetic":
-    raise errors.UserError(f"a reward model on task {config.task!r} starts from a "
-                     "policy: set config.init_from")
+    raise errors.UserError(
+        f"a reward model on task {config.task!r} starts from a policy: set "
+        "config.init_from")
+
 
 # ---------------------------------------------------------------------------
 # Continued training: the chain of earlier runs and their data.
@@ -113,7 +121,7 @@ def run_chain(workdir: str) -> list[ml_collections.ConfigDict]:
   while workdir:
     if not runs.is_finished_model(workdir):
       raise errors.MissingInput(f"{workdir} holds no finished reward model "
-                              f"({runs.MODEL_FILE} is missing)")
+                                f"({runs.MODEL_FILE} is missing)")
     chain.append(runs.read_config(workdir))
     workdir = chain[-1].rm.get("init_from", "")
   return chain
@@ -129,8 +137,9 @@ def history(workdir: str) -> dict:
   for directory in dirs:
     data_dir = paths.resolve(directory) / DATA_DIR
     if not data_dir.is_dir():
-      raise errors.MissingInput(f"{directory} kept no training data to replay "
-                              f"({DATA_DIR}/ is missing)")
+      raise errors.MissingInput(
+          f"{directory} kept no training data to replay ({DATA_DIR}/ is "
+          "missing)")
     for file in sorted(data_dir.iterdir()):
       with file.open("rb") as f, np.load(f) as rows:
         parts.append(dict(rows))
@@ -143,27 +152,26 @@ def replay_rows(fresh_rows: int, replay: float) -> int:
   return int(round(fresh_rows * replay / (1.0 - replay)))
 
 
-
 # ---------------------------------------------------------------------------
 # The learner.
 # ---------------------------------------------------------------------------
 
 
 class RewardModelLearner:
-  """The reward model's side of a run: labelled samples of the frozen
-  policy in, a scalar model out."""
+  """The reward model's side of a run (a `learner.Learner`): labelled
+  samples of the frozen policy in, a scalar model out."""
 
   chunk = 1  # rows are independent (replayed rows join them)
 
-  def __init__(self, trainer):
-    self.trainer = trainer
-    config = self.config = trainer.config
+  def __init__(self, context: learner_lib.RunContext):
+    self.context = context
+    config = self.config = context.config
     self.kind = config.rm.kind
-    self.task = trainer.task
-    policy = trainer.policy
-    self.policy_params = trainer.init_params
+    self.task = context.task
+    policy = context.policy
+    self.policy_params = context.init_params
     self.graphdef, self.init_params = build.scalar_from_policy(
-        policy.model_config, self.policy_params, config.seed, trainer.mesh)
+        policy.model_config, self.policy_params, config.seed, context.mesh)
     self.data_offset, self.history = 0, None
     if config.rm.init_from:
       _, self.init_params = runs.load_model(
@@ -175,57 +183,53 @@ class RewardModelLearner:
     self.source = sources_lib.OnlineSource(
         self.task, sampler=self._sampler(config.sampling.group_size),
         questions=config.sampling.questions,
-        group_size=config.sampling.group_size, prompt_len=trainer.prompt_len,
+        group_size=config.sampling.group_size, prompt_len=context.prompt_len,
         seed=config.seed)
     k_config = self._sampling_config(config.rm.rollouts)
     params, graphdef = self.policy_params, policy.graphdef
     self.continue_fn = lambda tokens, mask, key: sampling.sample(
         graphdef, params, tokens, mask, key, k_config)
-    scalar = self.graphdef
-    self.scores = jax.jit(lambda p, t, m: nnx.merge(scalar, p)(t, m))
-    self.label_metrics = {}
+    self.scores = runs.scalar_scores(self.graphdef)
+    self.label_metrics = {}  # of the last draw, for its batch_stats
     self._eval_cache = None
 
   def _sampling_config(self, num_samples: int) -> sampling.SamplingConfig:
-    tok = self.task.tokenizer
-    return sampling.SamplingConfig(
-        max_new_tokens=self.trainer.max_new, eos_id=tok.eos_id,
-        pad_id=tok.pad_id, num_samples=num_samples,
-        temperature=self.config.sampling.temperature)
+    # Temperature only: no top-k / top-p.
+    return build.sampling_config(self.config, self.task.tokenizer,
+                                 num_samples, truncate=False)
 
   def _sampler(self, num_samples: int) -> sampling.Sampler:
     return sampling.make_sampler(
-        self.trainer.policy.graphdef, self.task.tokenizer,
-        self.trainer.prompt_len, self._sampling_config(num_samples),
-        self.trainer.mesh.mesh)
+        self.context.policy.graphdef, self.task.tokenizer,
+        self.context.prompt_len, self._sampling_config(num_samples),
+        self.context.mesh.mesh)
 
   # --- what the trainer asks ----------------------------------------------
 
-  def initial_params(self):
-    return jax.tree.map(jnp.copy, self.init_params)
-
-  def extra_state(self) -> dict:
-    return {}
+  def init_state(self) -> dict:
+    return {"params": jax.tree.map(jnp.copy, self.init_params)}
 
   def loss_fn(self):
     return label_loss(self.graphdef)
 
-  def prepare(self, step: int):
-    """The step's labelled samples (plus replayed rows) as a rollout whose
-    `step_rewards` are the targets and `step_mask` the labelled positions.
-
-    Returns:
-      (the source's Batch, the Rollout as host arrays).
-    """
+  def draw(self, state: dict, step: int):
+    """The frozen policy's samples of step `step`, labelled (the draws
+    continue after those of the runs this one continues)."""
+    del state  # The policy is frozen.
     self.label_metrics = {}
 
     def score(batch):
       self.label_metrics.update(self._label(batch, step))
       return batch
 
-    batch = self.source.draw(self.policy_params, self.data_offset + step,
-                             score)
-    self.trainer.timer.lap("sample")
+    return self.source.draw(self.policy_params, self.data_offset + step,
+                            score)
+
+  def prepare(self, state: dict, batch, step: int):
+    """The batch's labelled rows (kept for later replay) plus replayed
+    rows, as a host rollout whose `step_rewards` are the targets and
+    `step_mask` the labelled positions."""
+    del state
     targets, label_mask = self._targets(batch.rollout)
     r = batch.rollout
     rows = {"tokens": np.asarray(r.tokens, np.int32),
@@ -234,22 +238,27 @@ class RewardModelLearner:
             "label_mask": np.asarray(label_mask, np.float32)}
     self._record(step, rows)
     rows = self._with_replay(step, rows)
-    rollout = rollout_lib.Rollout(
+    return rollout_lib.Rollout(
         tokens=rows["tokens"], attention_mask=rows["attention_mask"],
         completion_mask=(rows["label_mask"] > 0).astype(np.int32),
         step_rewards=rows["targets"], step_mask=rows["label_mask"])
-    return batch, rollout
 
-  def after_update(self, minibatch) -> dict:
+  def after_update(self, state: dict, minibatch) -> tuple[dict, dict]:
     del minibatch
-    return {}
+    return state, {}
 
-  def after_step(self, step: int):
+  def after_step(self, state: dict, step: int) -> dict:
     del step
+    return state
 
   def batch_stats(self, batch) -> dict:
     del batch
     return dict(self.label_metrics)
+
+  def use_reward_models(self, dirs: dict):
+    """A reward model learns from rule labels: it scores with none."""
+    raise errors.UserError(
+        f"a reward-model run scores with no reward model, got {dirs}")
 
   # --- data ----------------------------------------------------------------
 
@@ -308,11 +317,11 @@ class RewardModelLearner:
     return {"label_truth_agreement": float(np.mean(
         (targets[on] > 0.5) == (truth[on] > 0.5)))}
 
-  # --- one step -------------------------------------------------------------
+  # --- the rows a step trains on: kept, then replayed ----------------------
 
   def _record(self, step: int, rows: dict):
     """Keeps the step's fresh labelled rows for later replay."""
-    data_dir = paths.resolve(self.trainer.workdir) / DATA_DIR
+    data_dir = paths.resolve(self.context.workdir) / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / f"step_{step:07d}.npz").open("wb") as f:
       np.savez_compressed(f, **rows)
@@ -325,17 +334,15 @@ class RewardModelLearner:
     n = replay_rows(len(rows["tokens"]), self.config.rm.replay)
     available, width = self.history["tokens"].shape
     if width != rows["tokens"].shape[1]:
-      raise errors.UserError(f"replayed rows of {self.config.rm.init_from} have "
-                       f"{width} tokens, this run's have "
-                       f"{rows['tokens'].shape[1]}: the task or "
-                       "sampling.max_new_tokens changed")
+      raise errors.UserError(
+          f"replayed rows of {self.config.rm.init_from} have {width} "
+          f"tokens, this run's have {rows['tokens'].shape[1]}: the task or "
+          "sampling.max_new_tokens changed")
     idx = np.random.default_rng(
         [self.config.seed, step, _REPLAY_SALT]).choice(available, size=n,
                                                        replace=n > available)
     return {k: np.concatenate([v, self.history[k][idx]])
             for k, v in rows.items()}
-
-  # --- evaluation -----------------------------------------------------------
 
   # --- evaluation and the result -------------------------------------------
 
@@ -397,11 +404,9 @@ class RewardModelLearner:
                                          rewards[has], groups[has]))
     return out
 
-  # --- the loop -------------------------------------------------------------
+  def periodic_evaluation(self, state: dict) -> dict:
+    return self.evaluate(state["params"])
 
-  def periodic_evaluation(self) -> dict:
-    return self.evaluate(self.trainer.state["params"])
-
-  def save(self, workdir: str):
-    runs.save_model(workdir, self.trainer.state["params"],
-                    self.trainer.policy.model_config, kind="scalar")
+  def save(self, workdir: str, state: dict):
+    runs.save_model(workdir, state["params"],
+                    self.context.policy.model_config, kind="scalar")

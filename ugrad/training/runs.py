@@ -80,8 +80,8 @@ def load_model(path: str, kind: str = "policy", shardings=None):
         f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
   saved = json.loads((paths.resolve(path) / MODEL_FILE).read_text())
   if saved["kind"] != kind:
-    raise errors.UserError(f"{path} holds a {saved['kind']} model, not a {kind} "
-                     "model")
+    raise errors.UserError(f"{path} holds a {saved['kind']} model, not a "
+                           f"{kind} model")
   model_config = models.ModelConfig(**saved["config"])
   abstract = nnx.eval_shape(
       lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0)))
@@ -132,9 +132,15 @@ def local_copy(path: str) -> str:
   return str(local)
 
 
+def scalar_scores(graphdef):
+  """The jitted scores (params, tokens, attention_mask) -> [B, T] of a
+  scalar model (critic, reward model) with `graphdef`."""
+  return jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))
+
+
 def reward_model_scorer(path: str):
   """A numpy score function (tokens, attention_mask) -> [B, T] of a saved
   scalar (reward) model."""
   graphdef, params = load_model(path, "scalar")
-  scores = jax.jit(lambda p, t, m: nnx.merge(graphdef, p)(t, m))
+  scores = scalar_scores(graphdef)
   return lambda tokens, mask: np.asarray(scores(params, tokens, mask))

@@ -1,23 +1,24 @@
 """The update and the loop, for policies and reward models alike.
 
-One step: a learner prepares the step's rollout (a policy run: the source
-draws and the reward scores it, then the reference's and old log-probs and a
-critic's values are added; a reward-model run: the frozen policy's samples
-with their labels), then for `ppo_epochs` x `minibatches` the jitted update
-does the maths:
+One step: the learner draws the step's batch (a policy run: the source
+samples and the reward scores; a reward-model run: the frozen policy's
+samples with their labels) and prepares its rollout (the reference's and old
+log-probs and a critic's values; the labelled and replayed rows), then for
+`ppo_epochs` x `minibatches` the jitted update does the maths:
 
     update_on(rollout): loss -> grads (summed over micro-batches, divided
                         once by the global normaliser) -> optimizer
 
 and the loop does the bookkeeping around it: metrics, the gradient log,
 checkpoints, periodic evaluation. What a method changes is in the config;
-what a run kind changes is its learner (`PolicyLearner` here,
-`ugrad.training.reward_models.RewardModelLearner`).
+what a run kind changes is its learner (`ugrad.training.learner.Learner`:
+`PolicyLearner`, `ugrad.training.reward_models.RewardModelLearner`). The
+trainer owns the state; learners and hooks return what they change.
 """
 
 import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 import jax
@@ -26,6 +27,7 @@ import numpy as np
 import tqdm
 
 from ugrad.training import build
+from ugrad.training import learner as learner_lib
 from ugrad.runtime import checkpoint as checkpoint_lib
 from ugrad.runtime import distributed
 from ugrad.runtime import gradlog
@@ -69,17 +71,24 @@ class PhaseTimer:
   def metrics(self) -> dict:
     return {f"time/{phase}_s": t for phase, t in self.totals.items()}
 
-# Called before each step's clock starts: hook(trainer, step) -> metrics.
-Hook = Callable[["Trainer", int], dict]
+
+# Before each step's clock starts: hook(context, state, step) -> HookResult.
+Hook = learner_lib.Hook
+HookResult = learner_lib.HookResult
 
 
 class Trainer:
   """Builds a run from its config and trains it (resuming if possible).
 
   Attributes:
-    config, workdir, task, mesh, policy (`build.Policy`), init_params (the
-      policy's initial parameters), learner, state (the checkpointed
-      pytree: "params", "opt_state" and the learner's extras).
+    config, workdir.
+    context: the `learner.RunContext` the learner is built on; its task,
+      mesh, policy (`build.Policy`), init_params (the policy's initial
+      parameters) and prompt_len are also the trainer's attributes.
+    learner: the run kind's `learner.Learner`.
+    hooks: the `learner.Hook`s called before each step.
+    state: the checkpointed pytree: "params", "opt_state" and the
+      learner's extras; the trainer's alone.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
@@ -93,29 +102,28 @@ class Trainer:
     self.workdir = str(root)
     self.hooks = list(hooks)
     self.timer = PhaseTimer()
-    self.task = build.make_task(config)
-    self.mesh = build.make_mesh(config)
-    self.policy, self.init_params = build.make_policy(config, self.task,
-                                                      self.mesh)
-    self.prompt_len = build.prompt_length(self.task)
-    self.max_new = config.sampling.max_new_tokens
+    self.context = context = _context(config, self.workdir)
+    self.task, self.mesh, self.policy = (context.task, context.mesh,
+                                         context.policy)
+    self.init_params, self.prompt_len = (context.init_params,
+                                         context.prompt_len)
     learner_cls = (reward_models.RewardModelLearner
                    if config.trainer == "reward_model" else PolicyLearner)
-    self.learner = learner_cls(self)
+    self.learner: learner_lib.Learner = learner_cls(context)
     self._init_state()
 
   def _init_state(self):
     config = self.config
-    params = self.learner.initial_params()
+    state = self.learner.init_state()
+    params = state["params"]
     self.optimizer = build.make_optimizer(config.optim)
     opt_state = update_lib.on_mesh(jax.jit(self.optimizer.init)(params),
-                        self.mesh.replicated)
-    state = dict(self.learner.extra_state(),
-                 params=params, opt_state=opt_state)
+                                   self.mesh.replicated)
+    state["opt_state"] = opt_state
     sh = jax.tree.map(lambda x: x.sharding, (params, opt_state))
-    self.update = update_lib.make_update(self.learner.loss_fn(), self.optimizer,
-                              config.micro_batches,
-                              sh + (self.mesh.replicated,))
+    self.update = update_lib.make_update(self.learner.loss_fn(),
+                                         self.optimizer, config.micro_batches,
+                                         sh + (self.mesh.replicated,))
     self.checkpointer = checkpoint_lib.Checkpointer(
         paths.resolve(self.workdir) / runs.CHECKPOINT_DIR,
         config.checkpoint_every, config.keep_checkpoints)
@@ -131,7 +139,7 @@ class Trainer:
   def device_batch(self, rollout):
     """A host rollout (the same on every process) on the mesh, rows over
     the batch axes; each process puts only its own shards."""
-    return distributed.put_global(rollout, self.mesh.batch)
+    return self.context.device_batch(rollout)
 
   # --- one step -----------------------------------------------------------
 
@@ -154,20 +162,37 @@ class Trainer:
     params, opt_state, metrics = self.update(
         self.state["params"], self.state["opt_state"],
         self.device_batch(rollout))
-    self.state["params"], self.state["opt_state"] = params, opt_state
+    self.state = dict(self.state, params=params, opt_state=opt_state)
     return {k: float(v) for k, v in distributed.host_get(metrics).items()}
+
+  def rollout(self, step: int):
+    """The learner's (batch, host rollout) of step `step`, on the phase
+    clock: the draw is "sample", the rest "prepare"."""
+    batch = self.learner.draw(self.state, step)
+    self.timer.lap("sample")
+    rollout = self.learner.prepare(self.state, batch, step)
+    self.timer.lap("prepare")
+    return batch, rollout
+
+  def _run_hooks(self, step: int) -> dict:
+    """Calls the hooks; hands what they change to the learner; returns
+    their metrics."""
+    metrics = {}
+    for hook in self.hooks:
+      result = hook(self.context, self.state, step)
+      if result.reward_models is not None:
+        self.learner.use_reward_models(result.reward_models)
+      metrics.update(result.metrics)
+    return metrics
 
   def train_step(self, step: int, gradient_log, writer) -> dict:
     config = self.config
     # Before the clock starts: a hook's work (continuing reward models) is
     # not the step's.
-    hook_metrics = {}
-    for hook in self.hooks:
-      hook_metrics.update(hook(self, step))
+    hook_metrics = self._run_hooks(step)
     start = time.perf_counter()
     self.timer.restart()
-    batch, rollout = self.learner.prepare(step)
-    self.timer.lap("prepare")
+    batch, rollout = self.rollout(step)
     rows = rollout.tokens.shape[0]
     step_metrics = []
     update_index = 0
@@ -177,7 +202,9 @@ class Trainer:
         metrics = self.update_on(mb)
         if not math.isfinite(metrics["loss"]):
           raise FloatingPointError(self._nan_message(step, metrics["loss"]))
-        metrics.update(self.learner.after_update(mb))
+        self.state, learner_metrics = self.learner.after_update(self.state,
+                                                                 mb)
+        metrics.update(learner_metrics)
         self.timer.lap("update")
         if update_index == 0:  # The last save had this step's time to land.
           self._log_checkpoints(gradient_log)
@@ -191,7 +218,7 @@ class Trainer:
     metrics.update({f"source_{k}": v for k, v in batch.metrics.items()})
     metrics.update(self.learner.batch_stats(batch))
     metrics.update(hook_metrics)
-    self.learner.after_step(step)
+    self.state = self.learner.after_step(self.state, step)
     if config.sample_log_every and step % config.sample_log_every == 0:
       for i in range(min(3, len(batch.texts))):
         writer.write_text(step + 1, f"sample_{i}",
@@ -283,7 +310,7 @@ class Trainer:
           metrics = self.train_step(step, gradient_log, writer)
           profiler.after(step)
           if config.eval_every and (step + 1) % config.eval_every == 0:
-            metrics.update(self.learner.periodic_evaluation())
+            metrics.update(self.learner.periodic_evaluation(self.state))
           writer.write(step + 1, metrics)
           last = step + 1 == config.steps
           stop = not last and watcher.should_stop(step + 1)
@@ -309,7 +336,7 @@ class Trainer:
         writer.close()
         gradient_log.close()
         self.checkpointer.wait_until_finished()
-    self.learner.save(self.workdir)
+    self.learner.save(self.workdir, self.state)
     return metrics
 
   def evaluate(self, params=None, num_questions: Optional[int] = None
@@ -319,6 +346,19 @@ class Trainer:
     params = self.state["params"] if params is None else params
     with jax.set_mesh(self.mesh.mesh):
       return self.learner.evaluate(params, num_questions)
+
+
+def _context(config, workdir: str) -> learner_lib.RunContext:
+  """The task, mesh and policy of `config`; the task takes the policy's
+  tokenizer (a Hugging Face policy brings its own)."""
+  task = build.make_task(config)
+  mesh = build.make_mesh(config)
+  policy, init_params = build.make_policy(config, task.tokenizer, mesh)
+  task = build.with_tokenizer(task, policy.tokenizer)
+  return learner_lib.RunContext(
+      config=config, workdir=workdir, task=task, mesh=mesh, policy=policy,
+      init_params=init_params, prompt_len=build.prompt_length(task),
+      max_new=config.sampling.max_new_tokens)
 
 
 class _NoRecord:
