@@ -19,6 +19,7 @@ from absl import logging
 from flax import nnx
 import ml_collections
 
+from ugrad import errors
 from ugrad.training import build
 from ugrad.runtime import compile_cache
 from ugrad.sampling import evaluation as eval_lib
@@ -51,18 +52,18 @@ def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """The config of a finished run in `run_dir`.
 
   Raises:
-    FileNotFoundError: when run_dir does not exist, is not a ugrad run, or
-      its training has not finished (no final policy yet).
+    errors.MissingInput: when run_dir does not exist, is not a ugrad run,
+      or its training has not finished (no final policy yet).
   """
   if not os.path.isdir(run_dir):
-    raise FileNotFoundError(f"--checkpoint={run_dir}: no such directory")
+    raise errors.MissingInput(f"--checkpoint={run_dir}: no such directory")
   config_file = os.path.join(run_dir, runs.CONFIG_FILE)
   if not os.path.isfile(config_file):
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"{run_dir} is not a ugrad run: it has no {runs.CONFIG_FILE}")
   if not (os.path.isfile(os.path.join(run_dir, runs.MODEL_FILE)) and
           os.path.isdir(os.path.join(run_dir, runs.POLICY_DIR))):
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f"{run_dir} holds an unfinished run: {runs.MODEL_FILE} and "
         f"{runs.POLICY_DIR}/ are written when training ends (rerun its "
         "experiments.main command to resume and finish it)")
@@ -100,10 +101,10 @@ def load_run(run_dir: str):
   graphdef, params, _ = runs.load_policy(run_dir)
   tokenizer = run_tokenizer(config)
   if tokenizer is not None:
-    task.tokenizer = tokenizer
+    task = build.with_tokenizer(task, tokenizer)
   vocab = nnx.merge(graphdef, params).config.vocab_size
   if task.tokenizer.vocab_size > vocab:
-    raise ValueError(
+    raise errors.UserError(
         f"the policy in {run_dir} has {vocab} output tokens but the task's "
         f"tokenizer has {task.tokenizer.vocab_size} ids")
   return config, task, graphdef, params
@@ -113,11 +114,12 @@ def parse_ks(values: Sequence[str]) -> list[int]:
   """Sorted distinct positive ints from the --k list.
 
   Raises:
-    ValueError: for an empty list or an entry that is not a positive integer.
+    errors.UserError: for an empty list or an entry that is not a positive
+      integer.
   """
   ks = stats.parse_ks(values, "--k")
   if not ks:
-    raise ValueError("--k is empty; give e.g. --k=1,4,16,64")
+    raise errors.UserError("--k is empty; give e.g. --k=1,4,16,64")
   return ks
 
 
@@ -125,13 +127,13 @@ def check_samples(ks: Sequence[int], samples: Optional[int]) -> int:
   """The samples per question: `samples`, or the largest k when None.
 
   Raises:
-    ValueError: when samples is below the largest k.
+    errors.UserError: when samples is below the largest k.
   """
   if samples is None:
     return max(ks)
   if samples < max(ks):
-    raise ValueError(f"--samples={samples} is fewer than the largest k "
-                     f"({max(ks)}); pass@k and maj@k need k <= samples")
+    raise errors.UserError(f"--samples={samples} is fewer than the largest k "
+                           f"({max(ks)}); pass@k and maj@k need k <= samples")
   return samples
 
 
@@ -197,7 +199,7 @@ def main(argv):
     ks = parse_ks(_K.value)
     samples = check_samples(ks, _SAMPLES.value)
     read_run_config(run_dir)
-  except (FileNotFoundError, ValueError) as e:
+  except errors.UserError as e:  # errors.MissingInput included.
     raise app.UsageError(str(e)) from e
   result = evaluate(run_dir, ks, _QUESTIONS.value, samples,
                     _TEMPERATURE.value, _SEED.value, _MAX_NEW.value)

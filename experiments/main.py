@@ -3,8 +3,11 @@ r"""Launches one experiment: a config names a source, a reward, a coefficient.
   python -m experiments.main --config=experiments/configs/grpo.py \
       --workdir=runs/grpo --config.coef.beta=0.0
 
-A workdir that holds a checkpoint resumes. On the embedded task an RL config
-without `init_from` first trains (or reuses) the SFT policy in WORKDIR/sft and
+Text after ':' in --config picks variants of the config
+(`experiments/configs/grpo.py:tiny`: seconds per step on a CPU; see
+`experiments/configs/base.py`). A workdir that holds a checkpoint resumes.
+On the embedded task an RL config without `init_from` first trains (or
+reuses) the SFT policy in WORKDIR/sft (`experiments/configs/sft.py`) and
 prints the held-out greedy accuracy of the SFT and of the trained policy.
 
 Several hosts: run the same command on every host, with `--distributed` on a
@@ -13,24 +16,27 @@ Cloud TPU VM slice or under SLURM (JAX finds its peers), or with
 elsewhere; `--config.mesh.*` lays the devices out (see base.py).
 """
 
+import errno
 import json
 import os
+import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
 from ml_collections import config_flags
 
+from experiments.configs import sft
+from ugrad import errors
 from ugrad.runtime import checkpoint
 from ugrad.runtime import compile_cache
 from ugrad.runtime import distributed
 from ugrad.runtime import host_memory
-from ugrad.training import iterative
 from ugrad.runtime import lock
 from ugrad.runtime import paths
 from ugrad.runtime import preemption
+from ugrad.training import iterative
 from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 from ugrad.training import validate
@@ -67,37 +73,13 @@ def needs_sft_warm_start(config) -> bool:
           (config.coef.name != "sft" or config.trainer != "policy"))
 
 
-def sft_config(config) -> ml_collections.ConfigDict:
-  """The SFT warm-start run of a config on the embedded task."""
-  sft = ml_collections.ConfigDict(config.to_dict())
-  ws = config.warm_start
-  sft.method = "sft_warm_start"
-  sft.trainer = "policy"
-  sft.init_from = ""
-  sft.source = "dataset"
-  sft.reward = "none"
-  sft.coef = ml_collections.ConfigDict({"name": "sft"})
-  sft.normalizer = "sequence"
-  sft.steps = ws.steps
-  sft.batch_size = ws.batch_size
-  sft.optim.lr = ws.lr
-  sft.optim.warmup_steps = ws.warmup_steps
-  sft.ppo_epochs = sft.minibatches = sft.micro_batches = 1
-  sft.sampling.pairs = False
-  sft.ref_reset_every = 0
-  sft.iterative.iterations = 1
-  sft.eval_every = 0
-  sft.checkpoint_every = max(ws.steps // 4, 1)
-  return sft
-
-
 def warm_start(config, workdir: str) -> str:
   """Trains (or reuses) the SFT policy of the embedded task in
-  WORKDIR/sft and returns that directory."""
+  WORKDIR/sft (`sft.warm_start(config)`) and returns that directory."""
   sft_dir = str(paths.resolve(workdir) / "sft")
   if not (paths.resolve(sft_dir) / runs.POLICY_DIR).exists():
     logging.info("No init_from: training the SFT policy in %s", sft_dir)
-    trainer_lib.Trainer(sft_config(config), sft_dir).train()
+    trainer_lib.Trainer(sft.warm_start(config), sft_dir).train()
   return sft_dir
 
 
@@ -156,17 +138,60 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
   return result
 
 
-# What a user can fix (a config, a path, a data file, a held workdir, a
-# diverged run): one line, no traceback. Anything else is a bug: traceback.
-USER_ERRORS = (ValueError, KeyError, OSError, lock.WorkdirInUse,
-               FloatingPointError, checkpoint.UnreadableCheckpoints)
+# What a user can fix, printed as one line without a traceback: a bad
+# config, path or data file (ugrad's own checks raise errors.UserError, a
+# missing input errors.MissingInput), a workdir another process holds, a
+# diverged run (the trainer names the checkpoint to resume from),
+# checkpoints that cannot be read. Anything else is a bug and keeps its
+# traceback, a bare ValueError, KeyError or FileNotFoundError included.
+USER_ERRORS = (errors.UserError, lock.WorkdirInUse, FloatingPointError,
+               checkpoint.UnreadableCheckpoints)
+# OSErrors of the machine rather than the code: a full disk or quota, a
+# read-only file system, no permission. ENOENT is not among them: ugrad
+# checks the paths a user gives (errors.MissingInput), so a file that
+# vanishes under it is a bug.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                errno.EACCES, errno.EPERM})
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
+
+
+def is_user_error(e: BaseException) -> bool:
+  """Whether `e` is a problem the user fixes (one line) or a bug."""
+  return isinstance(e, USER_ERRORS) or (
+      isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS)
 
 
 def error_line(e: BaseException) -> str:
   message = e.args[0] if isinstance(e, KeyError) and e.args else e
   return f"error: {message}"
+
+
+def _show_traceback() -> bool:
+  return _TRACEBACK.value or bool(os.environ.get("UGRAD_TRACEBACK"))
+
+
+def load_config():
+  """The --config value with its overrides.
+
+  Raises:
+    errors.UserError: when the file could not be loaded (ml_collections
+      defers that error to the first use of the config).
+  """
+  try:
+    config = _CONFIG.value
+    config.get("method")  # The stand-in of a file that failed raises here.
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise errors.UserError(f"--config: {_last_line(e)}") from e
+  return config
+
+
+def _last_line(e: BaseException) -> str:
+  """The last line of `e`'s message, where ml_collections puts the error of
+  a config file that failed to load (above it: the attempts, or the
+  traceback as text), without the module path of ugrad's own errors."""
+  lines = str(e).strip().splitlines() or [type(e).__name__]
+  return re.sub(r"^ugrad\.errors\.\w+: ", "", lines[-1].strip())
 
 
 def main(argv):
@@ -176,18 +201,15 @@ def main(argv):
   host_memory.keep_freed_memory()
   compile_cache.enable()
   try:
-    try:
-      config = _CONFIG.value  # Loading the file and its overrides.
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      raise ValueError(f"--config: {type(e).__name__}: {e}") from e
+    config = load_config()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)
-  except USER_ERRORS as e:
-    if _TRACEBACK.value or os.environ.get("UGRAD_TRACEBACK"):
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if not is_user_error(e) or _show_traceback():
       raise
     print(error_line(e) + "  (--traceback shows where)", file=sys.stderr,
           flush=True)
@@ -207,6 +229,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       field = str(e.args[0] if e.args else "").strip("\"'")
       message = (f"the config has no field {field!r}; check the "
                  "--config.* overrides")
+    elif "Error whilst parsing config file" in str(e):  # get_config raised.
+      message = f"--config: {_last_line(e)}"
     print(f"error: {message}  (--traceback shows where)", file=sys.stderr,
           flush=True)
     sys.exit(EXIT_ERROR)

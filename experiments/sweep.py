@@ -27,7 +27,8 @@ the report and the plots:
 * With "evaluate": WORKDIR/sampled_eval.csv (one row per run x seed x k) and
   WORKDIR/pass_maj_at_k.png (pass@k and maj@k against k).
 
-`--smoke` shrinks every run to seconds (tiny model, 2 steps, one seed).
+`--smoke` shrinks every run to seconds (one seed; each run's config the
+`tiny` variant of experiments/configs/base.py, over the sweep's overrides).
 """
 
 import csv
@@ -45,6 +46,7 @@ import numpy as np
 from experiments import sweep_report as report
 from experiments import sweep_file
 from experiments import tune
+from ugrad import errors
 from ugrad.runtime import compile_cache
 from ugrad.runtime import host_memory
 from ugrad.runtime import lock
@@ -55,7 +57,6 @@ from ugrad.training import validate
 
 SFT_CONFIG = "experiments/configs/sft.py"
 SFT_NAME = report.SFT_NAME  # the shared warm start's run name
-SMOKE = sweep_file.SMOKE
 POLICY, REWARD_MODEL = "policy", "reward_model"
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.json"
@@ -111,15 +112,19 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
   """(name, seed, config) of every run in order: per seed, the SFT first.
 
   Every config is built and validated here, before anything trains.
-  Reward-model runs take the sweep's "rm" overrides, policy runs its "rl".
+  Reward-model runs take the sweep's "rm" overrides, policy runs its "rl";
+  a --smoke sweep then shrinks each config (`sweep_file.smoke_config`).
   """
   jobs = []
   trainers = run_trainers(sweep)
+  smoke = sweep.get(sweep_file.SMOKE_KEY, False)
   for seed in sweep["seeds"]:
     sft = sweep_file.load_config(SFT_CONFIG)
     where = f"{SFT_NAME} (seed {seed})"
-    sweep_file.apply_overrides(sft, {**sweep["shared"], **sweep["sft"], "seed": seed},
-                    where)
+    sweep_file.apply_overrides(
+        sft, {**sweep["shared"], **sweep["sft"], "seed": seed}, where)
+    if smoke:
+      sweep_file.smoke_config(sft, sft=True)
     validate.check_config(sft)
     jobs.append((SFT_NAME, seed, sft))
     for run in sweep["runs"]:
@@ -128,9 +133,11 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
       part = "rm" if trainers[run["name"]] == REWARD_MODEL else "rl"
       init_from = os.path.abspath(run_dir(workdir, SFT_NAME, seed))
       overrides = _resolve_references(run["overrides"], workdir, seed)
-      sweep_file.apply_overrides(config, {**sweep["shared"], **sweep.get(part, {}),
-                               **overrides, "seed": seed,
-                               "init_from": init_from}, where)
+      sweep_file.apply_overrides(
+          config, {**sweep["shared"], **sweep.get(part, {}), **overrides,
+                   "seed": seed, "init_from": init_from}, where)
+      if smoke:
+        sweep_file.smoke_config(config, sft=False)
       _validate(config, run)
       jobs.append((run["name"], seed, config))
   return jobs
@@ -148,8 +155,9 @@ def _check_workdir(workdir: str, identity: dict):
     with open(path) as f:
       before = json.load(f)
     if before != identity:
-      raise ValueError(f"{workdir} holds the sweep {before}, not {identity}: "
-                       "use another workdir")
+      raise errors.UserError(
+          f"{workdir} holds the sweep {before}, not {identity}: "
+          "use another workdir")
   else:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
@@ -205,7 +213,7 @@ def _check_same_config(directory: str, config):
   changed = sorted(k for k in set(stored) | set(wanted)
                    if k not in _IGNORED_KEYS and stored.get(k) != wanted.get(k))
   if changed:
-    raise ValueError(
+    raise errors.UserError(
         f"{directory} finished with another config than the sweep now gives "
         f"it (different: {', '.join(changed)}); move it away to train it "
         "again, or restore the sweep file")
@@ -248,8 +256,8 @@ def _check_eval_k(path: str, result: dict, settings: dict, seed: int):
          "temperature": result.get("temperature"), "seed": result.get("seed")}
   want = dict(settings, seed=seed)
   if got != want:
-    raise ValueError(f"{path} was sampled with {got}, not the sweep's "
-                     f"{want}: delete it to sample again")
+    raise errors.UserError(f"{path} was sampled with {got}, not the sweep's "
+                           f"{want}: delete it to sample again")
 
 
 def evaluate_runs(sweep: dict, workdir: str):

@@ -17,6 +17,8 @@ import ml_collections
 
 from experiments import sweep_report as report
 from experiments import tune
+from experiments.configs import base
+from ugrad import errors
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_NAME = report.SFT_NAME
@@ -28,16 +30,9 @@ _EVALUATE_KEYS = {"k", "questions", "temperature"}
 # "{run:orm}" in an override value: that seed's run directory of run "orm".
 REFERENCE = re.compile(r"\{run:([^{}]*)\}")
 
-# --smoke: seconds per run on a CPU, one seed; applied after the profile.
-SMOKE = {
-    "shared": {"model": "tiny", "sampling.questions": 4,
-               "sampling.group_size": 4, "sampling.pool_questions": 8,
-               "warm_start.steps": 2, "eval_questions": 8, "quiet": True},
-    "sft": {"steps": 2, "batch_size": 16},
-    "rl": {"steps": 2, "eval_every": 1, "checkpoint_every": 1},
-    "rm": {"steps": 2, "eval_every": 1, "checkpoint_every": 1,
-           "rm.eval_questions": 4, "rm.rollouts": 2, "rm.prefix_batch": 8},
-}
+# --smoke marks the sweep with this key; `plan` then shrinks every run's
+# config with `smoke_config`.
+SMOKE_KEY = "smoke"
 # Merged into a sweep's "evaluate" part, when it has one.
 SMOKE_EVALUATE = {"k": [1, 2, 4], "questions": 4}
 
@@ -56,7 +51,7 @@ def _resolve(path: str) -> str:
 def _load_module(path: str, kind: str):
   resolved = _resolve(path)
   if not os.path.isfile(resolved):
-    raise FileNotFoundError(f"{kind} file {path!r} does not exist")
+    raise errors.MissingInput(f"{kind} file {path!r} does not exist")
   name = "_sweep_" + os.path.splitext(os.path.basename(resolved))[0]
   spec = importlib.util.spec_from_file_location(name, resolved)
   module = importlib.util.module_from_spec(spec)
@@ -72,11 +67,13 @@ def load_sweep(path: str, profile: str = "quick", smoke: bool = False,
   or more seeds added to a finished sweep, whose runs are reused).
 
   Raises:
-    ValueError: for an unknown profile or a malformed sweep.
+    errors.MissingInput: when the file does not exist.
+    errors.UserError: for a malformed sweep.
+    ValueError: for an unknown profile (`sweeps.profile_settings`).
   """
   module = _load_module(path, "sweep")
   if not hasattr(module, "get_sweep"):
-    raise ValueError(f"sweep file {path} defines no get_sweep(profile)")
+    raise errors.UserError(f"sweep file {path} defines no get_sweep(profile)")
   sweep = module.get_sweep(profile)
   if seeds is not None and isinstance(sweep, dict):
     sweep["seeds"] = list(seeds)
@@ -88,28 +85,22 @@ def load_sweep(path: str, profile: str = "quick", smoke: bool = False,
 
 
 def _shrink(sweep: dict):
-  """Applies --smoke in place: one seed, SMOKE over the parts, and runs
-  whose own overrides would undo it shrunk too."""
+  """Applies --smoke in place: one seed, a small sampled evaluation, and
+  the mark that makes `plan` shrink every run (`smoke_config`)."""
   sweep["seeds"] = sweep["seeds"][:1]
-  for part, overrides in SMOKE.items():
-    sweep[part] = {**sweep[part], **overrides}
   if "evaluate" in sweep:
     sweep["evaluate"] = {**sweep["evaluate"], **SMOKE_EVALUATE}
-  for run in sweep["runs"]:
-    run["overrides"] = _shrink_run(run["overrides"])
+  sweep[SMOKE_KEY] = True
 
 
-def _shrink_run(overrides: dict) -> dict:
-  """A run's overrides under --smoke: the smoke's steps and evaluation
-  periods win over the run's; iterative RL keeps its iterations, one step
-  each, and its reward models continue for SMOKE's steps."""
-  smoke_keys = set(SMOKE["rl"]) | set(SMOKE["rm"])
-  out = {k: v for k, v in overrides.items() if k not in smoke_keys}
-  iterations = out.get("iterative.iterations", 1)
-  if iterations > 1:
-    out.update({"steps": iterations,
-                "iterative.rm_steps": SMOKE["rm"]["steps"]})
-  return out
+def smoke_config(config: ml_collections.ConfigDict, sft: bool):
+  """A run's config under --smoke, changed in place: the `tiny` variant
+  (`experiments.configs.base.tiny`: tiny model, 2 steps, iterative RL a step
+  an iteration), applied after the sweep's overrides so that it wins over
+  them; every run but the SFT evaluates at each step, for its curves."""
+  base.tiny(config)
+  if not sft:
+    config.eval_every = 1
 
 
 def _check_sweep(path: str, sweep: Any):
@@ -118,27 +109,30 @@ def _check_sweep(path: str, sweep: Any):
   if not isinstance(sweep, dict) or not (
       _SWEEP_KEYS <= keys <= _SWEEP_KEYS | _OPTIONAL_KEYS):
     got = sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__
-    raise ValueError(f"{path}: get_sweep must return a dict with keys "
-                     f"{sorted(_SWEEP_KEYS)} and optionally "
-                     f"{sorted(_OPTIONAL_KEYS)}, got {got}")
+    raise errors.UserError(f"{path}: get_sweep must return a dict with keys "
+                           f"{sorted(_SWEEP_KEYS)} and optionally "
+                           f"{sorted(_OPTIONAL_KEYS)}, got {got}")
   seeds = sweep["seeds"]
   if not seeds or not all(isinstance(s, int) for s in seeds) or (
       len(set(seeds)) != len(seeds)):
-    raise ValueError(f"{path}: seeds must be distinct ints, got {seeds!r}")
+    raise errors.UserError(
+        f"{path}: seeds must be distinct ints, got {seeds!r}")
   for part in _PARTS:
     if not isinstance(sweep.get(part, {}), dict):
-      raise ValueError(f"{path}: {part!r} must be a dict of overrides, got "
-                       f"{sweep[part]!r}")
+      raise errors.UserError(
+          f"{path}: {part!r} must be a dict of overrides, got "
+          f"{sweep[part]!r}")
   names = []
   for run in sweep["runs"]:
     if not isinstance(run, dict) or set(run) != _RUN_KEYS or (
         not isinstance(run["overrides"], dict)):
-      raise ValueError(f"{path}: each run must be a dict with keys "
-                       f"{sorted(_RUN_KEYS)} (overrides a dict), got {run!r}")
+      raise errors.UserError(
+          f"{path}: each run must be a dict with keys "
+          f"{sorted(_RUN_KEYS)} (overrides a dict), got {run!r}")
     names.append(run["name"])
   if not names or len(set(names)) != len(names) or SFT_NAME in names:
-    raise ValueError(f"{path}: run names must be distinct and not "
-                     f"{SFT_NAME!r} (the shared warm start), got {names}")
+    raise errors.UserError(f"{path}: run names must be distinct and not "
+                           f"{SFT_NAME!r} (the shared warm start), got {names}")
   _check_references(path, sweep["runs"])
   if "evaluate" in sweep:
     _check_evaluate(path, sweep["evaluate"])
@@ -161,7 +155,7 @@ def _check_references(path: str, runs: list[dict]):
     for key, value in run["overrides"].items():
       for name in references(value):
         if name not in earlier:
-          raise ValueError(
+          raise errors.UserError(
               f"{path}: run {run['name']!r}: override {key}={value!r} "
               f"refers to run {name!r}, which is not listed before it; "
               f"valid here: {', '.join(earlier)}")
@@ -172,21 +166,23 @@ def _check_evaluate(path: str, spec: Any):
   """The "evaluate" part: {"k": [...], "questions": N, "temperature": T}."""
   if not isinstance(spec, dict) or not (
       {"k", "questions"} <= set(spec) <= _EVALUATE_KEYS):
-    raise ValueError(f"{path}: 'evaluate' must be a dict with keys k, "
-                     "questions and optionally temperature, got "
-                     f"{spec!r}")
+    raise errors.UserError(f"{path}: 'evaluate' must be a dict with keys k, "
+                           "questions and optionally temperature, got "
+                           f"{spec!r}")
   ks = spec["k"]
   if not isinstance(ks, (list, tuple)) or not ks or not all(
       isinstance(k, int) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
-    raise ValueError(f"{path}: evaluate k must be distinct ints >= 1, got "
-                     f"{ks!r}")
+    raise errors.UserError(
+        f"{path}: evaluate k must be distinct ints >= 1, got "
+        f"{ks!r}")
   if not isinstance(spec["questions"], int) or spec["questions"] < 1:
-    raise ValueError(f"{path}: evaluate questions must be an int >= 1, got "
-                     f"{spec['questions']!r}")
+    raise errors.UserError(
+        f"{path}: evaluate questions must be an int >= 1, got "
+        f"{spec['questions']!r}")
   temperature = spec.get("temperature", 1.0)
   if not isinstance(temperature, (int, float)) or temperature <= 0:
-    raise ValueError(f"{path}: evaluate temperature must be > 0, got "
-                     f"{temperature!r}")
+    raise errors.UserError(f"{path}: evaluate temperature must be > 0, got "
+                           f"{temperature!r}")
 
 
 def _check_findings(path: str, sweep: dict, names: list[str]):
@@ -195,28 +191,35 @@ def _check_findings(path: str, sweep: dict, names: list[str]):
   more than pass@k over SFT; needs "evaluate" with that k)."""
   findings = sweep["findings"]
   if not isinstance(findings, list) or not findings:
-    raise ValueError(f"{path}: 'findings' must be a non-empty list, got "
-                     f"{findings!r}")
+    raise errors.UserError(f"{path}: 'findings' must be a non-empty list, got "
+                           f"{findings!r}")
   ks = sweep.get("evaluate", {}).get("k", [])
   for finding in findings:
     keys = set(finding) if isinstance(finding, dict) else set()
     if keys not in ({"claim", "a", "b"}, {"claim", "a", "k"}):
-      raise ValueError(f"{path}: each finding must be a dict with keys "
-                       f"claim, a and b (or claim, a and k), got {finding!r}")
+      raise errors.UserError(
+          f"{path}: each finding must be a dict with keys "
+          f"claim, a and b (or claim, a and k), got {finding!r}")
     for key in ("a", "b"):
       if key in finding and finding[key] not in names:
-        raise ValueError(f"{path}: finding {finding['claim']!r}: {key}="
-                         f"{finding[key]!r} is not a run; valid: "
-                         f"{', '.join(names)}")
+        raise errors.UserError(f"{path}: finding {finding['claim']!r}: {key}="
+                               f"{finding[key]!r} is not a run; valid: "
+                               f"{', '.join(names)}")
     if "k" in finding and finding["k"] not in ks:
-      raise ValueError(f"{path}: finding {finding['claim']!r}: k="
-                       f"{finding['k']!r} is not among the sweep's evaluate "
-                       f"k {ks}")
+      raise errors.UserError(
+          f"{path}: finding {finding['claim']!r}: k="
+          f"{finding['k']!r} is not among the sweep's evaluate "
+          f"k {ks}")
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, locked so new fields are refused."""
-  config = _load_module(path, "config").get_config()
+  """`get_config()` of a config file, locked so new fields are refused.
+
+  `path` may end in ":<variant>" as on the launcher's command line
+  (`experiments/configs/grpo.py:tiny`); the variant goes to get_config.
+  """
+  path, *variant = path.split(":", 1)
+  config = _load_module(path, "config").get_config(*variant)
   config.lock()
   return config
 
@@ -226,8 +229,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
   """Sets dotted fields (`{"coef.beta": 0.0}`) of a locked config in place.
 
   Raises:
-    ValueError: naming `where` and the key, for a field the config lacks or
-      a value of the wrong type.
+    errors.UserError: naming `where` and the key, for a field the config
+      lacks or a value of the wrong type.
   """
   for key, value in overrides.items():
     node, parts = config, key.split(".")
@@ -235,7 +238,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
         valid = (", ".join(sorted(node.keys()))
                  if isinstance(node, ml_collections.ConfigDict) else "none")
-        raise ValueError(
+        raise errors.UserError(
             f"{where}: override {key!r}: {'.'.join(parts[:i + 1])!r} is not a "
             f"config field (valid here: {valid})")
       if i < len(parts) - 1:
@@ -243,4 +246,5 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
     try:
       setattr(node, parts[-1], value)
     except (TypeError, ValueError) as e:
-      raise ValueError(f"{where}: override {key}={value!r}: {e}") from None
+      raise errors.UserError(
+          f"{where}: override {key}={value!r}: {e}") from None

@@ -22,6 +22,8 @@ import json
 import os
 from typing import Any
 
+from ugrad import errors
+
 TUNE_DIR = "tune"
 TUNE_FILE = "tune.csv"
 COLUMNS = ("name", "setting", "overrides", "validation_acc", "chosen")
@@ -32,26 +34,28 @@ def check(path: str, sweep: dict):
   spec = sweep["tune"]
   if not isinstance(spec, dict) or set(spec) != {"seed", "grid"} or (
       not isinstance(spec["seed"], int)) or not isinstance(spec["grid"], dict):
-    raise ValueError(f"{path}: 'tune' must be a dict {{'seed': int, 'grid': "
-                     f"{{run name: {{key: [values]}}}}}}, got {spec!r}")
+    raise errors.UserError(
+        f"{path}: 'tune' must be a dict {{'seed': int, 'grid': "
+        f"{{run name: {{key: [values]}}}}}}, got {spec!r}")
   names = {run["name"]: run for run in sweep["runs"]}
   for name, grid in spec["grid"].items():
     if name not in names:
-      raise ValueError(f"{path}: tune grid names run {name!r}; valid: "
-                       f"{', '.join(names)}")
+      raise errors.UserError(f"{path}: tune grid names run {name!r}; valid: "
+                             f"{', '.join(names)}")
     if not isinstance(grid, dict) or not grid or not all(
         isinstance(v, (list, tuple)) and v for v in grid.values()):
-      raise ValueError(f"{path}: tune grid of {name!r} must map keys to "
-                       f"non-empty lists of values, got {grid!r}")
+      raise errors.UserError(f"{path}: tune grid of {name!r} must map keys to "
+                             f"non-empty lists of values, got {grid!r}")
     if any("{run:" in str(v) for v in names[name]["overrides"].values()):
-      raise ValueError(f"{path}: run {name!r} refers to other runs and "
-                       "cannot be tuned alone")
+      raise errors.UserError(f"{path}: run {name!r} refers to other runs and "
+                             "cannot be tuned alone")
   shared = sweep["shared"]
   if not (shared.get("task_kwargs.val_fraction") or
           shared.get("data.validation_path")):
-    raise ValueError(f"{path}: tuning needs a validation split: set "
-                     "task_kwargs.val_fraction (or data.validation_path) in "
-                     "the 'shared' part")
+    raise errors.UserError(
+        f"{path}: tuning needs a validation split: set "
+        "task_kwargs.val_fraction (or data.validation_path) in "
+        "the 'shared' part")
 
 
 def settings(grid: dict) -> list[dict]:

@@ -1,5 +1,10 @@
 """A rule reward that also prefers short answers: 1 for a right final
-answer, minus `PER_CHAR` for each character of the completion."""
+answer, minus `PER_CHAR` for each character of the completion.
+
+`register()` adds it to ugrad's rewards; the config that uses it calls it.
+"""
+
+import functools
 
 import numpy as np
 
@@ -16,4 +21,11 @@ def concise(ctx: ugrad.RewardContext, batch) -> dict:
   return {"rewards": np.asarray(rewards, np.float32)}
 
 
-ugrad.register_reward(NAME, concise, replace=True)
+@functools.cache  # Once per process: a config may be loaded several times.
+def register():
+  """Adds `concise` to ugrad's rewards under NAME.
+
+  Raises:
+    ugrad.errors.UserError: when another reward already has that name.
+  """
+  ugrad.register_reward(NAME, concise)

@@ -1,12 +1,23 @@
-"""Defaults shared by every method: the embedded task, the tiny policy, GRPO."""
+"""Defaults shared by every method: the embedded task, the tiny policy, GRPO.
+
+Every config file's `get_config(variant=None)` ends with
+`base.apply_variants(c, variant)`, so the text after ':' in
+`--config=experiments/configs/grpo.py:tiny` picks variants of it (several:
+`:tiny,other`). `VARIANTS` lists them.
+"""
 
 import ml_collections
 
 from experiments.configs import _common
+from ugrad import errors
 
 
-def get_config():
-  """Returns the base config; method files override a few fields."""
+def get_config(variant=None):
+  """Returns the base config; method files override a few fields.
+
+  Args:
+    variant: comma-separated names in `VARIANTS`, or None.
+  """
   c = ml_collections.ConfigDict()
   c.method = "base"
   c.trainer = "policy"  # or "reward_model" (orm.py, prm.py)
@@ -59,9 +70,10 @@ def get_config():
   c.micro_batches = 1
   c.recompute_logp_old = False
   c.ref_reset_every = 0  # reset the reference every N steps
-  # Iterative RL (ugrad/training/iterative.py): `iterations` equal parts of `steps`;
-  # after each, the reference resets and the learned reward models continue
-  # for `rm_steps` steps on the policy's samples, `replay` of each batch old.
+  # Iterative RL (ugrad/training/iterative.py): `iterations` equal parts of
+  # `steps`; after each, the reference resets and the learned reward models
+  # continue for `rm_steps` steps on the policy's samples, `replay` of each
+  # batch old.
   c.iterative = ml_collections.ConfigDict(
       dict(iterations=1, rm_steps=100, replay=0.1))
   c.critic = ml_collections.ConfigDict(dict(lr=1e-4, value_clip=0.2))
@@ -96,4 +108,62 @@ def get_config():
   # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile;
   # `python -m experiments.perf.op_profile WORKDIR` sums it per XLA operation.
   c.profile_steps = ""
+  return apply_variants(c, variant)
+
+
+def tiny(c: ml_collections.ConfigDict):
+  """Shrinks config `c` in place to seconds per step on a CPU.
+
+  The size of tests, of `experiments.sweep --smoke` and of quick checks:
+  the one-layer model, 2 steps (iterative RL: one step per iteration, its
+  reward models 2 steps each), 4 questions x at most 4 samples, 32 new
+  tokens, 8 evaluation questions, a checkpoint and a sample log every step,
+  a 2-step SFT warm start; reward models label few prefixes with few
+  rollouts. The method's own settings (source, reward, coefficient, a group
+  size below 4 as PPO's 1) stay.
+  """
+  c.model = "tiny"
+  c.steps = 2
+  if c.iterative.iterations > 1:
+    c.steps = c.iterative.iterations
+    c.iterative.rm_steps = 2
+  c.batch_size = 16
+  c.sampling.questions = 4
+  c.sampling.group_size = min(c.sampling.group_size, 4)
+  c.sampling.pool_questions = 8
+  c.sampling.max_new_tokens = 32
+  c.checkpoint_every = 1
+  c.sample_log_every = 1
+  c.eval_questions = 8
+  c.quiet = True
+  c.warm_start.steps = 2
+  c.warm_start.batch_size = 16
+  if "rm" in c:  # reward-model configs (orm.py, prm.py)
+    c.rm.eval_questions = 4
+    c.rm.rollouts = 2
+    c.rm.prefix_batch = 8
+
+
+# Name -> a function that changes a config in place.
+VARIANTS = {"tiny": tiny}
+
+
+def apply_variants(c: ml_collections.ConfigDict,
+                   variant=None) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants `variant` ("tiny") to `c`.
+
+  Returns:
+    `c`, changed in place.
+
+  Raises:
+    errors.UserError: for a name that is not in `VARIANTS`.
+  """
+  for name in (variant or "").split(","):
+    name = name.strip()
+    if not name:
+      continue
+    if name not in VARIANTS:
+      raise errors.UserError(f"unknown config variant {name!r}; valid: "
+                             f"{', '.join(sorted(VARIANTS))}")
+    VARIANTS[name](c)
   return c

@@ -4,8 +4,9 @@ from experiments.configs import _common
 from experiments.configs import base
 
 
-def get_config():
+def get_config(variant=None):
+  """The config; `variant`: names in `base.VARIANTS` ("tiny")."""
   c = base.get_config()
   c.method = "gspo"
   c.coef = _common.coef("gspo")
-  return c
+  return base.apply_variants(c, variant)

@@ -17,7 +17,8 @@ def rm_settings(kind: str, label: str = "hard") -> ml_collections.ConfigDict:
       replay=0.0))  # share of each batch replayed from init_from's data
 
 
-def get_config():
+def get_config(variant=None):
+  """The config; `variant`: names in `base.VARIANTS` ("tiny")."""
   c = base.get_config()
   c.method = "orm"
   c.trainer = "reward_model"
@@ -28,4 +29,4 @@ def get_config():
   c.optim.lr = 3e-4
   c.optim.warmup_steps = 20
   c.eval_every = 50
-  return c
+  return base.apply_variants(c, variant)

@@ -4,7 +4,8 @@ from experiments.configs import _common
 from experiments.configs import base
 
 
-def get_config():
+def get_config(variant=None):
+  """The config; `variant`: names in `base.VARIANTS` ("tiny")."""
   c = base.get_config()
   c.method = "ppo"
   c.source = "online"
@@ -14,4 +15,4 @@ def get_config():
   c.coef = _common.coef("ppo", beta=0.02)
   c.ppo_epochs = 2
   c.minibatches = 2
-  return c
+  return base.apply_variants(c, variant)

@@ -4,9 +4,10 @@ from experiments.configs import _common
 from experiments.configs import base
 
 
-def get_config():
+def get_config(variant=None):
+  """The config; `variant`: names in `base.VARIANTS` ("tiny")."""
   c = base.get_config()
   c.method = "reinforce_pp"
   c.coef = _common.coef("reinforce_pp")
   c.normalizer = "token"
-  return c
+  return base.apply_variants(c, variant)

@@ -4,10 +4,11 @@ from experiments.configs import _common
 from experiments.configs import base
 
 
-def get_config():
+def get_config(variant=None):
+  """The config; `variant`: names in `base.VARIANTS` ("tiny")."""
   c = base.get_config()
   c.method = "rft"
   c.source = "frozen_policy"
   c.reward = "rule"
   c.coef = _common.coef("rft")
-  return c
+  return base.apply_variants(c, variant)

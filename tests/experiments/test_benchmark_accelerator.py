@@ -12,7 +12,7 @@ import pytest
 from experiments.perf import benchmark_accelerator as accel
 from ugrad.models import model_config
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_decode_bound_by_hand():

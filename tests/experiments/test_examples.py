@@ -8,27 +8,21 @@ import sys
 import numpy as np
 import pytest
 
+from examples.custom_method import batch_baseline
 import ugrad
 from ugrad import coefficients
 from ugrad.training import runs
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_EXAMPLE = os.path.join(_ROOT, "examples", "custom_method")
-
-
-def _tiny_flags():
-  return ["--config.model=tiny", "--config.steps=2", "--config.quiet=True",
-          "--config.sampling.questions=4", "--config.sampling.group_size=4",
-          "--config.sampling.max_new_tokens=32", "--config.eval_questions=8",
-          "--config.warm_start.steps=2", "--config.warm_start.batch_size=16"]
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+_CONFIG = "examples/custom_method/config.py"
 
 
 @pytest.mark.slow
 def test_custom_method_trains_from_its_own_files(tmp_path):
   workdir = str(tmp_path / "run")
   cmd = [sys.executable, "-m", "experiments.main",
-         f"--config={os.path.join(_EXAMPLE, 'config.py')}",
-         f"--workdir={workdir}", *_tiny_flags()]
+         f"--config={_CONFIG}:tiny", f"--workdir={workdir}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True,
                         text=True, timeout=900)
@@ -49,11 +43,7 @@ def test_custom_method_trains_from_its_own_files(tmp_path):
 def test_custom_coefficient_gradient_is_its_objective():
   """The registered coefficient fed to the unified loss has the gradient of
   (1/B) sum_i (r_i - mean r) mean_t log pi(o_it)."""
-  sys.path.insert(0, _EXAMPLE)
-  try:
-    import batch_baseline  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(_EXAMPLE)
+  batch_baseline.register()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -80,3 +70,31 @@ def test_custom_coefficient_gradient_is_its_objective():
 
   np.testing.assert_allclose(jax.grad(unified)(logits),
                              jax.grad(textbook)(logits), rtol=1e-6)
+
+
+# Run in a fresh interpreter: what an import registers shows only there.
+_REGISTRATION = """
+from examples.custom_method import batch_baseline, concise_reward
+from experiments import sweep_file
+from ugrad import coefficients, rewards
+assert "batch_baseline" not in coefficients.COEFFICIENTS
+assert "concise" not in rewards.REWARDS
+first = sweep_file.load_config("examples/custom_method/config.py:tiny")
+record = coefficients.get("batch_baseline")
+again = sweep_file.load_config("examples/custom_method/config.py")
+assert coefficients.get("batch_baseline") is record
+assert rewards.REWARDS["concise"].fn is concise_reward.concise
+assert (first.coef.name, first.reward, first.model) == (
+    "batch_baseline", "concise", "tiny")
+assert again.model != "tiny" and again.coef.scale == 1.0
+print("ok")
+"""
+
+
+def test_registration_happens_in_get_config_once():
+  """Importing the example's modules registers nothing; loading its config
+  registers the method and the reward, and loading it again is harmless."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _REGISTRATION], cwd=_ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -1,15 +1,22 @@
 """experiments/main.py: the SFT warm start and the launcher's run."""
 
+import errno
 import json
 import os
 import re
 import signal
+import types
 
 import pytest
 
 from experiments import main
+from experiments.configs import base
+from experiments.configs import grpo
+from experiments.configs import ppo
+from experiments.configs import sft as sft_config
 from tests.helpers import launch_util
 from tests.helpers import train_util
+from ugrad import errors
 from ugrad.runtime import gradlog
 from ugrad.runtime import metrics as metrics_lib
 from ugrad.training import runs
@@ -20,9 +27,31 @@ def test_only_an_sft_policy_run_or_an_init_from_skips_the_warm_start():
   assert main.needs_sft_warm_start(train_util.tiny("grpo"))
   assert not main.needs_sft_warm_start(train_util.tiny("grpo",
                                                        init_from="x"))
-  sft = main.sft_config(train_util.tiny("dpo"))
+  sft = sft_config.warm_start(train_util.tiny("dpo"))
   assert (sft.coef.name, sft.source, sft.reward) == ("sft", "dataset", "none")
   assert sft.steps == 2 and not sft.sampling.pairs
+
+
+def test_the_sft_config_is_the_warm_start_of_the_base_config():
+  """experiments/configs/sft.py and the warm start of RL runs are one
+  definition: they differ only in the name and the checkpoint period."""
+  alone = sft_config.get_config().to_dict()
+  warm = sft_config.warm_start(base.get_config()).to_dict()
+  assert (alone.pop("method"), warm.pop("method")) == ("sft", "sft_warm_start")
+  assert (alone.pop("checkpoint_every"), warm.pop("checkpoint_every")) == (
+      50, 1500 // 4)
+  assert alone == warm
+
+
+def test_the_tiny_variant_is_the_tests_size():
+  config = grpo.get_config("tiny")
+  assert (config.model, config.steps, config.warm_start.steps) == (
+      "tiny", 2, 2)
+  assert (config.sampling.questions, config.sampling.group_size) == (4, 4)
+  assert ppo.get_config("tiny").sampling.group_size == 1  # PPO keeps its 1.
+  assert grpo.get_config("tiny,") == config
+  with pytest.raises(errors.UserError, match="unknown config variant 'big'"):
+    grpo.get_config("big")
 
 
 @pytest.mark.slow
@@ -102,3 +131,61 @@ def test_an_unknown_config_field_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: the config has no field 'nosuch_field'"), result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_config_variant_is_one_line(tmp_path):
+  argv = launch_util.command(tmp_path / "run")
+  argv = [a + ":nosuch" if a.startswith("--config=") else a for a in argv]
+  result = launch_util.run(argv)
+  assert result.returncode == main.EXIT_ERROR
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: --config: unknown config variant 'nosuch'"), result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def launcher(monkeypatch):
+  """main.main with its flags set (a tiny GRPO config), for errors raised
+  by a replaced main.run; nothing trains and no process-wide state
+  changes."""
+  monkeypatch.setattr(main.compile_cache, "enable", lambda: None)
+  monkeypatch.setattr(main.host_memory, "keep_freed_memory", lambda: None)
+  monkeypatch.delenv("UGRAD_TRACEBACK", raising=False)
+  flag_values = {"_CONFIG": grpo.get_config("tiny"), "_WORKDIR": "unused",
+                 "_TRACEBACK": False, "_COORDINATOR": "",
+                 "_NUM_PROCESSES": 0, "_PROCESS_ID": -1,
+                 "_DISTRIBUTED": False}
+  for name, value in flag_values.items():
+    monkeypatch.setattr(main, name, types.SimpleNamespace(value=value))
+
+  def launch(error):
+    def run(config, workdir):
+      del config, workdir
+      raise error
+    monkeypatch.setattr(main, "run", run)
+    main.main(["main"])
+
+  return launch
+
+
+@pytest.mark.parametrize("error", [
+    errors.UserError("bad value"), errors.MissingInput("no such file"),
+    FloatingPointError("diverged"), OSError(errno.ENOSPC, "disk full"),
+    OSError(errno.EACCES, "permission denied"),
+])
+def test_a_user_error_in_run_is_one_line(error, launcher, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    launcher(error)
+  assert exit_.value.code == main.EXIT_ERROR
+  assert capsys.readouterr().err == (
+      f"{main.error_line(error)}  (--traceback shows where)\n")
+
+
+@pytest.mark.parametrize("error", [
+    KeyError("params"), RuntimeError("a bug"), ValueError("bare"),
+    TypeError("a bug"), FileNotFoundError(errno.ENOENT, "gone"),
+])
+def test_a_bug_in_run_keeps_its_traceback(error, launcher):
+  with pytest.raises(type(error)) as raised:
+    launcher(error)
+  assert raised.value is error

@@ -17,10 +17,11 @@ from experiments import sweep as sweep_lib
 from experiments import sweep_file
 from experiments import sweeps
 from experiments import tune
+from experiments.configs import base
 from ugrad.runtime import lock
 from ugrad.training import runs as runs_lib
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Every sweep file, so a new one is covered without touching this test.
 SWEEPS = tuple(sorted(
     os.path.relpath(p, _REPO)
@@ -302,8 +303,9 @@ def test_every_sweep_config_builds_and_validates(path, profile, smoke,
       own = {r["name"]: r["overrides"] for r in sweep["runs"]}[name]
       assert config.steps == own.get("steps", sweep["rm"]["steps"])
     if smoke:  # whatever a run overrides; iterative RL: a step an iteration
-      assert config.steps == max(sweep_lib.SMOKE["rl"]["steps"],
+      assert config.steps == max(base.get_config("tiny").steps,
                                  config.iterative.iterations)
+      assert config.model == "tiny"
   assert not os.listdir(tmp_path)  # planning trains nothing
 
 

@@ -8,7 +8,7 @@ import time
 
 from ugrad.runtime import metrics as metrics_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def command(workdir, config: str = "sft", steps: int = 40, **overrides):
