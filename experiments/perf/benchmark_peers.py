@@ -5,9 +5,10 @@ Their packages (the `bench` extra) are imported inside the methods that
 use them, so this module imports without them.
 """
 
+import dataclasses
 import os
 import time
-from typing import Callable, Optional, TYPE_CHECKING
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -15,8 +16,28 @@ import numpy as np
 from ugrad.training import build
 from ugrad.models import model_config
 
-if TYPE_CHECKING:
-  from experiments.perf import benchmark_grpo  # pylint: disable=g-bad-import-order
+
+@dataclasses.dataclass
+class Work:
+  """What every contender does per step, and the files they share."""
+
+  model: str = "qwen2_2.9m"
+  prompts: int = 16
+  group: int = 8
+  new_tokens: int = 24
+  temperature: float = 1.0
+  beta: float = 0.04
+  lr: float = 1e-4
+  seed: int = 0
+  micro_batches: int = 1  # ugrad's alone
+  attention: str = "auto"  # ugrad's alone
+  steps: int = 0  # steps each loop is built for (warm-up, timed, one more)
+  hf_dir: str = ""  # the initial weights (no tokenizer: ugrad's is the task's)
+  workdir: str = ""
+
+  @property
+  def rows(self) -> int:
+    return self.prompts * self.group
 
 
 def hf_char_tokenizer(char_tokenizer):
@@ -46,7 +67,7 @@ class TrlRun:
 
   name = "trl"
 
-  def __init__(self, work: "benchmark_grpo.Work", task,
+  def __init__(self, work: "Work", task,
                examples: Callable[[int], list]):
     self.work, self.task, self.examples = work, task, examples
     self.events = []  # (name, start, end) of TRL's timers, and our marks
@@ -149,7 +170,7 @@ class TunixRun:
 
   name = "tunix"
 
-  def __init__(self, work: "benchmark_grpo.Work", task,
+  def __init__(self, work: "Work", task,
                examples: Callable[[int], list]):
     self.work, self.task, self.examples = work, task, examples
     self.perf = []  # per global step: Tunix's exported perf metrics

@@ -281,7 +281,7 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_state_restores_onto_another_mesh(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, PYTHONPATH=root)
   result = subprocess.run(
       [sys.executable, "-c", _SHARDED, str(tmp_path / "ckpt")],

@@ -15,7 +15,7 @@ from tests.helpers import train_util
 from ugrad.runtime import gradlog
 from ugrad.training import trainer as trainer_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _append(log, step, seed=0):

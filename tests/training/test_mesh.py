@@ -13,7 +13,7 @@ from ugrad import models
 from ugrad import registry
 from ugrad.training import trainer as trainer_lib
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 # SFT: a dataset batch. PPO (with a dense length reward, see sharded_step):
 # sampling on the mesh, advantages from its critic, which trains on the mesh

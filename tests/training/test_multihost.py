@@ -18,7 +18,7 @@ from ugrad.runtime import gradlog
 from ugrad.runtime import metrics as metrics_lib
 from ugrad.training import runs
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 8
 
 
