@@ -9,12 +9,11 @@ from tests.helpers import coef_cases as cc
 import ugrad
 from ugrad import coefficients
 
-# Every coefficient, with process supervision as its own variant.
+# Every coefficient, with REINFORCE++'s group baseline as its own variant.
 VARIANTS = [(name, {}) for name in coefficients.COEFFICIENTS] + [
-    ("grpo", dict(supervision="process")),
     ("reinforce_pp", dict(baseline=True)),
 ]
-GROUP_METHODS = ["grpo", "dr_grpo", "dapo", "gspo", "rloo"]
+GROUP_METHODS = ["grpo", "grpo_process", "dr_grpo", "dapo", "gspo", "rloo"]
 
 
 def _coef(name, hparams, ro, theta):
@@ -51,14 +50,13 @@ def test_empty_completion_contributes_nothing(x64, name, hparams):
   assert all(np.isfinite(v) for v in metrics.values())
 
 
-@pytest.mark.parametrize("name", GROUP_METHODS + ["grpo_process"])
+@pytest.mark.parametrize("name", GROUP_METHODS)
 def test_all_equal_group_has_zero_advantage(x64, name):
   hparams = dict(beta=0.0)
   theta, ro = cc.make_case(41, b=6, t=7, v=5, group_sizes=(3, 3))
   ids = np.asarray(ro.group_ids)
   flat = ids == ids[0]
   if name == "grpo_process":
-    name, hparams = "grpo", dict(beta=0.0, supervision="process")
     ro = ro.replace(step_rewards=jnp.where(flat[:, None], 0.5 * ro.step_mask,
                                            ro.step_rewards))
   else:
@@ -72,7 +70,8 @@ def test_all_equal_group_has_zero_advantage(x64, name):
 
 
 @pytest.mark.parametrize("name,hparams", [
-    ("grpo", {}), ("rloo", {}), ("dpo", {}), ("gspo", dict(clip_eps=0.1)),
+    ("grpo", {}), ("grpo_process", {}), ("rloo", {}), ("dpo", {}),
+    ("gspo", dict(clip_eps=0.1)),
     ("reinforce_pp", dict(baseline=True)),
 ])
 def test_row_order_does_not_matter(x64, name, hparams):
@@ -139,17 +138,17 @@ def test_shape_mismatch_is_named(x64):
 def test_unknown_names_list_the_valid_ones():
   with pytest.raises(ValueError, match="valid: sft, rft, dpo, ppo, grpo"):
     coefficients.make_coefficient("grpo2")
-  with pytest.raises(ValueError, match=r"clip_eps_hi\b.*valid: supervision"):
+  with pytest.raises(ValueError, match=r"clip_eps_hi\b.*valid: clip_eps,"):
     coefficients.make_coefficient("grpo", clip_eps_hi=0.3)
   with pytest.raises(ValueError, match="valid: k1, k2, k3"):
     coefficients.make_coefficient("ppo", kl_estimator="k4")
   with pytest.raises(ValueError, match="valid: loss, reward"):
     coefficients.make_coefficient("grpo", kl_in="advantage")
-  with pytest.raises(ValueError, match="valid: outcome, process"):
-    coefficients.make_coefficient("grpo", supervision="steps")
-  with pytest.raises(ValueError, match="kl_in='loss'"):
-    coefficients.make_coefficient("grpo", supervision="process",
-                                  kl_in="reward")
+  # Process supervision has no outcome reward to fold a KL into.
+  with pytest.raises(ValueError, match=r"kl_in for coefficient 'grpo_proc"):
+    coefficients.make_coefficient("grpo_process", kl_in="reward")
+  with pytest.raises(ValueError, match="valid: k1, k2, k3"):
+    coefficients.make_coefficient("grpo_process", kl_estimator="k4")
   with pytest.raises(ValueError, match=r"valid: \(none\)"):
     coefficients.make_coefficient("sft", beta=0.1)
 
@@ -162,8 +161,10 @@ def test_unknown_names_list_the_valid_ones():
     ("ppo", dict(beta=0.1), {"values", "rewards", "logp_old", "logp_ref"}),
     ("grpo", {}, {"rewards", "group_ids", "logp_ref"}),
     ("grpo", dict(beta=0.0), {"rewards", "group_ids"}),
-    ("grpo", dict(supervision="process"),
+    ("grpo_process", {},
      {"step_rewards", "step_mask", "group_ids", "logp_ref"}),
+    ("grpo_process", dict(beta=0.0),
+     {"step_rewards", "step_mask", "group_ids"}),
     ("dr_grpo", {}, {"rewards", "group_ids"}),
     ("dapo", {}, {"rewards", "group_ids"}),
     ("gspo", {}, {"rewards", "group_ids"}),

@@ -100,7 +100,7 @@ def _process_advantage(ro, eps):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_grpo_process_matches_paper(x64, shape):
   theta, ro = cc.make_case(21, **shape)
-  hparams = dict(supervision="process", beta=0.05)
+  hparams = dict(beta=0.05)
   adv = _process_advantage(ro, 1e-6)
 
   def loss(th):
@@ -113,7 +113,8 @@ def test_grpo_process_matches_paper(x64, shape):
   # The step mask must not be the trivial "last token only" one.
   assert np.asarray(ro.step_mask).sum() > (np.asarray(
       ro.completion_mask).sum(-1) > 0).sum()
-  cc.assert_same_grad(cc.unified_grad("grpo", hparams, ro, theta), want)
+  cc.assert_same_grad(cc.unified_grad("grpo_process", hparams, ro, theta),
+                      want)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -1,9 +1,11 @@
-"""The shared pieces: KL estimators, advantage estimators, group statistics."""
+"""The shared pieces: KL estimators, advantage estimators, group statistics
+and the masked helpers that host (numpy) code shares with the coefficients."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ugrad import masked
 from ugrad.coefficients import advantages
 from ugrad.coefficients import groups
 from ugrad.coefficients import kl
@@ -54,9 +56,9 @@ def test_group_statistics_follow_ids_not_row_order(x64):
   @jax.jit
   def stats(rewards, ids, mask):
     same = groups.same_group(ids, mask)
-    frac = groups.group_fraction(groups.all_equal(rewards, same), same)
-    return (advantages.group_normalize(rewards, same),
-            advantages.leave_one_out(rewards, same), frac)
+    frac = groups.zero_signal(rewards, same)
+    return (groups.normalize(rewards, same),
+            groups.leave_one_out(rewards, same), frac)
 
   adv, loo, frac = stats(rewards, ids, mask)
   for g, rows in ((7, [0, 2]), (3, [1, 4, 7])):
@@ -90,3 +92,25 @@ def test_token_helpers(x64):
   on = np.asarray(white)[np.asarray(mask) > 0]
   np.testing.assert_allclose([on.mean(), on.var()], [0, 1], atol=1e-12)
   assert np.all(flat == 0)
+
+
+def test_masked_helpers_agree_on_numpy_and_jax():
+  mask = np.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]])
+  want = np.array([[0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]],
+                  bool)
+  np.testing.assert_array_equal(masked.last_index(mask, np), [2, 3, -1, 0])
+  np.testing.assert_array_equal(masked.last_token(mask, np), want)
+  np.testing.assert_array_equal(masked.last_token(jnp.asarray(mask)), want)
+  # Groups {0, 1} and {2, 3}; only entries at `where` count.
+  x = np.array([[1.0, 5.0], [1.0, 1.0], [2.0, 3.0], [np.nan, 2.0]])
+  where = np.array([[True, False], [True, True], [True, False],
+                    [False, True]])
+  ids = np.array([0, 0, 1, 1])
+  same = ids[:, None] == ids[None, :]
+  for xp in (np, jnp):
+    np.testing.assert_array_equal(
+        masked.group_all_equal(xp.asarray(x), xp.asarray(where),
+                               xp.asarray(same), xp), [True] * 4)
+    np.testing.assert_array_equal(
+        masked.group_all_equal(xp.asarray(x), True, xp.asarray(same), xp),
+        [False] * 4)

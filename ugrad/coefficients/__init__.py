@@ -60,11 +60,13 @@ COEFFICIENTS: dict[str, Coefficient] = {
     "dpo": Coefficient(dpo_lib.dpo, dpo_lib.dpo_fields),
     "ppo": Coefficient(ppo_lib.ppo, ppo_lib.ppo_fields,
                        value_targets=ppo_lib.value_targets),
-    "grpo": Coefficient(grpo_lib.grpo, grpo_lib.group_fields),
-    "dr_grpo": Coefficient(grpo_lib.dr_grpo, grpo_lib.group_fields,
+    "grpo": Coefficient(grpo_lib.grpo, grpo_lib.outcome_fields),
+    "grpo_process": Coefficient(grpo_lib.grpo_process,
+                                grpo_lib.process_fields),
+    "dr_grpo": Coefficient(grpo_lib.dr_grpo, grpo_lib.outcome_fields,
                            "constant"),
-    "dapo": Coefficient(grpo_lib.dapo, grpo_lib.group_fields, "token"),
-    "gspo": Coefficient(grpo_lib.gspo, grpo_lib.group_fields),
+    "dapo": Coefficient(grpo_lib.dapo, grpo_lib.outcome_fields, "token"),
+    "gspo": Coefficient(grpo_lib.gspo, grpo_lib.outcome_fields),
     "rloo": Coefficient(reinforce_lib.rloo, reinforce_lib.rloo_fields,
                         "constant"),
     "reinforce_pp": Coefficient(reinforce_lib.reinforce_pp,
@@ -87,8 +89,8 @@ def register(name: str, coefficient: Coefficient, *,
                     f"got {type(coefficient).__name__}")
   if coefficient.normalizer not in loss_lib.NORMALIZERS:
     raise errors.UserError(f"coefficient {name!r}: unknown normalizer "
-                     f"{coefficient.normalizer!r}; valid: "
-                     f"{', '.join(loss_lib.NORMALIZERS)}")
+                           f"{coefficient.normalizer!r}; valid: "
+                           f"{', '.join(loss_lib.NORMALIZERS)}")
   return registry.register(COEFFICIENTS, "coefficient", name, coefficient,
                            replace=replace)
 

@@ -24,7 +24,7 @@ def dpo_fields(label_smoothing: float = 0.0, **unused) -> set:
   del unused
   if not 0.0 <= label_smoothing <= 0.5:
     raise errors.UserError(f"dpo: label_smoothing must be in [0, 0.5], got "
-                     f"{label_smoothing}")
+                           f"{label_smoothing}")
   return {"pair_ids", "pair_sign", "logp_ref"}
 
 

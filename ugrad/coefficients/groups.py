@@ -6,6 +6,10 @@ masked reduction over the last axis of S broadcast against the row values,
 so it is jit-friendly and needs no sorting. Reductions are elementwise sums,
 not matmuls, so accelerators' reduced-precision matmul passes cannot round
 the group means.
+
+The group advantages built on them (GRPO's `normalize`, RLOO's
+`leave_one_out`) are exactly 0 in groups whose rewards are all equal: such
+a group carries no signal, and `zero_signal` reports the fraction of them.
 """
 
 import jax
@@ -66,43 +70,70 @@ def group_std(x: jax.Array, same: jax.Array, ddof: int = 1) -> jax.Array:
   return jnp.sqrt(group_sum(dev, same) / jnp.maximum(count - ddof, 1))
 
 
-def all_equal(x: jax.Array, same: jax.Array) -> jax.Array:
+def all_equal(x: jax.Array, same: jax.Array, where=True) -> jax.Array:
   """bool [B]: whether every value in the row's group is the same.
 
-  Compared exactly (max == min) rather than through a variance, whose
-  rounding would leave tiny nonzero advantages in zero-signal groups.
-  """
-  return (_reduce(x, same, jnp.max, -jnp.inf) <=
-          _reduce(x, same, jnp.min, jnp.inf))
-
-
-def all_equal_tokens(x: jax.Array, where: jax.Array,
-                     same: jax.Array) -> jax.Array:
-  """bool [B]: whether every selected token value in the row's group is equal.
-
   Args:
-    x: [B, T] values (e.g. step rewards).
-    where: [B, T] bool, the tokens that count (e.g. step ends).
+    x: [B] one value per row (e.g. outcome rewards), or [B, T] values of
+      which only those at `where` count (e.g. step rewards at step ends).
     same: [B, B] same-group matrix.
+    where: [B, T] bool, for [B, T] values.
 
   Returns:
-    [B] true for groups whose selected values are all equal (or absent).
+    [B] see `masked.group_all_equal`.
   """
-  row_high = jnp.max(jnp.where(where, x, -jnp.inf), axis=-1)
-  row_low = jnp.min(jnp.where(where, x, jnp.inf), axis=-1)
-  return (_reduce(row_high, same, jnp.max, -jnp.inf) <=
-          _reduce(row_low, same, jnp.min, jnp.inf))
+  if x.ndim == 1:
+    x = x[:, None]
+  return masked.group_all_equal(x, where, same)
 
 
-def _reduce(x, same, reduce, fill):
-  return reduce(jnp.where(same, x[None, :], fill), axis=-1)
-
-
-def group_fraction(flag: jax.Array, same: jax.Array) -> jax.Array:
-  """Fraction of groups whose rows carry `flag` (bool [B], constant per group).
+def zero_signal(x: jax.Array, same: jax.Array, where=True) -> jax.Array:
+  """Fraction of groups whose values are all equal (`all_equal`'s args).
 
   Each row weighs 1/|group|, so every group counts once.
   """
+  flag = all_equal(x, same, where)
   count = group_count(same)
   weight = jnp.where(count > 0, 1.0 / jnp.maximum(count, 1), 0.0)
   return jnp.sum(weight * flag) / jnp.maximum(jnp.sum(weight), 1e-12)
+
+
+def normalize(rewards: jax.Array, same: jax.Array,
+              std_normalize: bool = True, eps: float = 1e-6) -> jax.Array:
+  """GRPO's outcome advantage (r_i - mean_G r) / (std_G r + eps).
+
+  Args:
+    rewards: [B] outcome rewards.
+    same: [B, B] same-group matrix.
+    std_normalize: divide by the sample std (ddof=1) plus `eps`; False gives
+      Dr. GRPO's r_i - mean_G r.
+    eps: added to the std, outside the square root.
+
+  Returns:
+    [B] advantages; exactly 0 in groups whose rewards are all equal and on
+    padding rows.
+  """
+  adv = rewards - group_mean(rewards, same)
+  if std_normalize:
+    adv = adv / (group_std(rewards, same, ddof=1) + eps)
+  return _zero_where_no_signal(adv, rewards, same)
+
+
+def leave_one_out(rewards: jax.Array, same: jax.Array) -> jax.Array:
+  """RLOO's advantage r_i - mean_{j != i} r_j over the group.
+
+  Args:
+    rewards: [B] outcome rewards.
+    same: [B, B] same-group matrix; groups need at least 2 rows.
+
+  Returns:
+    [B] advantages, 0 in all-equal groups and on padding rows.
+  """
+  count = group_count(same)
+  others = (group_sum(rewards, same) - rewards) / jnp.maximum(count - 1, 1)
+  return _zero_where_no_signal(rewards - others, rewards, same)
+
+
+def _zero_where_no_signal(adv, rewards, same):
+  flat = all_equal(rewards, same) | (group_count(same) == 0)
+  return jnp.where(flat, 0.0, adv)

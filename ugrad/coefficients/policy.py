@@ -11,7 +11,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from ugrad import masked
 from ugrad import rollout as rollout_lib
 from ugrad.coefficients import kl
 from ugrad.coefficients import metrics
@@ -51,36 +50,6 @@ def clip_gate(ratio: jax.Array, adv: jax.Array, eps_low: float,
   return jnp.where(clipped, 0.0, 1.0).astype(ratio.dtype)
 
 
-def token_ratio(logp: jax.Array, logp_old: jax.Array) -> jax.Array:
-  """rho_t = exp(logp - logp_old), [B, T]."""
-  return jnp.exp(logp - logp_old)
-
-
-def sequence_ratio(logp: jax.Array, logp_old: jax.Array,
-                   mask: jax.Array) -> jax.Array:
-  """GSPO's s_i = exp(mean_t (logp - logp_old)) over completion tokens, [B]."""
-  return jnp.exp(masked.masked_mean(logp - logp_old, mask, axis=-1))
-
-
-def clipped_coef(adv: jax.Array, logp: jax.Array, logp_old: jax.Array,
-                 eps_low: float, eps_high: float):
-  """The PPO-clip coefficient A_t * rho_t * g_t.
-
-  Args:
-    adv: [B, T] (or [B, 1]) advantages.
-    logp: [B, T] current log-probs.
-    logp_old: [B, T] sampling log-probs.
-    eps_low: lower clip range.
-    eps_high: upper clip range.
-
-  Returns:
-    (coef, ratio, gate): [B, T] each.
-  """
-  ratio = token_ratio(logp, logp_old)
-  gate = clip_gate(ratio, adv, eps_low, eps_high)
-  return adv * ratio * gate, ratio, gate
-
-
 def clipped_policy_gradient(rollout: rollout_lib.Rollout, logp: jax.Array,
                             adv: jax.Array, *,
                             clip_eps: float,
@@ -91,9 +60,9 @@ def clipped_policy_gradient(rollout: rollout_lib.Rollout, logp: jax.Array,
                             zero_signal: Optional[jax.Array] = None):
   """A_t * rho_t * g_t, plus the KL term when it is placed in the loss.
 
-  The shared tail of every clipped method (PPO, the GRPO family, RLOO,
-  REINFORCE++): the method supplies the advantage, this adds the ratio, the
-  gate, the loss-placed KL and the metrics.
+  The shared tail of PPO, process GRPO, RLOO and REINFORCE++ (`grpo.grpo`
+  writes the same steps out): the method supplies the advantage, this adds
+  the ratio, the gate, the loss-placed KL and the metrics.
 
   Args:
     rollout: the batch (`logp_old` if present, `logp_ref` if beta > 0).
@@ -110,8 +79,9 @@ def clipped_policy_gradient(rollout: rollout_lib.Rollout, logp: jax.Array,
     (coef [B, T], metrics).
   """
   mask = rollout.completion_mask
-  coef, ratio, gate = clipped_coef(adv, logp, old_logp(rollout, logp),
-                                   clip_eps, high_eps(clip_eps, clip_eps_high))
+  ratio = jnp.exp(logp - old_logp(rollout, logp))
+  gate = clip_gate(ratio, adv, clip_eps, high_eps(clip_eps, clip_eps_high))
+  coef = adv * ratio * gate
   if beta and kl_in == "loss":
     coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)

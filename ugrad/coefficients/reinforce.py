@@ -50,11 +50,11 @@ def rloo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   if beta:
     rewards = rewards + kl.sequence_penalty(
         "k1", policy.old_logp(rollout, logp), rollout.logp_ref, mask, beta)
-  adv = advantages.leave_one_out(rewards, same)
+  adv = groups.leave_one_out(rewards, same)
   return policy.clipped_policy_gradient(
       rollout, logp, adv[:, None], clip_eps=clip_eps,
-      clip_eps_high=clip_eps_high, zero_signal=groups.group_fraction(
-          groups.all_equal(rollout.rewards, same), same))
+      clip_eps_high=clip_eps_high,
+      zero_signal=groups.zero_signal(rollout.rewards, same))
 
 
 def reinforce_pp_fields(beta: float = 0.01, baseline: bool = False,
@@ -100,9 +100,8 @@ def reinforce_pp(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   zero_signal = None
   if baseline:
     same = groups.same_group(rollout.group_ids, mask)
-    zero_signal = groups.group_fraction(
-        groups.all_equal(rollout.rewards, same), same)
-    rewards = advantages.group_normalize(rewards, same, std_normalize=False)
+    zero_signal = groups.zero_signal(rollout.rewards, same)
+    rewards = groups.normalize(rewards, same, std_normalize=False)
   token_rewards = advantages.outcome_token_rewards(rewards, mask)
   if beta:
     token_rewards = token_rewards + kl.reward_penalty(

@@ -74,28 +74,28 @@ def check_shapes(rollout: rollout_lib.Rollout, name: str,
   want = tuple(rollout.tokens.shape)
   if len(want) != 2:
     raise errors.UserError(f"coefficient {name!r}: tokens must be [B, T], got "
-                     f"shape {want}")
+                           f"shape {want}")
   if logp is not None and tuple(logp.shape) != want:
-    raise errors.UserError(f"coefficient {name!r}: logp has shape {logp.shape}, "
-                     f"expected tokens' shape {want}")
+    raise errors.UserError(f"coefficient {name!r}: logp has shape "
+                           f"{logp.shape}, expected tokens' shape {want}")
   if tuple(rollout.completion_mask.shape) != want:
     raise errors.UserError(f"coefficient {name!r}: completion_mask has shape "
-                     f"{rollout.completion_mask.shape}, expected {want}")
+                           f"{rollout.completion_mask.shape}, expected {want}")
   for field in TOKEN_FIELDS:
     x = getattr(rollout, field)
     if x is not None and tuple(x.shape) != want:
       raise errors.UserError(f"coefficient {name!r}: rollout.{field} has shape "
-                       f"{x.shape}, expected [B, T] = {want}")
+                             f"{x.shape}, expected [B, T] = {want}")
   for field in ROW_FIELDS:
     x = getattr(rollout, field)
     if x is not None and tuple(x.shape) != want[:1]:
       raise errors.UserError(f"coefficient {name!r}: rollout.{field} has shape "
-                       f"{x.shape}, expected [B] = {want[:1]}")
+                             f"{x.shape}, expected [B] = {want[:1]}")
   for field in _ID_FIELDS:
     x = getattr(rollout, field)
     if x is not None and not jnp.issubdtype(x.dtype, jnp.integer):
       raise errors.UserError(f"coefficient {name!r}: rollout.{field} has dtype "
-                       f"{x.dtype}, expected an integer dtype (int32)")
+                             f"{x.dtype}, expected an integer dtype (int32)")
 
 
 def _real_rows(mask) -> np.ndarray:
@@ -144,7 +144,7 @@ def check_pairs(pair_ids, pair_sign, mask, name: str) -> None:
   bad_sign = sorted(set(ids[(signs != 1) & (signs != -1)].tolist()))
   if bad_sign:
     raise errors.UserError(f"coefficient {name!r}: pair_sign must be +1 or -1; "
-                     f"pairs with another value: {bad_sign}")
+                           f"pairs with another value: {bad_sign}")
   for pid in np.unique(ids):
     got = sorted(signs[ids == pid].tolist())
     if got != [-1, 1]:

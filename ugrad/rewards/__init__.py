@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ugrad import errors
+from ugrad import masked
 from ugrad import registry
 from ugrad import tasks as tasks_lib
 from ugrad.sampling import layout
@@ -89,7 +90,7 @@ def ground_truth_process(ctx: RewardContext, batch) -> dict:
 def _need(model, name: str, field: str):
   if model is None:
     raise errors.UserError(f"the {name!r} reward needs a trained reward model "
-                     f"(set config.{field})")
+                           f"(set config.{field})")
   return model
 
 
@@ -97,10 +98,9 @@ def outcome_model(ctx: RewardContext, batch) -> dict:
   r = batch.rollout
   scores = _need(ctx.outcome_model, "model",
                  "reward_model")(r.tokens, r.attention_mask)
-  t = r.tokens.shape[1]
-  last = np.max(np.where(r.attention_mask > 0, np.arange(t), 0), axis=1)
+  last = masked.last_index(np.asarray(r.attention_mask), np)
   rewards = np.asarray(scores)[np.arange(len(last)), last]
-  has = r.completion_mask.sum(1) > 0
+  has = r.completion_mask.sum(1) > 0  # Rows without (last may be -1): 0.
   return {"rewards": np.where(has, rewards, 0.0).astype(np.float32)}
 
 
@@ -147,8 +147,9 @@ def register(name: str, reward: Reward, *, replace: bool = False) -> Reward:
                     f"{type(reward).__name__}")
   unknown = set(reward.fields) - _OUTCOME - _PROCESS
   if unknown:
-    raise errors.UserError(f"reward {name!r} fills unknown fields {sorted(unknown)};"
-                     f" valid: {', '.join(sorted(_OUTCOME | _PROCESS))}")
+    valid = ", ".join(sorted(_OUTCOME | _PROCESS))
+    raise errors.UserError(f"reward {name!r} fills unknown fields "
+                           f"{sorted(unknown)}; valid: {valid}")
   return registry.register(REWARDS, "reward", name, reward, replace=replace)
 
 
@@ -168,7 +169,7 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
       value = math.nan
     if not math.isfinite(value):
       raise errors.UserError(f"bad weight {weight!r} for reward {name!r} in "
-                       f"{spec!r}: a finite number is needed")
+                             f"{spec!r}: a finite number is needed")
     terms.append((name, value))
   return terms
 

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from ugrad import errors
+from ugrad import masked
 from ugrad.runtime import distributed
 from ugrad.runtime import paths
 from ugrad import registry
@@ -90,29 +91,35 @@ def _group_rewards(batch: Batch, group_size: int) -> np.ndarray:
   elif r.step_rewards is not None:
     rewards = np.asarray(r.step_rewards).sum(-1)
   else:
-    raise errors.UserError("sampling sources compare rewards within each group, "
-                     "but the reward gave none: use a reward that gives "
-                     "outcome or step rewards (e.g. 'rule'), not 'none'")
+    raise errors.UserError("sampling sources compare rewards within each "
+                           "group, but the reward gave none: use a reward "
+                           "that gives outcome or step rewards (e.g. "
+                           "'rule'), not 'none'")
   return rewards.reshape(-1, group_size)
 
 
 def _varied_groups(batch: Batch, group_size: int) -> np.ndarray:
   """Indices of the groups whose rewards are not all equal.
 
-  With step rewards only, a group varies when the rewards at its step ends
-  differ, as process supervision sees them: equal sums of different step
-  rewards still carry signal, equal rewards over steps of any count do not.
+  The test is the coefficients' (`masked.group_all_equal`). With step
+  rewards only, a group varies when the rewards at its step ends differ, as
+  process supervision sees them: equal sums of different step rewards still
+  carry signal, equal rewards over steps of any count do not. A group with
+  a NaN reward varies, as the coefficients see it (its advantages are NaN).
   """
   r = batch.rollout
   if r.rewards is not None or r.step_rewards is None:
-    return np.flatnonzero(np.ptp(_group_rewards(batch, group_size), 1) > 0)
-  steps = np.asarray(r.completion_mask) > 0
-  if r.step_mask is not None:
-    steps &= np.asarray(r.step_mask) > 0
-  values = np.asarray(r.step_rewards)
-  high = np.where(steps, values, -np.inf).max(1).reshape(-1, group_size)
-  low = np.where(steps, values, np.inf).min(1).reshape(-1, group_size)
-  return np.flatnonzero(high.max(1) > low.min(1))
+    values = _group_rewards(batch, group_size).reshape(-1, 1)
+    where = True
+  else:
+    values = np.asarray(r.step_rewards)
+    where = np.asarray(r.completion_mask) > 0
+    if r.step_mask is not None:
+      where &= np.asarray(r.step_mask) > 0
+  group = np.arange(len(values)) // group_size
+  same = group[:, None] == group[None, :]
+  flat = masked.group_all_equal(values, where, same, np)
+  return np.flatnonzero(~flat[::group_size])
 
 
 def _rows_of(groups: Sequence[int], group_size: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from ugrad import masked
 from ugrad.runtime import distributed
 from ugrad.sampling import layout
 from ugrad import rewards as rewards_lib
@@ -56,12 +57,9 @@ def binary_metrics(prefix: str, scores, labels, groups) -> dict:
 def last_token_mask(attention_mask: np.ndarray,
                     completion_mask: np.ndarray) -> np.ndarray:
   """[B, T] 1 at the last real token of each row that has a completion."""
-  t = attention_mask.shape[1]
-  last = np.max(np.where(attention_mask > 0, np.arange(t), 0), axis=1)
-  out = np.zeros(attention_mask.shape, np.float32)
   has = completion_mask.sum(1) > 0
-  out[np.flatnonzero(has), last[has]] = 1.0
-  return out
+  last = masked.last_token(attention_mask, np) & has[:, None]
+  return last.astype(np.float32)
 
 
 def step_prefixes(rollout, step_mask: np.ndarray, pad_id: int):
