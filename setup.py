@@ -46,8 +46,10 @@ setuptools.setup(
         # Formatter, linter and git hooks: pyproject.toml and
         # .pre-commit-config.yaml hold their settings.
         "dev": [
-            "pyink>=24.10",
-            "pylint>=3.0",
+            # .ci/run pins the same versions: a formatter's output changes
+            # between releases.
+            "pyink==26.5.1",
+            "pylint==4.1.5",
             "pre-commit>=3.0",
         ],
         # experiments/perf/benchmark.py --grpo: the peers it times ugrad against.

@@ -29,20 +29,27 @@ from ugrad.sampling import stats
 from ugrad.models import hf_tokenizer
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Workdir of a finished ugrad run.")
-_K = flags.DEFINE_list("k", ["1", "4", "16", "64"],
-                       "Comma-separated k of pass@k and maj@k.")
+    "checkpoint", None, "Workdir of a finished ugrad run."
+)
+_K = flags.DEFINE_list(
+    "k", ["1", "4", "16", "64"], "Comma-separated k of pass@k and maj@k."
+)
 _QUESTIONS = flags.DEFINE_integer(
-    "questions", 512, "Held-out questions (the first ones of the test split).")
+    "questions", 512, "Held-out questions (the first ones of the test split)."
+)
 _SAMPLES = flags.DEFINE_integer(
-    "samples", None, "Samples per question (default: the largest k).")
+    "samples", None, "Samples per question (default: the largest k)."
+)
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the samples and the bootstrap.")
 _MAX_NEW = flags.DEFINE_integer(
-    "max_new_tokens", None,
-    "Completion budget (default: the run's sampling.max_new_tokens).")
+    "max_new_tokens",
+    None,
+    "Completion budget (default: the run's sampling.max_new_tokens).",
+)
 _OUTPUT = flags.DEFINE_string(
-    "output", None, "JSON file to write (default: CHECKPOINT/eval_k.json).")
+    "output", None, "JSON file to write (default: CHECKPOINT/eval_k.json)."
+)
 flags.mark_flag_as_required("checkpoint")
 
 OUTPUT_FILE = "eval_k.json"
@@ -60,13 +67,17 @@ def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
   config_file = os.path.join(run_dir, runs.CONFIG_FILE)
   if not os.path.isfile(config_file):
     raise errors.MissingInput(
-        f"{run_dir} is not a ugrad run: it has no {runs.CONFIG_FILE}")
-  if not (os.path.isfile(os.path.join(run_dir, runs.MODEL_FILE)) and
-          os.path.isdir(os.path.join(run_dir, runs.POLICY_DIR))):
+        f"{run_dir} is not a ugrad run: it has no {runs.CONFIG_FILE}"
+    )
+  if not (
+      os.path.isfile(os.path.join(run_dir, runs.MODEL_FILE))
+      and os.path.isdir(os.path.join(run_dir, runs.POLICY_DIR))
+  ):
     raise errors.MissingInput(
         f"{run_dir} holds an unfinished run: {runs.MODEL_FILE} and "
         f"{runs.POLICY_DIR}/ are written when training ends (rerun its "
-        "experiments.main command to resume and finish it)")
+        "experiments.main command to resume and finish it)"
+    )
   with open(config_file) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -106,7 +117,8 @@ def load_run(run_dir: str):
   if task.tokenizer.vocab_size > vocab:
     raise errors.UserError(
         f"the policy in {run_dir} has {vocab} output tokens but the task's "
-        f"tokenizer has {task.tokenizer.vocab_size} ids")
+        f"tokenizer has {task.tokenizer.vocab_size} ids"
+    )
   return config, task, graphdef, params
 
 
@@ -132,14 +144,22 @@ def check_samples(ks: Sequence[int], samples: Optional[int]) -> int:
   if samples is None:
     return max(ks)
   if samples < max(ks):
-    raise errors.UserError(f"--samples={samples} is fewer than the largest k "
-                           f"({max(ks)}); pass@k and maj@k need k <= samples")
+    raise errors.UserError(
+        f"--samples={samples} is fewer than the largest k "
+        f"({max(ks)}); pass@k and maj@k need k <= samples"
+    )
   return samples
 
 
-def evaluate(run_dir: str, ks: Sequence[int], questions: int = 512,
-             samples: Optional[int] = None, temperature: float = 1.0,
-             seed: int = 0, max_new_tokens: Optional[int] = None) -> dict:
+def evaluate(
+    run_dir: str,
+    ks: Sequence[int],
+    questions: int = 512,
+    samples: Optional[int] = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: Optional[int] = None,
+) -> dict:
   """Sampled evaluation of the finished run in `run_dir`.
 
   Returns:
@@ -148,20 +168,37 @@ def evaluate(run_dir: str, ks: Sequence[int], questions: int = 512,
   """
   samples = check_samples(ks, samples)
   config, task, graphdef, params = load_run(run_dir)
-  max_new = (config.sampling.max_new_tokens if max_new_tokens is None
-             else max_new_tokens)
+  max_new = (
+      config.sampling.max_new_tokens
+      if max_new_tokens is None
+      else max_new_tokens
+  )
   result = eval_lib.sample_eval(
-      task, graphdef, params, questions, samples, ks,
-      build.prompt_length(task), max_new, temperature=temperature, seed=seed)
-  return dict(result, checkpoint=os.path.abspath(run_dir), task=config.task,
-              ks=list(ks), temperature=temperature, seed=seed,
-              max_new_tokens=max_new)
+      task,
+      graphdef,
+      params,
+      questions,
+      samples,
+      ks,
+      build.prompt_length(task),
+      max_new,
+      temperature=temperature,
+      seed=seed,
+  )
+  return dict(
+      result,
+      checkpoint=os.path.abspath(run_dir),
+      task=config.task,
+      ks=list(ks),
+      temperature=temperature,
+      seed=seed,
+      max_new_tokens=max_new,
+  )
 
 
 def _cell(result: dict, name: str) -> str:
   lo, hi = result[name + "_ci"]
-  return (f"{100 * result[name]:5.1f}% "
-          f"[{100 * lo:5.1f}, {100 * hi:5.1f}]")
+  return f"{100 * result[name]:5.1f}% " f"[{100 * lo:5.1f}, {100 * hi:5.1f}]"
 
 
 def format_table(result: dict) -> str:
@@ -171,10 +208,13 @@ def format_table(result: dict) -> str:
       f"{result['task']} questions, {result['samples_per_question'][0]} "
       f"samples each at temperature {result['temperature']:g}, seed "
       f"{result['seed']} (95% bootstrap intervals)",
-      f"{'k':>5}  {'pass@k':<22}  {'maj@k':<22}"]
+      f"{'k':>5}  {'pass@k':<22}  {'maj@k':<22}",
+  ]
   for k in result["ks"]:
-    lines.append(f"{k:>5}  {_cell(result, f'pass@{k}'):<22}  "
-                 f"{_cell(result, f'maj@{k}'):<22}")
+    lines.append(
+        f"{k:>5}  {_cell(result, f'pass@{k}'):<22}  "
+        f"{_cell(result, f'maj@{k}'):<22}"
+    )
   lines.append(f"greedy accuracy: {_cell(result, 'greedy_acc')}")
   return "\n".join(lines)
 
@@ -201,8 +241,15 @@ def main(argv):
     read_run_config(run_dir)
   except errors.UserError as e:  # errors.MissingInput included.
     raise app.UsageError(str(e)) from e
-  result = evaluate(run_dir, ks, _QUESTIONS.value, samples,
-                    _TEMPERATURE.value, _SEED.value, _MAX_NEW.value)
+  result = evaluate(
+      run_dir,
+      ks,
+      _QUESTIONS.value,
+      samples,
+      _TEMPERATURE.value,
+      _SEED.value,
+      _MAX_NEW.value,
+  )
   output = _OUTPUT.value or os.path.join(run_dir, OUTPUT_FILE)
   write_json(result, output)
   print(format_table(result), flush=True)

@@ -42,35 +42,51 @@ from ugrad.training import trainer as trainer_lib
 from ugrad.training import validate
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an experiment config file.", lock_config=True)
+    "config", None, "Path to an experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "HOST:PORT of process 0 of a multi-process "
-    "run (with --num_processes and --process_id)")
+    "coordinator_address",
+    "",
+    "HOST:PORT of process 0 of a multi-process "
+    "run (with --num_processes and --process_id)",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", 0, "processes of a multi-process run")
+    "num_processes", 0, "processes of a multi-process run"
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", -1, "this process's index in a multi-process run")
+    "process_id", -1, "this process's index in a multi-process run"
+)
 _TRACEBACK = flags.DEFINE_bool(
-    "traceback", False, "show the traceback of an error (also: "
-    "UGRAD_TRACEBACK=1)")
+    "traceback",
+    False,
+    "show the traceback of an error (also: " "UGRAD_TRACEBACK=1)",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "join a multi-host run whose peers JAX detects "
-    "(Cloud TPU VM slices, SLURM, Open MPI)")
+    "distributed",
+    False,
+    "join a multi-host run whose peers JAX detects "
+    "(Cloud TPU VM slices, SLURM, Open MPI)",
+)
 
 
 def _report(name: str, result: dict) -> str:
   lo, hi = result["greedy_acc_ci"]
-  return (f"{name} greedy accuracy on {result['eval_questions']} held-out "
-          f"questions: {100 * result['greedy_acc']:.1f}% "
-          f"(95% CI {100 * lo:.1f}-{100 * hi:.1f})")
+  return (
+      f"{name} greedy accuracy on {result['eval_questions']} held-out "
+      f"questions: {100 * result['greedy_acc']:.1f}% "
+      f"(95% CI {100 * lo:.1f}-{100 * hi:.1f})"
+  )
 
 
 def needs_sft_warm_start(config) -> bool:
   """Whether a run on the embedded task must first train its SFT policy:
   every run but SFT itself, when no init_from is given."""
-  return (not config.init_from and config.task == "arithmetic" and
-          (config.coef.name != "sft" or config.trainer != "policy"))
+  return (
+      not config.init_from
+      and config.task == "arithmetic"
+      and (config.coef.name != "sft" or config.trainer != "policy")
+  )
 
 
 def warm_start(config, workdir: str) -> str:
@@ -101,12 +117,14 @@ def _run(config, workdir: str) -> dict:
     _print(json.dumps(result, indent=2, sort_keys=True))
     _write_eval(workdir, result)
     return result
-  trainer = trainer_lib.Trainer(config, workdir,
-                          hooks=iterative.hooks(config, workdir))
+  trainer = trainer_lib.Trainer(
+      config, workdir, hooks=iterative.hooks(config, workdir)
+  )
   results = {}
   if warm:
-    results["sft"] = _cached_eval(trainer, config.init_from,
-                                  trainer.init_params)
+    results["sft"] = _cached_eval(
+        trainer, config.init_from, trainer.init_params
+    )
     _print(_report("SFT policy", results["sft"]))
   trainer.train()
   results["final"] = trainer.evaluate()
@@ -125,7 +143,8 @@ def _write_eval(workdir: str, results: dict):
   if not distributed.is_main():
     return
   (paths.resolve(workdir) / runs.EVAL_FILE).write_text(
-      json.dumps(results, indent=2))
+      json.dumps(results, indent=2)
+  )
 
 
 def _cached_eval(trainer, run_dir: str, params) -> dict:
@@ -144,14 +163,19 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
 # diverged run (the trainer names the checkpoint to resume from),
 # checkpoints that cannot be read. Anything else is a bug and keeps its
 # traceback, a bare ValueError, KeyError or FileNotFoundError included.
-USER_ERRORS = (errors.UserError, lock.WorkdirInUse, FloatingPointError,
-               checkpoint.UnreadableCheckpoints)
+USER_ERRORS = (
+    errors.UserError,
+    lock.WorkdirInUse,
+    FloatingPointError,
+    checkpoint.UnreadableCheckpoints,
+)
 # OSErrors of the machine rather than the code: a full disk or quota, a
 # read-only file system, no permission. ENOENT is not among them: ugrad
 # checks the paths a user gives (errors.MissingInput), so a file that
 # vanishes under it is a bug.
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                                errno.EACCES, errno.EPERM})
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+)
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
 
@@ -159,7 +183,8 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
 def is_user_error(e: BaseException) -> bool:
   """Whether `e` is a problem the user fixes (one line) or a bug."""
   return isinstance(e, USER_ERRORS) or (
-      isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS)
+      isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
+  )
 
 
 def error_line(e: BaseException) -> str:
@@ -202,8 +227,12 @@ def main(argv):
   compile_cache.enable()
   try:
     config = load_config()
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value, auto=_DISTRIBUTED.value)
+    distributed.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        auto=_DISTRIBUTED.value,
+    )
     run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     print(e, file=sys.stderr, flush=True)
@@ -211,8 +240,11 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-exception-caught
     if not is_user_error(e) or _show_traceback():
       raise
-    print(error_line(e) + "  (--traceback shows where)", file=sys.stderr,
-          flush=True)
+    print(
+        error_line(e) + "  (--traceback shows where)",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(EXIT_ERROR)
 
 
@@ -227,12 +259,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = e
     if isinstance(e, (KeyError, AttributeError)):  # From ml_collections.
       field = str(e.args[0] if e.args else "").strip("\"'")
-      message = (f"the config has no field {field!r}; check the "
-                 "--config.* overrides")
+      message = (
+          f"the config has no field {field!r}; check the "
+          "--config.* overrides"
+      )
     elif "Error whilst parsing config file" in str(e):  # get_config raised.
       message = f"--config: {_last_line(e)}"
-    print(f"error: {message}  (--traceback shows where)", file=sys.stderr,
-          flush=True)
+    print(
+        f"error: {message}  (--traceback shows where)",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(EXIT_ERROR)
 
 

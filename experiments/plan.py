@@ -64,7 +64,6 @@ from ugrad.training import update as update_lib
 from ugrad.models import model_config
 from ugrad.models import sharding as sharding_lib
 
-
 GiB = plan_report.GiB
 
 
@@ -97,7 +96,8 @@ _HARMLESS = re.compile(
     r"Logging before InitGoogle|Failed to find host bounds|"
     r"Source Location Trace|libtpu_init_utils|"
     r"Unable to initialize backend|Platform 'tpu' is experimental|"
-    r"^\s*$")
+    r"^\s*$"
+)
 
 
 def topology_name(cloud_name: str) -> tuple[str, str]:
@@ -107,8 +107,10 @@ def topology_name(cloud_name: str) -> tuple[str, str]:
     ValueError: for an unknown name, listing the valid ones.
   """
   if cloud_name not in TOPOLOGIES:
-    raise ValueError(f"unknown TPU topology {cloud_name!r}; valid: "
-                     f"{', '.join(TOPOLOGIES)}")
+    raise ValueError(
+        f"unknown TPU topology {cloud_name!r}; valid: "
+        f"{', '.join(TOPOLOGIES)}"
+    )
   return TOPOLOGIES[cloud_name]
 
 
@@ -135,11 +137,13 @@ def filtered_stderr():
 
 def topology_devices(cloud_name: str) -> list:
   """The compile-only TPU devices of a Cloud topology (needs libtpu)."""
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
   _, name = topology_name(cloud_name)
   with filtered_stderr():
-    return list(topologies.get_topology_desc(topology_name=name,
-                                             platform="tpu").devices)
+    return list(
+        topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+    )
 
 
 def bytes_per_chip(tree) -> int:
@@ -155,16 +159,21 @@ def bytes_per_chip(tree) -> int:
 def _abstract(tree, shardings):
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)
+      tree,
+      shardings,
+  )
 
 
 def _memory(compiled) -> dict:
   m = compiled.memory_analysis()
-  fields = {"argument": "argument_size_in_bytes",
-            "output": "output_size_in_bytes",
-            "temp": "temp_size_in_bytes", "alias": "alias_size_in_bytes",
-            "peak": "peak_memory_in_bytes",
-            "code": "generated_code_size_in_bytes"}
+  fields = {
+      "argument": "argument_size_in_bytes",
+      "output": "output_size_in_bytes",
+      "temp": "temp_size_in_bytes",
+      "alias": "alias_size_in_bytes",
+      "peak": "peak_memory_in_bytes",
+      "code": "generated_code_size_in_bytes",
+  }
   return {k: int(getattr(m, f, 0) or 0) for k, f in fields.items()}
 
 
@@ -184,17 +193,27 @@ def _compile(jitted, *args) -> Any:
 
 def _rollout(rows: int, length: int, needed: set, sharding):
   """The abstract update batch: a GRPO rollout of `rows` x `length`."""
+
   def seq(dtype):
     return jax.ShapeDtypeStruct((rows, length), dtype, sharding=sharding)
 
   def row(dtype):
     return jax.ShapeDtypeStruct((rows,), dtype, sharding=sharding)
 
-  fields = dict(tokens=seq(jnp.int32), completion_mask=seq(jnp.int32),
-                attention_mask=seq(jnp.int32), logp_old=seq(jnp.float32),
-                group_ids=row(jnp.int32), rewards=row(jnp.float32))
-  per_token = {"logp_ref": jnp.float32, "step_rewards": jnp.float32,
-               "step_mask": jnp.int32, "values": jnp.float32}
+  fields = dict(
+      tokens=seq(jnp.int32),
+      completion_mask=seq(jnp.int32),
+      attention_mask=seq(jnp.int32),
+      logp_old=seq(jnp.float32),
+      group_ids=row(jnp.int32),
+      rewards=row(jnp.float32),
+  )
+  per_token = {
+      "logp_ref": jnp.float32,
+      "step_rewards": jnp.float32,
+      "step_mask": jnp.int32,
+      "values": jnp.float32,
+  }
   per_row = {"pair_ids": jnp.int32, "pair_sign": jnp.float32}
   for name in needed:
     if name in per_token:
@@ -204,8 +223,15 @@ def _rollout(rows: int, length: int, needed: set, sharding):
   return rollout_lib.Rollout(**fields)
 
 
-def analytic_flops(cfg, params: int, *, questions: int, group: int,
-                   prompt_len: int, new_tokens: int) -> dict:
+def analytic_flops(
+    cfg,
+    params: int,
+    *,
+    questions: int,
+    group: int,
+    prompt_len: int,
+    new_tokens: int,
+) -> dict:
   """Model FLOPs of one call of each function (whole slice, no remat).
 
   N counts the parameters that multiply: all but the input embedding table
@@ -219,15 +245,26 @@ def analytic_flops(cfg, params: int, *, questions: int, group: int,
   rows, t = questions * group, prompt_len + new_tokens
   forward = model_config.forward_flops(cfg, n, rows, t)
   update = 3 * forward
-  prefill = questions * (2 * (n - vd) * prompt_len + att * prompt_len * t) \
+  prefill = (
+      questions * (2 * (n - vd) * prompt_len + att * prompt_len * t)
       + questions * 2 * vd
+  )
   decode = rows * new_tokens * (2 * n + att * t)
-  return {"matmul_params": n, "sample": prefill + decode,
-          "logprobs": forward, "update": update}
+  return {
+      "matmul_params": n,
+      "sample": prefill + decode,
+      "logprobs": forward,
+      "update": update,
+  }
 
 
-def plan(config, cloud_topology: str, prompt_len: int,
-         vocab_size: int, devices: Optional[list] = None) -> dict:
+def plan(
+    config,
+    cloud_topology: str,
+    prompt_len: int,
+    vocab_size: int,
+    devices: Optional[list] = None,
+) -> dict:
   """Compiles the step's functions for a topology; the plan as a dict.
 
   Args:
@@ -242,14 +279,19 @@ def plan(config, cloud_topology: str, prompt_len: int,
   devices = topology_devices(cloud_topology) if devices is None else devices
   shape = sharding_lib.mesh_shape(config.mesh.to_dict(), len(devices))
   mesh = build.Mesh(sharding_lib.make_mesh(shape, devices))
-  dtype = ("bfloat16" if config.compute_dtype == "auto"
-           else config.compute_dtype)
-  cfg = models.preset(config.model, vocab_size, dtype=dtype,
-                      remat=config.remat, param_dtype=config.param_dtype)
+  dtype = "bfloat16" if config.compute_dtype == "auto" else config.compute_dtype
+  cfg = models.preset(
+      config.model,
+      vocab_size,
+      dtype=dtype,
+      remat=config.remat,
+      param_dtype=config.param_dtype,
+  )
   sharding_lib.check_model(cfg, shape)
 
   abstract_model = nnx.eval_shape(
-      lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))
+      lambda: models.Transformer(cfg, rngs=nnx.Rngs(0))
+  )
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
   param_sh = mesh.params(abstract_params)
   params = _abstract(abstract_params, param_sh)
@@ -260,8 +302,12 @@ def plan(config, cloud_topology: str, prompt_len: int,
   # replicated (as the trainer's jitted init and `update.on_mesh` give).
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   opt_sh = optax.tree_map_params(
-      optimizer, lambda _, s: s, abstract_opt, param_sh,
-      transform_non_params=lambda _: mesh.replicated)
+      optimizer,
+      lambda _, s: s,
+      abstract_opt,
+      param_sh,
+      transform_non_params=lambda _: mesh.replicated,
+  )
   opt_state = _abstract(abstract_opt, opt_sh)
 
   questions = config.sampling.questions
@@ -272,21 +318,31 @@ def plan(config, cloud_topology: str, prompt_len: int,
   batch = _rollout(rows, length, needed, mesh.batch)
   hp = build.coef_hparams(config)
   coef_fn = coefficients.make_coefficient(config.coef.name, **hp)
-  loss_fn = update_lib.policy_loss(graphdef, coef_fn, config.normalizer,
-                                   new_tokens)
-  update = update_lib.make_update(loss_fn, optimizer, config.micro_batches,
-                                  (param_sh, opt_sh, mesh.replicated))
+  loss_fn = update_lib.policy_loss(
+      graphdef, coef_fn, config.normalizer, new_tokens
+  )
+  update = update_lib.make_update(
+      loss_fn,
+      optimizer,
+      config.micro_batches,
+      (param_sh, opt_sh, mesh.replicated),
+  )
 
   prompt_sh = sampling.prompt_sharding(mesh.mesh, questions)
-  prompts = jax.ShapeDtypeStruct((questions, prompt_len), jnp.int32,
-                                 sharding=prompt_sh)
-  key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype,
-                             sharding=mesh.replicated)
+  prompts = jax.ShapeDtypeStruct(
+      (questions, prompt_len), jnp.int32, sharding=prompt_sh
+  )
+  key = jax.ShapeDtypeStruct(
+      (), jax.eval_shape(jax.random.key, 0).dtype, sharding=mesh.replicated
+  )
   sampling_config = sampling.SamplingConfig(
-      max_new_tokens=new_tokens, eos_id=0, num_samples=group,
+      max_new_tokens=new_tokens,
+      eos_id=0,
+      num_samples=group,
       temperature=config.sampling.temperature,
       top_k=config.sampling.top_k or None,
-      top_p=(config.sampling.top_p if config.sampling.top_p < 1 else None))
+      top_p=(config.sampling.top_p if config.sampling.top_p < 1 else None),
+  )
 
   params_bytes = bytes_per_chip(params)
   opt_bytes = bytes_per_chip(opt_state)
@@ -297,40 +353,67 @@ def plan(config, cloud_topology: str, prompt_len: int,
   resident = params_bytes + opt_bytes + ref_bytes
   chips = len(devices)
   out = dict(
-      topology=cloud_topology, jax_topology=jax_name, chip=chip_kind,
-      chips=chips, mesh=shape, model=config.model, num_params=num_params,
-      compute_dtype=dtype, param_dtype=config.param_dtype, remat=config.remat,
-      micro_batches=config.micro_batches, questions=questions,
-      group_size=group, prompt_len=prompt_len, max_new_tokens=new_tokens,
-      rows=questions * group, hbm_bytes_per_chip=chip.hbm_bytes,
-      params_bytes_per_chip=params_bytes, opt_state_bytes_per_chip=opt_bytes,
-      reference_bytes_per_chip=ref_bytes, grads_bytes_per_chip=params_bytes,
-      peak_flops_per_chip=chip.peak_bf16_flops)
+      topology=cloud_topology,
+      jax_topology=jax_name,
+      chip=chip_kind,
+      chips=chips,
+      mesh=shape,
+      model=config.model,
+      num_params=num_params,
+      compute_dtype=dtype,
+      param_dtype=config.param_dtype,
+      remat=config.remat,
+      micro_batches=config.micro_batches,
+      questions=questions,
+      group_size=group,
+      prompt_len=prompt_len,
+      max_new_tokens=new_tokens,
+      rows=questions * group,
+      hbm_bytes_per_chip=chip.hbm_bytes,
+      params_bytes_per_chip=params_bytes,
+      opt_state_bytes_per_chip=opt_bytes,
+      reference_bytes_per_chip=ref_bytes,
+      grads_bytes_per_chip=params_bytes,
+      peak_flops_per_chip=chip.peak_bf16_flops,
+  )
   if resident + params_bytes > chip.hbm_bytes:
     # The update holds the gradients beside the resident state: this mesh
     # cannot fit, whatever the compiler does with the rest; no compile.
-    out.update(functions={}, peak_bytes_per_chip=resident + params_bytes,
-               fits=False, reason=(
-                   f"parameters, optimizer state, reference and gradients "
-                   "alone are "
-                   f"{plan_report.gb(resident + params_bytes)} per chip on "
-                   "this mesh, over the "
-                   f"{plan_report.gb(chip.hbm_bytes)} of HBM"))
+    out.update(
+        functions={},
+        peak_bytes_per_chip=resident + params_bytes,
+        fits=False,
+        reason=(
+            f"parameters, optimizer state, reference and gradients "
+            "alone are "
+            f"{plan_report.gb(resident + params_bytes)} per chip on "
+            "this mesh, over the "
+            f"{plan_report.gb(chip.hbm_bytes)} of HBM"
+        ),
+    )
     return out
 
   functions = {
-      "sample": (sampler_lib._sample_jit,  # pylint: disable=protected-access
-                 (graphdef, params, prompts, prompts, key, sampling_config),
-                 params_bytes),
-      "logprobs": (update_lib.policy_logprobs,
-                   (graphdef, params, batch.tokens, batch.attention_mask),
-                   params_bytes),
-      "update": (update, (params, opt_state, batch),
-                 params_bytes + opt_bytes),
+      "sample": (
+          sampler_lib._sample_jit,  # pylint: disable=protected-access
+          (graphdef, params, prompts, prompts, key, sampling_config),
+          params_bytes,
+      ),
+      "logprobs": (
+          update_lib.policy_logprobs,
+          (graphdef, params, batch.tokens, batch.attention_mask),
+          params_bytes,
+      ),
+      "update": (update, (params, opt_state, batch), params_bytes + opt_bytes),
   }
-  analytic = analytic_flops(cfg, num_params, questions=questions,
-                            group=group, prompt_len=prompt_len,
-                            new_tokens=new_tokens)
+  analytic = analytic_flops(
+      cfg,
+      num_params,
+      questions=questions,
+      group=group,
+      prompt_len=prompt_len,
+      new_tokens=new_tokens,
+  )
   results = {}
   for name, (fn, args, resident_args) in functions.items():
     start = time.perf_counter()
@@ -342,30 +425,51 @@ def plan(config, cloud_topology: str, prompt_len: int,
     # among this function's arguments.
     with_resident = memory["peak"] + resident - resident_args
     results[name] = dict(
-        memory=memory, peak_with_resident_state=with_resident,
+        memory=memory,
+        peak_with_resident_state=with_resident,
         compile_seconds=round(seconds, 1),
         fits=with_resident <= chip.hbm_bytes,
         compiled_flops_per_chip=_flops(compiled),
-        analytic_flops_per_chip=analytic[name] / chips)
+        analytic_flops_per_chip=analytic[name] / chips,
+    )
 
-  kv_heads_split = shape["tensor"] if cfg.num_kv_heads % shape["tensor"] == 0 \
+  kv_heads_split = (
+      shape["tensor"] if cfg.num_kv_heads % shape["tensor"] == 0 else 1
+  )
+  row_split = (
+      sharding_lib.batch_shards(shape)
+      if questions % sharding_lib.batch_shards(shape) == 0
       else 1
-  row_split = (sharding_lib.batch_shards(shape)
-               if questions % sharding_lib.batch_shards(shape) == 0 else 1)
-  kv_cache = (2 * cfg.num_layers * rows * length * cfg.num_kv_heads *
-              cfg.head_dim * jnp.dtype(dtype).itemsize)
+  )
+  kv_cache = (
+      2
+      * cfg.num_layers
+      * rows
+      * length
+      * cfg.num_kv_heads
+      * cfg.head_dim
+      * jnp.dtype(dtype).itemsize
+  )
   forward_passes = int("logp_ref" in needed) + int(config.recompute_logp_old)
-  step_flops = (analytic["sample"] + forward_passes * analytic["logprobs"] +
-                config.ppo_epochs * analytic["update"])
+  step_flops = (
+      analytic["sample"]
+      + forward_passes * analytic["logprobs"]
+      + config.ppo_epochs * analytic["update"]
+  )
   peak = max(r["peak_with_resident_state"] for r in results.values())
   out.update(
-      matmul_params=analytic["matmul_params"], kv_cache_bytes=kv_cache,
+      matmul_params=analytic["matmul_params"],
+      kv_cache_bytes=kv_cache,
       kv_cache_bytes_per_chip=kv_cache // (row_split * kv_heads_split),
-      functions=results, peak_bytes_per_chip=peak,
+      functions=results,
+      peak_bytes_per_chip=peak,
       fits=peak <= chip.hbm_bytes,
-      step=dict(forward_passes=forward_passes,
-                analytic_flops=step_flops,
-                analytic_flops_per_chip=step_flops / chips))
+      step=dict(
+          forward_passes=forward_passes,
+          analytic_flops=step_flops,
+          analytic_flops_per_chip=step_flops / chips,
+      ),
+  )
   return out
 
 
@@ -395,17 +499,26 @@ if __name__ == "__main__":
   # Defined here, not at import, so that tests can import this module
   # beside experiments.main (which defines --config too).
   _CONFIG = config_flags.DEFINE_config_file(
-      "config", None, "Path to an experiment config file.", lock_config=True)
+      "config", None, "Path to an experiment config file.", lock_config=True
+  )
   _TOPOLOGY = flags.DEFINE_string(
-      "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)")
+      "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)"
+  )
   _JSON = flags.DEFINE_bool("json", False, "print one JSON object")
   _STEP_TIME = flags.DEFINE_float(
-      "step_time", None, "seconds per GRPO step, for the MFU it would mean")
+      "step_time", None, "seconds per GRPO step, for the MFU it would mean"
+  )
   _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "P, prompt tokens")
   _VOCAB = flags.DEFINE_integer(
-      "vocab_size", 0, "the tokenizer's vocabulary (0: the config's task's); "
-      "published-model presets keep their own")
+      "vocab_size",
+      0,
+      "the tokenizer's vocabulary (0: the config's task's); "
+      "published-model presets keep their own",
+  )
   _TABLE = flags.DEFINE_string(
-      "table", None, "print the markdown table of the --json outputs (*.json)"
-      " in this directory")
+      "table",
+      None,
+      "print the markdown table of the --json outputs (*.json)"
+      " in this directory",
+  )
   app.run(main)

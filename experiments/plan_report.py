@@ -10,7 +10,8 @@ GiB = 2**30
 def mfu(result: dict, step_time: float) -> float:
   """Model FLOPs utilisation of a step that takes `step_time` seconds."""
   return result["step"]["analytic_flops"] / (
-      step_time * result["chips"] * result["peak_flops_per_chip"])
+      step_time * result["chips"] * result["peak_flops_per_chip"]
+  )
 
 
 def gb(x) -> str:
@@ -18,11 +19,15 @@ def gb(x) -> str:
 
 
 def format_plan(r: dict, step_time: Optional[float] = None) -> str:
-  mesh = " x ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1) or \
-      "1 device"
+  mesh = (
+      " x ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1)
+      or "1 device"
+  )
   if r.get("reason"):
-    return (f"{r['model']} on {r['topology']}, mesh {mesh}: DOES NOT FIT: "
-            f"{r['reason']} (nothing compiled)")
+    return (
+        f"{r['model']} on {r['topology']}, mesh {mesh}: DOES NOT FIT: "
+        f"{r['reason']} (nothing compiled)"
+    )
   lines = [
       "Compile-time estimates (XLA for TPU, compiled on CPU; not measured "
       "on hardware)",
@@ -53,13 +58,16 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
     m = f["memory"]
     compiled = f["compiled_flops_per_chip"]
     lines.append(
-        f"  {name:9s} " + " ".join(
-            f"{gb(m[k]):>10s}" for k in
-            ("argument", "output", "temp", "alias", "peak")) +
-        f" {gb(f['peak_with_resident_state']):>10s} "
+        f"  {name:9s} "
+        + " ".join(
+            f"{gb(m[k]):>10s}"
+            for k in ("argument", "output", "temp", "alias", "peak")
+        )
+        + f" {gb(f['peak_with_resident_state']):>10s} "
         f"{'yes ' if f['fits'] else 'NO  '} "
         f"{(compiled or 0):14.3e} {f['analytic_flops_per_chip']:14.3e} "
-        f"{f.get('compile_seconds', 0):5.0f} s")
+        f"{f.get('compile_seconds', 0):5.0f} s"
+    )
   lines += [
       "  (FLOPs per chip per call; compiled FLOPs count a while-loop or scan "
       "body once: decoding, micro-batches, vocabulary chunks)",
@@ -72,9 +80,11 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
       "update)",
   ]
   if step_time:
-    lines.append(f"a {step_time:g} s step would be MFU "
-                 f"{100 * mfu(r, step_time):.1f}% (bf16 peak "
-                 f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip)")
+    lines.append(
+        f"a {step_time:g} s step would be MFU "
+        f"{100 * mfu(r, step_time):.1f}% (bf16 peak "
+        f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip)"
+    )
   return "\n".join(lines)
 
 
@@ -83,22 +93,32 @@ def table_row(r: dict) -> str:
   mesh = ", ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1)
   gb = lambda x: f"{x / 1e9:.1f}"
   peaks = " / ".join(
-      gb(r["functions"][f]["peak_with_resident_state"]) if f in
-      r["functions"] else "-" for f in ("sample", "logprobs", "update"))
-  verdict = (f"yes, {gb(r['peak_bytes_per_chip'])} of "
-             f"{gb(r['hbm_bytes_per_chip'])} GB" if r["fits"] else
-             r.get("reason") or f"NO: {gb(r['peak_bytes_per_chip'])} of "
-             f"{gb(r['hbm_bytes_per_chip'])} GB")
+      gb(r["functions"][f]["peak_with_resident_state"])
+      if f in r["functions"]
+      else "-"
+      for f in ("sample", "logprobs", "update")
+  )
+  verdict = (
+      f"yes, {gb(r['peak_bytes_per_chip'])} of "
+      f"{gb(r['hbm_bytes_per_chip'])} GB"
+      if r["fits"]
+      else r.get("reason")
+      or f"NO: {gb(r['peak_bytes_per_chip'])} of "
+      f"{gb(r['hbm_bytes_per_chip'])} GB"
+  )
   dtype = r.get("param_dtype", "float32")
-  return (f"| {r['model']} | {r['topology']} ({r['chips']}) | {mesh} | "
-          f"{r['remat']}, {r['micro_batches']}"
-          f"{'' if dtype == 'float32' else ', ' + dtype + ' params'} | "
-          f"{gb(r['params_bytes_per_chip'])} / "
-          f"{gb(r['opt_state_bytes_per_chip'])} / "
-          f"{gb(r['reference_bytes_per_chip'])} | {peaks} | {verdict} |")
+  return (
+      f"| {r['model']} | {r['topology']} ({r['chips']}) | {mesh} | "
+      f"{r['remat']}, {r['micro_batches']}"
+      f"{'' if dtype == 'float32' else ', ' + dtype + ' params'} | "
+      f"{gb(r['params_bytes_per_chip'])} / "
+      f"{gb(r['opt_state_bytes_per_chip'])} / "
+      f"{gb(r['reference_bytes_per_chip'])} | {peaks} | {verdict} |"
+  )
 
 
 TABLE_HEADER = (
     "| model | topology (chips) | mesh | remat, micro-batches | params / opt /"
     " ref per chip, GB | peak +resident, GB: sample / log-probs / update |"
-    " fits? |\n|---|---|---|---|---|---|---|")
+    " fits? |\n|---|---|---|---|---|---|---|"
+)

@@ -62,12 +62,15 @@ RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.json"
 SAMPLED_FILE = "sampled_eval.csv"
 EVAL_K_FILE = "eval_k.json"  # experiments.evaluate.OUTPUT_FILE
-COLUMNS = ("name", "seed", "step", "greedy_acc", "greedy_acc_lo",
-           "greedy_acc_hi") + report.WINDOW_KEYS
+COLUMNS = (
+    "name",
+    "seed",
+    "step",
+    "greedy_acc",
+    "greedy_acc_lo",
+    "greedy_acc_hi",
+) + report.WINDOW_KEYS
 SAMPLED_COLUMNS = ("name", "seed", "k", "pass_at_k", "maj_at_k")
-
-
-
 
 
 def run_dir(workdir: str, name: str, seed: int) -> str:
@@ -82,17 +85,22 @@ def run_trainers(sweep: dict) -> dict[str, str]:
   trainers = {SFT_NAME: POLICY}
   for run in sweep["runs"]:
     trainers[run["name"]] = run["overrides"].get(
-        "trainer", sweep_file.load_config(run["config"]).trainer)
+        "trainer", sweep_file.load_config(run["config"]).trainer
+    )
   return trainers
 
 
 def _resolve_references(overrides: dict, workdir: str, seed: int) -> dict:
   """`overrides` with every "{run:<name>}" replaced by that seed's absolute
   run directory."""
+
   def replace(match):
     return os.path.abspath(run_dir(workdir, match.group(1), seed))
-  return {k: sweep_file.REFERENCE.sub(replace, v) if isinstance(v, str) else v
-          for k, v in overrides.items()}
+
+  return {
+      k: sweep_file.REFERENCE.sub(replace, v) if isinstance(v, str) else v
+      for k, v in overrides.items()
+  }
 
 
 def _validate(config, run: dict):
@@ -104,7 +112,8 @@ def _validate(config, run: dict):
   """
   validate.check_config(config)
   if config.trainer == REWARD_MODEL and not any(
-      sweep_file.references(v) for v in run["overrides"].values()):
+      sweep_file.references(v) for v in run["overrides"].values()
+  ):
     reward_models.check_config(config)
 
 
@@ -122,7 +131,8 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
     sft = sweep_file.load_config(SFT_CONFIG)
     where = f"{SFT_NAME} (seed {seed})"
     sweep_file.apply_overrides(
-        sft, {**sweep["shared"], **sweep["sft"], "seed": seed}, where)
+        sft, {**sweep["shared"], **sweep["sft"], "seed": seed}, where
+    )
     if smoke:
       sweep_file.smoke_config(sft, sft=True)
     validate.check_config(sft)
@@ -134,8 +144,16 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
       init_from = os.path.abspath(run_dir(workdir, SFT_NAME, seed))
       overrides = _resolve_references(run["overrides"], workdir, seed)
       sweep_file.apply_overrides(
-          config, {**sweep["shared"], **sweep.get(part, {}), **overrides,
-                   "seed": seed, "init_from": init_from}, where)
+          config,
+          {
+              **sweep["shared"],
+              **sweep.get(part, {}),
+              **overrides,
+              "seed": seed,
+              "init_from": init_from,
+          },
+          where,
+      )
       if smoke:
         sweep_file.smoke_config(config, sft=False)
       _validate(config, run)
@@ -157,15 +175,21 @@ def _check_workdir(workdir: str, identity: dict):
     if before != identity:
       raise errors.UserError(
           f"{workdir} holds the sweep {before}, not {identity}: "
-          "use another workdir")
+          "use another workdir"
+      )
   else:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
       json.dump(identity, f, indent=2)
 
 
-def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
-              smoke: bool = False, seeds: list[int] | None = None) -> dict:
+def run_sweep(
+    sweep_path: str,
+    workdir: str,
+    profile: str = "quick",
+    smoke: bool = False,
+    seeds: list[int] | None = None,
+) -> dict:
   """Trains every unfinished run of a sweep, samples the policies when the
   sweep has an "evaluate" part, then writes the outputs.
 
@@ -175,16 +199,25 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
   sweep = sweep_file.load_sweep(sweep_path, profile, smoke, seeds)
   jobs = plan(sweep, workdir)  # Every config checked before any training.
   tune_dir = os.path.join(workdir, tune.TUNE_DIR)
-  tune_jobs = plan(tune.tuning_sweep(sweep), tune_dir) if (
-      "tune" in sweep) else []
-  _check_workdir(workdir, {"sweep": os.path.basename(sweep_path),
-                           "profile": profile, "smoke": smoke})
+  tune_jobs = (
+      plan(tune.tuning_sweep(sweep), tune_dir) if ("tune" in sweep) else []
+  )
+  _check_workdir(
+      workdir,
+      {
+          "sweep": os.path.basename(sweep_path),
+          "profile": profile,
+          "smoke": smoke,
+      },
+  )
   tune_rows = None
   if tune_jobs:
     if _train(tune_jobs, tune_dir, "tuning "):
       return {}
-    choices, tune_rows = tune.pick(sweep, lambda name: _final(
-        run_dir(tune_dir, name, sweep["tune"]["seed"])))
+    choices, tune_rows = tune.pick(
+        sweep,
+        lambda name: _final(run_dir(tune_dir, name, sweep["tune"]["seed"])),
+    )
     sweep = tune.apply(sweep, choices)
     jobs = plan(sweep, workdir)
   if _train(jobs, workdir):
@@ -201,8 +234,13 @@ def run_sweep(sweep_path: str, workdir: str, profile: str = "quick",
 # and keys that do not change what a run computes (a run profiled or
 # trained quietly is the same run; a key added to the configs since the run
 # finished is at its default).
-_IGNORED_KEYS = ("init_from", "reward_model", "process_reward_model",
-                 "profile_steps", "quiet")
+_IGNORED_KEYS = (
+    "init_from",
+    "reward_model",
+    "process_reward_model",
+    "profile_steps",
+    "quiet",
+)
 
 
 def _check_same_config(directory: str, config):
@@ -210,13 +248,17 @@ def _check_same_config(directory: str, config):
   differently (an edited sweep file or grid), naming the keys."""
   stored = json.loads(runs_lib.read_config(directory).to_json())
   wanted = json.loads(config.to_json())
-  changed = sorted(k for k in set(stored) | set(wanted)
-                   if k not in _IGNORED_KEYS and stored.get(k) != wanted.get(k))
+  changed = sorted(
+      k
+      for k in set(stored) | set(wanted)
+      if k not in _IGNORED_KEYS and stored.get(k) != wanted.get(k)
+  )
   if changed:
     raise errors.UserError(
         f"{directory} finished with another config than the sweep now gives "
         f"it (different: {', '.join(changed)}); move it away to train it "
-        "again, or restore the sweep file")
+        "again, or restore the sweep file"
+    )
 
 
 def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
@@ -240,8 +282,11 @@ def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
       continue
     print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
   if held:
-    print(f"{len(held)} run(s) are held by other processes; run the sweep "
-          "again once they finish to write its results", flush=True)
+    print(
+        f"{len(held)} run(s) are held by other processes; run the sweep "
+        "again once they finish to write its results",
+        flush=True,
+    )
   return held
 
 
@@ -252,12 +297,18 @@ def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
 
 def _check_eval_k(path: str, result: dict, settings: dict, seed: int):
   """Refuses an eval_k.json made with other settings than the sweep's."""
-  got = {"ks": result.get("ks"), "questions": result.get("questions"),
-         "temperature": result.get("temperature"), "seed": result.get("seed")}
+  got = {
+      "ks": result.get("ks"),
+      "questions": result.get("questions"),
+      "temperature": result.get("temperature"),
+      "seed": result.get("seed"),
+  }
   want = dict(settings, seed=seed)
   if got != want:
-    raise errors.UserError(f"{path} was sampled with {got}, not the sweep's "
-                           f"{want}: delete it to sample again")
+    raise errors.UserError(
+        f"{path} was sampled with {got}, not the sweep's "
+        f"{want}: delete it to sample again"
+    )
 
 
 def evaluate_runs(sweep: dict, workdir: str):
@@ -280,8 +331,12 @@ def evaluate_runs(sweep: dict, workdir: str):
     start = time.perf_counter()
     evaluator = _evaluator()
     result = evaluator.evaluate(
-        os.path.dirname(path), settings["ks"], settings["questions"],
-        temperature=settings["temperature"], seed=seed)
+        os.path.dirname(path),
+        settings["ks"],
+        settings["questions"],
+        temperature=settings["temperature"],
+        seed=seed,
+    )
     evaluator.write_json(dict(result, questions=settings["questions"]), path)
     print(f"{label}: {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -294,9 +349,15 @@ def sampled_rows(sweep: dict, workdir: str) -> list[dict]:
       with open(os.path.join(run_dir(workdir, name, seed), EVAL_K_FILE)) as f:
         result = json.load(f)
       for k in result["ks"]:
-        rows.append({"name": name, "seed": seed, "k": k,
-                     "pass_at_k": result[f"pass@{k}"],
-                     "maj_at_k": result[f"maj@{k}"]})
+        rows.append(
+            {
+                "name": name,
+                "seed": seed,
+                "k": k,
+                "pass_at_k": result[f"pass@{k}"],
+                "maj_at_k": result[f"maj@{k}"],
+            }
+        )
   return rows
 
 
@@ -322,7 +383,8 @@ def run_rows(directory: str, name: str, seed: int) -> list[dict]:
   last step.
   """
   records = metrics_lib.read_metrics(
-      os.path.join(directory, metrics_lib.METRICS_FILE))
+      os.path.join(directory, metrics_lib.METRICS_FILE)
+  )
   final = _final(directory)
   rows, window = [], []
   for i, record in enumerate(records):
@@ -332,8 +394,12 @@ def run_rows(directory: str, name: str, seed: int) -> list[dict]:
       continue
     if "greedy_acc" not in record:
       lo, hi = final["greedy_acc_ci"]
-      record = dict(record, greedy_acc=final["greedy_acc"],
-                    greedy_acc_lo=lo, greedy_acc_hi=hi)
+      record = dict(
+          record,
+          greedy_acc=final["greedy_acc"],
+          greedy_acc_lo=lo,
+          greedy_acc_hi=hi,
+      )
     row = {"name": name, "seed": seed, "step": record["step"]}
     row.update({k: record[k] for k in COLUMNS[3:6]})
     for key in report.WINDOW_KEYS:
@@ -362,15 +428,18 @@ def write_outputs(sweep: dict, workdir: str) -> dict:
       rows.extend(run_rows(run_dir(workdir, name, seed), name, seed))
   _write_csv(os.path.join(workdir, RESULTS_FILE), COLUMNS, rows)
   policy_finals = final_evaluations(sweep, workdir, names)
-  reward_model_finals = final_evaluations(sweep, workdir,
-                                          _reward_model_names(sweep))
+  reward_model_finals = final_evaluations(
+      sweep, workdir, _reward_model_names(sweep)
+  )
   sampled_table = None
   if "evaluate" in sweep:
     sampled_table = sampled_rows(sweep, workdir)
-    _write_csv(os.path.join(workdir, SAMPLED_FILE), SAMPLED_COLUMNS,
-               sampled_table)
-  return report.write_report(sweep, workdir, rows, policy_finals,
-                             reward_model_finals, sampled_table)
+    _write_csv(
+        os.path.join(workdir, SAMPLED_FILE), SAMPLED_COLUMNS, sampled_table
+    )
+  return report.write_report(
+      sweep, workdir, rows, policy_finals, reward_model_finals, sampled_table
+  )
 
 
 def _final(directory: str) -> dict:
@@ -379,11 +448,14 @@ def _final(directory: str) -> dict:
     return json.load(f)["final"]
 
 
-def final_evaluations(sweep: dict, workdir: str,
-                      names: list[str]) -> dict[str, list[dict]]:
+def final_evaluations(
+    sweep: dict, workdir: str, names: list[str]
+) -> dict[str, list[dict]]:
   """Run name -> the final evaluation of each of its seeds, in order."""
-  return {name: [_final(run_dir(workdir, name, s)) for s in sweep["seeds"]]
-          for name in names}
+  return {
+      name: [_final(run_dir(workdir, name, s)) for s in sweep["seeds"]]
+      for name in names
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -395,15 +467,25 @@ def final_evaluations(sweep: dict, workdir: str,
 _FLAGS = flags.FlagValues()
 flags.DEFINE_string("sweep", None, "Path to a sweep file.", flag_values=_FLAGS)
 flags.DEFINE_string("workdir", None, "Sweep directory.", flag_values=_FLAGS)
-flags.DEFINE_string("profile", "quick", "Sweep profile: quick (CPU) or full.",
-                    flag_values=_FLAGS)
-flags.DEFINE_bool("smoke", False,
-                  "Shrink every run to seconds (tiny model, one seed).",
-                  flag_values=_FLAGS)
-flags.DEFINE_list("seeds", None,
-                  "Seeds to run instead of the sweep's own (e.g. 0 to start "
-                  "with one, or 0,1,2,3,4 to add seeds to a finished sweep).",
-                  flag_values=_FLAGS)
+flags.DEFINE_string(
+    "profile",
+    "quick",
+    "Sweep profile: quick (CPU) or full.",
+    flag_values=_FLAGS,
+)
+flags.DEFINE_bool(
+    "smoke",
+    False,
+    "Shrink every run to seconds (tiny model, one seed).",
+    flag_values=_FLAGS,
+)
+flags.DEFINE_list(
+    "seeds",
+    None,
+    "Seeds to run instead of the sweep's own (e.g. 0 to start "
+    "with one, or 0,1,2,3,4 to add seeds to a finished sweep).",
+    flag_values=_FLAGS,
+)
 
 
 def _launcher():

@@ -59,8 +59,12 @@ def _load_module(path: str, kind: str):
   return module
 
 
-def load_sweep(path: str, profile: str = "quick", smoke: bool = False,
-               seeds: list[int] | None = None) -> dict:
+def load_sweep(
+    path: str,
+    profile: str = "quick",
+    smoke: bool = False,
+    seeds: list[int] | None = None,
+) -> dict:
   """The sweep of file `path` for `profile`, checked; shrunk by `smoke`.
 
   `seeds`, when given, replaces the sweep's seeds (a subset to start with,
@@ -107,32 +111,46 @@ def _check_sweep(path: str, sweep: Any):
   """Refuses a malformed sweep dict, naming the file and the problem."""
   keys = set(sweep) if isinstance(sweep, dict) else set()
   if not isinstance(sweep, dict) or not (
-      _SWEEP_KEYS <= keys <= _SWEEP_KEYS | _OPTIONAL_KEYS):
+      _SWEEP_KEYS <= keys <= _SWEEP_KEYS | _OPTIONAL_KEYS
+  ):
     got = sorted(sweep) if isinstance(sweep, dict) else type(sweep).__name__
-    raise errors.UserError(f"{path}: get_sweep must return a dict with keys "
-                           f"{sorted(_SWEEP_KEYS)} and optionally "
-                           f"{sorted(_OPTIONAL_KEYS)}, got {got}")
-  seeds = sweep["seeds"]
-  if not seeds or not all(isinstance(s, int) for s in seeds) or (
-      len(set(seeds)) != len(seeds)):
     raise errors.UserError(
-        f"{path}: seeds must be distinct ints, got {seeds!r}")
+        f"{path}: get_sweep must return a dict with keys "
+        f"{sorted(_SWEEP_KEYS)} and optionally "
+        f"{sorted(_OPTIONAL_KEYS)}, got {got}"
+    )
+  seeds = sweep["seeds"]
+  if (
+      not seeds
+      or not all(isinstance(s, int) for s in seeds)
+      or (len(set(seeds)) != len(seeds))
+  ):
+    raise errors.UserError(
+        f"{path}: seeds must be distinct ints, got {seeds!r}"
+    )
   for part in _PARTS:
     if not isinstance(sweep.get(part, {}), dict):
       raise errors.UserError(
           f"{path}: {part!r} must be a dict of overrides, got "
-          f"{sweep[part]!r}")
+          f"{sweep[part]!r}"
+      )
   names = []
   for run in sweep["runs"]:
-    if not isinstance(run, dict) or set(run) != _RUN_KEYS or (
-        not isinstance(run["overrides"], dict)):
+    if (
+        not isinstance(run, dict)
+        or set(run) != _RUN_KEYS
+        or (not isinstance(run["overrides"], dict))
+    ):
       raise errors.UserError(
           f"{path}: each run must be a dict with keys "
-          f"{sorted(_RUN_KEYS)} (overrides a dict), got {run!r}")
+          f"{sorted(_RUN_KEYS)} (overrides a dict), got {run!r}"
+      )
     names.append(run["name"])
   if not names or len(set(names)) != len(names) or SFT_NAME in names:
-    raise errors.UserError(f"{path}: run names must be distinct and not "
-                           f"{SFT_NAME!r} (the shared warm start), got {names}")
+    raise errors.UserError(
+        f"{path}: run names must be distinct and not "
+        f"{SFT_NAME!r} (the shared warm start), got {names}"
+    )
   _check_references(path, sweep["runs"])
   if "evaluate" in sweep:
     _check_evaluate(path, sweep["evaluate"])
@@ -158,31 +176,41 @@ def _check_references(path: str, runs: list[dict]):
           raise errors.UserError(
               f"{path}: run {run['name']!r}: override {key}={value!r} "
               f"refers to run {name!r}, which is not listed before it; "
-              f"valid here: {', '.join(earlier)}")
+              f"valid here: {', '.join(earlier)}"
+          )
     earlier.append(run["name"])
 
 
 def _check_evaluate(path: str, spec: Any):
   """The "evaluate" part: {"k": [...], "questions": N, "temperature": T}."""
   if not isinstance(spec, dict) or not (
-      {"k", "questions"} <= set(spec) <= _EVALUATE_KEYS):
-    raise errors.UserError(f"{path}: 'evaluate' must be a dict with keys k, "
-                           "questions and optionally temperature, got "
-                           f"{spec!r}")
-  ks = spec["k"]
-  if not isinstance(ks, (list, tuple)) or not ks or not all(
-      isinstance(k, int) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
+      {"k", "questions"} <= set(spec) <= _EVALUATE_KEYS
+  ):
     raise errors.UserError(
-        f"{path}: evaluate k must be distinct ints >= 1, got "
-        f"{ks!r}")
+        f"{path}: 'evaluate' must be a dict with keys k, "
+        "questions and optionally temperature, got "
+        f"{spec!r}"
+    )
+  ks = spec["k"]
+  if (
+      not isinstance(ks, (list, tuple))
+      or not ks
+      or not all(isinstance(k, int) and k >= 1 for k in ks)
+      or len(set(ks)) != len(ks)
+  ):
+    raise errors.UserError(
+        f"{path}: evaluate k must be distinct ints >= 1, got " f"{ks!r}"
+    )
   if not isinstance(spec["questions"], int) or spec["questions"] < 1:
     raise errors.UserError(
         f"{path}: evaluate questions must be an int >= 1, got "
-        f"{spec['questions']!r}")
+        f"{spec['questions']!r}"
+    )
   temperature = spec.get("temperature", 1.0)
   if not isinstance(temperature, (int, float)) or temperature <= 0:
-    raise errors.UserError(f"{path}: evaluate temperature must be > 0, got "
-                           f"{temperature!r}")
+    raise errors.UserError(
+        f"{path}: evaluate temperature must be > 0, got " f"{temperature!r}"
+    )
 
 
 def _check_findings(path: str, sweep: dict, names: list[str]):
@@ -191,25 +219,30 @@ def _check_findings(path: str, sweep: dict, names: list[str]):
   more than pass@k over SFT; needs "evaluate" with that k)."""
   findings = sweep["findings"]
   if not isinstance(findings, list) or not findings:
-    raise errors.UserError(f"{path}: 'findings' must be a non-empty list, got "
-                           f"{findings!r}")
+    raise errors.UserError(
+        f"{path}: 'findings' must be a non-empty list, got " f"{findings!r}"
+    )
   ks = sweep.get("evaluate", {}).get("k", [])
   for finding in findings:
     keys = set(finding) if isinstance(finding, dict) else set()
     if keys not in ({"claim", "a", "b"}, {"claim", "a", "k"}):
       raise errors.UserError(
           f"{path}: each finding must be a dict with keys "
-          f"claim, a and b (or claim, a and k), got {finding!r}")
+          f"claim, a and b (or claim, a and k), got {finding!r}"
+      )
     for key in ("a", "b"):
       if key in finding and finding[key] not in names:
-        raise errors.UserError(f"{path}: finding {finding['claim']!r}: {key}="
-                               f"{finding[key]!r} is not a run; valid: "
-                               f"{', '.join(names)}")
+        raise errors.UserError(
+            f"{path}: finding {finding['claim']!r}: {key}="
+            f"{finding[key]!r} is not a run; valid: "
+            f"{', '.join(names)}"
+        )
     if "k" in finding and finding["k"] not in ks:
       raise errors.UserError(
           f"{path}: finding {finding['claim']!r}: k="
           f"{finding['k']!r} is not among the sweep's evaluate "
-          f"k {ks}")
+          f"k {ks}"
+      )
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -224,8 +257,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   return config
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
-                    where: str):
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict, where: str
+):
   """Sets dotted fields (`{"coef.beta": 0.0}`) of a locked config in place.
 
   Raises:
@@ -236,15 +270,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
     node, parts = config, key.split(".")
     for i, part in enumerate(parts):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        valid = (", ".join(sorted(node.keys()))
-                 if isinstance(node, ml_collections.ConfigDict) else "none")
+        valid = (
+            ", ".join(sorted(node.keys()))
+            if isinstance(node, ml_collections.ConfigDict)
+            else "none"
+        )
         raise errors.UserError(
             f"{where}: override {key!r}: {'.'.join(parts[:i + 1])!r} is not a "
-            f"config field (valid here: {valid})")
+            f"config field (valid here: {valid})"
+        )
       if i < len(parts) - 1:
         node = node[part]
     try:
       setattr(node, parts[-1], value)
     except (TypeError, ValueError) as e:
       raise errors.UserError(
-          f"{where}: override {key}={value!r}: {e}") from None
+          f"{where}: override {key}={value!r}: {e}"
+      ) from None

@@ -19,18 +19,23 @@ import numpy as np
 SFT_NAME = "sft"
 REPORT_FILE = "report.md"
 SAMPLED_PLOT = "pass_maj_at_k.png"
-PLOTS = {"accuracy.png": ("greedy_acc", "held-out greedy accuracy"),
-         "response_length.png": ("response_length",
-                                 "mean response length (tokens)")}
+PLOTS = {
+    "accuracy.png": ("greedy_acc", "held-out greedy accuracy"),
+    "response_length.png": ("response_length", "mean response length (tokens)"),
+}
 # results.csv columns that are means over the training steps since the
 # previous evaluation.
 WINDOW_KEYS = ("response_length", "reward_mean", "accuracy", "kl")
 
 
-def write_report(sweep: dict, workdir: str, rows: list[dict],
-                 policy_finals: dict[str, list[dict]],
-                 reward_model_finals: dict[str, list[dict]],
-                 sampled_table: Optional[list[dict]] = None) -> dict:
+def write_report(
+    sweep: dict,
+    workdir: str,
+    rows: list[dict],
+    policy_finals: dict[str, list[dict]],
+    reward_model_finals: dict[str, list[dict]],
+    sampled_table: Optional[list[dict]] = None,
+) -> dict:
   """Writes report.md and the plots (with `sampled_table`, the pass@k and
   maj@k plot too) into `workdir`; returns the summary.
 
@@ -65,8 +70,11 @@ def evaluate_settings(sweep: dict) -> dict:
   temperature (what experiments.sweep samples with, and the report states).
   """
   spec = sweep["evaluate"]
-  return {"ks": sorted(spec["k"]), "questions": spec["questions"],
-          "temperature": float(spec.get("temperature", 1.0))}
+  return {
+      "ks": sorted(spec["k"]),
+      "questions": spec["questions"],
+      "temperature": float(spec.get("temperature", 1.0)),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -74,17 +82,22 @@ def evaluate_settings(sweep: dict) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def t_interval(values, confidence: float = 0.95
-               ) -> tuple[float, Optional[float], Optional[float]]:
+def t_interval(
+    values, confidence: float = 0.95
+) -> tuple[float, Optional[float], Optional[float]]:
   """(mean, low, high) of Student's t-interval; bounds None for one value."""
   # Imported here: scipy (a JAX dependency) is needed only by reports.
-  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+
   values = np.asarray(values, dtype=np.float64)
   mean = float(values.mean())
   if values.size < 2:
     return mean, None, None
-  half = stats.t.ppf((1 + confidence) / 2, values.size - 1) * values.std(
-      ddof=1) / math.sqrt(values.size)
+  half = (
+      stats.t.ppf((1 + confidence) / 2, values.size - 1)
+      * values.std(ddof=1)
+      / math.sqrt(values.size)
+  )
   return mean, mean - float(half), mean + float(half)
 
 
@@ -104,8 +117,12 @@ def summarize(sweep: dict, policy_finals: dict[str, list[dict]]) -> dict:
   for name in policy_finals:
     accs = accuracies(name)
     gains = [a - b for a, b in zip(accs, sft)]
-    summary[name] = {"seeds": seeds, "acc": accs,
-                     "acc_ci": t_interval(accs), "gain_ci": t_interval(gains)}
+    summary[name] = {
+        "seeds": seeds,
+        "acc": accs,
+        "acc_ci": t_interval(accs),
+        "gain_ci": t_interval(gains),
+    }
   return summary
 
 
@@ -115,8 +132,7 @@ def _held_out_metric(key: str) -> bool:
   return key.endswith(("_acc", "_auc")) and not key.startswith("train_")
 
 
-def summarize_reward_models(reward_model_finals: dict[str, list[dict]]
-                            ) -> dict:
+def summarize_reward_models(reward_model_finals: dict[str, list[dict]]) -> dict:
   """Per reward-model run: metric -> (per-seed values, t-interval) for each
   held-out *_acc and *_auc of its final evaluation.
 
@@ -144,15 +160,19 @@ def summarize_sampled(sweep: dict, names: list[str], rows: list[dict]) -> dict:
     for k in ks:
       runs = [value[(name, s, k)] for s in seeds]
       sfts = [value[(SFT_NAME, s, k)] for s in seeds]
-      gain = {m: [r[m] - b[m] for r, b in zip(runs, sfts)]
-              for m in ("pass_at_k", "maj_at_k")}
+      gain = {
+          m: [r[m] - b[m] for r, b in zip(runs, sfts)]
+          for m in ("pass_at_k", "maj_at_k")
+      }
       per_k[k] = {
           "pass": t_interval([r["pass_at_k"] for r in runs]),
           "maj": t_interval([r["maj_at_k"] for r in runs]),
           "pass_gain": t_interval(gain["pass_at_k"]),
           "maj_gain": t_interval(gain["maj_at_k"]),
           "maj_minus_pass_gain": t_interval(
-              [m - p for m, p in zip(gain["maj_at_k"], gain["pass_at_k"])])}
+              [m - p for m, p in zip(gain["maj_at_k"], gain["pass_at_k"])]
+          ),
+      }
     summary[name] = per_k
   return summary
 
@@ -172,26 +192,34 @@ def _label(name: str) -> str:
   return "SFT (no RL)" if name == SFT_NAME else name
 
 
-def report(sweep: dict, summary: dict, reward: Optional[dict] = None,
-           sampled: Optional[dict] = None) -> str:
+def report(
+    sweep: dict,
+    summary: dict,
+    reward: Optional[dict] = None,
+    sampled: Optional[dict] = None,
+) -> str:
   """The markdown report: greedy accuracy per policy method (the SFT
   baseline first); then the reward models and the sampled evaluation, when
   the sweep has them."""
   n = len(sweep["seeds"])
   lines = [
-      "# Sweep report", "",
+      "# Sweep report",
+      "",
       f"Final held-out greedy accuracy (%), mean over {n} seed(s) "
       f"{sweep['seeds']}. Brackets: 95% Student t-interval over seeds "
       "(t quantile with n-1 degrees of freedom; none with one seed). "
       "Gain: the paired difference from the same seed's SFT policy, which "
-      "every RL run starts from.", "",
+      "every RL run starts from.",
+      "",
       "| method | accuracy | gain over SFT | per seed |",
-      "|---|---|---|---|"]
+      "|---|---|---|---|",
+  ]
   for name, s in summary.items():
     gain = "(baseline)" if name == SFT_NAME else _pct(*s["gain_ci"])
     per_seed = ", ".join(f"{100 * a:.1f}" for a in s["acc"])
-    lines.append(f"| {_label(name)} | {_pct(*s['acc_ci'])} | {gain} | "
-                 f"{per_seed} |")
+    lines.append(
+        f"| {_label(name)} | {_pct(*s['acc_ci'])} | {gain} | " f"{per_seed} |"
+    )
   if reward:
     lines += ["", *_reward_model_table(reward)]
   if sampled:
@@ -212,35 +240,45 @@ def verdict(ci: tuple) -> str:
   return "contradicted" if hi < 0 else "undecided"
 
 
-def finding_difference(finding: dict, summary: dict,
-                       sampled: Optional[dict]) -> tuple:
+def finding_difference(
+    finding: dict, summary: dict, sampled: Optional[dict]
+) -> tuple:
   """The t-interval over seeds of a finding's paired difference: run a's
   final accuracy minus run b's, or run a's maj@k gain over SFT minus its
   pass@k gain."""
   a = finding["a"]
   if a not in summary or finding.get("b", a) not in summary:
-    raise ValueError(f"finding {finding['claim']!r}: {a!r} and "
-                     f"{finding.get('b')!r} must be policy runs")
+    raise ValueError(
+        f"finding {finding['claim']!r}: {a!r} and "
+        f"{finding.get('b')!r} must be policy runs"
+    )
   if "k" in finding:
     if not sampled:
-      raise ValueError(f"finding {finding['claim']!r} needs the sweep's "
-                       "sampled evaluation")
+      raise ValueError(
+          f"finding {finding['claim']!r} needs the sweep's "
+          "sampled evaluation"
+      )
     return sampled[a][finding["k"]]["maj_minus_pass_gain"]
   accs = summary[a]["acc"], summary[finding["b"]]["acc"]
   return t_interval([x - y for x, y in zip(*accs)])
 
 
-def _findings_table(sweep: dict, summary: dict,
-                    sampled: Optional[dict]) -> list[str]:
+def _findings_table(
+    sweep: dict, summary: dict, sampled: Optional[dict]
+) -> list[str]:
   n = len(sweep["seeds"])
   lines = [
-      "## Findings", "",
+      "## Findings",
+      "",
       "Each claim's paired difference over seeds (points; a - b of the "
       "final greedy accuracy, or for maj@k claims a's maj@k gain over SFT "
       "minus its pass@k gain), mean and 95% t-interval. Verdict: "
       "reproduces when the interval lies above zero, contradicted when it "
-      f"lies below, undecided otherwise ({n} seed{'s' * (n != 1)}).", "",
-      "| claim | difference | verdict |", "|---|---|---|"]
+      f"lies below, undecided otherwise ({n} seed{'s' * (n != 1)}).",
+      "",
+      "| claim | difference | verdict |",
+      "|---|---|---|",
+  ]
   for finding in sweep["findings"]:
     ci = finding_difference(finding, summary, sampled)
     lines.append(f"| {finding['claim']} | {_pct(*ci)} | {verdict(ci)} |")
@@ -249,13 +287,17 @@ def _findings_table(sweep: dict, summary: dict,
 
 def _reward_model_table(reward: dict) -> list[str]:
   lines = [
-      "## Reward models", "",
+      "## Reward models",
+      "",
       "Held-out metrics (%) of each reward model's final evaluation, on "
       "samples of its seed's SFT policy: orm_* score the last token against "
       "the rule reward; step_* score each step against the true step "
       "labels; solution_* score the lowest step score against the rule "
-      "reward. Mean over seeds, 95% t-interval in brackets.", "",
-      "| reward model | metric | mean | per seed |", "|---|---|---|---|"]
+      "reward. Mean over seeds, 95% t-interval in brackets.",
+      "",
+      "| reward model | metric | mean | per seed |",
+      "|---|---|---|---|",
+  ]
   for name, metrics in reward.items():
     for key, s in metrics.items():
       per_seed = ", ".join(f"{100 * v:.1f}" for v in s["values"])
@@ -266,25 +308,32 @@ def _reward_model_table(reward: dict) -> list[str]:
 def _sampled_table(sweep: dict, sampled: dict) -> list[str]:
   settings = evaluate_settings(sweep)
   lines = [
-      "## Sampled evaluation: pass@k and maj@k", "",
+      "## Sampled evaluation: pass@k and maj@k",
+      "",
       f"pass@k and maj@k (%) on the first {settings['questions']} held-out "
       f"questions, {max(settings['ks'])} samples per question at temperature "
       f"{settings['temperature']:g}, seeded by the run's seed. Mean over "
       "seeds, 95% t-interval in brackets; gains are paired with the same "
       "seed's SFT policy. The last column is the maj@k gain minus the pass@k "
-      "gain: positive where RL raises maj@k more than pass@k.", "",
+      "gain: positive where RL raises maj@k more than pass@k.",
+      "",
       "| method | k | pass@k | maj@k | pass@k gain | maj@k gain | "
       "maj@k gain - pass@k gain |",
-      "|---|---|---|---|---|---|---|"]
+      "|---|---|---|---|---|---|---|",
+  ]
   for name, per_k in sampled.items():
     for k, s in per_k.items():
       if name == SFT_NAME:
         gains = ["(baseline)"] * 3
       else:
-        gains = [_pct(*s[g]) for g in ("pass_gain", "maj_gain",
-                                       "maj_minus_pass_gain")]
-      lines.append(f"| {_label(name)} | {k} | {_pct(*s['pass'])} | "
-                   f"{_pct(*s['maj'])} | {' | '.join(gains)} |")
+        gains = [
+            _pct(*s[g])
+            for g in ("pass_gain", "maj_gain", "maj_minus_pass_gain")
+        ]
+      lines.append(
+          f"| {_label(name)} | {k} | {_pct(*s['pass'])} | "
+          f"{_pct(*s['maj'])} | {' | '.join(gains)} |"
+      )
   return lines
 
 
@@ -312,26 +361,29 @@ def _bands(stats: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
   return plt
 
 
-def plot(rows: list[dict], names: list[str], key: str, label: str,
-         path: str):
+def plot(rows: list[dict], names: list[str], key: str, label: str, path: str):
   """One line per method (mean over seeds) with its 95% band; the SFT run
   is a horizontal line (for response length: its gold training data)."""
   plt = _pyplot()
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for name in names:
     steps, mean, lo, hi = _curve(rows, name, key)
     if not steps.size:
       continue
     if name == SFT_NAME:
-      sft_label = ("SFT data (gold solutions)" if key in WINDOW_KEYS
-                   else "SFT (no RL)")
+      sft_label = (
+          "SFT data (gold solutions)" if key in WINDOW_KEYS else "SFT (no RL)"
+      )
       ax.axhline(mean[-1], color="black", linestyle="--", label=sft_label)
       ax.axhspan(lo[-1], hi[-1], color="black", alpha=0.08)
       continue
@@ -357,17 +409,26 @@ def plot_sampled(sampled: dict, path: str):
     color = "black" if name == SFT_NAME else f"C{i}"
     for metric, style in (("maj", "-"), ("pass", "--")):
       mean, lo, hi = _bands([per_k[k][metric] for k in ks])
-      ax.plot(ks, mean, linestyle=style, marker="o", markersize=3,
-              color=color, label=f"{_label(name)} {metric}@k")
+      ax.plot(
+          ks,
+          mean,
+          linestyle=style,
+          marker="o",
+          markersize=3,
+          color=color,
+          label=f"{_label(name)} {metric}@k",
+      )
       ax.fill_between(ks, lo, hi, color=color, alpha=0.12)
   ax.set_xscale("log", base=2)
   ax.set_xticks(ks, [str(k) for k in ks])
   ax.set_xlabel("k (samples per question)")
   ax.set_ylabel("held-out accuracy")
-  ax.set_title("maj@k (solid) and pass@k (dashed): mean over seeds, 95% "
-               "t-interval band", fontsize="medium")
+  ax.set_title(
+      "maj@k (solid) and pass@k (dashed): mean over seeds, 95% "
+      "t-interval band",
+      fontsize="medium",
+  )
   ax.legend(fontsize="small")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-

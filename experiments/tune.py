@@ -32,37 +32,55 @@ COLUMNS = ("name", "setting", "overrides", "validation_acc", "chosen")
 def check(path: str, sweep: dict):
   """Refuses a malformed "tune" part, naming the problem."""
   spec = sweep["tune"]
-  if not isinstance(spec, dict) or set(spec) != {"seed", "grid"} or (
-      not isinstance(spec["seed"], int)) or not isinstance(spec["grid"], dict):
+  if (
+      not isinstance(spec, dict)
+      or set(spec) != {"seed", "grid"}
+      or (not isinstance(spec["seed"], int))
+      or not isinstance(spec["grid"], dict)
+  ):
     raise errors.UserError(
         f"{path}: 'tune' must be a dict {{'seed': int, 'grid': "
-        f"{{run name: {{key: [values]}}}}}}, got {spec!r}")
+        f"{{run name: {{key: [values]}}}}}}, got {spec!r}"
+    )
   names = {run["name"]: run for run in sweep["runs"]}
   for name, grid in spec["grid"].items():
     if name not in names:
-      raise errors.UserError(f"{path}: tune grid names run {name!r}; valid: "
-                             f"{', '.join(names)}")
-    if not isinstance(grid, dict) or not grid or not all(
-        isinstance(v, (list, tuple)) and v for v in grid.values()):
-      raise errors.UserError(f"{path}: tune grid of {name!r} must map keys to "
-                             f"non-empty lists of values, got {grid!r}")
+      raise errors.UserError(
+          f"{path}: tune grid names run {name!r}; valid: " f"{', '.join(names)}"
+      )
+    if (
+        not isinstance(grid, dict)
+        or not grid
+        or not all(isinstance(v, (list, tuple)) and v for v in grid.values())
+    ):
+      raise errors.UserError(
+          f"{path}: tune grid of {name!r} must map keys to "
+          f"non-empty lists of values, got {grid!r}"
+      )
     if any("{run:" in str(v) for v in names[name]["overrides"].values()):
-      raise errors.UserError(f"{path}: run {name!r} refers to other runs and "
-                             "cannot be tuned alone")
+      raise errors.UserError(
+          f"{path}: run {name!r} refers to other runs and "
+          "cannot be tuned alone"
+      )
   shared = sweep["shared"]
-  if not (shared.get("task_kwargs.val_fraction") or
-          shared.get("data.validation_path")):
+  if not (
+      shared.get("task_kwargs.val_fraction")
+      or shared.get("data.validation_path")
+  ):
     raise errors.UserError(
         f"{path}: tuning needs a validation split: set "
         "task_kwargs.val_fraction (or data.validation_path) in "
-        "the 'shared' part")
+        "the 'shared' part"
+    )
 
 
 def settings(grid: dict) -> list[dict]:
   """Every combination of a grid's values, keys in sorted order."""
   keys = sorted(grid)
-  return [dict(zip(keys, values))
-          for values in itertools.product(*(grid[k] for k in keys))]
+  return [
+      dict(zip(keys, values))
+      for values in itertools.product(*(grid[k] for k in keys))
+  ]
 
 
 def setting_name(name: str, i: int) -> str:
@@ -76,10 +94,17 @@ def tuning_sweep(sweep: dict) -> dict:
   runs = []
   for run in sweep["runs"]:
     for i, setting in enumerate(settings(grid.get(run["name"], {}))):
-      runs.append({"name": setting_name(run["name"], i),
-                   "config": run["config"],
-                   "overrides": {**run["overrides"], **setting,
-                                 "eval_split": "validation"}})
+      runs.append(
+          {
+              "name": setting_name(run["name"], i),
+              "config": run["config"],
+              "overrides": {
+                  **run["overrides"],
+                  **setting,
+                  "eval_split": "validation",
+              },
+          }
+      )
   out = {k: v for k, v in sweep.items() if k not in ("tune", "evaluate")}
   return dict(out, seeds=[sweep["tune"]["seed"]], runs=runs)
 
@@ -94,41 +119,56 @@ def pick(sweep: dict, final_of) -> tuple[dict, list[dict]]:
   """
   choices, rows = {}, []
   for name, grid in sweep["tune"]["grid"].items():
-    scored = [(final_of(setting_name(name, i))["greedy_acc"], i, setting)
-              for i, setting in enumerate(settings(grid))]
+    scored = [
+        (final_of(setting_name(name, i))["greedy_acc"], i, setting)
+        for i, setting in enumerate(settings(grid))
+    ]
     best = max(scored, key=lambda s: (s[0], -s[1]))
     choices[name] = best[2]
-    rows += [{"name": name, "setting": i, "overrides": json.dumps(setting),
-              "validation_acc": acc, "chosen": int(i == best[1])}
-             for acc, i, setting in scored]
+    rows += [
+        {
+            "name": name,
+            "setting": i,
+            "overrides": json.dumps(setting),
+            "validation_acc": acc,
+            "chosen": int(i == best[1]),
+        }
+        for acc, i, setting in scored
+    ]
   return choices, rows
 
 
 def apply(sweep: dict, choices: dict) -> dict:
   """The sweep whose tuned runs carry their chosen settings."""
-  runs = [dict(run, overrides={**run["overrides"],
-                               **choices.get(run["name"], {})})
-          for run in sweep["runs"]]
+  runs = [
+      dict(run, overrides={**run["overrides"], **choices.get(run["name"], {})})
+      for run in sweep["runs"]
+  ]
   return dict(sweep, runs=runs)
 
 
-def write(workdir: str, seed: int, rows: list[dict],
-          summary: dict[str, Any]):
+def write(workdir: str, seed: int, rows: list[dict], summary: dict[str, Any]):
   """tune.csv, and a section appended to report.md with each pick's test
   result (`summary`: run name -> the report's statistics)."""
   with open(os.path.join(workdir, TUNE_FILE), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-  lines = ["", f"## Tuning on the validation split (seed {seed}; * = the "
-           "setting the test seeds ran)", "",
-           "| method | setting | validation greedy acc | test result |",
-           "|---|---|---|---|"]
+  lines = [
+      "",
+      f"## Tuning on the validation split (seed {seed}; * = the "
+      "setting the test seeds ran)",
+      "",
+      "| method | setting | validation greedy acc | test result |",
+      "|---|---|---|---|",
+  ]
   for row in rows:
     test = summary.get(row["name"], "") if row["chosen"] else ""
     mark = " *" if row["chosen"] else ""
-    lines.append(f"| {row['name']} | {row['overrides']}{mark} | "
-                 f"{100 * row['validation_acc']:.1f}% | {_short(test)} |")
+    lines.append(
+        f"| {row['name']} | {row['overrides']}{mark} | "
+        f"{100 * row['validation_acc']:.1f}% | {_short(test)} |"
+    )
   with open(os.path.join(workdir, "report.md"), "a") as f:
     f.write("\n".join(lines) + "\n")
 
@@ -138,5 +178,6 @@ def _short(stats: Any) -> str:
   if not stats:
     return ""
   accs = stats["acc"]
-  return (f"{100 * sum(accs) / len(accs):.1f}% (mean of {len(accs)} test "
-          "seeds)")
+  return (
+      f"{100 * sum(accs) / len(accs):.1f}% (mean of {len(accs)} test " "seeds)"
+  )

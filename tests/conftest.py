@@ -7,8 +7,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # turns the persistent cache on where it tests it).
 os.environ.setdefault("UGRAD_COMPILATION_CACHE", "off")
 
-import jax  # pylint: disable=g-import-not-at-top
-import pytest  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=import-outside-toplevel
+import pytest  # pylint: disable=import-outside-toplevel
 
 
 @pytest.fixture

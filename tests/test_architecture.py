@@ -18,10 +18,18 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_LINES = 450
 LAYERS = {
-    "errors": 0, "registry": 0, "masked": 0, "runtime": 0,
-    "rollout": 1, "loss": 1, "tasks": 1, "models": 1,
-    "coefficients": 2, "sampling": 2,
-    "rewards": 3, "sources": 3,
+    "errors": 0,
+    "registry": 0,
+    "masked": 0,
+    "runtime": 0,
+    "rollout": 1,
+    "loss": 1,
+    "tasks": 1,
+    "models": 1,
+    "coefficients": 2,
+    "sampling": 2,
+    "rewards": 3,
+    "sources": 3,
     "training": 4,
 }
 
@@ -75,17 +83,22 @@ def test_every_ugrad_module_has_a_layer():
 
 
 def test_imports_go_down_the_layers():
-  wrong = [f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
-           for m, deps in _graph().items() for d in sorted(deps)
-           if _layer(d) > _layer(m)]
+  wrong = [
+      f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
+      for m, deps in _graph().items()
+      for d in sorted(deps)
+      if _layer(d) > _layer(m)
+  ]
   assert not wrong, "\n".join(wrong)
 
 
 def test_no_import_cycle():
   graph = _graph()
   # A package's __init__ that re-exports its submodules is not a cycle.
-  edges = {m: {d for d in deps if not m.startswith(d + ".")}
-           for m, deps in graph.items()}
+  edges = {
+      m: {d for d in deps if not m.startswith(d + ".")}
+      for m, deps in graph.items()
+  }
   state, stack = {}, []
 
   def visit(m):
@@ -93,8 +106,9 @@ def test_no_import_cycle():
     stack.append(m)
     for d in sorted(edges[m]):
       if state.get(d) == "open":
-        pytest.fail("import cycle: " + " -> ".join(
-            stack[stack.index(d):] + [d]))
+        pytest.fail(
+            "import cycle: " + " -> ".join(stack[stack.index(d) :] + [d])
+        )
       if d not in state:
         visit(d)
     stack.pop()
@@ -107,6 +121,9 @@ def test_no_import_cycle():
 
 @pytest.mark.parametrize("package", ["ugrad", "experiments"])
 def test_no_module_over_the_line_limit(package):
-  long = {m: n for m, p in _modules(package).items()
-          if (n := len(p.read_text().splitlines())) > MAX_LINES}
+  long = {
+      m: n
+      for m, p in _modules(package).items()
+      if (n := len(p.read_text().splitlines())) > MAX_LINES
+  }
   assert not long, f"modules over {MAX_LINES} lines: {long}"

@@ -19,8 +19,9 @@ def _batch(key, b=4, t=6):
 
 
 def _logp(logits, tokens):
-  return jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None],
-                             -1)[..., 0]
+  return jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[
+      ..., 0
+  ]
 
 
 @pytest.mark.parametrize("normalizer", ["sequence", "token", "constant"])
@@ -28,8 +29,9 @@ def test_gradient_is_coefficient_weighted_score(x64, normalizer):
   logits, tokens, coef, mask = _batch(jax.random.key(0))
 
   def loss_fn(theta):
-    loss, _ = ugrad.unified_loss(_logp(theta, tokens), coef * theta.sum(-1),
-                                 mask, normalizer, max_len=8)
+    loss, _ = ugrad.unified_loss(
+        _logp(theta, tokens), coef * theta.sum(-1), mask, normalizer, max_len=8
+    )
     return loss
 
   # The coefficient depends on theta, but only through a stop-gradient.
@@ -57,7 +59,9 @@ def test_empty_rows_contribute_nothing_and_no_nan(x64):
   np.testing.assert_allclose(full, sub, rtol=1e-12)
   assert float(aux["denominator"]) == 3
   empty, _ = ugrad.unified_loss(logp, coef, jnp.zeros_like(mask), "token")
-  grad = jax.grad(lambda lp: ugrad.unified_loss(lp, coef, jnp.zeros_like(mask))[0])(logp)
+  grad = jax.grad(
+      lambda lp: ugrad.unified_loss(lp, coef, jnp.zeros_like(mask))[0]
+  )(logp)
   assert float(empty) == 0.0 and np.all(np.isfinite(grad))
 
 
@@ -66,8 +70,10 @@ def test_aux_accumulates_to_global_normaliser(x64):
   logp = _logp(logits, tokens)
   for normalizer in ("sequence", "token", "constant"):
     whole, _ = ugrad.unified_loss(logp, coef, mask, normalizer, max_len=6)
-    parts = [ugrad.unified_loss(logp[s], coef[s], mask[s], normalizer,
-                                max_len=6)[1] for s in (slice(0, 2), slice(2, 4))]
+    parts = [
+        ugrad.unified_loss(logp[s], coef[s], mask[s], normalizer, max_len=6)[1]
+        for s in (slice(0, 2), slice(2, 4))
+    ]
     num = sum(p["numerator"] for p in parts)
     den = sum(p["denominator"] for p in parts)
     np.testing.assert_allclose(whole, num / den, rtol=1e-12)

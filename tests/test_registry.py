@@ -33,8 +33,9 @@ def _coef(rollout, logp, *, scale=1.0):
 
 
 def test_register_coefficient_is_found_by_name(monkeypatch):
-  monkeypatch.setattr(coefficients, "COEFFICIENTS",
-                      dict(coefficients.COEFFICIENTS))
+  monkeypatch.setattr(
+      coefficients, "COEFFICIENTS", dict(coefficients.COEFFICIENTS)
+  )
   record = ugrad.register_coefficient("scaled", _coef, normalizer="token")
   assert coefficients.get("scaled") is record
   assert coefficients.default_hparams("scaled") == {"scale": 1.0}
@@ -64,6 +65,8 @@ def test_register_source_needs_the_interface(monkeypatch):
 def test_unknown_attention_kernel_is_refused_listing_the_valid_ones():
   config = grpo.get_config()
   config.attention = "flash"
-  with pytest.raises(ValueError,
-                     match="unknown attention 'flash'; valid: auto, einsum, xla, cudnn"):
+  with pytest.raises(
+      ValueError,
+      match="unknown attention 'flash'; valid: auto, einsum, xla, cudnn",
+  ):
     validate.check_config(config)

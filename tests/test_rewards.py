@@ -19,8 +19,10 @@ class BpeTokenizer:
 
   def __init__(self):
     tok = bpe_util.train_bpe(
-        ["48+27=75\n75-19=56\n#### 56", "12-34=-22"] * 20, 300,
-        ("<pad>", "</s>"))
+        ["48+27=75\n75-19=56\n#### 56", "12-34=-22"] * 20,
+        300,
+        ("<pad>", "</s>"),
+    )
     self._tok = tok
     self.vocab_size = tok.get_vocab_size()
     self.pad_id = tok.token_to_id("<pad>")
@@ -35,8 +37,14 @@ class BpeTokenizer:
 
 
 def _task(tokenizer=None):
-  return tasks_lib.ArithmeticTask(num_operands=3, digits=(1, 2), n_train=16,
-                                  n_test=4, seed=0, tokenizer=tokenizer)
+  return tasks_lib.ArithmeticTask(
+      num_operands=3,
+      digits=(1, 2),
+      n_train=16,
+      n_test=4,
+      seed=0,
+      tokenizer=tokenizer,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +81,9 @@ def _batch(task, ex_index=(0, 3)):
       rule.append(reward)
       labels.append(steps)
   prompts = [tasks_lib.encode_prompt(tok, task.prompt(ex)) for ex in examples]
-  completions = [tasks_lib.encode_completion(tok, t) if t else []
-                 for t in texts]
+  completions = [
+      tasks_lib.encode_completion(tok, t) if t else [] for t in texts
+  ]
   arrays = layout.pack(prompts, completions, P, N, tok.pad_id)
   batch = sources.Batch(rollout_lib.Rollout(**arrays), examples, texts, {})
   return batch, np.asarray(rule, np.float32), labels
@@ -115,9 +124,9 @@ def _check_step_ends(tok, batch, step_mask):
     cols = np.flatnonzero(step_mask[b]) - start
     assert len(cols) == sum(1 for line in text.split("\n") if line.strip())
     for j in cols:
-      before, upto = tok.decode(ids[:j]), tok.decode(ids[:j + 1])
-      assert upto[len(before):].strip(), (text, j)
-      assert not text[len(upto):].split("\n", 1)[0].strip(), (text, j)
+      before, upto = tok.decode(ids[:j]), tok.decode(ids[: j + 1])
+      assert upto[len(before) :].strip(), (text, j)
+      assert not text[len(upto) :].split("\n", 1)[0].strip(), (text, j)
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
@@ -131,7 +140,8 @@ def test_ground_truth_process_rewards_last_token_of_each_step(tokenizer):
     at = np.flatnonzero(r.step_mask[b])
     np.testing.assert_array_equal(r.step_rewards[b, at], labels[b])
     np.testing.assert_array_equal(
-        r.step_rewards[b, at], task.step_labels(ex, text) if text else [])
+        r.step_rewards[b, at], task.step_labels(ex, text) if text else []
+    )
   assert not (r.step_rewards * (1 - r.step_mask)).any()
   assert r.rewards is None
 
@@ -159,14 +169,24 @@ def test_weighted_sum_adds_outcome_and_process_parts(task):
 
 
 def test_unknown_reward_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="unknown reward 'rules'; valid: "
-                     "none, rule, model, process, ground_truth_process"):
+  with pytest.raises(
+      ValueError,
+      match="unknown reward 'rules'; valid: "
+      "none, rule, model, process, ground_truth_process",
+  ):
     rewards_lib.parse_spec("rule:1.0,rules:0.5")
 
 
-@pytest.mark.parametrize("spec, weight", [
-    ("rule:abc", "abc"), ("rule:", ""), ("rule:1.0,model:nan", "nan"),
-    ("rule:inf", "inf"), ("rule:1:2", "1:2")])
+@pytest.mark.parametrize(
+    "spec, weight",
+    [
+        ("rule:abc", "abc"),
+        ("rule:", ""),
+        ("rule:1.0,model:nan", "nan"),
+        ("rule:inf", "inf"),
+        ("rule:1:2", "1:2"),
+    ],
+)
 def test_bad_weight_raises(spec, weight):
   with pytest.raises(ValueError, match=f"bad weight '{weight}'"):
     rewards_lib.parse_spec(spec)
@@ -175,15 +195,22 @@ def test_bad_weight_raises(spec, weight):
 def test_parse_spec_names_and_weights():
   assert rewards_lib.parse_spec("rule") == [("rule", 1.0)]
   assert rewards_lib.parse_spec("rule:1.0, model:-0.5") == [
-      ("rule", 1.0), ("model", -0.5)]
+      ("rule", 1.0),
+      ("model", -0.5),
+  ]
 
 
-@pytest.mark.parametrize("spec, field", [("model", "reward_model"),
-                                         ("process", "process_reward_model")])
+@pytest.mark.parametrize(
+    "spec, field",
+    [("model", "reward_model"), ("process", "process_reward_model")],
+)
 def test_model_rewards_without_a_model_raise(task, spec, field):
   batch, _, _ = _batch(task)
-  with pytest.raises(ValueError, match=f"the '{spec}' reward needs a trained "
-                     rf"reward model \(set config.{field}\)"):
+  with pytest.raises(
+      ValueError,
+      match=f"the '{spec}' reward needs a trained "
+      rf"reward model \(set config.{field}\)",
+  ):
     _score(spec, task, batch)
 
 
@@ -203,7 +230,7 @@ def test_model_reward_is_the_score_at_the_last_real_token(task):
   batch, _, _ = _batch(task)
   scores = FakeScores()
   r = _score("model", task, batch, outcome_model=scores)
-  (tokens, mask), = scores.inputs
+  ((tokens, mask),) = scores.inputs
   np.testing.assert_array_equal(tokens, batch.rollout.tokens)
   np.testing.assert_array_equal(mask, batch.rollout.attention_mask)
   want = scores(tokens, mask)
@@ -221,24 +248,30 @@ def test_process_reward_is_the_sigmoid_of_scores_at_step_ends(task):
   truth = _score("ground_truth_process", task, _batch(task)[0])
   np.testing.assert_array_equal(r.step_mask, truth.step_mask)
   want = 1 / (1 + np.exp(-scores(batch.rollout.tokens, None)))
-  np.testing.assert_allclose(r.step_rewards,
-                             np.where(truth.step_mask > 0, want, 0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      r.step_rewards, np.where(truth.step_mask > 0, want, 0), rtol=1e-6
+  )
   assert r.rewards is None
 
 
-@pytest.mark.parametrize("spec, fields", [
-    ("none", set()),
-    ("rule", {"rewards"}),
-    ("model:0.5", {"rewards"}),
-    ("process", {"step_rewards", "step_mask"}),
-    ("rule:1.0,ground_truth_process:0.5",
-     {"rewards", "step_rewards", "step_mask"}),
-])
+@pytest.mark.parametrize(
+    "spec, fields",
+    [
+        ("none", set()),
+        ("rule", {"rewards"}),
+        ("model:0.5", {"rewards"}),
+        ("process", {"step_rewards", "step_mask"}),
+        (
+            "rule:1.0,ground_truth_process:0.5",
+            {"rewards", "step_rewards", "step_mask"},
+        ),
+    ],
+)
 def test_provided_fields(task, spec, fields):
   assert rewards_lib.provided_fields(spec) == fields
   batch, _, _ = _batch(task)
-  r = _score(spec, task, batch, outcome_model=FakeScores(),
-             process_model=FakeScores())
+  r = _score(
+      spec, task, batch, outcome_model=FakeScores(), process_model=FakeScores()
+  )
   filled = {"rewards", "step_rewards", "step_mask"}
   assert {f for f in filled if getattr(r, f) is not None} == fields

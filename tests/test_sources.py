@@ -28,8 +28,9 @@ FLAT_WRONG = (WRONG, WRONG)
 
 @pytest.fixture(scope="module")
 def task():
-  return tasks_lib.ArithmeticTask(num_operands=3, digits=1, n_train=64,
-                                  n_test=8, seed=0)
+  return tasks_lib.ArithmeticTask(
+      num_operands=3, digits=1, n_train=64, n_test=8, seed=0
+  )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,7 @@ class ScriptedSampler:
     tok = self.task.tokenizer
     questions = [text.strip() for text in prompts]
     call = len(self.calls)
-    self.calls.append((params, questions,
-                       np.asarray(jax.random.key_data(key))))
+    self.calls.append((params, questions, np.asarray(jax.random.key_data(key))))
     completions, texts = [], []
     for i, q in enumerate(questions):
       pattern = self.plan(call, i, q)
@@ -75,21 +75,29 @@ class ScriptedSampler:
       texts += [self.text(q, kind) for kind in pattern]
     completions = [tasks_lib.encode_completion(tok, t) for t in texts]
     ids = [tasks_lib.encode_prompt(tok, text) for text in prompts]
-    arrays = layout.pack([p for p in ids for _ in range(self.group_size)],
-                         completions, P, N, tok.pad_id)
+    arrays = layout.pack(
+        [p for p in ids for _ in range(self.group_size)],
+        completions,
+        P,
+        N,
+        tok.pad_id,
+    )
     cm = arrays["completion_mask"]
     return sampling.Completions(
-        arrays["tokens"], arrays["attention_mask"], cm,
+        arrays["tokens"],
+        arrays["attention_mask"],
+        cm,
         fake_logp(arrays["tokens"], cm),
-        [tok.decode(c) for c in
-         layout.completion_ids(arrays["tokens"], cm)])
+        [tok.decode(c) for c in layout.completion_ids(arrays["tokens"], cm)],
+    )
 
 
 def fake_logp(tokens, completion_mask):
   """Distinct per token and row, so a moved row would be noticed."""
   rows = np.arange(len(tokens))[:, None]
-  return np.where(completion_mask > 0, -0.01 * tokens - 0.001 * rows,
-                  0.0).astype(np.float32)
+  return np.where(
+      completion_mask > 0, -0.01 * tokens - 0.001 * rows, 0.0
+  ).astype(np.float32)
 
 
 def _questions(batch):
@@ -117,21 +125,31 @@ def _assert_same_batch(a, b):
 
 
 def test_pack_left_pads_prompts_and_right_pads_completions():
-  out = layout.pack([[5, 6], [7], []], [[8, 9, 2], [2], []], prompt_len=3,
-                    completion_len=4, pad_id=0)
-  np.testing.assert_array_equal(out["tokens"], [[0, 5, 6, 8, 9, 2, 0],
-                                                [0, 0, 7, 2, 0, 0, 0],
-                                                [0, 0, 0, 0, 0, 0, 0]])
-  np.testing.assert_array_equal(out["attention_mask"], [[0, 1, 1, 1, 1, 1, 0],
-                                                        [0, 0, 1, 1, 0, 0, 0],
-                                                        [0, 0, 0, 0, 0, 0, 0]])
-  np.testing.assert_array_equal(out["completion_mask"],
-                                [[0, 0, 0, 1, 1, 1, 0],
-                                 [0, 0, 0, 1, 0, 0, 0],
-                                 [0, 0, 0, 0, 0, 0, 0]])
+  out = layout.pack(
+      [[5, 6], [7], []],
+      [[8, 9, 2], [2], []],
+      prompt_len=3,
+      completion_len=4,
+      pad_id=0,
+  )
+  np.testing.assert_array_equal(
+      out["tokens"],
+      [[0, 5, 6, 8, 9, 2, 0], [0, 0, 7, 2, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]],
+  )
+  np.testing.assert_array_equal(
+      out["attention_mask"],
+      [[0, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]],
+  )
+  np.testing.assert_array_equal(
+      out["completion_mask"],
+      [[0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]],
+  )
   assert all(v.dtype == np.int32 for v in out.values())
   assert layout.completion_ids(out["tokens"], out["completion_mask"]) == [
-      [8, 9, 2], [2], []]
+      [8, 9, 2],
+      [2],
+      [],
+  ]
 
 
 def test_pack_prompts_uses_the_pad_id_and_full_width_prompts():
@@ -140,13 +158,22 @@ def test_pack_prompts_uses_the_pad_id_and_full_width_prompts():
   np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1]])
 
 
-@pytest.mark.parametrize("prompts, completions, match", [
-    ([[1], [1, 2, 3, 4]], [[5], [5]], "prompt 1 has 4 tokens, more than the "
-     "prompt length 3"),
-    ([[1], [1]], [[5] * 5, [5]], "completion 0 has 5 tokens, more than the "
-     "completion budget 4"),
-    ([[1], [1]], [[5]], "2 prompts but 1 completions"),
-])
+@pytest.mark.parametrize(
+    "prompts, completions, match",
+    [
+        (
+            [[1], [1, 2, 3, 4]],
+            [[5], [5]],
+            "prompt 1 has 4 tokens, more than the " "prompt length 3",
+        ),
+        (
+            [[1], [1]],
+            [[5] * 5, [5]],
+            "completion 0 has 5 tokens, more than the " "completion budget 4",
+        ),
+        ([[1], [1]], [[5]], "2 prompts but 1 completions"),
+    ],
+)
 def test_pack_refuses_what_does_not_fit(prompts, completions, match):
   with pytest.raises(ValueError, match=match):
     layout.pack(prompts, completions, 3, 4, 0)
@@ -156,8 +183,9 @@ def test_pack_refuses_what_does_not_fit(prompts, completions, match):
 
 
 def _dataset(task, seed=0, prompt_len=P):
-  return sources.DatasetSource(task, batch_size=6, prompt_len=prompt_len,
-                               completion_len=N, seed=seed)
+  return sources.DatasetSource(
+      task, batch_size=6, prompt_len=prompt_len, completion_len=N, seed=seed
+  )
 
 
 def test_dataset_rows_are_gold_examples_in_the_layout(task):
@@ -174,11 +202,16 @@ def test_dataset_rows_are_gold_examples_in_the_layout(task):
     np.testing.assert_array_equal(r.tokens[b], want)
     np.testing.assert_array_equal(
         r.completion_mask[b],
-        np.r_[np.zeros(P), np.ones(len(gold)), np.zeros(N - len(gold))])
+        np.r_[np.zeros(P), np.ones(len(gold)), np.zeros(N - len(gold))],
+    )
     np.testing.assert_array_equal(
-        r.attention_mask[b], np.r_[np.zeros(P - len(prompt)),
-                                   np.ones(len(prompt) + len(gold)),
-                                   np.zeros(N - len(gold))])
+        r.attention_mask[b],
+        np.r_[
+            np.zeros(P - len(prompt)),
+            np.ones(len(prompt) + len(gold)),
+            np.zeros(N - len(gold)),
+        ],
+    )
     assert batch.texts[b] == task.completion(ex)
   assert r.rewards is None and r.group_ids is None
 
@@ -190,7 +223,8 @@ def test_dataset_draws_depend_only_on_seed_and_step(task):
   _assert_same_batch(a.draw(None, 7), b.draw(None, 7))
   assert _questions(a.draw(None, 7)) != _questions(a.draw(None, 8))
   assert _questions(a.draw(None, 7)) != _questions(
-      _dataset(task, seed=1).draw(None, 7))
+      _dataset(task, seed=1).draw(None, 7)
+  )
 
 
 def test_dataset_scores_when_given_a_scorer(task, score):
@@ -208,8 +242,15 @@ def test_dataset_too_short_prompt_len_names_the_prompt(task):
 
 def _online(task, plan, questions=4, **kwargs):
   sampler = ScriptedSampler(task, plan)
-  source = sources.OnlineSource(task, sampler=sampler, questions=questions,
-                                group_size=G, prompt_len=P, seed=0, **kwargs)
+  source = sources.OnlineSource(
+      task,
+      sampler=sampler,
+      questions=questions,
+      group_size=G,
+      prompt_len=P,
+      seed=0,
+      **kwargs,
+  )
   return source, sampler
 
 
@@ -245,8 +286,9 @@ def test_online_rows_are_the_samples_in_groups(task, score):
   assert _questions(batch) == [q for q in questions for _ in range(G)]
   for b, text in enumerate(batch.texts):
     assert text == sampler.text(questions[b // G], patterns[b // G][b % G])
-  np.testing.assert_array_equal(r.logp_old,
-                                fake_logp(r.tokens, r.completion_mask))
+  np.testing.assert_array_equal(
+      r.logp_old, fake_logp(r.tokens, r.completion_mask)
+  )
   assert batch.metrics == {"zero_signal_group_frac": 0.5, "draws": 1.0}
 
 
@@ -271,10 +313,13 @@ def test_online_zero_signal_frac_counts_flat_groups(task, score):
 
 
 def test_dynamic_keeps_only_varied_groups_and_draws_again(task, score):
-  patterns = [(MIXED, FLAT_RIGHT, MIXED, FLAT_WRONG),
-              (FLAT_RIGHT, MIXED, MIXED, MIXED)]
-  source, sampler = _online(task, _by_call(*patterns),
-                            dynamic=True, max_draws=4)
+  patterns = [
+      (MIXED, FLAT_RIGHT, MIXED, FLAT_WRONG),
+      (FLAT_RIGHT, MIXED, MIXED, MIXED),
+  ]
+  source, sampler = _online(
+      task, _by_call(*patterns), dynamic=True, max_draws=4
+  )
   batch = source.draw(None, 2, score)
   assert len(sampler.calls) == 2
   (_, first, key0), (_, second, key1) = sampler.calls
@@ -282,43 +327,51 @@ def test_dynamic_keeps_only_varied_groups_and_draws_again(task, score):
   kept = [first[0], first[2], second[1], second[2]]
   assert _questions(batch) == [q for q in kept for _ in range(G)]
   np.testing.assert_array_equal(batch.rollout.rewards, [1, 0] * 4)
-  np.testing.assert_array_equal(batch.rollout.group_ids,
-                                np.arange(8) // G)
-  assert batch.metrics == {"zero_signal_group_frac": 0.0, "draws": 2.0,
-                           "dynamic_fill_frac": 0.0}
+  np.testing.assert_array_equal(batch.rollout.group_ids, np.arange(8) // G)
+  assert batch.metrics == {
+      "zero_signal_group_frac": 0.0,
+      "draws": 2.0,
+      "dynamic_fill_frac": 0.0,
+  }
 
 
 def test_dynamic_fills_with_dropped_groups_after_max_draws(task, score):
-  patterns = [(MIXED, FLAT_RIGHT, FLAT_WRONG, FLAT_RIGHT),
-              (FLAT_WRONG,) * 4]
-  source, sampler = _online(task, _by_call(*patterns),
-                            dynamic=True, max_draws=2)
+  patterns = [(MIXED, FLAT_RIGHT, FLAT_WRONG, FLAT_RIGHT), (FLAT_WRONG,) * 4]
+  source, sampler = _online(
+      task, _by_call(*patterns), dynamic=True, max_draws=2
+  )
   batch = source.draw(None, 0, score)
   assert len(sampler.calls) == 2
   first = sampler.calls[0][1]
   # The varied group first, then dropped groups in the order drawn.
   assert _questions(batch) == [q for q in first for _ in range(G)]
-  np.testing.assert_array_equal(batch.rollout.rewards, [1, 0, 1, 1, 0, 0,
-                                                        1, 1])
+  np.testing.assert_array_equal(batch.rollout.rewards, [1, 0, 1, 1, 0, 0, 1, 1])
   np.testing.assert_array_equal(batch.rollout.group_ids, np.arange(8) // G)
-  assert batch.metrics == {"zero_signal_group_frac": 0.75, "draws": 2.0,
-                           "dynamic_fill_frac": 0.75}
+  assert batch.metrics == {
+      "zero_signal_group_frac": 0.75,
+      "draws": 2.0,
+      "dynamic_fill_frac": 0.75,
+  }
 
 
 def test_dynamic_with_no_signal_at_all_stops_at_max_draws(task, score):
-  source, sampler = _online(task, _always(FLAT_RIGHT), dynamic=True,
-                            max_draws=3)
+  source, sampler = _online(
+      task, _always(FLAT_RIGHT), dynamic=True, max_draws=3
+  )
   batch = source.draw(None, 0, score)
   assert len(sampler.calls) == 3
-  assert _questions(batch) == [q for q in sampler.calls[0][1]
-                               for _ in range(G)]
-  assert batch.metrics == {"zero_signal_group_frac": 1.0, "draws": 3.0,
-                           "dynamic_fill_frac": 1.0}
+  assert _questions(batch) == [q for q in sampler.calls[0][1] for _ in range(G)]
+  assert batch.metrics == {
+      "zero_signal_group_frac": 1.0,
+      "draws": 3.0,
+      "dynamic_fill_frac": 1.0,
+  }
 
 
 def _process_score(task):
-  return rewards_lib.make_scorer("ground_truth_process",
-                                 rewards_lib.RewardContext(task))
+  return rewards_lib.make_scorer(
+      "ground_truth_process", rewards_lib.RewardContext(task)
+  )
 
 
 def test_process_rewards_signal_is_in_the_step_rewards(task):
@@ -335,10 +388,11 @@ def test_process_rewards_signal_is_in_the_step_rewards(task):
 
 
 def test_dynamic_with_process_rewards_keeps_groups_with_step_signal(task):
-  patterns = [((RIGHT, FIRST), (FIRST, FIRST_WRONG), MIXED, (RIGHT, FIRST)),
-              ((FIRST, FIRST_WRONG),) * 4]
-  source, sampler = _online(task, _by_call(*patterns),
-                            dynamic=True)
+  patterns = [
+      ((RIGHT, FIRST), (FIRST, FIRST_WRONG), MIXED, (RIGHT, FIRST)),
+      ((FIRST, FIRST_WRONG),) * 4,
+  ]
+  source, sampler = _online(task, _by_call(*patterns), dynamic=True)
   batch = source.draw(None, 0, _process_score(task))
   first, second = sampler.calls[0][1], sampler.calls[1][1]
   kept = [first[1], first[2], second[0], second[1]]
@@ -363,13 +417,19 @@ def _hand_batch(rewards, step_rewards=None):
   tokens = np.repeat(np.arange(rows, dtype=np.int32)[:, None] + 3, 4, 1)
   mask = np.tile(np.array([0, 1, 1, 0], np.int32), (rows, 1))
   rollout = rollout_lib.Rollout(
-      tokens=tokens, completion_mask=mask, attention_mask=mask,
-      rewards=None if rewards is None else np.ravel(rewards).astype(
-          np.float32),
+      tokens=tokens,
+      completion_mask=mask,
+      attention_mask=mask,
+      rewards=None if rewards is None else np.ravel(rewards).astype(np.float32),
       step_rewards=step_rewards,
-      group_ids=np.arange(rows, dtype=np.int32) // 3)
-  return sources.Batch(rollout, [f"ex{b // 3}" for b in range(rows)],
-                       [f"text{b}" for b in range(rows)], {"draws": 1.0})
+      group_ids=np.arange(rows, dtype=np.int32) // 3,
+  )
+  return sources.Batch(
+      rollout,
+      [f"ex{b // 3}" for b in range(rows)],
+      [f"text{b}" for b in range(rows)],
+      {"draws": 1.0},
+  )
 
 
 def test_make_pairs_picks_best_and_worst_and_blanks_flat_groups():
@@ -380,8 +440,9 @@ def test_make_pairs_picks_best_and_worst_and_blanks_flat_groups():
   rows = [1, 0, 3, 3, 8, 7, 9, 9]
   np.testing.assert_array_equal(r.tokens[:, 0], np.asarray(rows) + 3)
   np.testing.assert_array_equal(r.rewards, [1, 0, 1, 1, 1, 0, 0, 0])
-  np.testing.assert_array_equal(r.completion_mask.sum(1),
-                                [2, 2, 0, 0, 2, 2, 0, 0])
+  np.testing.assert_array_equal(
+      r.completion_mask.sum(1), [2, 2, 0, 0, 2, 2, 0, 0]
+  )
   np.testing.assert_array_equal(r.pair_ids, [0, 0, 1, 1, 2, 2, 3, 3])
   np.testing.assert_array_equal(r.group_ids, [0, 0, 1, 1, 2, 2, 3, 3])
   np.testing.assert_array_equal(r.pair_sign, [1, -1] * 4)
@@ -396,15 +457,16 @@ def test_make_pairs_ranks_by_summed_step_rewards_without_outcome():
   steps[3:, 2] = 1  # All equal.
   out = sources.make_pairs(_hand_batch(None, steps), 3)
   np.testing.assert_array_equal(out.rollout.tokens[:, 0] - 3, [1, 0, 3, 3])
-  np.testing.assert_array_equal(out.rollout.completion_mask.sum(1),
-                                [2, 2, 0, 0])
+  np.testing.assert_array_equal(
+      out.rollout.completion_mask.sum(1), [2, 2, 0, 0]
+  )
   assert out.metrics["pairs_dropped_frac"] == 0.5
 
 
 def test_online_pairs_chosen_is_right_rejected_is_wrong(task, score):
   source, sampler = _online(
-      task, _by_group((WRONG, RIGHT), FLAT_RIGHT, MIXED, FLAT_WRONG),
-      pairs=True)
+      task, _by_group((WRONG, RIGHT), FLAT_RIGHT, MIXED, FLAT_WRONG), pairs=True
+  )
   batch = source.draw(None, 1, score)
   r = batch.rollout
   questions = sampler.calls[0][1]
@@ -419,11 +481,9 @@ def test_online_pairs_chosen_is_right_rejected_is_wrong(task, score):
   assert batch.metrics["zero_signal_group_frac"] == 0.5
 
 
-def test_dynamic_pairs_have_no_dropped_pairs_when_signal_suffices(task,
-                                                                  score):
+def test_dynamic_pairs_have_no_dropped_pairs_when_signal_suffices(task, score):
   patterns = [(MIXED, FLAT_RIGHT, MIXED, FLAT_WRONG), (MIXED,) * 4]
-  source, _ = _online(task, _by_call(*patterns), pairs=True,
-                      dynamic=True)
+  source, _ = _online(task, _by_call(*patterns), pairs=True, dynamic=True)
   batch = source.draw(None, 0, score)
   assert batch.metrics["pairs_dropped_frac"] == 0.0
   assert (batch.rollout.completion_mask.sum(1) > 0).all()
@@ -435,8 +495,16 @@ def test_dynamic_pairs_have_no_dropped_pairs_when_signal_suffices(task,
 def _frozen(task, workdir, plan, **kwargs):
   sampler = ScriptedSampler(task, plan)
   source = sources.FrozenPolicySource(
-      task, workdir=str(workdir), pool_questions=5, sampler=sampler,
-      questions=2, group_size=G, prompt_len=P, seed=0, **kwargs)
+      task,
+      workdir=str(workdir),
+      pool_questions=5,
+      sampler=sampler,
+      questions=2,
+      group_size=G,
+      prompt_len=P,
+      seed=0,
+      **kwargs,
+  )
   return source, sampler
 
 
@@ -445,8 +513,9 @@ def _refuse(call, i, q):
 
 
 def test_frozen_pool_is_sampled_once_and_cached(task, score, tmp_path):
-  source, sampler = _frozen(task, tmp_path / "run",
-                            _by_parity(MIXED, FLAT_RIGHT))
+  source, sampler = _frozen(
+      task, tmp_path / "run", _by_parity(MIXED, FLAT_RIGHT)
+  )
   first = [source.draw("sft", step, score) for step in range(16)]
   # Pool of 5 questions in chunks of 2: three calls, the last one padded.
   assert len(sampler.calls) == 3
@@ -467,8 +536,10 @@ def test_frozen_pool_is_sampled_once_and_cached(task, score, tmp_path):
   # draws change with the step.
   for batch in first:
     # The sampler's log-probs tell apart identical samples of one group.
-    rows = [np.flatnonzero((tokens == t).all(1) & (logp == lp).all(1))
-            for t, lp in zip(batch.rollout.tokens, batch.rollout.logp_old)]
+    rows = [
+        np.flatnonzero((tokens == t).all(1) & (logp == lp).all(1))
+        for t, lp in zip(batch.rollout.tokens, batch.rollout.logp_old)
+    ]
     assert all(len(r) == 1 for r in rows)
     rows = np.concatenate(rows)
     np.testing.assert_array_equal(rows % G, np.arange(len(rows)) % G)
@@ -495,19 +566,25 @@ def test_frozen_draws_are_scored_at_every_step(task, score, tmp_path):
 
 
 def test_frozen_dynamic_draws_again_from_the_pool(task, score, tmp_path):
-  source, _ = _frozen(task, tmp_path, _always(FLAT_RIGHT),
-                      dynamic=True, max_draws=3)
+  source, _ = _frozen(
+      task, tmp_path, _always(FLAT_RIGHT), dynamic=True, max_draws=3
+  )
   batch = source.draw(None, 0, score)
-  assert batch.metrics == {"zero_signal_group_frac": 1.0, "draws": 3.0,
-                           "dynamic_fill_frac": 1.0}
+  assert batch.metrics == {
+      "zero_signal_group_frac": 1.0,
+      "draws": 3.0,
+      "dynamic_fill_frac": 1.0,
+  }
 
 
 # --- registry ---------------------------------------------------------------
 
 
 def test_unknown_source_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="unknown source 'web'; valid: "
-                     "dataset, frozen_policy, online"):
+  with pytest.raises(
+      ValueError,
+      match="unknown source 'web'; valid: " "dataset, frozen_policy, online",
+  ):
     sources.get("web")
   assert sources.get("online") is sources.OnlineSource
 

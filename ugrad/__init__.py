@@ -25,11 +25,15 @@ def _no_fields(**unused) -> set:
   return set()
 
 
-def register_coefficient(name: str, fn: Callable, *,
-                         fields: Callable[..., set] = _no_fields,
-                         normalizer: str = "sequence",
-                         value_targets: Optional[Callable] = None,
-                         replace: bool = False) -> Coefficient:
+def register_coefficient(
+    name: str,
+    fn: Callable,
+    *,
+    fields: Callable[..., set] = _no_fields,
+    normalizer: str = "sequence",
+    value_targets: Optional[Callable] = None,
+    replace: bool = False
+) -> Coefficient:
   """Adds a gradient coefficient (a method) under `name`.
 
   Args:
@@ -50,12 +54,13 @@ def register_coefficient(name: str, fn: Callable, *,
     The registered `Coefficient` record.
   """
   return _coefficients.register(
-      name, Coefficient(fn, fields, normalizer, value_targets),
-      replace=replace)
+      name, Coefficient(fn, fields, normalizer, value_targets), replace=replace
+  )
 
 
-def register_reward(name: str, fn: Callable, *, fields=("rewards",),
-                    replace: bool = False) -> Reward:
+def register_reward(
+    name: str, fn: Callable, *, fields=("rewards",), replace: bool = False
+) -> Reward:
   """Adds a reward function under `name` (usable in weighted specs too).
 
   Args:
@@ -70,8 +75,7 @@ def register_reward(name: str, fn: Callable, *, fields=("rewards",),
   Returns:
     The registered `Reward` record.
   """
-  return _rewards.register(name, Reward(fn, frozenset(fields)),
-                           replace=replace)
+  return _rewards.register(name, Reward(fn, frozenset(fields)), replace=replace)
 
 
 def register_source(name: str, source_cls, *, replace: bool = False):
@@ -85,7 +89,13 @@ def register_source(name: str, source_cls, *, replace: bool = False):
 
 
 __all__ = [
-    "Coefficient", "Reward", "RewardContext", "Rollout",
-    "coefficient_metrics", "register_coefficient", "register_reward",
-    "register_source", "unified_loss",
+    "Coefficient",
+    "Reward",
+    "RewardContext",
+    "Rollout",
+    "coefficient_metrics",
+    "register_coefficient",
+    "register_reward",
+    "register_source",
+    "unified_loss",
 ]

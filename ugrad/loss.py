@@ -12,11 +12,13 @@ from ugrad import registry
 NORMALIZERS = ("sequence", "token", "constant")
 
 
-def unified_loss(logp: jax.Array,
-                 coef: jax.Array,
-                 mask: jax.Array,
-                 normalizer: str = "sequence",
-                 max_len: Optional[int] = None):
+def unified_loss(
+    logp: jax.Array,
+    coef: jax.Array,
+    mask: jax.Array,
+    normalizer: str = "sequence",
+    max_len: Optional[int] = None,
+):
   """The unified policy-gradient loss of DeepSeekMath section 5.2.1.
 
   The gradient of this loss is `-1/N sum_{b,t} mask * GC * grad logp`, which is

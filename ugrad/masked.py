@@ -17,8 +17,9 @@ def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 def masked_count(mask: jax.Array, axis=None) -> jax.Array:
   """Number of nonzero entries of `mask`, as the mask's float dtype."""
-  return jnp.sum((mask > 0).astype(jnp.result_type(mask, jnp.float32)),
-                 axis=axis)
+  return jnp.sum(
+      (mask > 0).astype(jnp.result_type(mask, jnp.float32)), axis=axis
+  )
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
@@ -26,8 +27,9 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   return masked_sum(x, mask, axis) / jnp.maximum(masked_count(mask, axis), 1)
 
 
-def masked_var(x: jax.Array, mask: jax.Array, axis=None,
-               ddof: int = 0) -> jax.Array:
+def masked_var(
+    x: jax.Array, mask: jax.Array, axis=None, ddof: int = 0
+) -> jax.Array:
   """Variance of `x` over masked entries, with `ddof` degrees of freedom."""
   mean = masked_mean(x, mask, axis)
   if axis is not None:
@@ -39,15 +41,17 @@ def masked_var(x: jax.Array, mask: jax.Array, axis=None,
 def masked_min(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   """Minimum of `x` over masked entries; 0 if there are none."""
   has = masked_count(mask, axis) > 0
-  return jnp.where(has, jnp.min(jnp.where(mask > 0, x, jnp.inf), axis=axis),
-                   0.0)
+  return jnp.where(
+      has, jnp.min(jnp.where(mask > 0, x, jnp.inf), axis=axis), 0.0
+  )
 
 
 def masked_max(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   """Maximum of `x` over masked entries; 0 if there are none."""
   has = masked_count(mask, axis) > 0
-  return jnp.where(has, jnp.max(jnp.where(mask > 0, x, -jnp.inf), axis=axis),
-                   0.0)
+  return jnp.where(
+      has, jnp.max(jnp.where(mask > 0, x, -jnp.inf), axis=axis), 0.0
+  )
 
 
 def last_index(mask, xp=jnp):

@@ -29,13 +29,20 @@ def lookup(family: Collection, what: str, name: str):
     ValueError: "unknown WHAT 'NAME'; valid: a, b, c" (in table order).
   """
   if name not in family:
-    raise errors.UserError(f"unknown {what} {name!r}; valid: "
-                     f"{', '.join(map(str, family))}")
+    raise errors.UserError(
+        f"unknown {what} {name!r}; valid: " f"{', '.join(map(str, family))}"
+    )
   return family[name] if isinstance(family, Mapping) else name
 
 
-def register(family: MutableMapping[str, T], what: str, name: str, value: T,
-             *, replace: bool = False) -> T:
+def register(
+    family: MutableMapping[str, T],
+    what: str,
+    name: str,
+    value: T,
+    *,
+    replace: bool = False,
+) -> T:
   """Adds `value` to `family` under `name`.
 
   Args:
@@ -53,9 +60,13 @@ def register(family: MutableMapping[str, T], what: str, name: str, value: T,
     ValueError: when `name` is taken and `replace` is False, or empty.
   """
   if not name or not isinstance(name, str):
-    raise errors.UserError(f"a {what} needs a non-empty string name, got {name!r}")
+    raise errors.UserError(
+        f"a {what} needs a non-empty string name, got {name!r}"
+    )
   if name in family and not replace and family[name] is not value:
-    raise errors.UserError(f"{what} {name!r} is already registered; pass "
-                     "replace=True to override it")
+    raise errors.UserError(
+        f"{what} {name!r} is already registered; pass "
+        "replace=True to override it"
+    )
   family[name] = value
   return value

@@ -21,8 +21,9 @@ def batch_baseline_fields(**unused) -> set:
   return {"rewards"}
 
 
-def batch_baseline(rollout: ugrad.Rollout, logp: jax.Array, *,
-                   scale: float = 1.0):
+def batch_baseline(
+    rollout: ugrad.Rollout, logp: jax.Array, *, scale: float = 1.0
+):
   """GC[b, t] = scale * (r_b - mean r) on completion tokens."""
   rewards = rollout.rewards.astype(logp.dtype)
   advantage = scale * (rewards - jnp.mean(rewards))
@@ -37,5 +38,4 @@ def register():
   Raises:
     ugrad.errors.UserError: when another coefficient already has that name.
   """
-  ugrad.register_coefficient(NAME, batch_baseline,
-                             fields=batch_baseline_fields)
+  ugrad.register_coefficient(NAME, batch_baseline, fields=batch_baseline_fields)

@@ -15,9 +15,10 @@ PER_CHAR = 0.002
 
 
 def concise(ctx: ugrad.RewardContext, batch) -> dict:
-  rewards = [(ctx.task.reward(ex, text) if text else 0.0)
-             - PER_CHAR * len(text)
-             for ex, text in zip(batch.examples, batch.texts)]
+  rewards = [
+      (ctx.task.reward(ex, text) if text else 0.0) - PER_CHAR * len(text)
+      for ex, text in zip(batch.examples, batch.texts)
+  ]
   return {"rewards": np.asarray(rewards, np.float32)}
 
 

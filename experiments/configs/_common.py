@@ -15,6 +15,8 @@ def coef(name: str, **overrides) -> ml_collections.ConfigDict:
   """
   hparams = coefficients.default_hparams(name)
   hparams.update(overrides)
-  hparams = {k: config_dict.placeholder(float) if v is None else v
-             for k, v in hparams.items()}
+  hparams = {
+      k: config_dict.placeholder(float) if v is None else v
+      for k, v in hparams.items()
+  }
   return ml_collections.ConfigDict(dict(name=name, **hparams))

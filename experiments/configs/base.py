@@ -27,11 +27,18 @@ def get_config(variant=None):
   c.task = "arithmetic"
   # val_fraction > 0 reserves a validation split (for eval_split below).
   c.task_kwargs = ml_collections.ConfigDict(
-      dict(num_operands=3, digits=(1, 2), operators="+-", val_fraction=0.0,
-           n_validation=1024))
+      dict(
+          num_operands=3,
+          digits=(1, 2),
+          operators="+-",
+          val_fraction=0.0,
+          n_validation=1024,
+      )
+  )
   # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.
-  c.data = ml_collections.ConfigDict(dict(train_path="", test_path="",
-                                          validation_path=""))
+  c.data = ml_collections.ConfigDict(
+      dict(train_path="", test_path="", validation_path="")
+  )
 
   # The policy: a model preset, optionally initialised from a checkpoint
   # (a ugrad workdir or a Hugging Face directory). RL configs on the embedded
@@ -43,7 +50,8 @@ def get_config(variant=None):
   c.param_dtype = "float32"
   c.init_from = ""
   c.warm_start = ml_collections.ConfigDict(
-      dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50))
+      dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50)
+  )
 
   # The three families.
   c.source = "online"
@@ -55,16 +63,33 @@ def get_config(variant=None):
 
   # Sampling sources.
   c.sampling = ml_collections.ConfigDict(
-      dict(questions=32, group_size=8, temperature=1.0, top_k=0, top_p=1.0,
-           max_new_tokens=40, pairs=False, dynamic=False, max_draws=4,
-           pool_questions=1024))
+      dict(
+          questions=32,
+          group_size=8,
+          temperature=1.0,
+          top_k=0,
+          top_p=1.0,
+          max_new_tokens=40,
+          pairs=False,
+          dynamic=False,
+          max_draws=4,
+          pool_questions=1024,
+      )
+  )
   c.batch_size = 64  # rows per step for the `dataset` source
 
   # Optimisation.
   c.steps = 200
   c.optim = ml_collections.ConfigDict(
-      dict(lr=1e-4, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
-           grad_clip=1.0))
+      dict(
+          lr=1e-4,
+          warmup_steps=0,
+          weight_decay=0.0,
+          b1=0.9,
+          b2=0.99,
+          grad_clip=1.0,
+      )
+  )
   c.ppo_epochs = 1
   c.minibatches = 1
   c.micro_batches = 1
@@ -75,7 +100,8 @@ def get_config(variant=None):
   # continue for `rm_steps` steps on the policy's samples, `replay` of each
   # batch old.
   c.iterative = ml_collections.ConfigDict(
-      dict(iterations=1, rm_steps=100, replay=0.1))
+      dict(iterations=1, rm_steps=100, replay=0.1)
+  )
   c.critic = ml_collections.ConfigDict(dict(lr=1e-4, value_clip=0.2))
 
   # Checkpoints, logs, evaluation.
@@ -86,7 +112,8 @@ def get_config(variant=None):
   # With eval_every, also pass@k and maj@k from max(ks) samples per question
   # (ks: comma-separated, e.g. "1,4,16"; empty: none).
   c.eval_sampled = ml_collections.ConfigDict(
-      dict(ks="", questions=128, temperature=1.0))
+      dict(ks="", questions=128, temperature=1.0)
+  )
   c.eval_questions = 1024
   # Where evaluations draw their questions: "test", or "validation" when
   # choosing settings (task_kwargs.val_fraction or data.validation_path).
@@ -95,7 +122,8 @@ def get_config(variant=None):
   # ugrad/models/sharding.py): batch rows over dcn_data x data x fsdp,
   # parameters' width over fsdp, heads / MLP / vocabulary over tensor.
   c.mesh = ml_collections.ConfigDict(
-      dict(dcn_data=1, data=-1, fsdp=1, tensor=1))
+      dict(dcn_data=1, data=-1, fsdp=1, tensor=1)
+  )
   # Activation memory: "none", "full" (recompute each decoder layer in the
   # backward pass) or "dots" (keep matmul outputs, recompute the rest).
   c.remat = "none"
@@ -148,8 +176,9 @@ def tiny(c: ml_collections.ConfigDict):
 VARIANTS = {"tiny": tiny}
 
 
-def apply_variants(c: ml_collections.ConfigDict,
-                   variant=None) -> ml_collections.ConfigDict:
+def apply_variants(
+    c: ml_collections.ConfigDict, variant=None
+) -> ml_collections.ConfigDict:
   """Applies the comma-separated variants `variant` ("tiny") to `c`.
 
   Returns:
@@ -163,7 +192,9 @@ def apply_variants(c: ml_collections.ConfigDict,
     if not name:
       continue
     if name not in VARIANTS:
-      raise errors.UserError(f"unknown config variant {name!r}; valid: "
-                             f"{', '.join(sorted(VARIANTS))}")
+      raise errors.UserError(
+          f"unknown config variant {name!r}; valid: "
+          f"{', '.join(sorted(VARIANTS))}"
+      )
     VARIANTS[name](c)
   return c

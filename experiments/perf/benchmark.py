@@ -52,22 +52,42 @@ from ugrad.models import transformer as tr
 _BATCH = flags.DEFINE_integer("batch", 128, "prompts per sampling call")
 _NEW = flags.DEFINE_integer("new_tokens", 32, "tokens generated per prompt")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per figure")
-_MODELS = flags.DEFINE_list("models", ["embedded", "qwen2_2.9m"],
-                            "presets to benchmark for sampling")
-_LAYOUTS = flags.DEFINE_list("layouts", list(tr.CACHE_LAYOUTS),
-                             "KV-cache layouts to time")
+_MODELS = flags.DEFINE_list(
+    "models", ["embedded", "qwen2_2.9m"], "presets to benchmark for sampling"
+)
+_LAYOUTS = flags.DEFINE_list(
+    "layouts", list(tr.CACHE_LAYOUTS), "KV-cache layouts to time"
+)
 _HF = flags.DEFINE_bool("hf", True, "also time transformers' generate")
 _TRAIN = flags.DEFINE_bool("train", True, "time the train step")
 _ACCELERATOR = flags.DEFINE_bool(
-    "accelerator", False, "training MFU and decode bandwidth of a real model "
-    "shape instead (experiments/perf/benchmark_accelerator.py)")
-_GRPO = flags.DEFINE_bool("grpo", False, "time one GRPO step of ugrad, TRL "
-                          "and Tunix instead (experiments/perf/benchmark_grpo.py)")
+    "accelerator",
+    False,
+    "training MFU and decode bandwidth of a real model "
+    "shape instead (experiments/perf/benchmark_accelerator.py)",
+)
+_GRPO = flags.DEFINE_bool(
+    "grpo",
+    False,
+    "time one GRPO step of ugrad, TRL "
+    "and Tunix instead (experiments/perf/benchmark_grpo.py)",
+)
 
 # A character vocabulary like the embedded task's: pad, eos, digits,
 # operators, '=', '#', newline, space, and two spare symbols.
-VOCAB = ["<pad>", "<eos>", *"0123456789", "+", "-", "*", "=", "#", "\n", " ",
-         "?"]
+VOCAB = [
+    "<pad>",
+    "<eos>",
+    *"0123456789",
+    "+",
+    "-",
+    "*",
+    "=",
+    "#",
+    "\n",
+    " ",
+    "?",
+]
 PAD = 0
 
 
@@ -104,38 +124,47 @@ def _prompts(batch, seed=0):
   ids = np.full((batch, width), PAD, np.int32)
   mask = np.zeros((batch, width), np.int32)
   for row, text in enumerate(texts):
-    ids[row, width - len(text):] = [VOCAB.index(c) for c in text]
-    mask[row, width - len(text):] = 1
+    ids[row, width - len(text) :] = [VOCAB.index(c) for c in text]
+    mask[row, width - len(text) :] = 1
   return ids, mask
 
 
 def measure_matmul(repeats, n=1024):
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda a, b: a @ b)
-  seconds = _median_seconds({"mm": lambda: f(a, a).block_until_ready()},
-                            repeats * 4)["mm"]
+  seconds = _median_seconds(
+      {"mm": lambda: f(a, a).block_until_ready()}, repeats * 4
+  )["mm"]
   flops = 2 * n**3 / seconds
-  _emit(figure="matmul", shape=[n, n, n], dtype="float32",
-        gflops=round(flops / 1e9, 1))
+  _emit(
+      figure="matmul",
+      shape=[n, n, n],
+      dtype="float32",
+      gflops=round(flops / 1e9, 1),
+  )
   return flops
 
 
 def _model(name, seed=0):
-  model = tr.Transformer(model_config.preset(name, len(VOCAB)),
-                         rngs=nnx.Rngs(seed))
+  model = tr.Transformer(
+      model_config.preset(name, len(VOCAB)), rngs=nnx.Rngs(seed)
+  )
   # 5x the 0.02 init gives peaked next-token distributions, so greedy
   # agreement between the two implementations is a meaningful check.
-  nnx.update(model, jax.tree.map(lambda x: 5 * x,
-                                 nnx.state(model, nnx.Param)))
+  nnx.update(model, jax.tree.map(lambda x: 5 * x, nnx.state(model, nnx.Param)))
   return model
 
 
 def _ugrad_runner(model, ids, mask, new_tokens, temperature, layout, out):
   """A function that samples once and leaves the Samples in out[layout]."""
   graphdef, params = nnx.split(model, nnx.Param)
-  config = sampling.SamplingConfig(max_new_tokens=new_tokens, eos_id=None,
-                                   pad_id=PAD, temperature=temperature,
-                                   cache_layout=layout)
+  config = sampling.SamplingConfig(
+      max_new_tokens=new_tokens,
+      eos_id=None,
+      pad_id=PAD,
+      temperature=temperature,
+      cache_layout=layout,
+  )
   ids, mask = jnp.asarray(ids), jnp.asarray(mask)
   key = jax.random.key(0)
 
@@ -147,28 +176,38 @@ def _ugrad_runner(model, ids, mask, new_tokens, temperature, layout, out):
 
 
 def _hf_model(model):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+
   with tempfile.TemporaryDirectory() as path:
     hf.save_pretrained(model, path)
     torch_model = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32)
+        path, dtype=torch.float32
+    )
   return torch_model.eval(), torch
 
 
 def _hf_runner(torch_model, torch, ids, mask, new_tokens, temperature, out):
   """A function that runs `generate` once and leaves its ids in out["hf"]."""
   ids, mask = torch.tensor(ids).long(), torch.tensor(mask).long()
-  sampling_args = (dict(do_sample=True, temperature=temperature, top_k=0,
-                        top_p=1.0) if temperature else dict(do_sample=False))
+  sampling_args = (
+      dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+      if temperature
+      else dict(do_sample=False)
+  )
 
   def run():
     torch.manual_seed(0)
     with torch.no_grad():
       out["hf"] = torch_model.generate(
-          input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-          min_new_tokens=new_tokens, pad_token_id=PAD, eos_token_id=None,
-          **sampling_args).numpy()
+          input_ids=ids,
+          attention_mask=mask,
+          max_new_tokens=new_tokens,
+          min_new_tokens=new_tokens,
+          pad_token_id=PAD,
+          eos_token_id=None,
+          **sampling_args,
+      ).numpy()
 
   return run
 
@@ -181,18 +220,29 @@ def benchmark_sampling(name, repeats):
   hf_model = _hf_model(model) if _HF.value else None
   for temperature in (0.0, 1.0):
     out = {}
-    runners = {f"ugrad_{layout}": _ugrad_runner(model, ids, mask, n,
-                                                temperature, layout, out)
-               for layout in _LAYOUTS.value}
+    runners = {
+        f"ugrad_{layout}": _ugrad_runner(
+            model, ids, mask, n, temperature, layout, out
+        )
+        for layout in _LAYOUTS.value
+    }
     if hf_model is not None:
-      runners["hf_generate"] = _hf_runner(*hf_model, ids, mask, n,
-                                          temperature, out)
+      runners["hf_generate"] = _hf_runner(
+          *hf_model, ids, mask, n, temperature, out
+      )
     seconds = _median_seconds(runners, repeats)
-    figure = dict(figure="sample", model=name, params=int(params), batch=b,
-                  prompt_width=ids.shape[1], new_tokens=n,
-                  temperature=temperature)
-    figure.update({f"{k}_tokens_per_s": round(b * n / s)
-                   for k, s in seconds.items()})
+    figure = dict(
+        figure="sample",
+        model=name,
+        params=int(params),
+        batch=b,
+        prompt_width=ids.shape[1],
+        new_tokens=n,
+        temperature=temperature,
+    )
+    figure.update(
+        {f"{k}_tokens_per_s": round(b * n / s) for k, s in seconds.items()}
+    )
     if hf_model is not None:
       best = min(s for k, s in seconds.items() if k.startswith("ugrad"))
       figure["speedup_vs_hf"] = round(seconds["hf_generate"] / best, 2)
@@ -219,8 +269,7 @@ def train_step_fn(graphdef, optimizer):
 
 def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
   cfg = model_config.preset("embedded", len(VOCAB))
-  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)),
-                               nnx.Param)
+  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
   optimizer = optax.adamw(1e-3)
   state = {"params": params, "opt": optimizer.init(params)}
   step = train_step_fn(graphdef, optimizer)
@@ -230,32 +279,45 @@ def benchmark_train_step(matmul_flops, repeats, batch=64, length=40):
   completion = jnp.broadcast_to(completion, (batch, length))
 
   def run():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"],
-                                               tokens, completion)
+    state["params"], state["opt"], loss = step(
+        state["params"], state["opt"], tokens, completion
+    )
     loss.block_until_ready()
 
   seconds = _median_seconds({"step": run}, repeats * 4)["step"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
   flops = 3 * model_config.forward_flops(
-      cfg, model_config.matmul_params(cfg, n_params), batch, length)
-  _emit(figure="train_step", model="embedded", params=int(n_params),
-        batch=batch, length=length, step_ms=round(seconds * 1e3, 2),
-        tokens_per_s=round(batch * length / seconds),
-        gflops=round(flops / seconds / 1e9, 2),
-        flop_utilisation=round(flops / seconds / matmul_flops, 3))
+      cfg, model_config.matmul_params(cfg, n_params), batch, length
+  )
+  _emit(
+      figure="train_step",
+      model="embedded",
+      params=int(n_params),
+      batch=batch,
+      length=length,
+      step_ms=round(seconds * 1e3, 2),
+      tokens_per_s=round(batch * length / seconds),
+      gflops=round(flops / seconds / 1e9, 2),
+      flop_utilisation=round(flops / seconds / matmul_flops, 3),
+  )
 
 
 def main(argv):
   del argv
   host_memory.keep_freed_memory()  # For every contender alike.
-  _emit(figure="machine", backend=jax.default_backend(),
-        devices=jax.device_count(), cpus=os.cpu_count(),
-        cpu_model=benchmark_grpo.cpu_model(),
-        load_average=[round(x, 2) for x in os.getloadavg()])
+  _emit(
+      figure="machine",
+      backend=jax.default_backend(),
+      devices=jax.device_count(),
+      cpus=os.cpu_count(),
+      cpu_model=benchmark_grpo.cpu_model(),
+      load_average=[round(x, 2) for x in os.getloadavg()],
+  )
   matmul_flops = measure_matmul(_REPEATS.value)
   if _ACCELERATOR.value:
-    benchmark_accelerator.main(_emit, _median_seconds, train_step_fn,
-                               _REPEATS.value)
+    benchmark_accelerator.main(
+        _emit, _median_seconds, train_step_fn, _REPEATS.value
+    )
     return
   if _GRPO.value:
     benchmark_grpo.main(_REPEATS.value, matmul_flops)

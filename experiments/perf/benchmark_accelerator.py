@@ -44,26 +44,42 @@ from ugrad.models import transformer as tr
 
 _MODEL = flags.DEFINE_string("accel_model", "qwen2.5-0.5b", "model preset")
 _DTYPE = flags.DEFINE_string("accel_dtype", "bfloat16", "compute dtype")
-_TRAIN_BATCH = flags.DEFINE_integer("accel_train_batch", 16,
-                                    "sequences per update")
-_TRAIN_LENGTH = flags.DEFINE_integer("accel_train_length", 2048,
-                                     "tokens per sequence")
-_DECODE_BATCH = flags.DEFINE_integer("accel_decode_batch", 64,
-                                     "prompts decoded together")
+_TRAIN_BATCH = flags.DEFINE_integer(
+    "accel_train_batch", 16, "sequences per update"
+)
+_TRAIN_LENGTH = flags.DEFINE_integer(
+    "accel_train_length", 2048, "tokens per sequence"
+)
+_DECODE_BATCH = flags.DEFINE_integer(
+    "accel_decode_batch", 64, "prompts decoded together"
+)
 _PROMPT = flags.DEFINE_integer("accel_prompt", 128, "prompt tokens")
 _NEW = flags.DEFINE_integer("accel_new_tokens", 512, "new tokens per prompt")
 _ATTENTION = flags.DEFINE_list(
-    "accel_attention", ["auto"], "attention kernels to time the update with "
+    "accel_attention",
+    ["auto"],
+    "attention kernels to time the update with "
     "(ModelConfig.attention: auto, einsum, xla, cudnn), one train_mfu figure "
-    "each; decoding uses the first")
+    "each; decoding uses the first",
+)
 _REMAT = flags.DEFINE_string(
-    "accel_remat", "none", "ModelConfig.remat of the update (none, full, "
-    "dots); MFU counts the model's FLOPs, not the recomputation")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "the device's peak dense "
-                           "FLOP/s in the compute dtype, in TFLOP/s (0: "
-                           "from PEAKS by device kind)")
-_HBM = flags.DEFINE_float("hbm_gbps", 0.0, "the device's memory bandwidth in "
-                          "GB/s (0: from PEAKS by device kind)")
+    "accel_remat",
+    "none",
+    "ModelConfig.remat of the update (none, full, "
+    "dots); MFU counts the model's FLOPs, not the recomputation",
+)
+_PEAK = flags.DEFINE_float(
+    "peak_tflops",
+    0.0,
+    "the device's peak dense "
+    "FLOP/s in the compute dtype, in TFLOP/s (0: "
+    "from PEAKS by device kind)",
+)
+_HBM = flags.DEFINE_float(
+    "hbm_gbps",
+    0.0,
+    "the device's memory bandwidth in " "GB/s (0: from PEAKS by device kind)",
+)
 
 # Dense 16-bit peak TFLOP/s and memory GB/s per chip, from the vendors'
 # data sheets, by the start of `jax.devices()[0].device_kind`.
@@ -81,23 +97,28 @@ PEAKS = {
 def peaks(device_kind: str) -> tuple[Optional[float], Optional[float]]:
   """(peak FLOP/s, bandwidth B/s) of the device: the flags where given,
   else the first `PEAKS` entry the kind starts with, else None."""
-  known = next((v for k, v in PEAKS.items() if device_kind.startswith(k)),
-               (None, None))
+  known = next(
+      (v for k, v in PEAKS.items() if device_kind.startswith(k)), (None, None)
+  )
   flops = _PEAK.value or known[0]
   bandwidth = _HBM.value or known[1]
-  return (flops * 1e12 if flops else None,
-          bandwidth * 1e9 if bandwidth else None)
+  return (
+      flops * 1e12 if flops else None,
+      bandwidth * 1e9 if bandwidth else None,
+  )
 
 
 def _model(name: str, dtype: str, attention: str):
   cfg = model_config.preset(name, 32)
-  cfg = dataclasses.replace(cfg, dtype=dtype, attention=attention,
-                            remat=_REMAT.value)
+  cfg = dataclasses.replace(
+      cfg, dtype=dtype, attention=attention, remat=_REMAT.value
+  )
   return cfg, tr.Transformer(cfg, rngs=nnx.Rngs(0))
 
 
-def train_mfu(emit, timer, make_step, peak: Optional[float], repeats: int,
-              attention: str) -> dict:
+def train_mfu(
+    emit, timer, make_step, peak: Optional[float], repeats: int, attention: str
+) -> dict:
   cfg, model = _model(_MODEL.value, _DTYPE.value, attention)
   graphdef, params = nnx.split(model, nnx.Param)
   optimizer = optax.adamw(1e-5)
@@ -109,62 +130,90 @@ def train_mfu(emit, timer, make_step, peak: Optional[float], repeats: int,
   completion = jnp.ones((b, t), jnp.int32)
 
   def run():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"],
-                                               tokens, completion)
+    state["params"], state["opt"], loss = step(
+        state["params"], state["opt"], tokens, completion
+    )
     loss.block_until_ready()
 
   seconds = timer({"step": run}, repeats)["step"]
   n = model_config.matmul_params(
-      cfg, sum(x.size for x in jax.tree.leaves(params)))
+      cfg, sum(x.size for x in jax.tree.leaves(params))
+  )
   flops = 3 * model_config.forward_flops(cfg, n, b, t)
-  figure = dict(figure="train_mfu", model=_MODEL.value, dtype=_DTYPE.value,
-                attention=attn.attention_kernel(attention, cfg.dtype),
-                remat=cfg.remat,
-                params_matmul=n, batch=b, length=t,
-                step_s=round(seconds, 6), tokens_per_s=round(b * t / seconds),
-                tflops_per_s=round(flops / seconds / 1e12, 3),
-                mfu=round(flops / seconds / peak, 3) if peak else None)
+  figure = dict(
+      figure="train_mfu",
+      model=_MODEL.value,
+      dtype=_DTYPE.value,
+      attention=attn.attention_kernel(attention, cfg.dtype),
+      remat=cfg.remat,
+      params_matmul=n,
+      batch=b,
+      length=t,
+      step_s=round(seconds, 6),
+      tokens_per_s=round(b * t / seconds),
+      tflops_per_s=round(flops / seconds / 1e12, 3),
+      mfu=round(flops / seconds / peak, 3) if peak else None,
+  )
   emit(**figure)
   return figure
 
 
-def decode_bound_s(cfg, params, batch: int, prompt: int, new: int,
-                   bandwidth: float) -> float:
+def decode_bound_s(
+    cfg, params, batch: int, prompt: int, new: int, bandwidth: float
+) -> float:
   """Seconds the memory traffic of decoding `new` tokens needs at best
   (parameters counted in the compute dtype: the fewest bytes a decoder
   could read them in)."""
-  param_bytes = sum(x.size * jnp.dtype(cfg.dtype).itemsize
-                    for x in jax.tree.leaves(params))
-  kv_per_token = (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim *
-                  jnp.dtype(cfg.dtype).itemsize)
+  param_bytes = sum(
+      x.size * jnp.dtype(cfg.dtype).itemsize for x in jax.tree.leaves(params)
+  )
+  kv_per_token = (
+      2
+      * cfg.num_layers
+      * cfg.num_kv_heads
+      * cfg.head_dim
+      * jnp.dtype(cfg.dtype).itemsize
+  )
   mean_kv = batch * (prompt + new / 2) * kv_per_token
   return new * (param_bytes + mean_kv) / bandwidth
 
 
-def decode(emit, timer, bandwidth: Optional[float], repeats: int,
-           attention: str) -> dict:
+def decode(
+    emit, timer, bandwidth: Optional[float], repeats: int, attention: str
+) -> dict:
   cfg, model = _model(_MODEL.value, _DTYPE.value, attention)
   graphdef, params = nnx.split(model, nnx.Param)
   b, p, n = _DECODE_BATCH.value, _PROMPT.value, _NEW.value
   rng = np.random.default_rng(0)
   prompts = jnp.asarray(rng.integers(2, cfg.vocab_size, (b, p)), jnp.int32)
   mask = jnp.ones((b, p), jnp.int32)
-  config = sampling.SamplingConfig(max_new_tokens=n, eos_id=None,
-                                   temperature=1.0)
+  config = sampling.SamplingConfig(
+      max_new_tokens=n, eos_id=None, temperature=1.0
+  )
 
   def run():
-    out = sampling.sample(graphdef, params, prompts, mask, jax.random.key(0),
-                          config)
+    out = sampling.sample(
+        graphdef, params, prompts, mask, jax.random.key(0), config
+    )
     out.tokens.block_until_ready()
 
   seconds = timer({"decode": run}, repeats)["decode"]
-  figure = dict(figure="decode", model=_MODEL.value, dtype=_DTYPE.value,
-                batch=b, prompt=p, new_tokens=n, seconds=round(seconds, 6),
-                tokens_per_s=round(b * n / seconds))
+  figure = dict(
+      figure="decode",
+      model=_MODEL.value,
+      dtype=_DTYPE.value,
+      batch=b,
+      prompt=p,
+      new_tokens=n,
+      seconds=round(seconds, 6),
+      tokens_per_s=round(b * n / seconds),
+  )
   if bandwidth:
     bound = decode_bound_s(cfg, params, b, p, n, bandwidth)
-    figure.update(bound_tokens_per_s=round(b * n / bound),
-                  fraction_of_bound=round(bound / seconds, 3))
+    figure.update(
+        bound_tokens_per_s=round(b * n / bound),
+        fraction_of_bound=round(bound / seconds, 3),
+    )
   emit(**figure)
   return figure
 
@@ -175,11 +224,17 @@ def main(emit, timer, make_step, repeats: int) -> dict:
   the jitted update (experiments.perf.benchmark's)."""
   kind = jax.devices()[0].device_kind
   peak, bandwidth = peaks(kind)
-  emit(figure="accelerator", device_kind=kind,
-       peak_tflops=peak / 1e12 if peak else None,
-       hbm_gbps=bandwidth / 1e9 if bandwidth else None)
-  train = [train_mfu(emit, timer, make_step, peak, repeats, attention)
-           for attention in _ATTENTION.value]
-  return {"train_mfu": train,
-          "decode": decode(emit, timer, bandwidth, repeats,
-                           _ATTENTION.value[0])}
+  emit(
+      figure="accelerator",
+      device_kind=kind,
+      peak_tflops=peak / 1e12 if peak else None,
+      hbm_gbps=bandwidth / 1e9 if bandwidth else None,
+  )
+  train = [
+      train_mfu(emit, timer, make_step, peak, repeats, attention)
+      for attention in _ATTENTION.value
+  ]
+  return {
+      "train_mfu": train,
+      "decode": decode(emit, timer, bandwidth, repeats, _ATTENTION.value[0]),
+  }

@@ -78,14 +78,20 @@ _NEW = flags.DEFINE_integer("grpo_new_tokens", 24, "new tokens at most")
 _LR = flags.DEFINE_float("grpo_lr", 1e-4, "AdamW learning rate")
 _BETA = flags.DEFINE_float("grpo_beta", 0.04, "KL weight")
 _MICRO = flags.DEFINE_integer(
-    "grpo_micro_batches", 1, "ugrad's config.micro_batches (the update's "
+    "grpo_micro_batches",
+    1,
+    "ugrad's config.micro_batches (the update's "
     "rows in that many accumulated parts; for model sizes whose update does "
-    "not fit at once; the peers are not given it)")
+    "not fit at once; the peers are not given it)",
+)
 _ATTENTION = flags.DEFINE_string(
-    "grpo_attention", "auto", "ugrad's config.attention (the peers use their "
-    "own defaults)")
-_PEERS = flags.DEFINE_list("grpo_peers", list(CONTENDERS),
-                           "contenders, in their order within a repeat")
+    "grpo_attention",
+    "auto",
+    "ugrad's config.attention (the peers use their " "own defaults)",
+)
+_PEERS = flags.DEFINE_list(
+    "grpo_peers", list(CONTENDERS), "contenders, in their order within a repeat"
+)
 
 
 Work = benchmark_peers.Work
@@ -116,8 +122,9 @@ class Lockstep:
     self._arrived = threading.Semaphore(0)
     self._stop = self._done = False
     self._error = None
-    self._thread = threading.Thread(target=self._run, args=(start,),
-                                    name=f"bench-{name}", daemon=True)
+    self._thread = threading.Thread(
+        target=self._run, args=(start,), name=f"bench-{name}", daemon=True
+    )
     self._thread.start()
     self._wait()  # Built, and at the first step's start.
 
@@ -188,8 +195,9 @@ def write_initial_weights(work: Work, path: str, task) -> int:
   # its own rows otherwise): the policy may only sample tokens the task's
   # tokenizer can decode.
   vocab = task.tokenizer.vocab_size
-  cfg = dataclasses.replace(model_config.preset(work.model, vocab),
-                            vocab_size=vocab)
+  cfg = dataclasses.replace(
+      model_config.preset(work.model, vocab), vocab_size=vocab
+  )
   model = tr.Transformer(cfg, rngs=nnx.Rngs(work.seed))
   hf.save_pretrained(model, path)
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -212,9 +220,11 @@ class UgradRun:
     self.abstract = {}  # function -> abstract arguments of its first call
 
   def start(self, gate):
-    self.trainer = trainer_lib.Trainer(_config(self.work), self.workdir,
-                                 hooks=[lambda context, state, step: gate()
-                                        or trainer_lib.HookResult()])
+    self.trainer = trainer_lib.Trainer(
+        _config(self.work),
+        self.workdir,
+        hooks=[lambda context, state, step: gate() or trainer_lib.HookResult()],
+    )
     self._instrument()
     self.trainer.train()
 
@@ -244,6 +254,7 @@ class UgradRun:
       if name not in self.abstract:
         self.abstract[name] = jax.tree.map(_abstract, args)
       return fn(*args)
+
     call.original = fn
     return call
 
@@ -252,10 +263,24 @@ class UgradRun:
 
   def phases(self, steps: list[int], seconds: list[float]) -> dict:
     """Per-step phases (lists) from the trainer's metrics of `steps`."""
-    rows = {r["step"]: r for r in metrics_lib.read_metrics(
-        os.path.join(self.workdir, metrics_lib.METRICS_FILE))}
-    out = {k: [] for k in ("sample", "host", "reference", "update", "loop",
-                           "host_log", "completion_tokens")}
+    rows = {
+        r["step"]: r
+        for r in metrics_lib.read_metrics(
+            os.path.join(self.workdir, metrics_lib.METRICS_FILE)
+        )
+    }
+    out = {
+        k: []
+        for k in (
+            "sample",
+            "host",
+            "reference",
+            "update",
+            "loop",
+            "host_log",
+            "completion_tokens",
+        )
+    }
     for step, total in zip(steps, seconds):
       row = rows[step + 1]
       reward = self.reward_s[step]
@@ -267,8 +292,7 @@ class UgradRun:
       # checkpoint and the progress bar outside the trainer's step clock.
       out["host_log"].append(row["time/host_s"])
       out["loop"].append(row["time/host_s"] + total - row["step_time_s"])
-      out["completion_tokens"].append(
-          row["response_length"] * self.work.rows)
+      out["completion_tokens"].append(row["response_length"] * self.work.rows)
     return out
 
   def flops(self, n: int, prompt_len: int) -> dict:
@@ -285,11 +309,13 @@ class UgradRun:
     functions = {  # phase: (jitted function, its leading arguments, calls)
         "sample": (sampler_lib._sample_jit, (), "sample"),  # pylint: disable=protected-access
         "reference": (update_lib.policy_logprobs, (graphdef,), "logprobs"),
-        "update": (self.trainer.update.original, (), "update")}
+        "update": (self.trainer.update.original, (), "update"),
+    }
     for phase, (fn, leading, name) in functions.items():
       if name in self.abstract:
-        cost = fn.lower(*leading, *self.abstract[name]).compile(
-        ).cost_analysis()
+        cost = (
+            fn.lower(*leading, *self.abstract[name]).compile().cost_analysis()
+        )
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         xla[phase] = float(cost.get("flops", float("nan")))
     return {"analytic": analytic, "xla_cost_analysis": xla}
@@ -315,9 +341,17 @@ def run(work: Work, contenders, repeats: int, matmul_flops: float) -> dict:
   prompt_len = build.prompt_length(task)
   ugrad_run = UgradRun(work)
   runners = {"ugrad": lambda: ugrad_run}
-  runners["trl"] = lambda: benchmark_peers.TrlRun(work, task, ugrad_run.examples)
-  runners["tunix"] = lambda: benchmark_peers.TunixRun(work, task, ugrad_run.examples)
-  missing = {name: benchmark_peers.missing(name) for name in contenders if name != "ugrad"}
+  runners["trl"] = lambda: benchmark_peers.TrlRun(
+      work, task, ugrad_run.examples
+  )
+  runners["tunix"] = lambda: benchmark_peers.TunixRun(
+      work, task, ugrad_run.examples
+  )
+  missing = {
+      name: benchmark_peers.missing(name)
+      for name in contenders
+      if name != "ugrad"
+  }
   for name, why in missing.items():
     if why:
       _emit(figure="grpo_step", contender=name, skipped=why)
@@ -348,30 +382,42 @@ def run(work: Work, contenders, repeats: int, matmul_flops: float) -> dict:
     tokens = phases.pop("completion_tokens")
     median = statistics.median(seconds[name])
     figure = dict(
-        figure="grpo_step", contender=name, model=work.model,
-        prompts=work.prompts, group=work.group, new_tokens=work.new_tokens,
+        figure="grpo_step",
+        contender=name,
+        model=work.model,
+        prompts=work.prompts,
+        group=work.group,
+        new_tokens=work.new_tokens,
         s_per_step=round(median, 4),
         s_per_step_all=[round(s, 4) for s in seconds[name]],
         completion_tokens_per_s=(
             round(_median([t / s for t, s in zip(tokens, seconds[name])]), 1)
-            if None not in tokens else None),
-        phases_s={k: _median(v) for k, v in phases.items()})
+            if None not in tokens
+            else None
+        ),
+        phases_s={k: _median(v) for k, v in phases.items()},
+    )
     if name == "ugrad":
-      figure.update(micro_batches=work.micro_batches,
-                    attention=work.attention,
-                    backend=jax.default_backend())
+      figure.update(
+          micro_batches=work.micro_batches,
+          attention=work.attention,
+          backend=jax.default_backend(),
+      )
       flops = ugrad_run.flops(n, prompt_len)
       total = sum(flops["analytic"].values())
       figure.update(
-          params_matmul=n, flops_per_step=flops,
+          params_matmul=n,
+          flops_per_step=flops,
           matmul_gflops=round(matmul_flops / 1e9, 1),
           floor_s=round(total / matmul_flops, 4),
-          fraction_of_floor=round(total / matmul_flops / median, 3))
+          fraction_of_floor=round(total / matmul_flops / median, 3),
+      )
     figures[name] = figure
   for name in ("trl", "tunix"):
     if name in figures:
       figures[name]["ugrad_speedup"] = round(
-          figures[name]["s_per_step"] / figures["ugrad"]["s_per_step"], 2)
+          figures[name]["s_per_step"] / figures["ugrad"]["s_per_step"], 2
+      )
   for figure in figures.values():
     _emit(**figure)
   return figures
@@ -392,14 +438,21 @@ def main(repeats: int, matmul_flops: float) -> dict:
   """The --grpo figures with the flags' work."""
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint call.
   with tempfile.TemporaryDirectory() as tmp:
-    work = Work(model=_MODEL.value, prompts=_PROMPTS.value,
-                group=_GROUP.value, new_tokens=_NEW.value, beta=_BETA.value,
-                lr=_LR.value, micro_batches=_MICRO.value,
-                attention=_ATTENTION.value,
-                hf_dir=os.path.join(tmp, "init"),
-                workdir=tmp)
+    work = Work(
+        model=_MODEL.value,
+        prompts=_PROMPTS.value,
+        group=_GROUP.value,
+        new_tokens=_NEW.value,
+        beta=_BETA.value,
+        lr=_LR.value,
+        micro_batches=_MICRO.value,
+        attention=_ATTENTION.value,
+        hf_dir=os.path.join(tmp, "init"),
+        workdir=tmp,
+    )
     figures = run(work, _PEERS.value, repeats, matmul_flops)
-  _emit(figure="grpo_machine_after",
-        load_average=[round(x, 2) for x in os.getloadavg()])
+  _emit(
+      figure="grpo_machine_after",
+      load_average=[round(x, 2) for x in os.getloadavg()],
+  )
   return figures
-

@@ -36,20 +36,30 @@ def table(ops: list[profiling.OpTime], steps: int, top: int) -> str:
   kinds = collections.Counter()
   for op in ops:
     kinds[op.function, profiling.category(op.name)] += op.total_s
-  lines = [f"{steps} profiled step(s); {len(ops)} distinct operations, "
-           f"{1e3 * total / steps:.1f} ms of operation time per step "
-           "(summed over threads)", "",
-           f"{'function':<24} {'kind':<12} {'ms/step':>9} {'share':>7}"]
+  lines = [
+      f"{steps} profiled step(s); {len(ops)} distinct operations, "
+      f"{1e3 * total / steps:.1f} ms of operation time per step "
+      "(summed over threads)",
+      "",
+      f"{'function':<24} {'kind':<12} {'ms/step':>9} {'share':>7}",
+  ]
   for (function, kind), seconds in kinds.most_common():
-    lines.append(f"{function[:24]:<24} {kind:<12} {1e3 * seconds / steps:9.2f} "
-                 f"{100 * seconds / total:6.1f}%")
-  lines += ["", f"{'function':<24} {'operation':<28} {'kind':<12} "
-                f"{'ms/step':>9} {'runs/step':>9} {'us/run':>9}"]
+    lines.append(
+        f"{function[:24]:<24} {kind:<12} {1e3 * seconds / steps:9.2f} "
+        f"{100 * seconds / total:6.1f}%"
+    )
+  lines += [
+      "",
+      f"{'function':<24} {'operation':<28} {'kind':<12} "
+      f"{'ms/step':>9} {'runs/step':>9} {'us/run':>9}",
+  ]
   for op in ops[:top]:
-    lines.append(f"{op.function[:24]:<24} {op.name[:28]:<28} "
-                 f"{profiling.category(op.name):<12} "
-                 f"{1e3 * op.total_s / steps:9.2f} {op.count / steps:9.1f} "
-                 f"{1e6 * op.total_s / op.count:9.1f}")
+    lines.append(
+        f"{op.function[:24]:<24} {op.name[:28]:<28} "
+        f"{profiling.category(op.name):<12} "
+        f"{1e3 * op.total_s / steps:9.2f} {op.count / steps:9.1f} "
+        f"{1e6 * op.total_s / op.count:9.1f}"
+    )
   return "\n".join(lines)
 
 

@@ -54,20 +54,40 @@ _PROFILES = {
         "seeds": [0, 1, 2],
         "shared": {"eval_questions": 1024, "quiet": True},
         "sft": {"steps": 1500},
-        "rl": {"steps": 150, "eval_every": 25, "checkpoint_every": 50,
-               "sample_log_every": 50},
+        "rl": {
+            "steps": 150,
+            "eval_every": 25,
+            "checkpoint_every": 50,
+            "sample_log_every": 50,
+        },
         "rm": {"steps": 200, "eval_every": 50, "checkpoint_every": 50},
     },
     "full": {
         "seeds": [0, 1, 2, 3, 4],
-        "shared": {"model": "qwen2_2.9m", "eval_questions": 1024,
-                   "quiet": True},
-        "sft": {"steps": 6000, "batch_size": 128, "optim.lr": 1e-3,
-                "optim.warmup_steps": 100},
-        "rl": {"steps": 1000, "eval_every": 50, "checkpoint_every": 100,
-               "sample_log_every": 100, "sampling.pool_questions": 4096},
-        "rm": {"steps": 1000, "eval_every": 100, "checkpoint_every": 100,
-               "rm.eval_questions": 512},
+        "shared": {
+            "model": "qwen2_2.9m",
+            "eval_questions": 1024,
+            "quiet": True,
+        },
+        "sft": {
+            "steps": 6000,
+            "batch_size": 128,
+            "optim.lr": 1e-3,
+            "optim.warmup_steps": 100,
+        },
+        "rl": {
+            "steps": 1000,
+            "eval_every": 50,
+            "checkpoint_every": 100,
+            "sample_log_every": 100,
+            "sampling.pool_questions": 4096,
+        },
+        "rm": {
+            "steps": 1000,
+            "eval_every": 100,
+            "checkpoint_every": 100,
+            "rm.eval_questions": 512,
+        },
     },
 }
 
@@ -79,8 +99,11 @@ PROFILES = tuple(_PROFILES)
 # warm start (1,500 steps) reaches 28.7% greedy (95% CI 24.6-32.8, 512
 # held-out questions), against 71.4% on the default task; command in
 # BUILD_NOTES.md.
-HARD_TASK = {"task_kwargs.num_operands": 5, "task_kwargs.operators": "+-*",
-             "sampling.max_new_tokens": 96}
+HARD_TASK = {
+    "task_kwargs.num_operands": 5,
+    "task_kwargs.operators": "+-*",
+    "sampling.max_new_tokens": 96,
+}
 
 
 def profile_settings(profile: str) -> dict:
@@ -91,8 +114,10 @@ def profile_settings(profile: str) -> dict:
     ValueError: for an unknown profile, listing the valid ones.
   """
   if profile not in _PROFILES:
-    raise ValueError(f"unknown profile {profile!r}; valid profiles: "
-                     f"{', '.join(PROFILES)}")
+    raise ValueError(
+        f"unknown profile {profile!r}; valid profiles: "
+        f"{', '.join(PROFILES)}"
+    )
   return copy.deepcopy(_PROFILES[profile])
 
 

@@ -34,16 +34,26 @@ LEARNED_REWARDS = (
     ("orm", "orm", {}),
     ("grpo_orm", "grpo", {"reward": "model", "reward_model": "{run:orm}"}),
     ("prm", "prm", {"rm.label": "hard"}),
-    ("grpo_prm", "grpo_process",
-     {"reward": "process", "process_reward_model": "{run:prm}"}),
+    (
+        "grpo_prm",
+        "grpo_process",
+        {"reward": "process", "process_reward_model": "{run:prm}"},
+    ),
 )
 
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
-  sweep["runs"] = [{"name": m, "config": sweeps.config_path(m),
-                    "overrides": {}} for m in METHODS]
-  sweep["runs"] += [{"name": name, "config": sweeps.config_path(config),
-                     "overrides": overrides}
-                    for name, config, overrides in LEARNED_REWARDS]
+  sweep["runs"] = [
+      {"name": m, "config": sweeps.config_path(m), "overrides": {}}
+      for m in METHODS
+  ]
+  sweep["runs"] += [
+      {
+          "name": name,
+          "config": sweeps.config_path(config),
+          "overrides": overrides,
+      }
+      for name, config, overrides in LEARNED_REWARDS
+  ]
   return sweep

@@ -37,11 +37,12 @@ def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
   sweep["seeds"] = SEEDS[profile]
   sweep["shared"]["task_kwargs.val_fraction"] = VAL_FRACTION
-  sweep["runs"] = [{"name": m, "config": sweeps.config_path(m),
-                    "overrides": {}} for m in figure5.METHODS]
+  sweep["runs"] = [
+      {"name": m, "config": sweeps.config_path(m), "overrides": {}}
+      for m in figure5.METHODS
+  ]
   grid = {m: {"optim.lr": LEARNING_RATES} for m in figure5.METHODS}
-  grid["dpo"] = {"optim.lr": DPO_LEARNING_RATES,
-                 "coef.beta": [0.05, 0.1, 0.3]}
+  grid["dpo"] = {"optim.lr": DPO_LEARNING_RATES, "coef.beta": [0.05, 0.1, 0.3]}
   sweep["tune"] = {"seed": sweep["seeds"][0], "grid": grid}
   sweep["findings"] = FINDINGS
   return sweep

@@ -21,31 +21,47 @@ from experiments import sweeps
 ITERATIONS = {"quick": 3, "full": 4}
 
 
-def reward_model_rows(kind: str, policy_config: str, reward: str,
-                      field: str, iterations: int) -> list[dict]:
+def reward_model_rows(
+    kind: str, policy_config: str, reward: str, field: str, iterations: int
+) -> list[dict]:
   """A reward model of `kind` and GRPO on it, fixed and iterative."""
   learned = {"reward": reward, field: "{run:%s}" % kind}
   return [
       {"name": kind, "config": sweeps.config_path(kind), "overrides": {}},
-      {"name": f"grpo_{kind}", "config": sweeps.config_path(policy_config),
-       "overrides": learned},
-      {"name": f"grpo_{kind}_iterative",
-       "config": sweeps.config_path(policy_config),
-       "overrides": dict(learned, **{"iterative.iterations": iterations,
-                                     "iterative.rm_steps": 100,
-                                     "iterative.replay": 0.1})},
+      {
+          "name": f"grpo_{kind}",
+          "config": sweeps.config_path(policy_config),
+          "overrides": learned,
+      },
+      {
+          "name": f"grpo_{kind}_iterative",
+          "config": sweeps.config_path(policy_config),
+          "overrides": dict(
+              learned,
+              **{
+                  "iterative.iterations": iterations,
+                  "iterative.rm_steps": 100,
+                  "iterative.replay": 0.1,
+              },
+          ),
+      },
   ]
 
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
   iterations = ITERATIONS[profile]
-  grpo_rule = {"name": "grpo_rule", "config": sweeps.config_path("grpo"),
-               "overrides": {}}
-  outcome = reward_model_rows("orm", "grpo", "model", "reward_model",
-                              iterations)
-  process = reward_model_rows("prm", "grpo_process", "process",
-                              "process_reward_model", iterations)
+  grpo_rule = {
+      "name": "grpo_rule",
+      "config": sweeps.config_path("grpo"),
+      "overrides": {},
+  }
+  outcome = reward_model_rows(
+      "orm", "grpo", "model", "reward_model", iterations
+  )
+  process = reward_model_rows(
+      "prm", "grpo_process", "process", "process_reward_model", iterations
+  )
   # The outcome rows first, in their original order, so a workdir of the
   # sweep from before the process rows is reused.
   sweep["runs"] = outcome[:1] + [grpo_rule] + outcome[1:] + process

@@ -31,7 +31,8 @@ EVALUATE = {
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
-  sweep["runs"] = [{"name": "grpo", "config": sweeps.config_path("grpo"),
-                    "overrides": {}}]
+  sweep["runs"] = [
+      {"name": "grpo", "config": sweeps.config_path("grpo"), "overrides": {}}
+  ]
   sweep["evaluate"] = dict(EVALUATE[profile])
   return sweep

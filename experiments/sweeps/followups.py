@@ -17,6 +17,8 @@ METHODS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo")
 
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
-  sweep["runs"] = [{"name": m, "config": sweeps.config_path(m),
-                    "overrides": {}} for m in METHODS]
+  sweep["runs"] = [
+      {"name": m, "config": sweeps.config_path(m), "overrides": {}}
+      for m in METHODS
+  ]
   return sweep

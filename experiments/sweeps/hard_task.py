@@ -22,20 +22,36 @@ METHODS = ("online_rft", "grpo", "grpo_process", "ppo")
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
   sweep["shared"].update(sweeps.HARD_TASK)
-  sweep["runs"] = [{"name": m, "config": sweeps.config_path(m),
-                    "overrides": {}} for m in METHODS]
+  sweep["runs"] = [
+      {"name": m, "config": sweeps.config_path(m), "overrides": {}}
+      for m in METHODS
+  ]
   sweep["runs"] += [
-      {"name": "prm", "config": sweeps.config_path("prm"),
-       "overrides": {"rm.label": "hard"}},
-      {"name": "grpo_prm", "config": sweeps.config_path("grpo_process"),
-       "overrides": {"reward": "process",
-                     "process_reward_model": "{run:prm}"}},
+      {
+          "name": "prm",
+          "config": sweeps.config_path("prm"),
+          "overrides": {"rm.label": "hard"},
+      },
+      {
+          "name": "grpo_prm",
+          "config": sweeps.config_path("grpo_process"),
+          "overrides": {
+              "reward": "process",
+              "process_reward_model": "{run:prm}",
+          },
+      },
   ]
   sweep["findings"] = [
       {"claim": "GRPO > online RFT", "a": "grpo", "b": "online_rft"},
-      {"claim": "GRPO+PS (true step labels) > GRPO+OS", "a": "grpo_process",
-       "b": "grpo"},
-      {"claim": "GRPO+PS (learned PRM) > GRPO+OS", "a": "grpo_prm",
-       "b": "grpo"},
+      {
+          "claim": "GRPO+PS (true step labels) > GRPO+OS",
+          "a": "grpo_process",
+          "b": "grpo",
+      },
+      {
+          "claim": "GRPO+PS (learned PRM) > GRPO+OS",
+          "a": "grpo_prm",
+          "b": "grpo",
+      },
   ]
   return sweep

@@ -32,16 +32,24 @@ GRPO_LR = 3e-4  # figure5_tuned's pick for grpo (its tune.csv)
 def get_sweep(profile: str) -> dict:
   sweep = sweeps.profile_settings(profile)
   sweep["seeds"] = figure5_tuned.SEEDS[profile]
-  sweep["shared"]["task_kwargs.val_fraction"] = (
-      figure5_tuned.VAL_FRACTION)
-  sweep["runs"] = [{"name": "grpo", "config": sweeps.config_path("grpo"),
-                    "overrides": {"optim.lr": GRPO_LR}}]
+  sweep["shared"]["task_kwargs.val_fraction"] = figure5_tuned.VAL_FRACTION
+  sweep["runs"] = [
+      {
+          "name": "grpo",
+          "config": sweeps.config_path("grpo"),
+          "overrides": {"optim.lr": GRPO_LR},
+      }
+  ]
   sweep["runs"] += figure6.reward_model_rows(
-      "orm", "grpo", "model", "reward_model", figure6.ITERATIONS[profile])
+      "orm", "grpo", "model", "reward_model", figure6.ITERATIONS[profile]
+  )
   sweep["evaluate"] = dict(figure7.EVALUATE[profile])
   sweep["findings"] = [
-      {"claim": "iterative RL > fixed reward model (ORM)",
-       "a": "grpo_orm_iterative", "b": "grpo_orm"},
+      {
+          "claim": "iterative RL > fixed reward model (ORM)",
+          "a": "grpo_orm_iterative",
+          "b": "grpo_orm",
+      },
       {"claim": "RL raises maj@64 more than pass@64", "a": "grpo", "k": 64},
       {"claim": "RL raises maj@16 more than pass@16", "a": "grpo", "k": 16},
   ]

@@ -35,21 +35,41 @@ def get_sweep(profile: str) -> dict:
   sweep["runs"] = [
       {"name": "orm", "config": sweeps.config_path("orm"), "overrides": {}},
       {"name": "grpo_orm", "config": grpo, "overrides": dict(ORM)},
-      {"name": "grpo_orm_kl", "config": grpo,
-       "overrides": dict(ORM, **{"coef.beta": 0.2})},
-      {"name": "orm_long", "config": sweeps.config_path("orm"),
-       "overrides": {"steps": 4 * rm_steps, "sampling.questions": 32}},
-      {"name": "grpo_orm_long", "config": grpo,
-       "overrides": {"reward": "model", "reward_model": "{run:orm_long}"}},
-      {"name": "grpo_orm_mixed", "config": grpo,
-       "overrides": dict(ORM, reward="rule:1.0,model:0.5")},
+      {
+          "name": "grpo_orm_kl",
+          "config": grpo,
+          "overrides": dict(ORM, **{"coef.beta": 0.2}),
+      },
+      {
+          "name": "orm_long",
+          "config": sweeps.config_path("orm"),
+          "overrides": {"steps": 4 * rm_steps, "sampling.questions": 32},
+      },
+      {
+          "name": "grpo_orm_long",
+          "config": grpo,
+          "overrides": {"reward": "model", "reward_model": "{run:orm_long}"},
+      },
+      {
+          "name": "grpo_orm_mixed",
+          "config": grpo,
+          "overrides": dict(ORM, reward="rule:1.0,model:0.5"),
+      },
   ]
-  controls = (("grpo_orm_kl", "KL beta 0.2"),
-              ("grpo_orm_long", "the longer-trained ORM"),
-              ("grpo_orm_mixed", "the rule reward mixed in"))
+  controls = (
+      ("grpo_orm_kl", "KL beta 0.2"),
+      ("grpo_orm_long", "the longer-trained ORM"),
+      ("grpo_orm_mixed", "the rule reward mixed in"),
+  )
   sweep["findings"] = [
-      {"claim": f"{label} beats the unprotected run", "a": name,
-       "b": "grpo_orm"} for name, label in controls] + [
+      {
+          "claim": f"{label} beats the unprotected run",
+          "a": name,
+          "b": "grpo_orm",
+      }
+      for name, label in controls
+  ] + [
       {"claim": f"{label} ends above SFT", "a": name, "b": "sft"}
-      for name, label in controls]
+      for name, label in controls
+  ]
   return sweep

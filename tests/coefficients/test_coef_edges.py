@@ -11,7 +11,7 @@ from ugrad import coefficients
 
 # Every coefficient, with REINFORCE++'s group baseline as its own variant.
 VARIANTS = [(name, {}) for name in coefficients.COEFFICIENTS] + [
-    ("reinforce_pp", dict(baseline=True)),
+    ("reinforce_pp", dict(baseline=True))
 ]
 GROUP_METHODS = ["grpo", "grpo_process", "dr_grpo", "dapo", "gspo", "rloo"]
 
@@ -23,14 +23,17 @@ def _coef(name, hparams, ro, theta):
 def _trace(name, hparams, ro, theta):
   """Traces the coefficient as jit would, without compiling it."""
   fn = coefficients.make_coefficient(name, **hparams)
-  return jax.eval_shape(lambda r, th: fn(r, cc.logp_of(th, r.tokens)), ro,
-                        theta)
+  return jax.eval_shape(
+      lambda r, th: fn(r, cc.logp_of(th, r.tokens)), ro, theta
+  )
 
 
 def _append_empty_row(ro, theta):
   """Adds a padding row that shares its group and pair ids with row 0."""
+
   def extend(x):
     return None if x is None else jnp.concatenate([x, x[:1]])
+
   big = jax.tree.map(extend, ro)
   big = big.replace(completion_mask=big.completion_mask.at[-1].set(0.0))
   return big, jnp.concatenate([theta, theta[:1] + 1.0])
@@ -41,8 +44,9 @@ def test_empty_completion_contributes_nothing(x64, name, hparams):
   theta, ro = cc.make_case(40, b=6, t=7, v=5, group_sizes=(2, 4))
   big, big_theta = _append_empty_row(ro, theta)
   coefficients.validate_rollout(name, big, hparams)
-  got, coef, metrics = cc.unified_grad(name, hparams, big, big_theta,
-                                       max_len=7, with_aux=True)
+  got, coef, metrics = cc.unified_grad(
+      name, hparams, big, big_theta, max_len=7, with_aux=True
+  )
   want = cc.unified_grad(name, hparams, ro, theta, max_len=7)
   np.testing.assert_allclose(got[:-1], want, rtol=1e-10, atol=1e-14)
   assert np.all(got[-1] == 0)
@@ -57,23 +61,33 @@ def test_all_equal_group_has_zero_advantage(x64, name):
   ids = np.asarray(ro.group_ids)
   flat = ids == ids[0]
   if name == "grpo_process":
-    ro = ro.replace(step_rewards=jnp.where(flat[:, None], 0.5 * ro.step_mask,
-                                           ro.step_rewards))
+    ro = ro.replace(
+        step_rewards=jnp.where(
+            flat[:, None], 0.5 * ro.step_mask, ro.step_rewards
+        )
+    )
   else:
     ro = ro.replace(rewards=jnp.where(flat, 0.7, ro.rewards))
-  grad, coef, metrics = cc.unified_grad(name, hparams, ro, theta, max_len=7,
-                                        with_aux=True)
+  grad, coef, metrics = cc.unified_grad(
+      name, hparams, ro, theta, max_len=7, with_aux=True
+  )
   assert np.all(np.isfinite(coef)) and np.all(np.isfinite(grad))
   assert np.all(coef[flat] == 0) and np.any(coef[~flat] != 0)
   assert np.all(grad[flat] == 0)
   assert float(metrics["zero_signal_group_frac"]) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("name,hparams", [
-    ("grpo", {}), ("grpo_process", {}), ("rloo", {}), ("dpo", {}),
-    ("gspo", dict(clip_eps=0.1)),
-    ("reinforce_pp", dict(baseline=True)),
-])
+@pytest.mark.parametrize(
+    "name,hparams",
+    [
+        ("grpo", {}),
+        ("grpo_process", {}),
+        ("rloo", {}),
+        ("dpo", {}),
+        ("gspo", dict(clip_eps=0.1)),
+        ("reinforce_pp", dict(baseline=True)),
+    ],
+)
 def test_row_order_does_not_matter(x64, name, hparams):
   theta, ro = cc.make_case(43, b=8, t=6, v=4, group_sizes=(3, 2, 3))
   order = np.random.default_rng(0).permutation(8)
@@ -98,12 +112,15 @@ def test_group_of_one_is_refused(x64):
       coefficients.make_coefficient(name)(ro, cc.logp_of(theta, ro.tokens))
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda ids: None, "needs rollout field.*group_ids"),
-    (lambda ids: ids.astype(jnp.float32), "integer dtype"),
-    (lambda ids: ids[:, None], r"expected \[B\]"),
-    (lambda ids: ids[:-1], r"expected \[B\]"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (lambda ids: None, "needs rollout field.*group_ids"),
+        (lambda ids: ids.astype(jnp.float32), "integer dtype"),
+        (lambda ids: ids[:, None], r"expected \[B\]"),
+        (lambda ids: ids[:-1], r"expected \[B\]"),
+    ],
+)
 def test_malformed_group_ids_fail_at_trace_time(x64, bad, match):
   theta, ro = cc.make_case(45, b=6, t=6, v=4, group_sizes=(3, 3))
   ro = ro.replace(group_ids=bad(ro.group_ids))
@@ -153,26 +170,39 @@ def test_unknown_names_list_the_valid_ones():
     coefficients.make_coefficient("sft", beta=0.1)
 
 
-@pytest.mark.parametrize("name,hparams,want", [
-    ("sft", {}, set()),
-    ("rft", {}, {"rewards"}),
-    ("dpo", {}, {"pair_ids", "pair_sign", "logp_ref"}),
-    ("ppo", {}, {"values", "rewards", "logp_old"}),
-    ("ppo", dict(beta=0.1), {"values", "rewards", "logp_old", "logp_ref"}),
-    ("grpo", {}, {"rewards", "group_ids", "logp_ref"}),
-    ("grpo", dict(beta=0.0), {"rewards", "group_ids"}),
-    ("grpo_process", {},
-     {"step_rewards", "step_mask", "group_ids", "logp_ref"}),
-    ("grpo_process", dict(beta=0.0),
-     {"step_rewards", "step_mask", "group_ids"}),
-    ("dr_grpo", {}, {"rewards", "group_ids"}),
-    ("dapo", {}, {"rewards", "group_ids"}),
-    ("gspo", {}, {"rewards", "group_ids"}),
-    ("rloo", {}, {"rewards", "group_ids"}),
-    ("rloo", dict(beta=0.1), {"rewards", "group_ids", "logp_ref"}),
-    ("reinforce_pp", {}, {"rewards", "logp_ref"}),
-    ("reinforce_pp", dict(baseline=True, beta=0.0), {"rewards", "group_ids"}),
-])
+@pytest.mark.parametrize(
+    "name,hparams,want",
+    [
+        ("sft", {}, set()),
+        ("rft", {}, {"rewards"}),
+        ("dpo", {}, {"pair_ids", "pair_sign", "logp_ref"}),
+        ("ppo", {}, {"values", "rewards", "logp_old"}),
+        ("ppo", dict(beta=0.1), {"values", "rewards", "logp_old", "logp_ref"}),
+        ("grpo", {}, {"rewards", "group_ids", "logp_ref"}),
+        ("grpo", dict(beta=0.0), {"rewards", "group_ids"}),
+        (
+            "grpo_process",
+            {},
+            {"step_rewards", "step_mask", "group_ids", "logp_ref"},
+        ),
+        (
+            "grpo_process",
+            dict(beta=0.0),
+            {"step_rewards", "step_mask", "group_ids"},
+        ),
+        ("dr_grpo", {}, {"rewards", "group_ids"}),
+        ("dapo", {}, {"rewards", "group_ids"}),
+        ("gspo", {}, {"rewards", "group_ids"}),
+        ("rloo", {}, {"rewards", "group_ids"}),
+        ("rloo", dict(beta=0.1), {"rewards", "group_ids", "logp_ref"}),
+        ("reinforce_pp", {}, {"rewards", "logp_ref"}),
+        (
+            "reinforce_pp",
+            dict(baseline=True, beta=0.0),
+            {"rewards", "group_ids"},
+        ),
+    ],
+)
 def test_required_fields_are_exactly_what_is_needed(x64, name, hparams, want):
   assert coefficients.required_fields(name, hparams) == want
   theta, full = cc.make_case(48, b=4, t=5, v=3, group_sizes=(2, 2))
@@ -197,15 +227,22 @@ def test_metrics_have_the_same_keys_and_right_values(x64):
   on = np.asarray(coef)[mask]
   logp = np.asarray(cc.logp_of(theta, ro.tokens))
   x = (logp - np.asarray(ro.logp_ref))[mask]
-  want = dict(gc_mean=on.mean(), gc_std=on.std(), gc_min=on.min(),
-              gc_max=on.max(), gc_pos_frac=(on > 0).mean(),
-              gc_neg_frac=(on < 0).mean(), gc_zero_frac=(on == 0).mean(),
-              kl=(0.5 * x**2).mean(),
-              ratio_mean=np.exp(logp - np.asarray(ro.logp_old))[mask].mean(),
-              zero_signal_group_frac=0.0)
+  want = dict(
+      gc_mean=on.mean(),
+      gc_std=on.std(),
+      gc_min=on.min(),
+      gc_max=on.max(),
+      gc_pos_frac=(on > 0).mean(),
+      gc_neg_frac=(on < 0).mean(),
+      gc_zero_frac=(on == 0).mean(),
+      kl=(0.5 * x**2).mean(),
+      ratio_mean=np.exp(logp - np.asarray(ro.logp_old))[mask].mean(),
+      zero_signal_group_frac=0.0,
+  )
   for key, value in want.items():
-    np.testing.assert_allclose(metrics[key], value, rtol=1e-10, atol=1e-15,
-                               err_msg=key)
+    np.testing.assert_allclose(
+        metrics[key], value, rtol=1e-10, atol=1e-15, err_msg=key
+    )
   fn = coefficients.make_coefficient("sft")
   _, sft_metrics = fn(ro.replace(logp_ref=None), cc.logp_of(theta, ro.tokens))
   assert float(sft_metrics["kl"]) == 0.0

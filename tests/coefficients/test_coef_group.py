@@ -7,8 +7,10 @@ import pytest
 
 from tests.helpers import coef_cases as cc
 
-SHAPES = [dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
-          dict(b=8, t=9, v=4, group_sizes=(2, 4, 2), padding="left")]
+SHAPES = [
+    dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
+    dict(b=8, t=9, v=4, group_sizes=(2, 4, 2), padding="left"),
+]
 
 
 def _outcome_advantage(ro, rewards, std_normalize, eps):
@@ -26,13 +28,16 @@ def _rewards(ro, beta, kl_estimator, kl_in):
   rewards = np.asarray(ro.rewards).copy()
   if beta and kl_in == "reward":
     x = np.asarray(ro.logp_old - ro.logp_ref)
-    rewards -= beta * (np.asarray(cc.k_estimate(kl_estimator, x)) *
-                       np.asarray(ro.completion_mask)).sum(-1)
+    rewards -= beta * (
+        np.asarray(cc.k_estimate(kl_estimator, x))
+        * np.asarray(ro.completion_mask)
+    ).sum(-1)
   return rewards
 
 
-def _grpo_objective(theta, ro, adv, eps_low, eps_high, beta, kl_estimator,
-                    kl_in):
+def _grpo_objective(
+    theta, ro, adv, eps_low, eps_high, beta, kl_estimator, kl_in
+):
   """Per-token min(rho A, clip(rho) A) - beta * D_KL (DeepSeekMath Eq. 3)."""
   logp = cc.logp_of(theta, ro.tokens)
   ratio = jnp.exp(logp - ro.logp_old)
@@ -42,41 +47,75 @@ def _grpo_objective(theta, ro, adv, eps_low, eps_high, beta, kl_estimator,
   return objective, ratio
 
 
-def _grpo_loss(theta, ro, aggregate, std_normalize=True, eps=1e-6,
-               clip_eps=0.2, clip_eps_high=None, beta=0.04,
-               kl_estimator="k3", kl_in="loss"):
+def _grpo_loss(
+    theta,
+    ro,
+    aggregate,
+    std_normalize=True,
+    eps=1e-6,
+    clip_eps=0.2,
+    clip_eps_high=None,
+    beta=0.04,
+    kl_estimator="k3",
+    kl_in="loss",
+):
   rewards = _rewards(ro, beta, kl_estimator, kl_in)
   adv = _outcome_advantage(ro, rewards, std_normalize, eps)[:, None]
   high = clip_eps if clip_eps_high is None else clip_eps_high
-  objective, ratio = _grpo_objective(theta, ro, adv, clip_eps, high, beta,
-                                     kl_estimator, kl_in)
+  objective, ratio = _grpo_objective(
+      theta, ro, adv, clip_eps, high, beta, kl_estimator, kl_in
+  )
   return -aggregate(objective, np.asarray(ro.completion_mask)), (ratio, adv)
 
 
-def _check(name, hparams, ro, theta, aggregate, high, normalizer=None,
-           max_len=None, **textbook):
+def _check(
+    name,
+    hparams,
+    ro,
+    theta,
+    aggregate,
+    high,
+    normalizer=None,
+    max_len=None,
+    **textbook
+):
   want, (ratio, adv) = jax.grad(_grpo_loss, has_aux=True)(
-      theta, ro, aggregate, **textbook)
+      theta, ro, aggregate, **textbook
+  )
   mask = np.asarray(ro.completion_mask)
   clipped = cc.clipped_fraction(ratio, adv, mask, 0.2, high)
   assert 0 < clipped < 0.9  # Off-policy: the clip is active on some tokens.
-  got, _, metrics = cc.unified_grad(name, hparams, ro, theta, normalizer,
-                                    max_len, with_aux=True)
+  got, _, metrics = cc.unified_grad(
+      name, hparams, ro, theta, normalizer, max_len, with_aux=True
+  )
   cc.assert_same_grad(got, want)
   np.testing.assert_allclose(metrics["clip_frac"], clipped, rtol=1e-12)
 
 
-@pytest.mark.parametrize("shape,hparams", [
-    (SHAPES[0], dict()),
-    (SHAPES[1], dict()),
-    (SHAPES[0], dict(kl_estimator="k1", beta=0.1)),
-    (SHAPES[1], dict(kl_estimator="k2", beta=0.1, clip_eps_high=0.3)),
-    (SHAPES[0], dict(kl_in="reward", kl_estimator="k1", beta=0.1, eps=1e-3)),
-])
+@pytest.mark.parametrize(
+    "shape,hparams",
+    [
+        (SHAPES[0], dict()),
+        (SHAPES[1], dict()),
+        (SHAPES[0], dict(kl_estimator="k1", beta=0.1)),
+        (SHAPES[1], dict(kl_estimator="k2", beta=0.1, clip_eps_high=0.3)),
+        (
+            SHAPES[0],
+            dict(kl_in="reward", kl_estimator="k1", beta=0.1, eps=1e-3),
+        ),
+    ],
+)
 def test_grpo_outcome_matches_eq3(x64, shape, hparams):
   theta, ro = cc.make_case(20, **shape)
-  _check("grpo", hparams, ro, theta, cc.sequence_mean,
-         hparams.get("clip_eps_high", 0.2), **hparams)
+  _check(
+      "grpo",
+      hparams,
+      ro,
+      theta,
+      cc.sequence_mean,
+      hparams.get("clip_eps_high", 0.2),
+      **hparams
+  )
 
 
 def _process_advantage(ro, eps):
@@ -104,17 +143,19 @@ def test_grpo_process_matches_paper(x64, shape):
   adv = _process_advantage(ro, 1e-6)
 
   def loss(th):
-    objective, ratio = _grpo_objective(th, ro, adv, 0.2, 0.2, 0.05, "k3",
-                                       "loss")
+    objective, ratio = _grpo_objective(
+        th, ro, adv, 0.2, 0.2, 0.05, "k3", "loss"
+    )
     return -cc.sequence_mean(objective, ro.completion_mask), ratio
 
   want, ratio = jax.grad(loss, has_aux=True)(theta)
   assert 0 < cc.clipped_fraction(ratio, adv, ro.completion_mask, 0.2, 0.2)
   # The step mask must not be the trivial "last token only" one.
-  assert np.asarray(ro.step_mask).sum() > (np.asarray(
-      ro.completion_mask).sum(-1) > 0).sum()
-  cc.assert_same_grad(cc.unified_grad("grpo_process", hparams, ro, theta),
-                      want)
+  assert (
+      np.asarray(ro.step_mask).sum()
+      > (np.asarray(ro.completion_mask).sum(-1) > 0).sum()
+  )
+  cc.assert_same_grad(cc.unified_grad("grpo_process", hparams, ro, theta), want)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -125,8 +166,17 @@ def test_dr_grpo_matches_constant_normalised_objective(x64, shape):
   def aggregate(objective, mask):
     return cc.constant_mean(objective, mask, l_max)
 
-  _check("dr_grpo", {}, ro, theta, aggregate, 0.2, max_len=l_max,
-         std_normalize=False, beta=0.0)
+  _check(
+      "dr_grpo",
+      {},
+      ro,
+      theta,
+      aggregate,
+      0.2,
+      max_len=l_max,
+      std_normalize=False,
+      beta=0.0,
+  )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -138,27 +188,33 @@ def test_dapo_matches_token_level_clip_higher(x64, shape):
   row = int(np.argmax(adv))
   col = int(np.nonzero(np.asarray(ro.completion_mask[row]))[0][0])
   logp = cc.logp_of(theta, ro.tokens)
-  ro = ro.replace(logp_old=ro.logp_old.at[row, col].set(
-      logp[row, col] - np.log(1.24)))
-  _check("dapo", {}, ro, theta, cc.token_mean, 0.28, clip_eps_high=0.28,
-         beta=0.0)
+  ro = ro.replace(
+      logp_old=ro.logp_old.at[row, col].set(logp[row, col] - np.log(1.24))
+  )
+  _check(
+      "dapo", {}, ro, theta, cc.token_mean, 0.28, clip_eps_high=0.28, beta=0.0
+  )
 
 
 def _gspo_loss(theta, ro, clip_low, clip_high, eps=1e-6):
   """Zheng et al. Eq. 5: (1/G) sum_i min(s_i A_i, clip(s_i) A_i)."""
   mask = np.asarray(ro.completion_mask)
   adv = _outcome_advantage(ro, np.asarray(ro.rewards), True, eps)
-  log_s = jnp.sum((cc.logp_of(theta, ro.tokens) - ro.logp_old) * mask,
-                  -1) / mask.sum(-1)
+  log_s = jnp.sum(
+      (cc.logp_of(theta, ro.tokens) - ro.logp_old) * mask, -1
+  ) / mask.sum(-1)
   s = jnp.exp(log_s)
   return -jnp.mean(cc.surrogate(s, adv, clip_low, clip_high)), (s, adv)
 
 
-@pytest.mark.parametrize("shape,hparams", [
-    (SHAPES[0], dict()),
-    (SHAPES[1], dict()),
-    (SHAPES[1], dict(clip_eps=0.05, clip_eps_high=0.1)),
-])
+@pytest.mark.parametrize(
+    "shape,hparams",
+    [
+        (SHAPES[0], dict()),
+        (SHAPES[1], dict()),
+        (SHAPES[1], dict(clip_eps=0.05, clip_eps_high=0.1)),
+    ],
+)
 def test_gspo_matches_sequence_level_objective(x64, shape, hparams):
   theta, ro = cc.make_case(24, **shape)
   low = hparams.get("clip_eps", 3e-4)
@@ -167,8 +223,9 @@ def test_gspo_matches_sequence_level_objective(x64, shape, hparams):
   # of token log-ratios that differ along each sequence.
   shifts = np.linspace(-3, 3, shape["b"]) * high
   wiggle = 0.3 * high * np.sin(np.arange(shape["t"]))
-  ro = ro.replace(logp_old=cc.logp_of(theta, ro.tokens) - shifts[:, None] +
-                  wiggle)
+  ro = ro.replace(
+      logp_old=cc.logp_of(theta, ro.tokens) - shifts[:, None] + wiggle
+  )
   want, (s, adv) = jax.grad(_gspo_loss, has_aux=True)(theta, ro, low, high)
   s, adv = np.asarray(s), np.asarray(adv)
   clipped = ((adv > 0) & (s > 1 + high)) | ((adv < 0) & (s < 1 - low))

@@ -7,8 +7,10 @@ import pytest
 
 from tests.helpers import coef_cases as cc
 
-SHAPES = [dict(b=6, t=7, v=5, group_sizes=(6,), padding="right"),
-          dict(b=5, t=9, v=4, group_sizes=(5,), padding="left")]
+SHAPES = [
+    dict(b=6, t=7, v=5, group_sizes=(6,), padding="right"),
+    dict(b=5, t=9, v=4, group_sizes=(5,), padding="left"),
+]
 
 
 def _gae_loop(rewards, values, mask, gamma, lam):
@@ -29,9 +31,18 @@ def _whiten(x, mask):
   return (x - on.mean()) / np.sqrt(max(on.var(), 1e-8)) * mask
 
 
-def _ppo_loss(theta, ro, clip_eps=0.2, clip_eps_high=None, gamma=1.0,
-              lam=0.95, beta=0.0, kl_estimator="k1", kl_in="reward",
-              whiten_advantages=False):
+def _ppo_loss(
+    theta,
+    ro,
+    clip_eps=0.2,
+    clip_eps_high=None,
+    gamma=1.0,
+    lam=0.95,
+    beta=0.0,
+    kl_estimator="k1",
+    kl_in="reward",
+    whiten_advantages=False,
+):
   """-(1/B) sum_i 1/|o_i| sum_t [min(rho A, clip(rho) A) - KL in the loss]."""
   mask = np.asarray(ro.completion_mask)
   logp_old, logp_ref = np.asarray(ro.logp_old), np.asarray(ro.logp_ref)
@@ -39,8 +50,11 @@ def _ppo_loss(theta, ro, clip_eps=0.2, clip_eps_high=None, gamma=1.0,
   for b in range(mask.shape[0]):
     rewards[b, np.nonzero(mask[b])[0][-1]] = float(ro.rewards[b])
   if beta and kl_in == "reward":
-    rewards -= beta * np.asarray(
-        cc.k_estimate(kl_estimator, logp_old - logp_ref)) * mask
+    rewards -= (
+        beta
+        * np.asarray(cc.k_estimate(kl_estimator, logp_old - logp_ref))
+        * mask
+    )
   adv = _gae_loop(rewards, np.asarray(ro.values), mask, gamma, lam)
   if whiten_advantages:
     adv = _whiten(adv, mask)
@@ -53,15 +67,27 @@ def _ppo_loss(theta, ro, clip_eps=0.2, clip_eps_high=None, gamma=1.0,
   return -cc.sequence_mean(objective, mask), (ratio, adv)
 
 
-@pytest.mark.parametrize("shape,hparams", [
-    (SHAPES[0], dict()),
-    (SHAPES[1], dict()),
-    (SHAPES[1], dict(beta=0.1)),
-    (SHAPES[0], dict(beta=0.1, kl_estimator="k3", kl_in="loss", gamma=0.9,
-                     lam=0.8)),
-    (SHAPES[1], dict(whiten_advantages=True, clip_eps_high=0.28, beta=0.05,
-                     kl_estimator="k2")),
-])
+@pytest.mark.parametrize(
+    "shape,hparams",
+    [
+        (SHAPES[0], dict()),
+        (SHAPES[1], dict()),
+        (SHAPES[1], dict(beta=0.1)),
+        (
+            SHAPES[0],
+            dict(beta=0.1, kl_estimator="k3", kl_in="loss", gamma=0.9, lam=0.8),
+        ),
+        (
+            SHAPES[1],
+            dict(
+                whiten_advantages=True,
+                clip_eps_high=0.28,
+                beta=0.05,
+                kl_estimator="k2",
+            ),
+        ),
+    ],
+)
 def test_ppo_matches_clipped_surrogate(x64, shape, hparams):
   theta, ro = cc.make_case(10, **shape)
   want, (ratio, adv) = jax.grad(_ppo_loss, has_aux=True)(theta, ro, **hparams)
@@ -69,8 +95,7 @@ def test_ppo_matches_clipped_surrogate(x64, shape, hparams):
   high = hparams.get("clip_eps_high", 0.2)
   clipped = cc.clipped_fraction(ratio, adv, mask, 0.2, high)
   assert 0 < clipped < 0.9  # Off-policy: the clip is active on some tokens.
-  got, _, metrics = cc.unified_grad("ppo", hparams, ro, theta,
-                                    with_aux=True)
+  got, _, metrics = cc.unified_grad("ppo", hparams, ro, theta, with_aux=True)
   cc.assert_same_grad(got, want)
   np.testing.assert_allclose(metrics["clip_frac"], clipped, rtol=1e-12)
 

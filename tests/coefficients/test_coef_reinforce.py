@@ -7,8 +7,10 @@ import pytest
 
 from tests.helpers import coef_cases as cc
 
-SHAPES = [dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
-          dict(b=8, t=9, v=4, group_sizes=(2, 4, 2), padding="left")]
+SHAPES = [
+    dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
+    dict(b=8, t=9, v=4, group_sizes=(2, 4, 2), padding="left"),
+]
 
 
 def _loo_advantage(ro, rewards):
@@ -32,8 +34,9 @@ def test_rloo_on_policy_is_reinforce_with_loo_baseline(x64, shape):
   l_max, beta = shape["t"], 0.1
   mask = np.asarray(ro.completion_mask)
   sampler = cc.logp_of(theta, ro.tokens)
-  adv = _loo_advantage(ro, np.asarray(ro.rewards) -
-                       beta * _sequence_kl(ro, sampler))
+  adv = _loo_advantage(
+      ro, np.asarray(ro.rewards) - beta * _sequence_kl(ro, sampler)
+  )
 
   # REINFORCE: sum_i A_i sum_t logp, token sums over B * L_max.
   def loss(th):
@@ -49,13 +52,16 @@ def test_rloo_off_policy_is_clipped(x64, shape):
   theta, ro = cc.make_case(31, **shape)
   l_max, beta = shape["t"], 0.05
   mask = np.asarray(ro.completion_mask)
-  adv = _loo_advantage(ro, np.asarray(ro.rewards) -
-                       beta * _sequence_kl(ro, ro.logp_old))[:, None]
+  adv = _loo_advantage(
+      ro, np.asarray(ro.rewards) - beta * _sequence_kl(ro, ro.logp_old)
+  )[:, None]
 
   def loss(th):
     ratio = jnp.exp(cc.logp_of(th, ro.tokens) - ro.logp_old)
-    return -cc.constant_mean(cc.surrogate(ratio, adv, 0.2, 0.2), mask,
-                             l_max), ratio
+    return (
+        -cc.constant_mean(cc.surrogate(ratio, adv, 0.2, 0.2), mask, l_max),
+        ratio,
+    )
 
   want, ratio = jax.grad(loss, has_aux=True)(theta)
   assert 0 < cc.clipped_fraction(ratio, adv, mask, 0.2, 0.2)

@@ -39,8 +39,9 @@ def run_dir(tmp_path_factory):
   config = _config()
   task = build.make_task(config)
   model_config = models.preset(config.model, task.tokenizer.vocab_size)
-  _, params = nnx.split(models.Transformer(model_config, rngs=nnx.Rngs(0)),
-                        nnx.Param)
+  _, params = nnx.split(
+      models.Transformer(model_config, rngs=nnx.Rngs(0)), nnx.Param
+  )
   runs.save_model(workdir, params, model_config)
   with open(os.path.join(workdir, runs.CONFIG_FILE), "w") as f:
     f.write(config.to_json())
@@ -60,9 +61,11 @@ def _cli(**flag_values):
 
 
 def test_cli_writes_pass_and_maj_for_every_k_deterministically(
-    run_dir, tmp_path, capsys):
-  common = dict(checkpoint=run_dir, k="1,2,4", questions=str(QUESTIONS),
-                seed="5")
+    run_dir, tmp_path, capsys
+):
+  common = dict(
+      checkpoint=run_dir, k="1,2,4", questions=str(QUESTIONS), seed="5"
+  )
   _cli(**common)
   with open(os.path.join(run_dir, evaluate_cli.OUTPUT_FILE)) as f:
     result = json.load(f)
@@ -82,11 +85,14 @@ def test_cli_writes_pass_and_maj_for_every_k_deterministically(
   assert json.loads(again.read_text()) == result
 
 
-@pytest.mark.parametrize("flag_values, match", [
-    (dict(k="1,4", samples="2"), "--samples=2 is fewer than the largest k"),
-    (dict(k="1,x"), "'x' is not an integer"),
-    (dict(k="0,2"), "every k must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flag_values, match",
+    [
+        (dict(k="1,4", samples="2"), "--samples=2 is fewer than the largest k"),
+        (dict(k="1,x"), "'x' is not an integer"),
+        (dict(k="0,2"), "every k must be >= 1"),
+    ],
+)
 def test_cli_refuses_bad_flags(run_dir, flag_values, match):
   with pytest.raises(app.UsageError, match=match):
     _cli(checkpoint=run_dir, **flag_values)
@@ -102,16 +108,18 @@ def test_cli_refuses_missing_and_unfinished_runs(tmp_path):
     _cli(checkpoint=str(tmp_path))
 
 
-def test_run_tokenizer_follows_init_from_to_a_hugging_face_directory(
-    tmp_path):
+def test_run_tokenizer_follows_init_from_to_a_hugging_face_directory(tmp_path):
   tokenizers = pytest.importorskip("tokenizers")
   hf_dir = tmp_path / "hf"
   hf_dir.mkdir()
-  tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {"<pad>": 0, "</s>": 1, "a": 2}, unk_token="<pad>")).save(
-          str(hf_dir / "tokenizer.json"))
+  tokenizers.Tokenizer(
+      tokenizers.models.WordLevel(
+          {"<pad>": 0, "</s>": 1, "a": 2}, unk_token="<pad>"
+      )
+  ).save(str(hf_dir / "tokenizer.json"))
   (hf_dir / "tokenizer_config.json").write_text(
-      json.dumps({"eos_token": "</s>", "pad_token": "<pad>"}))
+      json.dumps({"eos_token": "</s>", "pad_token": "<pad>"})
+  )
 
   def run(name, init_from):
     path = tmp_path / name

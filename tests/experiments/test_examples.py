@@ -13,19 +13,26 @@ import ugrad
 from ugrad import coefficients
 from ugrad.training import runs
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 _CONFIG = "examples/custom_method/config.py"
 
 
 @pytest.mark.slow
 def test_custom_method_trains_from_its_own_files(tmp_path):
   workdir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "experiments.main",
-         f"--config={_CONFIG}:tiny", f"--workdir={workdir}"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      f"--config={_CONFIG}:tiny",
+      f"--workdir={workdir}",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True,
-                        text=True, timeout=900)
+  proc = subprocess.run(
+      cmd, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -44,23 +51,26 @@ def test_custom_coefficient_gradient_is_its_objective():
   """The registered coefficient fed to the unified loss has the gradient of
   (1/B) sum_i (r_i - mean r) mean_t log pi(o_it)."""
   batch_baseline.register()
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
   mask = np.array([[0, 1, 1, 1], [0, 1, 1, 0], [0, 0, 1, 1]], np.float32)
   rewards = np.array([1.0, 0.0, 0.5], np.float32)
-  rollout = ugrad.Rollout(tokens=jnp.zeros((3, 4), jnp.int32),
-                          completion_mask=jnp.asarray(mask),
-                          rewards=jnp.asarray(rewards))
+  rollout = ugrad.Rollout(
+      tokens=jnp.zeros((3, 4), jnp.int32),
+      completion_mask=jnp.asarray(mask),
+      rewards=jnp.asarray(rewards),
+  )
   logits = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
   record = coefficients.get("batch_baseline")
   assert record.fn is batch_baseline.batch_baseline
 
   def unified(x):
     coef, _ = record.fn(rollout, x, scale=2.0)
-    loss, _ = ugrad.unified_loss(x, coef, rollout.completion_mask,
-                                 record.normalizer, 4)
+    loss, _ = ugrad.unified_loss(
+        x, coef, rollout.completion_mask, record.normalizer, 4
+    )
     return loss
 
   def textbook(x):
@@ -68,8 +78,9 @@ def test_custom_coefficient_gradient_is_its_objective():
     per_seq = (x * mask).sum(1) / mask.sum(1)
     return -jnp.mean(adv * per_seq)
 
-  np.testing.assert_allclose(jax.grad(unified)(logits),
-                             jax.grad(textbook)(logits), rtol=1e-6)
+  np.testing.assert_allclose(
+      jax.grad(unified)(logits), jax.grad(textbook)(logits), rtol=1e-6
+  )
 
 
 # Run in a fresh interpreter: what an import registers shows only there.
@@ -95,6 +106,12 @@ def test_registration_happens_in_get_config_once():
   """Importing the example's modules registers nothing; loading its config
   registers the method and the reward, and loading it again is harmless."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _REGISTRATION], cwd=_ROOT,
-                        env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-c", _REGISTRATION],
+      cwd=_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -25,8 +25,7 @@ from ugrad.training import runs
 def test_only_an_sft_policy_run_or_an_init_from_skips_the_warm_start():
   assert not main.needs_sft_warm_start(train_util.tiny("sft"))
   assert main.needs_sft_warm_start(train_util.tiny("grpo"))
-  assert not main.needs_sft_warm_start(train_util.tiny("grpo",
-                                                       init_from="x"))
+  assert not main.needs_sft_warm_start(train_util.tiny("grpo", init_from="x"))
   sft = sft_config.warm_start(train_util.tiny("dpo"))
   assert (sft.coef.name, sft.source, sft.reward) == ("sft", "dataset", "none")
   assert sft.steps == 2 and not sft.sampling.pairs
@@ -39,14 +38,15 @@ def test_the_sft_config_is_the_warm_start_of_the_base_config():
   warm = sft_config.warm_start(base.get_config()).to_dict()
   assert (alone.pop("method"), warm.pop("method")) == ("sft", "sft_warm_start")
   assert (alone.pop("checkpoint_every"), warm.pop("checkpoint_every")) == (
-      50, 1500 // 4)
+      50,
+      1500 // 4,
+  )
   assert alone == warm
 
 
 def test_the_tiny_variant_is_the_tests_size():
   config = grpo.get_config("tiny")
-  assert (config.model, config.steps, config.warm_start.steps) == (
-      "tiny", 2, 2)
+  assert (config.model, config.steps, config.warm_start.steps) == ("tiny", 2, 2)
   assert (config.sampling.questions, config.sampling.group_size) == (4, 4)
   assert ppo.get_config("tiny").sampling.group_size == 1  # PPO keeps its 1.
   assert grpo.get_config("tiny,") == config
@@ -69,19 +69,23 @@ def test_warm_start_trains_sft_once_and_the_run_reports_both(tmp_path):
   # Running on (here: one step longer) reuses the SFT policy and its eval.
   again = main.run(train_util.tiny("grpo", steps=3), workdir)
   assert again["sft"] == results["sft"]
-  assert metrics_lib.read_metrics(
-      os.path.join(sft_dir, "metrics.jsonl")) == sft_rows
+  assert (
+      metrics_lib.read_metrics(os.path.join(sft_dir, "metrics.jsonl"))
+      == sft_rows
+  )
   rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3]
 
 
 def test_a_config_error_is_one_line_without_a_traceback(tmp_path):
-  result = launch_util.run(launch_util.command(
-      tmp_path / "run", **{"coef.name": "no_such_method"}))
+  result = launch_util.run(
+      launch_util.command(tmp_path / "run", **{"coef.name": "no_such_method"})
+  )
   assert result.returncode == main.EXIT_ERROR
   lines = result.stderr.strip().splitlines()
-  assert lines[-1].startswith("error: unknown coefficient 'no_such_method'"
-                              "; valid: "), result.stderr
+  assert lines[-1].startswith(
+      "error: unknown coefficient 'no_such_method'" "; valid: "
+  ), result.stderr
   assert "Traceback" not in result.stderr
 
 
@@ -93,15 +97,17 @@ def test_sigterm_saves_the_step_and_exits_75_and_resume_is_exact(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == main.EXIT_PREEMPTED, err
-  stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+) of 60",
-                             err).group(1))
+  stopped_at = int(
+      re.search(r"stopped by SIGTERM after step (\d+) of 60", err).group(1)
+  )
   assert stopped_at < 60
   assert str(stopped_at) in os.listdir(tmp_path / "stopped" / "checkpoints")
   assert launch_util.run(argv).returncode == 0
   straight = launch_util.command(tmp_path / "straight", steps=60)
   assert launch_util.run(straight).returncode == 0
-  assert (launch_util.comparable_metrics(tmp_path / "stopped") ==
-          launch_util.comparable_metrics(tmp_path / "straight"))
+  assert launch_util.comparable_metrics(
+      tmp_path / "stopped"
+  ) == launch_util.comparable_metrics(tmp_path / "straight")
   assert gradlog.verify(tmp_path / "stopped" / "gradient_log.jsonl").ok
 
 
@@ -114,8 +120,11 @@ def test_a_second_run_on_a_held_workdir_exits_at_once(tmp_path):
   launch_util.wait_for_lines(tmp_path / "run" / "metrics.jsonl", 2, first)
   second = launch_util.run(argv, timeout=120)
   assert second.returncode == main.EXIT_ERROR
-  assert re.search(rf"error: {tmp_path / 'run'} is in use by PID "
-                   rf"{first.pid} on \S+ since ", second.stderr), second.stderr
+  assert re.search(
+      rf"error: {tmp_path / 'run'} is in use by PID "
+      rf"{first.pid} on \S+ since ",
+      second.stderr,
+  ), second.stderr
   first.send_signal(signal.SIGTERM)
   first.communicate(timeout=600)
   assert first.returncode == main.EXIT_PREEMPTED
@@ -125,11 +134,15 @@ def test_a_second_run_on_a_held_workdir_exits_at_once(tmp_path):
 
 
 def test_an_unknown_config_field_is_one_line(tmp_path):
-  result = launch_util.run(launch_util.command(tmp_path / "run",
-                                               nosuch_field=1))
+  result = launch_util.run(
+      launch_util.command(tmp_path / "run", nosuch_field=1)
+  )
   assert result.returncode == main.EXIT_ERROR
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      "error: the config has no field 'nosuch_field'"), result.stderr
+  assert (
+      result.stderr.strip()
+      .splitlines()[-1]
+      .startswith("error: the config has no field 'nosuch_field'")
+  ), result.stderr
   assert "Traceback" not in result.stderr
 
 
@@ -138,8 +151,11 @@ def test_an_unknown_config_variant_is_one_line(tmp_path):
   argv = [a + ":nosuch" if a.startswith("--config=") else a for a in argv]
   result = launch_util.run(argv)
   assert result.returncode == main.EXIT_ERROR
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      "error: --config: unknown config variant 'nosuch'"), result.stderr
+  assert (
+      result.stderr.strip()
+      .splitlines()[-1]
+      .startswith("error: --config: unknown config variant 'nosuch'")
+  ), result.stderr
   assert "Traceback" not in result.stderr
 
 
@@ -151,10 +167,15 @@ def launcher(monkeypatch):
   monkeypatch.setattr(main.compile_cache, "enable", lambda: None)
   monkeypatch.setattr(main.host_memory, "keep_freed_memory", lambda: None)
   monkeypatch.delenv("UGRAD_TRACEBACK", raising=False)
-  flag_values = {"_CONFIG": grpo.get_config("tiny"), "_WORKDIR": "unused",
-                 "_TRACEBACK": False, "_COORDINATOR": "",
-                 "_NUM_PROCESSES": 0, "_PROCESS_ID": -1,
-                 "_DISTRIBUTED": False}
+  flag_values = {
+      "_CONFIG": grpo.get_config("tiny"),
+      "_WORKDIR": "unused",
+      "_TRACEBACK": False,
+      "_COORDINATOR": "",
+      "_NUM_PROCESSES": 0,
+      "_PROCESS_ID": -1,
+      "_DISTRIBUTED": False,
+  }
   for name, value in flag_values.items():
     monkeypatch.setattr(main, name, types.SimpleNamespace(value=value))
 
@@ -162,29 +183,42 @@ def launcher(monkeypatch):
     def run(config, workdir):
       del config, workdir
       raise error
+
     monkeypatch.setattr(main, "run", run)
     main.main(["main"])
 
   return launch
 
 
-@pytest.mark.parametrize("error", [
-    errors.UserError("bad value"), errors.MissingInput("no such file"),
-    FloatingPointError("diverged"), OSError(errno.ENOSPC, "disk full"),
-    OSError(errno.EACCES, "permission denied"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.UserError("bad value"),
+        errors.MissingInput("no such file"),
+        FloatingPointError("diverged"),
+        OSError(errno.ENOSPC, "disk full"),
+        OSError(errno.EACCES, "permission denied"),
+    ],
+)
 def test_a_user_error_in_run_is_one_line(error, launcher, capsys):
   with pytest.raises(SystemExit) as exit_:
     launcher(error)
   assert exit_.value.code == main.EXIT_ERROR
   assert capsys.readouterr().err == (
-      f"{main.error_line(error)}  (--traceback shows where)\n")
+      f"{main.error_line(error)}  (--traceback shows where)\n"
+  )
 
 
-@pytest.mark.parametrize("error", [
-    KeyError("params"), RuntimeError("a bug"), ValueError("bare"),
-    TypeError("a bug"), FileNotFoundError(errno.ENOENT, "gone"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        KeyError("params"),
+        RuntimeError("a bug"),
+        ValueError("bare"),
+        TypeError("a bug"),
+        FileNotFoundError(errno.ENOENT, "gone"),
+    ],
+)
 def test_a_bug_in_run_keeps_its_traceback(error, launcher):
   with pytest.raises(type(error)) as raised:
     launcher(error)

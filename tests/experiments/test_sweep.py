@@ -21,17 +21,27 @@ from experiments.configs import base
 from ugrad.runtime import lock
 from ugrad.training import runs as runs_lib
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 # Every sweep file, so a new one is covered without touching this test.
-SWEEPS = tuple(sorted(
-    os.path.relpath(p, _REPO)
-    for p in glob.glob(os.path.join(_REPO, "experiments/sweeps/*.py"))
-    if os.path.basename(p) != "__init__.py"))
+SWEEPS = tuple(
+    sorted(
+        os.path.relpath(p, _REPO)
+        for p in glob.glob(os.path.join(_REPO, "experiments/sweeps/*.py"))
+        if os.path.basename(p) != "__init__.py"
+    )
+)
 # Trained end to end at smoke size in CI. The others only combine run kinds
 # these already train (policy runs, reward models, references, a changed
 # task) and are built and validated below; CI time is the limit.
-SMOKE_TRAINED = tuple(p for p in SWEEPS if not p.endswith(
-    ("hard_task.py", "reward_hacking.py", "figure5_tuned.py", "headline.py")))
+SMOKE_TRAINED = tuple(
+    p
+    for p in SWEEPS
+    if not p.endswith(
+        ("hard_task.py", "reward_hacking.py", "figure5_tuned.py", "headline.py")
+    )
+)
 FOLLOWUPS = "experiments/sweeps/followups.py"
 FIGURE5 = "experiments/sweeps/figure5.py"
 FIGURE7 = "experiments/sweeps/figure7.py"
@@ -57,19 +67,23 @@ def smoke_workdir(tmp_path_factory):
 
   def get(path):
     if path not in done:
-      workdir = str(tmp_path_factory.mktemp(
-          os.path.splitext(os.path.basename(path))[0]))
+      workdir = str(
+          tmp_path_factory.mktemp(os.path.splitext(os.path.basename(path))[0])
+      )
       jobs = sweep_lib.plan(sweep_file.load_sweep(path, smoke=True), workdir)
       for name, seed, config in jobs:
         source = trained.get(_job_key(config, workdir))
         if source:
-          shutil.copytree(source, sweep_lib.run_dir(workdir, name, seed),
-                          ignore=shutil.ignore_patterns(
-                              sweep_lib.EVAL_K_FILE))
+          shutil.copytree(
+              source,
+              sweep_lib.run_dir(workdir, name, seed),
+              ignore=shutil.ignore_patterns(sweep_lib.EVAL_K_FILE),
+          )
       sweep_lib.run_sweep(path, workdir, smoke=True)
       for name, seed, config in jobs:
-        trained.setdefault(_job_key(config, workdir),
-                           sweep_lib.run_dir(workdir, name, seed))
+        trained.setdefault(
+            _job_key(config, workdir), sweep_lib.run_dir(workdir, name, seed)
+        )
       done[path] = workdir
     return done[path]
 
@@ -111,10 +125,15 @@ def _expected_steps(config):
 def _check_accuracy_outputs(workdir, jobs, policy):
   rows = _rows(workdir)
   assert tuple(rows[0]) == sweep_lib.COLUMNS
-  expected = [(name, str(seed), step) for name, seed, config in jobs
-              if name in policy for step in _expected_steps(config)]
+  expected = [
+      (name, str(seed), step)
+      for name, seed, config in jobs
+      if name in policy
+      for step in _expected_steps(config)
+  ]
   assert sorted((r["name"], r["seed"], r["step"]) for r in rows) == sorted(
-      expected)
+      expected
+  )
   for row in rows:
     assert 0.0 <= float(row["greedy_acc_lo"]) <= float(row["greedy_acc"])
     assert float(row["greedy_acc"]) <= float(row["greedy_acc_hi"]) <= 1.0
@@ -127,9 +146,10 @@ def _check_accuracy_outputs(workdir, jobs, policy):
       assert f.read(8) == PNG
 
 
-_RM_METRICS = {"orm": ["orm_acc", "orm_auc"],
-               "prm": ["step_acc", "step_auc", "solution_acc",
-                       "solution_auc"]}
+_RM_METRICS = {
+    "orm": ["orm_acc", "orm_auc"],
+    "prm": ["step_acc", "step_auc", "solution_acc", "solution_auc"],
+}
 
 
 def _check_reward_model_table(workdir, jobs, reward_models):
@@ -138,10 +158,12 @@ def _check_reward_model_table(workdir, jobs, reward_models):
     assert all(t[0][0] != "reward model" for t in tables)
     return
   (table,) = [t for t in tables if t[0][0] == "reward model"]
-  kinds = {name: config.rm.kind for name, _, config in jobs
-           if name in reward_models}
-  expected = [(name, key) for name in reward_models
-              for key in _RM_METRICS[kinds[name]]]
+  kinds = {
+      name: config.rm.kind for name, _, config in jobs if name in reward_models
+  }
+  expected = [
+      (name, key) for name in reward_models for key in _RM_METRICS[kinds[name]]
+  ]
   assert sorted((r[0], r[1]) for r in table[1:]) == sorted(expected)
 
 
@@ -156,24 +178,30 @@ def _check_sampled_outputs(workdir, sweep, policy):
   rows = _rows(workdir, sweep_lib.SAMPLED_FILE)
   assert tuple(rows[0]) == sweep_lib.SAMPLED_COLUMNS
   assert [(r["name"], r["seed"], r["k"]) for r in rows] == [
-      (n, str(s), str(k)) for n in policy for s in sweep["seeds"] for k in ks]
+      (n, str(s), str(k)) for n in policy for s in sweep["seeds"] for k in ks
+  ]
   for name in policy:
     for seed in sweep["seeds"]:
       mine = [r for r in rows if (r["name"], r["seed"]) == (name, str(seed))]
       passes = [float(r["pass_at_k"]) for r in mine]
       assert passes == sorted(passes)  # pass@k never falls with k
-      assert all(0.0 <= float(r["maj_at_k"]) <= p <= 1.0
-                 for r, p in zip(mine, passes))
+      assert all(
+          0.0 <= float(r["maj_at_k"]) <= p <= 1.0 for r, p in zip(mine, passes)
+      )
       assert float(mine[0]["maj_at_k"]) == passes[0]  # maj@1 == pass@1
-      with open(os.path.join(sweep_lib.run_dir(workdir, name, seed),
-                             sweep_lib.EVAL_K_FILE)) as f:
+      with open(
+          os.path.join(
+              sweep_lib.run_dir(workdir, name, seed), sweep_lib.EVAL_K_FILE
+          )
+      ) as f:
         result = json.load(f)
       assert (result["ks"], result["seed"]) == (ks, seed)
   (table,) = [t for t in tables if t[0][:2] == ["method", "k"]]
   assert table[0][2:5] == ["pass@k", "maj@k", "pass@k gain"]
   labels = ["SFT (no RL)" if n == report_lib.SFT_NAME else n for n in policy]
   assert [(r[0], r[1]) for r in table[1:]] == [
-      (label, str(k)) for label in labels for k in ks]
+      (label, str(k)) for label in labels for k in ks
+  ]
   with open(os.path.join(workdir, report_lib.SAMPLED_PLOT), "rb") as f:
     assert f.read(8) == PNG
 
@@ -186,8 +214,9 @@ def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
   jobs = sweep_lib.plan(sweep, workdir)
   trainers = sweep_lib.run_trainers(sweep)
   policy = [n for n, t in trainers.items() if t == sweep_lib.POLICY]
-  reward_models = [n for n, t in trainers.items()
-                   if t == sweep_lib.REWARD_MODEL]
+  reward_models = [
+      n for n, t in trainers.items() if t == sweep_lib.REWARD_MODEL
+  ]
   _check_accuracy_outputs(workdir, jobs, policy)
   _check_reward_model_table(workdir, jobs, reward_models)
   _check_sampled_outputs(workdir, sweep, policy)
@@ -198,11 +227,19 @@ def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
   workdir = smoke_workdir(FIGURE5)
   names = [run["name"] for run in sweep_file.load_sweep(FIGURE5)["runs"]]
   # The rule-reward rows keep their names and order: old workdirs reuse.
-  assert names[:6] == ["rft", "online_rft", "dpo", "ppo", "grpo",
-                       "grpo_process"]
+  assert names[:6] == [
+      "rft",
+      "online_rft",
+      "dpo",
+      "ppo",
+      "grpo",
+      "grpo_process",
+  ]
   assert names[6:] == ["orm", "grpo_orm", "prm", "grpo_prm"]
-  for name, field in (("grpo_orm", "reward_model"),
-                      ("grpo_prm", "process_reward_model")):
+  for name, field in (
+      ("grpo_orm", "reward_model"),
+      ("grpo_prm", "process_reward_model"),
+  ):
     with open(os.path.join(workdir, name, "seed_0", "run_config.json")) as f:
       config = json.load(f)
     model = config[field]
@@ -213,11 +250,13 @@ def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
 
 @pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
-    smoke_workdir, capsys):
+    smoke_workdir, capsys
+):
   smoke_dir = smoke_workdir(FOLLOWUPS)
   runs = [os.path.join(smoke_dir, "sft_seed_0")] + [
       os.path.join(smoke_dir, n, "seed_0")
-      for n in ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo")]
+      for n in ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo")
+  ]
 
   def snapshot(directory):
     path = os.path.join(directory, "metrics.jsonl")
@@ -231,11 +270,18 @@ def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(
   rows = _rows(smoke_dir)
   # Held by another live process (the test's parent): skipped and said so.
   with open(os.path.join(unfinished, lock.LOCK_FILE), "w") as f:
-    json.dump({"host": socket.gethostname(), "pid": os.getppid(),
-               "since": "2026-01-01T00:00:00"}, f)
+    json.dump(
+        {
+            "host": socket.gethostname(),
+            "pid": os.getppid(),
+            "since": "2026-01-01T00:00:00",
+        },
+        f,
+    )
   assert sweep_lib.run_sweep(FOLLOWUPS, smoke_dir, smoke=True) == {}
   assert f"skipped, {unfinished} is in use by PID {os.getppid()}" in (
-      capsys.readouterr().out)
+      capsys.readouterr().out
+  )
   assert not os.path.exists(os.path.join(unfinished, "eval.json"))
   os.remove(os.path.join(unfinished, lock.LOCK_FILE))
   sweep_lib.run_sweep(FOLLOWUPS, smoke_dir, smoke=True)
@@ -263,8 +309,10 @@ def test_sampled_evaluation_is_skipped_when_done_and_checked(smoke_workdir):
   try:
     with open(path, "w") as f:
       json.dump(dict(result, seed=7), f)
-    with pytest.raises(ValueError, match="grpo.*eval_k.json was sampled with "
-                       ".*'seed': 7.*delete it"):
+    with pytest.raises(
+        ValueError,
+        match="grpo.*eval_k.json was sampled with " ".*'seed': 7.*delete it",
+    ):
       sweep_lib.run_sweep(FIGURE7, workdir, smoke=True)
   finally:
     with open(path, "w") as f:
@@ -275,15 +323,18 @@ def test_sampled_evaluation_is_skipped_when_done_and_checked(smoke_workdir):
 @pytest.mark.slow
 def test_workdir_of_another_profile_is_refused(smoke_workdir):
   with pytest.raises(ValueError, match="use another workdir"):
-    sweep_lib.run_sweep(FOLLOWUPS, smoke_workdir(FOLLOWUPS), profile="quick",
-                        smoke=False)
+    sweep_lib.run_sweep(
+        FOLLOWUPS, smoke_workdir(FOLLOWUPS), profile="quick", smoke=False
+    )
 
 
 @pytest.mark.parametrize("path", SWEEPS)
-@pytest.mark.parametrize("profile,smoke", [("quick", False), ("full", False),
-                                           ("quick", True)])
-def test_every_sweep_config_builds_and_validates(path, profile, smoke,
-                                                 tmp_path):
+@pytest.mark.parametrize(
+    "profile,smoke", [("quick", False), ("full", False), ("quick", True)]
+)
+def test_every_sweep_config_builds_and_validates(
+    path, profile, smoke, tmp_path
+):
   sweep = sweep_file.load_sweep(path, profile, smoke)
   jobs = sweep_lib.plan(sweep, str(tmp_path))
   seeds = sweep["seeds"]
@@ -303,8 +354,9 @@ def test_every_sweep_config_builds_and_validates(path, profile, smoke,
       own = {r["name"]: r["overrides"] for r in sweep["runs"]}[name]
       assert config.steps == own.get("steps", sweep["rm"]["steps"])
     if smoke:  # whatever a run overrides; iterative RL: a step an iteration
-      assert config.steps == max(base.get_config("tiny").steps,
-                                 config.iterative.iterations)
+      assert config.steps == max(
+          base.get_config("tiny").steps, config.iterative.iterations
+      )
       assert config.model == "tiny"
   assert not os.listdir(tmp_path)  # planning trains nothing
 
@@ -315,9 +367,11 @@ def test_run_references_resolve_per_seed(tmp_path):
   configs = {(name, seed): config for name, seed, config in jobs}
   for seed in sweep["seeds"]:
     assert configs[("grpo_orm", seed)].reward_model == str(
-        tmp_path / "orm" / f"seed_{seed}")
+        tmp_path / "orm" / f"seed_{seed}"
+    )
     assert configs[("grpo_prm", seed)].process_reward_model == str(
-        tmp_path / "prm" / f"seed_{seed}")
+        tmp_path / "prm" / f"seed_{seed}"
+    )
     # RL runs take the "rl" part, reward models the "rm" part.
     assert configs[("grpo_orm", seed)].steps == sweep["rl"]["steps"]
     assert configs[("prm", seed)].steps == sweep["rm"]["steps"]
@@ -339,24 +393,46 @@ def _write_sweep(tmp_path, runs, **parts):
 
 
 def _run(name, method, **overrides):
-  return {"name": name, "config": sweeps.config_path(method),
-          "overrides": overrides}
+  return {
+      "name": name,
+      "config": sweeps.config_path(method),
+      "overrides": overrides,
+  }
 
 
-@pytest.mark.parametrize("runs,match", [
-    # Listed after the run that uses it.
-    ([_run("grpo_orm", "grpo", reward="model", reward_model="{run:orm}"),
-      _run("orm", "orm")],
-     r"run 'grpo_orm': override reward_model='\{run:orm\}' refers to run "
-     r"'orm', which is not listed before it; valid here: sft"),
-    # Not in the sweep at all.
-    ([_run("orm", "orm"),
-      _run("grpo_orm", "grpo", reward="model", reward_model="{run:ormm}")],
-     r"refers to run 'ormm', which is not listed before it; valid here: "
-     r"sft, orm"),
-])
+@pytest.mark.parametrize(
+    "runs,match",
+    [
+        # Listed after the run that uses it.
+        (
+            [
+                _run(
+                    "grpo_orm", "grpo", reward="model", reward_model="{run:orm}"
+                ),
+                _run("orm", "orm"),
+            ],
+            r"run 'grpo_orm': override reward_model='\{run:orm\}' refers to run "
+            r"'orm', which is not listed before it; valid here: sft",
+        ),
+        # Not in the sweep at all.
+        (
+            [
+                _run("orm", "orm"),
+                _run(
+                    "grpo_orm",
+                    "grpo",
+                    reward="model",
+                    reward_model="{run:ormm}",
+                ),
+            ],
+            r"refers to run 'ormm', which is not listed before it; valid here: "
+            r"sft, orm",
+        ),
+    ],
+)
 def test_reference_to_a_later_or_unknown_run_fails_before_training(
-    runs, match, tmp_path):
+    runs, match, tmp_path
+):
   path = _write_sweep(tmp_path, runs)
   with pytest.raises(ValueError, match=match):
     sweep_file.load_sweep(path)
@@ -366,24 +442,43 @@ def test_reference_to_a_later_or_unknown_run_fails_before_training(
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("parts,match", [
-    ({"evaluate": {"k": [1, 0], "questions": 8}},
-     r"evaluate k must be distinct ints >= 1, got \[1, 0\]"),
-    ({"evaluate": {"k": [1], "questions": 8, "temprature": 1.0}},
-     "'evaluate' must be a dict with keys k, questions and optionally "
-     "temperature"),
-    ({"evaluate": {"k": [1], "questions": 0}},
-     "evaluate questions must be an int >= 1"),
-    ({"extra": {}},
-     r"optionally \['evaluate', 'findings', 'rm', 'tune'\], got .*'extra'"),
-    ({"findings": [{"claim": "c", "a": "grpo", "b": "ppo"}]},
-     "finding 'c': b='ppo' is not a run; valid: sft, grpo"),
-    ({"findings": [{"claim": "c", "a": "grpo"}]},
-     "each finding must be a dict with keys claim, a and b"),
-    ({"findings": [{"claim": "c", "a": "grpo", "k": 4}],
-      "evaluate": {"k": [1, 2], "questions": 8}},
-     r"finding 'c': k=4 is not among the sweep's evaluate k \[1, 2\]"),
-])
+@pytest.mark.parametrize(
+    "parts,match",
+    [
+        (
+            {"evaluate": {"k": [1, 0], "questions": 8}},
+            r"evaluate k must be distinct ints >= 1, got \[1, 0\]",
+        ),
+        (
+            {"evaluate": {"k": [1], "questions": 8, "temprature": 1.0}},
+            "'evaluate' must be a dict with keys k, questions and optionally "
+            "temperature",
+        ),
+        (
+            {"evaluate": {"k": [1], "questions": 0}},
+            "evaluate questions must be an int >= 1",
+        ),
+        (
+            {"extra": {}},
+            r"optionally \['evaluate', 'findings', 'rm', 'tune'\], got .*'extra'",
+        ),
+        (
+            {"findings": [{"claim": "c", "a": "grpo", "b": "ppo"}]},
+            "finding 'c': b='ppo' is not a run; valid: sft, grpo",
+        ),
+        (
+            {"findings": [{"claim": "c", "a": "grpo"}]},
+            "each finding must be a dict with keys claim, a and b",
+        ),
+        (
+            {
+                "findings": [{"claim": "c", "a": "grpo", "k": 4}],
+                "evaluate": {"k": [1, 2], "questions": 8},
+            },
+            r"finding 'c': k=4 is not among the sweep's evaluate k \[1, 2\]",
+        ),
+    ],
+)
 def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
   path = _write_sweep(tmp_path, [_run("grpo", "grpo")], **parts)
   with pytest.raises(ValueError, match=match):
@@ -393,8 +488,9 @@ def test_malformed_optional_parts_are_refused(parts, match, tmp_path):
 def test_seeds_replace_the_sweeps_own():
   assert sweep_file.load_sweep(FOLLOWUPS, seeds=[3, 4])["seeds"] == [3, 4]
   assert sweep_file.load_sweep(FOLLOWUPS, smoke=True, seeds=[5])["seeds"] == [5]
-  with pytest.raises(ValueError, match=r"seeds must be distinct ints, got "
-                     r"\[1, 1\]"):
+  with pytest.raises(
+      ValueError, match=r"seeds must be distinct ints, got " r"\[1, 1\]"
+  ):
     sweep_file.load_sweep(FOLLOWUPS, seeds=[1, 1])
 
 
@@ -406,8 +502,11 @@ def test_unknown_profile_lists_valid_ones():
 def test_bad_override_key_fails_before_training(tmp_path):
   path = _write_sweep(tmp_path, [_run("grpo", "grpo", **{"coef.betta": 0.0})])
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match=r"run 'grpo'.*'coef.betta' is not a "
-                     r"config field \(valid here: .*beta"):
+  with pytest.raises(
+      ValueError,
+      match=r"run 'grpo'.*'coef.betta' is not a "
+      r"config field \(valid here: .*beta",
+  ):
     sweep_lib.run_sweep(path, str(workdir), smoke=True)
   assert not workdir.exists()
 
@@ -452,12 +551,17 @@ def test_tune_picks_on_validation_and_runs_the_pick_on_test_seeds(tmp_path):
   with open(os.path.join(workdir, tune.TUNE_FILE)) as f:
     rows = list(csv.DictReader(f))
   assert [(r["name"], json.loads(r["overrides"])) for r in rows] == [
-      ("grpo", {"optim.lr": 1e-5}), ("grpo", {"optim.lr": 3e-4})]
+      ("grpo", {"optim.lr": 1e-5}),
+      ("grpo", {"optim.lr": 3e-4}),
+  ]
   chosen = [r for r in rows if r["chosen"] == "1"]
   assert len(chosen) == 1
   for r in rows:  # Scored on the validation split, seed 7.
-    config = runs_lib.read_config(sweep_lib.run_dir(
-        os.path.join(workdir, tune.TUNE_DIR), f"grpo_tune{r['setting']}", 7))
+    config = runs_lib.read_config(
+        sweep_lib.run_dir(
+            os.path.join(workdir, tune.TUNE_DIR), f"grpo_tune{r['setting']}", 7
+        )
+    )
     assert config.eval_split == "validation" and config.seed == 7
   test_run = runs_lib.read_config(sweep_lib.run_dir(workdir, "grpo", 0))
   assert test_run.eval_split == "test"
@@ -468,8 +572,11 @@ def test_tune_picks_on_validation_and_runs_the_pick_on_test_seeds(tmp_path):
 
 def test_tune_without_a_validation_split_is_refused(tmp_path):
   path = tmp_path / "tuned.py"
-  path.write_text(_TUNED_SWEEP.replace(
-      'sweep["shared"]["task_kwargs.val_fraction"] = 0.05', "pass"))
+  path.write_text(
+      _TUNED_SWEEP.replace(
+          'sweep["shared"]["task_kwargs.val_fraction"] = 0.05', "pass"
+      )
+  )
   with pytest.raises(ValueError, match="tuning needs a validation split"):
     sweep_file.load_sweep(str(path))
 

@@ -13,8 +13,9 @@ from ugrad.training import trainer as trainer_lib
 pytestmark = pytest.mark.slow
 
 
-def test_enospc_in_a_save_stops_clearly_and_the_run_resumes(tmp_path,
-                                                            monkeypatch):
+def test_enospc_in_a_save_stops_clearly_and_the_run_resumes(
+    tmp_path, monkeypatch
+):
   config = train_util.tiny("sft", steps=5)
   straight = tmp_path / "straight"
   main.run(config, str(straight))
@@ -35,5 +36,6 @@ def test_enospc_in_a_save_stops_clearly_and_the_run_resumes(tmp_path,
   trainer = trainer_lib.Trainer(config, str(tmp_path / "run"))
   assert trainer.start_step == 2  # The save before the failure.
   main.run(config, str(tmp_path / "run"))
-  assert (launch_util.comparable_metrics(tmp_path / "run") ==
-          launch_util.comparable_metrics(straight))
+  assert launch_util.comparable_metrics(
+      tmp_path / "run"
+  ) == launch_util.comparable_metrics(straight)

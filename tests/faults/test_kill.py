@@ -41,11 +41,13 @@ def _finish(argv):
 
 def _assert_same_run(got, want, metrics_dirs=("",)):
   for sub in metrics_dirs:
-    assert (launch_util.comparable_metrics(os.path.join(got, sub)) ==
-            launch_util.comparable_metrics(os.path.join(want, sub))), sub
+    assert launch_util.comparable_metrics(
+        os.path.join(got, sub)
+    ) == launch_util.comparable_metrics(os.path.join(want, sub)), sub
     assert gradlog.main(["verify", os.path.join(got, sub)]) == 0, sub
-  with open(os.path.join(got, "eval.json")) as f, \
-      open(os.path.join(want, "eval.json")) as g:
+  with open(os.path.join(got, "eval.json")) as f, open(
+      os.path.join(want, "eval.json")
+  ) as g:
     assert _untimed(json.load(f)) == _untimed(json.load(g))
 
 
@@ -53,8 +55,11 @@ def _untimed(tree):
   """Results without wall-time entries (a reward-model run's final
   metrics include its last step's timers)."""
   if isinstance(tree, dict):
-    return {k: _untimed(v) for k, v in tree.items()
-            if "time" not in k and "per_s" not in k}
+    return {
+        k: _untimed(v)
+        for k, v in tree.items()
+        if "time" not in k and "per_s" not in k
+    }
   return tree
 
 
@@ -72,12 +77,24 @@ def orm_dir(sft_dir, tmp_path_factory):
   return str(workdir)
 
 
-_GRPO = {"steps": 8, "checkpoint_every": 2, "sampling.questions": 4,
-         "sampling.group_size": 4, "sampling.max_new_tokens": 32,
-         "warm_start.steps": 20, "warm_start.batch_size": 16}
-_ORM = {"steps": 6, "checkpoint_every": 2, "eval_every": 3,
-        "sampling.questions": 2, "sampling.group_size": 2,
-        "sampling.max_new_tokens": 32, "rm.eval_questions": 2}
+_GRPO = {
+    "steps": 8,
+    "checkpoint_every": 2,
+    "sampling.questions": 4,
+    "sampling.group_size": 4,
+    "sampling.max_new_tokens": 32,
+    "warm_start.steps": 20,
+    "warm_start.batch_size": 16,
+}
+_ORM = {
+    "steps": 6,
+    "checkpoint_every": 2,
+    "eval_every": 3,
+    "sampling.questions": 2,
+    "sampling.group_size": 2,
+    "sampling.max_new_tokens": 32,
+    "rm.eval_questions": 2,
+}
 
 
 @pytest.mark.parametrize("seed", [1])
@@ -89,8 +106,12 @@ def test_policy_run_with_its_warm_start(seed, tmp_path):
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   _finish(launch_util.command(straight, "grpo", **_GRPO))
   argv = launch_util.command(killed, "grpo", **_GRPO)
-  _kill_at(argv, os.path.join(killed, "sft", "metrics.jsonl"),
-           rng.randint(3, 15), rng)
+  _kill_at(
+      argv,
+      os.path.join(killed, "sft", "metrics.jsonl"),
+      rng.randint(3, 15),
+      rng,
+  )
   # After two checkpoints, so that there is one to fall back to.
   _kill_at(argv, os.path.join(killed, "metrics.jsonl"), rng.randint(5, 7), rng)
   checkpoints = os.path.join(killed, "checkpoints")
@@ -116,10 +137,17 @@ def test_iterative_run_killed_between_iterations(sft_dir, orm_dir, tmp_path):
   """Killed while iteration 1 continues its reward model, then in the
   policy steps after it."""
   rng = random.Random(4)
-  settings = dict(_GRPO, init_from=sft_dir, reward="model",
-                  reward_model=orm_dir, **{"iterative.iterations": 2,
-                                           "iterative.rm_steps": 3,
-                                           "iterative.replay": 0.1})
+  settings = dict(
+      _GRPO,
+      init_from=sft_dir,
+      reward="model",
+      reward_model=orm_dir,
+      **{
+          "iterative.iterations": 2,
+          "iterative.rm_steps": 3,
+          "iterative.replay": 0.1,
+      },
+  )
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   _finish(launch_util.command(straight, "grpo", **settings))
   argv = launch_util.command(killed, "grpo", **settings)
@@ -128,9 +156,11 @@ def test_iterative_run_killed_between_iterations(sft_dir, orm_dir, tmp_path):
   _kill_at(argv, os.path.join(killed, "metrics.jsonl"), 6, rng)
   _finish(argv)
   _assert_same_run(killed, straight)
-  assert (launch_util.comparable_metrics(rm_run) ==
-          launch_util.comparable_metrics(os.path.join(
-              straight, "iterations", "iter_1", "reward_model")))
+  assert launch_util.comparable_metrics(
+      rm_run
+  ) == launch_util.comparable_metrics(
+      os.path.join(straight, "iterations", "iter_1", "reward_model")
+  )
 
 
 _SWEEP = textwrap.dedent("""
@@ -152,8 +182,11 @@ def test_sweep_killed_mid_way(tmp_path):
 
   def argv(workdir):
     return launch_util.command(workdir)[:2] + [
-        "experiments.sweep", f"--sweep={sweep_file}", f"--workdir={workdir}",
-        "--smoke"]
+        "experiments.sweep",
+        f"--sweep={sweep_file}",
+        f"--workdir={workdir}",
+        "--smoke",
+    ]
 
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   _finish(argv(straight))
@@ -165,8 +198,11 @@ def test_sweep_killed_mid_way(tmp_path):
   proc.communicate(timeout=60)
   _finish(argv(killed))
   for name in ("grpo", "rloo"):
-    _assert_same_run(os.path.join(killed, name, "seed_0"),
-                     os.path.join(straight, name, "seed_0"))
-  with open(os.path.join(killed, "results.csv")) as f, \
-      open(os.path.join(straight, "results.csv")) as g:
+    _assert_same_run(
+        os.path.join(killed, name, "seed_0"),
+        os.path.join(straight, name, "seed_0"),
+    )
+  with open(os.path.join(killed, "results.csv")) as f, open(
+      os.path.join(straight, "results.csv")
+  ) as g:
     assert f.read() == g.read()

@@ -6,8 +6,9 @@ import os
 
 def array_files(step_dir) -> list[str]:
   """The files holding the arrays' bytes of one saved step."""
-  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
-                    recursive=True)
+  files = glob.glob(
+      os.path.join(step_dir, "state", "**", "d", "*"), recursive=True
+  )
   assert files, f"no array files under {step_dir}"
   return files
 

@@ -14,12 +14,21 @@ from ugrad import coefficients
 
 def logp_of(theta, tokens):
   """[B, T] log pi(tokens) under free logits theta [B, T, V]."""
-  return jnp.take_along_axis(jax.nn.log_softmax(theta), tokens[..., None],
-                             -1)[..., 0]
+  return jnp.take_along_axis(jax.nn.log_softmax(theta), tokens[..., None], -1)[
+      ..., 0
+  ]
 
 
-def make_case(seed, b=6, t=7, v=5, group_sizes=(3, 3), padding="right",
-              off_policy=0.4, empty_rows=()):
+def make_case(
+    seed,
+    b=6,
+    t=7,
+    v=5,
+    group_sizes=(3, 3),
+    padding="right",
+    off_policy=0.4,
+    empty_rows=(),
+):
   """A random float64 batch with ragged completions and shuffled groups.
 
   Args:
@@ -46,7 +55,7 @@ def make_case(seed, b=6, t=7, v=5, group_sizes=(3, 3), padding="right",
   mask = np.zeros((b, t))
   for i in range(b):
     start = prompt[i] if padding == "right" else t - length[i]
-    mask[i, start:start + length[i]] = 1.0
+    mask[i, start : start + length[i]] = 1.0
   ids = rng.choice(np.arange(10, 99), len(group_sizes), replace=False)
   group_ids = rng.permutation(np.repeat(ids, group_sizes)).astype(np.int32)
   step_mask = (rng.random((b, t)) < 0.4) * mask
@@ -58,8 +67,9 @@ def make_case(seed, b=6, t=7, v=5, group_sizes=(3, 3), padding="right",
   rollout = ugrad.Rollout(
       tokens=tokens_j,
       completion_mask=jnp.asarray(mask),
-      logp_old=logp_of(theta + off_policy * rng.normal(size=theta.shape),
-                       tokens_j),
+      logp_old=logp_of(
+          theta + off_policy * rng.normal(size=theta.shape), tokens_j
+      ),
       logp_ref=logp_of(theta + 0.4 * rng.normal(size=theta.shape), tokens_j),
       rewards=jnp.asarray(rng.normal(size=b)),
       step_rewards=jnp.asarray(rng.normal(size=(b, t)) * step_mask),
@@ -67,7 +77,8 @@ def make_case(seed, b=6, t=7, v=5, group_sizes=(3, 3), padding="right",
       values=jnp.asarray(0.5 * rng.normal(size=(b, t))),
       group_ids=jnp.asarray(group_ids),
       pair_ids=jnp.asarray(pair_ids),
-      pair_sign=jnp.asarray(pair_sign))
+      pair_sign=jnp.asarray(pair_sign),
+  )
   return jnp.asarray(theta), rollout
 
 
@@ -80,8 +91,9 @@ def _pairs(rng, b):
   return ids[order].astype(np.int32), signs[order]
 
 
-def unified_grad(name, hparams, rollout, theta, normalizer=None, max_len=None,
-                 with_aux=False):
+def unified_grad(
+    name, hparams, rollout, theta, normalizer=None, max_len=None, with_aux=False
+):
   """Gradient w.r.t. theta of the unified loss with coefficient `name`, jitted.
 
   With `with_aux`, returns (grad, coef, metrics) from the same compiled step.
@@ -92,8 +104,9 @@ def unified_grad(name, hparams, rollout, theta, normalizer=None, max_len=None,
   def loss(th, ro):
     logp = logp_of(th, ro.tokens)
     coef, metrics = fn(ro, logp)
-    loss, _ = ugrad.unified_loss(logp, coef, ro.completion_mask, normalizer,
-                                 max_len=max_len)
+    loss, _ = ugrad.unified_loss(
+        logp, coef, ro.completion_mask, normalizer, max_len=max_len
+    )
     # Unused metrics are left out of the compiled step: they double its
     # compile time.
     return loss, ((coef, metrics) if with_aux else ())
@@ -138,15 +151,17 @@ def constant_mean(per_token, mask, l_max):
 
 def surrogate(ratio, adv, eps_low, eps_high):
   """PPO's min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)."""
-  return jnp.minimum(ratio * adv,
-                     jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * adv)
+  return jnp.minimum(
+      ratio * adv, jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * adv
+  )
 
 
 def clipped_fraction(ratio, adv, mask, eps_low, eps_high):
   """Fraction of completion tokens where the clipped branch is the min."""
   ratio, adv = np.asarray(ratio), np.broadcast_to(adv, np.shape(ratio))
   clipped = ((adv > 0) & (ratio > 1 + eps_high)) | (
-      (adv < 0) & (ratio < 1 - eps_low))
+      (adv < 0) & (ratio < 1 - eps_low)
+  )
   return (clipped * mask).sum() / mask.sum()
 
 

@@ -8,24 +8,42 @@ import time
 
 from ugrad.runtime import metrics as metrics_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def command(workdir, config: str = "sft", steps: int = 40, **overrides):
   """The launcher's argv for a small CPU run of experiments/configs/CONFIG."""
-  settings = dict(model="tiny", steps=steps, batch_size=16,
-                  checkpoint_every=5, eval_questions=8, quiet=True)
+  settings = dict(
+      model="tiny",
+      steps=steps,
+      batch_size=16,
+      checkpoint_every=5,
+      eval_questions=8,
+      quiet=True,
+  )
   settings.update(overrides)
-  return ([sys.executable, "-m", "experiments.main",
-           f"--config=experiments/configs/{config}.py",
-           f"--workdir={workdir}"] +
-          [f"--config.{k}={v}" for k, v in settings.items()])
+  return [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      f"--config=experiments/configs/{config}.py",
+      f"--workdir={workdir}",
+  ] + [f"--config.{k}={v}" for k, v in settings.items()]
 
 
 def start(argv, **kwargs) -> subprocess.Popen:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **kwargs)
+  return subprocess.Popen(
+      argv,
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      **kwargs,
+  )
 
 
 def run(argv, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -43,12 +61,14 @@ def wait_for_lines(path, lines: int, proc, timeout: float = 300):
         if sum(1 for _ in f) >= lines:
           return
     time.sleep(0.05)
-  raise AssertionError(f"{path} never reached {lines} lines "
-                       f"(process returned {proc.poll()})")
+  raise AssertionError(
+      f"{path} never reached {lines} lines " f"(process returned {proc.poll()})"
+  )
 
 
 def comparable_metrics(workdir) -> list[dict]:
   """metrics.jsonl without the wall-time keys, which differ between runs."""
-  return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k}
-          for r in metrics_lib.read_metrics(os.path.join(workdir,
-                                                         "metrics.jsonl"))]
+  return [
+      {k: v for k, v in r.items() if "time" not in k and "per_s" not in k}
+      for r in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  ]

@@ -26,8 +26,7 @@ def _length(ctx, batch) -> dict:
   """A dense reward (a barely trained policy gets no rule reward, so its
   advantages, and gradients, would be zero)."""
   del ctx
-  return {"rewards": np.asarray([len(t) / 32 for t in batch.texts],
-                                np.float32)}
+  return {"rewards": np.asarray([len(t) / 32 for t in batch.texts], np.float32)}
 
 
 ugrad.register_reward(LENGTH_REWARD, _length, replace=True)
@@ -49,12 +48,19 @@ def greedy_tokens(trainer) -> np.ndarray:
   task = trainer.task
   prompts = [task.prompt(ex) for ex in task.examples("test")[:8]]
   out = sampling.sample_prompts(
-      trainer.policy.graphdef, trainer.state["params"], prompts,
-      trainer.policy.tokenizer, trainer.prompt_len, jax.random.key(0),
-      sampling.SamplingConfig(max_new_tokens=16,
-                              eos_id=trainer.policy.tokenizer.eos_id,
-                              temperature=0.0),
-      trainer.mesh.mesh)
+      trainer.policy.graphdef,
+      trainer.state["params"],
+      prompts,
+      trainer.policy.tokenizer,
+      trainer.prompt_len,
+      jax.random.key(0),
+      sampling.SamplingConfig(
+          max_new_tokens=16,
+          eos_id=trainer.policy.tokenizer.eos_id,
+          temperature=0.0,
+      ),
+      trainer.mesh.mesh,
+  )
   return out.tokens
 
 
@@ -64,22 +70,28 @@ def first_gradient(trainer) -> list:
   _, rollout = trainer.rollout(0)
   loss_fn = trainer.learner.loss_fn()
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b)[0]))
-  return jax.tree.leaves(jax.device_get(
-      grad(trainer.state["params"], trainer.device_batch(rollout))))
+  return jax.tree.leaves(
+      jax.device_get(
+          grad(trainer.state["params"], trainer.device_batch(rollout))
+      )
+  )
 
 
-def run(sft_dir: str, workdir: str, out: str, method: str,
-        mesh: tuple) -> None:
+def run(sft_dir: str, workdir: str, out: str, method: str, mesh: tuple) -> None:
   trainer = trainer_lib.Trainer(config_for(method, sft_dir, mesh), workdir)
   greedy = greedy_tokens(trainer)
   grads = first_gradient(trainer)
   metrics = trainer.train()
   leaves = jax.tree.leaves(jax.device_get(trainer.state))
-  np.savez(out, loss=metrics["loss"], grad_norm=metrics["grad_norm"],
-           devices=jax.device_count(),
-           greedy=greedy, **{f"g{i}": np.asarray(g) for i, g in
-                             enumerate(grads)},
-           **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)})
+  np.savez(
+      out,
+      loss=metrics["loss"],
+      grad_norm=metrics["grad_norm"],
+      devices=jax.device_count(),
+      greedy=greedy,
+      **{f"g{i}": np.asarray(g) for i, g in enumerate(grads)},
+      **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)},
+  )
 
 
 def case_file(prefix: str, method: str, mesh: tuple) -> str:
@@ -91,5 +103,10 @@ if __name__ == "__main__":
   for case in sys.argv[4:]:
     name, sizes = case.split(":")
     shape = tuple(int(s) for s in sizes.split(","))
-    run(sft, os.path.join(work, case.replace(":", "-").replace(",", "-")),
-        case_file(prefix, name, shape), name, shape)
+    run(
+        sft,
+        os.path.join(work, case.replace(":", "-").replace(",", "-")),
+        case_file(prefix, name, shape),
+        name,
+        shape,
+    )

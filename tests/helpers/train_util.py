@@ -2,8 +2,20 @@
 
 import importlib
 
-CONFIGS = ("sft", "rft", "online_rft", "dpo", "ppo", "grpo", "grpo_process",
-           "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo")
+CONFIGS = (
+    "sft",
+    "rft",
+    "online_rft",
+    "dpo",
+    "ppo",
+    "grpo",
+    "grpo_process",
+    "dr_grpo",
+    "dapo",
+    "rloo",
+    "reinforce_pp",
+    "gspo",
+)
 
 
 def tiny(name: str, steps: int = 2, init_from: str = ""):

@@ -44,20 +44,36 @@ def _perturb(model: torch.nn.Module) -> None:
 
 def _qwen2_tied() -> transformers.PreTrainedModel:
   config = transformers.Qwen2Config(
-      vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
-      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-      rope_theta=5000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-      initializer_range=0.1)
+      vocab_size=VOCAB,
+      hidden_size=64,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      rope_theta=5000.0,
+      rms_norm_eps=1e-5,
+      tie_word_embeddings=True,
+      initializer_range=0.1,
+  )
   return transformers.Qwen2ForCausalLM(config)
 
 
 def _llama_untied() -> transformers.PreTrainedModel:
   # head_dim 32 with 4 heads != hidden 64: exercises the explicit head_dim.
   config = transformers.LlamaConfig(
-      vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
-      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-      head_dim=32, rms_norm_eps=1e-6, tie_word_embeddings=False,
-      initializer_range=0.1, bos_token_id=1, eos_token_id=2)
+      vocab_size=VOCAB,
+      hidden_size=64,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      head_dim=32,
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      initializer_range=0.1,
+      bos_token_id=1,
+      eos_token_id=2,
+  )
   return transformers.LlamaForCausalLM(config)
 
 
@@ -91,8 +107,11 @@ def _torch_logits(model, tokens, mask) -> np.ndarray:
   mask_t = torch.tensor(mask, dtype=torch.long)
   positions = torch.clamp(mask_t.cumsum(-1) - 1, min=0)
   with torch.no_grad():
-    out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
-                attention_mask=mask_t, position_ids=positions)
+    out = model(
+        input_ids=torch.tensor(tokens, dtype=torch.long),
+        attention_mask=mask_t,
+        position_ids=positions,
+    )
   return out.logits.float().numpy()
 
 
@@ -124,9 +143,12 @@ def test_export_reloads_in_transformers(hf_model, tmp_path):
   for name, tensor in want.items():
     torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)
   tokens, mask = _batch()
-  np.testing.assert_allclose(_torch_logits(reloaded, tokens, mask),
-                             _torch_logits(torch_model, tokens, mask),
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+      _torch_logits(reloaded, tokens, mask),
+      _torch_logits(torch_model, tokens, mask),
+      atol=1e-5,
+      rtol=0,
+  )
 
 
 def test_bfloat16_checkpoint(hf_model, tmp_path):
@@ -139,10 +161,12 @@ def test_bfloat16_checkpoint(hf_model, tmp_path):
   assert model32.norm.scale.get_value().dtype == jnp.float32
   assert model16.norm.scale.get_value().dtype == jnp.bfloat16
   np.testing.assert_array_equal(
-      np.asarray(model32.norm.scale.get_value()), want.float().numpy())
+      np.asarray(model32.norm.scale.get_value()), want.float().numpy()
+  )
   hf.save_pretrained(model16, tmp_path / "out")
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      tmp_path / "out", dtype=torch.bfloat16)
+      tmp_path / "out", dtype=torch.bfloat16
+  )
   torch.testing.assert_close(reloaded.model.norm.weight, want, rtol=0, atol=0)
 
 
@@ -153,8 +177,11 @@ def test_sharded_checkpoint(hf_model, tmp_path):
   assert len(list(tmp_path.glob("*.safetensors"))) > 1
   sharded, _ = hf.from_pretrained(tmp_path)
   single, _ = hf.from_pretrained(path)
-  for got, want in zip(jax.tree.leaves(nnx.state(sharded)),
-                       jax.tree.leaves(nnx.state(single)), strict=True):
+  for got, want in zip(
+      jax.tree.leaves(nnx.state(sharded)),
+      jax.tree.leaves(nnx.state(single)),
+      strict=True,
+  ):
     np.testing.assert_array_equal(got, want)
 
 
@@ -163,8 +190,9 @@ def test_load_puts_each_tensor_with_its_sharding(hf_model):
   single, _ = hf.from_pretrained(path)
   want = dict(nnx.to_flat_state(nnx.state(single, nnx.Param)))
   mesh = sharding.make_mesh(sharding.mesh_shape({"fsdp": -1}))
-  shardings = sharding.param_shardings(nnx.state(single, nnx.Param), mesh,
-                                       sharding.RULES)
+  shardings = sharding.param_shardings(
+      nnx.state(single, nnx.Param), mesh, sharding.RULES
+  )
   placed = list(nnx.to_flat_state(shardings))
   sharded, _ = hf.from_pretrained(path, shardings=shardings)
   got = dict(nnx.to_flat_state(nnx.state(sharded, nnx.Param)))
@@ -182,22 +210,33 @@ def test_greedy_generation_matches_transformers(hf_model):
   model, _ = hf.from_pretrained(path)
   tokens, mask = _batch()
   new_tokens = 6
-  config = sampling.SamplingConfig(max_new_tokens=new_tokens, eos_id=None,
-                                   pad_id=PAD_ID, temperature=0.0)
+  config = sampling.SamplingConfig(
+      max_new_tokens=new_tokens, eos_id=None, pad_id=PAD_ID, temperature=0.0
+  )
   graphdef, params = nnx.split(model)
-  got = sampling.sample(graphdef, params, jnp.asarray(tokens),
-                        jnp.asarray(mask), jax.random.key(0), config)
+  got = sampling.sample(
+      graphdef,
+      params,
+      jnp.asarray(tokens),
+      jnp.asarray(mask),
+      jax.random.key(0),
+      config,
+  )
   with torch.no_grad():
     want = torch_model.generate(
         input_ids=torch.tensor(tokens, dtype=torch.long),
         attention_mask=torch.tensor(mask, dtype=torch.long),
         generation_config=transformers.GenerationConfig(
-            max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
-            pad_token_id=PAD_ID))
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=PAD_ID,
+        ),
+    )
   assert want.shape == (len(PADS), tokens.shape[1] + new_tokens)
   np.testing.assert_array_equal(np.asarray(got.tokens), want.numpy())
   # A random model decodes more than one distinct token.
-  assert len(np.unique(want.numpy()[:, tokens.shape[1]:])) > 1
+  assert len(np.unique(want.numpy()[:, tokens.shape[1] :])) > 1
 
 
 # ----------------------------------------------------------------- tokenizer
@@ -220,9 +259,14 @@ def _train_tokenizer() -> tokenizers.Tokenizer:
 def tokenizer_dir(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp("tokenizer")
   _train_tokenizer().save(str(path / "tokenizer.json"))
-  _write(path / "tokenizer_config.json",
-         {"bos_token": "<s>", "eos_token": {"content": "</s>"},
-          "pad_token": "<pad>"})
+  _write(
+      path / "tokenizer_config.json",
+      {
+          "bos_token": "<s>",
+          "eos_token": {"content": "</s>"},
+          "pad_token": "<pad>",
+      },
+  )
   return path
 
 
@@ -245,7 +289,8 @@ def test_tokenizer_round_trip_and_special_ids(tokenizer_dir):
 
 def test_tokenizer_fallbacks(tokenizer_dir, tmp_path):
   (tmp_path / "tokenizer.json").write_text(
-      (tokenizer_dir / "tokenizer.json").read_text())
+      (tokenizer_dir / "tokenizer.json").read_text()
+  )
   with pytest.raises(ValueError, match="No eos token"):
     hf_tokenizer.HFTokenizer.from_directory(tmp_path)
   # Ids from config.json (eos as a list), no pad anywhere: pad = eos.
@@ -261,7 +306,8 @@ def test_tokenizer_fallbacks(tokenizer_dir, tmp_path):
 
 
 def test_tokenizer_saved_with_model_loads_in_transformers(
-    hf_model, tokenizer_dir, tmp_path):
+    hf_model, tokenizer_dir, tmp_path
+):
   _, path = hf_model
   model, _ = hf.from_pretrained(path)
   tok = hf_tokenizer.HFTokenizer.from_directory(tokenizer_dir)
@@ -288,8 +334,10 @@ def _qwen2_config(**changes) -> dict:
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-  _write(tmp_path / "config.json",
-         _qwen2_config(architectures=["MistralForCausalLM"]))
+  _write(
+      tmp_path / "config.json",
+      _qwen2_config(architectures=["MistralForCausalLM"]),
+  )
   with pytest.raises(ValueError, match="MistralForCausalLM"):
     hf.from_pretrained(tmp_path)
   config = _qwen2_config(model_type="gpt2")
@@ -298,14 +346,30 @@ def test_unsupported_architecture_is_named(tmp_path):
     hf_config.config_from_hf(config)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5,
-                          "factor": 8.0}}, "llama3"),
-    ({"use_sliding_window": True, "sliding_window": 16,
-      "layer_types": ["full_attention", "sliding_attention"]},
-     r"sliding-window attention on layers \[1\]"),
-    ({"hidden_act": "gelu"}, "gelu"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "rope_theta": 5e5,
+                    "factor": 8.0,
+                }
+            },
+            "llama3",
+        ),
+        (
+            {
+                "use_sliding_window": True,
+                "sliding_window": 16,
+                "layer_types": ["full_attention", "sliding_attention"],
+            },
+            r"sliding-window attention on layers \[1\]",
+        ),
+        ({"hidden_act": "gelu"}, "gelu"),
+    ],
+)
 def test_unrepresentable_config_is_refused(changes, message):
   with pytest.raises(ValueError, match=message):
     hf_config.config_from_hf(_qwen2_config(**changes))
@@ -339,9 +403,18 @@ def test_missing_and_extra_tensors_are_named(hf_model, tmp_path):
   _rewrite_weights(tmp_path, lambda t: kept.update({name: t.pop(name)}))
   with pytest.raises(ValueError, match=name):
     hf.from_pretrained(tmp_path)
-  _rewrite_weights(tmp_path, lambda t: t.update(kept, **{
-      "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32),
-      "model.layers.0.extra.weight": np.ones(4, np.float32)}))
+  _rewrite_weights(
+      tmp_path,
+      lambda t: t.update(
+          kept,
+          **{
+              "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(
+                  4, np.float32
+              ),
+              "model.layers.0.extra.weight": np.ones(4, np.float32),
+          }
+      ),
+  )
   with pytest.raises(ValueError, match=r"model\.layers\.0\.extra\.weight"):
     hf.from_pretrained(tmp_path)
   _rewrite_weights(tmp_path, lambda t: t.pop("model.layers.0.extra.weight"))

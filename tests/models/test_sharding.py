@@ -20,18 +20,15 @@ def test_logical_to_spec_rules():
   sizes = {"fsdp": 8, "tensor": 4}
   spec = sharding.logical_to_spec
   rules = sharding.RULES
-  assert spec(("embed", "mlp"), (64, 128), sizes, rules) == P("fsdp",
-                                                              "tensor")
+  assert spec(("embed", "mlp"), (64, 128), sizes, rules) == P("fsdp", "tensor")
   assert spec(("mlp", "embed"), (128, 64), sizes, ()) == P(None, None)
   # 20 does not divide over 8 devices: replicated, not an error.
   assert spec(("embed",), (20,), sizes, rules) == P(None)
   assert spec(("vocab", "embed"), (22, 64), sizes, rules) == P(None, "fsdp")
   # A mesh axis shards one dimension at most; a later rule is a fallback.
   fallback = (("embed", "fsdp"), ("mlp", "fsdp"), ("mlp", None))
-  assert spec(("mlp", "embed"), (128, 64), sizes, fallback) == P("fsdp",
-                                                                 None)
-  assert spec(("embed", "mlp"), (20, 128), sizes, fallback) == P(None,
-                                                                 "fsdp")
+  assert spec(("mlp", "embed"), (128, 64), sizes, fallback) == P("fsdp", None)
+  assert spec(("embed", "mlp"), (20, 128), sizes, fallback) == P(None, "fsdp")
   with pytest.raises(ValueError, match="mesh axes: fsdp, tensor"):
     spec(("embed",), (64,), sizes, (("embed", "model"),))
   with pytest.raises(ValueError, match="do not match shape"):
@@ -40,9 +37,11 @@ def test_logical_to_spec_rules():
 
 def test_mesh_shape_fills_the_devices_or_says_why():
   assert sharding.mesh_shape({"data": -1}, 8) == dict(
-      dcn_data=1, data=8, fsdp=1, tensor=1)
+      dcn_data=1, data=8, fsdp=1, tensor=1
+  )
   assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == dict(
-      dcn_data=1, data=2, fsdp=2, tensor=2)
+      dcn_data=1, data=2, fsdp=2, tensor=2
+  )
   with pytest.raises(ValueError, match="has 4 devices but there are 8"):
     sharding.mesh_shape({"data": 2, "tensor": 2}, 8)
   with pytest.raises(ValueError, match="8 is not a multiple of 3"):
@@ -59,11 +58,13 @@ def test_a_mesh_that_does_not_divide_the_model_is_refused():
   cfg = model_config.preset("qwen2_2.9m", 20)  # 4 heads, 2 kv heads.
   shape = dict(dcn_data=1, data=1, fsdp=2, tensor=2)
   sharding.check_model(cfg, shape)
-  with pytest.raises(ValueError,
-                     match="tensor=4 does not divide num_kv_heads=2"):
+  with pytest.raises(
+      ValueError, match="tensor=4 does not divide num_kv_heads=2"
+  ):
     sharding.check_model(cfg, dict(shape, tensor=4))
-  with pytest.raises(ValueError, match="fsdp=3 does not divide "
-                     "hidden_size=256"):
+  with pytest.raises(
+      ValueError, match="fsdp=3 does not divide " "hidden_size=256"
+  ):
     sharding.check_model(cfg, dict(shape, fsdp=3))
 
 
@@ -132,15 +133,24 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def eight_devices():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=str(_ROOT))
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=_ROOT,
-                        capture_output=True, text=True, timeout=300,
-                        check=False)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      PYTHONPATH=str(_ROOT),
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", _SCRIPT],
+      env=env,
+      cwd=_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.slow

@@ -38,14 +38,16 @@ def _train_state(seed):
   grads = jax.tree.map(jnp.ones_like, params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return {"params": params, "opt_state": opt_state,
-          "step": jnp.asarray(seed, jnp.int32),
-          "key": jax.random.key_data(jax.random.key(seed))}
+  return {
+      "params": params,
+      "opt_state": opt_state,
+      "step": jnp.asarray(seed, jnp.int32),
+      "key": jax.random.key_data(jax.random.key(seed)),
+  }
 
 
 def _assert_same(got, want):
-  assert (jax.tree_util.tree_structure(got)
-          == jax.tree_util.tree_structure(want))
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert g.dtype == w.dtype
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
@@ -58,22 +60,30 @@ def _abstract(state):
 def _saved(directory, steps, max_to_keep=3, manifest=True):
   """A Checkpointer holding one checkpoint per step in `steps`, with
   their checksum manifests unless `manifest` is False."""
-  ckpt = checkpoint.Checkpointer(directory, save_every=1,
-                                 max_to_keep=max_to_keep)
+  ckpt = checkpoint.Checkpointer(
+      directory, save_every=1, max_to_keep=max_to_keep
+  )
   for step in steps:
-    assert ckpt.save(step, _train_state(step), {"step": step, "pos": 10 * step},
-                     wait=True)
+    assert ckpt.save(
+        step, _train_state(step), {"step": step, "pos": 10 * step}, wait=True
+    )
   if manifest:
     assert [s for s, _ in ckpt.finish()] == [
-        s for s in steps if s in ckpt.all_steps()]
+        s for s in steps if s in ckpt.all_steps()
+    ]
   return ckpt
 
 
 def test_round_trip_into_eval_shape_abstract(tmp_path):
   state = _train_state(7)
   with _saved(tmp_path, []) as ckpt:
-    ckpt.save(7, state, {"step": 7, "data_pos": 123, "config": "ab12"},
-              force=True, wait=True)
+    ckpt.save(
+        7,
+        state,
+        {"step": 7, "data_pos": 123, "config": "ab12"},
+        force=True,
+        wait=True,
+    )
   # A new process's view: a fresh Checkpointer on the same directory.
   with checkpoint.Checkpointer(tmp_path, save_every=1) as ckpt:
     step, restored, meta = ckpt.restore(_abstract(state))
@@ -93,7 +103,11 @@ def test_save_only_on_checkpoint_steps_unless_forced(tmp_path):
   with checkpoint.Checkpointer(tmp_path, save_every=5) as ckpt:
     state = _train_state(0)
     assert [ckpt.should_save(s) for s in (0, 3, 5, 10)] == [
-        False, False, True, True]
+        False,
+        False,
+        True,
+        True,
+    ]
     assert not ckpt.save(3, state, {})
     assert ckpt.save(5, state, {}, wait=True)
     assert ckpt.save(7, state, {}, force=True, wait=True)
@@ -151,14 +165,22 @@ _flip_one_bit = checkpoint_util.flip_one_bit
 # Orbax's concurrent reads of a broken checkpoint leave coroutines that
 # complain when collected; restore keeps them quiet, so any that still
 # complain fail the test.
-@pytest.mark.filterwarnings(
-    "error::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("corrupt", [
-    _make_unfinished, _truncate_array_file, _delete_array_files,
-    _garbage_meta, _garbage_state_metadata, _flip_one_bit])
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _make_unfinished,
+        _truncate_array_file,
+        _delete_array_files,
+        _garbage_meta,
+        _garbage_state_metadata,
+        _flip_one_bit,
+    ],
+)
 @pytest.mark.parametrize("manifest", [True, False])  # Caught by: us, Orbax.
-def test_falls_back_to_previous_good_checkpoint(tmp_path, caplog, corrupt,
-                                                manifest):
+def test_falls_back_to_previous_good_checkpoint(
+    tmp_path, caplog, corrupt, manifest
+):
   if corrupt is _flip_one_bit and not manifest:
     pytest.skip("Orbax cannot see a flipped bit")
   _saved(tmp_path, [1, 2], manifest=manifest).close()
@@ -171,8 +193,9 @@ def test_falls_back_to_previous_good_checkpoint(tmp_path, caplog, corrupt,
       # The bad step is out of the way: a resumed run can save it again.
       assert ckpt.all_steps() == [1]
       assert ckpt.save(2, _train_state(22), {"step": 2}, wait=True)
-  warnings = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.WARNING]
+  warnings = [
+      r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+  ]
   assert any("step 2" in w and "moved" in w for w in warnings), warnings
   # Kept for inspection, not deleted.
   moved = os.listdir(os.path.join(tmp_path, checkpoint.CORRUPT_DIR))
@@ -188,8 +211,11 @@ def test_manifest_hashes_every_file_and_survives_a_restore(tmp_path):
   ckpt = _saved(tmp_path, [1])
   digest = ckpt.manifest_sha256(1)
   listed = checkpoint.file_hashes(os.path.join(tmp_path, "1"))
-  on_disk = {os.path.relpath(os.path.join(root, name), tmp_path / "1")
-             for root, _, names in os.walk(tmp_path / "1") for name in names}
+  on_disk = {
+      os.path.relpath(os.path.join(root, name), tmp_path / "1")
+      for root, _, names in os.walk(tmp_path / "1")
+      for name in names
+  }
   assert set(listed) == on_disk - {checkpoint.MANIFEST}
   ckpt.restore(_abstract(_train_state(1)))
   ckpt.close()
@@ -281,11 +307,18 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_state_restores_onto_another_mesh(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  root = os.path.dirname(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  )
   env = dict(os.environ, PYTHONPATH=root)
   result = subprocess.run(
       [sys.executable, "-c", _SHARDED, str(tmp_path / "ckpt")],
-      capture_output=True, text=True, env=env, timeout=120, check=False)
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+      check=False,
+  )
   assert "SHARDED_OK" in result.stdout, result.stderr[-3000:]
 
 
@@ -295,15 +328,20 @@ def test_abandoned_read_filter_passes_other_errors_on(monkeypatch):
   orbax_code = types.SimpleNamespace(co_filename="/x/orbax/checkpoint/y.py")
   other_code = types.SimpleNamespace(co_filename="/x/mine.py")
   dropped = [
-      types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"),
-                            object=None),
-      types.SimpleNamespace(exc_value=Exception("read error"),
-                            object=types.SimpleNamespace(cr_code=orbax_code)),
+      types.SimpleNamespace(
+          exc_value=RuntimeError("Event loop is closed"), object=None
+      ),
+      types.SimpleNamespace(
+          exc_value=Exception("read error"),
+          object=types.SimpleNamespace(cr_code=orbax_code),
+      ),
   ]
   kept = [
       types.SimpleNamespace(exc_value=RuntimeError("other"), object=None),
-      types.SimpleNamespace(exc_value=Exception("read error"),
-                            object=types.SimpleNamespace(cr_code=other_code)),
+      types.SimpleNamespace(
+          exc_value=Exception("read error"),
+          object=types.SimpleNamespace(cr_code=other_code),
+      ),
   ]
   with checkpoint._dropping_abandoned_reads():  # pylint: disable=protected-access
     for unraisable in dropped + kept:

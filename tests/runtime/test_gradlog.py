@@ -15,7 +15,9 @@ from tests.helpers import train_util
 from ugrad.runtime import gradlog
 from ugrad.training import trainer as trainer_lib
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def _append(log, step, seed=0):
@@ -24,14 +26,18 @@ def _append(log, step, seed=0):
   coef = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
   mask = jnp.asarray(rng.integers(0, 2, size=(4, 6)), jnp.float32)
   rewards = jnp.asarray(rng.integers(0, 2, size=(4,)), jnp.float32)
-  return log.append(step, "grpo", tokens,
-                    loss=jnp.float32(rng.normal()),
-                    grad_norm=np.float64(rng.uniform(0, 3)),
-                    coef={"mean": float(coef[mask > 0].mean()),
-                          "max": float(coef.max())},
-                    reward={"mean": float(rewards.mean())},
-                    kl=rng.uniform(0, 0.1), clip_frac=0.125,
-                    extra={"zero_signal_groups": 1})
+  return log.append(
+      step,
+      "grpo",
+      tokens,
+      loss=jnp.float32(rng.normal()),
+      grad_norm=np.float64(rng.uniform(0, 3)),
+      coef={"mean": float(coef[mask > 0].mean()), "max": float(coef.max())},
+      reward={"mean": float(rewards.mean())},
+      kl=rng.uniform(0, 0.1),
+      clip_frac=0.125,
+      extra={"zero_signal_groups": 1},
+  )
 
 
 def _write_log(path, steps, seed=0, resume_step=None):
@@ -65,7 +71,8 @@ def test_valid_log_verifies(log_path):
   records = [json.loads(line) for line in _lines(log_path)]
   assert records[0]["prev_sha256"] == gradlog.GENESIS
   assert [r["prev_sha256"] for r in records[1:]] == [
-      r["sha256"] for r in records[:-1]]
+      r["sha256"] for r in records[:-1]
+  ]
   first = records[0]
   assert first["method"] == "grpo" and first["clip_frac"] == 0.125
   assert set(first["coef"]) == {"mean", "max"}
@@ -74,8 +81,14 @@ def test_valid_log_verifies(log_path):
 def test_sft_style_record_has_nulls(tmp_path):
   path = str(tmp_path / "log.jsonl")
   with gradlog.GradientLog(path) as log:
-    record = log.append(1, "sft", np.zeros((2, 3), np.int32), loss=2.5,
-                        grad_norm=float("nan"), coef={"mean": 1.0})
+    record = log.append(
+        1,
+        "sft",
+        np.zeros((2, 3), np.int32),
+        loss=2.5,
+        grad_norm=float("nan"),
+        coef={"mean": 1.0},
+    )
   assert record["reward"] is None and record["kl"] is None
   assert record["grad_norm"] == "NaN"
   assert gradlog.verify(path).ok
@@ -104,14 +117,18 @@ def _truncate_last(lines):
   return lines[:-1] + [lines[-1][:40]]
 
 
-@pytest.mark.parametrize("tamper, line, step, reason", [
-    (_edit_loss, 3, 3, "hash mismatch"),
-    (_delete, 3, 4, "broken link"),
-    (_swap, 2, 3, "broken link"),
-    (_truncate_last, 5, None, "bad JSON"),
-])
-def test_tampering_is_detected_at_the_right_line(log_path, tamper, line, step,
-                                                 reason):
+@pytest.mark.parametrize(
+    "tamper, line, step, reason",
+    [
+        (_edit_loss, 3, 3, "hash mismatch"),
+        (_delete, 3, 4, "broken link"),
+        (_swap, 2, 3, "broken link"),
+        (_truncate_last, 5, None, "bad JSON"),
+    ],
+)
+def test_tampering_is_detected_at_the_right_line(
+    log_path, tamper, line, step, reason
+):
   _set_lines(log_path, tamper(_lines(log_path)))
   result = gradlog.verify(log_path)
   assert not result.ok
@@ -168,11 +185,16 @@ def test_append_refuses_bad_input(log_path):
     with pytest.raises(ValueError, match="step must be an int after 5"):
       _append(log, 5)
     with pytest.raises(ValueError, match="'coef/mean' must be a real scalar"):
-      log.append(6, "grpo", np.zeros((1, 2), np.int32), loss=0.0,
-                 grad_norm=0.0, coef={"mean": jnp.zeros(3)})
+      log.append(
+          6,
+          "grpo",
+          np.zeros((1, 2), np.int32),
+          loss=0.0,
+          grad_norm=0.0,
+          coef={"mean": jnp.zeros(3)},
+      )
     with pytest.raises(ValueError, match="tokens must be integers"):
-      log.append(6, "grpo", np.zeros((1, 2)), loss=0.0, grad_norm=0.0,
-                 coef={})
+      log.append(6, "grpo", np.zeros((1, 2)), loss=0.0, grad_norm=0.0, coef={})
 
 
 def test_batch_sha256():
@@ -190,9 +212,14 @@ def test_batch_sha256():
 
 def _cli(*args):
   env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "ugrad.runtime.gradlog", *args],
-                        capture_output=True, text=True, env=env, timeout=120,
-                        check=False)
+  return subprocess.run(
+      [sys.executable, "-m", "ugrad.runtime.gradlog", *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+      check=False,
+  )
 
 
 def test_cli(log_path, tmp_path):
@@ -215,8 +242,10 @@ def test_verify_workdir_checks_checkpoints_against_the_log(tmp_path, capsys):
   assert sorted(gradlog.checkpoint_records(log)) == [1, 2, 3]
   assert gradlog.main(["verify", workdir]) == 0
   assert "checkpoints match their records" in capsys.readouterr().out
-  data = glob.glob(os.path.join(workdir, "checkpoints", "3", "state", "**",
-                                "d", "*"), recursive=True)
+  data = glob.glob(
+      os.path.join(workdir, "checkpoints", "3", "state", "**", "d", "*"),
+      recursive=True,
+  )
   with open(data[0], "r+b") as f:
     byte = f.read(1)
     f.seek(0)

@@ -10,7 +10,9 @@ import pytest
 
 from ugrad.runtime import host_memory
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 # SFT steps of the embedded model (the main job's warm start, whose update
 # has a 127 MB temporary at its batch of 64; here 128 rows, about twice
@@ -37,9 +39,15 @@ _PROGRAM = textwrap.dedent("""
 
 def _faults_per_call(malloc: str) -> tuple[bool, float]:
   env = dict(os.environ, JAX_PLATFORMS="cpu", **{host_memory.OPT_OUT: malloc})
-  out = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, cwd=_REPO,
-                       capture_output=True, text=True, timeout=300,
-                       check=True).stdout.split()
+  out = subprocess.run(
+      [sys.executable, "-c", _PROGRAM],
+      env=env,
+      cwd=_REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=True,
+  ).stdout.split()
   return out[0] == "True", float(out[1])
 
 
@@ -54,18 +62,24 @@ def test_temporaries_are_reused_not_faulted_in_each_step():
   assert faults < system_faults / 10, (faults, system_faults)
 
 
-@pytest.mark.parametrize("platforms,files,cpu", [
-    ("cpu", ["/dev/nvidiactl"], True),  # JAX_PLATFORMS decides.
-    ("cuda", [], False),
-    ("tpu,cpu", [], False),
-    ("", [], True),  # Unset: the device files decide.
-    ("", ["/dev/nvidiactl"], False),
-    ("", ["/dev/vfio/0"], False),
-])
+@pytest.mark.parametrize(
+    "platforms,files,cpu",
+    [
+        ("cpu", ["/dev/nvidiactl"], True),  # JAX_PLATFORMS decides.
+        ("cuda", [], False),
+        ("tpu,cpu", [], False),
+        ("", [], True),  # Unset: the device files decide.
+        ("", ["/dev/nvidiactl"], False),
+        ("", ["/dev/vfio/0"], False),
+    ],
+)
 def test_computes_on_cpu(monkeypatch, platforms, files, cpu):
   monkeypatch.setenv("JAX_PLATFORMS", platforms)
-  monkeypatch.setattr(host_memory.glob, "glob", lambda pattern: [
-      f for f in files if f.startswith(pattern.split("[")[0])])
+  monkeypatch.setattr(
+      host_memory.glob,
+      "glob",
+      lambda pattern: [f for f in files if f.startswith(pattern.split("[")[0])],
+  )
   assert host_memory.computes_on_cpu() is cpu
 
 
@@ -73,8 +87,11 @@ def test_computes_on_cpu(monkeypatch, platforms, files, cpu):
 def test_an_accelerator_host_keeps_the_system_allocator(monkeypatch):
   calls = []
   monkeypatch.setattr(host_memory, "computes_on_cpu", lambda: False)
-  monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda name: calls.append(
-      name) or pytest.fail("tuned the allocator"))
+  monkeypatch.setattr(
+      host_memory.ctypes,
+      "CDLL",
+      lambda name: calls.append(name) or pytest.fail("tuned the allocator"),
+  )
   monkeypatch.delenv(host_memory.OPT_OUT, raising=False)
   assert not host_memory.keep_freed_memory()
   assert not calls

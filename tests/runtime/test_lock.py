@@ -14,15 +14,23 @@ from ugrad.runtime import lock
 def _write_lock(workdir, pid, host=None):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, lock.LOCK_FILE), "w") as f:
-    json.dump({"host": host or socket.gethostname(), "pid": pid,
-               "since": "2026-01-01T00:00:00"}, f)
+    json.dump(
+        {
+            "host": host or socket.gethostname(),
+            "pid": pid,
+            "since": "2026-01-01T00:00:00",
+        },
+        f,
+    )
 
 
 def test_a_held_workdir_is_refused_with_its_owner(tmp_path):
   _write_lock(tmp_path, os.getppid())  # A live process on this host.
-  with pytest.raises(lock.WorkdirInUse,
-                     match=rf"in use by PID {os.getppid()} on "
-                     rf"{socket.gethostname()} since 2026-01-01T00:00:00"):
+  with pytest.raises(
+      lock.WorkdirInUse,
+      match=rf"in use by PID {os.getppid()} on "
+      rf"{socket.gethostname()} since 2026-01-01T00:00:00",
+  ):
     lock.acquire(tmp_path)
 
 

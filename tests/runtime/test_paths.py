@@ -15,12 +15,14 @@ def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert str(paths.resolve("run")) == os.path.join(str(tmp_path), "run")
   assert str(paths.resolve("gs://bucket/run") / "checkpoints") == (
-      "gs://bucket/run/checkpoints")
+      "gs://bucket/run/checkpoints"
+  )
   assert paths.is_uri("gs://bucket/run") and not paths.is_uri("run")
 
 
 def test_a_hugging_face_dir_on_cloud_storage_loads_from_a_local_copy(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   config = models.preset("tiny", 40)
   model = models.Transformer(config, rngs=nnx.Rngs(0))
   models.save_pretrained(model, tmp_path / "hf")

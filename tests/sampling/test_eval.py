@@ -55,12 +55,25 @@ _RIGHT_FIRST = set(string.digits[::2] + "+=#\n")
 
 def _sample_eval(task, policy, **kwargs):
   graphdef, params = policy
-  kwargs = dict(dict(num_questions=QUESTIONS, n_samples=N_SAMPLES,
-                     ks=[1, 2, 4], batch_questions=BATCH_QUESTIONS,
-                     answer_fn=_first_char, equivalent=None), **kwargs)
-  return ev.sample_eval(task, graphdef, params,
-                        prompt_len=build.prompt_length(task),
-                        max_new_tokens=MAX_NEW, **kwargs)
+  kwargs = dict(
+      dict(
+          num_questions=QUESTIONS,
+          n_samples=N_SAMPLES,
+          ks=[1, 2, 4],
+          batch_questions=BATCH_QUESTIONS,
+          answer_fn=_first_char,
+          equivalent=None,
+      ),
+      **kwargs
+  )
+  return ev.sample_eval(
+      task,
+      graphdef,
+      params,
+      prompt_len=build.prompt_length(task),
+      max_new_tokens=MAX_NEW,
+      **kwargs
+  )
 
 
 @pytest.mark.parametrize("reward", [1.0, 0.0])
@@ -68,8 +81,15 @@ def test_sample_eval_when_every_or_no_completion_is_right(policy, reward):
   out = _sample_eval(_KnownRewardTask(lambda text: reward), policy)
   assert out["num_questions"] == QUESTIONS
   assert out["samples_per_question"] == [N_SAMPLES, N_SAMPLES]
-  for name in ("pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4",
-               "greedy_acc"):
+  for name in (
+      "pass@1",
+      "pass@2",
+      "pass@4",
+      "maj@1",
+      "maj@2",
+      "maj@4",
+      "greedy_acc",
+  ):
     assert out[name] == reward, name
     assert out[name + "_ci"] == [reward, reward], name
   assert out["correct_per_question"] == [int(reward) * N_SAMPLES] * QUESTIONS
@@ -81,8 +101,7 @@ def test_sample_eval_statistics_agree_with_the_sample_counts(policy):
   counts = out["correct_per_question"]
   assert len(counts) == QUESTIONS
   assert out["pass@1"] == pytest.approx(sum(counts) / (N_SAMPLES * QUESTIONS))
-  assert out["pass@4"] == pytest.approx(
-      sum(c > 0 for c in counts) / QUESTIONS)
+  assert out["pass@4"] == pytest.approx(sum(c > 0 for c in counts) / QUESTIONS)
   # Samples that share a first character share the reward, so a vote of one
   # is exactly one sample's correctness.
   assert out["maj@1"] == pytest.approx(out["pass@1"])
@@ -97,8 +116,10 @@ def test_sample_eval_is_deterministic_given_the_seed(policy):
   task = _KnownRewardTask(lambda text: float(text[:1] in _RIGHT_FIRST))
   first = _sample_eval(task, policy, seed=3)
   assert _sample_eval(task, policy, seed=3) == first
-  assert (_sample_eval(task, policy, seed=4)["correct_per_question"]
-          != first["correct_per_question"])
+  assert (
+      _sample_eval(task, policy, seed=4)["correct_per_question"]
+      != first["correct_per_question"]
+  )
 
 
 def test_sample_eval_padding_is_sampled_but_not_scored(policy):
@@ -120,8 +141,9 @@ def test_sample_eval_rejects_bad_settings(policy):
 
 
 def test_answer_functions_of_the_tasks(tmp_path):
-  read, same = ev.answer_functions(tasks_lib.ArithmeticTask(n_train=8,
-                                                            n_test=8))
+  read, same = ev.answer_functions(
+      tasks_lib.ArithmeticTask(n_train=8, n_test=8)
+  )
   assert read("1+2=3\n#### 3") == 3 and read("1+2=3") is None
   assert same(3, 3) and not same(3, 4)
   path = tmp_path / "gsm8k.jsonl"

@@ -15,11 +15,19 @@ from ugrad.models import transformer as tr
 
 V, PAD = 20, 0
 # One config and fixed shapes for the whole file: each compiles once.
-CFG = model_config.ModelConfig(vocab_size=V, hidden_size=32, num_layers=2,
-                               num_heads=4, num_kv_heads=2, mlp_size=48,
-                               qkv_bias=True, tie_embeddings=False)
-GREEDY = sampling.SamplingConfig(max_new_tokens=6, eos_id=None, pad_id=PAD,
-                                 temperature=0.0)
+CFG = model_config.ModelConfig(
+    vocab_size=V,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_size=48,
+    qkv_bias=True,
+    tie_embeddings=False,
+)
+GREEDY = sampling.SamplingConfig(
+    max_new_tokens=6, eos_id=None, pad_id=PAD, temperature=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +65,17 @@ def _prompts(lengths, width, seed=0):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(1, V, (len(lengths), width))
   mask = np.arange(width)[None, :] >= width - np.asarray(lengths)[:, None]
-  return (jnp.asarray(np.where(mask, tokens, PAD), jnp.int32),
-          jnp.asarray(mask, jnp.int32))
+  return (
+      jnp.asarray(np.where(mask, tokens, PAD), jnp.int32),
+      jnp.asarray(mask, jnp.int32),
+  )
 
 
 def _sample(model, tokens, mask, config, seed=0):
   graphdef, params = nnx.split(model, nnx.Param)
-  return sampling.sample(graphdef, params, tokens, mask, jax.random.key(seed),
-                         config)
+  return sampling.sample(
+      graphdef, params, tokens, mask, jax.random.key(seed), config
+  )
 
 
 @pytest.mark.slow
@@ -96,13 +107,15 @@ def test_cached_logits_match_uncached(model, layout):
   h, cache = model.hidden_cached(tokens, positions[:, :6], full_mask, cache, 0)
   got = [model.logits(h)]
   for i in range(6, 9):
-    h, cache = model.hidden_cached(full[:, i:i + 1], positions[:, i:i + 1],
-                                   full_mask, cache, i)
+    h, cache = model.hidden_cached(
+        full[:, i : i + 1], positions[:, i : i + 1], full_mask, cache, i
+    )
     got.append(model.logits(h))
   got = jnp.concatenate(got, axis=1)
   real = np.asarray(full_mask, bool)
-  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(expected)[real],
-                             atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(got)[real], np.asarray(expected)[real], atol=1e-4, rtol=1e-5
+  )
 
 
 def test_sampled_logp_equals_recomputed_logprobs_at_temperature_1(model):
@@ -111,8 +124,9 @@ def test_sampled_logp_equals_recomputed_logprobs_at_temperature_1(model):
   out = _sample(model, tokens, mask, config, seed=3)
   recomputed = _logprobs(model, out.tokens, out.attention_mask)
   done = np.asarray(out.completion_mask, bool)
-  np.testing.assert_allclose(np.asarray(out.logp)[done],
-                             np.asarray(recomputed)[done], atol=1e-4)
+  np.testing.assert_allclose(
+      np.asarray(out.logp)[done], np.asarray(recomputed)[done], atol=1e-4
+  )
   np.testing.assert_array_equal(np.asarray(out.logp)[~done], 0.0)
 
 
@@ -121,12 +135,14 @@ def test_rows_are_prompt_major(model):
   config = dataclasses.replace(GREEDY, temperature=1.0, num_samples=2)
   out = _sample(model, tokens, mask, config, seed=3)
   np.testing.assert_array_equal(out.tokens[:, :7], np.repeat(tokens, 2, 0))
-  np.testing.assert_array_equal(out.attention_mask[:, :7],
-                                np.repeat(mask, 2, 0))
+  np.testing.assert_array_equal(
+      out.attention_mask[:, :7], np.repeat(mask, 2, 0)
+  )
   # Two samples of one prompt differ somewhere (temperature 1, 6 tokens).
-  assert any(not np.array_equal(out.tokens[2 * b, 7:], out.tokens[2 * b + 1,
-                                                                   7:])
-             for b in range(3))
+  assert any(
+      not np.array_equal(out.tokens[2 * b, 7:], out.tokens[2 * b + 1, 7:])
+      for b in range(3)
+  )
 
 
 def test_eos_stops_a_row_and_pads_after_it(model):
@@ -140,10 +156,10 @@ def test_eos_stops_a_row_and_pads_after_it(model):
     completion = np.asarray(out.tokens[row, 7:])
     np.testing.assert_array_equal(completion[:n], free[row, :n])
     np.testing.assert_array_equal(completion[n:], PAD)
-    np.testing.assert_array_equal(out.completion_mask[row, 7:],
-                                  np.arange(6) < n)
-    np.testing.assert_array_equal(out.attention_mask[row, 7:],
-                                  np.arange(6) < n)
+    np.testing.assert_array_equal(
+        out.completion_mask[row, 7:], np.arange(6) < n
+    )
+    np.testing.assert_array_equal(out.attention_mask[row, 7:], np.arange(6) < n)
     assert out.lengths[row] == n
   assert out.lengths[0] <= 3
 
@@ -159,25 +175,34 @@ def test_every_row_done_stops_early_with_padding(model):
 def test_top_k_1_equals_greedy(model):
   tokens, mask = _prompts([5, 2, 7], 7)
   greedy = _sample(model, tokens, mask, GREEDY)
-  top1 = _sample(model, tokens, mask,
-                 dataclasses.replace(GREEDY, temperature=1.0, top_k=1), seed=9)
+  top1 = _sample(
+      model,
+      tokens,
+      mask,
+      dataclasses.replace(GREEDY, temperature=1.0, top_k=1),
+      seed=9,
+  )
   np.testing.assert_array_equal(top1.tokens, greedy.tokens)
   np.testing.assert_array_equal(top1.logp, 0.0)  # A point mass.
 
 
 @pytest.mark.parametrize("truncation", [dict(top_k=3), dict(top_p=0.6)])
 def test_truncated_sampling_stays_in_the_set_and_reports_its_logp(
-    model, truncation):
+    model, truncation
+):
   tokens, mask = _prompts([5, 2, 7], 7)
-  config = dataclasses.replace(GREEDY, temperature=0.7, num_samples=4,
-                               **truncation)
+  config = dataclasses.replace(
+      GREEDY, temperature=0.7, num_samples=4, **truncation
+  )
   out = _sample(model, tokens, mask, config, seed=1)
   # [R, N, V]: the distributions the N completion tokens were drawn from.
   logits = _logits(model, out.tokens, out.attention_mask)[:, 6:-1] / 0.7
-  kept = sampling.truncate_logits(logits.reshape(-1, V), config.top_k,
-                                  config.top_p).reshape(logits.shape)
-  expected = jnp.take_along_axis(jax.nn.log_softmax(kept, -1),
-                                 out.tokens[:, 7:, None], -1)[..., 0]
+  kept = sampling.truncate_logits(
+      logits.reshape(-1, V), config.top_k, config.top_p
+  ).reshape(logits.shape)
+  expected = jnp.take_along_axis(
+      jax.nn.log_softmax(kept, -1), out.tokens[:, 7:, None], -1
+  )[..., 0]
   assert np.all(np.isfinite(np.asarray(expected)))  # Sampled tokens kept.
   np.testing.assert_allclose(out.logp[:, 7:], expected, atol=1e-4)
   n_kept = np.sum(np.isfinite(np.asarray(kept)), axis=-1)
@@ -189,8 +214,11 @@ def test_truncated_sampling_stays_in_the_set_and_reports_its_logp(
 
 def test_truncate_on_known_logits():
   logits = jnp.log(jnp.asarray([[0.5, 0.05, 0.3, 0.15]]))
-  kept = lambda **kw: np.isfinite(np.asarray(sampling.truncate_logits(
-      logits, kw.get("top_k"), kw.get("top_p"))))[0].tolist()
+  kept = lambda **kw: np.isfinite(
+      np.asarray(
+          sampling.truncate_logits(logits, kw.get("top_k"), kw.get("top_p"))
+      )
+  )[0].tolist()
   assert kept(top_k=2) == [True, False, True, False]
   assert kept(top_p=0.5) == [True, False, False, False]
   assert kept(top_p=0.6) == [True, False, True, False]
@@ -215,7 +243,7 @@ def test_ragged_prompts_match_each_prompt_alone(model):
   batch = _sample(model, tokens, mask, GREEDY)
   lp = _logprobs(model, batch.tokens, batch.attention_mask)
   for row, n in enumerate([5, 2, 7]):
-    alone_prompt = tokens[row:row + 1, 7 - n:]
+    alone_prompt = tokens[row : row + 1, 7 - n :]
     alone = _sample(model, alone_prompt, jnp.ones_like(alone_prompt), GREEDY)
     np.testing.assert_array_equal(alone.tokens[0, n:], batch.tokens[row, 7:])
     alone_lp = _logprobs(model, alone.tokens, alone.attention_mask)
@@ -239,8 +267,14 @@ def test_compiles_once_per_shape(model, monkeypatch):
   assert first > 0
   other_tokens, other_mask = _prompts([2, 5], 5, seed=1)
   other_params = jax.tree.map(lambda x: x * 0.5, params)
-  sampling.sample(graphdef, other_params, other_tokens, other_mask,
-                  jax.random.key(1), config)
+  sampling.sample(
+      graphdef,
+      other_params,
+      other_tokens,
+      other_mask,
+      jax.random.key(1),
+      config,
+  )
   assert len(traces) == first
 
 
@@ -249,14 +283,19 @@ def test_bad_input_is_refused(model):
   graphdef, params = nnx.split(model, nnx.Param)
   right_padded = jnp.asarray(mask[:, ::-1])
   with pytest.raises(ValueError, match=r"left-padded.*rows \[0, 1\]"):
-    sampling.sample(graphdef, params, tokens, right_padded,
-                    jax.random.key(0), GREEDY)
+    sampling.sample(
+        graphdef, params, tokens, right_padded, jax.random.key(0), GREEDY
+    )
   with pytest.raises(ValueError, match="must both be"):
-    sampling.sample(graphdef, params, tokens, mask[:, 1:], jax.random.key(0),
-                    GREEDY)
-  for bad, match in [(dict(top_p=0.0), "top_p"), (dict(top_k=0), "top_k"),
-                     (dict(temperature=-1.0), "temperature"),
-                     (dict(max_new_tokens=0), "max_new_tokens"),
-                     (dict(cache_layout="bsdh"), "valid: bhsd, bshd")]:
+    sampling.sample(
+        graphdef, params, tokens, mask[:, 1:], jax.random.key(0), GREEDY
+    )
+  for bad, match in [
+      (dict(top_p=0.0), "top_p"),
+      (dict(top_k=0), "top_k"),
+      (dict(temperature=-1.0), "temperature"),
+      (dict(max_new_tokens=0), "max_new_tokens"),
+      (dict(cache_layout="bsdh"), "valid: bhsd, bshd"),
+  ]:
     with pytest.raises(ValueError, match=match):
       dataclasses.replace(GREEDY, **bad)

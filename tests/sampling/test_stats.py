@@ -11,7 +11,6 @@ import pytest
 
 from ugrad.sampling import stats
 
-
 # ----------------------------------------------------------------- pass@k
 
 
@@ -27,8 +26,9 @@ def test_pass_at_k_matches_enumeration_over_all_subsets():
     for c in range(n + 1):
       for k in range(1, n + 1):
         got = stats.pass_at_k(n, c, k)
-        assert got == pytest.approx(_brute_force_pass_at_k(n, c, k),
-                                    abs=1e-12), (n, c, k)
+        assert got == pytest.approx(
+            _brute_force_pass_at_k(n, c, k), abs=1e-12
+        ), (n, c, k)
 
 
 def test_pass_at_k_hand_values():
@@ -42,8 +42,12 @@ def test_pass_at_k_hand_values():
 def test_pass_at_k_is_exact_for_large_n():
   # Exact rational reference: Python's int / int is correctly rounded even
   # when the binomials have hundreds of digits.
-  for n, c, k in [(2000, 1, 1000), (2000, 37, 64), (1024, 900, 100),
-                  (5000, 3, 2)]:
+  for n, c, k in [
+      (2000, 1, 1000),
+      (2000, 37, 64),
+      (1024, 900, 100),
+      (5000, 3, 2),
+  ]:
     want = 1 - math.comb(n - c, k) / math.comb(n, k)
     assert stats.pass_at_k(n, c, k) == pytest.approx(want, rel=1e-12, abs=1e-15)
   assert stats.pass_at_k(2000, 1, 1000) == pytest.approx(0.5, abs=1e-14)
@@ -62,17 +66,21 @@ def test_pass_at_k_is_vectorised_over_questions():
   # A scalar n broadcasts against per-question counts.
   got = stats.pass_at_k(6, [0, 2, 6], 3)
   np.testing.assert_allclose(
-      got, [_brute_force_pass_at_k(6, x, 3) for x in (0, 2, 6)], atol=1e-12)
+      got, [_brute_force_pass_at_k(6, x, 3) for x in (0, 2, 6)], atol=1e-12
+  )
 
 
-@pytest.mark.parametrize("n,c,k,match", [
-    ([4, 2], [1, 1], 3, "question 1 has only n=2"),
-    (4, 1, 0, "k >= 1"),
-    (4, 5, 2, "0 <= c <= n"),
-    ([4, 4], [1, -1], 2, "question 1 has c=-1"),
-    (4.5, 1, 2, "n must hold integers"),
-    (4, 1, [1, 2], "single integer"),
-])
+@pytest.mark.parametrize(
+    "n,c,k,match",
+    [
+        ([4, 2], [1, 1], 3, "question 1 has only n=2"),
+        (4, 1, 0, "k >= 1"),
+        (4, 5, 2, "0 <= c <= n"),
+        ([4, 4], [1, -1], 2, "question 1 has c=-1"),
+        (4.5, 1, 2, "n must hold integers"),
+        (4, 1, [1, 2], "single integer"),
+    ],
+)
 def test_pass_at_k_rejects_bad_input(n, c, k, match):
   with pytest.raises(ValueError, match=match):
     stats.pass_at_k(n, c, k)
@@ -100,8 +108,11 @@ def test_maj_at_k_simple_majority():
 
 def test_maj_at_k_unparsable_answers_do_not_vote():
   answers = [[None, None, None, "5"], [None, None], [None, "4", None, "7"]]
-  flags = [[False, False, False, True], [False, False],
-           [False, True, False, False]]
+  flags = [
+      [False, False, False, True],
+      [False, False],
+      [False, True, False, False],
+  ]
   got = stats.maj_at_k([answers[0]], [flags[0]], 4)
   np.testing.assert_array_equal(got, [1.0])
   # Nobody votes: 0. A tie between two single parsed votes: 1/2.
@@ -114,20 +125,27 @@ def test_maj_at_k_tie_breaks():
   right_second = [[False, True], [False, True, True, False, False]]
   right_first = [[True, False], [True, False, False, True, False]]
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, right_second, 2, ties="expected",
-                  subsets="chunks"), [0.5, 0.5])
+      stats.maj_at_k(
+          answers, right_second, 2, ties="expected", subsets="chunks"
+      ),
+      [0.5, 0.5],
+  )
   np.testing.assert_array_equal(
       stats.maj_at_k(answers, right_second, 2, ties="first", subsets="chunks"),
-      [0.0, 0.5])
+      [0.0, 0.5],
+  )
   np.testing.assert_array_equal(
       stats.maj_at_k(answers, right_first, 2, ties="first", subsets="chunks"),
-      [1.0, 0.5])
+      [1.0, 0.5],
+  )
   # Three-way tie, one correct: expected accuracy 1/3; first-seen picks "7".
   three = [["7", "8", "9"]]
   np.testing.assert_allclose(
-      stats.maj_at_k(three, [[False, True, False]], 3), [1 / 3])
+      stats.maj_at_k(three, [[False, True, False]], 3), [1 / 3]
+  )
   np.testing.assert_array_equal(
-      stats.maj_at_k(three, [[False, True, False]], 3, ties="first"), [0.0])
+      stats.maj_at_k(three, [[False, True, False]], 3, ties="first"), [0.0]
+  )
 
 
 def test_maj_at_k_groups_by_the_equivalence_function():
@@ -137,24 +155,28 @@ def test_maj_at_k_groups_by_the_equivalence_function():
   np.testing.assert_allclose(stats.maj_at_k(answers, flags, 3), [2 / 3])
   same_number = lambda a, b: fractions.Fraction(a) == fractions.Fraction(b)
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, flags, 3, equivalent=same_number), [1.0])
+      stats.maj_at_k(answers, flags, 3, equivalent=same_number), [1.0]
+  )
   # Three against two: the equivalence turns the minority into the majority.
   answers = [["3", "0.5", "3", "1/2", "2/4"]]
   flags = [[False, True, False, True, True]]
   np.testing.assert_array_equal(stats.maj_at_k(answers, flags, 5), [0.0])
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, flags, 5, equivalent=same_number), [1.0])
+      stats.maj_at_k(answers, flags, 5, equivalent=same_number), [1.0]
+  )
 
 
 def test_maj_at_k_with_math_verify_equivalence():
   math_verify = pytest.importorskip("math_verify")
   answers = [["$\\frac{1}{2}$", "$3$", "$0.5$", "$3$", "$\\frac{2}{4}$"]]
   gold = math_verify.parse("$\\frac12$")
-  same = lambda a, b: math_verify.verify(math_verify.parse(a),
-                                         math_verify.parse(b))
+  same = lambda a, b: math_verify.verify(
+      math_verify.parse(a), math_verify.parse(b)
+  )
   checker = lambda q, a: math_verify.verify(gold, math_verify.parse(a))
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, checker, 5, equivalent=same), [1.0])
+      stats.maj_at_k(answers, checker, 5, equivalent=same), [1.0]
+  )
 
 
 def test_maj_at_k_checker_matches_flags_and_is_called_once_per_group():
@@ -174,15 +196,16 @@ def test_maj_at_k_checker_matches_flags_and_is_called_once_per_group():
 
 def _exact_subset_mean(row, flags, k):
   subsets = itertools.combinations(range(len(row)), k)
-  scores = [_reference_maj([row[i] for i in s], [flags[i] for i in s])
-            for s in subsets]
+  scores = [
+      _reference_maj([row[i] for i in s], [flags[i] for i in s])
+      for s in subsets
+  ]
   return sum(scores) / len(scores)
 
 
 def test_maj_at_k_random_subsets_enumerate_when_few():
   rng = np.random.default_rng(3)
-  answers = [list(rng.choice(["1", "2", "3", None], size=6))
-             for _ in range(5)]
+  answers = [list(rng.choice(["1", "2", "3", None], size=6)) for _ in range(5)]
   answers = [[None if a is None else str(a) for a in row] for row in answers]
   flags = [[a == "2" for a in row] for row in answers]
   # C(6, 3) = 20 <= num_subsets, so the mean over all subsets is exact.
@@ -202,8 +225,9 @@ def test_maj_at_k_random_subsets_sample_when_many():
   assert a[0] != c[0]
   assert abs(a[0] - exact) < 0.05
   # A question's score does not depend on the questions after it.
-  both = stats.maj_at_k([row, row[::-1]], [flags[0], flags[0][::-1]], 4,
-                     num_subsets=400, seed=1)
+  both = stats.maj_at_k(
+      [row, row[::-1]], [flags[0], flags[0][::-1]], 4, num_subsets=400, seed=1
+  )
   assert both[0] == a[0]
 
 
@@ -222,7 +246,8 @@ def test_maj_at_k_chunks():
   flags = [[a == "1" for a in row]]
   # Chunks [1 1], [2 3], [3 3]; the seventh sample is left over.
   np.testing.assert_allclose(
-      stats.maj_at_k([row], flags, 2, subsets="chunks"), [(1 + 0 + 0) / 3])
+      stats.maj_at_k([row], flags, 2, subsets="chunks"), [(1 + 0 + 0) / 3]
+  )
 
 
 def test_maj_at_k_when_n_equals_k_uses_the_full_set_in_order():
@@ -230,15 +255,19 @@ def test_maj_at_k_when_n_equals_k_uses_the_full_set_in_order():
   flags = [[a == "5" for a in row]]
   for mode in ("random", "chunks"):
     np.testing.assert_array_equal(
-        stats.maj_at_k([row], flags, 4, subsets=mode, ties="first"), [1.0])
+        stats.maj_at_k([row], flags, 4, subsets=mode, ties="first"), [1.0]
+    )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(k=3), "question 1 has only n=2"),
-    (dict(k=0), "k >= 1"),
-    (dict(k=2, subsets="all"), "valid: random, chunks"),
-    (dict(k=2, ties="random"), "valid: expected, first"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(k=3), "question 1 has only n=2"),
+        (dict(k=0), "k >= 1"),
+        (dict(k=2, subsets="all"), "valid: random, chunks"),
+        (dict(k=2, ties="random"), "valid: expected, first"),
+    ],
+)
 def test_maj_at_k_rejects_bad_input(kwargs, match):
   answers = [["1", "2", "3"], ["1", "2"]]
   flags = [[True, False, False], [True, False]]
@@ -274,8 +303,7 @@ def test_bootstrap_ci_narrows_with_more_questions():
   assert widths[0] > widths[1] > widths[2]
   # The percentile interval of a mean of 0/1 scores is close to the normal
   # one, 2 * 1.96 * sqrt(p (1 - p) / Q).
-  assert widths[2] == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 5000),
-                                    rel=0.15)
+  assert widths[2] == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 5000), rel=0.15)
 
 
 def test_bootstrap_ci_widens_with_confidence_and_handles_constants():
@@ -294,13 +322,16 @@ def test_bootstrap_ci_blocks_give_the_same_answer(monkeypatch):
   assert stats.bootstrap_ci(scores, num_resamples=200) == whole
 
 
-@pytest.mark.parametrize("scores,kwargs,match", [
-    ([], {}, "non-empty"),
-    ([[1.0, 0.0]], {}, "shape"),
-    ([1.0, np.nan], {}, "non-finite scores at questions \\[1\\]"),
-    ([1.0], dict(confidence=1.0), "confidence"),
-    ([1.0], dict(num_resamples=0), "num_resamples"),
-])
+@pytest.mark.parametrize(
+    "scores,kwargs,match",
+    [
+        ([], {}, "non-empty"),
+        ([[1.0, 0.0]], {}, "shape"),
+        ([1.0, np.nan], {}, "non-finite scores at questions \\[1\\]"),
+        ([1.0], dict(confidence=1.0), "confidence"),
+        ([1.0], dict(num_resamples=0), "num_resamples"),
+    ],
+)
 def test_bootstrap_ci_rejects_bad_input(scores, kwargs, match):
   with pytest.raises(ValueError, match=match):
     stats.bootstrap_ci(scores, **kwargs)
@@ -311,8 +342,10 @@ def test_bootstrap_ci_rejects_bad_input(scores, kwargs, match):
 
 def test_summarize_agrees_with_the_parts():
   rng = np.random.default_rng(5)
-  answers = [[None if x == 0 else str(x) for x in rng.integers(0, 4, size=n)]
-             for n in (4, 6, 4, 8, 5)]
+  answers = [
+      [None if x == 0 else str(x) for x in rng.integers(0, 4, size=n)]
+      for n in (4, 6, 4, 8, 5)
+  ]
   flags = [[a == "1" for a in row] for row in answers]
   greedy = [True, False, True, True, False]
   out = stats.summarize(flags, answers, greedy)
@@ -320,10 +353,24 @@ def test_summarize_agrees_with_the_parts():
   c = np.array([sum(r) for r in flags])
   assert out["num_questions"] == 5
   assert out["samples_per_question"] == [4, 8]
-  assert sorted(out) == sorted([
-      "num_questions", "samples_per_question", "greedy_acc", "greedy_acc_ci",
-      "pass@1", "pass@1_ci", "pass@2", "pass@2_ci", "pass@4", "pass@4_ci",
-      "maj@2", "maj@2_ci", "maj@4", "maj@4_ci"])
+  assert sorted(out) == sorted(
+      [
+          "num_questions",
+          "samples_per_question",
+          "greedy_acc",
+          "greedy_acc_ci",
+          "pass@1",
+          "pass@1_ci",
+          "pass@2",
+          "pass@2_ci",
+          "pass@4",
+          "pass@4_ci",
+          "maj@2",
+          "maj@2_ci",
+          "maj@4",
+          "maj@4_ci",
+      ]
+  )
   assert out["greedy_acc"] == pytest.approx(0.6)
   for k in (1, 2, 4):
     assert out[f"pass@{k}"] == pytest.approx(stats.pass_at_k(n, c, k).mean())
@@ -338,22 +385,33 @@ def test_summarize_agrees_with_the_parts():
 def test_summarize_explicit_ks_and_partial_inputs():
   flags = [[True, False, False, False]] * 3
   out = stats.summarize(flags, ks=[1, 4])
-  assert set(out) == {"num_questions", "samples_per_question", "pass@1",
-                      "pass@1_ci", "pass@4", "pass@4_ci"}
+  assert set(out) == {
+      "num_questions",
+      "samples_per_question",
+      "pass@1",
+      "pass@1_ci",
+      "pass@4",
+      "pass@4_ci",
+  }
   assert out["pass@1"] == pytest.approx(0.25)
   assert out["pass@4"] == 1.0
   out = stats.summarize(greedy_correct=[1, 0])
   assert set(out) == {"num_questions", "greedy_acc", "greedy_acc_ci"}
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({}, "needs sample_correct, answers or greedy_correct"),
-    (dict(sample_correct=[[True]], greedy_correct=[True, False]),
-     "disagree on the number of questions"),
-    (dict(sample_correct=[[True, False]], maj_ks=[2]), "needs answers"),
-    (dict(answers=[["1"]]), "needs sample_correct"),
-    (dict(sample_correct=[[True, False]], ks=[4]), "only n=2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({}, "needs sample_correct, answers or greedy_correct"),
+        (
+            dict(sample_correct=[[True]], greedy_correct=[True, False]),
+            "disagree on the number of questions",
+        ),
+        (dict(sample_correct=[[True, False]], maj_ks=[2]), "needs answers"),
+        (dict(answers=[["1"]]), "needs sample_correct"),
+        (dict(sample_correct=[[True, False]], ks=[4]), "only n=2"),
+    ],
+)
 def test_summarize_rejects_bad_input(kwargs, match):
   with pytest.raises(ValueError, match=match):
     stats.summarize(**kwargs)
@@ -365,13 +423,19 @@ def test_summarize_rejects_bad_input(kwargs, match):
 def test_auc_known_cases():
   # Positives win 4 of the 6 (positive, negative) pairs and tie one.
   assert stats.auc([0.9, 0.5, 0.5, 0.1, 0.7], [1, 1, 0, 0, 0]) == (
-      pytest.approx(4.5 / 6))
+      pytest.approx(4.5 / 6)
+  )
   assert stats.auc([3.0, 2.0, 1.0], [1, 1, 0]) == 1.0
   assert stats.auc([1.0, 2.0, 3.0], [1, 1, 0]) == 0.0
   assert stats.auc([1.0, 1.0], [1, 0]) == 0.5
   assert math.isnan(stats.auc([1.0, 2.0], [1, 1]))
   rng = np.random.default_rng(0)
   scores, labels = rng.normal(size=50), rng.random(50) > 0.5
-  pairs = [(s > t) + 0.5 * (s == t) for s, a in zip(scores, labels) if a
-           for t, b in zip(scores, labels) if not b]
+  pairs = [
+      (s > t) + 0.5 * (s == t)
+      for s, a in zip(scores, labels)
+      if a
+      for t, b in zip(scores, labels)
+      if not b
+  ]
   assert stats.auc(scores, labels) == pytest.approx(np.mean(pairs))

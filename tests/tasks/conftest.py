@@ -36,5 +36,4 @@ class BpeTokenizer:
 
 @pytest.fixture(scope="session")
 def bpe():
-  return BpeTokenizer(bpe_util.train_bpe(_CORPUS * 10, 320,
-                                         ("<pad>", "</s>")))
+  return BpeTokenizer(bpe_util.train_bpe(_CORPUS * 10, 320, ("<pad>", "</s>")))

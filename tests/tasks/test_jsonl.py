@@ -9,42 +9,54 @@ from ugrad import tasks
 from ugrad.tasks import math_answers
 
 GSM8K_ROWS = [
-    {"question": "Natalia sold 48 clips in April and half as many in May. "
-                 "How many in total?",
-     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\n"
-               "In total 48+24 = <<48+24=72>>72 clips.\n#### 72"},
-    {"question": "A car costs 500 dollars twice. Total?",
-     "answer": "500*2 = <<500*2=1000>>1000\n#### 1,000"},
+    {
+        "question": "Natalia sold 48 clips in April and half as many in May. "
+        "How many in total?",
+        "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\n"
+        "In total 48+24 = <<48+24=72>>72 clips.\n#### 72",
+    },
+    {
+        "question": "A car costs 500 dollars twice. Total?",
+        "answer": "500*2 = <<500*2=1000>>1000\n#### 1,000",
+    },
     {"question": "Half of one?", "answer": "1/2 = 0.5\n#### 0.5"},
 ]
 
 MATH_ROWS = [
-    {"problem": "Compute $\\frac{1}{4}+\\frac{1}{4}$.",
-     "solution": "We get $\\frac{2}{4} = \\boxed{\\frac{1}{2}}$."},
-    {"problem": "Solve $x^2 = 4$ for positive $x$; give $(x, x^2)$.",
-     "solution": "First \\boxed{3} is wrong; the pair is "
-                 "$\\boxed{\\left( 2, {4} \\right)}$.",
-     "level": "Level 1"},
+    {
+        "problem": "Compute $\\frac{1}{4}+\\frac{1}{4}$.",
+        "solution": "We get $\\frac{2}{4} = \\boxed{\\frac{1}{2}}$.",
+    },
+    {
+        "problem": "Solve $x^2 = 4$ for positive $x$; give $(x, x^2)$.",
+        "solution": "First \\boxed{3} is wrong; the pair is "
+        "$\\boxed{\\left( 2, {4} \\right)}$.",
+        "level": "Level 1",
+    },
 ]
 
 
 def _write(path, rows):
-  path.write_text("".join(
-      (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  path.write_text(
+      "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+  )
   return str(path)
 
 
 @pytest.fixture
 def gsm8k(tmp_path):
   return tasks.make_task(
-      "gsm8k", train_path=_write(tmp_path / "train.jsonl", GSM8K_ROWS),
-      test_path=_write(tmp_path / "test.jsonl", [GSM8K_ROWS[0], ""]))
+      "gsm8k",
+      train_path=_write(tmp_path / "train.jsonl", GSM8K_ROWS),
+      test_path=_write(tmp_path / "test.jsonl", [GSM8K_ROWS[0], ""]),
+  )
 
 
 @pytest.fixture
 def math(tmp_path):
   return tasks.make_task(
-      "math", test_path=_write(tmp_path / "test.jsonl", MATH_ROWS))
+      "math", test_path=_write(tmp_path / "test.jsonl", MATH_ROWS)
+  )
 
 
 def test_gsm8k_rows(gsm8k):
@@ -52,8 +64,9 @@ def test_gsm8k_rows(gsm8k):
   assert len(train) == 3 and len(gsm8k.examples("test")) == 1
   ex = train[0]
   assert ex.answer == "72"
-  assert ex.solution == ("In May she sold 48/2 = 24 clips.\n"
-                         "In total 48+24 = 72 clips.")
+  assert ex.solution == (
+      "In May she sold 48/2 = 24 clips.\n" "In total 48+24 = 72 clips."
+  )
   assert gsm8k.completion(ex) == ex.solution + "\n#### 72"
   assert gsm8k.prompt(ex) == ex.question + "\n"
   assert train[1].answer == "1,000"
@@ -62,24 +75,28 @@ def test_gsm8k_rows(gsm8k):
 def test_gsm8k_keeps_annotations_on_request(tmp_path):
   task = tasks.gsm8k_task(
       train_path=_write(tmp_path / "t.jsonl", GSM8K_ROWS),
-      strip_annotations=False)
+      strip_annotations=False,
+  )
   assert "<<48/2=24>>" in task.examples("train")[0].solution
 
 
-@pytest.mark.parametrize("row,completion,reward", [
-    (0, "so\n#### 72", 1.0),
-    (0, "#### 72.0", 1.0),
-    (0, "#### 73", 0.0),
-    (0, "72", 0.0),  # No "####".
-    (0, "#### ", 0.0),
-    (0, "#### 72\n#### 73", 1.0),
-    (1, "#### 1000", 1.0),  # Gold "1,000".
-    (1, "#### 1,000 dollars", 1.0),
-    (1, "#### 100", 0.0),
-    (2, "#### 1/2", 1.0),  # Gold "0.5".
-    (2, "#### \\frac{1}{2}", 1.0),
-    (2, "#### 0.25", 0.0),
-])
+@pytest.mark.parametrize(
+    "row,completion,reward",
+    [
+        (0, "so\n#### 72", 1.0),
+        (0, "#### 72.0", 1.0),
+        (0, "#### 73", 0.0),
+        (0, "72", 0.0),  # No "####".
+        (0, "#### ", 0.0),
+        (0, "#### 72\n#### 73", 1.0),
+        (1, "#### 1000", 1.0),  # Gold "1,000".
+        (1, "#### 1,000 dollars", 1.0),
+        (1, "#### 100", 0.0),
+        (2, "#### 1/2", 1.0),  # Gold "0.5".
+        (2, "#### \\frac{1}{2}", 1.0),
+        (2, "#### 0.25", 0.0),
+    ],
+)
 def test_gsm8k_reward_is_symbolic(gsm8k, row, completion, reward):
   assert gsm8k.reward(gsm8k.examples("train")[row], completion) == reward
 
@@ -147,8 +164,10 @@ def test_default_tokenizer_covers_data(gsm8k, math):
 
 def test_any_tokenizer_works(tmp_path, bpe):
   task = tasks.make_task(
-      "gsm8k", train_path=_write(tmp_path / "t.jsonl", GSM8K_ROWS),
-      tokenizer=bpe)
+      "gsm8k",
+      train_path=_write(tmp_path / "t.jsonl", GSM8K_ROWS),
+      tokenizer=bpe,
+  )
   ex = task.examples("train")[0]
   prompt_ids, completion_ids = tasks.encode_example(task, ex)
   assert prompt_ids == bpe.encode(task.prompt(ex))  # No BOS to add.
@@ -158,20 +177,40 @@ def test_any_tokenizer_works(tmp_path, bpe):
   assert len(ends) == 3 and ends == sorted(ends)
 
 
-@pytest.mark.parametrize("name,rows,line,match", [
-    ("gsm8k", [GSM8K_ROWS[0], "{not json"], 2, "invalid JSON"),
-    ("gsm8k", [GSM8K_ROWS[0], "", {"question": "q"}], 3,
-     "missing field 'answer'"),
-    ("gsm8k", [{"question": "q", "answer": "42"}], 1, "no '####'"),
-    ("gsm8k", [{"question": "q", "answer": "x ####  "}], 1, "nothing after"),
-    ("gsm8k", [{"question": 3, "answer": "#### 1"}], 1, "not str"),
-    ("gsm8k", [["question", "answer"]], 1, "not an object"),
-    ("math", [MATH_ROWS[0], {"problem": "p", "solution": "it is 4"}], 2,
-     "no complete \\\\boxed"),
-    ("math", [{"problem": "p", "solution": "\\boxed{4"}], 1, "boxed"),
-    ("math", [{"question": "p", "answer": "#### 4"}], 1,
-     "missing field 'problem'"),
-])
+@pytest.mark.parametrize(
+    "name,rows,line,match",
+    [
+        ("gsm8k", [GSM8K_ROWS[0], "{not json"], 2, "invalid JSON"),
+        (
+            "gsm8k",
+            [GSM8K_ROWS[0], "", {"question": "q"}],
+            3,
+            "missing field 'answer'",
+        ),
+        ("gsm8k", [{"question": "q", "answer": "42"}], 1, "no '####'"),
+        (
+            "gsm8k",
+            [{"question": "q", "answer": "x ####  "}],
+            1,
+            "nothing after",
+        ),
+        ("gsm8k", [{"question": 3, "answer": "#### 1"}], 1, "not str"),
+        ("gsm8k", [["question", "answer"]], 1, "not an object"),
+        (
+            "math",
+            [MATH_ROWS[0], {"problem": "p", "solution": "it is 4"}],
+            2,
+            "no complete \\\\boxed",
+        ),
+        ("math", [{"problem": "p", "solution": "\\boxed{4"}], 1, "boxed"),
+        (
+            "math",
+            [{"question": "p", "answer": "#### 4"}],
+            1,
+            "missing field 'problem'",
+        ),
+    ],
+)
 def test_malformed_rows_name_file_and_line(tmp_path, name, rows, line, match):
   path = _write(tmp_path / "bad.jsonl", rows)
   with pytest.raises(tasks.DataError, match=match) as info:
@@ -186,8 +225,9 @@ def test_bytes_that_are_not_utf8_name_file_line_and_column(tmp_path):
   path.write_bytes(good + b"\n" + latin1)
   with pytest.raises(tasks.DataError) as info:
     tasks.make_task("gsm8k", train_path=str(path))
-  assert str(info.value) == (f"{path}:2: not UTF-8 text (byte 0xe9 at "
-                             "column 18)")
+  assert str(info.value) == (
+      f"{path}:2: not UTF-8 text (byte 0xe9 at " "column 18)"
+  )
 
 
 def test_empty_file_and_missing_paths(tmp_path):
@@ -197,15 +237,17 @@ def test_empty_file_and_missing_paths(tmp_path):
   with pytest.raises(ValueError, match="train_path, test_path"):
     tasks.make_task("math")
   task = tasks.make_task(
-      "gsm8k", train_path=_write(tmp_path / "t.jsonl", GSM8K_ROWS))
+      "gsm8k", train_path=_write(tmp_path / "t.jsonl", GSM8K_ROWS)
+  )
   with pytest.raises(ValueError, match="no test_path"):
     task.examples("test")
 
 
 def test_prompt_template(tmp_path):
   path = _write(tmp_path / "t.jsonl", GSM8K_ROWS)
-  task = tasks.make_task("gsm8k", train_path=path,
-                         prompt_template="Q: {question}\nA:\n")
+  task = tasks.make_task(
+      "gsm8k", train_path=path, prompt_template="Q: {question}\nA:\n"
+  )
   ex = task.examples("train")[0]
   assert task.prompt(ex) == f"Q: {ex.question}\nA:\n"
   with pytest.raises(ValueError, match="no {question}"):
@@ -213,18 +255,23 @@ def test_prompt_template(tmp_path):
 
 
 def test_make_task_lists_valid_names():
-  with pytest.raises(ValueError, match="unknown task 'mmlu'; valid: "
-                     "arithmetic, gsm8k, math"):
+  with pytest.raises(
+      ValueError, match="unknown task 'mmlu'; valid: " "arithmetic, gsm8k, math"
+  ):
     tasks.make_task("mmlu")
-  assert isinstance(tasks.make_task("arithmetic", n_train=10),
-                    tasks.ArithmeticTask)
+  assert isinstance(
+      tasks.make_task("arithmetic", n_train=10), tasks.ArithmeticTask
+  )
 
 
 def test_a_validation_file_is_its_own_split(tmp_path):
   task = tasks.make_task(
-      "gsm8k", train_path=_write(tmp_path / "train.jsonl", GSM8K_ROWS),
-      validation_path=_write(tmp_path / "dev.jsonl", GSM8K_ROWS[:1]))
+      "gsm8k",
+      train_path=_write(tmp_path / "train.jsonl", GSM8K_ROWS),
+      validation_path=_write(tmp_path / "dev.jsonl", GSM8K_ROWS[:1]),
+  )
   assert [e.answer for e in task.examples("validation")] == [
-      task.examples("train")[0].answer]
+      task.examples("train")[0].answer
+  ]
   with pytest.raises(ValueError, match="no test_path was given"):
     task.examples("test")

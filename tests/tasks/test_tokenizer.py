@@ -64,7 +64,7 @@ def test_encode_prompt_without_bos(bpe):
 def test_line_spans_skip_blank_lines_and_strip():
   text = "ab\n\n  cd \n   \nef"
   spans = base.line_spans(text)
-  assert [text[s:e + 1] for s, e in spans] == ["ab", "cd", "ef"]
+  assert [text[s : e + 1] for s, e in spans] == ["ab", "cd", "ef"]
   assert base.line_step_ends(text) == [1, 7, 15]
 
 
@@ -82,6 +82,6 @@ def test_chars_to_tokens_bpe(bpe):
   offsets = list(range(len(text)))
   tokens = base.chars_to_tokens(bpe, ids, offsets)
   for c, j in zip(offsets, tokens):
-    assert len(bpe.decode(ids[:j])) <= c < len(bpe.decode(ids[:j + 1]))
+    assert len(bpe.decode(ids[:j])) <= c < len(bpe.decode(ids[: j + 1]))
   with pytest.raises(ValueError, match="outside"):
     base.chars_to_tokens(bpe, ids, [len(text)])

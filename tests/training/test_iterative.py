@@ -51,13 +51,16 @@ def _iterative_grpo(sft_dir, orm_dir, steps=4, iterations=2):
 
 def _metrics(workdir):
   rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  return [{k: v for k, v in r.items() if k not in trainer_lib.TIMING_KEYS}
-          for r in rows]
+  return [
+      {k: v for k, v in r.items() if k not in trainer_lib.TIMING_KEYS}
+      for r in rows
+  ]
 
 
 def _trainer(config, workdir):
-  return trainer_lib.Trainer(config, workdir,
-                       hooks=iterative.hooks(config, workdir))
+  return trainer_lib.Trainer(
+      config, workdir, hooks=iterative.hooks(config, workdir)
+  )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,8 @@ def run_dir(sft_dir, orm_dir, tmp_path_factory):
 
 
 def test_reward_model_continues_on_the_policy_of_each_iteration(
-    run_dir, orm_dir):
+    run_dir, orm_dir
+):
   it1 = iterative.iteration_dir(run_dir, 1)
   rm_dir = os.path.join(it1, "reward_model")
   chain = reward_models.run_chain(rm_dir)
@@ -91,7 +95,8 @@ def test_reward_model_continues_on_the_policy_of_each_iteration(
 
 
 def test_run_killed_at_an_iteration_boundary_resumes_identically(
-    sft_dir, orm_dir, run_dir, tmp_path, monkeypatch):
+    sft_dir, orm_dir, run_dir, tmp_path, monkeypatch
+):
   # Killed after step 2's checkpoint, as iteration 1 begins and before its
   # reward model continued: the resumed run trains it on the policy of the
   # checkpoint and matches the uninterrupted run.
@@ -113,19 +118,21 @@ def test_run_killed_at_an_iteration_boundary_resumes_identically(
   assert _metrics(workdir) == _metrics(run_dir)
   # The reward model sampled the policy at the boundary.
   _, sampled = runs.load_model(iterative.iteration_dir(workdir, 1))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(sampled),
-               restored)
-  no_time = lambda d: _metrics(os.path.join(
-      iterative.iteration_dir(d, 1), "reward_model"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(sampled), restored)
+  no_time = lambda d: _metrics(
+      os.path.join(iterative.iteration_dir(d, 1), "reward_model")
+  )
   assert no_time(workdir) == no_time(run_dir)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(steps=5), "cannot be split into 2 equal iterations"),
-    (dict(ref_reset_every=1), "set ref_reset_every=0"),
-])
-def test_bad_iterative_settings_are_refused(sft_dir, orm_dir, change,
-                                            message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(steps=5), "cannot be split into 2 equal iterations"),
+        (dict(ref_reset_every=1), "set ref_reset_every=0"),
+    ],
+)
+def test_bad_iterative_settings_are_refused(sft_dir, orm_dir, change, message):
   config = _iterative_grpo(sft_dir, orm_dir)
   for key, value in change.items():
     setattr(config, key, value)

@@ -13,8 +13,11 @@ _LEARNERS = (policy_learner.PolicyLearner, reward_models.RewardModelLearner)
 
 
 def _methods(cls) -> dict:
-  return {name: inspect.signature(fn) for name, fn in vars(cls).items()
-          if not name.startswith("_") and inspect.isfunction(fn)}
+  return {
+      name: inspect.signature(fn)
+      for name, fn in vars(cls).items()
+      if not name.startswith("_") and inspect.isfunction(fn)
+  }
 
 
 @pytest.mark.parametrize("cls", _LEARNERS, ids=lambda c: c.__name__)

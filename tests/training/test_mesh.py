@@ -13,7 +13,9 @@ from ugrad import models
 from ugrad import registry
 from ugrad.training import trainer as trainer_lib
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 # SFT: a dataset batch. PPO (with a dense length reward, see sharded_step):
 # sampling on the mesh, advantages from its critic, which trains on the mesh
@@ -24,16 +26,26 @@ METHODS = ["sft", "ppo"]
 def _mesh_preset(vocab_size: int) -> models.ModelConfig:
   """Small, with heads, kv heads and MLP width divisible by tensor=4 and a
   width divisible by fsdp=8."""
-  return models.ModelConfig(vocab_size=vocab_size, hidden_size=32,
-                            num_layers=1, num_heads=4, num_kv_heads=4,
-                            mlp_size=64)
+  return models.ModelConfig(
+      vocab_size=vocab_size,
+      hidden_size=32,
+      num_layers=1,
+      num_heads=4,
+      num_kv_heads=4,
+      mlp_size=64,
+  )
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """(one-device results, 8-device results) by (method, mesh)."""
-  registry.register(models.PRESETS, "model preset", sharded_step.MESH_PRESET,
-                    _mesh_preset, replace=True)
+  registry.register(
+      models.PRESETS,
+      "model preset",
+      sharded_step.MESH_PRESET,
+      _mesh_preset,
+      replace=True,
+  )
   root = tmp_path_factory.mktemp("mesh")
   sft = str(root / "sft")
   config = train_util.tiny("sft")
@@ -43,20 +55,39 @@ def runs(tmp_path_factory):
   one = {}
   for method in METHODS:
     path = sharded_step.case_file(prefix + "-one", method, (1, 1, 1))
-    sharded_step.run(sft, str(root / f"one-{method}"), path, method,
-                     (1, 1, 1))
+    sharded_step.run(sft, str(root / f"one-{method}"), path, method, (1, 1, 1))
     one[method] = np.load(path)
-  cases = [f"{m}:{','.join(map(str, mesh))}" for m in METHODS
-           for mesh in MESHES]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  cases = [
+      f"{m}:{','.join(map(str, mesh))}" for m in METHODS for mesh in MESHES
+  ]
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
   proc = subprocess.run(
-      [sys.executable, "-m", "tests.helpers.sharded_step", sft, str(root / "eight"),
-       prefix, *cases], env=env, cwd=_REPO, capture_output=True, text=True,
-      timeout=1200, check=False)
+      [
+          sys.executable,
+          "-m",
+          "tests.helpers.sharded_step",
+          sft,
+          str(root / "eight"),
+          prefix,
+          *cases,
+      ],
+      env=env,
+      cwd=_REPO,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
-  eight = {(m, mesh): np.load(sharded_step.case_file(prefix, m, mesh))
-           for m in METHODS for mesh in MESHES}
+  eight = {
+      (m, mesh): np.load(sharded_step.case_file(prefix, m, mesh))
+      for m in METHODS
+      for mesh in MESHES
+  }
   return one, eight
 
 
@@ -69,14 +100,16 @@ def test_mesh_matches_one_device(runs, method, mesh):
   assert int(a["devices"]) == 1 and int(b["devices"]) == 8
   np.testing.assert_array_equal(a["greedy"], b["greedy"])
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+      a["grad_norm"], b["grad_norm"], rtol=1e-4, atol=1e-7
+  )
   grads = [key for key in a.files if key.startswith("g") and key[1:].isdigit()]
   assert grads
   scale = max(np.abs(a[key]).max() for key in grads)
   for key in grads:
-    np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5 * scale,
-                               err_msg=key)
+    np.testing.assert_allclose(
+        a[key], b[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key
+    )
   # After the step's Adam updates, a sanity bound only: Adam moves each
   # parameter by up to about lr per update whatever the gradient's size, so
   # reduction-order noise in near-zero gradients can move a parameter of
@@ -86,5 +119,6 @@ def test_mesh_matches_one_device(runs, method, mesh):
   atol = 2 * config.optim.lr * config.ppo_epochs * config.minibatches
   for key in a.files:
     if key.startswith("p"):
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=atol,
-                                 err_msg=key)
+      np.testing.assert_allclose(
+          a[key], b[key], rtol=1e-4, atol=atol, err_msg=key
+      )

@@ -18,7 +18,9 @@ from ugrad.runtime import gradlog
 from ugrad.runtime import metrics as metrics_lib
 from ugrad.training import runs
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 STEPS = 8
 
 
@@ -26,19 +28,28 @@ def _flags(workdir):
   # The example method: its reward (rule minus a length cost) is dense, so
   # every step has a real gradient even though the tiny policy is never
   # right, and a method registered from outside the package runs too.
-  return ["--config=examples/custom_method/config.py", f"--workdir={workdir}",
-          "--config.model=tiny", f"--config.steps={STEPS}",
-          "--config.quiet=True", "--config.sampling.questions=4",
-          "--config.sampling.group_size=4",
-          "--config.sampling.max_new_tokens=32", "--config.eval_questions=8",
-          "--config.warm_start.steps=4", "--config.warm_start.batch_size=16",
-          "--config.checkpoint_every=1"]
+  return [
+      "--config=examples/custom_method/config.py",
+      f"--workdir={workdir}",
+      "--config.model=tiny",
+      f"--config.steps={STEPS}",
+      "--config.quiet=True",
+      "--config.sampling.questions=4",
+      "--config.sampling.group_size=4",
+      "--config.sampling.max_new_tokens=32",
+      "--config.eval_questions=8",
+      "--config.warm_start.steps=4",
+      "--config.warm_start.batch_size=16",
+      "--config.checkpoint_every=1",
+  ]
 
 
 def _env(local_devices):
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count="
-              f"{local_devices}")
+  return dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count=" f"{local_devices}",
+  )
 
 
 def _free_port():
@@ -52,11 +63,23 @@ def _launch(workdir, log_dir):
   procs = []
   for i in range(2):
     log = open(os.path.join(log_dir, f"p{i}.log"), "ab")  # pylint: disable=consider-using-with
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", *_flags(workdir),
-         f"--coordinator_address=localhost:{port}", "--num_processes=2",
-         f"--process_id={i}"], cwd=_REPO, env=_env(2), stdout=log,
-        stderr=subprocess.STDOUT))
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.main",
+                *_flags(workdir),
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=_REPO,
+            env=_env(2),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    )
   return procs
 
 
@@ -93,16 +116,29 @@ def _tail(log_dir):
 
 # Continuous metrics (fractions such as gc_pos_frac jump when a coefficient
 # near 0 changes sign at rounding level).
-COMPARED = ("loss", "grad_norm", "reward_mean", "reward_std",
-            "response_length", "gc_mean", "gc_std")
+COMPARED = (
+    "loss",
+    "grad_norm",
+    "reward_mean",
+    "reward_std",
+    "response_length",
+    "gc_mean",
+    "gc_std",
+)
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   ref = str(tmp_path / "ref")
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.main", *_flags(ref)], cwd=_REPO,
-      env=_env(4), capture_output=True, text=True, timeout=900, check=False)
+      [sys.executable, "-m", "experiments.main", *_flags(ref)],
+      cwd=_REPO,
+      env=_env(4),
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   work, logs = str(tmp_path / "multi"), str(tmp_path)
@@ -122,8 +158,13 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   for a, b in zip(got, want):
     assert a.keys() == b.keys()
     for key in COMPARED:
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-6,
-                                 err_msg=f"step {a['step']} {key}")
+      np.testing.assert_allclose(
+          a[key],
+          b[key],
+          rtol=1e-3,
+          atol=1e-6,
+          err_msg=f"step {a['step']} {key}",
+      )
   assert gradlog.verify(os.path.join(work, "gradient_log.jsonl")).ok
   with open(os.path.join(work, runs.EVAL_FILE)) as f:
     assert set(json.load(f)) == {"sft", "final"}
@@ -133,8 +174,9 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
     # A sanity bound: Adam moves a parameter by up to about lr per step
     # whatever its gradient's size, so reduction-order noise in near-zero
     # gradients can differ by up to 2 lr per step.
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
-                               atol=2 * 1e-4 * STEPS)
+    np.testing.assert_allclose(
+        np.asarray(a), np.asarray(b), rtol=0, atol=2 * 1e-4 * STEPS
+    )
 
 
 @pytest.mark.slow

@@ -64,15 +64,17 @@ class _ScriptedContinuations:
     for row, m in zip(tokens, mask):
       text = self.tok.decode(row[m > 0])
       assert text.startswith(self.prompt)
-      head = text[len(self.prompt):]
+      head = text[len(self.prompt) :]
       self.seen.append(head)
       for cont in self.script[head]:
         rows.append(row[m > 0].tolist())
         conts.append(tasks_lib.encode_completion(self.tok, cont))
-    packed = layout.pack(rows, conts, tokens.shape[1], self.new_tokens,
-                         self.tok.pad_id)
-    return types.SimpleNamespace(tokens=packed["tokens"],
-                                 completion_mask=packed["completion_mask"])
+    packed = layout.pack(
+        rows, conts, tokens.shape[1], self.new_tokens, self.tok.pad_id
+    )
+    return types.SimpleNamespace(
+        tokens=packed["tokens"], completion_mask=packed["completion_mask"]
+    )
 
 
 def test_shepherd_hard_and_soft_labels():
@@ -82,11 +84,16 @@ def test_shepherd_hard_and_soft_labels():
   wrong = "1+2=4\n4+3=7\n#### 7"
   right = "1+2=3\n3+3=6\n#### 6"
   prompt = task.prompt(ex)
-  arrays = layout.pack([tasks_lib.encode_prompt(tok, prompt)] * 2,
-                       [tasks_lib.encode_completion(tok, t)
-                        for t in (wrong, right)], 10, 24, tok.pad_id)
-  batch = sources_lib.Batch(sources_lib.Rollout(**arrays), [ex, ex],
-                            [wrong, right], {})
+  arrays = layout.pack(
+      [tasks_lib.encode_prompt(tok, prompt)] * 2,
+      [tasks_lib.encode_completion(tok, t) for t in (wrong, right)],
+      10,
+      24,
+      tok.pad_id,
+  )
+  batch = sources_lib.Batch(
+      sources_lib.Rollout(**arrays), [ex, ex], [wrong, right], {}
+  )
   mask = rewards_lib.step_end_mask(rewards_lib.RewardContext(task), batch)
   # Completions that claim an answer regardless of the prefix: the rule
   # reward reads the first "####", so only prefixes without one can flip.
@@ -99,21 +106,24 @@ def test_shepherd_hard_and_soft_labels():
       "1+2=3\n3+3=6\n#### 6": [""] * 3,
   }
   fake = _ScriptedContinuations(tok, prompt, script, 24)
-  soft = reward_labels.shepherd_fractions(task, batch, mask, fake, 3,
-                                          chunk=4,
-                                          key=jax.random.key(0))
+  soft = reward_labels.shepherd_fractions(
+      task, batch, mask, fake, 3, chunk=4, key=jax.random.key(0)
+  )
   rows, cols = np.nonzero(mask)
   assert rows.tolist() == [0, 0, 0, 1, 1, 1]
-  np.testing.assert_allclose(soft[rows, cols],
-                             [1 / 3, 1 / 3, 0, 2 / 3, 1, 1], rtol=1e-6)
+  np.testing.assert_allclose(
+      soft[rows, cols], [1 / 3, 1 / 3, 0, 2 / 3, 1, 1], rtol=1e-6
+  )
   assert (soft[mask == 0] == 0).all()
-  np.testing.assert_array_equal((soft[rows, cols] > 0),
-                                [True, True, False, True, True, True])
+  np.testing.assert_array_equal(
+      (soft[rows, cols] > 0), [True, True, False, True, True, True]
+  )
   # The ground-truth control: every step of the wrong sample is wrong.
   truth = reward_labels.true_step_labels(task, batch)
   np.testing.assert_array_equal(truth["step_mask"], mask)
-  np.testing.assert_array_equal(truth["step_rewards"][rows, cols],
-                                [0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(
+      truth["step_rewards"][rows, cols], [0, 0, 0, 1, 1, 1]
+  )
   # 6 prefixes in chunks of 4: the second chunk is padded with a repeat.
   assert len(fake.seen) == 8 and fake.seen[6:] == [fake.seen[4]] * 2
 
@@ -151,8 +161,13 @@ def test_prm_trains_and_drives_process_grpo(sft_dir, tmp_path):
   trainer_lib.train_reward_model(_tiny_rm(prm_config, sft_dir), prm_dir)
   rows = _rows(prm_dir)
   assert [r["step"] for r in rows] == [1, 2]
-  for key in ("step_acc", "step_auc", "solution_acc", "label_mean",
-              "label_truth_agreement"):
+  for key in (
+      "step_acc",
+      "step_auc",
+      "solution_acc",
+      "label_mean",
+      "label_truth_agreement",
+  ):
     assert key in rows[-1], key
   rl = train_util.tiny("grpo_process", init_from=sft_dir)
   rl.reward = "process"
@@ -195,7 +210,8 @@ def _continued(base: str, sft_dir: str, replay: float):
 
 @pytest.mark.slow
 def test_continued_reward_model_starts_from_the_saved_one_and_replays(
-    base_orm, sft_dir, tmp_path):
+    base_orm, sft_dir, tmp_path
+):
   config = _continued(base_orm, sft_dir, replay=0.5)
   trainer = trainer_lib.Trainer(config, str(tmp_path))
   _, saved = runs.load_model(base_orm, "scalar")
@@ -221,7 +237,9 @@ def test_continued_reward_model_starts_from_the_saved_one_and_replays(
   again = learner._with_replay(0, rows)
   np.testing.assert_array_equal(again["tokens"], mixed["tokens"])
   assert [c.rm.init_from for c in reward_models.run_chain(str(tmp_path))] == [
-      base_orm, ""]
+      base_orm,
+      "",
+  ]
 
 
 # Slow for its fixtures (the module's SFT and ORM runs).

@@ -24,7 +24,9 @@ from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 from ugrad.training import validate
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,10 @@ def sft_dir(tmp_path_factory):
 
 def _metrics(workdir):
   rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  return [{k: v for k, v in r.items() if k not in trainer_lib.TIMING_KEYS}
-          for r in rows]
+  return [
+      {k: v for k, v in r.items() if k not in trainer_lib.TIMING_KEYS}
+      for r in rows
+  ]
 
 
 @pytest.mark.slow
@@ -97,7 +101,7 @@ class _CompileCounter:
   def during_steps(self, first: int, last: int) -> list:
     """What compiled from the start of step `first` to that of `last`+1
     (0-based steps)."""
-    return self.names[self.before_step[first]:self.before_step[last + 1]]
+    return self.names[self.before_step[first] : self.before_step[last + 1]]
 
 
 @pytest.mark.slow
@@ -105,8 +109,9 @@ class _CompileCounter:
 def test_nothing_compiles_after_the_first_step(name, sft_dir, tmp_path):
   """Every shape a step meets is fixed by the config: after step 1 (and the
   first checkpoint save), steps run already-compiled code only."""
-  config = train_util.tiny(name, steps=5,
-                           init_from=sft_dir if name != "sft" else "")
+  config = train_util.tiny(
+      name, steps=5, init_from=sft_dir if name != "sft" else ""
+  )
   with _CompileCounter() as counter:
     trainer_lib.Trainer(config, str(tmp_path), hooks=[counter.hook]).train()
   assert counter.during_steps(1, 3) == []
@@ -133,16 +138,22 @@ def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):
   assert trainer.checkpointer.all_steps()[-1] == 2
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(source="web"), "unknown source 'web'; valid: dataset, frozen_policy, online"),
-    (dict(reward="rules"), "unknown reward.*valid: .*rule"),
-    (dict(task="gsm9k"), "unknown task .gsm9k.; valid: arithmetic"),
-    (dict(model="big"), "valid: embedded"),
-    (dict(normalizer="tokens"), "valid: sequence, token, constant"),
-    (dict(steps=-3), "config.steps must be >= 1, got -3"),
-    (dict(micro_batches=0), "config.micro_batches must be >= 1, got 0"),
-    (dict(source="dataset"), "pair_ids.*sampling.pairs=True"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            dict(source="web"),
+            "unknown source 'web'; valid: dataset, frozen_policy, online",
+        ),
+        (dict(reward="rules"), "unknown reward.*valid: .*rule"),
+        (dict(task="gsm9k"), "unknown task .gsm9k.; valid: arithmetic"),
+        (dict(model="big"), "valid: embedded"),
+        (dict(normalizer="tokens"), "valid: sequence, token, constant"),
+        (dict(steps=-3), "config.steps must be >= 1, got -3"),
+        (dict(micro_batches=0), "config.micro_batches must be >= 1, got 0"),
+        (dict(source="dataset"), "pair_ids.*sampling.pairs=True"),
+    ],
+)
 def test_bad_config_is_refused_before_work(change, message):
   config = train_util.tiny("dpo")
   for key, value in change.items():
@@ -166,35 +177,59 @@ def test_group_method_needs_groups():
 
 
 def _subprocess_env(devices: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
   return env
 
 
 def _main_command(workdir, sft_dir, steps):
-  return [sys.executable, "-m", "experiments.main",
-          "--config=experiments/configs/grpo.py", f"--workdir={workdir}",
-          f"--config.init_from={sft_dir}", f"--config.steps={steps}",
-          "--config.sampling.questions=4", "--config.sampling.group_size=4",
-          "--config.sampling.max_new_tokens=32", "--config.checkpoint_every=2",
-          "--config.eval_questions=8", "--config.quiet=True"]
+  return [
+      sys.executable,
+      "-m",
+      "experiments.main",
+      "--config=experiments/configs/grpo.py",
+      f"--workdir={workdir}",
+      f"--config.init_from={sft_dir}",
+      f"--config.steps={steps}",
+      "--config.sampling.questions=4",
+      "--config.sampling.group_size=4",
+      "--config.sampling.max_new_tokens=32",
+      "--config.checkpoint_every=2",
+      "--config.eval_questions=8",
+      "--config.quiet=True",
+  ]
 
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_identical_metrics(sft_dir, tmp_path):
   steps = 10
-  subprocess.run(_main_command(tmp_path / "full", sft_dir, steps), check=True,
-                 cwd=_REPO, env=_subprocess_env(1), capture_output=True)
+  subprocess.run(
+      _main_command(tmp_path / "full", sft_dir, steps),
+      check=True,
+      cwd=_REPO,
+      env=_subprocess_env(1),
+      capture_output=True,
+  )
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_main_command(killed, sft_dir, steps), cwd=_REPO,
-                          env=_subprocess_env(1), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      _main_command(killed, sft_dir, steps),
+      cwd=_REPO,
+      env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   log = killed / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     # Kill once a checkpoint is on disk and a later step has been logged.
-    if (killed / "checkpoints" / "2").is_dir() and log.exists() and len(
-        log.read_text().splitlines()) >= 3:
+    if (
+        (killed / "checkpoints" / "2").is_dir()
+        and log.exists()
+        and len(log.read_text().splitlines()) >= 3
+    ):
       break
     time.sleep(0.02)
   assert proc.poll() is None, "the run finished before it could be killed"
@@ -202,16 +237,29 @@ def test_sigkilled_run_resumes_to_identical_metrics(sft_dir, tmp_path):
   proc.wait()
   logged = len(log.read_text().splitlines())
   assert logged < steps
-  subprocess.run(_main_command(killed, sft_dir, steps), check=True, cwd=_REPO,
-                 env=_subprocess_env(1), capture_output=True)
+  subprocess.run(
+      _main_command(killed, sft_dir, steps),
+      check=True,
+      cwd=_REPO,
+      env=_subprocess_env(1),
+      capture_output=True,
+  )
   resumed, full = _metrics(str(killed)), _metrics(str(tmp_path / "full"))
   assert len(resumed) == len(full) == steps
   for a, b in zip(resumed, full):
     assert a == b, {k: (a.get(k), b.get(k)) for k in a if a.get(k) != b.get(k)}
   result = subprocess.run(
-      [sys.executable, "-m", "ugrad.runtime.gradlog", "verify",
-       str(killed / "gradient_log.jsonl")], capture_output=True, text=True,
-      cwd=_REPO)
+      [
+          sys.executable,
+          "-m",
+          "ugrad.runtime.gradlog",
+          "verify",
+          str(killed / "gradient_log.jsonl"),
+      ],
+      capture_output=True,
+      text=True,
+      cwd=_REPO,
+  )
   assert result.returncode == 0 and result.stdout.startswith("OK")
 
 
@@ -222,10 +270,15 @@ def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
   rm = models.ScalarModel(model_config, rngs=nnx.Rngs(3))
   # A non-zero head so the scores vary.
   kernel = rm.score_head.kernel
-  kernel.set_value(jax.random.normal(jax.random.key(4),
-                                     kernel.get_value().shape))
-  runs.save_model(str(tmp_path / "rm"), nnx.split(rm, nnx.Param)[1],
-                   model_config, kind="scalar")
+  kernel.set_value(
+      jax.random.normal(jax.random.key(4), kernel.get_value().shape)
+  )
+  runs.save_model(
+      str(tmp_path / "rm"),
+      nnx.split(rm, nnx.Param)[1],
+      model_config,
+      kind="scalar",
+  )
   config = train_util.tiny("grpo_process", init_from=sft_dir)
   config.reward = "process"
   config.process_reward_model = str(tmp_path / "rm")
@@ -242,8 +295,9 @@ def test_learned_reward_models_score_rollouts(sft_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["grpo", "dapo"])
-def test_micro_batches_accumulate_to_the_full_batch_update(name, sft_dir,
-                                                           tmp_path):
+def test_micro_batches_accumulate_to_the_full_batch_update(
+    name, sft_dir, tmp_path
+):
   results = []
   for micro in (1, 2):
     config = train_util.tiny(name, steps=1, init_from=sft_dir)
@@ -259,9 +313,14 @@ def test_micro_batches_accumulate_to_the_full_batch_update(name, sft_dir,
 
 @pytest.mark.slow
 def test_rl_from_a_hugging_face_checkpoint_on_jsonl_data(tmp_path):
-  rows = [{"question": f"What is {a} plus {b}?",
-           "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
-          for a in range(3, 9) for b in range(2, 5)]
+  rows = [
+      {
+          "question": f"What is {a} plus {b}?",
+          "answer": f"{a} + {b} = {a + b}\n#### {a + b}",
+      }
+      for a in range(3, 9)
+      for b in range(2, 5)
+  ]
   for split, part in (("train", rows[:12]), ("test", rows[12:])):
     with open(tmp_path / f"{split}.jsonl", "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in part)
@@ -297,8 +356,7 @@ def test_bfloat16_compute_with_float32_parameters(sft_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir,
-                                                           tmp_path):
+def test_periodic_evaluation_logs_greedy_pass_and_maj_at_k(sft_dir, tmp_path):
   config = train_util.tiny("grpo", init_from=sft_dir)
   config.eval_every = 2
   config.eval_sampled.ks = "1, 2"
@@ -331,8 +389,7 @@ def test_bfloat16_parameters_train(tmp_path):
 def test_phase_times_add_up_to_the_step(tmp_path):
   trainer = trainer_lib.Trainer(train_util.tiny("sft", steps=2), str(tmp_path))
   trainer.train()
-  rows = metrics_lib.read_metrics(os.path.join(str(tmp_path),
-                                              "metrics.jsonl"))
+  rows = metrics_lib.read_metrics(os.path.join(str(tmp_path), "metrics.jsonl"))
   assert len(rows) == 2
   for row in rows:
     phases = [row[f"time/{p}_s"] for p in trainer_lib.PHASES]
@@ -341,18 +398,23 @@ def test_phase_times_add_up_to_the_step(tmp_path):
 
 
 def test_eval_split_validation_evaluates_on_the_validation_questions(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   config = train_util.tiny("sft", steps=1)
   config.task_kwargs.update(val_fraction=0.05, n_validation=64)
   config.eval_split = "validation"
   trainer = trainer_lib.Trainer(config, str(tmp_path))
   asked = []
   real = eval_lib.greedy_accuracy
-  monkeypatch.setattr(eval_lib, "greedy_accuracy",
-                      lambda *a, **k: asked.append(k["split"]) or real(*a, **k))
+  monkeypatch.setattr(
+      eval_lib,
+      "greedy_accuracy",
+      lambda *a, **k: asked.append(k["split"]) or real(*a, **k),
+  )
   assert 0.0 <= trainer.evaluate()["greedy_acc"] <= 1.0
   assert asked == ["validation"]
   config.eval_split = "dev"
-  with pytest.raises(ValueError, match="unknown eval_split 'dev'; valid: "
-                     "test, validation"):
+  with pytest.raises(
+      ValueError, match="unknown eval_split 'dev'; valid: " "test, validation"
+  ):
     trainer_lib.Trainer(config, str(tmp_path / "bad"))

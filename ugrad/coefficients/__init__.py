@@ -58,19 +58,22 @@ COEFFICIENTS: dict[str, Coefficient] = {
     "sft": Coefficient(supervised.sft, supervised.sft_fields),
     "rft": Coefficient(supervised.rft, supervised.rft_fields),
     "dpo": Coefficient(dpo_lib.dpo, dpo_lib.dpo_fields),
-    "ppo": Coefficient(ppo_lib.ppo, ppo_lib.ppo_fields,
-                       value_targets=ppo_lib.value_targets),
+    "ppo": Coefficient(
+        ppo_lib.ppo, ppo_lib.ppo_fields, value_targets=ppo_lib.value_targets
+    ),
     "grpo": Coefficient(grpo_lib.grpo, grpo_lib.outcome_fields),
-    "grpo_process": Coefficient(grpo_lib.grpo_process,
-                                grpo_lib.process_fields),
-    "dr_grpo": Coefficient(grpo_lib.dr_grpo, grpo_lib.outcome_fields,
-                           "constant"),
+    "grpo_process": Coefficient(grpo_lib.grpo_process, grpo_lib.process_fields),
+    "dr_grpo": Coefficient(
+        grpo_lib.dr_grpo, grpo_lib.outcome_fields, "constant"
+    ),
     "dapo": Coefficient(grpo_lib.dapo, grpo_lib.outcome_fields, "token"),
     "gspo": Coefficient(grpo_lib.gspo, grpo_lib.outcome_fields),
-    "rloo": Coefficient(reinforce_lib.rloo, reinforce_lib.rloo_fields,
-                        "constant"),
-    "reinforce_pp": Coefficient(reinforce_lib.reinforce_pp,
-                                reinforce_lib.reinforce_pp_fields, "token"),
+    "rloo": Coefficient(
+        reinforce_lib.rloo, reinforce_lib.rloo_fields, "constant"
+    ),
+    "reinforce_pp": Coefficient(
+        reinforce_lib.reinforce_pp, reinforce_lib.reinforce_pp_fields, "token"
+    ),
 }
 
 METRIC_KEYS = metrics_lib.KEYS
@@ -81,25 +84,34 @@ def get(name: str) -> Coefficient:
   return registry.lookup(COEFFICIENTS, "coefficient", name)
 
 
-def register(name: str, coefficient: Coefficient, *,
-             replace: bool = False) -> Coefficient:
+def register(
+    name: str, coefficient: Coefficient, *, replace: bool = False
+) -> Coefficient:
   """Adds a method; see `ugrad.register_coefficient`."""
   if not isinstance(coefficient, Coefficient):
-    raise TypeError(f"coefficient {name!r}: expected a Coefficient record, "
-                    f"got {type(coefficient).__name__}")
+    raise TypeError(
+        f"coefficient {name!r}: expected a Coefficient record, "
+        f"got {type(coefficient).__name__}"
+    )
   if coefficient.normalizer not in loss_lib.NORMALIZERS:
-    raise errors.UserError(f"coefficient {name!r}: unknown normalizer "
-                           f"{coefficient.normalizer!r}; valid: "
-                           f"{', '.join(loss_lib.NORMALIZERS)}")
-  return registry.register(COEFFICIENTS, "coefficient", name, coefficient,
-                           replace=replace)
+    raise errors.UserError(
+        f"coefficient {name!r}: unknown normalizer "
+        f"{coefficient.normalizer!r}; valid: "
+        f"{', '.join(loss_lib.NORMALIZERS)}"
+    )
+  return registry.register(
+      COEFFICIENTS, "coefficient", name, coefficient, replace=replace
+  )
 
 
 def default_hparams(name: str) -> dict:
   """The hyper-parameters of coefficient `name` and their defaults."""
   params = inspect.signature(get(name).fn).parameters.values()
-  return {p.name: p.default for p in params
-          if p.kind is inspect.Parameter.KEYWORD_ONLY}
+  return {
+      p.name: p.default
+      for p in params
+      if p.kind is inspect.Parameter.KEYWORD_ONLY
+  }
 
 
 def bind_hparams(name: str, hparams: Optional[Mapping] = None) -> dict:
@@ -122,7 +134,8 @@ def bind_hparams(name: str, hparams: Optional[Mapping] = None) -> dict:
   if unknown:
     raise errors.UserError(
         f"unknown hyper-parameter(s) {', '.join(unknown)} for coefficient "
-        f"{name!r}; valid: {', '.join(full) or '(none)'}")
+        f"{name!r}; valid: {', '.join(full) or '(none)'}"
+    )
   full.update(hparams or {})
   get(name).fields(**full)  # Validates the choices (estimator names, ...).
   return full
@@ -156,8 +169,9 @@ def make_coefficient(name: str, **hparams) -> Callable:
   return functools.partial(get(name).fn, **hparams)
 
 
-def validate_rollout(name: str, rollout: rollout_lib.Rollout,
-                     hparams: Optional[Mapping] = None) -> None:
+def validate_rollout(
+    name: str, rollout: rollout_lib.Rollout, hparams: Optional[Mapping] = None
+) -> None:
   """Host-side check of a concrete rollout before the jitted step.
 
   Checks the needed fields are present with the right shapes and dtypes,
@@ -171,8 +185,14 @@ def validate_rollout(name: str, rollout: rollout_lib.Rollout,
 
 
 __all__ = [
-    "COEFFICIENTS", "Coefficient", "METRIC_KEYS", "bind_hparams", "get",
+    "COEFFICIENTS",
+    "Coefficient",
+    "METRIC_KEYS",
+    "bind_hparams",
+    "get",
     "register",
-    "default_hparams", "make_coefficient", "required_fields",
+    "default_hparams",
+    "make_coefficient",
+    "required_fields",
     "validate_rollout",
 ]

@@ -22,8 +22,13 @@ def outcome_token_rewards(rewards: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(masked.last_token(mask), rewards[:, None], 0.0)
 
 
-def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array,
-        gamma: float, lam: float):
+def gae(
+    rewards: jax.Array,
+    values: jax.Array,
+    mask: jax.Array,
+    gamma: float,
+    lam: float,
+):
   """Generalised advantage estimation over completion tokens.
 
   A reverse `lax.scan` over time; tokens off the mask are skipped (the
@@ -48,21 +53,24 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array,
     reward, value, live = inputs
     delta = reward + gamma * next_value - value
     adv = delta + gamma * lam * next_adv
-    carry = (jnp.where(live, value, next_value),
-             jnp.where(live, adv, next_adv))
+    carry = (jnp.where(live, value, next_value), jnp.where(live, adv, next_adv))
     return carry, jnp.where(live, adv, 0.0)
 
   dtype = jnp.result_type(rewards, values)
   zeros = jnp.zeros(rewards.shape[:1], dtype)
-  _, adv = jax.lax.scan(step, (zeros, zeros),
-                        (rewards.T.astype(dtype), values.T.astype(dtype),
-                         on.T), reverse=True)
+  _, adv = jax.lax.scan(
+      step,
+      (zeros, zeros),
+      (rewards.T.astype(dtype), values.T.astype(dtype), on.T),
+      reverse=True,
+  )
   adv = adv.T
   return adv, jnp.where(on, adv + values, 0.0)
 
 
-def masked_whiten(x: jax.Array, mask: jax.Array,
-                  eps: float = 1e-8) -> jax.Array:
+def masked_whiten(
+    x: jax.Array, mask: jax.Array, eps: float = 1e-8
+) -> jax.Array:
   """(x - mean) / sqrt(max(var, eps)) over completion tokens of the batch.
 
   The population variance (ddof=0) with the floor of OpenRLHF's advantage
@@ -78,5 +86,6 @@ def masked_whiten(x: jax.Array, mask: jax.Array,
   """
   mean = masked.masked_mean(x, mask)
   var = masked.masked_var(x, mask)
-  return jnp.where(mask > 0, (x - mean) * jax.lax.rsqrt(
-      jnp.maximum(var, eps)), 0.0)
+  return jnp.where(
+      mask > 0, (x - mean) * jax.lax.rsqrt(jnp.maximum(var, eps)), 0.0
+  )

@@ -23,15 +23,20 @@ ROWS_PER_PAIR = 2
 def dpo_fields(label_smoothing: float = 0.0, **unused) -> set:
   del unused
   if not 0.0 <= label_smoothing <= 0.5:
-    raise errors.UserError(f"dpo: label_smoothing must be in [0, 0.5], got "
-                           f"{label_smoothing}")
+    raise errors.UserError(
+        f"dpo: label_smoothing must be in [0, 0.5], got " f"{label_smoothing}"
+    )
   return {"pair_ids", "pair_sign", "logp_ref"}
 
 
-def dpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-        beta: float = 0.1,
-        length_normalize: bool = True,
-        label_smoothing: float = 0.0):
+def dpo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    beta: float = 0.1,
+    length_normalize: bool = True,
+    label_smoothing: float = 0.0,
+):
   """DPO's coefficient, exact for the `sequence` normaliser.
 
   With d_p = L+_p - L-_p, L = (1/|o|) sum_t (logp - logp_ref) (the plain sum
@@ -55,8 +60,9 @@ def dpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "dpo",
-                   dpo_fields(label_smoothing=label_smoothing), logp)
+  validation.check(
+      rollout, "dpo", dpo_fields(label_smoothing=label_smoothing), logp
+  )
   mask = rollout.completion_mask
   lengths = masked.masked_count(mask, axis=-1)
   logratio = masked.masked_sum(logp - rollout.logp_ref, mask, axis=-1)
@@ -65,8 +71,9 @@ def dpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   sign = rollout.pair_sign.astype(logp.dtype)
   same = groups.same_group(rollout.pair_ids, mask)
   margin = groups.group_sum(sign * logratio, same)  # L+ - L-, on both rows.
-  weight = ((1 - label_smoothing) * jax.nn.sigmoid(-beta * margin) -
-            label_smoothing * jax.nn.sigmoid(beta * margin))
+  weight = (1 - label_smoothing) * jax.nn.sigmoid(
+      -beta * margin
+  ) - label_smoothing * jax.nn.sigmoid(beta * margin)
   scale = ROWS_PER_PAIR * beta * sign * weight
   if not length_normalize:
     scale = scale * lengths

@@ -40,8 +40,9 @@ def same_group(ids: jax.Array, mask: jax.Array) -> jax.Array:
 
 def group_sum(x: jax.Array, same: jax.Array) -> jax.Array:
   """[B]: sum of `x` [B] over each row's group (0 for padding rows)."""
-  return masked.masked_sum(jnp.broadcast_to(x[None, :], same.shape), same,
-                           axis=-1)
+  return masked.masked_sum(
+      jnp.broadcast_to(x[None, :], same.shape), same, axis=-1
+  )
 
 
 def group_count(same: jax.Array) -> jax.Array:
@@ -98,8 +99,12 @@ def zero_signal(x: jax.Array, same: jax.Array, where=True) -> jax.Array:
   return jnp.sum(weight * flag) / jnp.maximum(jnp.sum(weight), 1e-12)
 
 
-def normalize(rewards: jax.Array, same: jax.Array,
-              std_normalize: bool = True, eps: float = 1e-6) -> jax.Array:
+def normalize(
+    rewards: jax.Array,
+    same: jax.Array,
+    std_normalize: bool = True,
+    eps: float = 1e-6,
+) -> jax.Array:
   """GRPO's outcome advantage (r_i - mean_G r) / (std_G r + eps).
 
   Args:

@@ -33,8 +33,9 @@ from ugrad.coefficients import policy
 from ugrad.coefficients import validation
 
 
-def outcome_fields(beta: float = 0.0, kl_estimator: str = "k3",
-                   kl_in: str = "loss", **unused) -> set:
+def outcome_fields(
+    beta: float = 0.0, kl_estimator: str = "k3", kl_in: str = "loss", **unused
+) -> set:
   """The Rollout fields of outcome-supervised methods; checks hparams."""
   del unused
   kl.check(kl_estimator, kl_in)
@@ -44,8 +45,9 @@ def outcome_fields(beta: float = 0.0, kl_estimator: str = "k3",
   return fields
 
 
-def process_fields(beta: float = 0.0, kl_estimator: str = "k3",
-                   **unused) -> set:
+def process_fields(
+    beta: float = 0.0, kl_estimator: str = "k3", **unused
+) -> set:
   """The Rollout fields of `grpo_process`; checks hparams."""
   del unused
   kl.check(kl_estimator, "loss")
@@ -55,25 +57,38 @@ def process_fields(beta: float = 0.0, kl_estimator: str = "k3",
   return fields
 
 
-def outcome_rewards(rollout: rollout_lib.Rollout, logp: jax.Array,
-                    beta: float, kl_estimator: str, kl_in: str) -> jax.Array:
+def outcome_rewards(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    beta: float,
+    kl_estimator: str,
+    kl_in: str,
+) -> jax.Array:
   """[B]: outcome rewards, with the KL folded in when kl_in is "reward"."""
   rewards = rollout.rewards.astype(logp.dtype)
   if beta and kl_in == "reward":
     rewards = rewards + kl.sequence_penalty(
-        kl_estimator, policy.old_logp(rollout, logp), rollout.logp_ref,
-        rollout.completion_mask, beta)
+        kl_estimator,
+        policy.old_logp(rollout, logp),
+        rollout.logp_ref,
+        rollout.completion_mask,
+        beta,
+    )
   return rewards
 
 
-def grpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-         clip_eps: float = 0.2,
-         clip_eps_high: Optional[float] = None,
-         beta: float = 0.04,
-         kl_estimator: str = "k3",
-         kl_in: str = "loss",
-         std_normalize: bool = True,
-         eps: float = 1e-6):
+def grpo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
+    beta: float = 0.04,
+    kl_estimator: str = "k3",
+    kl_in: str = "loss",
+    std_normalize: bool = True,
+    eps: float = 1e-6
+):
   """GRPO, outcome supervision: GC = A_i * rho_t * g_t + beta * (pi_ref/pi - 1).
 
   Args:
@@ -91,8 +106,9 @@ def grpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "grpo",
-                   outcome_fields(beta, kl_estimator, kl_in), logp)
+  validation.check(
+      rollout, "grpo", outcome_fields(beta, kl_estimator, kl_in), logp
+  )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
   # Group advantage A_i = (r_i - mean_G r) / (std_G r + eps).
@@ -101,8 +117,9 @@ def grpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   # Ratio rho_t = pi_theta / pi_old (1 on-policy).
   ratio = jnp.exp(logp - policy.old_logp(rollout, logp))
   # Clip gate g_t: 0 where the clipped surrogate is the minimum.
-  gate = policy.clip_gate(ratio, adv, clip_eps,
-                          policy.high_eps(clip_eps, clip_eps_high))
+  gate = policy.clip_gate(
+      ratio, adv, clip_eps, policy.high_eps(clip_eps, clip_eps_high)
+  )
   # GC = A * rho * g, plus the KL term beta * (pi_ref / pi - 1) (k3) when
   # the KL is in the loss (kl_in="reward" put it in A).
   coef = adv * ratio * gate
@@ -110,14 +127,24 @@ def grpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
     coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
-      coef, rollout, logp, kl_estimator=kl_estimator, ratio=ratio, gate=gate,
-      zero_signal=groups.zero_signal(rollout.rewards, same))
+      coef,
+      rollout,
+      logp,
+      kl_estimator=kl_estimator,
+      ratio=ratio,
+      gate=gate,
+      zero_signal=groups.zero_signal(rollout.rewards, same),
+  )
 
 
-def process_advantages(step_rewards: jax.Array, steps: jax.Array,
-                       mask: jax.Array, same: jax.Array,
-                       std_normalize: bool = True,
-                       eps: float = 1e-6) -> jax.Array:
+def process_advantages(
+    step_rewards: jax.Array,
+    steps: jax.Array,
+    mask: jax.Array,
+    same: jax.Array,
+    std_normalize: bool = True,
+    eps: float = 1e-6,
+) -> jax.Array:
   """GRPO process supervision's advantage (DeepSeekMath section 4.1.3).
 
   The step rewards of a whole group are normalised together (mean and
@@ -137,13 +164,15 @@ def process_advantages(step_rewards: jax.Array, steps: jax.Array,
     rewards are all equal.
   """
   count = groups.group_sum(masked.masked_count(steps, axis=-1), same)
-  total = groups.group_sum(masked.masked_sum(step_rewards, steps, axis=-1),
-                           same)
+  total = groups.group_sum(
+      masked.masked_sum(step_rewards, steps, axis=-1), same
+  )
   centred = step_rewards - (total / jnp.maximum(count, 1))[:, None]
   normed = centred
   if std_normalize:
     dev = groups.group_sum(
-        masked.masked_sum(jnp.square(centred), steps, axis=-1), same)
+        masked.masked_sum(jnp.square(centred), steps, axis=-1), same
+    )
     std = jnp.sqrt(dev / jnp.maximum(count - 1, 1))
     normed = centred / (std + eps)[:, None]
   flat = groups.all_equal(step_rewards, same, steps)
@@ -151,13 +180,17 @@ def process_advantages(step_rewards: jax.Array, steps: jax.Array,
   return advantages.reverse_cumsum(normed, mask)
 
 
-def grpo_process(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-                 clip_eps: float = 0.2,
-                 clip_eps_high: Optional[float] = None,
-                 beta: float = 0.04,
-                 kl_estimator: str = "k3",
-                 std_normalize: bool = True,
-                 eps: float = 1e-6):
+def grpo_process(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
+    beta: float = 0.04,
+    kl_estimator: str = "k3",
+    std_normalize: bool = True,
+    eps: float = 1e-6
+):
   """GRPO, process supervision: `grpo` with A_t from step rewards.
 
   A_t = sum over the steps j ending at or after t of rtilde_j, rtilde = the
@@ -175,25 +208,38 @@ def grpo_process(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "grpo_process",
-                   process_fields(beta, kl_estimator), logp)
+  validation.check(
+      rollout, "grpo_process", process_fields(beta, kl_estimator), logp
+  )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
   steps = (rollout.step_mask > 0) & (mask > 0)
-  adv = process_advantages(rollout.step_rewards, steps, mask, same,
-                           std_normalize, eps)
+  adv = process_advantages(
+      rollout.step_rewards, steps, mask, same, std_normalize, eps
+  )
   return policy.clipped_policy_gradient(
-      rollout, logp, adv, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
-      beta=beta, kl_estimator=kl_estimator, kl_in="loss",
-      zero_signal=groups.zero_signal(rollout.step_rewards, same, steps))
+      rollout,
+      logp,
+      adv,
+      clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      beta=beta,
+      kl_estimator=kl_estimator,
+      kl_in="loss",
+      zero_signal=groups.zero_signal(rollout.step_rewards, same, steps),
+  )
 
 
-def dr_grpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-            clip_eps: float = 0.2,
-            clip_eps_high: Optional[float] = None,
-            beta: float = 0.0,
-            kl_estimator: str = "k3",
-            kl_in: str = "loss"):
+def dr_grpo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_in: str = "loss"
+):
   """Dr. GRPO: `grpo` with A_i = r_i - mean_G r (no std) and beta 0.
 
   Use the `constant` normaliser (the registry's).
@@ -203,20 +249,33 @@ def dr_grpo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "dr_grpo",
-                   outcome_fields(beta, kl_estimator, kl_in), logp)
-  return grpo(rollout, logp, std_normalize=False, eps=0.0, clip_eps=clip_eps,
-              clip_eps_high=clip_eps_high, beta=beta,
-              kl_estimator=kl_estimator, kl_in=kl_in)
+  validation.check(
+      rollout, "dr_grpo", outcome_fields(beta, kl_estimator, kl_in), logp
+  )
+  return grpo(
+      rollout,
+      logp,
+      std_normalize=False,
+      eps=0.0,
+      clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      beta=beta,
+      kl_estimator=kl_estimator,
+      kl_in=kl_in,
+  )
 
 
-def dapo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-         clip_eps: float = 0.2,
-         clip_eps_high: Optional[float] = 0.28,
-         beta: float = 0.0,
-         kl_estimator: str = "k3",
-         kl_in: str = "loss",
-         eps: float = 1e-6):
+def dapo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = 0.28,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_in: str = "loss",
+    eps: float = 1e-6
+):
   """DAPO: `grpo` with clip-higher (0.2 / 0.28) and no KL; `token` normaliser.
 
   Overlong reward shaping is a reward function and dynamic sampling a data
@@ -227,21 +286,34 @@ def dapo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "dapo",
-                   outcome_fields(beta, kl_estimator, kl_in), logp)
-  return grpo(rollout, logp, std_normalize=True, eps=eps, clip_eps=clip_eps,
-              clip_eps_high=clip_eps_high, beta=beta,
-              kl_estimator=kl_estimator, kl_in=kl_in)
+  validation.check(
+      rollout, "dapo", outcome_fields(beta, kl_estimator, kl_in), logp
+  )
+  return grpo(
+      rollout,
+      logp,
+      std_normalize=True,
+      eps=eps,
+      clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      beta=beta,
+      kl_estimator=kl_estimator,
+      kl_in=kl_in,
+  )
 
 
-def gspo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-         clip_eps: float = 3e-4,
-         clip_eps_high: Optional[float] = 4e-4,
-         beta: float = 0.0,
-         kl_estimator: str = "k3",
-         kl_in: str = "loss",
-         std_normalize: bool = True,
-         eps: float = 1e-6):
+def gspo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: float = 3e-4,
+    clip_eps_high: Optional[float] = 4e-4,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_in: str = "loss",
+    std_normalize: bool = True,
+    eps: float = 1e-6
+):
   """GSPO: GC = A_i * s_i * gate_i on every token of o_i.
 
   s_i = exp(mean_t (logp - logp_old)) is the length-normalised sequence
@@ -255,23 +327,30 @@ def gspo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "gspo",
-                   outcome_fields(beta, kl_estimator, kl_in), logp)
+  validation.check(
+      rollout, "gspo", outcome_fields(beta, kl_estimator, kl_in), logp
+  )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
   rewards = outcome_rewards(rollout, logp, beta, kl_estimator, kl_in)
   adv = groups.normalize(rewards, same, std_normalize, eps)
   # The sequence ratio s_i and its gate, one per row.
-  ratio = jnp.exp(masked.masked_mean(logp - policy.old_logp(rollout, logp),
-                                     mask, axis=-1))
-  gate = policy.clip_gate(ratio, adv, clip_eps,
-                          policy.high_eps(clip_eps, clip_eps_high))
+  ratio = jnp.exp(
+      masked.masked_mean(logp - policy.old_logp(rollout, logp), mask, axis=-1)
+  )
+  gate = policy.clip_gate(
+      ratio, adv, clip_eps, policy.high_eps(clip_eps, clip_eps_high)
+  )
   coef = jnp.broadcast_to((adv * ratio * gate)[:, None], logp.shape)
   if beta and kl_in == "loss":
     coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
-      coef, rollout, logp, kl_estimator=kl_estimator,
+      coef,
+      rollout,
+      logp,
+      kl_estimator=kl_estimator,
       ratio=jnp.broadcast_to(ratio[:, None], logp.shape),
       gate=jnp.broadcast_to(gate[:, None], logp.shape),
-      zero_signal=groups.zero_signal(rollout.rewards, same))
+      zero_signal=groups.zero_signal(rollout.rewards, same),
+  )

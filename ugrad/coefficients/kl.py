@@ -56,14 +56,14 @@ def check(estimator: str, placement: str) -> None:
   registry.lookup(PLACEMENTS, "kl_in", placement)
 
 
-def estimate(estimator: str, logp: jax.Array,
-             logp_ref: jax.Array) -> jax.Array:
+def estimate(estimator: str, logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
   """Per-token KL estimate k(logp - logp_ref), [B, T]."""
   return ESTIMATORS[estimator](logp - logp_ref)
 
 
-def loss_coef(estimator: str, logp: jax.Array, logp_ref: jax.Array,
-              beta: float) -> jax.Array:
+def loss_coef(
+    estimator: str, logp: jax.Array, logp_ref: jax.Array, beta: float
+) -> jax.Array:
   """GC term of `-beta * k(logp - logp_ref)` placed in the loss.
 
   Args:
@@ -78,14 +78,20 @@ def loss_coef(estimator: str, logp: jax.Array, logp_ref: jax.Array,
   return -beta * _DERIVATIVES[estimator](logp - logp_ref)
 
 
-def reward_penalty(estimator: str, logp_old: jax.Array, logp_ref: jax.Array,
-                   beta: float) -> jax.Array:
+def reward_penalty(
+    estimator: str, logp_old: jax.Array, logp_ref: jax.Array, beta: float
+) -> jax.Array:
   """Per-token reward term `-beta * k(logp_old - logp_ref)`, [B, T]."""
   return -beta * ESTIMATORS[estimator](logp_old - logp_ref)
 
 
-def sequence_penalty(estimator: str, logp_old: jax.Array, logp_ref: jax.Array,
-                     mask: jax.Array, beta: float) -> jax.Array:
+def sequence_penalty(
+    estimator: str,
+    logp_old: jax.Array,
+    logp_ref: jax.Array,
+    mask: jax.Array,
+    beta: float,
+) -> jax.Array:
   """[B]: -beta * sum_t k(logp_old - logp_ref) over completion tokens.
 
   The KL placed in a sequence-level (outcome) reward, as RLOO does.

@@ -9,19 +9,31 @@ from ugrad import masked
 from ugrad import rollout as rollout_lib
 from ugrad.coefficients import kl
 
-KEYS = ("gc_mean", "gc_std", "gc_min", "gc_max", "gc_pos_frac",
-        "gc_neg_frac", "gc_zero_frac", "clip_frac", "kl", "ratio_mean",
-        "zero_signal_group_frac")
+KEYS = (
+    "gc_mean",
+    "gc_std",
+    "gc_min",
+    "gc_max",
+    "gc_pos_frac",
+    "gc_neg_frac",
+    "gc_zero_frac",
+    "clip_frac",
+    "kl",
+    "ratio_mean",
+    "zero_signal_group_frac",
+)
 
 
-def coefficient_metrics(coef: jax.Array,
-                        rollout: rollout_lib.Rollout,
-                        logp: jax.Array,
-                        *,
-                        kl_estimator: str = "k1",
-                        ratio: Optional[jax.Array] = None,
-                        gate: Optional[jax.Array] = None,
-                        zero_signal: Optional[jax.Array] = None) -> dict:
+def coefficient_metrics(
+    coef: jax.Array,
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    kl_estimator: str = "k1",
+    ratio: Optional[jax.Array] = None,
+    gate: Optional[jax.Array] = None,
+    zero_signal: Optional[jax.Array] = None
+) -> dict:
   """Scalar diagnostics over completion tokens; 0.0 where not applicable.
 
   Args:
@@ -58,5 +70,6 @@ def coefficient_metrics(coef: jax.Array,
   }
   if rollout.logp_ref is not None:
     out["kl"] = masked.masked_mean(
-        kl.estimate(kl_estimator, logp, rollout.logp_ref), mask)
+        kl.estimate(kl_estimator, logp, rollout.logp_ref), mask
+    )
   return {k: jnp.asarray(v, logp.dtype) for k, v in out.items()}

@@ -32,8 +32,9 @@ def high_eps(clip_eps: float, clip_eps_high: Optional[float]) -> float:
   return clip_eps if clip_eps_high is None else clip_eps_high
 
 
-def clip_gate(ratio: jax.Array, adv: jax.Array, eps_low: float,
-              eps_high: float) -> jax.Array:
+def clip_gate(
+    ratio: jax.Array, adv: jax.Array, eps_low: float, eps_high: float
+) -> jax.Array:
   """1 where the unclipped surrogate is active, 0 where the clip is.
 
   Args:
@@ -46,18 +47,23 @@ def clip_gate(ratio: jax.Array, adv: jax.Array, eps_low: float,
     The gate, shaped like `ratio`, in the ratio's dtype.
   """
   clipped = ((adv > 0) & (ratio > 1 + eps_high)) | (
-      (adv < 0) & (ratio < 1 - eps_low))
+      (adv < 0) & (ratio < 1 - eps_low)
+  )
   return jnp.where(clipped, 0.0, 1.0).astype(ratio.dtype)
 
 
-def clipped_policy_gradient(rollout: rollout_lib.Rollout, logp: jax.Array,
-                            adv: jax.Array, *,
-                            clip_eps: float,
-                            clip_eps_high: Optional[float],
-                            beta: float = 0.0,
-                            kl_estimator: str = "k1",
-                            kl_in: str = "reward",
-                            zero_signal: Optional[jax.Array] = None):
+def clipped_policy_gradient(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    adv: jax.Array,
+    *,
+    clip_eps: float,
+    clip_eps_high: Optional[float],
+    beta: float = 0.0,
+    kl_estimator: str = "k1",
+    kl_in: str = "reward",
+    zero_signal: Optional[jax.Array] = None
+):
   """A_t * rho_t * g_t, plus the KL term when it is placed in the loss.
 
   The shared tail of PPO, process GRPO, RLOO and REINFORCE++ (`grpo.grpo`
@@ -86,5 +92,11 @@ def clipped_policy_gradient(rollout: rollout_lib.Rollout, logp: jax.Array,
     coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
-      coef, rollout, logp, kl_estimator=kl_estimator, ratio=ratio, gate=gate,
-      zero_signal=zero_signal)
+      coef,
+      rollout,
+      logp,
+      kl_estimator=kl_estimator,
+      ratio=ratio,
+      gate=gate,
+      zero_signal=zero_signal,
+  )

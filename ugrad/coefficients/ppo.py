@@ -19,8 +19,9 @@ from ugrad.coefficients import policy
 from ugrad.coefficients import validation
 
 
-def ppo_fields(beta: float = 0.0, kl_estimator: str = "k1",
-               kl_in: str = "reward", **unused) -> set:
+def ppo_fields(
+    beta: float = 0.0, kl_estimator: str = "k1", kl_in: str = "reward", **unused
+) -> set:
   del unused
   kl.check(kl_estimator, kl_in)
   fields = {"values", "rewards", "logp_old"}
@@ -29,41 +30,55 @@ def ppo_fields(beta: float = 0.0, kl_estimator: str = "k1",
   return fields
 
 
-def token_rewards(rollout: rollout_lib.Rollout, beta: float,
-                  kl_estimator: str, kl_in: str) -> jax.Array:
+def token_rewards(
+    rollout: rollout_lib.Rollout, beta: float, kl_estimator: str, kl_in: str
+) -> jax.Array:
   """[B, T] r * 1[t = last] - beta * k(x_old_t) (the KL only when in reward).
 
   Shared by the coefficient and `value_targets`.
   """
-  rewards = advantages.outcome_token_rewards(rollout.rewards,
-                                             rollout.completion_mask)
+  rewards = advantages.outcome_token_rewards(
+      rollout.rewards, rollout.completion_mask
+  )
   if beta and kl_in == "reward":
-    rewards = rewards + kl.reward_penalty(kl_estimator, rollout.logp_old,
-                                          rollout.logp_ref, beta)
+    rewards = rewards + kl.reward_penalty(
+        kl_estimator, rollout.logp_old, rollout.logp_ref, beta
+    )
   return rewards
 
 
-def value_targets(rollout: rollout_lib.Rollout, *, gamma: float = 1.0,
-                  lam: float = 0.95, beta: float = 0.0,
-                  kl_estimator: str = "k1", kl_in: str = "reward",
-                  **unused) -> jax.Array:
+def value_targets(
+    rollout: rollout_lib.Rollout,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    beta: float = 0.0,
+    kl_estimator: str = "k1",
+    kl_in: str = "reward",
+    **unused
+) -> jax.Array:
   """[B, T] GAE returns: what the critic's V(s_t) regresses on."""
   del unused
   rewards = token_rewards(rollout, beta, kl_estimator, kl_in)
-  _, returns = advantages.gae(rewards, rollout.values,
-                              rollout.completion_mask, gamma, lam)
+  _, returns = advantages.gae(
+      rewards, rollout.values, rollout.completion_mask, gamma, lam
+  )
   return returns
 
 
-def ppo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-        clip_eps: float = 0.2,
-        clip_eps_high: Optional[float] = None,
-        gamma: float = 1.0,
-        lam: float = 0.95,
-        beta: float = 0.0,
-        kl_estimator: str = "k1",
-        kl_in: str = "reward",
-        whiten_advantages: bool = False):
+def ppo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    beta: float = 0.0,
+    kl_estimator: str = "k1",
+    kl_in: str = "reward",
+    whiten_advantages: bool = False
+):
   """PPO's coefficient A_t * rho_t * g_t (+ the KL term when in the loss).
 
   Args:
@@ -82,13 +97,19 @@ def ppo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "ppo",
-                   ppo_fields(beta, kl_estimator, kl_in), logp)
+  validation.check(rollout, "ppo", ppo_fields(beta, kl_estimator, kl_in), logp)
   mask = rollout.completion_mask
   rewards = token_rewards(rollout, beta, kl_estimator, kl_in)
   adv, _ = advantages.gae(rewards, rollout.values, mask, gamma, lam)
   if whiten_advantages:
     adv = advantages.masked_whiten(adv, mask)
   return policy.clipped_policy_gradient(
-      rollout, logp, adv, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
-      beta=beta, kl_estimator=kl_estimator, kl_in=kl_in)
+      rollout,
+      logp,
+      adv,
+      clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      beta=beta,
+      kl_estimator=kl_estimator,
+      kl_in=kl_in,
+  )

@@ -21,10 +21,14 @@ def rloo_fields(beta: float = 0.0, **unused) -> set:
   return {"rewards", "group_ids"} | ({"logp_ref"} if beta else set())
 
 
-def rloo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-         beta: float = 0.0,
-         clip_eps: float = 0.2,
-         clip_eps_high: Optional[float] = None):
+def rloo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    beta: float = 0.0,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None
+):
   """RLOO: A_i = r'_i - mean_{j != i} r'_j, r' = r - beta * sum_t k1_t.
 
   REINFORCE with token-sum aggregation: use the `constant` normaliser, which
@@ -49,16 +53,22 @@ def rloo(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   rewards = rollout.rewards.astype(logp.dtype)
   if beta:
     rewards = rewards + kl.sequence_penalty(
-        "k1", policy.old_logp(rollout, logp), rollout.logp_ref, mask, beta)
+        "k1", policy.old_logp(rollout, logp), rollout.logp_ref, mask, beta
+    )
   adv = groups.leave_one_out(rewards, same)
   return policy.clipped_policy_gradient(
-      rollout, logp, adv[:, None], clip_eps=clip_eps,
+      rollout,
+      logp,
+      adv[:, None],
+      clip_eps=clip_eps,
       clip_eps_high=clip_eps_high,
-      zero_signal=groups.zero_signal(rollout.rewards, same))
+      zero_signal=groups.zero_signal(rollout.rewards, same),
+  )
 
 
-def reinforce_pp_fields(beta: float = 0.01, baseline: bool = False,
-                        **unused) -> set:
+def reinforce_pp_fields(
+    beta: float = 0.01, baseline: bool = False, **unused
+) -> set:
   del unused
   fields = {"rewards"}
   if beta:
@@ -68,12 +78,16 @@ def reinforce_pp_fields(beta: float = 0.01, baseline: bool = False,
   return fields
 
 
-def reinforce_pp(rollout: rollout_lib.Rollout, logp: jax.Array, *,
-                 beta: float = 0.01,
-                 clip_eps: float = 0.2,
-                 clip_eps_high: Optional[float] = None,
-                 baseline: bool = False,
-                 whiten_eps: float = 1e-8):
+def reinforce_pp(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    beta: float = 0.01,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
+    baseline: bool = False,
+    whiten_eps: float = 1e-8
+):
   """REINFORCE++: A_t = r - beta * sum_{s >= t} k1_s, whitened, PPO clip.
 
   k1_s = logp_old - logp_ref per token. The advantage is whitened over every
@@ -93,8 +107,9 @@ def reinforce_pp(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "reinforce_pp",
-                   reinforce_pp_fields(beta, baseline), logp)
+  validation.check(
+      rollout, "reinforce_pp", reinforce_pp_fields(beta, baseline), logp
+  )
   mask = rollout.completion_mask
   rewards = rollout.rewards.astype(logp.dtype)
   zero_signal = None
@@ -105,9 +120,15 @@ def reinforce_pp(rollout: rollout_lib.Rollout, logp: jax.Array, *,
   token_rewards = advantages.outcome_token_rewards(rewards, mask)
   if beta:
     token_rewards = token_rewards + kl.reward_penalty(
-        "k1", policy.old_logp(rollout, logp), rollout.logp_ref, beta)
+        "k1", policy.old_logp(rollout, logp), rollout.logp_ref, beta
+    )
   adv = advantages.reverse_cumsum(token_rewards, mask)
   adv = advantages.masked_whiten(adv, mask, whiten_eps)
   return policy.clipped_policy_gradient(
-      rollout, logp, adv, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
-      zero_signal=zero_signal)
+      rollout,
+      logp,
+      adv,
+      clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      zero_signal=zero_signal,
+  )

@@ -31,19 +31,25 @@ def is_concrete(*arrays) -> bool:
   return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-def require(rollout: rollout_lib.Rollout, name: str,
-            fields: Iterable[str]) -> None:
+def require(
+    rollout: rollout_lib.Rollout, name: str, fields: Iterable[str]
+) -> None:
   """Raises ValueError naming the needed fields that are None."""
   missing = sorted(f for f in fields if getattr(rollout, f) is None)
   if missing:
     raise errors.UserError(
         f"coefficient {name!r} needs rollout field(s) {', '.join(missing)}, "
         "but they are None: choose a data source and reward that provide "
-        "them")
+        "them"
+    )
 
 
-def check(rollout: rollout_lib.Rollout, name: str, fields: Iterable[str],
-          logp: Optional[jax.Array] = None) -> None:
+def check(
+    rollout: rollout_lib.Rollout,
+    name: str,
+    fields: Iterable[str],
+    logp: Optional[jax.Array] = None,
+) -> None:
   """Every check a coefficient needs before it computes anything.
 
   Args:
@@ -62,8 +68,9 @@ def check(rollout: rollout_lib.Rollout, name: str, fields: Iterable[str],
     check_pairs(rollout.pair_ids, rollout.pair_sign, mask, name)
 
 
-def check_shapes(rollout: rollout_lib.Rollout, name: str,
-                 logp: Optional[jax.Array] = None) -> None:
+def check_shapes(
+    rollout: rollout_lib.Rollout, name: str, logp: Optional[jax.Array] = None
+) -> None:
   """Raises ValueError if a present field's shape or dtype does not fit.
 
   Args:
@@ -73,29 +80,40 @@ def check_shapes(rollout: rollout_lib.Rollout, name: str,
   """
   want = tuple(rollout.tokens.shape)
   if len(want) != 2:
-    raise errors.UserError(f"coefficient {name!r}: tokens must be [B, T], got "
-                           f"shape {want}")
+    raise errors.UserError(
+        f"coefficient {name!r}: tokens must be [B, T], got " f"shape {want}"
+    )
   if logp is not None and tuple(logp.shape) != want:
-    raise errors.UserError(f"coefficient {name!r}: logp has shape "
-                           f"{logp.shape}, expected tokens' shape {want}")
+    raise errors.UserError(
+        f"coefficient {name!r}: logp has shape "
+        f"{logp.shape}, expected tokens' shape {want}"
+    )
   if tuple(rollout.completion_mask.shape) != want:
-    raise errors.UserError(f"coefficient {name!r}: completion_mask has shape "
-                           f"{rollout.completion_mask.shape}, expected {want}")
+    raise errors.UserError(
+        f"coefficient {name!r}: completion_mask has shape "
+        f"{rollout.completion_mask.shape}, expected {want}"
+    )
   for field in TOKEN_FIELDS:
     x = getattr(rollout, field)
     if x is not None and tuple(x.shape) != want:
-      raise errors.UserError(f"coefficient {name!r}: rollout.{field} has shape "
-                             f"{x.shape}, expected [B, T] = {want}")
+      raise errors.UserError(
+          f"coefficient {name!r}: rollout.{field} has shape "
+          f"{x.shape}, expected [B, T] = {want}"
+      )
   for field in ROW_FIELDS:
     x = getattr(rollout, field)
     if x is not None and tuple(x.shape) != want[:1]:
-      raise errors.UserError(f"coefficient {name!r}: rollout.{field} has shape "
-                             f"{x.shape}, expected [B] = {want[:1]}")
+      raise errors.UserError(
+          f"coefficient {name!r}: rollout.{field} has shape "
+          f"{x.shape}, expected [B] = {want[:1]}"
+      )
   for field in _ID_FIELDS:
     x = getattr(rollout, field)
     if x is not None and not jnp.issubdtype(x.dtype, jnp.integer):
-      raise errors.UserError(f"coefficient {name!r}: rollout.{field} has dtype "
-                             f"{x.dtype}, expected an integer dtype (int32)")
+      raise errors.UserError(
+          f"coefficient {name!r}: rollout.{field} has dtype "
+          f"{x.dtype}, expected an integer dtype (int32)"
+      )
 
 
 def _real_rows(mask) -> np.ndarray:
@@ -122,7 +140,8 @@ def check_groups(group_ids, mask, name: str) -> None:
     raise errors.UserError(
         f"coefficient {name!r} needs groups of at least 2 samples (the "
         f"sample std and leave-one-out mean are undefined for one); "
-        f"group_ids with a single non-empty row: {lonely.tolist()}")
+        f"group_ids with a single non-empty row: {lonely.tolist()}"
+    )
 
 
 def check_pairs(pair_ids, pair_sign, mask, name: str) -> None:
@@ -143,12 +162,15 @@ def check_pairs(pair_ids, pair_sign, mask, name: str) -> None:
   signs = np.asarray(pair_sign)[real]
   bad_sign = sorted(set(ids[(signs != 1) & (signs != -1)].tolist()))
   if bad_sign:
-    raise errors.UserError(f"coefficient {name!r}: pair_sign must be +1 or -1; "
-                           f"pairs with another value: {bad_sign}")
+    raise errors.UserError(
+        f"coefficient {name!r}: pair_sign must be +1 or -1; "
+        f"pairs with another value: {bad_sign}"
+    )
   for pid in np.unique(ids):
     got = sorted(signs[ids == pid].tolist())
     if got != [-1, 1]:
       raise errors.UserError(
           f"coefficient {name!r}: pair {int(pid)} must have exactly one "
           f"chosen (+1) and one rejected (-1) non-empty row; its signs are "
-          f"{got}")
+          f"{got}"
+      )

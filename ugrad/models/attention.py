@@ -17,8 +17,9 @@ from ugrad.models.model_config import wide
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-            layout: str) -> jax.Array:
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, layout: str
+) -> jax.Array:
   """Grouped-query softmax attention.
 
   Args:
@@ -39,15 +40,18 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   q = q.reshape(b, t, hkv, g, dh).transpose(0, 2, 3, 1, 4)
   q = q.reshape(b, hkv, g * t, dh) * (dh**-0.5)
   kv_sub = "bskd" if layout == "bshd" else "bksd"
-  scores = jnp.einsum(f"bkqd,{kv_sub}->bkqs", q, k,
-                      preferred_element_type=wide(q.dtype))
+  scores = jnp.einsum(
+      f"bkqd,{kv_sub}->bkqs", q, k, preferred_element_type=wide(q.dtype)
+  )
   scores = scores.reshape(b, hkv, g, t, -1)
   scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum(f"bkqs,{kv_sub}->bkqd", probs.reshape(b, hkv, g * t, -1),
-                   v)
-  return out.reshape(b, hkv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(
-      b, t, h, dh)
+  out = jnp.einsum(f"bkqs,{kv_sub}->bkqd", probs.reshape(b, hkv, g * t, -1), v)
+  return (
+      out.reshape(b, hkv, g, t, dh)
+      .transpose(0, 3, 1, 2, 4)
+      .reshape(b, t, h, dh)
+  )
 
 
 def attention_kernel(name: str, dtype) -> str:
@@ -60,8 +64,14 @@ def attention_kernel(name: str, dtype) -> str:
   return "cudnn" if jax.default_backend() == "gpu" and half else "einsum"
 
 
-def attend_with(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                layout: str, name: str) -> jax.Array:
+def attend_with(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    layout: str,
+    name: str,
+) -> jax.Array:
   """`attend` through `jax.nn.dot_product_attention` with the kernel of
   `attention_kernel(name)` ("einsum": `attend` itself). Its masked scores
   get the same -0.7 * float32 max as `MASK_VALUE`, so a query row that sees
@@ -73,12 +83,18 @@ def attend_with(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   if kernel == "cudnn":
     return _attend_cudnn(q, k, v, mask)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
-                                      implementation=kernel)
+  return jax.nn.dot_product_attention(
+      q, k, v, mask=mask[:, None], implementation=kernel
+  )
 
 
-def _attend_cudnn(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                  implementation: str = "cudnn") -> jax.Array:
+def _attend_cudnn(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    implementation: str = "cudnn",
+) -> jax.Array:
   """cuDNN flash attention on [B, T, H, Dh] queries and [B, S, Hkv, Dh] keys
   and values, within its limits: with a mask, its training kernel takes
   only even T and S (so both are padded by one where odd, the extra keys
@@ -92,6 +108,7 @@ def _attend_cudnn(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     q, k, v = pad(q, t % 2), pad(k, s % 2), pad(v, s % 2)
     mask = jnp.pad(mask, [(0, 0), (0, t % 2), (0, s % 2)])
   mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
-  out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
-                                     implementation=implementation)
+  out = jax.nn.dot_product_attention(
+      q, k, v, mask=mask[:, None], implementation=implementation
+  )
   return out[:, :t]

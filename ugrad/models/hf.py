@@ -53,24 +53,31 @@ def _shard_map(path: pathlib.Path) -> dict[str, pathlib.Path]:
     with safetensors.safe_open(str(file), framework="numpy") as f:
       for name in f.keys():
         if name in files:
-          raise errors.UserError(f"Tensor {name} is in both {files[name].name} and "
-                           f"{file.name} (and there is no {_INDEX_FILE})")
+          raise errors.UserError(
+              f"Tensor {name} is in both {files[name].name} and "
+              f"{file.name} (and there is no {_INDEX_FILE})"
+          )
         files[name] = file
   return files
 
 
-def _check_names(files: dict[str, pathlib.Path], table: dict[str, Any],
-                 path: pathlib.Path) -> None:
+def _check_names(
+    files: dict[str, pathlib.Path], table: dict[str, Any], path: pathlib.Path
+) -> None:
   """Refuses missing tensors and unexpected ones, naming them."""
   missing = sorted(set(table) - set(files))
   if missing:
     raise errors.UserError(f"Checkpoint {path} lacks tensor(s) {missing}")
-  extra = sorted(name for name in set(files) - set(table)
-                 if not name.endswith(_IGNORED_SUFFIXES)
-                 and name != hf_config.LM_HEAD)
+  extra = sorted(
+      name
+      for name in set(files) - set(table)
+      if not name.endswith(_IGNORED_SUFFIXES) and name != hf_config.LM_HEAD
+  )
   if extra:
-    raise errors.UserError(f"Checkpoint {path} has unexpected tensor(s) {extra}; "
-                     f"only names ending in {_IGNORED_SUFFIXES} are ignored")
+    raise errors.UserError(
+        f"Checkpoint {path} has unexpected tensor(s) {extra}; "
+        f"only names ending in {_IGNORED_SUFFIXES} are ignored"
+    )
 
 
 class _TensorReader(contextlib.ExitStack):
@@ -85,47 +92,60 @@ class _TensorReader(contextlib.ExitStack):
     file = self._files[name]
     if file not in self._open:
       self._open[file] = self.enter_context(
-          safetensors.safe_open(str(file), framework="numpy"))
+          safetensors.safe_open(str(file), framework="numpy")
+      )
     return self._open[file].get_tensor(name)
 
 
-def _check_tied_head(read: _TensorReader, files: dict[str, Any],
-                     path: pathlib.Path) -> None:
+def _check_tied_head(
+    read: _TensorReader, files: dict[str, Any], path: pathlib.Path
+) -> None:
   """A tied checkpoint may still store lm_head.weight, but only as a copy."""
   head, embed = hf_config.LM_HEAD, hf_config.EMBED
   if head in files and not np.array_equal(read(head), read(embed)):
-    raise errors.UserError(f"Checkpoint {path} sets tie_word_embeddings but its "
-                     f"{head} differs from {embed}")
+    raise errors.UserError(
+        f"Checkpoint {path} sets tie_word_embeddings but its "
+        f"{head} differs from {embed}"
+    )
 
 
-def _flat_shardings(shardings: Any,
-                    variables: dict[tuple[Any, ...], nnx.Variable]
-                    ) -> dict[tuple[Any, ...], Optional[jax.sharding.Sharding]]:
+def _flat_shardings(
+    shardings: Any, variables: dict[tuple[Any, ...], nnx.Variable]
+) -> dict[tuple[Any, ...], Optional[jax.sharding.Sharding]]:
   """The sharding of each parameter path; None (default device) for all when
   `shardings` is None."""
   if shardings is None:
     return dict.fromkeys(variables)
-  flat = {path: s.get_value() if isinstance(s, nnx.Variable) else s
-          for path, s in nnx.to_flat_state(shardings)}
+  flat = {
+      path: s.get_value() if isinstance(s, nnx.Variable) else s
+      for path, s in nnx.to_flat_state(shardings)
+  }
   if set(flat) != set(variables):
     raise errors.UserError(
         "shardings do not match the parameters: missing "
         f"{sorted(set(variables) - set(flat), key=str)}, unexpected "
-        f"{sorted(set(flat) - set(variables), key=str)}")
+        f"{sorted(set(flat) - set(variables), key=str)}"
+    )
   return flat
 
 
-def _load_params(abstract: nnx.State, table: dict[str, Any],
-                 read: _TensorReader, shardings: Any) -> nnx.State:
+def _load_params(
+    abstract: nnx.State,
+    table: dict[str, Any],
+    read: _TensorReader,
+    shardings: Any,
+) -> nnx.State:
   """Fills the abstract parameter state with checkpoint tensors, each put
   with its sharding as it is read (see `from_pretrained`)."""
   variables = dict(nnx.to_flat_state(abstract))
-  by_path = {path: (hf_name, transpose)
-             for hf_name, (path, transpose) in table.items()}
+  by_path = {
+      path: (hf_name, transpose) for hf_name, (path, transpose) in table.items()
+  }
   unmapped = sorted(set(variables) - set(by_path), key=str)
   if unmapped:
-    raise errors.UserError(f"ugrad parameters without a Hugging Face name: "
-                     f"{unmapped}")
+    raise errors.UserError(
+        f"ugrad parameters without a Hugging Face name: " f"{unmapped}"
+    )
   placement = _flat_shardings(shardings, variables)
   loaded = []
   for path, variable in variables.items():
@@ -134,18 +154,30 @@ def _load_params(abstract: nnx.State, table: dict[str, Any],
     array = stored.T if transpose else stored
     expected = variable.get_value()
     if array.shape != expected.shape:
-      raise errors.UserError(f"Tensor {hf_name} has shape {stored.shape}; the "
-                       f"config implies {expected.shape}"
-                       f"{' transposed' if transpose else ''}")
+      raise errors.UserError(
+          f"Tensor {hf_name} has shape {stored.shape}; the "
+          f"config implies {expected.shape}"
+          f"{' transposed' if transpose else ''}"
+      )
     # Cast on the host, then copy only each device's shard to it.
-    loaded.append((path, variable.replace(jax.device_put(
-        np.asarray(array, dtype=expected.dtype), placement[path]))))
+    loaded.append(
+        (
+            path,
+            variable.replace(
+                jax.device_put(
+                    np.asarray(array, dtype=expected.dtype), placement[path]
+                )
+            ),
+        )
+    )
   return nnx.from_flat_state(loaded)
 
 
 def from_pretrained(
-    path: hf_config.PathLike, dtype: str = "float32",
-    param_dtype: Optional[str] = None, shardings: Any = None
+    path: hf_config.PathLike,
+    dtype: str = "float32",
+    param_dtype: Optional[str] = None,
+    shardings: Any = None,
 ) -> tuple[Transformer, Optional[HFTokenizer]]:
   """Loads a local Hugging Face Qwen2 or Llama directory.
 
@@ -168,14 +200,19 @@ def from_pretrained(
   path = pathlib.Path(path)
   config_file = path / "config.json"
   config = hf_config.config_from_hf(
-      hf_config.read_json(config_file, required=True), dtype=dtype,
-      param_dtype=param_dtype, where=str(config_file))
+      hf_config.read_json(config_file, required=True),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      where=str(config_file),
+  )
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
   if jax.tree.leaves(rest):
-    raise errors.UserError("Transformer has non-parameter state "
-                     f"{list(nnx.to_flat_state(rest))}; cannot build it from "
-                     "a checkpoint")
+    raise errors.UserError(
+        "Transformer has non-parameter state "
+        f"{list(nnx.to_flat_state(rest))}; cannot build it from "
+        "a checkpoint"
+    )
   if callable(shardings):
     shardings = shardings(abstract_params)
   table = hf_config.name_table(config)
@@ -186,13 +223,19 @@ def from_pretrained(
       _check_tied_head(read, files, path)
     params = _load_params(abstract_params, table, read, shardings)
   model = nnx.merge(graphdef, params, rest)
-  tokenizer = (HFTokenizer.from_directory(path)
-               if (path / "tokenizer.json").is_file() else None)
+  tokenizer = (
+      HFTokenizer.from_directory(path)
+      if (path / "tokenizer.json").is_file()
+      else None
+  )
   return model, tokenizer
 
 
-def save_pretrained(model: Transformer, path: hf_config.PathLike,
-                    tokenizer: Optional[HFTokenizer] = None) -> None:
+def save_pretrained(
+    model: Transformer,
+    path: hf_config.PathLike,
+    tokenizer: Optional[HFTokenizer] = None,
+) -> None:
   """Writes `model` as a directory `transformers` loads.
 
   The architecture is Qwen2ForCausalLM when q/k/v carry a bias, else
@@ -206,8 +249,10 @@ def save_pretrained(model: Transformer, path: hf_config.PathLike,
       special ids go into config.json.
   """
   if tokenizer is not None and not isinstance(tokenizer, HFTokenizer):
-    raise TypeError(f"save_pretrained writes an HFTokenizer, not a "
-                    f"{type(tokenizer).__name__}")
+    raise TypeError(
+        f"save_pretrained writes an HFTokenizer, not a "
+        f"{type(tokenizer).__name__}"
+    )
   config = model.config
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
@@ -216,18 +261,23 @@ def save_pretrained(model: Transformer, path: hf_config.PathLike,
   table = hf_config.name_table(config)
   unmapped = sorted(set(params) - {p for p, _ in table.values()}, key=str)
   if unmapped:
-    raise errors.UserError(f"ugrad parameters without a Hugging Face name: "
-                     f"{unmapped}")
+    raise errors.UserError(
+        f"ugrad parameters without a Hugging Face name: " f"{unmapped}"
+    )
   tensors = {}
   for hf_name, (param_path, transpose) in table.items():
     array = np.asarray(jax.device_get(params[param_path].get_value()))
     tensors[hf_name] = np.ascontiguousarray(array.T if transpose else array)
-  safetensors.numpy.save_file(tensors, str(path / _MODEL_FILE),
-                              metadata={"format": "pt"})
+  safetensors.numpy.save_file(
+      tensors, str(path / _MODEL_FILE), metadata={"format": "pt"}
+  )
   hf = hf_config.config_to_hf(config)
   if tokenizer is not None:
-    hf.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-              pad_token_id=tokenizer.pad_id)
+    hf.update(
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
     tokenizer.save(path)
   hf_config.write_json(path / "config.json", hf)
 
@@ -237,8 +287,13 @@ def save_pretrained(model: Transformer, path: hf_config.PathLike,
 
 def _refuse_stale_weights(path: pathlib.Path) -> None:
   """Old shards beside a new model.safetensors would be loaded instead."""
-  stale = sorted(file.name for file in path.glob("*.safetensors*")
-                 if file.name != _MODEL_FILE)
+  stale = sorted(
+      file.name
+      for file in path.glob("*.safetensors*")
+      if file.name != _MODEL_FILE
+  )
   if stale:
-    raise errors.UserError(f"{path} already holds {stale}; save into an empty "
-                     "directory or remove them")
+    raise errors.UserError(
+        f"{path} already holds {stale}; save into an empty "
+        "directory or remove them"
+    )

@@ -26,16 +26,23 @@ _MAX_POSITIONS = 32768
 def _qwen2_options(hf: dict[str, Any], where: str) -> dict[str, Any]:
   """Qwen2: q/k/v always carry a bias; sliding-window layers are refused."""
   layer_types = hf.get("layer_types") or []
-  window_layers = [i for i, kind in enumerate(layer_types)
-                   if kind != "full_attention"]
-  if (not layer_types and hf.get("use_sliding_window")
+  window_layers = [
+      i for i, kind in enumerate(layer_types) if kind != "full_attention"
+  ]
+  if (
+      not layer_types
+      and hf.get("use_sliding_window")
       and hf.get("sliding_window") is not None
-      and hf.get("max_window_layers", 0) < hf["num_hidden_layers"]):
-    window_layers = list(range(hf["max_window_layers"],
-                               hf["num_hidden_layers"]))
+      and hf.get("max_window_layers", 0) < hf["num_hidden_layers"]
+  ):
+    window_layers = list(
+        range(hf["max_window_layers"], hf["num_hidden_layers"])
+    )
   if window_layers:
-    raise errors.UserError(f"{where}: sliding-window attention on layers "
-                     f"{window_layers} is not supported")
+    raise errors.UserError(
+        f"{where}: sliding-window attention on layers "
+        f"{window_layers} is not supported"
+    )
   return {"qkv_bias": True}
 
 
@@ -43,8 +50,10 @@ def _llama_options(hf: dict[str, Any], where: str) -> dict[str, Any]:
   """Llama: no bias anywhere (attention_bias would also bias o_proj)."""
   for key in ("attention_bias", "mlp_bias"):
     if hf.get(key, False):
-      raise errors.UserError(f"{where}: {key}=true is not supported (ugrad's "
-                       "o_proj and MLP have no bias)")
+      raise errors.UserError(
+          f"{where}: {key}=true is not supported (ugrad's "
+          "o_proj and MLP have no bias)"
+      )
   return {"qkv_bias": False}
 
 
@@ -67,8 +76,10 @@ def _model_type(hf: dict[str, Any], where: str) -> str:
     key = key if key in _ARCHITECTURES else None
     found = f"model_type {hf.get('model_type')!r}"
   if key is None:
-    raise errors.UserError(f"{where}: unsupported {found}; supported architectures: "
-                     f"{sorted(by_name)}")
+    raise errors.UserError(
+        f"{where}: unsupported {found}; supported architectures: "
+        f"{sorted(by_name)}"
+    )
   return key
 
 
@@ -77,18 +88,26 @@ def _rope_theta(hf: dict[str, Any], where: str) -> float:
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type != "default":
-    raise errors.UserError(f"{where}: RoPE type {rope_type!r} ({rope}) is not "
-                     "supported; only default RoPE is")
+    raise errors.UserError(
+        f"{where}: RoPE type {rope_type!r} ({rope}) is not "
+        "supported; only default RoPE is"
+    )
   if rope.get("partial_rotary_factor", 1.0) != 1.0:
     raise errors.UserError(f"{where}: partial_rotary_factor is not supported")
   if hf.get("rope_scaling") and hf.get("rope_parameters"):
-    raise errors.UserError(f"{where}: both rope_scaling and rope_parameters set")
+    raise errors.UserError(
+        f"{where}: both rope_scaling and rope_parameters set"
+    )
   return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
-                   param_dtype: Optional[str] = None,
-                   where: str = "config.json") -> ModelConfig:
+def config_from_hf(
+    hf: dict[str, Any],
+    *,
+    dtype: str = "float32",
+    param_dtype: Optional[str] = None,
+    where: str = "config.json",
+) -> ModelConfig:
   """Translates a Qwen2 / Llama config.json into a `ModelConfig`.
 
   Args:
@@ -106,8 +125,10 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
   _, read_options = _ARCHITECTURES[_model_type(hf, where)]
   options = read_options(hf, where)
   if hf.get("hidden_act", "silu") != "silu":
-    raise errors.UserError(f"{where}: hidden_act {hf['hidden_act']!r} is not "
-                     "supported; only 'silu' is")
+    raise errors.UserError(
+        f"{where}: hidden_act {hf['hidden_act']!r} is not "
+        "supported; only 'silu' is"
+    )
   heads = hf["num_attention_heads"]
   return ModelConfig(
       vocab_size=hf["vocab_size"],
@@ -122,7 +143,8 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       dtype=dtype,
       param_dtype=param_dtype,
-      **options)
+      **options,
+  )
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
@@ -145,8 +167,10 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       # Both spellings: transformers >= 5 reads rope_parameters, 4.x the rest.
       "rope_theta": config.rope_theta,
       "rope_scaling": None,
-      "rope_parameters": {"rope_type": "default",
-                          "rope_theta": config.rope_theta},
+      "rope_parameters": {
+          "rope_type": "default",
+          "rope_theta": config.rope_theta,
+      },
       "tie_word_embeddings": config.tie_embeddings,
       "torch_dtype": config.param_dtype,
       "dtype": config.param_dtype,
@@ -165,8 +189,11 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 # transpose [out, in] <-> [in, out]).
 _LAYER_TABLE = (
     ("input_layernorm.weight", ("input_layernorm", "scale"), False),
-    ("post_attention_layernorm.weight", ("post_attention_layernorm", "scale"),
-     False),
+    (
+        "post_attention_layernorm.weight",
+        ("post_attention_layernorm", "scale"),
+        False,
+    ),
     ("self_attn.q_proj.weight", ("self_attn", "q_proj", "kernel"), True),
     ("self_attn.k_proj.weight", ("self_attn", "k_proj", "kernel"), True),
     ("self_attn.v_proj.weight", ("self_attn", "v_proj", "kernel"), True),
@@ -186,8 +213,10 @@ LM_HEAD = "lm_head.weight"
 
 def name_table(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], bool]]:
   """Maps every Hugging Face tensor name to (ugrad path, transpose?)."""
-  table = {EMBED: (("embed_tokens", "embedding"), False),
-           "model.norm.weight": (("norm", "scale"), False)}
+  table = {
+      EMBED: (("embed_tokens", "embedding"), False),
+      "model.norm.weight": (("norm", "scale"), False),
+  }
   if not config.tie_embeddings:
     table[LM_HEAD] = (("lm_head", "kernel"), True)
   rows = _LAYER_TABLE + (_BIAS_TABLE if config.qkv_bias else ())

@@ -25,15 +25,23 @@ class HFTokenizer:
     eos_id: end-of-sequence id; generation stops on it.
   """
 
-  def __init__(self, tokenizer: tokenizers.Tokenizer, *, eos_id: int,
-               pad_id: Optional[int] = None, bos_id: Optional[int] = None):
+  def __init__(
+      self,
+      tokenizer: tokenizers.Tokenizer,
+      *,
+      eos_id: int,
+      pad_id: Optional[int] = None,
+      bos_id: Optional[int] = None,
+  ):
     self.tokenizer = tokenizer
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     self.eos_id = _check_id(eos_id, "eos_id", self.vocab_size)
     self.pad_id = _check_id(
-        self.eos_id if pad_id is None else pad_id, "pad_id", self.vocab_size)
-    self.bos_id = (None if bos_id is None
-                   else _check_id(bos_id, "bos_id", self.vocab_size))
+        self.eos_id if pad_id is None else pad_id, "pad_id", self.vocab_size
+    )
+    self.bos_id = (
+        None if bos_id is None else _check_id(bos_id, "bos_id", self.vocab_size)
+    )
 
   @classmethod
   def from_directory(cls, path: hf_config.PathLike) -> "HFTokenizer":
@@ -55,15 +63,19 @@ class HFTokenizer:
     if not file.is_file():
       raise errors.MissingInput(f"No tokenizer.json in {path}")
     tokenizer = tokenizers.Tokenizer.from_file(str(file))
-    ids = {kind: _special_id(path, tokenizer, kind)
-           for kind in ("bos", "eos", "pad")}
+    ids = {
+        kind: _special_id(path, tokenizer, kind)
+        for kind in ("bos", "eos", "pad")
+    }
     if ids["eos"] is None:
       raise errors.UserError(
           f"No eos token in {path}: looked for eos_token in "
           "tokenizer_config.json / special_tokens_map.json and eos_token_id "
-          "in generation_config.json / config.json")
-    return cls(tokenizer, eos_id=ids["eos"], pad_id=ids["pad"],
-               bos_id=ids["bos"])
+          "in generation_config.json / config.json"
+      )
+    return cls(
+        tokenizer, eos_id=ids["eos"], pad_id=ids["pad"], bos_id=ids["bos"]
+    )
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without bos or eos."""
@@ -72,8 +84,11 @@ class HFTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`, dropping pad, bos, eos and other special tokens."""
     special = {self.pad_id, self.bos_id, self.eos_id}
-    kept = [i for i in np.asarray(ids, np.int64).reshape(-1).tolist()
-            if i not in special]
+    kept = [
+        i
+        for i in np.asarray(ids, np.int64).reshape(-1).tolist()
+        if i not in special
+    ]
     return self.tokenizer.decode(kept, skip_special_tokens=True)
 
   def save(self, path: hf_config.PathLike) -> None:
@@ -82,8 +97,11 @@ class HFTokenizer:
     path.mkdir(parents=True, exist_ok=True)
     self.tokenizer.save(str(path / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    for kind, token_id in (("bos", self.bos_id), ("eos", self.eos_id),
-                           ("pad", self.pad_id)):
+    for kind, token_id in (
+        ("bos", self.bos_id),
+        ("eos", self.eos_id),
+        ("pad", self.pad_id),
+    ):
       if token_id is not None:
         config[f"{kind}_token"] = self.tokenizer.id_to_token(token_id)
     hf_config.write_json(path / "tokenizer_config.json", config)
@@ -91,13 +109,15 @@ class HFTokenizer:
 
 def _check_id(token_id: Any, name: str, vocab_size: int) -> int:
   if not 0 <= int(token_id) < vocab_size:
-    raise errors.UserError(f"{name}={token_id} outside the vocabulary [0, "
-                     f"{vocab_size})")
+    raise errors.UserError(
+        f"{name}={token_id} outside the vocabulary [0, " f"{vocab_size})"
+    )
   return int(token_id)
 
 
-def _special_id(path: pathlib.Path, tokenizer: tokenizers.Tokenizer,
-                kind: str) -> Optional[int]:
+def _special_id(
+    path: pathlib.Path, tokenizer: tokenizers.Tokenizer, kind: str
+) -> Optional[int]:
   """The id of special token `kind` (bos/eos/pad) named in `path`'s files."""
   for name in ("tokenizer_config.json", "special_tokens_map.json"):
     token = hf_config.read_json(path / name).get(f"{kind}_token")
@@ -106,8 +126,10 @@ def _special_id(path: pathlib.Path, tokenizer: tokenizers.Tokenizer,
     if token is not None:
       token_id = tokenizer.token_to_id(token)
       if token_id is None:
-        raise errors.UserError(f"{path / name}: {kind}_token {token!r} is not in "
-                         "tokenizer.json's vocabulary")
+        raise errors.UserError(
+            f"{path / name}: {kind}_token {token!r} is not in "
+            "tokenizer.json's vocabulary"
+        )
       return token_id
   for name in ("generation_config.json", "config.json"):
     token_id = hf_config.read_json(path / name).get(f"{kind}_token_id")

@@ -65,41 +65,66 @@ class ModelConfig:
   def __post_init__(self):
     registry.lookup(ATTENTION, "attention", self.attention)
     if self.num_heads % self.num_kv_heads:
-      raise errors.UserError(f"num_heads={self.num_heads} is not a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
+      raise errors.UserError(
+          f"num_heads={self.num_heads} is not a multiple of "
+          f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim is None:
       if self.hidden_size % self.num_heads:
-        raise errors.UserError(f"hidden_size={self.hidden_size} is not a multiple "
-                         f"of num_heads={self.num_heads}; set head_dim")
+        raise errors.UserError(
+            f"hidden_size={self.hidden_size} is not a multiple "
+            f"of num_heads={self.num_heads}; set head_dim"
+        )
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
     if self.head_dim % 2:
-      raise errors.UserError(f"rotary embeddings need an even head_dim, got "
-                       f"{self.head_dim}")
+      raise errors.UserError(
+          f"rotary embeddings need an even head_dim, got " f"{self.head_dim}"
+      )
     for field in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, field))
       except TypeError as e:
-        raise errors.UserError(f"{field}={getattr(self, field)!r} is not a dtype "
-                         "name") from e
+        raise errors.UserError(
+            f"{field}={getattr(self, field)!r} is not a dtype " "name"
+        ) from e
 
 
 def _embedded(vocab_size: int) -> ModelConfig:
-  return ModelConfig(vocab_size=vocab_size, hidden_size=128, num_layers=2,
-                     num_heads=4, num_kv_heads=4, mlp_size=512)
+  return ModelConfig(
+      vocab_size=vocab_size,
+      hidden_size=128,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=4,
+      mlp_size=512,
+  )
 
 
 def _qwen2_2_9m(vocab_size: int) -> ModelConfig:
-  return ModelConfig(vocab_size=vocab_size, hidden_size=256, num_layers=4,
-                     num_heads=4, num_kv_heads=2, mlp_size=688, qkv_bias=True,
-                     rope_theta=1000000.0)
+  return ModelConfig(
+      vocab_size=vocab_size,
+      hidden_size=256,
+      num_layers=4,
+      num_heads=4,
+      num_kv_heads=2,
+      mlp_size=688,
+      qkv_bias=True,
+      rope_theta=1000000.0,
+  )
 
 
 # Model shapes by name; each takes the tokenizer's vocabulary size (the
 # published models' presets below keep their own and only check it).
 def _tiny(vocab_size: int) -> ModelConfig:
   """One small layer: for smoke tests, where compile time dominates."""
-  return ModelConfig(vocab_size=vocab_size, hidden_size=32, num_layers=1,
-                     num_heads=2, num_kv_heads=1, mlp_size=64)
+  return ModelConfig(
+      vocab_size=vocab_size,
+      hidden_size=32,
+      num_layers=1,
+      num_heads=2,
+      num_kv_heads=1,
+      mlp_size=64,
+  )
 
 
 def _published(name: str, vocab: int, **fields) -> Callable[[int], ModelConfig]:
@@ -113,8 +138,10 @@ def _published(name: str, vocab: int, **fields) -> Callable[[int], ModelConfig]:
 
   def make(vocab_size: int) -> ModelConfig:
     if vocab_size > vocab:
-      raise errors.UserError(f"model preset {name!r} has {vocab} embedding rows, "
-                       f"fewer than the tokenizer's {vocab_size} tokens")
+      raise errors.UserError(
+          f"model preset {name!r} has {vocab} embedding rows, "
+          f"fewer than the tokenizer's {vocab_size} tokens"
+      )
     return ModelConfig(vocab_size=vocab, **fields)
 
   make.__doc__ = f"The shapes of {name} (vocabulary fixed at {vocab})."
@@ -132,25 +159,65 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "tiny": _tiny,
     "qwen2_2.9m": _qwen2_2_9m,
     "qwen2.5-0.5b": _published(
-        "qwen2.5-0.5b", 151936, hidden_size=896, num_layers=24, num_heads=14,
-        num_kv_heads=2, head_dim=64, mlp_size=4864, tie_embeddings=True,
-        **_QWEN25),
+        "qwen2.5-0.5b",
+        151936,
+        hidden_size=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        mlp_size=4864,
+        tie_embeddings=True,
+        **_QWEN25,
+    ),
     "qwen2.5-1.5b": _published(
-        "qwen2.5-1.5b", 151936, hidden_size=1536, num_layers=28,
-        num_heads=12, num_kv_heads=2, head_dim=128, mlp_size=8960,
-        tie_embeddings=True, **_QWEN25),
+        "qwen2.5-1.5b",
+        151936,
+        hidden_size=1536,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        head_dim=128,
+        mlp_size=8960,
+        tie_embeddings=True,
+        **_QWEN25,
+    ),
     "qwen2.5-7b": _published(
-        "qwen2.5-7b", 151936, hidden_size=3584, num_layers=28, num_heads=28,
-        num_kv_heads=4, head_dim=128, mlp_size=18944, tie_embeddings=False,
-        **_QWEN25),
+        "qwen2.5-7b",
+        151936,
+        hidden_size=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        mlp_size=18944,
+        tie_embeddings=False,
+        **_QWEN25,
+    ),
     "llama3.2-1b": _published(
-        "llama3.2-1b", 128256, hidden_size=2048, num_layers=16, num_heads=32,
-        num_kv_heads=8, head_dim=64, mlp_size=8192, tie_embeddings=True,
-        **_LLAMA3),
+        "llama3.2-1b",
+        128256,
+        hidden_size=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        mlp_size=8192,
+        tie_embeddings=True,
+        **_LLAMA3,
+    ),
     "llama3.1-8b": _published(
-        "llama3.1-8b", 128256, hidden_size=4096, num_layers=32, num_heads=32,
-        num_kv_heads=8, head_dim=128, mlp_size=14336, tie_embeddings=False,
-        **_LLAMA3),
+        "llama3.1-8b",
+        128256,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_size=14336,
+        tie_embeddings=False,
+        **_LLAMA3,
+    ),
 }
 
 
@@ -158,13 +225,13 @@ def matmul_params(config: ModelConfig, total: int) -> int:
   """N, the parameters a token's forward pass multiplies by: all `total`
   parameters but an untied input embedding table (a lookup); a tied one is
   the output projection and counts."""
-  lookup = 0 if config.tie_embeddings else (config.vocab_size *
-                                            config.hidden_size)
+  lookup = (
+      0 if config.tie_embeddings else (config.vocab_size * config.hidden_size)
+  )
   return int(total - lookup)
 
 
-def forward_flops(config: ModelConfig, n: int, rows: int,
-                  length: int) -> float:
+def forward_flops(config: ModelConfig, n: int, rows: int, length: int) -> float:
   """Model FLOPs of one forward pass over rows x length tokens: 2 N per
   token, plus attention's full score matrices as computed (masked, not
   skipped), 4 L H Dh per query per key. A training step is 3x this."""

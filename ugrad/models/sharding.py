@@ -37,13 +37,18 @@ Rules = Sequence[tuple[str, Optional[str]]]
 MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
 # The batch's rows are split over these axes, in this order.
 BATCH_AXES = ("dcn_data", "data", "fsdp")
-RULES: Rules = (("embed", "fsdp"), ("heads", "tensor"),
-                ("kv_heads", "tensor"), ("mlp", "tensor"),
-                ("vocab", "tensor"))
+RULES: Rules = (
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+)
 
 
-def mesh_shape(requested: Mapping[str, int],
-               num_devices: Optional[int] = None) -> dict:
+def mesh_shape(
+    requested: Mapping[str, int], num_devices: Optional[int] = None
+) -> dict:
   """Axis sizes with one -1 resolved to the devices that remain.
 
   Args:
@@ -57,24 +62,33 @@ def mesh_shape(requested: Mapping[str, int],
   n = jax.device_count() if num_devices is None else num_devices
   unknown = sorted(set(requested) - set(MESH_AXES))
   if unknown:
-    raise errors.UserError(f"unknown mesh axes {unknown}; valid: "
-                     f"{', '.join(MESH_AXES)}")
+    raise errors.UserError(
+        f"unknown mesh axes {unknown}; valid: " f"{', '.join(MESH_AXES)}"
+    )
   shape = {axis: int(requested.get(axis, 1)) for axis in MESH_AXES}
   bad = [f"{a}={v}" for a, v in shape.items() if v == 0 or v < -1]
   if bad:
-    raise errors.UserError(f"mesh sizes must be >= 1 or -1, got {', '.join(bad)}")
+    raise errors.UserError(
+        f"mesh sizes must be >= 1 or -1, got {', '.join(bad)}"
+    )
   free = [a for a, v in shape.items() if v == -1]
   if len(free) > 1:
-    raise errors.UserError(f"only one mesh axis may be -1, got {', '.join(free)}")
+    raise errors.UserError(
+        f"only one mesh axis may be -1, got {', '.join(free)}"
+    )
   fixed = math.prod(v for v in shape.values() if v != -1)
   if free:
     if n % fixed:
-      raise errors.UserError(f"mesh {_show(shape)} cannot fill {n} devices: {n} is "
-                       f"not a multiple of {fixed}")
+      raise errors.UserError(
+          f"mesh {_show(shape)} cannot fill {n} devices: {n} is "
+          f"not a multiple of {fixed}"
+      )
     shape[free[0]] = n // fixed
   if math.prod(shape.values()) != n:
-    raise errors.UserError(f"mesh {_show(shape)} has {math.prod(shape.values())} "
-                     f"devices but there are {n}")
+    raise errors.UserError(
+        f"mesh {_show(shape)} has {math.prod(shape.values())} "
+        f"devices but there are {n}"
+    )
   return shape
 
 
@@ -82,8 +96,9 @@ def _show(shape: Mapping[str, int]) -> str:
   return " x ".join(f"{a}={v}" for a, v in shape.items())
 
 
-def make_mesh(shape: Mapping[str, int],
-              devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(
+    shape: Mapping[str, int], devices: Optional[Sequence[Any]] = None
+) -> Mesh:
   """The mesh of `shape` (from `mesh_shape`) over `devices` (default all).
 
   With dcn_data > 1 the devices are laid out as a hybrid mesh: dcn_data
@@ -97,11 +112,15 @@ def make_mesh(shape: Mapping[str, int],
     dcn = (shape["dcn_data"], 1, 1, 1)
     granule = not hasattr(devices[0], "slice_index")
     array = mesh_utils.create_hybrid_device_mesh(
-        ici, dcn, devices, process_is_granule=granule)
+        ici, dcn, devices, process_is_granule=granule
+    )
   else:
     array = mesh_utils.create_device_mesh(ici, devices)
-  return Mesh(array, MESH_AXES,
-              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(
+      array,
+      MESH_AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+  )
 
 
 def batch_shards(shape: Mapping[str, int]) -> int:
@@ -113,16 +132,22 @@ def check_model(model_config, shape: Mapping[str, int]) -> None:
   """Refuses a mesh that does not divide the model, with the numbers."""
   tensor, fsdp = shape["tensor"], shape["fsdp"]
   for axis, size, field in (
-      ("tensor", tensor, "num_heads"), ("tensor", tensor, "num_kv_heads"),
-      ("tensor", tensor, "mlp_size"), ("fsdp", fsdp, "hidden_size")):
+      ("tensor", tensor, "num_heads"),
+      ("tensor", tensor, "num_kv_heads"),
+      ("tensor", tensor, "mlp_size"),
+      ("fsdp", fsdp, "hidden_size"),
+  ):
     value = getattr(model_config, field)
     if value % size:
       raise errors.UserError(f"{axis}={size} does not divide {field}={value}")
 
 
-def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],
-                    axis_sizes: Mapping[str, int],
-                    rules: Rules) -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[Optional[str]],
+    shape: Sequence[int],
+    axis_sizes: Mapping[str, int],
+    rules: Rules,
+) -> PartitionSpec:
   """The PartitionSpec of one array.
 
   Args:
@@ -135,8 +160,9 @@ def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],
     A PartitionSpec with one entry per dimension.
   """
   if len(names) != len(shape):
-    raise errors.UserError(f"logical axes {tuple(names)} do not match shape "
-                     f"{tuple(shape)}")
+    raise errors.UserError(
+        f"logical axes {tuple(names)} do not match shape " f"{tuple(shape)}"
+    )
   used = set()
   spec = []
   for name, size in zip(names, shape):
@@ -145,9 +171,11 @@ def logical_to_spec(names: Sequence[Optional[str]], shape: Sequence[int],
       if logical != name or mesh_axis is None:
         continue
       if mesh_axis not in axis_sizes:
-        raise errors.UserError(f"rule ({logical!r}, {mesh_axis!r}) names a mesh "
-                         f"axis that is not in the mesh; mesh axes: "
-                         f"{', '.join(axis_sizes)}")
+        raise errors.UserError(
+            f"rule ({logical!r}, {mesh_axis!r}) names a mesh "
+            f"axis that is not in the mesh; mesh axes: "
+            f"{', '.join(axis_sizes)}"
+        )
       if mesh_axis not in used and size % axis_sizes[mesh_axis] == 0:
         chosen = mesh_axis
         break
@@ -183,8 +211,9 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
     spec = logical_to_spec(names, shape, axis_sizes, rules)
     return var.replace(NamedSharding(mesh, spec))
 
-  return jax.tree.map(one, params,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map(
+      one, params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
 
 
 def constrain_rows(x: jax.Array) -> jax.Array:

@@ -41,7 +41,8 @@ def _normal(key, shape, dtype=jnp.float32):
   one: without it about a quarter of the values differ in the last bit."""
   dtype = jnp.dtype(dtype)
   return jax.lax.optimization_barrier(
-      jax.random.normal(key, shape, dtype)) * jnp.asarray(_INIT_STD, dtype)
+      jax.random.normal(key, shape, dtype)
+  ) * jnp.asarray(_INIT_STD, dtype)
 
 
 class Dense(nnx.Linear):
@@ -57,12 +58,20 @@ class Dense(nnx.Linear):
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _linear(cfg: ModelConfig, d_in: int, d_out: int, axes, *, bias: bool,
-            rngs: nnx.Rngs) -> Dense:
-  return Dense(d_in, d_out, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
-                    param_dtype=jnp.dtype(cfg.param_dtype), kernel_init=_normal,
-                    kernel_metadata=_meta(*axes),
-                    bias_metadata=_meta(axes[-1]), rngs=rngs)
+def _linear(
+    cfg: ModelConfig, d_in: int, d_out: int, axes, *, bias: bool, rngs: nnx.Rngs
+) -> Dense:
+  return Dense(
+      d_in,
+      d_out,
+      use_bias=bias,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=_normal,
+      kernel_metadata=_meta(*axes),
+      bias_metadata=_meta(axes[-1]),
+      rngs=rngs,
+  )
 
 
 class RMSNorm(nnx.Module):
@@ -101,22 +110,27 @@ class KVCache:
 CACHE_LAYOUTS = ("bhsd", "bshd")
 
 
-def init_cache(config: ModelConfig, batch: int, slots: int,
-               layout: str = "bhsd") -> KVCache:
+def init_cache(
+    config: ModelConfig, batch: int, slots: int, layout: str = "bhsd"
+) -> KVCache:
   """A zero cache of `slots` positions for `batch` rows."""
   registry.lookup(CACHE_LAYOUTS, "cache layout", layout)
   hkv, dh = config.num_kv_heads, config.head_dim
-  shape = ((batch, slots, hkv, dh) if layout == "bshd" else
-           (batch, hkv, slots, dh))
-  zeros = tuple(jnp.zeros(shape, jnp.dtype(config.dtype))
-                for _ in range(config.num_layers))
+  shape = (
+      (batch, slots, hkv, dh) if layout == "bshd" else (batch, hkv, slots, dh)
+  )
+  zeros = tuple(
+      jnp.zeros(shape, jnp.dtype(config.dtype))
+      for _ in range(config.num_layers)
+  )
   return KVCache(keys=zeros, values=zeros, layout=layout)
 
 
-def rotary(positions: jax.Array, head_dim: int, theta: float,
-           dtype=jnp.float32):
+def rotary(
+    positions: jax.Array, head_dim: int, theta: float, dtype=jnp.float32
+):
   """cos and sin tables [B, T, 1, Dh] for the rotate_half convention."""
-  inv_freq = 1.0 / theta**(jnp.arange(0, head_dim, 2, dtype) / head_dim)
+  inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype) / head_dim)
   angles = positions.astype(dtype)[..., None] * inv_freq  # [B, T, Dh/2]
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
   return jnp.cos(angles), jnp.sin(angles)
@@ -133,10 +147,12 @@ def _write(cache: jax.Array, new: jax.Array, index, layout: str) -> jax.Array:
   """Writes new [B, T, Hkv, Dh] into cache at slot `index`, in place."""
   if layout == "bhsd":
     new = new.transpose(0, 2, 1, 3)
-    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype),
-                                        (0, 0, index, 0))
-  return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype),
-                                      (0, index, 0, 0))
+    return jax.lax.dynamic_update_slice(
+        cache, new.astype(cache.dtype), (0, 0, index, 0)
+    )
+  return jax.lax.dynamic_update_slice(
+      cache, new.astype(cache.dtype), (0, index, 0, 0)
+  )
 
 
 class Attention(nnx.Module):
@@ -148,14 +164,18 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, dh
     self.attention = cfg.attention
     bias = cfg.qkv_bias
-    self.q_proj = _linear(cfg, d, h * dh, ("embed", "heads"), bias=bias,
-                          rngs=rngs)
-    self.k_proj = _linear(cfg, d, hkv * dh, ("embed", "kv_heads"), bias=bias,
-                          rngs=rngs)
-    self.v_proj = _linear(cfg, d, hkv * dh, ("embed", "kv_heads"), bias=bias,
-                          rngs=rngs)
-    self.o_proj = _linear(cfg, h * dh, d, ("heads", "embed"), bias=False,
-                          rngs=rngs)
+    self.q_proj = _linear(
+        cfg, d, h * dh, ("embed", "heads"), bias=bias, rngs=rngs
+    )
+    self.k_proj = _linear(
+        cfg, d, hkv * dh, ("embed", "kv_heads"), bias=bias, rngs=rngs
+    )
+    self.v_proj = _linear(
+        cfg, d, hkv * dh, ("embed", "kv_heads"), bias=bias, rngs=rngs
+    )
+    self.o_proj = _linear(
+        cfg, h * dh, d, ("heads", "embed"), bias=False, rngs=rngs
+    )
 
   def __call__(self, x, rope, mask, cache_kv=None, index=None):
     """Attention over the current tokens, or over a cache.
@@ -194,11 +214,9 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, f = cfg.hidden_size, cfg.mlp_size
-    self.gate_proj = _linear(cfg, d, f, ("embed", "mlp"), bias=False,
-                             rngs=rngs)
+    self.gate_proj = _linear(cfg, d, f, ("embed", "mlp"), bias=False, rngs=rngs)
     self.up_proj = _linear(cfg, d, f, ("embed", "mlp"), bias=False, rngs=rngs)
-    self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), bias=False,
-                             rngs=rngs)
+    self.down_proj = _linear(cfg, f, d, ("mlp", "embed"), bias=False, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -216,8 +234,9 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
 
   def __call__(self, x, rope, mask, cache_kv=None, index=None):
-    attn, new_kv = self.self_attn(self.input_layernorm(x), rope, mask,
-                                  cache_kv, index)
+    attn, new_kv = self.self_attn(
+        self.input_layernorm(x), rope, mask, cache_kv, index
+    )
     x = x + attn
     return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
@@ -236,8 +255,9 @@ def _layer_outputs(layer: DecoderLayer, x, rope, mask, remat: str):
   policy = registry.lookup(REMAT_POLICIES, "remat", remat)
   if policy is None:
     return layer(x, rope, mask)[0]
-  forward = nnx.remat(lambda lyr, x, rope, mask: lyr(x, rope, mask)[0],
-                      policy=policy)
+  forward = nnx.remat(
+      lambda lyr, x, rope, mask: lyr(x, rope, mask)[0], policy=policy
+  )
   return forward(layer, x, rope, mask)
 
 
@@ -252,16 +272,27 @@ class Backbone(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.embed_tokens = nnx.Embed(
-        config.vocab_size, config.hidden_size, dtype=jnp.dtype(config.dtype),
-        param_dtype=jnp.dtype(config.param_dtype), embedding_init=_normal,
-        embedding_metadata=_meta("vocab", "embed"), rngs=rngs)
+        config.vocab_size,
+        config.hidden_size,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        embedding_init=_normal,
+        embedding_metadata=_meta("vocab", "embed"),
+        rngs=rngs,
+    )
     self.layers = nnx.List(
-        [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
-    self.norm = RMSNorm(config.hidden_size, config.rms_eps,
-                        jnp.dtype(config.dtype), jnp.dtype(config.param_dtype))
+        [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)]
+    )
+    self.norm = RMSNorm(
+        config.hidden_size,
+        config.rms_eps,
+        jnp.dtype(config.dtype),
+        jnp.dtype(config.param_dtype),
+    )
 
-  def hidden(self, tokens: jax.Array,
-             attention_mask: Optional[jax.Array] = None) -> jax.Array:
+  def hidden(
+      self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None
+  ) -> jax.Array:
     """Final hidden states [B, T, D] (after the last norm).
 
     Args:
@@ -276,16 +307,27 @@ class Backbone(nnx.Module):
     else:
       positions = positions_from_mask(attention_mask)
       mask = causal & (attention_mask > 0)[:, None, :]
-    rope = rotary(positions, self.config.head_dim, self.config.rope_theta,
-                  _wide(self.config.dtype))
+    rope = rotary(
+        positions,
+        self.config.head_dim,
+        self.config.rope_theta,
+        _wide(self.config.dtype),
+    )
     x = sharding.constrain_rows(self.embed_tokens(tokens))
     for layer in self.layers:
       x = sharding.constrain_rows(
-          _layer_outputs(layer, x, rope, mask, self.config.remat))
+          _layer_outputs(layer, x, rope, mask, self.config.remat)
+      )
     return self.norm(x)
 
-  def hidden_cached(self, tokens: jax.Array, positions: jax.Array,
-                    kv_mask: jax.Array, cache: KVCache, index):
+  def hidden_cached(
+      self,
+      tokens: jax.Array,
+      positions: jax.Array,
+      kv_mask: jax.Array,
+      cache: KVCache,
+      index,
+  ):
     """Hidden states of tokens written into a cache at slots index..index+T-1.
 
     Query t attends to the cache slots s <= index + t where kv_mask is set.
@@ -304,8 +346,12 @@ class Backbone(nnx.Module):
     t, s = tokens.shape[1], kv_mask.shape[1]
     visible = jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None]
     mask = visible[None] & (kv_mask > 0)[:, None, :]
-    rope = rotary(positions, self.config.head_dim, self.config.rope_theta,
-                  _wide(self.config.dtype))
+    rope = rotary(
+        positions,
+        self.config.head_dim,
+        self.config.rope_theta,
+        _wide(self.config.dtype),
+    )
     x = self.embed_tokens(tokens)
     keys, values = [], []
     for layer, k, v in zip(self.layers, cache.keys, cache.values):
@@ -322,8 +368,14 @@ class Transformer(Backbone):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
     if not config.tie_embeddings:
-      self.lm_head = _linear(config, config.hidden_size, config.vocab_size,
-                             ("embed", "vocab"), bias=False, rngs=rngs)
+      self.lm_head = _linear(
+          config,
+          config.hidden_size,
+          config.vocab_size,
+          ("embed", "vocab"),
+          bias=False,
+          rngs=rngs,
+      )
 
   def output_embedding(self) -> jax.Array:
     """The [D, V] matrix that maps hidden states to logits."""
@@ -337,8 +389,9 @@ class Transformer(Backbone):
     logits = hidden.reshape(-1, hidden.shape[-1]) @ w  # Rank 2: see Dense.
     return logits.reshape(*hidden.shape[:-1], w.shape[-1])
 
-  def __call__(self, tokens: jax.Array,
-               attention_mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(
+      self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None
+  ) -> jax.Array:
     """Logits [B, T, V]; see `hidden` for the arguments."""
     return self.logits(self.hidden(tokens, attention_mask))
 
@@ -353,14 +406,19 @@ class ScalarModel(Backbone):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)
     self.score_head = Dense(
-        config.hidden_size, 1, use_bias=False, dtype=jnp.dtype(config.dtype),
+        config.hidden_size,
+        1,
+        use_bias=False,
+        dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=nnx.initializers.zeros,
         kernel_metadata=_meta("embed", None),
-        rngs=rngs)
+        rngs=rngs,
+    )
 
-  def __call__(self, tokens: jax.Array,
-               attention_mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(
+      self, tokens: jax.Array, attention_mask: Optional[jax.Array] = None
+  ) -> jax.Array:
     """Scores [B, T] (float32 or wider): the score of each prefix
     tokens[b, :t+1]."""
     h = self.hidden(tokens, attention_mask)
@@ -376,9 +434,12 @@ def _chunk_logprobs(hidden, targets, w):
   return (picked - logz).reshape(targets.shape)
 
 
-def token_logprobs(model: Transformer, tokens: jax.Array,
-                   attention_mask: Optional[jax.Array] = None,
-                   chunk_size: int = 128) -> jax.Array:
+def token_logprobs(
+    model: Transformer,
+    tokens: jax.Array,
+    attention_mask: Optional[jax.Array] = None,
+    chunk_size: int = 128,
+) -> jax.Array:
   """Per-token log-probs, `logp[b, t] = log pi(tokens[b, t] | tokens[b, :t])`.
 
   Column 0 has no context and is 0. The vocabulary projection runs over
@@ -413,5 +474,5 @@ def token_logprobs(model: Transformer, tokens: jax.Array,
   # of saving all n of them.
   chunk_fn = jax.checkpoint(_chunk_logprobs)
   logp = jax.lax.map(lambda xs: chunk_fn(xs[0], xs[1], w), (hidden, targets))
-  logp = logp.swapaxes(0, 1).reshape(b, n * c)[:, :t - 1]  # [B, T-1]
+  logp = logp.swapaxes(0, 1).reshape(b, n * c)[:, : t - 1]  # [B, T-1]
   return jnp.pad(logp, ((0, 0), (1, 0)))

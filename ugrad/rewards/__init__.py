@@ -72,8 +72,10 @@ def no_reward(ctx: RewardContext, batch) -> dict:
 
 
 def rule(ctx: RewardContext, batch) -> dict:
-  rewards = [ctx.task.reward(ex, text) if text else 0.0
-             for ex, text in zip(batch.examples, batch.texts)]
+  rewards = [
+      ctx.task.reward(ex, text) if text else 0.0
+      for ex, text in zip(batch.examples, batch.texts)
+  ]
   return {"rewards": np.asarray(rewards, np.float32)}
 
 
@@ -89,15 +91,18 @@ def ground_truth_process(ctx: RewardContext, batch) -> dict:
 
 def _need(model, name: str, field: str):
   if model is None:
-    raise errors.UserError(f"the {name!r} reward needs a trained reward model "
-                           f"(set config.{field})")
+    raise errors.UserError(
+        f"the {name!r} reward needs a trained reward model "
+        f"(set config.{field})"
+    )
   return model
 
 
 def outcome_model(ctx: RewardContext, batch) -> dict:
   r = batch.rollout
-  scores = _need(ctx.outcome_model, "model",
-                 "reward_model")(r.tokens, r.attention_mask)
+  scores = _need(ctx.outcome_model, "model", "reward_model")(
+      r.tokens, r.attention_mask
+  )
   last = masked.last_index(np.asarray(r.attention_mask), np)
   rewards = np.asarray(scores)[np.arange(len(last)), last]
   has = r.completion_mask.sum(1) > 0  # Rows without (last may be -1): 0.
@@ -106,12 +111,15 @@ def outcome_model(ctx: RewardContext, batch) -> dict:
 
 def process_model(ctx: RewardContext, batch) -> dict:
   r = batch.rollout
-  scores = _need(ctx.process_model, "process",
-                 "process_reward_model")(r.tokens, r.attention_mask)
+  scores = _need(ctx.process_model, "process", "process_reward_model")(
+      r.tokens, r.attention_mask
+  )
   steps = step_end_mask(ctx, batch)
   probs = 1.0 / (1.0 + np.exp(-np.asarray(scores, np.float64)))
-  return {"step_rewards": np.where(steps > 0, probs, 0.0).astype(np.float32),
-          "step_mask": steps}
+  return {
+      "step_rewards": np.where(steps > 0, probs, 0.0).astype(np.float32),
+      "step_mask": steps,
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,18 +151,22 @@ REWARDS: dict[str, Reward] = {
 def register(name: str, reward: Reward, *, replace: bool = False) -> Reward:
   """Adds a reward function; see `ugrad.register_reward`."""
   if not isinstance(reward, Reward):
-    raise TypeError(f"reward {name!r}: expected a Reward record, got "
-                    f"{type(reward).__name__}")
+    raise TypeError(
+        f"reward {name!r}: expected a Reward record, got "
+        f"{type(reward).__name__}"
+    )
   unknown = set(reward.fields) - _OUTCOME - _PROCESS
   if unknown:
     valid = ", ".join(sorted(_OUTCOME | _PROCESS))
-    raise errors.UserError(f"reward {name!r} fills unknown fields "
-                           f"{sorted(unknown)}; valid: {valid}")
+    raise errors.UserError(
+        f"reward {name!r} fills unknown fields "
+        f"{sorted(unknown)}; valid: {valid}"
+    )
   return registry.register(REWARDS, "reward", name, reward, replace=replace)
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
-  """"rule" or "rule:1.0,model:0.5" -> [(name, weight), ...].
+  """ "rule" or "rule:1.0,model:0.5" -> [(name, weight), ...].
 
   Raises:
     ValueError: for an unknown name (listing the valid ones) or a bad weight.
@@ -168,8 +180,10 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     except ValueError:
       value = math.nan
     if not math.isfinite(value):
-      raise errors.UserError(f"bad weight {weight!r} for reward {name!r} in "
-                             f"{spec!r}: a finite number is needed")
+      raise errors.UserError(
+          f"bad weight {weight!r} for reward {name!r} in "
+          f"{spec!r}: a finite number is needed"
+      )
     terms.append((name, value))
   return terms
 

@@ -75,8 +75,9 @@ class Checkpointer:
   a half-written step directory, only a temporary one.
   """
 
-  def __init__(self, directory: str, save_every: int,
-               max_to_keep: Optional[int] = 3):
+  def __init__(
+      self, directory: str, save_every: int, max_to_keep: Optional[int] = 3
+  ):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
@@ -86,19 +87,25 @@ class Checkpointer:
         are deleted after each save. None keeps all.
     """
     if not isinstance(save_every, int) or save_every < 1:
-      raise errors.UserError(f"save_every must be a positive int, got {save_every!r}")
+      raise errors.UserError(
+          f"save_every must be a positive int, got {save_every!r}"
+      )
     if max_to_keep is not None and max_to_keep < 1:
-      raise errors.UserError(f"max_to_keep must be >= 1 or None, got {max_to_keep!r}")
+      raise errors.UserError(
+          f"max_to_keep must be >= 1 or None, got {max_to_keep!r}"
+      )
     self.directory = paths.resolve(directory)
     self.save_every = save_every
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     # Handlers, not just item names, so that the metadata of checkpoints
     # written by an earlier process can be read before any save or restore.
-    handlers = {_STATE: ocp.StandardCheckpointHandler(),
-                _META: ocp.JsonCheckpointHandler()}
+    handlers = {
+        _STATE: ocp.StandardCheckpointHandler(),
+        _META: ocp.JsonCheckpointHandler(),
+    }
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_handlers=handlers)
+        self.directory, options=options, item_handlers=handlers
+    )
     self._unhashed: list[int] = []  # Saved by this process, no manifest yet.
 
   def should_save(self, step: int) -> bool:
@@ -109,8 +116,14 @@ class Checkpointer:
     """The steps of the finished checkpoints in the directory, ascending."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: Mapping[str, Any],
-           force: bool = False, wait: bool = False) -> bool:
+  def save(
+      self,
+      step: int,
+      state: Any,
+      meta: Mapping[str, Any],
+      force: bool = False,
+      wait: bool = False,
+  ) -> bool:
     """Saves `state` and `meta` as step `step` if it is a checkpoint step.
 
     Args:
@@ -130,9 +143,14 @@ class Checkpointer:
     _check_meta(meta)
     if step in self._manager.all_steps():
       raise errors.UserError(
-          f"a checkpoint for step {step} already exists in {self.directory}")
-    args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
-                                 _META: ocp.args.JsonSave(dict(meta))})
+          f"a checkpoint for step {step} already exists in {self.directory}"
+      )
+    args = ocp.args.Composite(
+        **{
+            _STATE: ocp.args.StandardSave(state),
+            _META: ocp.args.JsonSave(dict(meta)),
+        }
+    )
     # Orbax's own interval logic is bypassed: should_save above decides.
     with self._save_errors():
       saved = self._manager.save(step, args=args, force=True)
@@ -149,11 +167,15 @@ class Checkpointer:
     try:
       yield
     except OSError as e:
-      raise OSError(e.errno, (
-          f"a checkpoint save in {self.directory} failed "
-          f"({e.strerror or e}); the finished checkpoints there are intact: "
-          "free space (or fix the path) and rerun the same command to "
-          "resume from the newest")) from e
+      raise OSError(
+          e.errno,
+          (
+              f"a checkpoint save in {self.directory} failed "
+              f"({e.strerror or e}); the finished checkpoints there are intact: "
+              "free space (or fix the path) and rerun the same command to "
+              "resume from the newest"
+          ),
+      ) from e
 
   def finish(self) -> list[tuple[int, str]]:
     """Waits for the save in flight, then writes the manifest of each step
@@ -168,8 +190,9 @@ class Checkpointer:
     self.wait_until_finished()
     done, self._unhashed = self._unhashed, []
     present = set(self._manager.all_steps())
-    return [(step, self.write_manifest(step)) for step in done
-            if step in present]
+    return [
+        (step, self.write_manifest(step)) for step in done if step in present
+    ]
 
   def write_manifest(self, step: int) -> str:
     """Hashes the files of a finished step into its manifest (process 0
@@ -195,15 +218,20 @@ class Checkpointer:
     if distributed.is_main():
       problem = check_manifest(self.directory / str(step))
     if not distributed.agree(problem is None):
-      raise ChecksumError(problem or f"checkpoint step {step} failed its "
-                          "checksums on process 0")
+      raise ChecksumError(
+          problem
+          or f"checkpoint step {step} failed its " "checksums on process 0"
+      )
 
   def _ensure_manifest(self, step: int):
     """Writes the manifest of a step that restored without one."""
     if self.manifest_sha256(step) is None:
-      logging.warning("checkpoint step %d in %s has no checksums (its run "
-                      "stopped before writing them); writing them now",
-                      step, self.directory)
+      logging.warning(
+          "checkpoint step %d in %s has no checksums (its run "
+          "stopped before writing them); writing them now",
+          step,
+          self.directory,
+      )
       self.write_manifest(step)
 
   def wait_until_finished(self):
@@ -249,9 +277,14 @@ class Checkpointer:
       except _MismatchError as e:
         raise errors.UserError(str(e)) from None
       except Exception as e:  # pylint: disable=broad-exception-caught
-        logging.warning("checkpoint step %d in %s is unreadable (%s: %s); "
-                        "trying an older one", step, self.directory,
-                        type(e).__name__, _first_line(e))
+        logging.warning(
+            "checkpoint step %d in %s is unreadable (%s: %s); "
+            "trying an older one",
+            step,
+            self.directory,
+            type(e).__name__,
+            _first_line(e),
+        )
         # The reason only: the exception's frames would keep Orbax's
         # abandoned reads alive past `_dropping_abandoned_reads`.
         failures.append((step, f"{type(e).__name__}: {_first_line(e)}"))
@@ -262,7 +295,8 @@ class Checkpointer:
       listing = "; ".join(f"step {s}: {why}" for s, why in failures)
       raise UnreadableCheckpoints(
           f"no checkpoint in {self.directory} could be restored ({listing}); "
-          "nothing was moved or deleted")
+          "nothing was moved or deleted"
+      )
     return None
 
   def close(self):
@@ -296,19 +330,26 @@ class Checkpointer:
     for path in sorted(set(wanted) | set(stored)):
       name = "/".join(path)
       if path not in stored:
-        raise _MismatchError(f"{where} has no entry {name} that the "
-                             "expected state has (a config change?)")
+        raise _MismatchError(
+            f"{where} has no entry {name} that the "
+            "expected state has (a config change?)"
+        )
       if path not in wanted:
-        raise _MismatchError(f"{where} has an entry {name} that the "
-                             "expected state lacks (a config change?)")
+        raise _MismatchError(
+            f"{where} has an entry {name} that the "
+            "expected state lacks (a config change?)"
+        )
       got, want = tuple(stored[path].shape), tuple(np.shape(wanted[path]))
       if got != want:
-        raise _MismatchError(f"{where} stores {name} with shape {got}, "
-                             f"expected {want} (a config change?)")
+        raise _MismatchError(
+            f"{where} stores {name} with shape {got}, "
+            f"expected {want} (a config change?)"
+        )
 
   def _read_state(self, step: int, abstract_state: Any) -> Any:
     args = ocp.args.Composite(
-        **{_STATE: ocp.args.StandardRestore(abstract_state)})
+        **{_STATE: ocp.args.StandardRestore(abstract_state)}
+    )
     return self._manager.restore(step, args=args)[_STATE]
 
   # Moving bad checkpoints aside.
@@ -317,13 +358,19 @@ class Checkpointer:
     for name in sorted(p.name for p in self.directory.iterdir()):
       step, marker, _ = name.partition(ORBAX_TMP_MARKER)
       if marker and step.isdigit():
-        self._move_aside(name, f"an unfinished save of step {step} "
-                         "(the process was killed mid-way)")
+        self._move_aside(
+            name,
+            f"an unfinished save of step {step} "
+            "(the process was killed mid-way)",
+        )
 
   def _quarantine_failed(self, failures):
     for step, _ in failures:
-      self._move_aside(str(step), f"checkpoint step {step}, which could not "
-                       "be read back while an older one could")
+      self._move_aside(
+          str(step),
+          f"checkpoint step {step}, which could not "
+          "be read back while an older one could",
+      )
     if failures:
       distributed.sync("checkpoint_quarantine_failed")
       self._manager.reload()
@@ -339,8 +386,12 @@ class Checkpointer:
       target = target_dir / f"{name}.{suffix}"
       suffix += 1
     (self.directory / name).rename(target)
-    logging.warning("%s: moved %s to %s (kept for inspection, not deleted)",
-                    what, self.directory / name, target)
+    logging.warning(
+        "%s: moved %s to %s (kept for inspection, not deleted)",
+        what,
+        self.directory / name,
+        target,
+    )
 
 
 class _MismatchError(Exception):
@@ -387,8 +438,10 @@ def check_manifest(step_dir) -> Optional[str]:
     if name not in want:
       return f"{step_dir}/{name} is not listed in {MANIFEST}"
     if got[name] != want[name]:
-      return (f"{step_dir}/{name} has SHA-256 {got[name]}, but {MANIFEST} "
-              f"says {want[name]} (the file changed after the save)")
+      return (
+          f"{step_dir}/{name} has SHA-256 {got[name]}, but {MANIFEST} "
+          f"says {want[name]} (the file changed after the save)"
+      )
   return None
 
 
@@ -416,8 +469,9 @@ def _dropping_abandoned_reads():
 
 
 def _is_abandoned_read(unraisable) -> bool:
-  if (isinstance(unraisable.exc_value, RuntimeError) and
-      "Event loop is closed" in str(unraisable.exc_value)):
+  if isinstance(
+      unraisable.exc_value, RuntimeError
+  ) and "Event loop is closed" in str(unraisable.exc_value):
     return True
   code = getattr(unraisable.object, "cr_code", None)
   return code is not None and "orbax" in code.co_filename

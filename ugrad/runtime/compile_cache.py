@@ -26,7 +26,8 @@ MAX_BYTES = 4 << 30  # Least recently used entries go past this.
 
 def default_dir() -> str:
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-      os.path.expanduser("~"), ".cache")
+      os.path.expanduser("~"), ".cache"
+  )
   return os.path.join(base, "ugrad", "jax")
 
 
@@ -45,8 +46,12 @@ def enable() -> Optional[str]:
   except OSError:
     writable = False
   if not writable:
-    logging.warning("compilation cache off: cannot write %s (set %s to a "
-                    "writable directory, or off)", path, ENV)
+    logging.warning(
+        "compilation cache off: cannot write %s (set %s to a "
+        "writable directory, or off)",
+        path,
+        ENV,
+    )
     return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)

@@ -26,9 +26,13 @@ HEARTBEAT_TIMEOUT_S = 100
 INIT_TIMEOUT_S = 300
 
 
-def initialize(coordinator_address: str = "", num_processes: int = 0,
-               process_id: int = -1, auto: bool = False,
-               cpu_collectives: str = "gloo") -> bool:
+def initialize(
+    coordinator_address: str = "",
+    num_processes: int = 0,
+    process_id: int = -1,
+    auto: bool = False,
+    cpu_collectives: str = "gloo",
+) -> bool:
   """Joins the processes of a multi-host run (`jax.distributed.initialize`).
 
   Args:
@@ -55,20 +59,32 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
       raise errors.UserError(
           "a multi-process launch needs --coordinator_address, "
           "--num_processes and --process_id together (got "
-          f"{coordinator_address!r}, {num_processes}, {process_id})")
+          f"{coordinator_address!r}, {num_processes}, {process_id})"
+      )
     if process_id >= num_processes:
-      raise errors.UserError(f"--process_id={process_id} is not below "
-                       f"--num_processes={num_processes}")
+      raise errors.UserError(
+          f"--process_id={process_id} is not below "
+          f"--num_processes={num_processes}"
+      )
   jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-  kwargs = dict(initialization_timeout=INIT_TIMEOUT_S,
-                heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+  kwargs = dict(
+      initialization_timeout=INIT_TIMEOUT_S,
+      heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+  )
   if explicit:
-    kwargs.update(coordinator_address=coordinator_address,
-                  num_processes=num_processes, process_id=process_id)
+    kwargs.update(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
   jax.distributed.initialize(**kwargs)
-  logging.info("process %d of %d, %d local of %d devices",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+      "process %d of %d, %d local of %d devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
   return True
 
 
@@ -113,7 +129,8 @@ def put_global(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 
   def one(x):
     x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding,
-                                        lambda index: x[index])
+    return jax.make_array_from_callback(
+        x.shape, sharding, lambda index: x[index]
+    )
 
   return jax.tree.map(one, tree)

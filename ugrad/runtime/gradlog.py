@@ -83,8 +83,12 @@ def record_sha256(record: Mapping[str, Any]) -> str:
 class GradientLog:
   """Appends chained records to a gradient log, resuming an existing one."""
 
-  def __init__(self, path: str, resume_step: Optional[int] = None,
-               expected_head: Optional[str] = None):
+  def __init__(
+      self,
+      path: str,
+      resume_step: Optional[int] = None,
+      expected_head: Optional[str] = None,
+  ):
     """Opens the log, dropping records written after the resumed checkpoint.
 
     Args:
@@ -104,7 +108,9 @@ class GradientLog:
     kept = metrics.truncate_jsonl(self.path, resume_step)
     result = _verify_lines(kept)
     if not result.ok:
-      raise errors.UserError(f"{path}: cannot continue a broken chain: {result}")
+      raise errors.UserError(
+          f"{path}: cannot continue a broken chain: {result}"
+      )
     self.head = GENESIS
     self.last_step = -1
     self.last_checkpoint = None  # The trainer step of the last record's.
@@ -114,19 +120,33 @@ class GradientLog:
       self.head, self.last_step = last["sha256"], last["step"]
       self.last_checkpoint = last.get("checkpoint_step")
       # A checkpoint's metadata holds the head before its own record.
-      heads = {self.head, last["prev_sha256"] if self.last_checkpoint
-               is not None else self.head}
+      heads = {
+          self.head,
+          last["prev_sha256"]
+          if self.last_checkpoint is not None
+          else self.head,
+      }
     if expected_head is not None and expected_head not in heads:
       raise errors.UserError(
           f"{path}: the last kept record (step {self.last_step}) has hash "
-          f"{self.head}, but the checkpoint expects {expected_head}")
+          f"{self.head}, but the checkpoint expects {expected_head}"
+      )
     self._file = self.path.open("a", encoding="utf-8")  # ASCII records
 
-  def append(self, step: int, method: str, tokens: Any, *,
-             loss: Any, grad_norm: Any, coef: Mapping[str, Any],
-             reward: Optional[Mapping[str, Any]] = None,
-             kl: Any = None, clip_frac: Any = None,
-             extra: Optional[Mapping[str, Any]] = None) -> dict:
+  def append(
+      self,
+      step: int,
+      method: str,
+      tokens: Any,
+      *,
+      loss: Any,
+      grad_norm: Any,
+      coef: Mapping[str, Any],
+      reward: Optional[Mapping[str, Any]] = None,
+      kl: Any = None,
+      clip_frac: Any = None,
+      extra: Optional[Mapping[str, Any]] = None,
+  ) -> dict:
     """Writes the record of one optimizer update.
 
     Args:
@@ -146,31 +166,39 @@ class GradientLog:
     """
     if not isinstance(step, (int, np.integer)) or step <= self.last_step:
       raise errors.UserError(
-          f"step must be an int after {self.last_step}, got {step!r}")
+          f"step must be an int after {self.last_step}, got {step!r}"
+      )
     if not isinstance(method, str) or not method:
       raise errors.UserError(f"method must be a non-empty str, got {method!r}")
     record = {
-        "step": int(step), "method": method,
+        "step": int(step),
+        "method": method,
         "batch_sha256": batch_sha256(tokens),
         "loss": metrics.json_scalar("loss", loss),
         "grad_norm": metrics.json_scalar("grad_norm", grad_norm),
         "coef": _scalars("coef", coef),
         "reward": None if reward is None else _scalars("reward", reward),
         "kl": None if kl is None else metrics.json_scalar("kl", kl),
-        "clip_frac": (None if clip_frac is None
-                      else metrics.json_scalar("clip_frac", clip_frac)),
+        "clip_frac": (
+            None
+            if clip_frac is None
+            else metrics.json_scalar("clip_frac", clip_frac)
+        ),
         "extra": _scalars("extra", extra or {}),
         "prev_sha256": self.head,
     }
     return self._write(record)
 
-  def append_checkpoint(self, checkpoint_step: int,
-                        manifest_sha256: str) -> dict:
+  def append_checkpoint(
+      self, checkpoint_step: int, manifest_sha256: str
+  ) -> dict:
     """Records a checkpoint on disk: the SHA-256 of its manifest."""
-    record = {"step": max(self.last_step, 0),
-              "checkpoint_step": int(checkpoint_step),
-              "checkpoint_sha256": manifest_sha256,
-              "prev_sha256": self.head}
+    record = {
+        "step": max(self.last_step, 0),
+        "checkpoint_step": int(checkpoint_step),
+        "checkpoint_sha256": manifest_sha256,
+        "prev_sha256": self.head,
+    }
     return self._write(record)
 
   def _write(self, record: dict) -> dict:
@@ -203,6 +231,7 @@ class VerifyResult:
     step: that record's step, when it could be read, or None.
     reason: why it is bad, or None.
   """
+
   ok: bool
   records: int
   line: Optional[int] = None
@@ -240,8 +269,11 @@ def checkpoint_records(path: paths.PathLike) -> dict[int, str]:
   """{trainer step: manifest SHA-256} of a log's checkpoint records."""
   with paths.resolve(path).open(encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
-  return {r["checkpoint_step"]: r["checkpoint_sha256"] for r in records
-          if "checkpoint_step" in r}
+  return {
+      r["checkpoint_step"]: r["checkpoint_sha256"]
+      for r in records
+      if "checkpoint_step" in r
+  }
 
 
 def verify_checkpoints(workdir: paths.PathLike) -> list[str]:
@@ -249,12 +281,16 @@ def verify_checkpoints(workdir: paths.PathLike) -> list[str]:
   from their manifest, a manifest that differs from the log's record, a
   checkpoint the log does not record. Empty when all agree."""
   # Imported here: the checkpoint module imports Orbax (slow to import).
-  from ugrad.runtime import checkpoint  # pylint: disable=g-import-not-at-top
+  from ugrad.runtime import checkpoint  # pylint: disable=import-outside-toplevel
+
   workdir = paths.resolve(workdir)
   logged = checkpoint_records(workdir / LOG_FILE)
   directory = workdir / CHECKPOINT_DIR
-  steps = sorted(int(p.name) for p in directory.iterdir()
-                 if p.name.isdigit()) if directory.exists() else []
+  steps = (
+      sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+      if directory.exists()
+      else []
+  )
   problems = []
   for step in steps:
     step_dir = directory / str(step)
@@ -267,8 +303,10 @@ def verify_checkpoints(workdir: paths.PathLike) -> list[str]:
       if step not in logged:
         problem = f"checkpoint step {step} has no record in the log"
       elif logged[step] != digest:
-        problem = (f"checkpoint step {step}: its manifest hashes to "
-                   f"{digest}, the log recorded {logged[step]}")
+        problem = (
+            f"checkpoint step {step}: its manifest hashes to "
+            f"{digest}, the log recorded {logged[step]}"
+        )
     if problem:
       problems.append(problem)
   return problems
@@ -281,20 +319,25 @@ def _check_record(record, line, prev, prev_step):
   step = record.get("step")
   if not isinstance(step, int):
     step = None
-  missing = [k for k in ("step", "sha256", "prev_sha256")
-             if k not in record]
+  missing = [k for k in ("step", "sha256", "prev_sha256") if k not in record]
   if missing or step is None:
     return step, f"not a gradient-log record (missing {missing or 'step'})"
   if record["sha256"] != record_sha256(record):
-    return step, (f"hash mismatch: the record hashes to "
-                  f"{record_sha256(record)}, not its sha256 "
-                  f"{record['sha256']} (edited)")
+    return step, (
+        f"hash mismatch: the record hashes to "
+        f"{record_sha256(record)}, not its sha256 "
+        f"{record['sha256']} (edited)"
+    )
   if record["prev_sha256"] != prev:
-    return step, (f"broken link: prev_sha256 is {record['prev_sha256']}, "
-                  f"but the record before has sha256 {prev} (a record was "
-                  "deleted, reordered or inserted)")
-  if prev_step is not None and (step < prev_step or (
-      step == prev_step and "checkpoint_sha256" not in record)):
+    return step, (
+        f"broken link: prev_sha256 is {record['prev_sha256']}, "
+        f"but the record before has sha256 {prev} (a record was "
+        "deleted, reordered or inserted)"
+    )
+  if prev_step is not None and (
+      step < prev_step
+      or (step == prev_step and "checkpoint_sha256" not in record)
+  ):
     return step, f"step {step} does not follow step {prev_step}"
   if not line.endswith("\n"):
     return step, "the line is not newline-terminated (a cut-short write)"
@@ -303,8 +346,9 @@ def _check_record(record, line, prev, prev_step):
 
 def _scalars(name: str, values: Mapping[str, Any]) -> dict:
   if not isinstance(values, Mapping):
-    raise errors.UserError(f"{name} must be a dict of scalars, got "
-                     f"{type(values).__name__}")
+    raise errors.UserError(
+        f"{name} must be a dict of scalars, got " f"{type(values).__name__}"
+    )
   for key in values:
     if not isinstance(key, str):
       raise errors.UserError(f"{name} keys must be str, got {key!r}")
@@ -312,16 +356,23 @@ def _scalars(name: str, values: Mapping[str, Any]) -> dict:
 
 
 def _canonical(obj) -> str:
-  return json.dumps(obj, sort_keys=True, separators=(",", ":"),
-                    ensure_ascii=True, allow_nan=False)
+  return json.dumps(
+      obj,
+      sort_keys=True,
+      separators=(",", ":"),
+      ensure_ascii=True,
+      allow_nan=False,
+  )
 
 
 def main(argv: Sequence[str]) -> int:
   """`verify FILE|WORKDIR`: prints OK or what is bad; returns the exit
   code."""
   if len(argv) != 2 or argv[0] != "verify":
-    print("usage: python -m ugrad.runtime.gradlog verify FILE|WORKDIR",
-          file=sys.stderr)
+    print(
+        "usage: python -m ugrad.runtime.gradlog verify FILE|WORKDIR",
+        file=sys.stderr,
+    )
     return 2
   target = paths.resolve(argv[1])
   log = target / LOG_FILE if target.is_dir() else target
@@ -336,8 +387,11 @@ def main(argv: Sequence[str]) -> int:
   for problem in problems:
     print(problem)
   if not problems:
-    print(result if not target.is_dir() else
-          f"{result}; checkpoints match their records")
+    print(
+        result
+        if not target.is_dir()
+        else f"{result}; checkpoints match their records"
+    )
   return 1 if problems else 0
 
 

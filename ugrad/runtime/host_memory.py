@@ -30,8 +30,11 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
-             (_M_TRIM_THRESHOLD, 2**31 - 1))
+_SETTINGS = (
+    (_M_ARENA_MAX, 1),
+    (_M_MMAP_MAX, 0),
+    (_M_TRIM_THRESHOLD, 2**31 - 1),
+)
 OPT_OUT = "UGRAD_MALLOC"
 
 

@@ -40,8 +40,11 @@ def _alive(pid: int) -> bool:
 
 
 def _owner() -> dict:
-  return {"host": socket.gethostname(), "pid": os.getpid(),
-          "since": datetime.datetime.now().isoformat(timespec="seconds")}
+  return {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "since": datetime.datetime.now().isoformat(timespec="seconds"),
+  }
 
 
 def _read(path) -> dict:
@@ -89,15 +92,23 @@ def acquire(workdir: paths.PathLike) -> bool:
     owner = _read(path)
     if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
       return False
-    stale = (owner.get("host") == me["host"] and
-             isinstance(owner.get("pid"), int) and not _alive(owner["pid"]))
+    stale = (
+        owner.get("host") == me["host"]
+        and isinstance(owner.get("pid"), int)
+        and not _alive(owner["pid"])
+    )
     if not stale:
       raise WorkdirInUse(
           f"{directory} is in use by PID {owner.get('pid', '?')} on "
           f"{owner.get('host', '?')} since {owner.get('since', '?')} "
-          f"(lock file {path}; delete it only if that process is gone)")
-    logging.warning("%s: taking over the lock of PID %s, which no longer "
-                    "runs on this host", directory, owner["pid"])
+          f"(lock file {path}; delete it only if that process is gone)"
+      )
+    logging.warning(
+        "%s: taking over the lock of PID %s, which no longer "
+        "runs on this host",
+        directory,
+        owner["pid"],
+    )
     path.unlink(missing_ok=True)
   raise WorkdirInUse(f"{directory}: could not take the lock {path}")
 
@@ -107,7 +118,8 @@ def release(workdir: paths.PathLike):
   path = paths.resolve(workdir) / LOCK_FILE
   owner = _read(path)
   if owner.get("pid") == os.getpid() and owner.get("host") == (
-      socket.gethostname()):
+      socket.gethostname()
+  ):
     path.unlink(missing_ok=True)
 
 
@@ -122,7 +134,8 @@ def hold(workdir: paths.PathLike):
       error = e
   if not distributed.agree(error is None):
     raise error or WorkdirInUse(
-        f"{workdir} is in use (process 0 could not take its lock)")
+        f"{workdir} is in use (process 0 could not take its lock)"
+    )
   try:
     yield
   finally:

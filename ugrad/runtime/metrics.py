@@ -51,15 +51,17 @@ class MetricsWriter:
     for path in files:
       truncate_jsonl(path, resume_step)
     self._metrics, self._samples = (
-        p.open("a", encoding="utf-8") for p in files)
+        p.open("a", encoding="utf-8") for p in files
+    )
     # Imported here, not at the top: tensorboardX imports torch when it is
     # installed (2.4 s), which json_scalar and truncate_jsonl users such as
     # the gradient-log verifier do not need.
-    import tensorboardX  # pylint: disable=g-import-not-at-top
+    import tensorboardX  # pylint: disable=import-outside-toplevel
     # TensorBoard hides events at steps >= purge_step from earlier runs.
     purge = 0 if resume_step is None else resume_step + 1
-    self._tb = tensorboardX.SummaryWriter(str(directory / TB_DIR),
-                                          purge_step=purge)
+    self._tb = tensorboardX.SummaryWriter(
+        str(directory / TB_DIR), purge_step=purge
+    )
 
   def write(self, step: int, metrics: Mapping[str, Any]):
     """Logs scalar metrics for `step`.
@@ -72,8 +74,9 @@ class MetricsWriter:
     self._check_step(step)
     if "step" in metrics:
       raise errors.UserError("metrics must not contain the key 'step'")
-    values = {name: json_scalar(name, metrics[name])
-              for name in sorted(metrics)}
+    values = {
+        name: json_scalar(name, metrics[name]) for name in sorted(metrics)
+    }
     self._append(self._metrics, step, values)
     for name, value in values.items():
       self._tb.add_scalar(name, _NON_FINITE.get(value, value), step)
@@ -82,8 +85,9 @@ class MetricsWriter:
     """Logs a text (a sample completion) under `tag` for `step`."""
     self._check_step(step)
     if not isinstance(text, str):
-      raise errors.UserError(f"text for {tag!r} must be a str, got "
-                       f"{type(text).__name__}")
+      raise errors.UserError(
+          f"text for {tag!r} must be a str, got " f"{type(text).__name__}"
+      )
     self._append(self._samples, step, {"tag": tag, "text": text})
     self._tb.add_text(tag, text, step)
 
@@ -108,8 +112,10 @@ class MetricsWriter:
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
       raise errors.UserError(f"step must be an int, got {step!r}")
     if step < self._last_step:
-      raise errors.UserError(f"step {step} is before step {self._last_step}, "
-                       "which is already logged")
+      raise errors.UserError(
+          f"step {step} is before step {self._last_step}, "
+          "which is already logged"
+      )
     self._last_step = int(step)
 
   def _append(self, f, step, values):
@@ -134,13 +140,16 @@ def json_scalar(name: str, value: Any):
   else:
     array = np.asarray(value)
     if array.shape != () or array.dtype.kind not in "biuf":
-      raise errors.UserError(f"metric {name!r} must be a real scalar, got "
-                       f"{type(value).__name__} of shape {array.shape} and "
-                       f"dtype {array.dtype}")
+      raise errors.UserError(
+          f"metric {name!r} must be a real scalar, got "
+          f"{type(value).__name__} of shape {array.shape} and "
+          f"dtype {array.dtype}"
+      )
     item = array.item()
   if isinstance(item, float) and not math.isfinite(item):
-    return "NaN" if math.isnan(item) else (
-        "Infinity" if item > 0 else "-Infinity")
+    return (
+        "NaN" if math.isnan(item) else ("Infinity" if item > 0 else "-Infinity")
+    )
   return item
 
 
@@ -152,14 +161,21 @@ def read_metrics(path: paths.PathLike) -> list[dict]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise errors.UserError(f"{path}:{number}: not valid JSON ({e})") from None
-      records.append({k: _NON_FINITE.get(v, v) if isinstance(v, str) else v
-                      for k, v in record.items()})
+        raise errors.UserError(
+            f"{path}:{number}: not valid JSON ({e})"
+        ) from None
+      records.append(
+          {
+              k: _NON_FINITE.get(v, v) if isinstance(v, str) else v
+              for k, v in record.items()
+          }
+      )
   return records
 
 
-def truncate_jsonl(path: paths.PathLike,
-                   resume_step: Optional[int]) -> list[str]:
+def truncate_jsonl(
+    path: paths.PathLike, resume_step: Optional[int]
+) -> list[str]:
   """Drops the lines of a JSON-lines log written after step `resume_step`.
 
   A last line cut short by a killed write is dropped too. Dropped lines are
@@ -192,9 +208,15 @@ def truncate_jsonl(path: paths.PathLike,
     with dropped_file.open("a", encoding="utf-8") as f:
       f.writelines(dropped)
     _replace(path, kept)
-    logging.warning("%s: moved %d line(s) %s to %s", path, len(dropped),
-                    "of an earlier run" if resume_step is None else
-                    f"logged after step {resume_step}", dropped_file)
+    logging.warning(
+        "%s: moved %d line(s) %s to %s",
+        path,
+        len(dropped),
+        "of an earlier run"
+        if resume_step is None
+        else f"logged after step {resume_step}",
+        dropped_file,
+    )
   return kept
 
 
@@ -208,8 +230,10 @@ def _line_step(path, number, line, last):
     return step
   if last and not line.endswith("\n"):
     return None
-  raise errors.UserError(f"{path}:{number}: not a JSON object with an int 'step': "
-                   f"{line[:80]!r}")
+  raise errors.UserError(
+      f"{path}:{number}: not a JSON object with an int 'step': "
+      f"{line[:80]!r}"
+  )
 
 
 def _replace(path, lines):

@@ -44,8 +44,10 @@ class Watcher:
     Watcher._depth += 1
     # Handlers can only be set from the main thread; several processes rely
     # on JAX's own SIGTERM notifier, which a Python handler would replace.
-    if (threading.current_thread() is threading.main_thread() and
-        jax.process_count() == 1):
+    if (
+        threading.current_thread() is threading.main_thread()
+        and jax.process_count() == 1
+    ):
       for sig in SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -65,19 +67,25 @@ class Watcher:
       signal.raise_signal(signum)
       return
     self.signal = signum
-    logging.warning("received %s: finishing this step, then saving and "
-                    "stopping (send it again to stop at once)",
-                    signal.Signals(signum).name)
+    logging.warning(
+        "received %s: finishing this step, then saving and "
+        "stopping (send it again to stop at once)",
+        signal.Signals(signum).name,
+    )
 
   def should_stop(self, step: int) -> bool:
     """Whether to save and stop after `step`; every process must call it
     with the same steps in a multi-process run."""
     if jax.process_count() > 1:
       # The sync point wants one increasing step count: the outer run's.
-      return bool(self._outer and
-                  multihost_utils.reached_preemption_sync_point(step))
+      return bool(
+          self._outer and multihost_utils.reached_preemption_sync_point(step)
+      )
     return self.signal is not None
 
   def reason(self) -> str:
-    return (signal.Signals(self.signal).name if self.signal is not None
-            else "a preemption notice")
+    return (
+        signal.Signals(self.signal).name
+        if self.signal is not None
+        else "a preemption notice"
+    )

@@ -29,7 +29,7 @@ _WRAPPERS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener")
 
 
 def parse_steps(spec: str) -> Optional[tuple[int, int]]:
-  """"START:STOP" -> (START, STOP); "" -> None.
+  """ "START:STOP" -> (START, STOP); "" -> None.
 
   Raises:
     ValueError: for anything but two ints with 0 <= START < STOP.
@@ -38,8 +38,10 @@ def parse_steps(spec: str) -> Optional[tuple[int, int]]:
     return None
   match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
   if not match or int(match[1]) >= int(match[2]):
-    raise errors.UserError(f"profile_steps must be 'START:STOP' with 0 <= START < "
-                     f"STOP (e.g. '10:20'), got {spec!r}")
+    raise errors.UserError(
+        f"profile_steps must be 'START:STOP' with 0 <= START < "
+        f"STOP (e.g. '10:20'), got {spec!r}"
+    )
   return int(match[1]), int(match[2])
 
 
@@ -81,11 +83,15 @@ def latest_trace(directory: str) -> str:
   Raises:
     FileNotFoundError: when there is none.
   """
-  found = sorted(glob.glob(os.path.join(
-      directory, "plugins", "profile", "*", "*.xplane.pb")))
+  found = sorted(
+      glob.glob(
+          os.path.join(directory, "plugins", "profile", "*", "*.xplane.pb")
+      )
+  )
   if not found:
-    raise errors.MissingInput(f"no profiler trace (*.xplane.pb) under "
-                            f"{directory}/plugins/profile")
+    raise errors.MissingInput(
+        f"no profiler trace (*.xplane.pb) under " f"{directory}/plugins/profile"
+    )
   return found[-1]
 
 
@@ -98,7 +104,8 @@ def op_times(trace_path: str) -> list[OpTime]:
   trainer waits for each phase's results, so that is the function it ran
   in; operation names repeat across functions, hence the pair.
   """
-  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
+
   data = ProfileData.from_file(trace_path)
   calls, ops = [], []
   for plane in data.planes:
@@ -108,7 +115,7 @@ def op_times(trace_path: str) -> list[OpTime]:
         if worker and not event.name.startswith(_WRAPPERS):
           ops.append(event)
         elif not worker and event.name.startswith("PjitFunction("):
-          calls.append((event.start_ns, event.name[len("PjitFunction("):-1]))
+          calls.append((event.start_ns, event.name[len("PjitFunction(") : -1]))
   calls.sort()
   starts = [start for start, _ in calls]
   total, count = collections.Counter(), collections.Counter()
@@ -117,16 +124,26 @@ def op_times(trace_path: str) -> list[OpTime]:
     key = (calls[i][1] if i >= 0 else "?", event.name)
     total[key] += event.duration_ns
     count[key] += 1
-  return [OpTime(function, name, ns / 1e9, count[function, name])
-          for (function, name), ns in total.most_common()]
+  return [
+      OpTime(function, name, ns / 1e9, count[function, name])
+      for (function, name), ns in total.most_common()
+  ]
 
 
 def category(name: str) -> str:
   """A coarse kind of an XLA CPU operation by its name: matmul (a dot, or a
   YNNPACK / XNNPACK / oneDNN fusion built around one), reduction, copy or
   other fusion."""
-  if name.startswith(("dot", "ynn_fusion", "xnn_fusion", "onednn",
-                      "convolution", "custom-call")):
+  if name.startswith(
+      (
+          "dot",
+          "ynn_fusion",
+          "xnn_fusion",
+          "onednn",
+          "convolution",
+          "custom-call",
+      )
+  ):
     return "matmul"
   if "reduce" in name:
     return "reduction"

@@ -19,6 +19,13 @@ from ugrad.sampling.sampler import SamplingConfig
 from ugrad.sampling.sampler import truncate_logits
 
 __all__ = [
-    "Completions", "Sampler", "Samples", "SamplingConfig", "make_sampler",
-    "prompt_sharding", "sample", "sample_prompts", "truncate_logits",
+    "Completions",
+    "Sampler",
+    "Samples",
+    "SamplingConfig",
+    "make_sampler",
+    "prompt_sharding",
+    "sample",
+    "sample_prompts",
+    "truncate_logits",
 ]

@@ -20,10 +20,17 @@ from ugrad.tasks import jsonl
 from ugrad.tasks import math_answers
 
 
-def greedy_accuracy(task, graphdef, params, num_questions: int,
-                    prompt_len: int, max_new_tokens: int,
-                    batch_size: int = 256, split: str = "test",
-                    mesh=None) -> dict:
+def greedy_accuracy(
+    task,
+    graphdef,
+    params,
+    num_questions: int,
+    prompt_len: int,
+    max_new_tokens: int,
+    batch_size: int = 256,
+    split: str = "test",
+    mesh=None,
+) -> dict:
   """Greedy accuracy of a policy on the first questions of `split`.
 
   Every batch has the same shape (the last one is padded with repeats that
@@ -47,23 +54,31 @@ def greedy_accuracy(task, graphdef, params, num_questions: int,
   examples = task.examples(split)
   n = min(num_questions, len(examples))
   tok = task.tokenizer
-  config = sampling.SamplingConfig(max_new_tokens=max_new_tokens,
-                                   eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                   temperature=0.0)
+  config = sampling.SamplingConfig(
+      max_new_tokens=max_new_tokens,
+      eos_id=tok.eos_id,
+      pad_id=tok.pad_id,
+      temperature=0.0,
+  )
   batch_size = min(batch_size, n)
   correct = []
   for start in range(0, n, batch_size):
     chunk = [examples[i] for i in range(start, min(start + batch_size, n))]
     padded = chunk + chunk[:1] * (batch_size - len(chunk))
-    out = sampling.sample_prompts(graphdef, params,
-                                  [task.prompt(ex) for ex in padded], tok,
-                                  prompt_len, jax.random.key(0), config,
-                                  mesh)
+    out = sampling.sample_prompts(
+        graphdef,
+        params,
+        [task.prompt(ex) for ex in padded],
+        tok,
+        prompt_len,
+        jax.random.key(0),
+        config,
+        mesh,
+    )
     for ex, text in zip(chunk, out.texts):
       correct.append(task.reward(ex, text))
   mean, low, high = stats.bootstrap_ci(np.asarray(correct, np.float64))
-  return {"greedy_acc": mean, "greedy_acc_ci": [low, high],
-          "eval_questions": n}
+  return {"greedy_acc": mean, "greedy_acc_ci": [low, high], "eval_questions": n}
 
 
 # ---------------------------------------------------------------------------
@@ -116,16 +131,24 @@ def answer_functions(task) -> tuple[AnswerFn, stats.Equivalence]:
   if isinstance(task, arithmetic.ArithmeticTask):
     return arithmetic.final_answer, operator.eq
   if isinstance(task, jsonl.JsonlTask):
-    return (_nonempty(task.fmt.final_answer),
-            _math_equivalence(task.fmt.boxed))
+    return (_nonempty(task.fmt.final_answer), _math_equivalence(task.fmt.boxed))
   raise errors.UserError(
       f"no final-answer reader for a {type(task).__name__}; known tasks: "
-      "ArithmeticTask, JsonlTask (or pass answer_fn and equivalent)")
+      "ArithmeticTask, JsonlTask (or pass answer_fn and equivalent)"
+  )
 
 
-def _sample_batches(task, graphdef, params, examples: list[Any],
-                    batch_questions: int, prompt_len: int, config,
-                    seed: int, mesh=None):
+def _sample_batches(
+    task,
+    graphdef,
+    params,
+    examples: list[Any],
+    batch_questions: int,
+    prompt_len: int,
+    config,
+    seed: int,
+    mesh=None,
+):
   """Yields (example, [n] completion texts) for every question, in order.
 
   Every sampler call has batch_questions prompts (the last batch is padded
@@ -136,15 +159,20 @@ def _sample_batches(task, graphdef, params, examples: list[Any],
   n = config.num_samples
   base_key = jax.random.key(seed)
   for call, start in enumerate(range(0, len(examples), batch_questions)):
-    chunk = examples[start:start + batch_questions]
+    chunk = examples[start : start + batch_questions]
     padded = chunk + chunk[:1] * (batch_questions - len(chunk))
-    out = sampling.sample_prompts(graphdef, params,
-                                  [task.prompt(ex) for ex in padded], tok,
-                                  prompt_len,
-                                  jax.random.fold_in(base_key, call), config,
-                                  mesh)
+    out = sampling.sample_prompts(
+        graphdef,
+        params,
+        [task.prompt(ex) for ex in padded],
+        tok,
+        prompt_len,
+        jax.random.fold_in(base_key, call),
+        config,
+        mesh,
+    )
     for q, ex in enumerate(chunk):
-      yield ex, out.texts[q * n:(q + 1) * n]
+      yield ex, out.texts[q * n : (q + 1) * n]
 
 
 def _check_ks(ks: Sequence[int], n_samples: int) -> list[int]:
@@ -153,18 +181,30 @@ def _check_ks(ks: Sequence[int], n_samples: int) -> list[int]:
     raise errors.UserError("ks is empty; give at least one k")
   bad = [k for k in ks if not 1 <= k <= n_samples]
   if bad:
-    raise errors.UserError(f"every k must be in [1, n_samples={n_samples}], got "
-                     f"{bad}")
+    raise errors.UserError(
+        f"every k must be in [1, n_samples={n_samples}], got " f"{bad}"
+    )
   return sorted(set(ks))
 
 
-def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
-                ks: Sequence[int], prompt_len: int, max_new_tokens: int,
-                temperature: float = 1.0, seed: int = 0,
-                batch_questions: Optional[int] = None, *,
-                answer_fn: Optional[AnswerFn] = None,
-                equivalent: Optional[stats.Equivalence] = None,
-                split: str = "test", mesh=None) -> dict[str, Any]:
+def sample_eval(
+    task,
+    graphdef,
+    params,
+    num_questions: int,
+    n_samples: int,
+    ks: Sequence[int],
+    prompt_len: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_questions: Optional[int] = None,
+    *,
+    answer_fn: Optional[AnswerFn] = None,
+    equivalent: Optional[stats.Equivalence] = None,
+    split: str = "test",
+    mesh=None,
+) -> dict[str, Any]:
   """pass@k, maj@k and greedy accuracy of a policy on held-out questions.
 
   Draws n_samples completions for each of the first num_questions questions
@@ -215,22 +255,44 @@ def sample_eval(task, graphdef, params, num_questions: int, n_samples: int,
   if batch_questions is None:
     batch_questions = max(1, _SAMPLE_ROWS // n_samples)
   if batch_questions < 1:
-    raise errors.UserError(f"batch_questions must be >= 1, got {batch_questions}")
+    raise errors.UserError(
+        f"batch_questions must be >= 1, got {batch_questions}"
+    )
   batch_questions = min(batch_questions, len(examples))
   tok = task.tokenizer
   config = sampling.SamplingConfig(
-      max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
-      num_samples=n_samples, temperature=temperature)
+      max_new_tokens=max_new_tokens,
+      eos_id=tok.eos_id,
+      pad_id=tok.pad_id,
+      num_samples=n_samples,
+      temperature=temperature,
+  )
   correct, answers = [], []
-  for ex, texts in _sample_batches(task, graphdef, params, examples,
-                                   batch_questions, prompt_len, config, seed,
-                                   mesh):
+  for ex, texts in _sample_batches(
+      task,
+      graphdef,
+      params,
+      examples,
+      batch_questions,
+      prompt_len,
+      config,
+      seed,
+      mesh,
+  ):
     correct.append([task.reward(ex, text) > 0 for text in texts])
     answers.append([answer_fn(text) for text in texts])
-  out = stats.summarize(correct, answers, ks=ks, maj_ks=ks,
-                        equivalent=equivalent, seed=seed)
-  greedy = greedy_accuracy(task, graphdef, params, len(examples), prompt_len,
-                           max_new_tokens, split=split)
+  out = stats.summarize(
+      correct, answers, ks=ks, maj_ks=ks, equivalent=equivalent, seed=seed
+  )
+  greedy = greedy_accuracy(
+      task,
+      graphdef,
+      params,
+      len(examples),
+      prompt_len,
+      max_new_tokens,
+      split=split,
+  )
   out["greedy_acc"] = greedy["greedy_acc"]
   out["greedy_acc_ci"] = greedy["greedy_acc_ci"]
   out["correct_per_question"] = [int(sum(row)) for row in correct]

@@ -12,8 +12,9 @@ import numpy as np
 from ugrad import errors
 
 
-def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
-                 pad_id: int):
+def pack_prompts(
+    prompts: Sequence[Sequence[int]], prompt_len: int, pad_id: int
+):
   """Left-pads prompts into int32 [B, P] tokens and mask.
 
   Raises:
@@ -23,17 +24,23 @@ def pack_prompts(prompts: Sequence[Sequence[int]], prompt_len: int,
   mask = np.zeros((len(prompts), prompt_len), np.int32)
   for i, ids in enumerate(prompts):
     if len(ids) > prompt_len:
-      raise errors.UserError(f"prompt {i} has {len(ids)} tokens, more than the "
-                       f"prompt length {prompt_len}")
+      raise errors.UserError(
+          f"prompt {i} has {len(ids)} tokens, more than the "
+          f"prompt length {prompt_len}"
+      )
     if ids:
-      tokens[i, prompt_len - len(ids):] = ids
-      mask[i, prompt_len - len(ids):] = 1
+      tokens[i, prompt_len - len(ids) :] = ids
+      mask[i, prompt_len - len(ids) :] = 1
   return tokens, mask
 
 
-def pack(prompts: Sequence[Sequence[int]],
-         completions: Sequence[Sequence[int]], prompt_len: int,
-         completion_len: int, pad_id: int) -> dict:
+def pack(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    prompt_len: int,
+    completion_len: int,
+    pad_id: int,
+) -> dict:
   """Packs prompt and completion ids into the fixed [B, P + N] layout.
 
   Returns:
@@ -45,23 +52,28 @@ def pack(prompts: Sequence[Sequence[int]],
       prompts and completions differ.
   """
   if len(prompts) != len(completions):
-    raise errors.UserError(f"{len(prompts)} prompts but {len(completions)} "
-                     "completions; pack needs one completion per prompt")
+    raise errors.UserError(
+        f"{len(prompts)} prompts but {len(completions)} "
+        "completions; pack needs one completion per prompt"
+    )
   p_tokens, p_mask = pack_prompts(prompts, prompt_len, pad_id)
   b = len(prompts)
   c_tokens = np.full((b, completion_len), pad_id, np.int32)
   c_mask = np.zeros((b, completion_len), np.int32)
   for i, ids in enumerate(completions):
     if len(ids) > completion_len:
-      raise errors.UserError(f"completion {i} has {len(ids)} tokens, more than the "
-                       f"completion budget {completion_len} "
-                       "(raise sampling.max_new_tokens)")
-    c_tokens[i, :len(ids)] = ids
-    c_mask[i, :len(ids)] = 1
+      raise errors.UserError(
+          f"completion {i} has {len(ids)} tokens, more than the "
+          f"completion budget {completion_len} "
+          "(raise sampling.max_new_tokens)"
+      )
+    c_tokens[i, : len(ids)] = ids
+    c_mask[i, : len(ids)] = 1
   return dict(
       tokens=np.concatenate([p_tokens, c_tokens], 1),
       attention_mask=np.concatenate([p_mask, c_mask], 1),
-      completion_mask=np.concatenate([np.zeros_like(p_mask), c_mask], 1))
+      completion_mask=np.concatenate([np.zeros_like(p_mask), c_mask], 1),
+  )
 
 
 def completion_ids(tokens: np.ndarray, completion_mask: np.ndarray):

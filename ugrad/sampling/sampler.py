@@ -61,18 +61,26 @@ class SamplingConfig:
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
-      raise errors.UserError(f"max_new_tokens must be >= 1, got "
-                       f"{self.max_new_tokens}")
+      raise errors.UserError(
+          f"max_new_tokens must be >= 1, got " f"{self.max_new_tokens}"
+      )
     if self.num_samples < 1:
-      raise errors.UserError(f"num_samples must be >= 1, got {self.num_samples}")
+      raise errors.UserError(
+          f"num_samples must be >= 1, got {self.num_samples}"
+      )
     if self.temperature < 0:
-      raise errors.UserError(f"temperature must be >= 0, got {self.temperature}")
+      raise errors.UserError(
+          f"temperature must be >= 0, got {self.temperature}"
+      )
     if self.top_k is not None and self.top_k < 1:
       raise errors.UserError(f"top_k must be >= 1 or None, got {self.top_k}")
     if self.top_p is not None and not 0 < self.top_p <= 1:
-      raise errors.UserError(f"top_p must be in (0, 1] or None, got {self.top_p}")
-    registry.lookup(transformer.CACHE_LAYOUTS, "cache_layout",
-                    self.cache_layout)
+      raise errors.UserError(
+          f"top_p must be in (0, 1] or None, got {self.top_p}"
+      )
+    registry.lookup(
+        transformer.CACHE_LAYOUTS, "cache_layout", self.cache_layout
+    )
     for name in ("eos_id", "pad_id"):
       value = getattr(self, name)
       if value is not None and value < 0:
@@ -100,8 +108,9 @@ class Samples:
   logp: jax.Array
 
 
-def truncate_logits(x: jax.Array, top_k: Optional[int],
-              top_p: Optional[float]) -> jax.Array:
+def truncate_logits(
+    x: jax.Array, top_k: Optional[int], top_p: Optional[float]
+) -> jax.Array:
   """Sets logits x [R, V] outside the top-k / top-p set to -inf.
 
   Tokens tied with the last kept one are kept too.
@@ -114,8 +123,9 @@ def truncate_logits(x: jax.Array, top_k: Optional[int],
     probs = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     # The most likely token always has mass_before 0, so it is always kept.
-    cut = jnp.min(jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1,
-                  keepdims=True)
+    cut = jnp.min(
+        jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1, keepdims=True
+    )
     x = jnp.where(x >= cut, x, -jnp.inf)
   return x
 
@@ -134,22 +144,27 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig):
   """
   logits = logits.astype(jnp.float32)
   if config.temperature == 0:
-    return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
-            jnp.zeros(logits.shape[:1], jnp.float32))
+    return (
+        jnp.argmax(logits, axis=-1).astype(jnp.int32),
+        jnp.zeros(logits.shape[:1], jnp.float32),
+    )
   x = truncate_logits(logits / config.temperature, config.top_k, config.top_p)
   token = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
-  logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), token[:, None],
-                             axis=-1)[:, 0]
+  logp = jnp.take_along_axis(
+      jax.nn.log_softmax(x, axis=-1), token[:, None], axis=-1
+  )[:, 0]
   return token, logp
 
 
 def _write_column(buf: jax.Array, column: jax.Array, col) -> jax.Array:
-  return jax.lax.dynamic_update_slice(buf, column[:, None].astype(buf.dtype),
-                                      (0, col))
+  return jax.lax.dynamic_update_slice(
+      buf, column[:, None].astype(buf.dtype), (0, col)
+  )
 
 
-def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
-            config: SamplingConfig) -> Samples:
+def _sample(
+    graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingConfig
+) -> Samples:
   """The traced sampler; see `sample`."""
   model = nnx.merge(graphdef, params)
   b, p = prompt_tokens.shape
@@ -160,8 +175,12 @@ def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
   kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, n)), constant_values=1)
   cache = transformer.init_cache(model.config, b, p + n, config.cache_layout)
   h, cache = model.hidden_cached(
-      prompt_tokens, transformer.positions_from_mask(prompt_mask), kv_mask,
-      cache, 0)
+      prompt_tokens,
+      transformer.positions_from_mask(prompt_mask),
+      kv_mask,
+      cache,
+      0,
+  )
   logits = model.logits(h[:, -1])
 
   # The G samples of a prompt share one prefill.
@@ -174,8 +193,12 @@ def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
   state = {
       "i": jnp.zeros((), jnp.int32),
       "tokens": jnp.concatenate(
-          [per_sample(prompt_tokens).astype(jnp.int32),
-           jnp.full((rows, n), config.pad_id, jnp.int32)], axis=1),
+          [
+              per_sample(prompt_tokens).astype(jnp.int32),
+              jnp.full((rows, n), config.pad_id, jnp.int32),
+          ],
+          axis=1,
+      ),
       "logp": jnp.zeros((rows, p + n), jnp.float32),
       "completion": jnp.zeros((rows, p + n), jnp.int32),
       "done": jnp.zeros((rows,), bool),
@@ -185,8 +208,9 @@ def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
 
   def emit(state):
     """Samples token i of every live row and records it."""
-    token, logp = _choose(state["logits"], jax.random.fold_in(key, state["i"]),
-                          config)
+    token, logp = _choose(
+        state["logits"], jax.random.fold_in(key, state["i"]), config
+    )
     live = ~state["done"]
     token = jnp.where(live, token, config.pad_id)
     col = p + state["i"]
@@ -204,10 +228,19 @@ def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
   def step(state):
     token, state = emit(state)
     i = state["i"]
-    h, cache = model.hidden_cached(token[:, None], (prompt_len + i)[:, None],
-                                   kv_mask, state["cache"], p + i)
-    return {**state, "i": i + 1, "logits": model.logits(h[:, 0]),
-            "cache": cache}
+    h, cache = model.hidden_cached(
+        token[:, None],
+        (prompt_len + i)[:, None],
+        kv_mask,
+        state["cache"],
+        p + i,
+    )
+    return {
+        **state,
+        "i": i + 1,
+        "logits": model.logits(h[:, 0]),
+        "cache": cache,
+    }
 
   def keep_going(state):
     return (state["i"] < n - 1) & ~jnp.all(state["done"])
@@ -216,19 +249,26 @@ def _sample(graphdef, params, prompt_tokens, prompt_mask, key,
   _, state = emit(state)
   completion = state["completion"]
   prompt_part = jnp.pad(per_sample(prompt_mask), ((0, 0), (0, n)))
-  return Samples(tokens=state["tokens"],
-                 attention_mask=prompt_part + completion,
-                 completion_mask=completion,
-                 lengths=jnp.sum(completion, axis=-1),
-                 logp=state["logp"])
+  return Samples(
+      tokens=state["tokens"],
+      attention_mask=prompt_part + completion,
+      completion_mask=completion,
+      lengths=jnp.sum(completion, axis=-1),
+      logp=state["logp"],
+  )
 
 
 _sample_jit = jax.jit(_sample, static_argnums=(0, 5))
 
 
-def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
-           prompt_mask: jax.Array, key: jax.Array,
-           config: SamplingConfig) -> Samples:
+def sample(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    config: SamplingConfig,
+) -> Samples:
   """Samples `config.num_samples` completions for each prompt.
 
   Compiled once per (graphdef, config, shapes, dtypes); later calls with new
@@ -249,16 +289,20 @@ def sample(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array,
   if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
     raise errors.UserError(
         f"prompt_tokens {prompt_tokens.shape} and prompt_mask "
-        f"{prompt_mask.shape} must both be [B, P]")
+        f"{prompt_mask.shape} must both be [B, P]"
+    )
   # Checked where the mask is concrete and whole on this host (a multi-host
   # global array was checked on the host before it was placed).
-  if (not isinstance(prompt_mask, jax.core.Tracer) and
-      getattr(prompt_mask, "is_fully_addressable", True)):
+  if not isinstance(prompt_mask, jax.core.Tracer) and getattr(
+      prompt_mask, "is_fully_addressable", True
+  ):
     last = np.asarray(prompt_mask)[:, -1]
     if not np.all(last > 0):
       bad = np.flatnonzero(last <= 0).tolist()
-      raise errors.UserError(f"prompts must be left-padded with a real token in the "
-                       f"last column; rows {bad} are not")
+      raise errors.UserError(
+          f"prompts must be left-padded with a real token in the "
+          f"last column; rows {bad} are not"
+      )
   return _sample_jit(graphdef, params, prompt_tokens, prompt_mask, key, config)
 
 
@@ -286,11 +330,16 @@ class Completions:
   texts: list
 
 
-def sample_prompts(graphdef: nnx.GraphDef, params: Any,
-                   prompts: Sequence[str], tokenizer, prompt_len: int,
-                   key: jax.Array, config: SamplingConfig,
-                   mesh: Optional[jax.sharding.Mesh] = None
-                   ) -> Completions:
+def sample_prompts(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    prompts: Sequence[str],
+    tokenizer,
+    prompt_len: int,
+    key: jax.Array,
+    config: SamplingConfig,
+    mesh: Optional[jax.sharding.Mesh] = None,
+) -> Completions:
   """The one sampling loop: prompt texts -> encode -> pack -> sample ->
   decode. Every caller (data sources, evaluation, reward-model labelling,
   iterative RL) samples through it.
@@ -315,19 +364,29 @@ def sample_prompts(graphdef: nnx.GraphDef, params: Any,
   p_tokens, p_mask = layout.pack_prompts(ids, prompt_len, tokenizer.pad_id)
   if mesh is not None:
     p_tokens, p_mask = distributed.put_global(
-        (p_tokens, p_mask), prompt_sharding(mesh, len(ids)))
-  out = distributed.host_get(sample(graphdef, params, p_tokens, p_mask, key,
-                                    config))
+        (p_tokens, p_mask), prompt_sharding(mesh, len(ids))
+    )
+  out = distributed.host_get(
+      sample(graphdef, params, p_tokens, p_mask, key, config)
+  )
   tokens = np.asarray(out.tokens, np.int32)
   completion_mask = np.asarray(out.completion_mask, np.int32)
-  texts = [tokenizer.decode(row)
-           for row in layout.completion_ids(tokens, completion_mask)]
-  return Completions(tokens, np.asarray(out.attention_mask, np.int32),
-                     completion_mask, np.asarray(out.logp, np.float32), texts)
+  texts = [
+      tokenizer.decode(row)
+      for row in layout.completion_ids(tokens, completion_mask)
+  ]
+  return Completions(
+      tokens,
+      np.asarray(out.attention_mask, np.int32),
+      completion_mask,
+      np.asarray(out.logp, np.float32),
+      texts,
+  )
 
 
-def prompt_sharding(mesh: jax.sharding.Mesh,
-                    rows: int) -> jax.sharding.NamedSharding:
+def prompt_sharding(
+    mesh: jax.sharding.Mesh, rows: int
+) -> jax.sharding.NamedSharding:
   """Prompt rows over the mesh's batch axes when they divide, else
   replicated (every device then samples every row)."""
   divides = rows % sharding_lib.batch_shards(mesh.shape) == 0
@@ -335,13 +394,18 @@ def prompt_sharding(mesh: jax.sharding.Mesh,
   return jax.sharding.NamedSharding(mesh, spec)
 
 
-def make_sampler(graphdef: nnx.GraphDef, tokenizer, prompt_len: int,
-                 config: SamplingConfig,
-                 mesh: Optional[jax.sharding.Mesh] = None) -> Sampler:
+def make_sampler(
+    graphdef: nnx.GraphDef,
+    tokenizer,
+    prompt_len: int,
+    config: SamplingConfig,
+    mesh: Optional[jax.sharding.Mesh] = None,
+) -> Sampler:
   """`sample_prompts` with everything but (params, prompts, key) bound."""
 
   def sampler(params, prompts: Sequence[str], key: jax.Array) -> Completions:
-    return sample_prompts(graphdef, params, prompts, tokenizer, prompt_len,
-                          key, config, mesh)
+    return sample_prompts(
+        graphdef, params, prompts, tokenizer, prompt_len, key, config, mesh
+    )
 
   return sampler

@@ -35,8 +35,10 @@ Checker = Callable[[int, Answer], bool]
 def _as_int_array(name: str, x) -> np.ndarray:
   """`x` as an int64 array, refusing non-integral values."""
   arr = np.asarray(x)
-  if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
-                               or np.issubdtype(arr.dtype, np.floating)):
+  if arr.dtype == bool or not (
+      np.issubdtype(arr.dtype, np.integer)
+      or np.issubdtype(arr.dtype, np.floating)
+  ):
     raise errors.UserError(f"{name} must hold integers, got dtype {arr.dtype}")
   if np.issubdtype(arr.dtype, np.floating):
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
@@ -66,7 +68,9 @@ def pass_at_k(n, c, k: int) -> np.ndarray:
   """
   k_arr = _as_int_array("k", k)
   if k_arr.ndim != 0:
-    raise errors.UserError(f"k must be a single integer, got shape {k_arr.shape}")
+    raise errors.UserError(
+        f"k must be a single integer, got shape {k_arr.shape}"
+    )
   k = int(k_arr)
   n, c = np.broadcast_arrays(_as_int_array("n", n), _as_int_array("c", c))
   if k < 1:
@@ -75,13 +79,15 @@ def pass_at_k(n, c, k: int) -> np.ndarray:
     q = int(np.argmax(np.ravel(k > n)))
     raise errors.UserError(
         f"pass@k needs k <= n, got k={k} but question {q} has only "
-        f"n={int(np.ravel(n)[q])} samples")
+        f"n={int(np.ravel(n)[q])} samples"
+    )
   bad = (c < 0) | (c > n)
   if np.any(bad):
     q = int(np.argmax(np.ravel(bad)))
     raise errors.UserError(
         f"pass@k needs 0 <= c <= n, question {q} has c={int(np.ravel(c)[q])}"
-        f", n={int(np.ravel(n)[q])}")
+        f", n={int(np.ravel(n)[q])}"
+    )
   flat_n, flat_c = np.ravel(n), np.ravel(c)
   width = int(flat_c.max(initial=0))
   # Row q multiplies (1 - k/i) for i = n-c+1 .. n; the padding factor is 1.
@@ -94,8 +100,9 @@ def pass_at_k(n, c, k: int) -> np.ndarray:
   return estimate.reshape(n.shape)[()]
 
 
-def _group_answers(answers: Sequence[Answer],
-                   equivalent: Equivalence) -> tuple[np.ndarray, list[int]]:
+def _group_answers(
+    answers: Sequence[Answer], equivalent: Equivalence
+) -> tuple[np.ndarray, list[int]]:
   """Clusters equivalent answers; each group keeps its first member.
 
   An answer joins the first group whose representative (earliest member) it is
@@ -125,8 +132,9 @@ def _group_answers(answers: Sequence[Answer],
   return labels, representatives
 
 
-def _random_subsets(n: int, k: int, num_subsets: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def _random_subsets(
+    n: int, k: int, num_subsets: int, rng: np.random.Generator
+) -> np.ndarray:
   """[S, k] sample indices, in sample order: all C(n, k) subsets when there
   are at most `num_subsets` of them, else `num_subsets` uniform draws."""
   if math.comb(n, k) <= num_subsets:
@@ -135,8 +143,9 @@ def _random_subsets(n: int, k: int, num_subsets: int,
   return np.sort(perms[:, :k], axis=1)
 
 
-def _chunk_subsets(n: int, k: int, num_subsets: int,
-                   rng: np.random.Generator) -> np.ndarray:
+def _chunk_subsets(
+    n: int, k: int, num_subsets: int, rng: np.random.Generator
+) -> np.ndarray:
   """[n // k, k] consecutive disjoint chunks; leftover samples are unused."""
   del num_subsets, rng  # Deterministic by construction.
   return np.arange(n // k * k, dtype=np.int64).reshape(-1, k)
@@ -145,16 +154,18 @@ def _chunk_subsets(n: int, k: int, num_subsets: int,
 SUBSETS = {"random": _random_subsets, "chunks": _chunk_subsets}
 
 
-def _expected_over_ties(tied: np.ndarray, group_correct: np.ndarray,
-                        first_pos: np.ndarray) -> np.ndarray:
+def _expected_over_ties(
+    tied: np.ndarray, group_correct: np.ndarray, first_pos: np.ndarray
+) -> np.ndarray:
   """[S] accuracy of a uniformly random pick among the tied top groups."""
   del first_pos
   hits = np.sum(tied & group_correct[None, :], axis=1)
   return hits / np.maximum(np.sum(tied, axis=1), 1)
 
 
-def _first_seen_among_ties(tied: np.ndarray, group_correct: np.ndarray,
-                           first_pos: np.ndarray) -> np.ndarray:
+def _first_seen_among_ties(
+    tied: np.ndarray, group_correct: np.ndarray, first_pos: np.ndarray
+) -> np.ndarray:
   """[S] correctness of the tied top group that appears first in the subset."""
   never = np.iinfo(np.int64).max
   winner = np.argmin(np.where(tied, first_pos, never), axis=1)
@@ -164,8 +175,12 @@ def _first_seen_among_ties(tied: np.ndarray, group_correct: np.ndarray,
 TIE_BREAKS = {"expected": _expected_over_ties, "first": _first_seen_among_ties}
 
 
-def _vote(labels: np.ndarray, group_correct: np.ndarray, subsets: np.ndarray,
-          tie_break) -> float:
+def _vote(
+    labels: np.ndarray,
+    group_correct: np.ndarray,
+    subsets: np.ndarray,
+    tie_break,
+) -> float:
   """Mean over subsets of the correctness of the majority answer.
 
   Args:
@@ -190,9 +205,12 @@ def _vote(labels: np.ndarray, group_correct: np.ndarray, subsets: np.ndarray,
   return float(np.mean(tie_break(tied, group_correct, first_pos)))
 
 
-def _group_correctness(q: int, answers: Sequence[Answer],
-                       representatives: list[int],
-                       correct: Union[Sequence[Sequence[bool]], Checker]):
+def _group_correctness(
+    q: int,
+    answers: Sequence[Answer],
+    representatives: list[int],
+    correct: Union[Sequence[Sequence[bool]], Checker],
+):
   """[G] bool: the correctness of each group's representative answer."""
   if callable(correct):
     flags = [bool(correct(q, answers[r])) for r in representatives]
@@ -201,20 +219,23 @@ def _group_correctness(q: int, answers: Sequence[Answer],
     if len(row) != len(answers):
       raise errors.UserError(
           f"question {q}: {len(answers)} answers but {len(row)} correctness "
-          "flags")
+          "flags"
+      )
     flags = [bool(row[r]) for r in representatives]
   return np.array(flags, dtype=bool)
 
 
-def maj_at_k(answers: Sequence[Sequence[Answer]],
-             correct: Union[Sequence[Sequence[bool]], Checker],
-             k: int,
-             *,
-             equivalent: Equivalence = operator.eq,
-             subsets: str = "random",
-             num_subsets: int = 64,
-             ties: str = "expected",
-             seed: int = 0) -> np.ndarray:
+def maj_at_k(
+    answers: Sequence[Sequence[Answer]],
+    correct: Union[Sequence[Sequence[bool]], Checker],
+    k: int,
+    *,
+    equivalent: Equivalence = operator.eq,
+    subsets: str = "random",
+    num_subsets: int = 64,
+    ties: str = "expected",
+    seed: int = 0,
+) -> np.ndarray:
   """Majority-vote accuracy per question (self-consistency, Wang et al. 2023).
 
   Per question, the parsed answers are clustered with `equivalent` (string
@@ -265,14 +286,17 @@ def maj_at_k(answers: Sequence[Sequence[Answer]],
   if num_subsets < 1:
     raise errors.UserError(f"num_subsets must be >= 1, got {num_subsets}")
   if not callable(correct) and len(correct) != len(answers):
-    raise errors.UserError(f"{len(answers)} questions of answers but "
-                     f"{len(correct)} of correctness flags")
+    raise errors.UserError(
+        f"{len(answers)} questions of answers but "
+        f"{len(correct)} of correctness flags"
+    )
   scores = np.zeros(len(answers))
   for q, row in enumerate(answers):
     if len(row) < k:
       raise errors.UserError(
           f"maj@k needs k <= n, got k={k} but question {q} has only "
-          f"n={len(row)} samples")
+          f"n={len(row)} samples"
+      )
     labels, representatives = _group_answers(row, equivalent)
     group_correct = _group_correctness(q, row, representatives, correct)
     rng = np.random.default_rng((seed, q))
@@ -281,10 +305,12 @@ def maj_at_k(answers: Sequence[Sequence[Answer]],
   return scores
 
 
-def bootstrap_ci(per_question_scores,
-                 confidence: float = 0.95,
-                 num_resamples: int = 1000,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    per_question_scores,
+    confidence: float = 0.95,
+    num_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
   """Mean and percentile-bootstrap interval over questions.
 
   Questions are resampled with replacement `num_resamples` times; the interval
@@ -308,10 +334,13 @@ def bootstrap_ci(per_question_scores,
   scores = np.asarray(per_question_scores, dtype=np.float64)
   if scores.ndim != 1 or scores.size == 0:
     raise errors.UserError(
-        f"bootstrap_ci needs a non-empty [Q] array, got shape {scores.shape}")
+        f"bootstrap_ci needs a non-empty [Q] array, got shape {scores.shape}"
+    )
   if not np.all(np.isfinite(scores)):
-    raise errors.UserError("bootstrap_ci got non-finite scores at questions "
-                     f"{np.flatnonzero(~np.isfinite(scores))[:10].tolist()}")
+    raise errors.UserError(
+        "bootstrap_ci got non-finite scores at questions "
+        f"{np.flatnonzero(~np.isfinite(scores))[:10].tolist()}"
+    )
   if not 0.0 < confidence < 1.0:
     raise errors.UserError(f"confidence must be in (0, 1), got {confidence}")
   if num_resamples < 1:
@@ -336,19 +365,21 @@ def _default_ks(min_samples: int) -> list[int]:
   return [2**e for e in range(int(math.log2(min_samples)) + 1)]
 
 
-def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
-              answers: Optional[Sequence[Sequence[Answer]]] = None,
-              greedy_correct: Optional[Sequence[bool]] = None,
-              *,
-              ks: Optional[Sequence[int]] = None,
-              maj_ks: Optional[Sequence[int]] = None,
-              equivalent: Equivalence = operator.eq,
-              subsets: str = "random",
-              num_subsets: int = 64,
-              ties: str = "expected",
-              confidence: float = 0.95,
-              num_resamples: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
+def summarize(
+    sample_correct: Optional[Sequence[Sequence[bool]]] = None,
+    answers: Optional[Sequence[Sequence[Answer]]] = None,
+    greedy_correct: Optional[Sequence[bool]] = None,
+    *,
+    ks: Optional[Sequence[int]] = None,
+    maj_ks: Optional[Sequence[int]] = None,
+    equivalent: Equivalence = operator.eq,
+    subsets: str = "random",
+    num_subsets: int = 64,
+    ties: str = "expected",
+    confidence: float = 0.95,
+    num_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
   """Greedy accuracy, pass@k and maj@k, each with a bootstrap interval.
 
   Args:
@@ -372,15 +403,19 @@ def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
     ValueError: if nothing is given, question counts disagree, or maj@k is
       asked for without answers.
   """
-  given = [x for x in (sample_correct, answers, greedy_correct)
-           if x is not None]
+  given = [
+      x for x in (sample_correct, answers, greedy_correct) if x is not None
+  ]
   if not given:
-    raise errors.UserError("summarize needs sample_correct, answers or "
-                     "greedy_correct")
+    raise errors.UserError(
+        "summarize needs sample_correct, answers or " "greedy_correct"
+    )
   num_questions = {len(x) for x in given}
   if len(num_questions) != 1:
-    raise errors.UserError(f"inputs disagree on the number of questions: "
-                     f"{sorted(num_questions)}")
+    raise errors.UserError(
+        f"inputs disagree on the number of questions: "
+        f"{sorted(num_questions)}"
+    )
   if answers is not None and sample_correct is None:
     raise errors.UserError("maj@k needs sample_correct alongside answers")
   if maj_ks and answers is None:
@@ -388,8 +423,9 @@ def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
   out: dict[str, Any] = {"num_questions": num_questions.pop()}
 
   def add(name: str, per_question: np.ndarray):
-    mean, low, high = bootstrap_ci(per_question, confidence, num_resamples,
-                                   seed)
+    mean, low, high = bootstrap_ci(
+        per_question, confidence, num_resamples, seed
+    )
     out[name] = mean
     out[name + "_ci"] = [low, high]
 
@@ -398,8 +434,10 @@ def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
   if sample_correct is None:
     return out
   n = np.array([len(row) for row in sample_correct], dtype=np.int64)
-  c = np.array([int(np.sum(np.asarray(row, dtype=bool)))
-                for row in sample_correct], dtype=np.int64)
+  c = np.array(
+      [int(np.sum(np.asarray(row, dtype=bool))) for row in sample_correct],
+      dtype=np.int64,
+  )
   out["samples_per_question"] = [int(n.min()), int(n.max())]
   ks = _default_ks(int(n.min())) if ks is None else list(ks)
   for k in ks:
@@ -408,9 +446,19 @@ def summarize(sample_correct: Optional[Sequence[Sequence[bool]]] = None,
     return out
   maj_ks = [k for k in ks if k > 1] if maj_ks is None else list(maj_ks)
   for k in maj_ks:
-    add(f"maj@{k}", maj_at_k(answers, sample_correct, k,
-                             equivalent=equivalent, subsets=subsets,
-                             num_subsets=num_subsets, ties=ties, seed=seed))
+    add(
+        f"maj@{k}",
+        maj_at_k(
+            answers,
+            sample_correct,
+            k,
+            equivalent=equivalent,
+            subsets=subsets,
+            num_subsets=num_subsets,
+            ties=ties,
+            seed=seed,
+        ),
+    )
   return out
 
 
@@ -449,8 +497,9 @@ def auc(scores, labels) -> float:
   scores = np.asarray(scores, np.float64).reshape(-1)
   labels = np.asarray(labels).reshape(-1) > 0.5
   if scores.shape != labels.shape:
-    raise errors.UserError(f"auc: {scores.shape[0]} scores but {labels.shape[0]} "
-                     "labels")
+    raise errors.UserError(
+        f"auc: {scores.shape[0]} scores but {labels.shape[0]} " "labels"
+    )
   pos, neg = int(labels.sum()), int((~labels).sum())
   if pos == 0 or neg == 0:
     return float("nan")

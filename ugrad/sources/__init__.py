@@ -62,16 +62,25 @@ def select(batch: Batch, rows: Sequence[int]) -> Batch:
   """The batch restricted to `rows` (in that order)."""
   rows = np.asarray(rows, np.int64)
   rollout = jax.tree.map(lambda x: x[rows], batch.rollout)
-  return Batch(rollout, [batch.examples[i] for i in rows],
-               [batch.texts[i] for i in rows], dict(batch.metrics))
+  return Batch(
+      rollout,
+      [batch.examples[i] for i in rows],
+      [batch.texts[i] for i in rows],
+      dict(batch.metrics),
+  )
 
 
 def concat(batches: Sequence[Batch]) -> Batch:
   """Rows of several batches, in order (metrics of the first)."""
-  rollout = jax.tree.map(lambda *x: np.concatenate(x), *[
-      b.rollout for b in batches])
-  return Batch(rollout, sum((b.examples for b in batches), []),
-               sum((b.texts for b in batches), []), dict(batches[0].metrics))
+  rollout = jax.tree.map(
+      lambda *x: np.concatenate(x), *[b.rollout for b in batches]
+  )
+  return Batch(
+      rollout,
+      sum((b.examples for b in batches), []),
+      sum((b.texts for b in batches), []),
+      dict(batches[0].metrics),
+  )
 
 
 # The "step" under which the frozen-policy pool is drawn, distinct from every
@@ -91,10 +100,12 @@ def _group_rewards(batch: Batch, group_size: int) -> np.ndarray:
   elif r.step_rewards is not None:
     rewards = np.asarray(r.step_rewards).sum(-1)
   else:
-    raise errors.UserError("sampling sources compare rewards within each "
-                           "group, but the reward gave none: use a reward "
-                           "that gives outcome or step rewards (e.g. "
-                           "'rule'), not 'none'")
+    raise errors.UserError(
+        "sampling sources compare rewards within each "
+        "group, but the reward gave none: use a reward "
+        "that gives outcome or step rewards (e.g. "
+        "'rule'), not 'none'"
+    )
   return rewards.reshape(-1, group_size)
 
 
@@ -154,7 +165,8 @@ def make_pairs(batch: Batch, group_size: int) -> Batch:
       completion_mask=mask.astype(np.int32),
       pair_ids=np.repeat(num_pairs, 2),
       pair_sign=np.tile(np.array([1.0, -1.0], np.float32), num_groups),
-      group_ids=np.repeat(num_pairs, 2))
+      group_ids=np.repeat(num_pairs, 2),
+  )
   out.texts = [("" if b else t) for b, t in zip(blank, out.texts)]
   out.metrics["pairs_dropped_frac"] = float(1.0 - np.mean(real))
   return out
@@ -171,8 +183,16 @@ class DatasetSource:
     del pairs
     return set()
 
-  def __init__(self, task, *, batch_size: int, prompt_len: int,
-               completion_len: int, seed: int, **unused):
+  def __init__(
+      self,
+      task,
+      *,
+      batch_size: int,
+      prompt_len: int,
+      completion_len: int,
+      seed: int,
+      **unused,
+  ):
     del unused
     self.task = task
     self.batch_size = batch_size
@@ -187,9 +207,13 @@ class DatasetSource:
     idx = _step_rng(self.seed, step).integers(len(train), size=self.batch_size)
     examples = [train[int(i)] for i in idx]
     encoded = [tasks_lib.encode_example(self.task, ex) for ex in examples]
-    arrays = layout.pack([p for p, _ in encoded], [c for _, c in encoded],
-                         self.prompt_len, self.completion_len,
-                         self.task.tokenizer.pad_id)
+    arrays = layout.pack(
+        [p for p, _ in encoded],
+        [c for _, c in encoded],
+        self.prompt_len,
+        self.completion_len,
+        self.task.tokenizer.pad_id,
+    )
     texts = [self.task.completion(ex) for ex in examples]
     batch = Batch(Rollout(**arrays), examples, texts, {})
     return score(batch) if score is not None else batch
@@ -213,10 +237,20 @@ class OnlineSource:
     fields = {"logp_old", "group_ids"}
     return fields | {"pair_ids", "pair_sign"} if pairs else fields
 
-  def __init__(self, task, *, sampler: sampling.Sampler, questions: int,
-               group_size: int, prompt_len: int, seed: int,
-               pairs: bool = False, dynamic: bool = False,
-               max_draws: int = 4, **unused):
+  def __init__(
+      self,
+      task,
+      *,
+      sampler: sampling.Sampler,
+      questions: int,
+      group_size: int,
+      prompt_len: int,
+      seed: int,
+      pairs: bool = False,
+      dynamic: bool = False,
+      max_draws: int = 4,
+      **unused,
+  ):
     del unused
     self.task = task
     self.sampler = sampler
@@ -229,33 +263,44 @@ class OnlineSource:
     self.max_draws = max_draws if dynamic else 1
 
   def _sample(self, params, examples, key) -> Batch:
-    out = self.sampler(params, [self.task.prompt(ex) for ex in examples],
-                       key)
+    out = self.sampler(params, [self.task.prompt(ex) for ex in examples], key)
     g = self.group_size
     rollout = Rollout(
-        tokens=out.tokens, attention_mask=out.attention_mask,
-        completion_mask=out.completion_mask, logp_old=out.logp,
-        group_ids=np.arange(len(examples) * g, dtype=np.int32) // g)
-    return Batch(rollout, [ex for ex in examples for _ in range(g)],
-                 out.texts, {})
+        tokens=out.tokens,
+        attention_mask=out.attention_mask,
+        completion_mask=out.completion_mask,
+        logp_old=out.logp,
+        group_ids=np.arange(len(examples) * g, dtype=np.int32) // g,
+    )
+    return Batch(
+        rollout, [ex for ex in examples for _ in range(g)], out.texts, {}
+    )
 
   def _questions(self, step: int, attempt: int) -> list:
     train = self.task.examples("train")
     idx = _step_rng(self.seed, step, attempt).integers(
-        len(train), size=self.questions)
+        len(train), size=self.questions
+    )
     return [train[int(i)] for i in idx]
 
   def draw(self, params, step: int, score: Scorer) -> Batch:
     key = jax.random.fold_in(jax.random.key(self.seed), step)
-    return self._assemble(lambda attempt: score(self._sample(
-        params, self._questions(step, attempt),
-        jax.random.fold_in(key, attempt))))
+    return self._assemble(
+        lambda attempt: score(
+            self._sample(
+                params,
+                self._questions(step, attempt),
+                jax.random.fold_in(key, attempt),
+            )
+        )
+    )
 
   def _assemble(self, draw_once: Callable[[int], Batch]) -> Batch:
     """Draws groups (dynamic: until enough carry signal) into one batch."""
     kept, dropped, draws = [], [], 0
     while draws < self.max_draws and sum(len(k) for _, k in kept) < (
-        self.questions):
+        self.questions
+    ):
       batch = draw_once(draws)
       draws += 1
       every = np.arange(self.questions)
@@ -268,7 +313,7 @@ class OnlineSource:
     parts, have = [], 0
     for source in (kept, dropped):
       for part, groups in source:
-        take = groups[:self.questions - have]
+        take = groups[: self.questions - have]
         if len(take):
           parts.append(select(part, _rows_of(take, self.group_size)))
           have += len(take)
@@ -277,10 +322,13 @@ class OnlineSource:
     batch = concat(parts)
     g = self.group_size
     batch.rollout = batch.rollout.replace(
-        group_ids=np.arange(self.questions * g, dtype=np.int32) // g)
+        group_ids=np.arange(self.questions * g, dtype=np.int32) // g
+    )
     flat_groups = self.questions - len(_varied_groups(batch, g))
-    batch.metrics = {"zero_signal_group_frac": flat_groups / self.questions,
-                     "draws": float(draws)}
+    batch.metrics = {
+        "zero_signal_group_frac": flat_groups / self.questions,
+        "draws": float(draws),
+    }
     if self.dynamic:
       batch.metrics["dynamic_fill_frac"] = filled / self.questions
     if self.pairs:
@@ -319,36 +367,45 @@ class FrozenPolicySource(OnlineSource):
         raise errors.UserError(
             f"{self.path} was sampled with (seed, group_size, "
             f"pool_questions) = {made_with}, not {self._made_with()}: use "
-            "another workdir or delete the pool to sample a new one")
+            "another workdir or delete the pool to sample a new one"
+        )
       logging.info("Loaded the frozen-policy pool from %s", self.path)
     else:
       rng = _step_rng(self.seed, _POOL_STEP)
       train = self.task.examples("train")
-      question_idx = rng.choice(len(train), self.pool_questions,
-                                replace=len(train) < self.pool_questions)
+      question_idx = rng.choice(
+          len(train),
+          self.pool_questions,
+          replace=len(train) < self.pool_questions,
+      )
       key = jax.random.fold_in(jax.random.key(self.seed), _POOL_STEP)
       parts = []
       for start in range(0, self.pool_questions, self.questions):
-        chunk = question_idx[start:start + self.questions]
+        chunk = question_idx[start : start + self.questions]
         examples = [train[int(i)] for i in chunk]
         if len(examples) < self.questions:  # keep one compiled shape
           examples += examples[:1] * (self.questions - len(examples))
-        part = self._sample(params, examples,
-                            jax.random.fold_in(key, start))
+        part = self._sample(params, examples, jax.random.fold_in(key, start))
         parts.append(select(part, np.arange(len(chunk) * self.group_size)))
       pool = concat(parts)
-      fields = {k: v for k, v in dataclasses.asdict(pool.rollout).items()
-                if v is not None}
+      fields = {
+          k: v
+          for k, v in dataclasses.asdict(pool.rollout).items()
+          if v is not None
+      }
       if distributed.is_main():
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as f:
-          np.savez(f, question_idx=question_idx,
-                   made_with=np.asarray(self._made_with()), **fields)
+          np.savez(
+              f,
+              question_idx=question_idx,
+              made_with=np.asarray(self._made_with()),
+              **fields,
+          )
         tmp.replace(self.path)
       distributed.sync("frozen_pool")
-      logging.info("Sampled and cached the frozen-policy pool at %s",
-                   self.path)
+      logging.info("Sampled and cached the frozen-policy pool at %s", self.path)
     train = self.task.examples("train")
     rollout = Rollout(**fields)
     g = self.group_size
@@ -364,7 +421,8 @@ class FrozenPolicySource(OnlineSource):
 
     def draw_once(attempt):
       groups = _step_rng(self.seed, step, attempt).choice(
-          num_groups, self.questions, replace=num_groups < self.questions)
+          num_groups, self.questions, replace=num_groups < self.questions
+      )
       return score(select(self._pool, _rows_of(groups, self.group_size)))
 
     return self._assemble(draw_once)
@@ -386,8 +444,9 @@ def register(name: str, source_cls, *, replace: bool = False):
   """Adds a source class; see `ugrad.register_source`."""
   for attr in ("samples", "frozen", "provides", "draw"):
     if not hasattr(source_cls, attr):
-      raise TypeError(f"source {name!r} lacks {attr!r}: a source class "
-                      "declares samples, frozen, provides(pairs) and "
-                      "draw(params, step, score)")
-  return registry.register(SOURCES, "source", name, source_cls,
-                           replace=replace)
+      raise TypeError(
+          f"source {name!r} lacks {attr!r}: a source class "
+          "declares samples, frozen, provides(pairs) and "
+          "draw(params, step, score)"
+      )
+  return registry.register(SOURCES, "source", name, source_cls, replace=replace)

@@ -20,11 +20,7 @@ from ugrad.tasks.jsonl import math_task
 from ugrad.tasks.tokenizer import CharTokenizer
 from ugrad.tasks.tokenizer import Tokenizer
 
-TASKS = {
-    "arithmetic": ArithmeticTask,
-    "gsm8k": gsm8k_task,
-    "math": math_task,
-}
+TASKS = {"arithmetic": ArithmeticTask, "gsm8k": gsm8k_task, "math": math_task}
 
 
 def make_task(name: str, **kwargs: Any) -> Task:

@@ -27,8 +27,11 @@ from ugrad.tasks.problems import Problems
 from ugrad.tasks.tokenizer import CharTokenizer
 from ugrad.tasks.tokenizer import Tokenizer
 
-_PY_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
-             "*": lambda a, b: a * b}
+_PY_APPLY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+}
 STEP_RULES = ("prefix", "local")
 
 _QUESTION_RE = re.compile(r"(\d+)((?:[+\-*]\d+)+)=")
@@ -43,8 +46,9 @@ def format_question(operands: Sequence[int], ops: str) -> str:
   return "".join(parts) + "="
 
 
-def format_steps(operands: Sequence[int], ops: str,
-                 results: Sequence[int]) -> str:
+def format_steps(
+    operands: Sequence[int], ops: str, results: Sequence[int]
+) -> str:
   lines, prev = [], operands[0]
   for op, b, r in zip(ops, operands[1:], results):
     lines.append(f"{prev}{op}{b}={r}")
@@ -71,7 +75,8 @@ class ArithmeticExamples(Sequence[base.Example]):
     return base.Example(
         question=format_question(operands, ops),
         solution=format_steps(operands, ops, results),
-        answer=str(results[-1]))
+        answer=str(results[-1]),
+    )
 
 
 @functools.lru_cache(maxsize=65536)
@@ -98,8 +103,9 @@ def final_answer(completion: str) -> Optional[int]:
   return int(m.group(1)) if m else None
 
 
-def step_labels(question: str, completion: str,
-                rule: str = "prefix") -> list[bool]:
+def step_labels(
+    question: str, completion: str, rule: str = "prefix"
+) -> list[bool]:
   """Ground-truth label of every step (non-blank line) of `completion`.
 
   Step k (k = 0, 1, ...) should read "a<op_k>b=r" where <op_k> and b are the
@@ -129,7 +135,7 @@ def step_labels(question: str, completion: str,
   k, ok, done = 0, True, False
   true_prev = written_prev = operands[0]
   for start, end in base.line_spans(completion):
-    line = completion[start:end + 1]
+    line = completion[start : end + 1]
     step = _STEP_RE.fullmatch(line)
     answer = _ANSWER_RE.fullmatch(line)
     if done or (step is None and answer is None):
@@ -138,15 +144,18 @@ def step_labels(question: str, completion: str,
       if k >= num_steps:
         label = False
       else:
-        a, op, b, r = (int(step.group(1)), step.group(2), int(step.group(3)),
-                       int(step.group(4)))
+        a, op, b, r = (
+            int(step.group(1)),
+            step.group(2),
+            int(step.group(3)),
+            int(step.group(4)),
+        )
         true_next = _PY_APPLY[ops[k]](true_prev, operands[k + 1])
         same_op = op == ops[k] and b == operands[k + 1]
         if rule == "prefix":
           label = ok and same_op and a == true_prev and r == true_next
         else:
-          label = (same_op and a == written_prev
-                   and r == _PY_APPLY[op](a, b))
+          label = same_op and a == written_prev and r == _PY_APPLY[op](a, b)
         k, true_prev, written_prev = k + 1, true_next, r
     else:
       n = int(answer.group(1))
@@ -162,19 +171,21 @@ def step_labels(question: str, completion: str,
 class ArithmeticTask:
   """The embedded arithmetic task behind the common `Task` interface."""
 
-  def __init__(self,
-               num_operands: int = 3,
-               digits: Union[int, tuple[int, int]] = (1, 2),
-               operators: str = "+-",
-               allow_negative: bool = True,
-               n_train: int = 200_000,
-               n_test: int = 1024,
-               test_fraction: float = 0.1,
-               val_fraction: float = 0.0,
-               n_validation: int = 1024,
-               seed: int = 0,
-               step_rule: str = "prefix",
-               tokenizer: Optional[Tokenizer] = None):
+  def __init__(
+      self,
+      num_operands: int = 3,
+      digits: Union[int, tuple[int, int]] = (1, 2),
+      operators: str = "+-",
+      allow_negative: bool = True,
+      n_train: int = 200_000,
+      n_test: int = 1024,
+      test_fraction: float = 0.1,
+      val_fraction: float = 0.0,
+      n_validation: int = 1024,
+      seed: int = 0,
+      step_rule: str = "prefix",
+      tokenizer: Optional[Tokenizer] = None,
+  ):
     """Builds the task; problems are drawn on the first `examples` call.
 
     Args:
@@ -195,18 +206,24 @@ class ArithmeticTask:
     """
     if isinstance(digits, int):
       digits = (digits, digits)
-    self.difficulty = Difficulty(num_operands, tuple(digits), operators,
-                                 allow_negative)
+    self.difficulty = Difficulty(
+        num_operands, tuple(digits), operators, allow_negative
+    )
     if not 0.0 < test_fraction < 1.0:
-      raise errors.UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
+      raise errors.UserError(
+          f"test_fraction must be in (0, 1), got {test_fraction}"
+      )
     if not 0.0 <= val_fraction < 1.0 - test_fraction:
-      raise errors.UserError(f"val_fraction must be in [0, 1 - test_fraction), "
-                       f"got {val_fraction}")
+      raise errors.UserError(
+          f"val_fraction must be in [0, 1 - test_fraction), "
+          f"got {val_fraction}"
+      )
     registry.lookup(STEP_RULES, "step_rule", step_rule)
     if n_train < 0 or n_test < 0:
-      raise errors.UserError(f"n_train, n_test must be >= 0: {n_train}, {n_test}")
-    self.sizes = {"train": n_train, "test": n_test,
-                  "validation": n_validation}
+      raise errors.UserError(
+          f"n_train, n_test must be >= 0: {n_train}, {n_test}"
+      )
+    self.sizes = {"train": n_train, "test": n_test, "validation": n_validation}
     self.test_fraction = test_fraction
     self.val_fraction = val_fraction
     self.seed = seed
@@ -220,18 +237,27 @@ class ArithmeticTask:
     if split not in self._examples:
       tf, vf = self.test_fraction, self.val_fraction
       if split == "train":
-        problems = draw_train_problems(self.seed, self.sizes[split],
-                                       self.difficulty, tf + vf)
+        problems = draw_train_problems(
+            self.seed, self.sizes[split], self.difficulty, tf + vf
+        )
       elif split == "test":
-        problems = draw_test_problems(self.seed, self.sizes[split],
-                                      self.difficulty, tf)
+        problems = draw_test_problems(
+            self.seed, self.sizes[split], self.difficulty, tf
+        )
       elif vf > 0:
         problems = draw_held_out_problems(
-            self.seed, self.sizes[split], self.difficulty, (tf, tf + vf),
-            stream=2, split=split)
+            self.seed,
+            self.sizes[split],
+            self.difficulty,
+            (tf, tf + vf),
+            stream=2,
+            split=split,
+        )
       else:
-        raise errors.UserError("no validation split: set task_kwargs.val_fraction "
-                         "(e.g. 0.05) to reserve one")
+        raise errors.UserError(
+            "no validation split: set task_kwargs.val_fraction "
+            "(e.g. 0.05) to reserve one"
+        )
       self._examples[split] = ArithmeticExamples(problems)
     return self._examples[split]
 
@@ -247,8 +273,7 @@ class ArithmeticTask:
     got = final_answer(completion)
     return float(got is not None and got == int(example.answer))
 
-  def step_labels(self, example: base.Example,
-                  completion: str) -> list[bool]:
+  def step_labels(self, example: base.Example, completion: str) -> list[bool]:
     return step_labels(example.question, completion, self.step_rule)
 
   def step_ends(self, completion: str) -> list[int]:

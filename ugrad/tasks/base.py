@@ -106,15 +106,17 @@ def encode_completion(tokenizer: Tokenizer, text: str) -> list[int]:
   return tokenizer.encode(text) + [tokenizer.eos_id]
 
 
-def encode_example(task: Task,
-                   example: Example) -> tuple[list[int], list[int]]:
+def encode_example(task: Task, example: Example) -> tuple[list[int], list[int]]:
   """(prompt ids, gold completion ids) of `example`, ready for SFT."""
-  return (encode_prompt(task.tokenizer, task.prompt(example)),
-          encode_completion(task.tokenizer, task.completion(example)))
+  return (
+      encode_prompt(task.tokenizer, task.prompt(example)),
+      encode_completion(task.tokenizer, task.completion(example)),
+  )
 
 
-def chars_to_tokens(tokenizer: Tokenizer, ids: Sequence[int],
-                    offsets: Sequence[int]) -> list[int]:
+def chars_to_tokens(
+    tokenizer: Tokenizer, ids: Sequence[int], offsets: Sequence[int]
+) -> list[int]:
   """Index of the token of `ids` that produces each character offset.
 
   Works for any tokenizer whose decoded prefixes only grow, by binary search
@@ -135,7 +137,9 @@ def chars_to_tokens(tokenizer: Tokenizer, ids: Sequence[int],
   out = []
   for c in offsets:
     if not 0 <= c < total:
-      raise errors.UserError(f"offset {c} outside the decoded text [0, {total})")
+      raise errors.UserError(
+          f"offset {c} outside the decoded text [0, {total})"
+      )
     # The first token whose prefix decode extends past character c.
     out.append(bisect.bisect_right(lengths, c))
   return out
@@ -154,6 +158,5 @@ class _PrefixLengths(Sequence[int]):
 
   def __getitem__(self, j: int) -> int:
     if j not in self._cache:
-      self._cache[j] = len(self._tokenizer.decode(self._ids[:j + 1]))
+      self._cache[j] = len(self._tokenizer.decode(self._ids[: j + 1]))
     return self._cache[j]
-

@@ -41,15 +41,16 @@ def _field(row: dict[str, Any], name: str) -> str:
   return row[name]
 
 
-def gsm8k_row(row: dict[str, Any], strip_annotations: bool = True
-             ) -> base.Example:
+def gsm8k_row(
+    row: dict[str, Any], strip_annotations: bool = True
+) -> base.Example:
   """An Example from a GSM8K row (question, answer ending in "#### N")."""
   question = _field(row, "question")
   full = _field(row, "answer")
   at = full.rfind("####")
   if at < 0:
     raise _RowError("field 'answer' has no '####' final answer")
-  answer = full[at + 4:].strip()
+  answer = full[at + 4 :].strip()
   if not answer:
     raise _RowError("field 'answer' has nothing after '####'")
   solution = full[:at].rstrip()
@@ -68,8 +69,9 @@ def math_row(row: dict[str, Any]) -> base.Example:
   return base.Example(question=question, solution=solution, answer=answer)
 
 
-def read_jsonl(path: str, parse_row: Callable[[dict[str, Any]], base.Example]
-              ) -> list[base.Example]:
+def read_jsonl(
+    path: str, parse_row: Callable[[dict[str, Any]], base.Example]
+) -> list[base.Example]:
   """Every row of a JSONL file as an Example.
 
   Args:
@@ -91,9 +93,10 @@ def read_jsonl(path: str, parse_row: Callable[[dict[str, Any]], base.Example]
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte "
-                        f"0x{raw[e.start]:02x} at column {e.start + 1})"
-                        ) from None
+        raise DataError(
+            f"{path}:{lineno}: not UTF-8 text (byte "
+            f"0x{raw[e.start]:02x} at column {e.start + 1})"
+        ) from None
       if not line.strip():
         continue
       try:
@@ -102,7 +105,8 @@ def read_jsonl(path: str, parse_row: Callable[[dict[str, Any]], base.Example]
         raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
       if not isinstance(row, dict):
         raise DataError(
-            f"{path}:{lineno}: row is {type(row).__name__}, not an object")
+            f"{path}:{lineno}: row is {type(row).__name__}, not an object"
+        )
       try:
         examples.append(parse_row(row))
       except _RowError as e:
@@ -139,14 +143,17 @@ def gsm8k_format(strip_annotations: bool = True) -> Format:
       parse_row=lambda row: gsm8k_row(row, strip_annotations),
       completion=_gsm8k_completion,
       final_answer=math_answers.after_hashes,
-      boxed=False)
+      boxed=False,
+  )
 
 
 def math_format() -> Format:
-  return Format(parse_row=math_row,
-                completion=lambda example: example.solution,
-                final_answer=math_answers.last_boxed,
-                boxed=True)
+  return Format(
+      parse_row=math_row,
+      completion=lambda example: example.solution,
+      final_answer=math_answers.last_boxed,
+      boxed=True,
+  )
 
 
 class JsonlTask:
@@ -157,13 +164,16 @@ class JsonlTask:
   ground-truth step labels.
   """
 
-  def __init__(self,
-               fmt: Format,
-               train_path: Optional[str] = None,
-               test_path: Optional[str] = None,
-               tokenizer: Optional[Tokenizer] = None,
-               prompt_template: str = "{question}\n", *,
-               validation_path: Optional[str] = None):
+  def __init__(
+      self,
+      fmt: Format,
+      train_path: Optional[str] = None,
+      test_path: Optional[str] = None,
+      tokenizer: Optional[Tokenizer] = None,
+      prompt_template: str = "{question}\n",
+      *,
+      validation_path: Optional[str] = None,
+  ):
     """Reads the files.
 
     Args:
@@ -180,25 +190,36 @@ class JsonlTask:
       raise errors.UserError("give train_path, test_path or both")
     if "{question}" not in prompt_template:
       raise errors.UserError(
-          f"prompt_template {prompt_template!r} has no {{question}} field")
+          f"prompt_template {prompt_template!r} has no {{question}} field"
+      )
     prompt_template.format(question="")  # Fail now on stray braces.
     self.fmt = fmt
     self.prompt_template = prompt_template
-    self.paths = {"train": train_path, "test": test_path,
-                  "validation": validation_path}
+    self.paths = {
+        "train": train_path,
+        "test": test_path,
+        "validation": validation_path,
+    }
     self._examples = {
         split: read_jsonl(os.fspath(path), fmt.parse_row)
-        for split, path in self.paths.items() if path is not None}
+        for split, path in self.paths.items()
+        if path is not None
+    }
     if tokenizer is None:
       tokenizer = CharTokenizer.for_texts(
-          text for examples in self._examples.values() for e in examples
-          for text in (self.prompt(e), self.completion(e)))
+          text
+          for examples in self._examples.values()
+          for e in examples
+          for text in (self.prompt(e), self.completion(e))
+      )
     self.tokenizer = tokenizer
 
   def examples(self, split: str) -> Sequence[base.Example]:
     base.check_split(split)
     if split not in self._examples:
-      raise errors.UserError(f"no {split}_path was given, so no {split!r} split")
+      raise errors.UserError(
+          f"no {split}_path was given, so no {split!r} split"
+      )
     return self._examples[split]
 
   def prompt(self, example: base.Example) -> str:
@@ -210,35 +231,52 @@ class JsonlTask:
   def reward(self, example: base.Example, completion: str) -> float:
     """1.0 when math-verify finds the completion's answer equal to gold."""
     predicted = self.fmt.final_answer(completion)
-    return float(math_answers.answers_match(example.answer, predicted,
-                                            self.fmt.boxed))
+    return float(
+        math_answers.answers_match(example.answer, predicted, self.fmt.boxed)
+    )
 
-  def step_labels(self, example: base.Example,
-                  completion: str) -> list[bool]:
+  def step_labels(self, example: base.Example, completion: str) -> list[bool]:
     raise NotImplementedError(
         "real-data tasks have no ground-truth step labels; use the "
-        "'arithmetic' task or a learned process reward model")
+        "'arithmetic' task or a learned process reward model"
+    )
 
   def step_ends(self, completion: str) -> list[int]:
     return base.line_step_ends(completion)
 
 
-def gsm8k_task(train_path: Optional[str] = None,
-               test_path: Optional[str] = None,
-               tokenizer: Optional[Tokenizer] = None,
-               prompt_template: str = "{question}\n",
-               strip_annotations: bool = True,
-               validation_path: Optional[str] = None) -> JsonlTask:
+def gsm8k_task(
+    train_path: Optional[str] = None,
+    test_path: Optional[str] = None,
+    tokenizer: Optional[Tokenizer] = None,
+    prompt_template: str = "{question}\n",
+    strip_annotations: bool = True,
+    validation_path: Optional[str] = None,
+) -> JsonlTask:
   """A GSM8K-style task (see the module docstring)."""
-  return JsonlTask(gsm8k_format(strip_annotations), train_path, test_path,
-                   tokenizer, prompt_template, validation_path=validation_path)
+  return JsonlTask(
+      gsm8k_format(strip_annotations),
+      train_path,
+      test_path,
+      tokenizer,
+      prompt_template,
+      validation_path=validation_path,
+  )
 
 
-def math_task(train_path: Optional[str] = None,
-              test_path: Optional[str] = None,
-              tokenizer: Optional[Tokenizer] = None,
-              prompt_template: str = "{question}\n",
-              validation_path: Optional[str] = None) -> JsonlTask:
+def math_task(
+    train_path: Optional[str] = None,
+    test_path: Optional[str] = None,
+    tokenizer: Optional[Tokenizer] = None,
+    prompt_template: str = "{question}\n",
+    validation_path: Optional[str] = None,
+) -> JsonlTask:
   """A MATH-style task (see the module docstring)."""
-  return JsonlTask(math_format(), train_path, test_path, tokenizer,
-                   prompt_template, validation_path=validation_path)
+  return JsonlTask(
+      math_format(),
+      train_path,
+      test_path,
+      tokenizer,
+      prompt_template,
+      validation_path=validation_path,
+  )

@@ -26,9 +26,13 @@ def _timeout() -> Optional[int]:
 @functools.lru_cache(maxsize=65536)
 def _parse(text: str, boxed: bool) -> tuple:
   if boxed:
-    return tuple(math_verify.parse("\\boxed{" + text + "}",
-                                   extraction_config=_LATEX_ONLY,
-                                   parsing_timeout=_timeout()))
+    return tuple(
+        math_verify.parse(
+            "\\boxed{" + text + "}",
+            extraction_config=_LATEX_ONLY,
+            parsing_timeout=_timeout(),
+        )
+    )
   return tuple(math_verify.parse(text, parsing_timeout=_timeout()))
 
 
@@ -50,8 +54,9 @@ def answers_match(gold: str, predicted: Optional[str], boxed: bool) -> bool:
   pred_parsed = _parse(predicted, boxed)
   if not gold_parsed or not pred_parsed:
     return False
-  return math_verify.verify(list(gold_parsed), list(pred_parsed),
-                            timeout_seconds=_timeout())
+  return math_verify.verify(
+      list(gold_parsed), list(pred_parsed), timeout_seconds=_timeout()
+  )
 
 
 def after_hashes(text: str) -> Optional[str]:
@@ -59,7 +64,7 @@ def after_hashes(text: str) -> Optional[str]:
   at = text.find("####")
   if at < 0:
     return None
-  return text[at + 4:].split("\n", 1)[0].strip()
+  return text[at + 4 :].split("\n", 1)[0].strip()
 
 
 def _braced(text: str, start: int) -> Optional[str]:
@@ -76,7 +81,7 @@ def _braced(text: str, start: int) -> Optional[str]:
     elif c == "}":
       depth -= 1
       if depth == 0:
-        return text[start + 1:i]
+        return text[start + 1 : i]
     i += 1
   return None
 

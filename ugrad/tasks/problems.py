@@ -45,13 +45,20 @@ class Problems:
     return self.operands.shape[0]
 
   def select(self, mask_or_index: np.ndarray) -> "Problems":
-    return Problems(self.operands[mask_or_index], self.ops[mask_or_index],
-                    self.results[mask_or_index])
+    return Problems(
+        self.operands[mask_or_index],
+        self.ops[mask_or_index],
+        self.results[mask_or_index],
+    )
 
 
 def _concat(parts: list[Problems]) -> Problems:
-  return Problems(*(np.concatenate([getattr(p, f.name) for p in parts])
-                    for f in dataclasses.fields(Problems)))
+  return Problems(
+      *(
+          np.concatenate([getattr(p, f.name) for p in parts])
+          for f in dataclasses.fields(Problems)
+      )
+  )
 
 
 def _running_results(operands: np.ndarray, ops: np.ndarray) -> np.ndarray:
@@ -122,31 +129,40 @@ class Difficulty:
 
   def __post_init__(self):
     if self.num_operands < 2:
-      raise errors.UserError(f"num_operands must be >= 2, got {self.num_operands}")
+      raise errors.UserError(
+          f"num_operands must be >= 2, got {self.num_operands}"
+      )
     lo, hi = self.digits
     if not 1 <= lo <= hi:
-      raise errors.UserError(f"digits must satisfy 1 <= lo <= hi, got {self.digits}")
+      raise errors.UserError(
+          f"digits must satisfy 1 <= lo <= hi, got {self.digits}"
+      )
     if self.num_operands * hi > 18:
       raise errors.UserError(
           f"{self.num_operands} operands of {hi} digits may overflow int64; "
-          "need num_operands * max digits <= 18")
+          "need num_operands * max digits <= 18"
+      )
     bad = [c for c in self.operators if c not in OPERATORS]
-    if bad or not self.operators or len(set(self.operators)) != len(
-        self.operators):
+    if (
+        bad
+        or not self.operators
+        or len(set(self.operators)) != len(self.operators)
+    ):
       raise errors.UserError(
           f"operators must be distinct characters from {OPERATORS!r}, got "
-          f"{self.operators!r}")
+          f"{self.operators!r}"
+      )
 
   def operand_values(self) -> np.ndarray:
     """Every possible operand value, int64 [M], ascending."""
     lo, hi = self.digits
-    start = 0 if lo == 1 else 10**(lo - 1)
+    start = 0 if lo == 1 else 10 ** (lo - 1)
     return np.arange(start, 10**hi, dtype=np.int64)
 
   def space_size(self) -> int:
     """The number of distinct questions."""
     k = self.num_operands
-    return len(self.operand_values())**k * len(self.operators)**(k - 1)
+    return len(self.operand_values()) ** k * len(self.operators) ** (k - 1)
 
 
 def _keep(problems: Problems, difficulty: Difficulty) -> np.ndarray:
@@ -155,8 +171,9 @@ def _keep(problems: Problems, difficulty: Difficulty) -> np.ndarray:
   return (problems.results >= 0).all(axis=1)
 
 
-def sample_problems(rng: np.random.Generator, n: int,
-                    difficulty: Difficulty) -> Problems:
+def sample_problems(
+    rng: np.random.Generator, n: int, difficulty: Difficulty
+) -> Problems:
   """N problems drawn i.i.d. (either split; the caller filters).
 
   Args:
@@ -170,7 +187,7 @@ def sample_problems(rng: np.random.Generator, n: int,
   k = difficulty.num_operands
   lo, hi = difficulty.digits
   ndig = rng.integers(lo, hi + 1, size=(n, k))
-  low = np.where(ndig == 1, 0, 10**(ndig - 1))
+  low = np.where(ndig == 1, 0, 10 ** (ndig - 1))
   operands = rng.integers(low, 10**ndig, dtype=np.int64)
   codes = np.frombuffer(difficulty.operators.encode(), np.uint8)
   ops = codes[rng.integers(0, len(codes), size=(n, k - 1))]
@@ -200,16 +217,23 @@ def _first_unique(problems: Problems) -> Problems:
   return problems.select(np.sort(first))
 
 
-def draw_test_problems(seed: int, n: int, difficulty: Difficulty,
-                       test_fraction: float) -> Problems:
+def draw_test_problems(
+    seed: int, n: int, difficulty: Difficulty, test_fraction: float
+) -> Problems:
   """Up to N distinct test questions (units in [0, test_fraction))."""
-  return draw_held_out_problems(seed, n, difficulty, (0.0, test_fraction),
-                                stream=1, split="test")
+  return draw_held_out_problems(
+      seed, n, difficulty, (0.0, test_fraction), stream=1, split="test"
+  )
 
 
-def draw_held_out_problems(seed: int, n: int, difficulty: Difficulty,
-                           band: tuple[float, float], stream: int,
-                           split: str) -> Problems:
+def draw_held_out_problems(
+    seed: int,
+    n: int,
+    difficulty: Difficulty,
+    band: tuple[float, float],
+    stream: int,
+    split: str,
+) -> Problems:
   """Up to N distinct questions whose units lie in `band`, deterministic
   given `seed` and `stream` (one per split).
 
@@ -233,23 +257,27 @@ def draw_held_out_problems(seed: int, n: int, difficulty: Difficulty,
       return found.select(slice(0, n))
   raise errors.UserError(
       f"found only {len(found)} of {n} distinct {split} questions; raise "
-      f"its fraction or lower n_{split}")
+      f"its fraction or lower n_{split}"
+  )
 
 
-def draw_train_problems(seed: int, n: int, difficulty: Difficulty,
-                        held_out_fraction: float) -> Problems:
+def draw_train_problems(
+    seed: int, n: int, difficulty: Difficulty, held_out_fraction: float
+) -> Problems:
   """N training problems (repeats allowed), none of them held out (test
   or validation: units below `held_out_fraction`)."""
   rng = np.random.default_rng([seed, 0])
   parts, have = [], 0
   for _ in range(_MAX_ROUNDS):
     draw = sample_problems(rng, int(1.25 * (n - have)) + 64, difficulty)
-    draw = draw.select(~is_test_question(draw, held_out_fraction)
-                       & _keep(draw, difficulty))
+    draw = draw.select(
+        ~is_test_question(draw, held_out_fraction) & _keep(draw, difficulty)
+    )
     parts.append(draw)
     have += len(draw)
     if have >= n:
       return _concat(parts).select(slice(0, n))
   raise errors.UserError(
       f"drew only {have} of {n} training problems; allow_negative=False "
-      "may reject almost every problem of this difficulty")
+      "may reject almost every problem of this difficulty"
+  )

@@ -56,7 +56,9 @@ class CharTokenizer:
     chars = list(chars)
     for c in chars:
       if len(c) != 1:
-        raise errors.UserError(f"CharTokenizer: {c!r} is not a single character")
+        raise errors.UserError(
+            f"CharTokenizer: {c!r} is not a single character"
+        )
     dupes = sorted({c for c in chars if chars.count(c) > 1})
     if dupes:
       raise errors.UserError(f"CharTokenizer: duplicate characters {dupes!r}")
@@ -65,8 +67,9 @@ class CharTokenizer:
     self.vocab_size = len(chars) + self._NUM_SPECIAL
 
   @classmethod
-  def for_texts(cls, texts: Iterable[str],
-                base: str = DEFAULT_CHARS) -> "CharTokenizer":
+  def for_texts(
+      cls, texts: Iterable[str], base: str = DEFAULT_CHARS
+  ) -> "CharTokenizer":
     """A tokenizer covering `base` plus every character seen in `texts`.
 
     Args:
@@ -90,7 +93,8 @@ class CharTokenizer:
       pos = next(i for i, c in enumerate(text) if c not in self._ids)
       raise errors.UserError(
           f"CharTokenizer: unknown character {text[pos]!r} at position "
-          f"{pos} of {text!r}; known characters: {self.chars!r}") from None
+          f"{pos} of {text!r}; known characters: {self.chars!r}"
+      ) from None
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids` (ints, or a 1-D numpy/JAX array), dropping specials."""
@@ -99,7 +103,8 @@ class CharTokenizer:
       i = int(i)
       if not 0 <= i < self.vocab_size:
         raise errors.UserError(
-            f"CharTokenizer: id {i} out of range [0, {self.vocab_size})")
+            f"CharTokenizer: id {i} out of range [0, {self.vocab_size})"
+        )
       if i < self._NUM_SPECIAL:
         continue
       out.append(self.chars[i - self._NUM_SPECIAL])

@@ -24,7 +24,6 @@ from ugrad.sampling import stats
 from ugrad import tasks as tasks_lib
 from ugrad.models import sharding as sharding_lib
 
-
 # ---------------------------------------------------------------------------
 # Reading the config.
 # ---------------------------------------------------------------------------
@@ -102,17 +101,22 @@ def make_task(config):
     kwargs["digits"] = tuple(kwargs["digits"])
     kwargs.setdefault("seed", config.seed)
   else:
-    kwargs = {"train_path": config.data.train_path or None,
-              "test_path": config.data.test_path or None,
-              "validation_path": config.data.validation_path or None}
+    kwargs = {
+        "train_path": config.data.train_path or None,
+        "test_path": config.data.test_path or None,
+        "validation_path": config.data.validation_path or None,
+    }
   return tasks_lib.make_task(config.task, **kwargs)
 
 
 def prompt_length(task) -> int:
   """The longest encoded prompt over the task's splits (the fixed P)."""
   tok = task.tokenizer
-  return max(len(tasks_lib.encode_prompt(tok, task.prompt(ex)))
-             for split in task_splits(task) for ex in task.examples(split))
+  return max(
+      len(tasks_lib.encode_prompt(tok, task.prompt(ex)))
+      for split in task_splits(task)
+      for ex in task.examples(split)
+  )
 
 
 def task_splits(task) -> tuple[str, ...]:
@@ -131,8 +135,10 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     schedule = optim.lr
   return optax.chain(
       optax.clip_by_global_norm(optim.grad_clip),
-      optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
-                  weight_decay=optim.weight_decay))
+      optax.adamw(
+          schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay
+      ),
+  )
 
 
 @dataclasses.dataclass
@@ -157,8 +163,7 @@ class Mesh:
 
   def params(self, abstract_params) -> Any:
     """NamedShardings of a parameter state, from its logical axis names."""
-    return sharding_lib.param_shardings(abstract_params, self.mesh,
-                                        self.rules)
+    return sharding_lib.param_shardings(abstract_params, self.mesh, self.rules)
 
 
 def mesh_shape(config) -> dict:
@@ -175,13 +180,13 @@ def init_params(model_cls, model_config, seed: int, mesh: Mesh):
   directly in its shards: `eval_shape` of the init gives the logical axes,
   the mesh rules give shardings, and the init is jitted with them as
   out_shardings, so no host ever holds the whole model."""
-  abstract = nnx.eval_shape(lambda: model_cls(model_config,
-                                              rngs=nnx.Rngs(seed)))
+  abstract = nnx.eval_shape(
+      lambda: model_cls(model_config, rngs=nnx.Rngs(seed))
+  )
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
 
   def init():
-    return nnx.split(model_cls(model_config, rngs=nnx.Rngs(seed)),
-                     nnx.Param)[1]
+    return nnx.split(model_cls(model_config, rngs=nnx.Rngs(seed)), nnx.Param)[1]
 
   params = jax.jit(init, out_shardings=mesh.params(abstract_params))()
   return graphdef, params
@@ -198,7 +203,8 @@ class Policy:
 
 def policy_graphdef(model_config):
   abstract = nnx.eval_shape(
-      lambda: models.Transformer(model_config, rngs=nnx.Rngs(0)))
+      lambda: models.Transformer(model_config, rngs=nnx.Rngs(0))
+  )
   return nnx.split(abstract, nnx.Param)[0]
 
 
@@ -211,28 +217,38 @@ def make_policy(config, tokenizer, mesh: Mesh):
   the Policy's is the one to use (`with_tokenizer`).
   """
   if config.init_from:
-    graphdef, params, hf_tokenizer = runs.load_policy(config.init_from,
-                                                      mesh.params)
+    graphdef, params, hf_tokenizer = runs.load_policy(
+        config.init_from, mesh.params
+    )
     if hf_tokenizer is not None and config.task == "arithmetic":
-      raise errors.UserError("a Hugging Face policy cannot be trained on the "
-                       "embedded task's character vocabulary")
+      raise errors.UserError(
+          "a Hugging Face policy cannot be trained on the "
+          "embedded task's character vocabulary"
+      )
     tokenizer = hf_tokenizer or tokenizer
     model_config = dataclasses.replace(
-        nnx.merge(graphdef, params).config, dtype=compute_dtype(config),
-        param_dtype=config.param_dtype, remat=config.remat,
-        attention=config.attention)
+        nnx.merge(graphdef, params).config,
+        dtype=compute_dtype(config),
+        param_dtype=config.param_dtype,
+        remat=config.remat,
+        attention=config.attention,
+    )
     params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
   else:
-    model_config = models.preset(config.model, tokenizer.vocab_size,
-                                 dtype=compute_dtype(config),
-                                 param_dtype=config.param_dtype,
-                                 remat=config.remat,
-                                 attention=config.attention)
+    model_config = models.preset(
+        config.model,
+        tokenizer.vocab_size,
+        dtype=compute_dtype(config),
+        param_dtype=config.param_dtype,
+        remat=config.remat,
+        attention=config.attention,
+    )
     sharding_lib.check_model(model_config, mesh.shape)
-    graphdef, params = init_params(models.Transformer, model_config,
-                                   config.seed, mesh)
+    graphdef, params = init_params(
+        models.Transformer, model_config, config.seed, mesh
+    )
   return Policy(graphdef, model_config, tokenizer), params
 
 
@@ -245,8 +261,9 @@ def with_tokenizer(task, tokenizer):
   return task
 
 
-def sampling_config(config, tokenizer, num_samples: int, *,
-                    truncate: bool = True) -> sampling.SamplingConfig:
+def sampling_config(
+    config, tokenizer, num_samples: int, *, truncate: bool = True
+) -> sampling.SamplingConfig:
   """How a run samples: `config.sampling`'s budget and temperature, the
   tokenizer's EOS and padding, `num_samples` per prompt and, when
   `truncate`, its top-k and top-p (0 and 1: all tokens)."""
@@ -256,16 +273,21 @@ def sampling_config(config, tokenizer, num_samples: int, *,
     top_p = config.sampling.top_p if config.sampling.top_p < 1 else None
   return sampling.SamplingConfig(
       max_new_tokens=config.sampling.max_new_tokens,
-      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-      num_samples=num_samples, temperature=config.sampling.temperature,
-      top_k=top_k, top_p=top_p)
+      eos_id=tokenizer.eos_id,
+      pad_id=tokenizer.pad_id,
+      num_samples=num_samples,
+      temperature=config.sampling.temperature,
+      top_k=top_k,
+      top_p=top_p,
+  )
 
 
 def scalar_from_policy(model_config, policy_params, seed: int, mesh: Mesh):
   """A scalar model (critic, reward model) on the mesh: the policy's
   backbone and a zero-initialised head."""
-  graphdef, params = init_params(models.ScalarModel, model_config, seed + 1,
-                                 mesh)
+  graphdef, params = init_params(
+      models.ScalarModel, model_config, seed + 1, mesh
+  )
   pure = nnx.to_pure_dict(params)
   policy = nnx.to_pure_dict(policy_params)
   for key in pure:

@@ -37,8 +37,7 @@ def iteration_dir(workdir: str, k: int) -> str:
   return str(paths.resolve(workdir) / ITERATIONS_DIR / f"iter_{k}")
 
 
-def continuation_config(previous: str, policy_dir: str,
-                        config):
+def continuation_config(previous: str, policy_dir: str, config):
   """The config that continues the reward model in `previous` on samples
   of the policy in `policy_dir`: the earlier run's own config, with the
   iteration's steps and replay."""
@@ -51,8 +50,9 @@ def continuation_config(previous: str, policy_dir: str,
   return rm_config
 
 
-def reward_models_of(config, workdir: str, k: int, params, model_config,
-                     first_step: bool) -> tuple[dict, dict]:
+def reward_models_of(
+    config, workdir: str, k: int, params, model_config, first_step: bool
+) -> tuple[dict, dict]:
   """The reward-model workdirs of iteration k, trained first if needed.
 
   Args:
@@ -75,25 +75,36 @@ def reward_models_of(config, workdir: str, k: int, params, model_config,
   directory = iteration_dir(workdir, k)
   if not runs.is_finished_model(directory):
     if not first_step:
-      raise RuntimeError(f"{directory} lacks the policy of iteration {k}, "
-                         "which training has passed: the run directory is "
-                         "incomplete")
+      raise RuntimeError(
+          f"{directory} lacks the policy of iteration {k}, "
+          "which training has passed: the run directory is "
+          "incomplete"
+      )
     runs.save_model(directory, params, model_config)
   metrics = {}
   for field in dirs:
-    previous = dirs[field] if k == 1 else str(
-        paths.resolve(iteration_dir(workdir, k - 1)) / field)
+    previous = (
+        dirs[field]
+        if k == 1
+        else str(paths.resolve(iteration_dir(workdir, k - 1)) / field)
+    )
     rm_dir = str(paths.resolve(directory) / field)
     eval_file = paths.resolve(rm_dir) / runs.EVAL_FILE
     if not eval_file.exists():
       result = trainer_lib.train_reward_model(
-          continuation_config(previous, directory, config), rm_dir)
+          continuation_config(previous, directory, config), rm_dir
+      )
       if distributed.is_main():
         eval_file.write_text(json.dumps({"final": result}, indent=2))
       distributed.sync("iterative_rm_eval")
     final = json.loads(eval_file.read_text())["final"]
-    metrics.update({f"{field}/{key}": value for key, value in final.items()
-                    if key.endswith(("_acc", "_auc"))})
+    metrics.update(
+        {
+            f"{field}/{key}": value
+            for key, value in final.items()
+            if key.endswith(("_acc", "_auc"))
+        }
+    )
     dirs[field] = rm_dir
   return dirs, metrics
 
@@ -111,18 +122,25 @@ class RewardModelRefresh:
     self.workdir = str(paths.resolve(workdir))
     self.iteration = 0
 
-  def __call__(self, context: learner_lib.RunContext, state: dict,
-               step: int) -> learner_lib.HookResult:
+  def __call__(
+      self, context: learner_lib.RunContext, state: dict, step: int
+  ) -> learner_lib.HookResult:
     k = iteration_of(self.config, step)
     if k == self.iteration:
       return learner_lib.HookResult()
     first_step = step == k * build.ref_reset_period(self.config)
     dirs, metrics = reward_models_of(
-        self.config, self.workdir, k, state["params"],
-        context.policy.model_config, first_step)
+        self.config,
+        self.workdir,
+        k,
+        state["params"],
+        context.policy.model_config,
+        first_step,
+    )
     self.iteration = k
-    return learner_lib.HookResult(metrics if first_step else {},
-                                  reward_models=dirs)
+    return learner_lib.HookResult(
+        metrics if first_step else {}, reward_models=dirs
+    )
 
 
 def hooks(config, workdir: str) -> list:

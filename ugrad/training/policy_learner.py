@@ -44,18 +44,30 @@ class PolicyLearner:
     self.needed = build.needed_fields(config)
     self.chunk = build.group_size(config)
     sampler = sampling.make_sampler(
-        self.policy.graphdef, self.policy.tokenizer, context.prompt_len,
-        build.sampling_config(config, self.policy.tokenizer,
-                              config.sampling.group_size),
-        context.mesh.mesh)
+        self.policy.graphdef,
+        self.policy.tokenizer,
+        context.prompt_len,
+        build.sampling_config(
+            config, self.policy.tokenizer, config.sampling.group_size
+        ),
+        context.mesh.mesh,
+    )
     self.source = build.source_class(config)(
-        self.task, sampler=sampler, batch_size=config.batch_size,
-        prompt_len=context.prompt_len, completion_len=context.max_new,
-        seed=config.seed, workdir=context.workdir, **dict(config.sampling))
-    self.use_reward_models({field: config[field]
-                            for field in learner_lib.REWARD_MODEL_FIELDS})
-    self.logprobs = functools.partial(update_lib.policy_logprobs,
-                                      self.policy.graphdef)
+        self.task,
+        sampler=sampler,
+        batch_size=config.batch_size,
+        prompt_len=context.prompt_len,
+        completion_len=context.max_new,
+        seed=config.seed,
+        workdir=context.workdir,
+        **dict(config.sampling)
+    )
+    self.use_reward_models(
+        {field: config[field] for field in learner_lib.REWARD_MODEL_FIELDS}
+    )
+    self.logprobs = functools.partial(
+        update_lib.policy_logprobs, self.policy.graphdef
+    )
     self.initial_critic = None
     if self.coefficient.value_targets is not None:
       self._init_critic(hp)
@@ -65,20 +77,27 @@ class PolicyLearner:
     coefficient declares: its update, its values and `initial_critic`."""
     config, mesh = self.config, self.context.mesh
     graphdef, params = build.scalar_from_policy(
-        self.policy.model_config, self.context.init_params, config.seed, mesh)
+        self.policy.model_config, self.context.init_params, config.seed, mesh
+    )
     optimizer = build.make_optimizer(
-        ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr)))
+        ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr))
+    )
     params = jax.tree.map(jnp.copy, params)
-    opt_state = update_lib.on_mesh(jax.jit(optimizer.init)(params),
-                                   mesh.replicated)
+    opt_state = update_lib.on_mesh(
+        jax.jit(optimizer.init)(params), mesh.replicated
+    )
     self.initial_critic = {"params": params, "opt_state": opt_state}
     targets = functools.partial(self.coefficient.value_targets, **hp)
     shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
     self.critic_update = update_lib.make_update(
         update_lib.value_loss(graphdef, targets, config.critic.value_clip),
-        optimizer, 1, shardings + (mesh.replicated,))
-    self.values = jax.jit(lambda p, b: update_lib.value_predictions(
-        nnx.merge(graphdef, p), b))
+        optimizer,
+        1,
+        shardings + (mesh.replicated,),
+    )
+    self.values = jax.jit(
+        lambda p, b: update_lib.value_predictions(nnx.merge(graphdef, p), b)
+    )
 
   def use_reward_models(self, dirs: dict):
     """Scores with the learned reward models saved in these workdirs
@@ -89,10 +108,9 @@ class PolicyLearner:
     process = dirs.get("process_reward_model", "")
     context = rewards_lib.RewardContext(
         self.task,
-        outcome_model=(runs.reward_model_scorer(outcome)
-                       if outcome else None),
-        process_model=(runs.reward_model_scorer(process)
-                       if process else None))
+        outcome_model=(runs.reward_model_scorer(outcome) if outcome else None),
+        process_model=(runs.reward_model_scorer(process) if process else None),
+    )
     self.scorer = rewards_lib.make_scorer(self.config.reward, context)
 
   # --- what the trainer asks ----------------------------------------------
@@ -110,14 +128,16 @@ class PolicyLearner:
     return state
 
   def loss_fn(self):
-    return update_lib.policy_loss(self.policy.graphdef, self.coef_fn,
-                                  self.config.normalizer,
-                                  self.context.max_new)
+    return update_lib.policy_loss(
+        self.policy.graphdef,
+        self.coef_fn,
+        self.config.normalizer,
+        self.context.max_new,
+    )
 
   def draw(self, state: dict, step: int):
     """The source's batch of step `step`, scored."""
-    params = (self.context.init_params if self.source.frozen
-              else state["params"])
+    params = self.context.init_params if self.source.frozen else state["params"]
     return self.source.draw(params, step, self.scorer)
 
   def prepare(self, state: dict, batch, step: int):
@@ -129,22 +149,28 @@ class PolicyLearner:
     extra = {}
     if "logp_ref" in self.needed:
       reference = state.get("ref_params", self.context.init_params)
-      extra["logp_ref"] = self.logprobs(reference, rollout.tokens,
-                                        rollout.attention_mask)
+      extra["logp_ref"] = self.logprobs(
+          reference, rollout.tokens, rollout.attention_mask
+      )
     # Recomputed when asked, when the source gives none, or when the samples
     # are the frozen policy's: the ratio is then against the current policy
     # at the start of the step, as in offline PPO-style updates.
-    if (config.recompute_logp_old or self.source.frozen or
-        ("logp_old" in self.needed and rollout.logp_old is None)):
-      extra["logp_old"] = self.logprobs(state["params"], rollout.tokens,
-                                        rollout.attention_mask)
+    if (
+        config.recompute_logp_old
+        or self.source.frozen
+        or ("logp_old" in self.needed and rollout.logp_old is None)
+    ):
+      extra["logp_old"] = self.logprobs(
+          state["params"], rollout.tokens, rollout.attention_mask
+      )
     if "values" in self.needed:
       extra["values"] = self.values(state["critic"]["params"], rollout)
     # One copy on the host: minibatches are sliced from it, and the
     # coefficient's value checks need concrete arrays.
     rollout = distributed.host_get(rollout.replace(**extra))
-    coefficients.validate_rollout(config.coef.name, rollout,
-                                  build.coef_hparams(config))
+    coefficients.validate_rollout(
+        config.coef.name, rollout, build.coef_hparams(config)
+    )
     return rollout
 
   def after_update(self, state: dict, minibatch) -> tuple[dict, dict]:
@@ -153,8 +179,10 @@ class PolicyLearner:
       return state, {}
     critic = state["critic"]
     params, opt_state, metrics = self.critic_update(
-        critic["params"], critic["opt_state"],
-        self.context.device_batch(minibatch))
+        critic["params"],
+        critic["opt_state"],
+        self.context.device_batch(minibatch),
+    )
     state = dict(state, critic={"params": params, "opt_state": opt_state})
     return state, {"value_loss": float(metrics["loss"])}
 
@@ -162,22 +190,29 @@ class PolicyLearner:
     """Resets the reference to the policy at the end of a period."""
     period = build.ref_reset_period(self.config)
     if period and (step + 1) % period == 0:
-      state = dict(state,
-                   ref_params=jax.tree.map(jnp.copy, state["params"]))
+      state = dict(state, ref_params=jax.tree.map(jnp.copy, state["params"]))
     return state
 
   def batch_stats(self, batch) -> dict:
     r = batch.rollout
     real = np.asarray(r.completion_mask).sum(1) > 0
-    stats = {"response_length": float(np.asarray(
-        r.completion_mask).sum(1)[real].mean()) if real.any() else 0.0}
+    stats = {
+        "response_length": float(
+            np.asarray(r.completion_mask).sum(1)[real].mean()
+        )
+        if real.any()
+        else 0.0
+    }
     if r.rewards is not None:
       rewards = np.asarray(r.rewards)[real]
       stats["reward_mean"] = float(rewards.mean()) if real.any() else 0.0
       stats["reward_std"] = float(rewards.std()) if real.any() else 0.0
     if self.source.samples:
-      correct = [self.task.reward(ex, t) for ex, t, keep in zip(
-          batch.examples, batch.texts, real) if keep]
+      correct = [
+          self.task.reward(ex, t)
+          for ex, t, keep in zip(batch.examples, batch.texts, real)
+          if keep
+      ]
       stats["accuracy"] = float(np.mean(correct)) if correct else 0.0
     return stats
 
@@ -187,10 +222,15 @@ class PolicyLearner:
     """Greedy accuracy on the held-out split (`config.eval_split`), with a
     bootstrap interval."""
     return eval_lib.greedy_accuracy(
-        self.task, self.policy.graphdef, params,
-        num_questions or self.config.eval_questions, self.context.prompt_len,
-        self.context.max_new, split=self.config.eval_split,
-        mesh=self.context.mesh.mesh)
+        self.task,
+        self.policy.graphdef,
+        params,
+        num_questions or self.config.eval_questions,
+        self.context.prompt_len,
+        self.context.max_new,
+        split=self.config.eval_split,
+        mesh=self.context.mesh.mesh,
+    )
 
   def periodic_evaluation(self, state: dict) -> dict:
     """Greedy accuracy, and pass@k / maj@k when `eval_sampled.ks` is set,
@@ -200,14 +240,22 @@ class PolicyLearner:
     ks = build.sampled_ks(self.config)
     if ks:
       sampled = eval_lib.sample_eval(
-          self.task, self.policy.graphdef, params,
-          self.config.eval_sampled.questions, max(ks), ks,
-          self.context.prompt_len, self.context.max_new,
+          self.task,
+          self.policy.graphdef,
+          params,
+          self.config.eval_sampled.questions,
+          max(ks),
+          ks,
+          self.context.prompt_len,
+          self.context.max_new,
           temperature=self.config.eval_sampled.temperature,
-          seed=self.config.seed, split=self.config.eval_split,
-          mesh=self.context.mesh.mesh)
-      results.update({k: v for k, v in sampled.items()
-                      if k.startswith(("pass@", "maj@"))})
+          seed=self.config.seed,
+          split=self.config.eval_split,
+          mesh=self.context.mesh.mesh,
+      )
+      results.update(
+          {k: v for k, v in sampled.items() if k.startswith(("pass@", "maj@"))}
+      )
     return flatten_intervals(results)
 
   def save(self, workdir: str, state: dict):

@@ -41,12 +41,17 @@ def binary_metrics(prefix: str, scores, labels, groups) -> dict:
     return {}
   right = ((scores > 0) == labels).astype(np.float64)
   groups = np.asarray(groups)
-  per_question = np.asarray([right[groups == g].mean()
-                             for g in np.unique(groups)])
+  per_question = np.asarray(
+      [right[groups == g].mean() for g in np.unique(groups)]
+  )
   mean, low, high = stats.bootstrap_ci(per_question)
-  return {f"{prefix}_acc": mean, f"{prefix}_acc_lo": low,
-          f"{prefix}_acc_hi": high, f"{prefix}_auc": stats.auc(scores, labels),
-          f"{prefix}_positive_frac": float(labels.mean())}
+  return {
+      f"{prefix}_acc": mean,
+      f"{prefix}_acc_lo": low,
+      f"{prefix}_acc_hi": high,
+      f"{prefix}_auc": stats.auc(scores, labels),
+      f"{prefix}_positive_frac": float(labels.mean()),
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -54,8 +59,9 @@ def binary_metrics(prefix: str, scores, labels, groups) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def last_token_mask(attention_mask: np.ndarray,
-                    completion_mask: np.ndarray) -> np.ndarray:
+def last_token_mask(
+    attention_mask: np.ndarray, completion_mask: np.ndarray
+) -> np.ndarray:
   """[B, T] 1 at the last real token of each row that has a completion."""
   has = completion_mask.sum(1) > 0
   last = masked.last_token(attention_mask, np) & has[:, None]
@@ -82,15 +88,21 @@ def step_prefixes(rollout, step_mask: np.ndarray, pad_id: int):
   out = np.full((len(rows), width), pad_id, np.int32)
   mask = np.zeros((len(rows), width), np.int32)
   for i, (b, c) in enumerate(zip(rows, cols)):
-    real = tokens[b, :c + 1][attn[b, :c + 1] > 0]
-    out[i, width - len(real):] = real
-    mask[i, width - len(real):] = 1
+    real = tokens[b, : c + 1][attn[b, : c + 1] > 0]
+    out[i, width - len(real) :] = real
+    mask[i, width - len(real) :] = 1
   return rows, cols, out, mask
 
 
-def shepherd_fractions(task, batch, step_mask: np.ndarray,
-                       continue_fn: ContinueFn, rollouts: int,
-                       chunk: int, key) -> np.ndarray:
+def shepherd_fractions(
+    task,
+    batch,
+    step_mask: np.ndarray,
+    continue_fn: ContinueFn,
+    rollouts: int,
+    chunk: int,
+    key,
+) -> np.ndarray:
   """Math-Shepherd: the fraction of policy completions of each step prefix
   that reach the gold answer.
 
@@ -119,15 +131,21 @@ def shepherd_fractions(task, batch, step_mask: np.ndarray,
   for start in range(0, len(rows), chunk):
     idx = np.arange(start, min(start + chunk, len(rows)))
     padded = np.concatenate([idx, np.repeat(idx[:1], chunk - len(idx))])
-    out = distributed.host_get(continue_fn(p_tokens[padded], p_mask[padded],
-                                     jax.random.fold_in(key, start)))
-    ids = layout.completion_ids(np.asarray(out.tokens),
-                                np.asarray(out.completion_mask))
+    out = distributed.host_get(
+        continue_fn(
+            p_tokens[padded], p_mask[padded], jax.random.fold_in(key, start)
+        )
+    )
+    ids = layout.completion_ids(
+        np.asarray(out.tokens), np.asarray(out.completion_mask)
+    )
     for j, i in enumerate(idx):
       b, c = rows[i], cols[i]
-      head = tok.decode(tokens[b, :c + 1][completion[b, :c + 1] > 0])
-      hits = [task.reward(batch.examples[b], head + tok.decode(x))
-              for x in ids[j * rollouts:(j + 1) * rollouts]]
+      head = tok.decode(tokens[b, : c + 1][completion[b, : c + 1] > 0])
+      hits = [
+          task.reward(batch.examples[b], head + tok.decode(x))
+          for x in ids[j * rollouts : (j + 1) * rollouts]
+      ]
       fractions[i] = np.mean(hits)
   out = np.zeros(step_mask.shape, np.float32)
   out[rows, cols] = fractions
@@ -136,7 +154,6 @@ def shepherd_fractions(task, batch, step_mask: np.ndarray,
 
 def true_step_labels(task, batch) -> dict:
   """{"step_rewards": [B, T] 1/0 ground truth, "step_mask": [B, T]}."""
-  return rewards_lib.ground_truth_process(rewards_lib.RewardContext(task),
-                                          batch)
-
-
+  return rewards_lib.ground_truth_process(
+      rewards_lib.RewardContext(task), batch
+  )

@@ -21,7 +21,6 @@ scalar model, which `ugrad.training.runs.reward_model_scorer` (the `model`
 and `process` rewards) loads.
 """
 
-
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -62,8 +61,10 @@ def label_loss(graphdef):
     targets, mask = batch.step_rewards, batch.step_mask
     bce = optax.sigmoid_binary_cross_entropy(scores, targets)
     agree = ((scores > 0) == (targets > 0.5)).astype(jnp.float32)
-    return jnp.sum(bce * mask), (jnp.sum(mask), {
-        "train_acc": masked.masked_mean(agree, mask)})
+    return jnp.sum(bce * mask), (
+        jnp.sum(mask),
+        {"train_acc": masked.masked_mean(agree, mask)},
+    )
 
   return loss
 
@@ -81,28 +82,32 @@ def check_config(config) -> None:
     registry.lookup(LABELS, "PRM label", rm.label)
   for field in ("rollouts", "prefix_batch", "eval_questions"):
     if rm[field] < 1:
-      raise errors.UserError(
-          f"config.rm.{field} must be >= 1, got {rm[field]}")
+      raise errors.UserError(f"config.rm.{field} must be >= 1, got {rm[field]}")
   if not 0.0 <= rm.replay < 1.0:
     raise errors.UserError(
-        f"config.rm.replay must be in [0, 1), got {rm.replay}")
+        f"config.rm.replay must be in [0, 1), got {rm.replay}"
+    )
   if rm.replay and not rm.init_from:
     raise errors.UserError(
         "config.rm.replay draws from the data of earlier runs: set "
-        "config.rm.init_from to the reward model to continue")
+        "config.rm.init_from to the reward model to continue"
+    )
   if rm.init_from:
     previous = run_chain(rm.init_from)[0]
     if previous.rm.kind != rm.kind:
       raise errors.UserError(
           f"config.rm.init_from={rm.init_from} holds a reward model of kind "
-          f"{previous.rm.kind!r}, not {rm.kind!r}")
+          f"{previous.rm.kind!r}, not {rm.kind!r}"
+      )
   if config.sampling.group_size < 1 or config.sampling.questions < 1:
     raise errors.UserError(
-        "sampling.questions and sampling.group_size must be >= 1")
+        "sampling.questions and sampling.group_size must be >= 1"
+    )
   if not config.init_from and config.task != "arithmetic":
     raise errors.UserError(
         f"a reward model on task {config.task!r} starts from a policy: set "
-        "config.init_from")
+        "config.init_from"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -120,8 +125,10 @@ def run_chain(workdir: str) -> list[ml_collections.ConfigDict]:
   chain = []
   while workdir:
     if not runs.is_finished_model(workdir):
-      raise errors.MissingInput(f"{workdir} holds no finished reward model "
-                                f"({runs.MODEL_FILE} is missing)")
+      raise errors.MissingInput(
+          f"{workdir} holds no finished reward model "
+          f"({runs.MODEL_FILE} is missing)"
+      )
     chain.append(runs.read_config(workdir))
     workdir = chain[-1].rm.get("init_from", "")
   return chain
@@ -139,7 +146,8 @@ def history(workdir: str) -> dict:
     if not data_dir.is_dir():
       raise errors.MissingInput(
           f"{directory} kept no training data to replay ({DATA_DIR}/ is "
-          "missing)")
+          "missing)"
+      )
     for file in sorted(data_dir.iterdir()):
       with file.open("rb") as f, np.load(f) as rows:
         parts.append(dict(rows))
@@ -171,38 +179,49 @@ class RewardModelLearner:
     policy = context.policy
     self.policy_params = context.init_params
     self.graphdef, self.init_params = build.scalar_from_policy(
-        policy.model_config, self.policy_params, config.seed, context.mesh)
+        policy.model_config, self.policy_params, config.seed, context.mesh
+    )
     self.data_offset, self.history = 0, None
     if config.rm.init_from:
       _, self.init_params = runs.load_model(
-          config.rm.init_from, "scalar",
-          jax.tree.map(lambda x: x.sharding, self.init_params))
+          config.rm.init_from,
+          "scalar",
+          jax.tree.map(lambda x: x.sharding, self.init_params),
+      )
       self.data_offset = sum(c.steps for c in run_chain(config.rm.init_from))
       if config.rm.replay:
         self.history = history(config.rm.init_from)
     self.source = sources_lib.OnlineSource(
-        self.task, sampler=self._sampler(config.sampling.group_size),
+        self.task,
+        sampler=self._sampler(config.sampling.group_size),
         questions=config.sampling.questions,
-        group_size=config.sampling.group_size, prompt_len=context.prompt_len,
-        seed=config.seed)
+        group_size=config.sampling.group_size,
+        prompt_len=context.prompt_len,
+        seed=config.seed,
+    )
     k_config = self._sampling_config(config.rm.rollouts)
     params, graphdef = self.policy_params, policy.graphdef
     self.continue_fn = lambda tokens, mask, key: sampling.sample(
-        graphdef, params, tokens, mask, key, k_config)
+        graphdef, params, tokens, mask, key, k_config
+    )
     self.scores = runs.scalar_scores(self.graphdef)
     self.label_metrics = {}  # of the last draw, for its batch_stats
     self._eval_cache = None
 
   def _sampling_config(self, num_samples: int) -> sampling.SamplingConfig:
     # Temperature only: no top-k / top-p.
-    return build.sampling_config(self.config, self.task.tokenizer,
-                                 num_samples, truncate=False)
+    return build.sampling_config(
+        self.config, self.task.tokenizer, num_samples, truncate=False
+    )
 
   def _sampler(self, num_samples: int) -> sampling.Sampler:
     return sampling.make_sampler(
-        self.context.policy.graphdef, self.task.tokenizer,
-        self.context.prompt_len, self._sampling_config(num_samples),
-        self.context.mesh.mesh)
+        self.context.policy.graphdef,
+        self.task.tokenizer,
+        self.context.prompt_len,
+        self._sampling_config(num_samples),
+        self.context.mesh.mesh,
+    )
 
   # --- what the trainer asks ----------------------------------------------
 
@@ -222,8 +241,7 @@ class RewardModelLearner:
       self.label_metrics.update(self._label(batch, step))
       return batch
 
-    return self.source.draw(self.policy_params, self.data_offset + step,
-                            score)
+    return self.source.draw(self.policy_params, self.data_offset + step, score)
 
   def prepare(self, state: dict, batch, step: int):
     """The batch's labelled rows (kept for later replay) plus replayed
@@ -232,16 +250,21 @@ class RewardModelLearner:
     del state
     targets, label_mask = self._targets(batch.rollout)
     r = batch.rollout
-    rows = {"tokens": np.asarray(r.tokens, np.int32),
-            "attention_mask": np.asarray(r.attention_mask, np.int32),
-            "targets": np.asarray(targets, np.float32),
-            "label_mask": np.asarray(label_mask, np.float32)}
+    rows = {
+        "tokens": np.asarray(r.tokens, np.int32),
+        "attention_mask": np.asarray(r.attention_mask, np.int32),
+        "targets": np.asarray(targets, np.float32),
+        "label_mask": np.asarray(label_mask, np.float32),
+    }
     self._record(step, rows)
     rows = self._with_replay(step, rows)
     return rollout_lib.Rollout(
-        tokens=rows["tokens"], attention_mask=rows["attention_mask"],
+        tokens=rows["tokens"],
+        attention_mask=rows["attention_mask"],
         completion_mask=(rows["label_mask"] > 0).astype(np.int32),
-        step_rewards=rows["targets"], step_mask=rows["label_mask"])
+        step_rewards=rows["targets"],
+        step_mask=rows["label_mask"],
+    )
 
   def after_update(self, state: dict, minibatch) -> tuple[dict, dict]:
     del minibatch
@@ -258,7 +281,8 @@ class RewardModelLearner:
   def use_reward_models(self, dirs: dict):
     """A reward model learns from rule labels: it scores with none."""
     raise errors.UserError(
-        f"a reward-model run scores with no reward model, got {dirs}")
+        f"a reward-model run scores with no reward model, got {dirs}"
+    )
 
   # --- data ----------------------------------------------------------------
 
@@ -277,13 +301,19 @@ class RewardModelLearner:
     else:
       mask = rewards_lib.step_end_mask(ctx, batch)
       key = jax.random.fold_in(
-          jax.random.key(self.config.seed + _SHEPHERD_SALT), step)
+          jax.random.key(self.config.seed + _SHEPHERD_SALT), step
+      )
       soft = labels_lib.shepherd_fractions(
-          self.task, batch, mask, self.continue_fn, self.config.rm.rollouts,
-          self.config.rm.prefix_batch, key)
+          self.task,
+          batch,
+          mask,
+          self.continue_fn,
+          self.config.rm.rollouts,
+          self.config.rm.prefix_batch,
+          key,
+      )
       targets = soft if label == "soft" else (soft > 0).astype(np.float32)
-    batch.rollout = batch.rollout.replace(step_rewards=targets,
-                                          step_mask=mask)
+    batch.rollout = batch.rollout.replace(step_rewards=targets, step_mask=mask)
     metrics = self._label_stats(targets, mask)
     if label != "ground_truth":
       metrics.update(self._label_quality(batch, targets, mask))
@@ -292,17 +322,23 @@ class RewardModelLearner:
   def _targets(self, rollout):
     """(targets [B, T], label_mask [B, T]) of a labelled rollout."""
     if self.kind == "orm":
-      mask = labels_lib.last_token_mask(np.asarray(rollout.attention_mask),
-                             np.asarray(rollout.completion_mask))
+      mask = labels_lib.last_token_mask(
+          np.asarray(rollout.attention_mask),
+          np.asarray(rollout.completion_mask),
+      )
       return mask * np.asarray(rollout.rewards)[:, None], mask
-    return (np.asarray(rollout.step_rewards, np.float32),
-            np.asarray(rollout.step_mask, np.float32))
+    return (
+        np.asarray(rollout.step_rewards, np.float32),
+        np.asarray(rollout.step_mask, np.float32),
+    )
 
   @staticmethod
   def _label_stats(targets, mask) -> dict:
     on = mask > 0
-    return {"label_mean": float(targets[on].mean()) if on.any() else 0.0,
-            "steps_per_sample": float(on.sum() / len(mask))}
+    return {
+        "label_mean": float(targets[on].mean()) if on.any() else 0.0,
+        "steps_per_sample": float(on.sum() / len(mask)),
+    }
 
   def _label_quality(self, batch, targets, mask) -> dict:
     """Agreement of automatic step labels with the ground truth, where the
@@ -314,8 +350,11 @@ class RewardModelLearner:
     on = mask > 0
     if not on.any():
       return {}
-    return {"label_truth_agreement": float(np.mean(
-        (targets[on] > 0.5) == (truth[on] > 0.5)))}
+    return {
+        "label_truth_agreement": float(
+            np.mean((targets[on] > 0.5) == (truth[on] > 0.5))
+        )
+    }
 
   # --- the rows a step trains on: kept, then replayed ----------------------
 
@@ -337,12 +376,14 @@ class RewardModelLearner:
       raise errors.UserError(
           f"replayed rows of {self.config.rm.init_from} have {width} "
           f"tokens, this run's have {rows['tokens'].shape[1]}: the task or "
-          "sampling.max_new_tokens changed")
-    idx = np.random.default_rng(
-        [self.config.seed, step, _REPLAY_SALT]).choice(available, size=n,
-                                                       replace=n > available)
-    return {k: np.concatenate([v, self.history[k][idx]])
-            for k, v in rows.items()}
+          "sampling.max_new_tokens changed"
+      )
+    idx = np.random.default_rng([self.config.seed, step, _REPLAY_SALT]).choice(
+        available, size=n, replace=n > available
+    )
+    return {
+        k: np.concatenate([v, self.history[k][idx]]) for k, v in rows.items()
+    }
 
   # --- evaluation and the result -------------------------------------------
 
@@ -355,15 +396,18 @@ class RewardModelLearner:
       examples = [test[i] for i in range(n)]
       g = self.config.sampling.group_size
       key = jax.random.fold_in(jax.random.key(self.config.seed), _EVAL_STEP)
-      out = self.source.sampler(self.policy_params,
-                                [self.task.prompt(ex) for ex in examples],
-                                key)
+      out = self.source.sampler(
+          self.policy_params, [self.task.prompt(ex) for ex in examples], key
+      )
       rollout = rollout_lib.Rollout(
-          tokens=out.tokens, attention_mask=out.attention_mask,
+          tokens=out.tokens,
+          attention_mask=out.attention_mask,
           completion_mask=out.completion_mask,
-          group_ids=np.arange(n * g, dtype=np.int32) // g)
+          group_ids=np.arange(n * g, dtype=np.int32) // g,
+      )
       self._eval_cache = sources_lib.Batch(
-          rollout, [ex for ex in examples for _ in range(g)], out.texts, {})
+          rollout, [ex for ex in examples for _ in range(g)], out.texts, {}
+      )
     return self._eval_cache
 
   def evaluate(self, params, num_questions=None) -> dict:
@@ -376,37 +420,51 @@ class RewardModelLearner:
     batch = self._eval_batch()
     r = batch.rollout
     scores = np.asarray(self.scores(params, r.tokens, r.attention_mask))
-    rewards = rewards_lib.rule(rewards_lib.RewardContext(self.task),
-                               batch)["rewards"]
+    rewards = rewards_lib.rule(rewards_lib.RewardContext(self.task), batch)[
+        "rewards"
+    ]
     groups = np.asarray(r.group_ids)
     if self.kind == "orm":
-      last = labels_lib.last_token_mask(np.asarray(r.attention_mask),
-                                        np.asarray(r.completion_mask))
+      last = labels_lib.last_token_mask(
+          np.asarray(r.attention_mask), np.asarray(r.completion_mask)
+      )
       rows, cols = np.nonzero(last)
-      return labels_lib.binary_metrics("orm", scores[rows, cols],
-                                       rewards[rows], groups[rows])
+      return labels_lib.binary_metrics(
+          "orm", scores[rows, cols], rewards[rows], groups[rows]
+      )
     return self._prm_metrics(batch, scores, rewards, groups)
 
   def _prm_metrics(self, batch, scores, rewards, groups) -> dict:
-    mask = rewards_lib.step_end_mask(rewards_lib.RewardContext(self.task),
-                                     batch)
+    mask = rewards_lib.step_end_mask(
+        rewards_lib.RewardContext(self.task), batch
+    )
     rows, cols = np.nonzero(mask)
     out = {}
     try:
       truth = labels_lib.true_step_labels(self.task, batch)["step_rewards"]
-      out.update(labels_lib.binary_metrics("step", scores[rows, cols],
-                                 truth[rows, cols], groups[rows]))
+      out.update(
+          labels_lib.binary_metrics(
+              "step", scores[rows, cols], truth[rows, cols], groups[rows]
+          )
+      )
     except NotImplementedError:
       pass
     has = mask.sum(1) > 0
     solution = np.where(mask > 0, scores, np.inf).min(1)
-    out.update(labels_lib.binary_metrics("solution", solution[has],
-                                         rewards[has], groups[has]))
+    out.update(
+        labels_lib.binary_metrics(
+            "solution", solution[has], rewards[has], groups[has]
+        )
+    )
     return out
 
   def periodic_evaluation(self, state: dict) -> dict:
     return self.evaluate(state["params"])
 
   def save(self, workdir: str, state: dict):
-    runs.save_model(workdir, state["params"],
-                    self.context.policy.model_config, kind="scalar")
+    runs.save_model(
+        workdir,
+        state["params"],
+        self.context.policy.model_config,
+        kind="scalar",
+    )

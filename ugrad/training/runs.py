@@ -40,7 +40,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
-      json.loads((paths.resolve(workdir) / CONFIG_FILE).read_text()))
+      json.loads((paths.resolve(workdir) / CONFIG_FILE).read_text())
+  )
 
 
 def is_finished_model(workdir: str) -> bool:
@@ -59,8 +60,9 @@ def save_model(workdir: str, params, model_config, kind: str = "policy"):
     checkpointer.save(path, params)
     checkpointer.wait_until_finished()
   if distributed.is_main():
-    (paths.resolve(workdir) / MODEL_FILE).write_text(json.dumps(
-        {"kind": kind, "config": dataclasses.asdict(model_config)}))
+    (paths.resolve(workdir) / MODEL_FILE).write_text(
+        json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)})
+    )
   distributed.sync("save_model")
 
 
@@ -77,14 +79,17 @@ def load_model(path: str, kind: str = "policy", shardings=None):
   """
   if not is_finished_model(path):
     raise errors.MissingInput(
-        f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)")
+        f"{path} holds no finished ugrad run ({MODEL_FILE} is missing)"
+    )
   saved = json.loads((paths.resolve(path) / MODEL_FILE).read_text())
   if saved["kind"] != kind:
-    raise errors.UserError(f"{path} holds a {saved['kind']} model, not a "
-                           f"{kind} model")
+    raise errors.UserError(
+        f"{path} holds a {saved['kind']} model, not a " f"{kind} model"
+    )
   model_config = models.ModelConfig(**saved["config"])
   abstract = nnx.eval_shape(
-      lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0)))
+      lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0))
+  )
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
   if callable(shardings):
     shardings = shardings(abstract_params)
@@ -93,17 +98,22 @@ def load_model(path: str, kind: str = "policy", shardings=None):
     shardings = jax.tree.map(lambda _: device, abstract_params)
   abstract_params = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_params, shardings)
+      abstract_params,
+      shardings,
+  )
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(paths.resolve(path) / POLICY_DIR,
-                                  abstract_params)
+    params = checkpointer.restore(
+        paths.resolve(path) / POLICY_DIR, abstract_params
+    )
   return graphdef, params
 
 
 def is_hf_dir(path: str) -> bool:
   """A Hugging Face model directory (not a ugrad run)."""
-  return not is_finished_model(path) and (
-      paths.resolve(path) / "config.json").exists()
+  return (
+      not is_finished_model(path)
+      and (paths.resolve(path) / "config.json").exists()
+  )
 
 
 def load_policy(path: str, shardings=None):
@@ -113,8 +123,9 @@ def load_policy(path: str, shardings=None):
   into its shards when `shardings` (as for `load_model`) is given."""
   if is_hf_dir(path):
     local = local_copy(path) if paths.is_uri(path) else path
-    model, tokenizer = models.from_pretrained(local, dtype="float32",
-                                              shardings=shardings)
+    model, tokenizer = models.from_pretrained(
+        local, dtype="float32", shardings=shardings
+    )
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params, tokenizer
   graphdef, params = load_model(path, "policy", shardings)

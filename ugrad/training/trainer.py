@@ -49,7 +49,8 @@ from ugrad.training.policy_learner import PolicyLearner
 # included, waited for), "host" (gradient log, statistics, sample texts).
 PHASES = ("sample", "prepare", "update", "host")
 TIMING_KEYS = ("tokens_per_s", "step_time_s") + tuple(
-    f"time/{phase}_s" for phase in PHASES)
+    f"time/{phase}_s" for phase in PHASES
+)
 
 
 class PhaseTimer:
@@ -91,8 +92,13 @@ class Trainer:
       learner's extras; the trainer's alone.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
-               hooks: Sequence[Hook] = ()):
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      workdir: str,
+      *,
+      hooks: Sequence[Hook] = (),
+  ):
     validate.check_config(config)
     if config.trainer == "reward_model":
       reward_models.check_config(config)
@@ -103,12 +109,20 @@ class Trainer:
     self.hooks = list(hooks)
     self.timer = PhaseTimer()
     self.context = context = _context(config, self.workdir)
-    self.task, self.mesh, self.policy = (context.task, context.mesh,
-                                         context.policy)
-    self.init_params, self.prompt_len = (context.init_params,
-                                         context.prompt_len)
-    learner_cls = (reward_models.RewardModelLearner
-                   if config.trainer == "reward_model" else PolicyLearner)
+    self.task, self.mesh, self.policy = (
+        context.task,
+        context.mesh,
+        context.policy,
+    )
+    self.init_params, self.prompt_len = (
+        context.init_params,
+        context.prompt_len,
+    )
+    learner_cls = (
+        reward_models.RewardModelLearner
+        if config.trainer == "reward_model"
+        else PolicyLearner
+    )
     self.learner: learner_lib.Learner = learner_cls(context)
     self._init_state()
 
@@ -117,19 +131,26 @@ class Trainer:
     state = self.learner.init_state()
     params = state["params"]
     self.optimizer = build.make_optimizer(config.optim)
-    opt_state = update_lib.on_mesh(jax.jit(self.optimizer.init)(params),
-                                   self.mesh.replicated)
+    opt_state = update_lib.on_mesh(
+        jax.jit(self.optimizer.init)(params), self.mesh.replicated
+    )
     state["opt_state"] = opt_state
     sh = jax.tree.map(lambda x: x.sharding, (params, opt_state))
-    self.update = update_lib.make_update(self.learner.loss_fn(),
-                                         self.optimizer, config.micro_batches,
-                                         sh + (self.mesh.replicated,))
+    self.update = update_lib.make_update(
+        self.learner.loss_fn(),
+        self.optimizer,
+        config.micro_batches,
+        sh + (self.mesh.replicated,),
+    )
     self.checkpointer = checkpoint_lib.Checkpointer(
         paths.resolve(self.workdir) / runs.CHECKPOINT_DIR,
-        config.checkpoint_every, config.keep_checkpoints)
+        config.checkpoint_every,
+        config.keep_checkpoints,
+    )
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state)
+        state,
+    )
     restored = self.checkpointer.restore(abstract)
     self.start_step, self.state, self.resume_meta = 0, state, {}
     if restored is not None:
@@ -151,7 +172,8 @@ class Trainer:
     order = np.arange(groups)
     if config.ppo_epochs > 1 or config.minibatches > 1:
       order = np.random.default_rng([config.seed, step, epoch, 7]).permutation(
-          groups)
+          groups
+      )
     rows_of = (order[:, None] * chunk + np.arange(chunk)).reshape(-1)
     return np.split(rows_of, config.minibatches)
 
@@ -160,8 +182,10 @@ class Trainer:
     as floats. Raises FloatingPointError on a non-finite loss, before the
     state is saved."""
     params, opt_state, metrics = self.update(
-        self.state["params"], self.state["opt_state"],
-        self.device_batch(rollout))
+        self.state["params"],
+        self.state["opt_state"],
+        self.device_batch(rollout),
+    )
     self.state = dict(self.state, params=params, opt_state=opt_state)
     return {k: float(v) for k, v in distributed.host_get(metrics).items()}
 
@@ -202,28 +226,36 @@ class Trainer:
         metrics = self.update_on(mb)
         if not math.isfinite(metrics["loss"]):
           raise FloatingPointError(self._nan_message(step, metrics["loss"]))
-        self.state, learner_metrics = self.learner.after_update(self.state,
-                                                                 mb)
+        self.state, learner_metrics = self.learner.after_update(self.state, mb)
         metrics.update(learner_metrics)
         self.timer.lap("update")
         if update_index == 0:  # The last save had this step's time to land.
           self._log_checkpoints(gradient_log)
-        self._log_update(gradient_log, step, update_index, batch, metrics,
-                         np.asarray(rollout.tokens)[rows_idx])
+        self._log_update(
+            gradient_log,
+            step,
+            update_index,
+            batch,
+            metrics,
+            np.asarray(rollout.tokens)[rows_idx],
+        )
         self.timer.lap("host")
         step_metrics.append(metrics)
         update_index += 1
-    metrics = {k: float(np.mean([m[k] for m in step_metrics]))
-               for k in step_metrics[0]}
+    metrics = {
+        k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]
+    }
     metrics.update({f"source_{k}": v for k, v in batch.metrics.items()})
     metrics.update(self.learner.batch_stats(batch))
     metrics.update(hook_metrics)
     self.state = self.learner.after_step(self.state, step)
     if config.sample_log_every and step % config.sample_log_every == 0:
       for i in range(min(3, len(batch.texts))):
-        writer.write_text(step + 1, f"sample_{i}",
-                          self.task.prompt(batch.examples[i]) +
-                          batch.texts[i])
+        writer.write_text(
+            step + 1,
+            f"sample_{i}",
+            self.task.prompt(batch.examples[i]) + batch.texts[i],
+        )
     self.timer.lap("host")
     elapsed = time.perf_counter() - start
     tokens = int(np.asarray(batch.rollout.attention_mask).sum())
@@ -235,25 +267,40 @@ class Trainer:
   def _updates_per_step(self) -> int:
     return self.config.ppo_epochs * self.config.minibatches
 
-  def _log_update(self, gradient_log, step, update_index, batch, metrics,
-                  tokens):
+  def _log_update(
+      self, gradient_log, step, update_index, batch, metrics, tokens
+  ):
     """Appends one optimizer update to the tamper-evident gradient log."""
     coef = {k[3:]: v for k, v in metrics.items() if k.startswith("gc_")}
     reward = None
     if batch.rollout.rewards is not None:
       rewards = np.asarray(batch.rollout.rewards)
-      reward = {"mean": float(rewards.mean()), "std": float(rewards.std()),
-                "min": float(rewards.min()), "max": float(rewards.max())}
+      reward = {
+          "mean": float(rewards.mean()),
+          "std": float(rewards.std()),
+          "min": float(rewards.min()),
+          "max": float(rewards.max()),
+      }
     skip = {"loss", "grad_norm", "kl", "clip_frac"}
-    extra = {k: v for k, v in metrics.items()
-             if k not in skip and not k.startswith("gc_")}
+    extra = {
+        k: v
+        for k, v in metrics.items()
+        if k not in skip and not k.startswith("gc_")
+    }
     gradient_log.append(
         step * self._updates_per_step() + update_index + 1,
-        self.config.method if self.config.trainer == "reward_model" else
-        self.config.coef.name, tokens, loss=metrics["loss"],
-        grad_norm=metrics["grad_norm"], coef=coef, reward=reward,
-        kl=metrics.get("kl"), clip_frac=metrics.get("clip_frac"),
-        extra=dict(extra, train_step=step + 1))
+        self.config.method
+        if self.config.trainer == "reward_model"
+        else self.config.coef.name,
+        tokens,
+        loss=metrics["loss"],
+        grad_norm=metrics["grad_norm"],
+        coef=coef,
+        reward=reward,
+        kl=metrics.get("kl"),
+        clip_frac=metrics.get("clip_frac"),
+        extra=dict(extra, train_step=step + 1),
+    )
 
   def _log_checkpoints(self, gradient_log):
     """Records the checkpoints whose saves are done in the gradient log."""
@@ -262,12 +309,17 @@ class Trainer:
 
   def _nan_message(self, step: int, loss: float) -> str:
     steps = self.checkpointer.all_steps()
-    where = (f"the last good checkpoint is step {steps[-1]} in "
-             f"{self.checkpointer.directory}; rerun the same command to "
-             "resume from it" if steps else
-             "no checkpoint was written yet")
-    return (f"loss is {loss} at step {step + 1}; stopping without saving "
-            f"this state ({where})")
+    where = (
+        f"the last good checkpoint is step {steps[-1]} in "
+        f"{self.checkpointer.directory}; rerun the same command to "
+        "resume from it"
+        if steps
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"loss is {loss} at step {step + 1}; stopping without saving "
+        f"this state ({where})"
+    )
 
   # --- the loop -------------------------------------------------------------
 
@@ -280,29 +332,38 @@ class Trainer:
   def _train(self) -> dict:
     config = self.config
     if distributed.is_main():
-      writer = metrics_lib.MetricsWriter(self.workdir,
-                                         resume_step=self.start_step)
+      writer = metrics_lib.MetricsWriter(
+          self.workdir, resume_step=self.start_step
+      )
       gradient_log = gradlog.GradientLog(
           paths.resolve(self.workdir) / runs.GRADIENT_LOG,
           resume_step=self.start_step * self._updates_per_step(),
-          expected_head=self.resume_meta.get("gradlog_head"))
+          expected_head=self.resume_meta.get("gradlog_head"),
+      )
     else:  # Process 0 writes the run's record; the others only compute.
       writer = gradient_log = _NoRecord()
     if self.start_step and gradient_log.last_checkpoint != self.start_step:
       # Killed between that save and its record (restore checked the files
       # and wrote a missing manifest).
       gradient_log.append_checkpoint(
-          self.start_step, self.checkpointer.manifest_sha256(self.start_step))
+          self.start_step, self.checkpointer.manifest_sha256(self.start_step)
+      )
     runs.write_config(self.workdir, config)
     metrics = {}
-    bar = tqdm.tqdm(total=config.steps, initial=self.start_step,
-                    desc=config.method, dynamic_ncols=True,
-                    disable=config.quiet)
+    bar = tqdm.tqdm(
+        total=config.steps,
+        initial=self.start_step,
+        desc=config.method,
+        dynamic_ncols=True,
+        disable=config.quiet,
+    )
     # .get: a config stored before the key existed (a reward model that
     # iterative RL continues from its own run_config.json) has none.
-    profiler = profiling.StepProfiler(config.get("profile_steps", ""),
-                                      self.workdir,
-                                      enabled=distributed.is_main())
+    profiler = profiling.StepProfiler(
+        config.get("profile_steps", ""),
+        self.workdir,
+        enabled=distributed.is_main(),
+    )
     with preemption.Watcher() as watcher:
       try:
         for step in range(self.start_step, config.steps):
@@ -315,21 +376,33 @@ class Trainer:
           last = step + 1 == config.steps
           stop = not last and watcher.should_stop(step + 1)
           self.checkpointer.save(
-              step + 1, self.state,
-              {"step": step + 1, "gradlog_head": gradient_log.head,
-               "config": config.to_json()}, force=last or stop,
-              wait=last or stop)
+              step + 1,
+              self.state,
+              {
+                  "step": step + 1,
+                  "gradlog_head": gradient_log.head,
+                  "config": config.to_json(),
+              },
+              force=last or stop,
+              wait=last or stop,
+          )
           if last or stop:
             self._log_checkpoints(gradient_log)
           bar.update(1)
-          bar.set_postfix({k: f"{metrics[k]:.3g}" for k in (
-              "reward_mean", "accuracy", "tokens_per_s") if k in metrics})
+          bar.set_postfix(
+              {
+                  k: f"{metrics[k]:.3g}"
+                  for k in ("reward_mean", "accuracy", "tokens_per_s")
+                  if k in metrics
+              }
+          )
           if stop:
             raise preemption.Preempted(
                 f"stopped by {watcher.reason()} after step {step + 1} of "
                 f"{config.steps}: checkpoint step {step + 1} saved in "
                 f"{self.checkpointer.directory}; run the same command to "
-                "resume")
+                "resume"
+            )
       finally:
         profiler.close()
         bar.close()
@@ -339,8 +412,7 @@ class Trainer:
     self.learner.save(self.workdir, self.state)
     return metrics
 
-  def evaluate(self, params=None, num_questions: Optional[int] = None
-               ) -> dict:
+  def evaluate(self, params=None, num_questions: Optional[int] = None) -> dict:
     """The learner's held-out evaluation of `params` (default: the current
     ones)."""
     params = self.state["params"] if params is None else params
@@ -356,9 +428,15 @@ def _context(config, workdir: str) -> learner_lib.RunContext:
   policy, init_params = build.make_policy(config, task.tokenizer, mesh)
   task = build.with_tokenizer(task, policy.tokenizer)
   return learner_lib.RunContext(
-      config=config, workdir=workdir, task=task, mesh=mesh, policy=policy,
-      init_params=init_params, prompt_len=build.prompt_length(task),
-      max_new=config.sampling.max_new_tokens)
+      config=config,
+      workdir=workdir,
+      task=task,
+      mesh=mesh,
+      policy=policy,
+      init_params=init_params,
+      prompt_len=build.prompt_length(task),
+      max_new=config.sampling.max_new_tokens,
+  )
 
 
 class _NoRecord:
@@ -375,8 +453,7 @@ class _NoRecord:
     pass
 
 
-def train_reward_model(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict:
+def train_reward_model(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the reward-model run of `config` in `workdir`;
   returns the last step's metrics with a final evaluation."""
   trainer = Trainer(config, workdir)

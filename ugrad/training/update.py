@@ -45,7 +45,8 @@ def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
       (num, (den, metrics)), grads = grad_fn(params, batch)
     else:
       split = jax.tree.map(
-          lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+          lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch
+      )
 
       def body(carry, micro):
         (num, (den, metrics)), grads = grad_fn(params, micro)
@@ -57,22 +58,27 @@ def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
       metrics = jax.tree.map(jnp.mean, metrics)
     scale = 1.0 / jnp.maximum(den, 1)
     grads = jax.tree.map(lambda g: g * scale, grads)
-    metrics = dict(metrics, loss=num * scale,
-                   grad_norm=optax.tree.norm(grads))
+    metrics = dict(metrics, loss=num * scale, grad_norm=optax.tree.norm(grads))
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
   param_sh, opt_sh, replicated = shardings
-  return jax.jit(update, donate_argnums=(0, 1),
-                 out_shardings=(param_sh, opt_sh, replicated))
+  return jax.jit(
+      update,
+      donate_argnums=(0, 1),
+      out_shardings=(param_sh, opt_sh, replicated),
+  )
 
 
 def on_mesh(tree, sharding):
   """Puts leaves that XLA left on one device (e.g. step counts) on the
   mesh with `sharding`, so every jit input and output lives on one mesh."""
   return jax.tree.map(
-      lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else
-      distributed.put_global(np.asarray(x), sharding), tree)
+      lambda x: x
+      if isinstance(x.sharding, jax.sharding.NamedSharding)
+      else distributed.put_global(np.asarray(x), sharding),
+      tree,
+  )
 
 
 def policy_loss(graphdef, coef_fn, normalizer: str, max_len: int) -> LossFn:
@@ -82,11 +88,13 @@ def policy_loss(graphdef, coef_fn, normalizer: str, max_len: int) -> LossFn:
     model = nnx.merge(graphdef, params)
     logp = models.token_logprobs(model, batch.tokens, batch.attention_mask)
     coef, metrics = coef_fn(batch, logp)
-    _, aux = unified_loss(logp, coef, batch.completion_mask, normalizer,
-                          max_len)
+    _, aux = unified_loss(
+        logp, coef, batch.completion_mask, normalizer, max_len
+    )
     if batch.logp_old is not None:
       metrics["logp_mismatch"] = masked.masked_mean(
-          jnp.abs(logp - batch.logp_old), batch.completion_mask)
+          jnp.abs(logp - batch.logp_old), batch.completion_mask
+      )
     return aux["numerator"], (aux["denominator"], metrics)
 
   return loss
@@ -107,10 +115,12 @@ def value_loss(graphdef, value_targets, value_clip: float) -> LossFn:
     mask = batch.completion_mask
     returns = value_targets(batch)
     values = value_predictions(nnx.merge(graphdef, params), batch)
-    clipped = batch.values + jnp.clip(values - batch.values, -value_clip,
-                                      value_clip)
-    err = jnp.maximum(jnp.square(values - returns),
-                      jnp.square(clipped - returns))
+    clipped = batch.values + jnp.clip(
+        values - batch.values, -value_clip, value_clip
+    )
+    err = jnp.maximum(
+        jnp.square(values - returns), jnp.square(clipped - returns)
+    )
     return 0.5 * masked.masked_mean(err, mask), (1.0, {})
 
   return loss
@@ -119,5 +129,6 @@ def value_loss(graphdef, value_targets, value_clip: float) -> LossFn:
 @functools.partial(jax.jit, static_argnums=0)
 def policy_logprobs(graphdef, params, tokens, attention_mask) -> jax.Array:
   """[B, T] token log-probs of a policy (compiled once per graph and shape)."""
-  return models.token_logprobs(nnx.merge(graphdef, params), tokens,
-                               attention_mask)
+  return models.token_logprobs(
+      nnx.merge(graphdef, params), tokens, attention_mask
+  )

@@ -7,7 +7,6 @@ into whole groups over the devices, a learned reward without its model.
 A reward-model run adds `ugrad.training.reward_models.check_config`.
 """
 
-
 from ugrad.training import build
 from ugrad import coefficients
 from ugrad import errors
@@ -19,18 +18,20 @@ from ugrad import tasks as tasks_lib
 from ugrad.loss import NORMALIZERS
 from ugrad.models import sharding as sharding_lib
 
-TRAINERS = {"policy": "a policy, by the unified loss",
-            "reward_model": "an outcome or process reward model"}
+TRAINERS = {
+    "policy": "a policy, by the unified loss",
+    "reward_model": "an outcome or process reward model",
+}
 
 _FIELD_HINTS = {
     "pair_ids": "DPO pairs come from a sampling source (online / "
-                "frozen_policy) with sampling.pairs=True",
+    "frozen_policy) with sampling.pairs=True",
     "pair_sign": "see pair_ids",
     "group_ids": "groups come from a sampling source (online / "
-                 "frozen_policy)",
+    "frozen_policy)",
     "rewards": "an outcome reward (rule / model) provides rewards",
     "step_rewards": "a process reward (process / ground_truth_process) "
-                    "provides step rewards",
+    "provides step rewards",
     "step_mask": "see step_rewards",
 }
 
@@ -62,15 +63,23 @@ def check_settings(config) -> None:
 
 # (config key, smallest valid value, whether the smallest is excluded).
 _RANGES = (
-    ("steps", 1, False), ("batch_size", 1, False),
-    ("micro_batches", 1, False), ("minibatches", 1, False),
-    ("ppo_epochs", 1, False), ("checkpoint_every", 1, False),
-    ("keep_checkpoints", 1, False), ("eval_questions", 1, False),
-    ("eval_every", 0, False), ("sample_log_every", 0, False),
-    ("sampling.group_size", 1, False), ("sampling.questions", 1, False),
-    ("sampling.max_new_tokens", 1, False), ("sampling.temperature", 0, False),
+    ("steps", 1, False),
+    ("batch_size", 1, False),
+    ("micro_batches", 1, False),
+    ("minibatches", 1, False),
+    ("ppo_epochs", 1, False),
+    ("checkpoint_every", 1, False),
+    ("keep_checkpoints", 1, False),
+    ("eval_questions", 1, False),
+    ("eval_every", 0, False),
+    ("sample_log_every", 0, False),
+    ("sampling.group_size", 1, False),
+    ("sampling.questions", 1, False),
+    ("sampling.max_new_tokens", 1, False),
+    ("sampling.temperature", 0, False),
     ("sampling.top_k", 0, False),
-    ("optim.lr", 0, True), ("warm_start.steps", 0, False),
+    ("optim.lr", 0, True),
+    ("warm_start.steps", 0, False),
 )
 
 
@@ -86,7 +95,9 @@ def _check_ranges(config) -> None:
       raise errors.UserError(f"config.{key} must be {bound}, got {value}")
   top_p = config.sampling.top_p
   if not 0 < top_p <= 1:
-    raise errors.UserError(f"config.sampling.top_p must be in (0, 1], got {top_p}")
+    raise errors.UserError(
+        f"config.sampling.top_p must be in (0, 1], got {top_p}"
+    )
   profiling.parse_steps(config.get("profile_steps", ""))
 
 
@@ -127,27 +138,40 @@ def _check_fields(config) -> None:
   needed = build.needed_fields(config)
   missing = sorted(needed - provided_fields(config))
   if missing:
-    why = "; ".join(f"{f}: {_FIELD_HINTS.get(f, 'not provided')}"
-                    for f in missing)
+    why = "; ".join(
+        f"{f}: {_FIELD_HINTS.get(f, 'not provided')}" for f in missing
+    )
     raise errors.UserError(
         f"coefficient {name!r} needs {', '.join(missing)}, which source "
         f"{config.source!r} with reward {config.reward!r} does not provide "
-        f"({why})")
+        f"({why})"
+    )
   samples = build.source_class(config).samples
   g = config.sampling.group_size if samples else 1
   if "group_ids" in needed and not config.sampling.pairs and g < 2:
-    raise errors.UserError(f"coefficient {name!r} compares samples within a group: "
-                     f"sampling.group_size must be >= 2, got {g}")
-  if samples and not rewards_lib.provided_fields(config.reward) and (
-      config.trainer == "policy"):
-    raise errors.UserError(f"source {config.source!r} samples completions that "
-                     f"need a reward, and reward {config.reward!r} gives none")
+    raise errors.UserError(
+        f"coefficient {name!r} compares samples within a group: "
+        f"sampling.group_size must be >= 2, got {g}"
+    )
+  if (
+      samples
+      and not rewards_lib.provided_fields(config.reward)
+      and (config.trainer == "policy")
+  ):
+    raise errors.UserError(
+        f"source {config.source!r} samples completions that "
+        f"need a reward, and reward {config.reward!r} gives none"
+    )
   if config.sampling.pairs and g < 2:
-    raise errors.UserError("sampling.pairs builds a pair from each group: "
-                     f"sampling.group_size must be >= 2, got {g}")
+    raise errors.UserError(
+        "sampling.pairs builds a pair from each group: "
+        f"sampling.group_size must be >= 2, got {g}"
+    )
   if config.sampling.pairs and not samples:
-    raise errors.UserError("sampling.pairs needs a sampling source (online / "
-                     f"frozen_policy), not {config.source!r}")
+    raise errors.UserError(
+        "sampling.pairs needs a sampling source (online / "
+        f"frozen_policy), not {config.source!r}"
+    )
 
 
 def _check_batch_split(config) -> None:
@@ -159,48 +183,67 @@ def _check_batch_split(config) -> None:
     raise errors.UserError(
         f"{rows} rows per step cannot be split into {config.minibatches} "
         f"minibatches x {config.micro_batches} micro-batches of whole groups "
-        f"of {chunk}")
+        f"of {chunk}"
+    )
   shape = build.mesh_shape(config)
   shards = sharding_lib.batch_shards(shape)
   if (rows // parts) % shards:
     axes = " x ".join(f"{a}={shape[a]}" for a in sharding_lib.BATCH_AXES)
-    raise errors.UserError(f"micro-batches of {rows // parts} rows do not divide "
-                     f"over the batch axes {axes} ({shards} shards)")
+    raise errors.UserError(
+        f"micro-batches of {rows // parts} rows do not divide "
+        f"over the batch axes {axes} ({shards} shards)"
+    )
 
 
 def _check_models(config) -> None:
   """Learned rewards name their model; RL has a policy to start from."""
   terms = dict(rewards_lib.parse_spec(config.reward))
   if "model" in terms and not config.reward_model:
-    raise errors.UserError("the 'model' reward needs config.reward_model: the "
-                     "workdir of a trained outcome reward model")
+    raise errors.UserError(
+        "the 'model' reward needs config.reward_model: the "
+        "workdir of a trained outcome reward model"
+    )
   if "process" in terms and not config.process_reward_model:
-    raise errors.UserError("the 'process' reward needs config.process_reward_model:"
-                     " the workdir of a trained process reward model")
-  if not config.init_from and (config.coef.name != "sft" or
-                               config.trainer != "policy"):
-    what = ("a reward model" if config.trainer == "reward_model" else
-            f"coefficient {config.coef.name!r}")
+    raise errors.UserError(
+        "the 'process' reward needs config.process_reward_model:"
+        " the workdir of a trained process reward model"
+    )
+  if not config.init_from and (
+      config.coef.name != "sft" or config.trainer != "policy"
+  ):
+    what = (
+        "a reward model"
+        if config.trainer == "reward_model"
+        else f"coefficient {config.coef.name!r}"
+    )
     raise errors.UserError(
         f"{what} starts from a trained policy: set config.init_from to a "
         "ugrad workdir or a Hugging Face directory (experiments.main trains "
-        "the embedded task's SFT policy first when it is empty)")
+        "the embedded task's SFT policy first when it is empty)"
+    )
 
 
 def _check_iterative(config) -> None:
   """Iterative RL splits the steps evenly and owns the reference resets."""
   it = config.iterative
   if it.iterations < 1:
-    raise errors.UserError(f"iterative.iterations must be >= 1, got "
-                     f"{it.iterations}")
+    raise errors.UserError(
+        f"iterative.iterations must be >= 1, got " f"{it.iterations}"
+    )
   if it.iterations == 1:
     return
   if config.steps % it.iterations:
-    raise errors.UserError(f"{config.steps} steps cannot be split into "
-                     f"{it.iterations} equal iterations")
+    raise errors.UserError(
+        f"{config.steps} steps cannot be split into "
+        f"{it.iterations} equal iterations"
+    )
   if config.ref_reset_every:
-    raise errors.UserError("iterative RL resets the reference after each "
-                     "iteration: set ref_reset_every=0")
+    raise errors.UserError(
+        "iterative RL resets the reference after each "
+        "iteration: set ref_reset_every=0"
+    )
   if it.rm_steps < 1 or not 0.0 <= it.replay < 1.0:
-    raise errors.UserError("iterative.rm_steps must be >= 1 and iterative.replay "
-                     f"in [0, 1), got {it.rm_steps} and {it.replay}")
+    raise errors.UserError(
+        "iterative.rm_steps must be >= 1 and iterative.replay "
+        f"in [0, 1), got {it.rm_steps} and {it.replay}"
+    )
