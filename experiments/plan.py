@@ -27,17 +27,13 @@ scores the code computes), and with `--step_time` the MFU that time would
 mean.
 """
 
-import contextlib
-import dataclasses
+import functools
 import glob
 import json
-import math
 import os
-import re
-import sys
-import tempfile
 import time
-from typing import Any, Optional
+import types
+from typing import Optional
 
 # The plan compiles for a topology's devices; it never runs on a local TPU,
 # so several plans (or tests) may load libtpu at once without its lockfile.
@@ -53,6 +49,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import optax
 
+from experiments import plan_compile
 from experiments import plan_report
 from ugrad.training import build
 from ugrad import coefficients
@@ -63,132 +60,6 @@ from ugrad.sampling import sampler as sampler_lib
 from ugrad.training import update as update_lib
 from ugrad.models import model_config
 from ugrad.models import sharding as sharding_lib
-
-GiB = plan_report.GiB
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  hbm_bytes: int
-  peak_bf16_flops: float  # per chip, per second
-
-
-CHIPS = {
-    "v5e": Chip(16 * GiB, 197e12),
-    "v5p": Chip(95 * GiB, 459e12),
-    "v6e": Chip(32 * GiB, 918e12),
-}
-
-# Cloud TPU names -> (chip, jax topology name). Cloud counts TensorCores for
-# v5p (two per chip: v5p-8 is 4 chips) and chips for v5e / v6e.
-TOPOLOGIES = {
-    "v5e-8": ("v5e", "v5e:2x4"),
-    "v5p-8": ("v5p", "v5p:2x2x1"),
-    "v5p-16": ("v5p", "v5p:2x2x2"),
-    "v6e-8": ("v6e", "v6e:2x4"),
-}
-
-# libtpu's messages on a machine without a TPU; harmless for a plan.
-_HARMLESS = re.compile(
-    r"could not determine TPU accelerator type|unexpected worker hostname|"
-    r"TPU_WORKER_HOSTNAMES|Failed to get TPU metadata|"
-    r"WARNING: All log messages before absl::InitializeLog|"
-    r"Logging before InitGoogle|Failed to find host bounds|"
-    r"Source Location Trace|libtpu_init_utils|"
-    r"Unable to initialize backend|Platform 'tpu' is experimental|"
-    r"^\s*$"
-)
-
-
-def topology_name(cloud_name: str) -> tuple[str, str]:
-  """(chip kind, jax topology name) of a Cloud TPU name.
-
-  Raises:
-    ValueError: for an unknown name, listing the valid ones.
-  """
-  if cloud_name not in TOPOLOGIES:
-    raise ValueError(
-        f"unknown TPU topology {cloud_name!r}; valid: "
-        f"{', '.join(TOPOLOGIES)}"
-    )
-  return TOPOLOGIES[cloud_name]
-
-
-@contextlib.contextmanager
-def filtered_stderr():
-  """Runs the block with the process's stderr (file descriptor 2, where
-  libtpu logs) captured, then replays every line but libtpu's harmless
-  ones."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile(mode="w+b") as tmp:
-    os.dup2(tmp.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      tmp.seek(0)
-      for line in tmp.read().decode(errors="replace").splitlines():
-        if not _HARMLESS.search(line):
-          print(line, file=sys.stderr)
-
-
-def topology_devices(cloud_name: str) -> list:
-  """The compile-only TPU devices of a Cloud topology (needs libtpu)."""
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-
-  _, name = topology_name(cloud_name)
-  with filtered_stderr():
-    return list(
-        topologies.get_topology_desc(topology_name=name, platform="tpu").devices
-    )
-
-
-def bytes_per_chip(tree) -> int:
-  """Bytes one device holds of a tree of ShapeDtypeStructs with shardings
-  (the largest shard of each leaf)."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shard = leaf.sharding.shard_shape(leaf.shape)
-    total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
-  return total
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree,
-      shardings,
-  )
-
-
-def _memory(compiled) -> dict:
-  m = compiled.memory_analysis()
-  fields = {
-      "argument": "argument_size_in_bytes",
-      "output": "output_size_in_bytes",
-      "temp": "temp_size_in_bytes",
-      "alias": "alias_size_in_bytes",
-      "peak": "peak_memory_in_bytes",
-      "code": "generated_code_size_in_bytes",
-  }
-  return {k: int(getattr(m, f, 0) or 0) for k, f in fields.items()}
-
-
-def _flops(compiled) -> Optional[float]:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  flops = (cost or {}).get("flops")
-  return None if flops is None else float(flops)
-
-
-def _compile(jitted, *args) -> Any:
-  with filtered_stderr():
-    lowered = jitted.lower(*args)
-    return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
 
 
 def _rollout(rows: int, length: int, needed: set, sharding):
@@ -269,14 +140,19 @@ def plan(
 
   Args:
     config: an experiment config (GRPO: an online sampling source).
-    cloud_topology: a key of `TOPOLOGIES`.
+    cloud_topology: a key of `plan_compile.TOPOLOGIES`.
     prompt_len: P.
     vocab_size: the tokenizer's vocabulary (see `models.preset`).
-    devices: the topology's devices (default: `topology_devices`).
+    devices: the topology's devices (default:
+        `plan_compile.topology_devices`).
   """
-  chip_kind, jax_name = topology_name(cloud_topology)
-  chip = CHIPS[chip_kind]
-  devices = topology_devices(cloud_topology) if devices is None else devices
+  chip_kind, jax_name = plan_compile.topology_name(cloud_topology)
+  chip = plan_compile.CHIPS[chip_kind]
+  devices = (
+      plan_compile.topology_devices(cloud_topology)
+      if devices is None
+      else devices
+  )
   shape = sharding_lib.mesh_shape(config.mesh.to_dict(), len(devices))
   mesh = build.Mesh(sharding_lib.make_mesh(shape, devices))
   dtype = "bfloat16" if config.compute_dtype == "auto" else config.compute_dtype
@@ -294,7 +170,7 @@ def plan(
   )
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
   param_sh = mesh.params(abstract_params)
-  params = _abstract(abstract_params, param_sh)
+  params = plan_compile.abstract(abstract_params, param_sh)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
 
   optimizer = build.make_optimizer(config.optim)
@@ -308,7 +184,7 @@ def plan(
       param_sh,
       transform_non_params=lambda _: mesh.replicated,
   )
-  opt_state = _abstract(abstract_opt, opt_sh)
+  opt_state = plan_compile.abstract(abstract_opt, opt_sh)
 
   questions = config.sampling.questions
   group = config.sampling.group_size
@@ -344,8 +220,8 @@ def plan(
       top_p=(config.sampling.top_p if config.sampling.top_p < 1 else None),
   )
 
-  params_bytes = bytes_per_chip(params)
-  opt_bytes = bytes_per_chip(opt_state)
+  params_bytes = plan_compile.bytes_per_chip(params)
+  opt_bytes = plan_compile.bytes_per_chip(opt_state)
   # The frozen reference (initial parameters) stays on the device beside
   # the policy when the coefficient needs logp_ref or the reference resets.
   reference = ("logp_ref" in needed) or bool(build.ref_reset_period(config))
@@ -417,10 +293,10 @@ def plan(
   results = {}
   for name, (fn, args, resident_args) in functions.items():
     start = time.perf_counter()
-    compiled = _compile(fn, *args)
+    compiled = plan_compile.compile_for_tpu(fn, *args)
     seconds = time.perf_counter() - start
     logging.info("compiled %s in %.0f s", name, seconds)
-    memory = _memory(compiled)
+    memory = plan_compile.memory_analysis(compiled)
     # What else stays on the chip meanwhile: resident state that is not
     # among this function's arguments.
     with_resident = memory["peak"] + resident - resident_args
@@ -429,7 +305,7 @@ def plan(
         peak_with_resident_state=with_resident,
         compile_seconds=round(seconds, 1),
         fits=with_resident <= chip.hbm_bytes,
-        compiled_flops_per_chip=_flops(compiled),
+        compiled_flops_per_chip=plan_compile.compiled_flops(compiled),
         analytic_flops_per_chip=analytic[name] / chips,
     )
 
@@ -473,52 +349,61 @@ def plan(
   return out
 
 
-def main(argv):
+def _define_flags() -> types.SimpleNamespace:
+  """The command line's flags (holders), defined when this module runs as
+  the program, not at import, so that tests can import it beside
+  experiments.main (which defines --config too)."""
+  return types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file(
+          "config", None, "Path to an experiment config file.", lock_config=True
+      ),
+      topology=flags.DEFINE_string(
+          "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)"
+      ),
+      json=flags.DEFINE_bool("json", False, "print one JSON object"),
+      step_time=flags.DEFINE_float(
+          "step_time", None, "seconds per GRPO step, for the MFU it would mean"
+      ),
+      prompt_len=flags.DEFINE_integer("prompt_len", 512, "P, prompt tokens"),
+      vocab_size=flags.DEFINE_integer(
+          "vocab_size",
+          0,
+          "the tokenizer's vocabulary (0: the config's task's); "
+          "published-model presets keep their own",
+      ),
+      table=flags.DEFINE_string(
+          "table",
+          None,
+          "print the markdown table of the --json outputs (*.json)"
+          " in this directory",
+      ),
+  )
+
+
+def main(argv, options: types.SimpleNamespace):
   del argv
-  if _TABLE.value:
+  if options.table.value:
     print(plan_report.TABLE_HEADER)
-    for path in sorted(glob.glob(os.path.join(_TABLE.value, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(options.table.value, "*.json"))):
       with open(path, encoding="utf-8") as f:
         print(plan_report.table_row(json.load(f)))
     return
-  if _CONFIG.value is None:
+  if options.config.value is None:
     raise app.UsageError("--config is required (or --table DIR)")
-  config = _CONFIG.value
-  vocab = _VOCAB.value or build.make_task(config).tokenizer.vocab_size
-  result = plan(config, _TOPOLOGY.value, _PROMPT_LEN.value, vocab)
-  if _STEP_TIME.value:
-    result["step_time"] = _STEP_TIME.value
-    result["mfu"] = plan_report.mfu(result, _STEP_TIME.value)
-  if _JSON.value:
+  config = options.config.value
+  vocab = (
+      options.vocab_size.value or build.make_task(config).tokenizer.vocab_size
+  )
+  result = plan(config, options.topology.value, options.prompt_len.value, vocab)
+  step_time = options.step_time.value
+  if step_time:
+    result["step_time"] = step_time
+    result["mfu"] = plan_report.mfu(result, step_time)
+  if options.json.value:
     print(json.dumps(result))
   else:
-    print(plan_report.format_plan(result, _STEP_TIME.value))
+    print(plan_report.format_plan(result, step_time))
 
 
 if __name__ == "__main__":
-  # Defined here, not at import, so that tests can import this module
-  # beside experiments.main (which defines --config too).
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", None, "Path to an experiment config file.", lock_config=True
-  )
-  _TOPOLOGY = flags.DEFINE_string(
-      "topology", "v5p-16", "Cloud TPU name (v5e-8, v5p-8, v5p-16, v6e-8)"
-  )
-  _JSON = flags.DEFINE_bool("json", False, "print one JSON object")
-  _STEP_TIME = flags.DEFINE_float(
-      "step_time", None, "seconds per GRPO step, for the MFU it would mean"
-  )
-  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "P, prompt tokens")
-  _VOCAB = flags.DEFINE_integer(
-      "vocab_size",
-      0,
-      "the tokenizer's vocabulary (0: the config's task's); "
-      "published-model presets keep their own",
-  )
-  _TABLE = flags.DEFINE_string(
-      "table",
-      None,
-      "print the markdown table of the --json outputs (*.json)"
-      " in this directory",
-  )
-  app.run(main)
+  app.run(functools.partial(main, options=_define_flags()))

@@ -14,8 +14,8 @@ override value "{run:<name>}". Each run trains in WORKDIR/<name>/seed_<s>
 through `experiments.main.run`; a run whose eval.json exists is skipped, a
 run with a checkpoint resumes. Then, when the sweep has an "evaluate" part,
 the SFT and every policy run are sampled (pass@k and maj@k, RUN/eval_k.json,
-skipped when present). Then it writes the results, and `experiments.sweep_report`
-the report and the plots:
+skipped when present). Then it writes the results, and
+`experiments.sweep_report` the report and the plots:
 
 * WORKDIR/results.csv: one row per policy run x seed x evaluation step.
 * WORKDIR/report.md: final greedy accuracy per method, mean over seeds with a
@@ -36,7 +36,6 @@ import importlib
 import json
 import os
 import time
-from typing import Any
 
 from absl import app
 from absl import flags
@@ -45,19 +44,15 @@ import numpy as np
 
 from experiments import sweep_report as report
 from experiments import sweep_file
+from experiments import sweep_plan
 from experiments import tune
 from ugrad import errors
 from ugrad.runtime import compile_cache
 from ugrad.runtime import host_memory
 from ugrad.runtime import lock
 from ugrad.runtime import metrics as metrics_lib
-from ugrad.training import reward_models
 from ugrad.training import runs as runs_lib
-from ugrad.training import validate
 
-SFT_CONFIG = "experiments/configs/sft.py"
-SFT_NAME = report.SFT_NAME  # the shared warm start's run name
-POLICY, REWARD_MODEL = "policy", "reward_model"
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.json"
 SAMPLED_FILE = "sampled_eval.csv"
@@ -71,94 +66,6 @@ COLUMNS = (
     "greedy_acc_hi",
 ) + report.WINDOW_KEYS
 SAMPLED_COLUMNS = ("name", "seed", "k", "pass_at_k", "maj_at_k")
-
-
-def run_dir(workdir: str, name: str, seed: int) -> str:
-  if name == SFT_NAME:
-    return os.path.join(workdir, f"sft_seed_{seed}")
-  return os.path.join(workdir, name, f"seed_{seed}")
-
-
-def run_trainers(sweep: dict) -> dict[str, str]:
-  """Run name -> its config's trainer ("policy" or "reward_model"), the
-  SFT first."""
-  trainers = {SFT_NAME: POLICY}
-  for run in sweep["runs"]:
-    trainers[run["name"]] = run["overrides"].get(
-        "trainer", sweep_file.load_config(run["config"]).trainer
-    )
-  return trainers
-
-
-def _resolve_references(overrides: dict, workdir: str, seed: int) -> dict:
-  """`overrides` with every "{run:<name>}" replaced by that seed's absolute
-  run directory."""
-
-  def replace(match):
-    return os.path.abspath(run_dir(workdir, match.group(1), seed))
-
-  return {
-      k: sweep_file.REFERENCE.sub(replace, v) if isinstance(v, str) else v
-      for k, v in overrides.items()
-  }
-
-
-def _validate(config, run: dict):
-  """Checks a run's config before anything trains.
-
-  A reward model's own checks may read the runs it refers to (rm.init_from),
-  which do not exist before the sweep trains them; those checks then wait
-  for the run itself (its trainer validates again).
-  """
-  validate.check_config(config)
-  if config.trainer == REWARD_MODEL and not any(
-      sweep_file.references(v) for v in run["overrides"].values()
-  ):
-    reward_models.check_config(config)
-
-
-def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
-  """(name, seed, config) of every run in order: per seed, the SFT first.
-
-  Every config is built and validated here, before anything trains.
-  Reward-model runs take the sweep's "rm" overrides, policy runs its "rl";
-  a --smoke sweep then shrinks each config (`sweep_file.smoke_config`).
-  """
-  jobs = []
-  trainers = run_trainers(sweep)
-  smoke = sweep.get(sweep_file.SMOKE_KEY, False)
-  for seed in sweep["seeds"]:
-    sft = sweep_file.load_config(SFT_CONFIG)
-    where = f"{SFT_NAME} (seed {seed})"
-    sweep_file.apply_overrides(
-        sft, {**sweep["shared"], **sweep["sft"], "seed": seed}, where
-    )
-    if smoke:
-      sweep_file.smoke_config(sft, sft=True)
-    validate.check_config(sft)
-    jobs.append((SFT_NAME, seed, sft))
-    for run in sweep["runs"]:
-      config = sweep_file.load_config(run["config"])
-      where = f"run {run['name']!r} ({run['config']}, seed {seed})"
-      part = "rm" if trainers[run["name"]] == REWARD_MODEL else "rl"
-      init_from = os.path.abspath(run_dir(workdir, SFT_NAME, seed))
-      overrides = _resolve_references(run["overrides"], workdir, seed)
-      sweep_file.apply_overrides(
-          config,
-          {
-              **sweep["shared"],
-              **sweep.get(part, {}),
-              **overrides,
-              "seed": seed,
-              "init_from": init_from,
-          },
-          where,
-      )
-      if smoke:
-        sweep_file.smoke_config(config, sft=False)
-      _validate(config, run)
-      jobs.append((run["name"], seed, config))
-  return jobs
 
 
 # ---------------------------------------------------------------------------
@@ -197,10 +104,13 @@ def run_sweep(
     The report's summary: method name -> statistics of its final accuracy.
   """
   sweep = sweep_file.load_sweep(sweep_path, profile, smoke, seeds)
-  jobs = plan(sweep, workdir)  # Every config checked before any training.
+  # Every config is checked before any training.
+  jobs = sweep_plan.plan(sweep, workdir)
   tune_dir = os.path.join(workdir, tune.TUNE_DIR)
   tune_jobs = (
-      plan(tune.tuning_sweep(sweep), tune_dir) if ("tune" in sweep) else []
+      sweep_plan.plan(tune.tuning_sweep(sweep), tune_dir)
+      if ("tune" in sweep)
+      else []
   )
   _check_workdir(
       workdir,
@@ -216,10 +126,12 @@ def run_sweep(
       return {}
     choices, tune_rows = tune.pick(
         sweep,
-        lambda name: _final(run_dir(tune_dir, name, sweep["tune"]["seed"])),
+        lambda name: _final(
+            sweep_plan.run_dir(tune_dir, name, sweep["tune"]["seed"])
+        ),
     )
     sweep = tune.apply(sweep, choices)
-    jobs = plan(sweep, workdir)
+    jobs = sweep_plan.plan(sweep, workdir)
   if _train(jobs, workdir):
     return {}
   if "evaluate" in sweep:
@@ -266,7 +178,7 @@ def _train(jobs: list, workdir: str, what: str = "") -> list[str]:
   another process holds them."""
   held = []
   for i, (name, seed, config) in enumerate(jobs, 1):
-    directory = run_dir(workdir, name, seed)
+    directory = sweep_plan.run_dir(workdir, name, seed)
     label = f"{what}[{i}/{len(jobs)}] {name} seed {seed}"
     if os.path.exists(os.path.join(directory, "eval.json")):
       _check_same_config(directory, config)
@@ -318,10 +230,10 @@ def evaluate_runs(sweep: dict, workdir: str):
   The samples of a run are seeded by its seed, so a rerun is identical.
   """
   settings = report.evaluate_settings(sweep)
-  names = _policy_names(sweep)
+  names = sweep_plan.policy_names(sweep)
   jobs = [(n, s) for n in names for s in sweep["seeds"]]
   for i, (name, seed) in enumerate(jobs, 1):
-    path = os.path.join(run_dir(workdir, name, seed), EVAL_K_FILE)
+    path = os.path.join(sweep_plan.run_dir(workdir, name, seed), EVAL_K_FILE)
     label = f"[sampled {i}/{len(jobs)}] {name} seed {seed}"
     if os.path.exists(path):
       with open(path) as f:
@@ -344,9 +256,11 @@ def evaluate_runs(sweep: dict, workdir: str):
 def sampled_rows(sweep: dict, workdir: str) -> list[dict]:
   """sampled_eval.csv rows: one per policy x seed x k."""
   rows = []
-  for name in _policy_names(sweep):
+  for name in sweep_plan.policy_names(sweep):
     for seed in sweep["seeds"]:
-      with open(os.path.join(run_dir(workdir, name, seed), EVAL_K_FILE)) as f:
+      with open(
+          os.path.join(sweep_plan.run_dir(workdir, name, seed), EVAL_K_FILE)
+      ) as f:
         result = json.load(f)
       for k in result["ks"]:
         rows.append(
@@ -362,17 +276,9 @@ def sampled_rows(sweep: dict, workdir: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
-# Results: results.csv and sampled_eval.csv (experiments.sweep_report reports them).
+# Results: results.csv and sampled_eval.csv (experiments.sweep_report
+# reports them).
 # ---------------------------------------------------------------------------
-
-
-def _policy_names(sweep: dict) -> list[str]:
-  """The SFT and the policy runs: the methods with a greedy accuracy."""
-  return [n for n, t in run_trainers(sweep).items() if t == POLICY]
-
-
-def _reward_model_names(sweep: dict) -> list[str]:
-  return [n for n, t in run_trainers(sweep).items() if t == REWARD_MODEL]
 
 
 def run_rows(directory: str, name: str, seed: int) -> list[dict]:
@@ -421,15 +327,15 @@ def write_outputs(sweep: dict, workdir: str) -> dict:
   """Writes results.csv (and, for a sweep with "evaluate", sampled_eval.csv),
   then report.md and the plots through `report.write_report`; returns the
   report's summary."""
-  names = _policy_names(sweep)
+  names = sweep_plan.policy_names(sweep)
   rows = []
   for name in names:
     for seed in sweep["seeds"]:
-      rows.extend(run_rows(run_dir(workdir, name, seed), name, seed))
+      rows.extend(run_rows(sweep_plan.run_dir(workdir, name, seed), name, seed))
   _write_csv(os.path.join(workdir, RESULTS_FILE), COLUMNS, rows)
   policy_finals = final_evaluations(sweep, workdir, names)
   reward_model_finals = final_evaluations(
-      sweep, workdir, _reward_model_names(sweep)
+      sweep, workdir, sweep_plan.reward_model_names(sweep)
   )
   sampled_table = None
   if "evaluate" in sweep:
@@ -453,7 +359,9 @@ def final_evaluations(
 ) -> dict[str, list[dict]]:
   """Run name -> the final evaluation of each of its seeds, in order."""
   return {
-      name: [_final(run_dir(workdir, name, s)) for s in sweep["seeds"]]
+      name: [
+          _final(sweep_plan.run_dir(workdir, name, s)) for s in sweep["seeds"]
+      ]
       for name in names
   }
 

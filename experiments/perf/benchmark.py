@@ -1,7 +1,7 @@
 """Throughput figures: sampling against `transformers`, and the train step.
 
   python -m experiments.perf.benchmark
-  python -m experiments.perf.benchmark --grpo   # see experiments/perf/benchmark_grpo.py
+  python -m experiments.perf.benchmark --grpo   # see benchmark_grpo.py
 
 prints one JSON line per figure:
 
@@ -46,6 +46,7 @@ import ugrad
 from ugrad.runtime import host_memory
 from ugrad import sampling
 from ugrad.models import hf
+from ugrad.models import logprobs
 from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
@@ -255,7 +256,7 @@ def benchmark_sampling(name, repeats):
 
 def train_step_fn(graphdef, optimizer):
   def loss_fn(params, tokens, completion_mask):
-    logp = tr.token_logprobs(nnx.merge(graphdef, params), tokens)
+    logp = logprobs.token_logprobs(nnx.merge(graphdef, params), tokens)
     coef = jnp.ones_like(logp)  # SFT's coefficient.
     return ugrad.unified_loss(logp, coef, completion_mask)[0]
 

@@ -1,6 +1,7 @@
-"""One GRPO step, side by side: ugrad, TRL's GRPOTrainer, Tunix's GRPOLearner.
+r"""One GRPO step, side by side: ugrad, TRL's GRPOTrainer, Tunix's GRPOLearner.
 
-  python -m experiments.perf.benchmark --grpo [--repeats=5] [--grpo_peers=ugrad,trl]
+  python -m experiments.perf.benchmark --grpo [--repeats=5] \
+      [--grpo_peers=ugrad,trl]
 
 The same work for every contender: the `--grpo_model` shape with the same
 initial weights (written with `ugrad.models.hf.save_pretrained`, read by each),
@@ -47,10 +48,7 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
-import traceback
-from typing import Callable
 
 from absl import flags
 from absl import logging
@@ -58,6 +56,7 @@ from flax import nnx
 import jax
 
 from experiments.perf import benchmark_peers
+from experiments.perf import lockstep
 from experiments.configs import grpo as grpo_config
 from ugrad.training import build
 from ugrad.runtime import metrics as metrics_lib
@@ -99,71 +98,6 @@ Work = benchmark_peers.Work
 
 def _emit(**figure):
   print(json.dumps(figure), flush=True)
-
-
-# ---------------------------------------------------------------- lockstep
-
-
-class _Stop(Exception):
-  """Ends a contender's loop once the benchmark has its steps."""
-
-
-class Lockstep:
-  """One contender's own training loop in a thread, one step at a time.
-
-  `start(gate)` builds the contender and runs its loop, which calls `gate()`
-  where each step begins. `step()` lets one step run and returns its wall
-  seconds, from the release to the next `gate()`.
-  """
-
-  def __init__(self, name: str, start: Callable[[Callable[[], None]], None]):
-    self.name = name
-    self._go = threading.Semaphore(0)
-    self._arrived = threading.Semaphore(0)
-    self._stop = self._done = False
-    self._error = None
-    self._thread = threading.Thread(
-        target=self._run, args=(start,), name=f"bench-{name}", daemon=True
-    )
-    self._thread.start()
-    self._wait()  # Built, and at the first step's start.
-
-  def gate(self):
-    self._arrived.release()
-    self._go.acquire()
-    if self._stop:
-      raise _Stop()
-
-  def _run(self, start):
-    try:
-      start(self.gate)
-    except _Stop:
-      pass
-    except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
-      traceback.print_exc()
-    finally:
-      self._done = True
-      self._arrived.release()
-
-  def _wait(self):
-    self._arrived.acquire()
-    if self._error is not None:
-      raise RuntimeError(f"{self.name} failed: {self._error!r}")
-    if self._done:
-      raise RuntimeError(f"{self.name}'s loop ended before the benchmark")
-
-  def step(self) -> float:
-    start = time.perf_counter()
-    self._go.release()
-    self._wait()
-    return time.perf_counter() - start
-
-  def close(self):
-    if not self._done:
-      self._stop = True
-      self._go.release()
-    self._thread.join()
 
 
 # ---------------------------------------------------------------- the work
@@ -364,7 +298,7 @@ def run(work: Work, contenders, repeats: int, matmul_flops: float) -> dict:
   try:
     for name in active:
       objects[name] = runners[name]()
-      steppers[name] = Lockstep(name, objects[name].start)
+      steppers[name] = lockstep.Lockstep(name, objects[name].start)
     for stepper in steppers.values():
       stepper.step()  # Warm-up: compilation, first allocations.
     seconds = {name: [] for name in active}

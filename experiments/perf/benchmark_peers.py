@@ -188,7 +188,7 @@ class TrlRun:
             "completion_tokens",
         )
     }
-    for step, total in zip(steps, seconds):
+    for step in steps:
       lo, end, hi = begins[step], ends[step], begins[step + 1]
 
       def spent(name, within=(lo, end)):

@@ -4,11 +4,13 @@ r"""Where a profiled run's steps spent their time, per XLA operation.
       --workdir=W --config.profile_steps=20:30
   python -m experiments.perf.op_profile W [--top=25]
 
-Reads the newest trace under W/profile (`ugrad.runtime.profiling`) and prints, per
+Reads the newest trace under W/profile (`ugrad.runtime.profiling`) and prints,
+per
 profiled step, the time of each kind of operation (matmul, elementwise,
 reduction, copy) per jitted function, and of the most expensive operations,
 summed over XLA's worker threads: on a 2-core CPU the wall time of a step
-is at least half the sum. Names are those of the compiled HLO; `--xla_dump_to` shows what a
+is at least half the sum. Names are those of the compiled HLO; `--xla_dump_to`
+shows what a
 fusion computes.
 """
 

@@ -7,19 +7,20 @@ The compile needs libtpu, which the `test` extra installs on Linux x86-64
 import pytest
 
 from experiments import plan as plan_lib
+from experiments import plan_compile
 from experiments import plan_report
 from experiments.configs import grpo
 
 
 def test_topology_names():
-  assert plan_lib.topology_name("v5p-8") == ("v5p", "v5p:2x2x1")
-  assert plan_lib.topology_name("v5p-16") == ("v5p", "v5p:2x2x2")
-  assert plan_lib.topology_name("v5e-8") == ("v5e", "v5e:2x4")
-  assert plan_lib.topology_name("v6e-8") == ("v6e", "v6e:2x4")
+  assert plan_compile.topology_name("v5p-8") == ("v5p", "v5p:2x2x1")
+  assert plan_compile.topology_name("v5p-16") == ("v5p", "v5p:2x2x2")
+  assert plan_compile.topology_name("v5e-8") == ("v5e", "v5e:2x4")
+  assert plan_compile.topology_name("v6e-8") == ("v6e", "v6e:2x4")
   with pytest.raises(
       ValueError, match="'v4-8'; valid: v5e-8, v5p-8, v5p-16, v6e-8"
   ):
-    plan_lib.topology_name("v4-8")
+    plan_compile.topology_name("v4-8")
 
 
 def test_mfu():

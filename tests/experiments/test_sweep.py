@@ -15,6 +15,7 @@ import pytest
 from experiments import sweep_report as report_lib
 from experiments import sweep as sweep_lib
 from experiments import sweep_file
+from experiments import sweep_plan
 from experiments import sweeps
 from experiments import tune
 from experiments.configs import base
@@ -70,19 +71,19 @@ def smoke_workdir(tmp_path_factory):
       workdir = str(
           tmp_path_factory.mktemp(os.path.splitext(os.path.basename(path))[0])
       )
-      jobs = sweep_lib.plan(sweep_file.load_sweep(path, smoke=True), workdir)
+      jobs = sweep_plan.plan(sweep_file.load_sweep(path, smoke=True), workdir)
       for name, seed, config in jobs:
         source = trained.get(_job_key(config, workdir))
         if source:
           shutil.copytree(
               source,
-              sweep_lib.run_dir(workdir, name, seed),
+              sweep_plan.run_dir(workdir, name, seed),
               ignore=shutil.ignore_patterns(sweep_lib.EVAL_K_FILE),
           )
       sweep_lib.run_sweep(path, workdir, smoke=True)
       for name, seed, config in jobs:
         trained.setdefault(
-            _job_key(config, workdir), sweep_lib.run_dir(workdir, name, seed)
+            _job_key(config, workdir), sweep_plan.run_dir(workdir, name, seed)
         )
       done[path] = workdir
     return done[path]
@@ -191,7 +192,7 @@ def _check_sampled_outputs(workdir, sweep, policy):
       assert float(mine[0]["maj_at_k"]) == passes[0]  # maj@1 == pass@1
       with open(
           os.path.join(
-              sweep_lib.run_dir(workdir, name, seed), sweep_lib.EVAL_K_FILE
+              sweep_plan.run_dir(workdir, name, seed), sweep_lib.EVAL_K_FILE
           )
       ) as f:
         result = json.load(f)
@@ -211,11 +212,11 @@ def _check_sampled_outputs(workdir, sweep, policy):
 def test_smoke_sweep_writes_results_report_and_plots(path, smoke_workdir):
   workdir = smoke_workdir(path)
   sweep = sweep_file.load_sweep(path, smoke=True)
-  jobs = sweep_lib.plan(sweep, workdir)
-  trainers = sweep_lib.run_trainers(sweep)
-  policy = [n for n, t in trainers.items() if t == sweep_lib.POLICY]
+  jobs = sweep_plan.plan(sweep, workdir)
+  trainers = sweep_plan.run_trainers(sweep)
+  policy = [n for n, t in trainers.items() if t == sweep_plan.POLICY]
   reward_models = [
-      n for n, t in trainers.items() if t == sweep_lib.REWARD_MODEL
+      n for n, t in trainers.items() if t == sweep_plan.REWARD_MODEL
   ]
   _check_accuracy_outputs(workdir, jobs, policy)
   _check_reward_model_table(workdir, jobs, reward_models)
@@ -245,7 +246,7 @@ def test_figure5_trains_and_uses_learned_rewards(smoke_workdir):
     model = config[field]
     assert model.endswith(os.path.join(name[5:], "seed_0"))
     with open(os.path.join(model, "run_config.json")) as f:
-      assert json.load(f)["trainer"] == sweep_lib.REWARD_MODEL
+      assert json.load(f)["trainer"] == sweep_plan.REWARD_MODEL
 
 
 @pytest.mark.slow
@@ -336,7 +337,7 @@ def test_every_sweep_config_builds_and_validates(
     path, profile, smoke, tmp_path
 ):
   sweep = sweep_file.load_sweep(path, profile, smoke)
-  jobs = sweep_lib.plan(sweep, str(tmp_path))
+  jobs = sweep_plan.plan(sweep, str(tmp_path))
   seeds = sweep["seeds"]
   if smoke:
     assert len(seeds) == 1
@@ -345,12 +346,12 @@ def test_every_sweep_config_builds_and_validates(
   assert len(jobs) == len(seeds) * (1 + len(sweep["runs"]))
   for name, seed, config in jobs:
     assert config.seed == seed
-    if name == sweep_lib.SFT_NAME:
+    if name == sweep_plan.SFT_NAME:
       assert config.coef.name == "sft" and not config.init_from
     else:
       assert config.init_from == str(tmp_path / f"sft_seed_{seed}")
       assert config.eval_every > 0
-    if config.trainer == sweep_lib.REWARD_MODEL:
+    if config.trainer == sweep_plan.REWARD_MODEL and not smoke:
       own = {r["name"]: r["overrides"] for r in sweep["runs"]}[name]
       assert config.steps == own.get("steps", sweep["rm"]["steps"])
     if smoke:  # whatever a run overrides; iterative RL: a step an iteration
@@ -363,7 +364,7 @@ def test_every_sweep_config_builds_and_validates(
 
 def test_run_references_resolve_per_seed(tmp_path):
   sweep = sweep_file.load_sweep(FIGURE5, "quick")
-  jobs = sweep_lib.plan(sweep, str(tmp_path))
+  jobs = sweep_plan.plan(sweep, str(tmp_path))
   configs = {(name, seed): config for name, seed, config in jobs}
   for seed in sweep["seeds"]:
     assert configs[("grpo_orm", seed)].reward_model == str(
@@ -411,8 +412,8 @@ def _run(name, method, **overrides):
                 ),
                 _run("orm", "orm"),
             ],
-            r"run 'grpo_orm': override reward_model='\{run:orm\}' refers to run "
-            r"'orm', which is not listed before it; valid here: sft",
+            r"run 'grpo_orm': override reward_model='\{run:orm\}' refers to "
+            r"run 'orm', which is not listed before it; valid here: sft",
         ),
         # Not in the sweep at all.
         (
@@ -460,7 +461,8 @@ def test_reference_to_a_later_or_unknown_run_fails_before_training(
         ),
         (
             {"extra": {}},
-            r"optionally \['evaluate', 'findings', 'rm', 'tune'\], got .*'extra'",
+            r"optionally \['evaluate', 'findings', 'rm', 'tune'\], "
+            r"got .*'extra'",
         ),
         (
             {"findings": [{"claim": "c", "a": "grpo", "b": "ppo"}]},
@@ -558,12 +560,12 @@ def test_tune_picks_on_validation_and_runs_the_pick_on_test_seeds(tmp_path):
   assert len(chosen) == 1
   for r in rows:  # Scored on the validation split, seed 7.
     config = runs_lib.read_config(
-        sweep_lib.run_dir(
+        sweep_plan.run_dir(
             os.path.join(workdir, tune.TUNE_DIR), f"grpo_tune{r['setting']}", 7
         )
     )
     assert config.eval_split == "validation" and config.seed == 7
-  test_run = runs_lib.read_config(sweep_lib.run_dir(workdir, "grpo", 0))
+  test_run = runs_lib.read_config(sweep_plan.run_dir(workdir, "grpo", 0))
   assert test_run.eval_split == "test"
   assert test_run.optim.lr == json.loads(chosen[0]["overrides"])["optim.lr"]
   with open(os.path.join(workdir, "report.md")) as f:
@@ -583,9 +585,9 @@ def test_tune_without_a_validation_split_is_refused(tmp_path):
 
 def test_a_finished_run_configured_differently_is_refused(tmp_path):
   sweep = sweep_file.load_sweep(FOLLOWUPS, smoke=True)
-  jobs = sweep_lib.plan(sweep, str(tmp_path))
+  jobs = sweep_plan.plan(sweep, str(tmp_path))
   name, seed, config = jobs[1]
-  directory = sweep_lib.run_dir(str(tmp_path), name, seed)
+  directory = sweep_plan.run_dir(str(tmp_path), name, seed)
   os.makedirs(directory)
   runs_lib.write_config(directory, config)
   with open(os.path.join(directory, "eval.json"), "w") as f:

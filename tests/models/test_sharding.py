@@ -75,7 +75,7 @@ _SCRIPT = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     from ugrad.training import build
-    from ugrad.models import model_config, sharding, transformer as tr
+    from ugrad.models import logprobs, model_config, sharding, transformer as tr
 
     assert jax.device_count() == 8, jax.devices()
     cfg = model_config.ModelConfig(vocab_size=20, hidden_size=64,
@@ -91,8 +91,8 @@ _SCRIPT = textwrap.dedent("""
 
     def fn(params, tokens, mask):
       model = nnx.merge(graphdef, params)
-      loss = lambda p: -tr.token_logprobs(nnx.merge(graphdef, p), tokens,
-                                          mask).mean()
+      loss = lambda p: -logprobs.token_logprobs(nnx.merge(graphdef, p),
+                                                tokens, mask).mean()
       return model(tokens, mask), jax.grad(loss)(params)
 
     ref_logits, ref_grads = jax.jit(fn)(params, tokens, mask)

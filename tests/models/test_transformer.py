@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ugrad.models import attention as attn
+from ugrad.models import logprobs
 from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
@@ -332,7 +333,7 @@ def test_left_padding_matches_unpadded_and_never_nans():
   graphdef, params = nnx.split(model, nnx.Param)
   grads = jax.jit(
       jax.grad(
-          lambda p: tr.token_logprobs(
+          lambda p: logprobs.token_logprobs(
               nnx.merge(graphdef, p), tokens, mask
           ).sum()
       )
@@ -374,7 +375,7 @@ def test_token_logprobs_functional_under_jit(chunk_size):
 
   @jax.jit
   def logp_fn(params, tokens, mask):
-    return tr.token_logprobs(
+    return logprobs.token_logprobs(
         nnx.merge(graphdef, params), tokens, mask, chunk_size=chunk_size
     )
 
@@ -400,7 +401,8 @@ def test_token_logprobs_gradient_matches_naive(x64):
   chunked = jax.jit(
       jax.grad(
           lambda p: loss(
-              p, lambda m: tr.token_logprobs(m, tokens, mask, chunk_size=3)
+              p,
+              lambda m: logprobs.token_logprobs(m, tokens, mask, chunk_size=3),
           )
       )
   )
@@ -432,7 +434,9 @@ def test_token_logprobs_never_holds_full_logits():
     grad = jax.jit(jax.grad(lambda p: fn(nnx.merge(graphdef, p)).sum()))
     return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
-  chunked = temp_bytes(lambda m: tr.token_logprobs(m, tokens, chunk_size=4))
+  chunked = temp_bytes(
+      lambda m: logprobs.token_logprobs(m, tokens, chunk_size=4)
+  )
   naive = temp_bytes(lambda m: _naive_logprobs(m, tokens))
   assert naive > full_logits_bytes  # The check can see a full logits buffer.
   # A few [B, 4, V] blocks (logits, their cotangent) fit in half of one

@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import checkpoint_util
 from ugrad.runtime import checkpoint
+from ugrad.runtime import checksums
 
 
 class _Tiny(nnx.Module):
@@ -210,16 +211,16 @@ def test_falls_back_to_previous_good_checkpoint(
 def test_manifest_hashes_every_file_and_survives_a_restore(tmp_path):
   ckpt = _saved(tmp_path, [1])
   digest = ckpt.manifest_sha256(1)
-  listed = checkpoint.file_hashes(os.path.join(tmp_path, "1"))
+  listed = checksums.file_hashes(os.path.join(tmp_path, "1"))
   on_disk = {
       os.path.relpath(os.path.join(root, name), tmp_path / "1")
       for root, _, names in os.walk(tmp_path / "1")
       for name in names
   }
-  assert set(listed) == on_disk - {checkpoint.MANIFEST}
+  assert set(listed) == on_disk - {checksums.MANIFEST}
   ckpt.restore(_abstract(_train_state(1)))
   ckpt.close()
-  assert checkpoint.check_manifest(os.path.join(tmp_path, "1")) is None
+  assert checksums.check_manifest(os.path.join(tmp_path, "1")) is None
   assert ckpt.manifest_sha256(1) == digest
 
 

@@ -1,4 +1,5 @@
-"""ugrad/runtime/compile_cache.py: a second run loads its executables from disk and
+"""ugrad/runtime/compile_cache.py: a second run loads its executables from disk
+and
 gives the same numbers; `off` and a directory JAX already has are kept."""
 
 import os

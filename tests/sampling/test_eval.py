@@ -1,4 +1,5 @@
-"""ugrad.sampling.evaluation: pass@k, maj@k and greedy accuracy of a sampled policy.
+"""ugrad.sampling.evaluation: pass@k, maj@k and greedy accuracy of a sampled
+policy.
 
 The policy is a tiny untrained model; tasks whose reward is known (every
 completion right, none right, right by its first character) give the

@@ -10,6 +10,7 @@ import pytest
 
 from ugrad import sampling
 from ugrad.sampling import sampler as sampler_lib
+from ugrad.models import logprobs
 from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
@@ -47,7 +48,7 @@ def _jit_logits(params, tokens, mask):
 
 @jax.jit
 def _jit_logprobs(params, tokens, mask):
-  return tr.token_logprobs(nnx.merge(_GRAPHDEF, params), tokens, mask)
+  return logprobs.token_logprobs(nnx.merge(_GRAPHDEF, params), tokens, mask)
 
 
 _GRAPHDEF = nnx.graphdef(tr.Transformer(CFG, rngs=nnx.Rngs(0)))

@@ -1,4 +1,4 @@
-"""ugrad.sampling.stats: pass@k, maj@k, bootstrap intervals, summaries and AUC."""
+"""ugrad.sampling.stats and .voting: pass@k, maj@k, bootstrap intervals, AUC."""
 
 import collections
 import fractions
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ugrad.sampling import stats
+from ugrad.sampling import voting
 
 # ----------------------------------------------------------------- pass@k
 
@@ -103,7 +104,7 @@ def _reference_maj(answers, flags):
 def test_maj_at_k_simple_majority():
   answers = [["1", "2", "2", "3"], ["1", "2", "2", "3"]]
   flags = [[a == "2" for a in answers[0]], [a == "1" for a in answers[1]]]
-  np.testing.assert_array_equal(stats.maj_at_k(answers, flags, 4), [1.0, 0.0])
+  np.testing.assert_array_equal(voting.maj_at_k(answers, flags, 4), [1.0, 0.0])
 
 
 def test_maj_at_k_unparsable_answers_do_not_vote():
@@ -113,10 +114,10 @@ def test_maj_at_k_unparsable_answers_do_not_vote():
       [False, False],
       [False, True, False, False],
   ]
-  got = stats.maj_at_k([answers[0]], [flags[0]], 4)
+  got = voting.maj_at_k([answers[0]], [flags[0]], 4)
   np.testing.assert_array_equal(got, [1.0])
   # Nobody votes: 0. A tie between two single parsed votes: 1/2.
-  got = stats.maj_at_k(answers[1:], flags[1:], 2, subsets="chunks")
+  got = voting.maj_at_k(answers[1:], flags[1:], 2, subsets="chunks")
   np.testing.assert_array_equal(got, [0.0, 0.5])
 
 
@@ -125,26 +126,26 @@ def test_maj_at_k_tie_breaks():
   right_second = [[False, True], [False, True, True, False, False]]
   right_first = [[True, False], [True, False, False, True, False]]
   np.testing.assert_array_equal(
-      stats.maj_at_k(
+      voting.maj_at_k(
           answers, right_second, 2, ties="expected", subsets="chunks"
       ),
       [0.5, 0.5],
   )
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, right_second, 2, ties="first", subsets="chunks"),
+      voting.maj_at_k(answers, right_second, 2, ties="first", subsets="chunks"),
       [0.0, 0.5],
   )
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, right_first, 2, ties="first", subsets="chunks"),
+      voting.maj_at_k(answers, right_first, 2, ties="first", subsets="chunks"),
       [1.0, 0.5],
   )
   # Three-way tie, one correct: expected accuracy 1/3; first-seen picks "7".
   three = [["7", "8", "9"]]
   np.testing.assert_allclose(
-      stats.maj_at_k(three, [[False, True, False]], 3), [1 / 3]
+      voting.maj_at_k(three, [[False, True, False]], 3), [1 / 3]
   )
   np.testing.assert_array_equal(
-      stats.maj_at_k(three, [[False, True, False]], 3, ties="first"), [0.0]
+      voting.maj_at_k(three, [[False, True, False]], 3, ties="first"), [0.0]
   )
 
 
@@ -152,17 +153,17 @@ def test_maj_at_k_groups_by_the_equivalence_function():
   answers = [["0.5", "1/2", "3"]]
   flags = [[True, True, False]]
   # As strings, three one-vote groups tie and two of them are correct.
-  np.testing.assert_allclose(stats.maj_at_k(answers, flags, 3), [2 / 3])
+  np.testing.assert_allclose(voting.maj_at_k(answers, flags, 3), [2 / 3])
   same_number = lambda a, b: fractions.Fraction(a) == fractions.Fraction(b)
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, flags, 3, equivalent=same_number), [1.0]
+      voting.maj_at_k(answers, flags, 3, equivalent=same_number), [1.0]
   )
   # Three against two: the equivalence turns the minority into the majority.
   answers = [["3", "0.5", "3", "1/2", "2/4"]]
   flags = [[False, True, False, True, True]]
-  np.testing.assert_array_equal(stats.maj_at_k(answers, flags, 5), [0.0])
+  np.testing.assert_array_equal(voting.maj_at_k(answers, flags, 5), [0.0])
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, flags, 5, equivalent=same_number), [1.0]
+      voting.maj_at_k(answers, flags, 5, equivalent=same_number), [1.0]
   )
 
 
@@ -175,7 +176,7 @@ def test_maj_at_k_with_math_verify_equivalence():
   )
   checker = lambda q, a: math_verify.verify(gold, math_verify.parse(a))
   np.testing.assert_array_equal(
-      stats.maj_at_k(answers, checker, 5, equivalent=same), [1.0]
+      voting.maj_at_k(answers, checker, 5, equivalent=same), [1.0]
   )
 
 
@@ -189,8 +190,8 @@ def test_maj_at_k_checker_matches_flags_and_is_called_once_per_group():
     calls.append((q, answer))
     return answer == gold[q]
 
-  got = stats.maj_at_k(answers, checker, 3)
-  np.testing.assert_array_equal(got, stats.maj_at_k(answers, flags, 3))
+  got = voting.maj_at_k(answers, checker, 3)
+  np.testing.assert_array_equal(got, voting.maj_at_k(answers, flags, 3))
   assert sorted(calls) == [(0, "a"), (0, "b"), (1, "x"), (1, "y"), (1, "z")]
 
 
@@ -209,7 +210,7 @@ def test_maj_at_k_random_subsets_enumerate_when_few():
   answers = [[None if a is None else str(a) for a in row] for row in answers]
   flags = [[a == "2" for a in row] for row in answers]
   # C(6, 3) = 20 <= num_subsets, so the mean over all subsets is exact.
-  got = stats.maj_at_k(answers, flags, 3, num_subsets=20)
+  got = voting.maj_at_k(answers, flags, 3, num_subsets=20)
   want = [_exact_subset_mean(r, f, 3) for r, f in zip(answers, flags)]
   np.testing.assert_allclose(got, want, atol=1e-12)
 
@@ -218,14 +219,14 @@ def test_maj_at_k_random_subsets_sample_when_many():
   row = ["1", "2", "2", "3", "1", "2", "3", "3", "1", "2", "2", "4"]
   flags = [[a == "2" for a in row]]
   exact = _exact_subset_mean(row, flags[0], 4)  # C(12, 4) = 495 subsets.
-  a = stats.maj_at_k([row], flags, 4, num_subsets=400, seed=1)
-  b = stats.maj_at_k([row], flags, 4, num_subsets=400, seed=1)
-  c = stats.maj_at_k([row], flags, 4, num_subsets=400, seed=2)
+  a = voting.maj_at_k([row], flags, 4, num_subsets=400, seed=1)
+  b = voting.maj_at_k([row], flags, 4, num_subsets=400, seed=1)
+  c = voting.maj_at_k([row], flags, 4, num_subsets=400, seed=2)
   np.testing.assert_array_equal(a, b)
   assert a[0] != c[0]
   assert abs(a[0] - exact) < 0.05
   # A question's score does not depend on the questions after it.
-  both = stats.maj_at_k(
+  both = voting.maj_at_k(
       [row, row[::-1]], [flags[0], flags[0][::-1]], 4, num_subsets=400, seed=1
   )
   assert both[0] == a[0]
@@ -237,7 +238,7 @@ def test_maj_at_k_random_subsets_keep_sample_order_for_first_seen_ties():
   # k = 2: a tied pair goes to "a", which always comes first, so maj@2 is the
   # chance of drawing at least one "a" (a random order would give 1/2).
   want = 1 - math.comb(10, 2) / math.comb(20, 2)
-  got = stats.maj_at_k([row], flags, 2, ties="first", num_subsets=150)
+  got = voting.maj_at_k([row], flags, 2, ties="first", num_subsets=150)
   assert abs(got[0] - want) < 0.1
 
 
@@ -246,7 +247,7 @@ def test_maj_at_k_chunks():
   flags = [[a == "1" for a in row]]
   # Chunks [1 1], [2 3], [3 3]; the seventh sample is left over.
   np.testing.assert_allclose(
-      stats.maj_at_k([row], flags, 2, subsets="chunks"), [(1 + 0 + 0) / 3]
+      voting.maj_at_k([row], flags, 2, subsets="chunks"), [(1 + 0 + 0) / 3]
   )
 
 
@@ -255,7 +256,7 @@ def test_maj_at_k_when_n_equals_k_uses_the_full_set_in_order():
   flags = [[a == "5" for a in row]]
   for mode in ("random", "chunks"):
     np.testing.assert_array_equal(
-        stats.maj_at_k([row], flags, 4, subsets=mode, ties="first"), [1.0]
+        voting.maj_at_k([row], flags, 4, subsets=mode, ties="first"), [1.0]
     )
 
 
@@ -272,14 +273,14 @@ def test_maj_at_k_rejects_bad_input(kwargs, match):
   answers = [["1", "2", "3"], ["1", "2"]]
   flags = [[True, False, False], [True, False]]
   with pytest.raises(ValueError, match=match):
-    stats.maj_at_k(answers, flags, **kwargs)
+    voting.maj_at_k(answers, flags, **kwargs)
 
 
 def test_maj_at_k_rejects_mismatched_flags():
   with pytest.raises(ValueError, match="question 0: 3 answers but 2"):
-    stats.maj_at_k([["1", "2", "3"]], [[True, False]], 2)
+    voting.maj_at_k([["1", "2", "3"]], [[True, False]], 2)
   with pytest.raises(ValueError, match="1 questions of answers but 2"):
-    stats.maj_at_k([["1", "2"]], [[True, False], [True, True]], 2)
+    voting.maj_at_k([["1", "2"]], [[True, False], [True, True]], 2)
 
 
 # -------------------------------------------------------------- bootstrap
@@ -378,7 +379,9 @@ def test_summarize_agrees_with_the_parts():
     assert out[f"pass@{k}_ci"] == [low, high]
     assert low <= mean <= high
   assert out["pass@1"] == pytest.approx(np.mean(c / n))
-  assert out["maj@4"] == pytest.approx(stats.maj_at_k(answers, flags, 4).mean())
+  assert out["maj@4"] == pytest.approx(
+      voting.maj_at_k(answers, flags, 4).mean()
+  )
   json.dumps(out)  # Loggable as it is.
 
 

@@ -10,7 +10,7 @@ from experiments.configs import orm as orm_config
 from tests.helpers import train_util
 from ugrad.training import iterative
 from ugrad.runtime import metrics as metrics_lib
-from ugrad.training import reward_models
+from ugrad.training import reward_data
 from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 from ugrad.training import validate
@@ -77,7 +77,7 @@ def test_reward_model_continues_on_the_policy_of_each_iteration(
 ):
   it1 = iterative.iteration_dir(run_dir, 1)
   rm_dir = os.path.join(it1, "reward_model")
-  chain = reward_models.run_chain(rm_dir)
+  chain = reward_data.run_chain(rm_dir)
   assert chain[0].init_from == it1  # samples the policy of iteration 1
   assert chain[0].rm.init_from == orm_dir and chain[0].rm.replay == 0.1
   assert chain[0].steps == 2

@@ -13,8 +13,8 @@ from experiments.configs import prm as prm_config
 from tests.helpers import train_util
 from ugrad.sampling import layout
 from ugrad.runtime import metrics as metrics_lib
+from ugrad.training import reward_data
 from ugrad.training import reward_labels
-from ugrad.training import reward_models
 from ugrad import rewards as rewards_lib
 from ugrad.training import runs
 from ugrad import sources as sources_lib
@@ -219,16 +219,16 @@ def test_continued_reward_model_starts_from_the_saved_one_and_replays(
   jax.tree.map(np.testing.assert_array_equal, learner.init_params, saved)
   # Draws continue after the base run's 2 steps.
   assert learner.data_offset == 2
-  history = reward_models.history(base_orm)
+  history = reward_data.history(base_orm)
   assert len(history["tokens"]) == 2 * 4  # 2 steps x 2 questions x 2 samples
   trainer.train()
-  fresh = reward_models.history(str(tmp_path))
+  fresh = reward_data.history(str(tmp_path))
   assert len(fresh["tokens"]) == 2 * 8  # the chain: both runs' fresh rows
   # The continued run's own rows are new draws, not the base run's again.
   assert not np.array_equal(fresh["tokens"][:8], fresh["tokens"][8:])
   rows = {k: v[8:12] for k, v in fresh.items()}
   mixed = learner._with_replay(0, rows)
-  n = reward_models.replay_rows(4, 0.5)
+  n = reward_data.replay_rows(4, 0.5)
   assert n == 4 and len(mixed["tokens"]) == 4 + n
   for key in rows:
     np.testing.assert_array_equal(mixed[key][:4], rows[key])
@@ -236,7 +236,7 @@ def test_continued_reward_model_starts_from_the_saved_one_and_replays(
     assert any(np.array_equal(row, h) for h in history["tokens"])
   again = learner._with_replay(0, rows)
   np.testing.assert_array_equal(again["tokens"], mixed["tokens"])
-  assert [c.rm.init_from for c in reward_models.run_chain(str(tmp_path))] == [
+  assert [c.rm.init_from for c in reward_data.run_chain(str(tmp_path))] == [
       base_orm,
       "",
   ]
@@ -245,8 +245,8 @@ def test_continued_reward_model_starts_from_the_saved_one_and_replays(
 # Slow for its fixtures (the module's SFT and ORM runs).
 @pytest.mark.slow
 def test_replay_share_and_bad_continuations(base_orm, sft_dir, tmp_path):
-  assert reward_models.replay_rows(128, 0.1) == 14  # 14 / 142 = 9.9%
-  assert reward_models.replay_rows(128, 0.0) == 0
+  assert reward_data.replay_rows(128, 0.1) == 14  # 14 / 142 = 9.9%
+  assert reward_data.replay_rows(128, 0.0) == 0
   config = _tiny_rm(orm_config, sft_dir)
   config.rm.replay = 0.1
   with pytest.raises(ValueError, match="set config.rm.init_from"):

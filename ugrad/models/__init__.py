@@ -15,7 +15,7 @@ from ugrad.models.transformer import REMAT_POLICIES
 from ugrad.models.transformer import ScalarModel
 from ugrad.models.transformer import Transformer
 from ugrad.models.transformer import init_cache
-from ugrad.models.transformer import token_logprobs
+from ugrad.models.logprobs import token_logprobs
 from ugrad.models.hf import from_pretrained
 from ugrad.models.hf import save_pretrained
 from ugrad.models.hf_tokenizer import HFTokenizer

@@ -33,7 +33,7 @@ returns the SHA-256 of that manifest for the gradient log. `restore` checks
 a step's files against its manifest before reading it: a mismatch makes the
 step unreadable (moved aside, the next older one tried). A step saved by a
 process killed before `finish` has no manifest; `restore` writes it then,
-with a warning.
+with a warning. The manifests themselves are `ugrad.runtime.checksums`.
 
 In a multi-process run every process saves and restores together (Orbax
 coordinates them); only process 0 moves bad checkpoints aside, and the
@@ -52,6 +52,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ugrad import errors
+from ugrad.runtime import checksums
 from ugrad.runtime import distributed
 from ugrad.runtime import paths
 
@@ -60,7 +61,6 @@ from ugrad.runtime import paths
 # file systems).
 ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 CORRUPT_DIR = "corrupt"
-MANIFEST = "ugrad_sha256.json"
 _STATE = "state"
 _META = "meta"
 
@@ -171,9 +171,9 @@ class Checkpointer:
           e.errno,
           (
               f"a checkpoint save in {self.directory} failed "
-              f"({e.strerror or e}); the finished checkpoints there are intact: "
-              "free space (or fix the path) and rerun the same command to "
-              "resume from the newest"
+              f"({e.strerror or e}); the finished checkpoints there are "
+              "intact: free space (or fix the path) and rerun the same "
+              "command to resume from the newest"
           ),
       ) from e
 
@@ -197,16 +197,16 @@ class Checkpointer:
   def write_manifest(self, step: int) -> str:
     """Hashes the files of a finished step into its manifest (process 0
     writes it); returns the manifest's SHA-256 on every process."""
-    hashes = file_hashes(self.directory / str(step))
-    text = _manifest_text(hashes)
+    hashes = checksums.file_hashes(self.directory / str(step))
+    text = checksums.manifest_text(hashes)
     if distributed.is_main():
-      (self.directory / str(step) / MANIFEST).write_text(text)
+      (self.directory / str(step) / checksums.MANIFEST).write_text(text)
     distributed.sync("checkpoint_manifest")
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
   def manifest_sha256(self, step: int) -> Optional[str]:
     """The SHA-256 of step's manifest as stored, None without one."""
-    path = self.directory / str(step) / MANIFEST
+    path = self.directory / str(step) / checksums.MANIFEST
     if not path.exists():
       return None
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -216,9 +216,9 @@ class Checkpointer:
     process 0, the verdict shared with all); writes a missing one."""
     problem = None
     if distributed.is_main():
-      problem = check_manifest(self.directory / str(step))
+      problem = checksums.check_manifest(self.directory / str(step))
     if not distributed.agree(problem is None):
-      raise ChecksumError(
+      raise checksums.ChecksumError(
           problem
           or f"checkpoint step {step} failed its " "checksums on process 0"
       )
@@ -402,49 +402,6 @@ class UnreadableCheckpoints(RuntimeError):
   """Checkpoints exist but none restores."""
 
 
-class ChecksumError(Exception):
-  """A checkpoint file's bytes differ from its manifest."""
-
-
-def file_hashes(step_dir) -> dict[str, str]:
-  """SHA-256 of every file under a step directory (the manifest left
-  out), keyed by path relative to it."""
-  step_dir = paths.resolve(step_dir)
-  hashes = {}
-  for root, _, files in step_dir.walk():
-    for name in files:
-      path = root / name
-      relative = str(path.relative_to(step_dir))
-      if relative != MANIFEST:
-        hashes[relative] = _sha256_of(path)
-  return dict(sorted(hashes.items()))
-
-
-def check_manifest(step_dir) -> Optional[str]:
-  """Why a step's files differ from its manifest, or None if they match
-  (or it has none)."""
-  step_dir = paths.resolve(step_dir)
-  path = step_dir / MANIFEST
-  if not path.exists():
-    return None
-  try:
-    want = json.loads(path.read_text())
-  except ValueError as e:
-    return f"{path} is not valid JSON ({e})"
-  got = file_hashes(step_dir)
-  for name in sorted(set(want) | set(got)):
-    if name not in got:
-      return f"{step_dir}/{name} is missing (listed in {MANIFEST})"
-    if name not in want:
-      return f"{step_dir}/{name} is not listed in {MANIFEST}"
-    if got[name] != want[name]:
-      return (
-          f"{step_dir}/{name} has SHA-256 {got[name]}, but {MANIFEST} "
-          f"says {want[name]} (the file changed after the save)"
-      )
-  return None
-
-
 @contextlib.contextmanager
 def _dropping_abandoned_reads():
   """Orbax's concurrent reads of a broken checkpoint leave coroutines that
@@ -475,18 +432,6 @@ def _is_abandoned_read(unraisable) -> bool:
     return True
   code = getattr(unraisable.object, "cr_code", None)
   return code is not None and "orbax" in code.co_filename
-
-
-def _manifest_text(hashes: Mapping[str, str]) -> str:
-  return json.dumps(hashes, sort_keys=True, indent=0) + "\n"
-
-
-def _sha256_of(path) -> str:
-  digest = hashlib.sha256()
-  with path.open("rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _check_meta(meta: Mapping[str, Any]):

@@ -12,7 +12,8 @@ no spaces, ASCII):
 key, and `prev_sha256` is the previous record's `sha256` (GENESIS for the
 first), so editing, deleting or reordering any record breaks the chain at
 that record. Statistics a method does not have (reward, KL, clip fraction)
-are null. Numbers follow `ugrad.runtime.metrics.json_scalar` (non-finite values as
+are null. Numbers follow `ugrad.runtime.metrics.json_scalar` (non-finite values
+as
 "NaN", "Infinity", "-Infinity").
 
 A checkpoint record follows the update records of the step it saved, once
@@ -29,7 +30,8 @@ hashes. Both are caught when the last hash is kept elsewhere: the trainer
 stores `GradientLog.head` in each checkpoint's metadata and passes it back
 as `expected_head` on resume.
 
-Command line: `python -m ugrad.runtime.gradlog verify FILE` prints `OK (N records)`
+Command line: `python -m ugrad.runtime.gradlog verify FILE` prints `OK (N
+records)`
 and exits 0, or prints the first bad record and exits 1. `verify WORKDIR`
 does the same for WORKDIR/gradient_log.jsonl and then checks each
 checkpoint in WORKDIR/checkpoints against its manifest and its record.
@@ -44,6 +46,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ugrad import errors
+from ugrad.runtime import checksums
 from ugrad.runtime import metrics
 from ugrad.runtime import paths
 
@@ -280,9 +283,6 @@ def verify_checkpoints(workdir: paths.PathLike) -> list[str]:
   """Problems of the checkpoints in WORKDIR/checkpoints: files that differ
   from their manifest, a manifest that differs from the log's record, a
   checkpoint the log does not record. Empty when all agree."""
-  # Imported here: the checkpoint module imports Orbax (slow to import).
-  from ugrad.runtime import checkpoint  # pylint: disable=import-outside-toplevel
-
   workdir = paths.resolve(workdir)
   logged = checkpoint_records(workdir / LOG_FILE)
   directory = workdir / CHECKPOINT_DIR
@@ -294,10 +294,10 @@ def verify_checkpoints(workdir: paths.PathLike) -> list[str]:
   problems = []
   for step in steps:
     step_dir = directory / str(step)
-    problem = checkpoint.check_manifest(step_dir)
-    manifest = step_dir / checkpoint.MANIFEST
+    problem = checksums.check_manifest(step_dir)
+    manifest = step_dir / checksums.MANIFEST
     if problem is None and not manifest.exists():
-      problem = f"checkpoint step {step} has no {checkpoint.MANIFEST}"
+      problem = f"checkpoint step {step} has no {checksums.MANIFEST}"
     if problem is None:
       digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
       if step not in logged:

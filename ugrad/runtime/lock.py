@@ -1,6 +1,7 @@
 """One owner per workdir: a lock file taken for the length of a run.
 
-WORKDIR/ugrad.runtime.lock holds the owner's host, PID and start time as JSON. It is
+WORKDIR/ugrad.runtime.lock holds the owner's host, PID and start time as JSON.
+It is
 created atomically (O_EXCL) on local file systems; a lock left by a process
 that no longer exists on this host is taken over with a warning. A lock held
 by a live process, or by any process on another host (whose liveness this

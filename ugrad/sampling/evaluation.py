@@ -2,7 +2,8 @@
 
 `greedy_accuracy` and `sample_eval` run a policy on a task's held-out
 questions, read each completion's final answer and score it; the statistics
-(pass@k, maj@k, bootstrap intervals) are `ugrad.sampling.stats`.
+(pass@k, maj@k, bootstrap intervals) are `ugrad.sampling.stats` and
+`ugrad.sampling.voting`.
 """
 
 import functools
@@ -15,6 +16,7 @@ import numpy as np
 from ugrad import errors
 from ugrad import sampling
 from ugrad.sampling import stats
+from ugrad.sampling import voting
 from ugrad.tasks import arithmetic
 from ugrad.tasks import jsonl
 from ugrad.tasks import math_answers
@@ -87,7 +89,7 @@ def greedy_accuracy(
 
 # Sampler rows per call when `batch_questions` is not given.
 _SAMPLE_ROWS = 512
-AnswerFn = Callable[[str], stats.Answer]
+AnswerFn = Callable[[str], voting.Answer]
 
 
 def _nonempty(read: Callable[[str], Optional[str]]) -> AnswerFn:
@@ -100,7 +102,7 @@ def _nonempty(read: Callable[[str], Optional[str]]) -> AnswerFn:
   return answer
 
 
-def _math_equivalence(boxed: bool) -> stats.Equivalence:
+def _math_equivalence(boxed: bool) -> voting.Equivalence:
   """math-verify equality, memoised: votes compare the same pairs often."""
 
   @functools.lru_cache(maxsize=1 << 16)
@@ -110,7 +112,7 @@ def _math_equivalence(boxed: bool) -> stats.Equivalence:
   return same
 
 
-def answer_functions(task) -> tuple[AnswerFn, stats.Equivalence]:
+def answer_functions(task) -> tuple[AnswerFn, voting.Equivalence]:
   """How to read and compare the final answers of a task's completions.
 
   The embedded task's answer is the integer after "####" (compared with ==);
@@ -201,7 +203,7 @@ def sample_eval(
     batch_questions: Optional[int] = None,
     *,
     answer_fn: Optional[AnswerFn] = None,
-    equivalent: Optional[stats.Equivalence] = None,
+    equivalent: Optional[voting.Equivalence] = None,
     split: str = "test",
     mesh=None,
 ) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import jax
 import numpy as np
 
 from ugrad import errors
-from ugrad import masked
 from ugrad.runtime import distributed
 from ugrad.runtime import paths
 from ugrad import registry
@@ -33,6 +32,7 @@ from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad import tasks as tasks_lib
 from ugrad.sampling import layout
+from ugrad.sources import groups as groups_lib
 
 Rollout = rollout_lib.Rollout
 
@@ -92,52 +92,6 @@ def _step_rng(seed: int, step: int, attempt: int = 0) -> np.random.Generator:
   return np.random.default_rng([seed, step, attempt])
 
 
-def _group_rewards(batch: Batch, group_size: int) -> np.ndarray:
-  """[Q, G] rewards (step rewards summed when there is no outcome reward)."""
-  r = batch.rollout
-  if r.rewards is not None:
-    rewards = np.asarray(r.rewards)
-  elif r.step_rewards is not None:
-    rewards = np.asarray(r.step_rewards).sum(-1)
-  else:
-    raise errors.UserError(
-        "sampling sources compare rewards within each "
-        "group, but the reward gave none: use a reward "
-        "that gives outcome or step rewards (e.g. "
-        "'rule'), not 'none'"
-    )
-  return rewards.reshape(-1, group_size)
-
-
-def _varied_groups(batch: Batch, group_size: int) -> np.ndarray:
-  """Indices of the groups whose rewards are not all equal.
-
-  The test is the coefficients' (`masked.group_all_equal`). With step
-  rewards only, a group varies when the rewards at its step ends differ, as
-  process supervision sees them: equal sums of different step rewards still
-  carry signal, equal rewards over steps of any count do not. A group with
-  a NaN reward varies, as the coefficients see it (its advantages are NaN).
-  """
-  r = batch.rollout
-  if r.rewards is not None or r.step_rewards is None:
-    values = _group_rewards(batch, group_size).reshape(-1, 1)
-    where = True
-  else:
-    values = np.asarray(r.step_rewards)
-    where = np.asarray(r.completion_mask) > 0
-    if r.step_mask is not None:
-      where &= np.asarray(r.step_mask) > 0
-  group = np.arange(len(values)) // group_size
-  same = group[:, None] == group[None, :]
-  flat = masked.group_all_equal(values, where, same, np)
-  return np.flatnonzero(~flat[::group_size])
-
-
-def _rows_of(groups: Sequence[int], group_size: int) -> np.ndarray:
-  groups = np.asarray(groups, np.int64)
-  return (groups[:, None] * group_size + np.arange(group_size)).reshape(-1)
-
-
 def make_pairs(batch: Batch, group_size: int) -> Batch:
   """DPO pairs: one correct and one incorrect sample from each group.
 
@@ -150,7 +104,7 @@ def make_pairs(batch: Batch, group_size: int) -> Batch:
     A batch of 2 rows per group: (chosen, rejected), with pair_ids and
     pair_sign set.
   """
-  rewards = _group_rewards(batch, group_size)
+  rewards = groups_lib.rewards(batch.rollout, group_size)
   num_groups = rewards.shape[0]
   rows, real = [], []
   for g in range(num_groups):
@@ -304,18 +258,18 @@ class OnlineSource:
       batch = draw_once(draws)
       draws += 1
       every = np.arange(self.questions)
-      varied = _varied_groups(batch, self.group_size)
+      varied = groups_lib.varied(batch.rollout, self.group_size)
       if not self.dynamic:
         kept.append((batch, every))
         break
       kept.append((batch, varied))
       dropped.append((batch, np.setdiff1d(every, varied)))
-    parts, have = [], 0
+    parts, have, filled = [], 0, 0
     for source in (kept, dropped):
       for part, groups in source:
         take = groups[: self.questions - have]
         if len(take):
-          parts.append(select(part, _rows_of(take, self.group_size)))
+          parts.append(select(part, groups_lib.rows(take, self.group_size)))
           have += len(take)
       if source is kept:
         filled = self.questions - have
@@ -324,7 +278,7 @@ class OnlineSource:
     batch.rollout = batch.rollout.replace(
         group_ids=np.arange(self.questions * g, dtype=np.int32) // g
     )
-    flat_groups = self.questions - len(_varied_groups(batch, g))
+    flat_groups = self.questions - len(groups_lib.varied(batch.rollout, g))
     batch.metrics = {
         "zero_signal_group_frac": flat_groups / self.questions,
         "draws": float(draws),
@@ -423,7 +377,7 @@ class FrozenPolicySource(OnlineSource):
       groups = _step_rng(self.seed, step, attempt).choice(
           num_groups, self.questions, replace=num_groups < self.questions
       )
-      return score(select(self._pool, _rows_of(groups, self.group_size)))
+      return score(select(self._pool, groups_lib.rows(groups, self.group_size)))
 
     return self._assemble(draw_once)
 

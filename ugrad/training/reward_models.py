@@ -24,18 +24,17 @@ and `process` rewards) loads.
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from ugrad import errors
 from ugrad.training import build
 from ugrad import masked
-from ugrad.runtime import paths
 from ugrad import registry
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
 from ugrad.training import learner as learner_lib
+from ugrad.training import reward_data
 from ugrad.training import runs
 from ugrad import sampling
 from ugrad import sources as sources_lib
@@ -47,8 +46,6 @@ LABELS = ("hard", "soft", "ground_truth")
 # training draws (which use fold_in(seed, step)).
 _EVAL_STEP = 2**31 - 2
 _SHEPHERD_SALT = 1_000_003
-_REPLAY_SALT = 1_000_033
-DATA_DIR = "rm_data"  # one .npz of labelled training rows per step
 
 
 def label_loss(graphdef):
@@ -93,7 +90,7 @@ def check_config(config) -> None:
         "config.rm.init_from to the reward model to continue"
     )
   if rm.init_from:
-    previous = run_chain(rm.init_from)[0]
+    previous = reward_data.run_chain(rm.init_from)[0]
     if previous.rm.kind != rm.kind:
       raise errors.UserError(
           f"config.rm.init_from={rm.init_from} holds a reward model of kind "
@@ -108,56 +105,6 @@ def check_config(config) -> None:
         f"a reward model on task {config.task!r} starts from a policy: set "
         "config.init_from"
     )
-
-
-# ---------------------------------------------------------------------------
-# Continued training: the chain of earlier runs and their data.
-# ---------------------------------------------------------------------------
-
-
-def run_chain(workdir: str) -> list[ml_collections.ConfigDict]:
-  """The configs of a finished reward-model run and of the runs it
-  continued (`rm.init_from`), newest first.
-
-  Raises:
-    FileNotFoundError: when a run of the chain has not finished.
-  """
-  chain = []
-  while workdir:
-    if not runs.is_finished_model(workdir):
-      raise errors.MissingInput(
-          f"{workdir} holds no finished reward model "
-          f"({runs.MODEL_FILE} is missing)"
-      )
-    chain.append(runs.read_config(workdir))
-    workdir = chain[-1].rm.get("init_from", "")
-  return chain
-
-
-def history(workdir: str) -> dict:
-  """The labelled rows every run of the chain ending at `workdir` trained
-  on (replayed rows excluded): "tokens", "attention_mask" [N, T] int32,
-  "targets", "label_mask" [N, T] float32."""
-  chain = run_chain(workdir)
-  dirs = [workdir] + [c.rm.init_from for c in chain[:-1]]
-  parts = []
-  for directory in dirs:
-    data_dir = paths.resolve(directory) / DATA_DIR
-    if not data_dir.is_dir():
-      raise errors.MissingInput(
-          f"{directory} kept no training data to replay ({DATA_DIR}/ is "
-          "missing)"
-      )
-    for file in sorted(data_dir.iterdir()):
-      with file.open("rb") as f, np.load(f) as rows:
-        parts.append(dict(rows))
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def replay_rows(fresh_rows: int, replay: float) -> int:
-  """Historical rows added to `fresh_rows` so they make up `replay` of the
-  batch."""
-  return int(round(fresh_rows * replay / (1.0 - replay)))
 
 
 # ---------------------------------------------------------------------------
@@ -188,9 +135,11 @@ class RewardModelLearner:
           "scalar",
           jax.tree.map(lambda x: x.sharding, self.init_params),
       )
-      self.data_offset = sum(c.steps for c in run_chain(config.rm.init_from))
+      self.data_offset = sum(
+          c.steps for c in reward_data.run_chain(config.rm.init_from)
+      )
       if config.rm.replay:
-        self.history = history(config.rm.init_from)
+        self.history = reward_data.history(config.rm.init_from)
     self.source = sources_lib.OnlineSource(
         self.task,
         sampler=self._sampler(config.sampling.group_size),
@@ -360,30 +309,14 @@ class RewardModelLearner:
 
   def _record(self, step: int, rows: dict):
     """Keeps the step's fresh labelled rows for later replay."""
-    data_dir = paths.resolve(self.context.workdir) / DATA_DIR
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / f"step_{step:07d}.npz").open("wb") as f:
-      np.savez_compressed(f, **rows)
+    reward_data.record(self.context.workdir, step, rows)
 
   def _with_replay(self, step: int, rows: dict) -> dict:
     """`rows` plus historical rows drawn by (seed, step), so that they make
     up `rm.replay` of the batch."""
     if self.history is None:
       return rows
-    n = replay_rows(len(rows["tokens"]), self.config.rm.replay)
-    available, width = self.history["tokens"].shape
-    if width != rows["tokens"].shape[1]:
-      raise errors.UserError(
-          f"replayed rows of {self.config.rm.init_from} have {width} "
-          f"tokens, this run's have {rows['tokens'].shape[1]}: the task or "
-          "sampling.max_new_tokens changed"
-      )
-    idx = np.random.default_rng([self.config.seed, step, _REPLAY_SALT]).choice(
-        available, size=n, replace=n > available
-    )
-    return {
-        k: np.concatenate([v, self.history[k][idx]]) for k, v in rows.items()
-    }
+    return reward_data.with_replay(self.config, self.history, step, rows)
 
   # --- evaluation and the result -------------------------------------------
 

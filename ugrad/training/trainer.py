@@ -35,43 +35,17 @@ from ugrad.runtime import metrics as metrics_lib
 from ugrad.runtime import paths
 from ugrad.runtime import preemption
 from ugrad.runtime import profiling
+from ugrad.training import records
 from ugrad.training import reward_models
 from ugrad.training import runs
 from ugrad.training import validate
 from ugrad.training import update as update_lib
 from ugrad.training.policy_learner import PolicyLearner
 
-# Metrics that measure wall time; they differ between identical runs.
-# The phases of a step, timed back to back so that they add up to
-# step_time_s: "sample" (the source's draw: sampling, decoding and rewards
-# on the host), "prepare" (the rest of the batch: reference and old
-# log-probs, values, labels), "update" (the optimizer updates, critic's
-# included, waited for), "host" (gradient log, statistics, sample texts).
-PHASES = ("sample", "prepare", "update", "host")
-TIMING_KEYS = ("tokens_per_s", "step_time_s") + tuple(
-    f"time/{phase}_s" for phase in PHASES
-)
-
-
-class PhaseTimer:
-  """Wall time per phase: each `lap(phase)` charges the time since the
-  previous lap to `phase`."""
-
-  def __init__(self):
-    self.restart()
-
-  def restart(self):
-    self.totals = dict.fromkeys(PHASES, 0.0)
-    self._last = time.perf_counter()
-
-  def lap(self, phase: str):
-    now = time.perf_counter()
-    self.totals[phase] += now - self._last
-    self._last = now
-
-  def metrics(self) -> dict:
-    return {f"time/{phase}_s": t for phase, t in self.totals.items()}
-
+# The phases of a step and the metrics that measure wall time
+# (`ugrad.training.records`).
+PHASES = records.PHASES
+TIMING_KEYS = records.TIMING_KEYS
 
 # Before each step's clock starts: hook(context, state, step) -> HookResult.
 Hook = learner_lib.Hook
@@ -107,7 +81,7 @@ class Trainer:
     root.mkdir(parents=True, exist_ok=True)
     self.workdir = str(root)
     self.hooks = list(hooks)
-    self.timer = PhaseTimer()
+    self.timer = records.PhaseTimer()
     self.context = context = _context(config, self.workdir)
     self.task, self.mesh, self.policy = (
         context.task,
@@ -231,10 +205,11 @@ class Trainer:
         self.timer.lap("update")
         if update_index == 0:  # The last save had this step's time to land.
           self._log_checkpoints(gradient_log)
-        self._log_update(
+        records.log_update(
             gradient_log,
+            config,
+            step * self._updates_per_step() + update_index + 1,
             step,
-            update_index,
             batch,
             metrics,
             np.asarray(rollout.tokens)[rows_idx],
@@ -266,41 +241,6 @@ class Trainer:
 
   def _updates_per_step(self) -> int:
     return self.config.ppo_epochs * self.config.minibatches
-
-  def _log_update(
-      self, gradient_log, step, update_index, batch, metrics, tokens
-  ):
-    """Appends one optimizer update to the tamper-evident gradient log."""
-    coef = {k[3:]: v for k, v in metrics.items() if k.startswith("gc_")}
-    reward = None
-    if batch.rollout.rewards is not None:
-      rewards = np.asarray(batch.rollout.rewards)
-      reward = {
-          "mean": float(rewards.mean()),
-          "std": float(rewards.std()),
-          "min": float(rewards.min()),
-          "max": float(rewards.max()),
-      }
-    skip = {"loss", "grad_norm", "kl", "clip_frac"}
-    extra = {
-        k: v
-        for k, v in metrics.items()
-        if k not in skip and not k.startswith("gc_")
-    }
-    gradient_log.append(
-        step * self._updates_per_step() + update_index + 1,
-        self.config.method
-        if self.config.trainer == "reward_model"
-        else self.config.coef.name,
-        tokens,
-        loss=metrics["loss"],
-        grad_norm=metrics["grad_norm"],
-        coef=coef,
-        reward=reward,
-        kl=metrics.get("kl"),
-        clip_frac=metrics.get("clip_frac"),
-        extra=dict(extra, train_step=step + 1),
-    )
 
   def _log_checkpoints(self, gradient_log):
     """Records the checkpoints whose saves are done in the gradient log."""
@@ -341,7 +281,7 @@ class Trainer:
           expected_head=self.resume_meta.get("gradlog_head"),
       )
     else:  # Process 0 writes the run's record; the others only compute.
-      writer = gradient_log = _NoRecord()
+      writer = gradient_log = records.NoRecord()
     if self.start_step and gradient_log.last_checkpoint != self.start_step:
       # Killed between that save and its record (restore checked the files
       # and wrote a missing manifest).
@@ -437,20 +377,6 @@ def _context(config, workdir: str) -> learner_lib.RunContext:
       prompt_len=build.prompt_length(task),
       max_new=config.sampling.max_new_tokens,
   )
-
-
-class _NoRecord:
-  """The metrics writer and gradient log of a process other than 0."""
-
-  head = last_checkpoint = None
-
-  def write(self, *unused, **unused_kw):
-    pass
-
-  write_text = append = append_checkpoint = write
-
-  def close(self):
-    pass
 
 
 def train_reward_model(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -3,7 +3,8 @@
 A loss is `(params, batch) -> (numerator, (denominator, metrics))`: the
 unified loss of a coefficient (`policy_loss`), a critic's value regression
 (`value_loss`) or a reward model's cross-entropy
-(`ugrad.training.reward_models.label_loss`). `make_update` turns any of them into one
+(`ugrad.training.reward_models.label_loss`). `make_update` turns any of them
+into one
 jitted optimizer step with micro-batch accumulation.
 """
 

@@ -1,0 +1,156 @@
+"""The Cloud TPU side of `experiments.plan`: chips, topologies, compiling.
+
+The chips' HBM and peak bfloat16 FLOPs, the Cloud TPU names the plan
+accepts and their `jax.experimental.topologies` names, the compile-only
+devices of a topology (libtpu, its harmless messages on a machine without a
+TPU filtered from stderr), the bytes one chip holds of a sharded tree of
+ShapeDtypeStructs, and compiling one jitted function ahead of time for those
+devices with its memory analysis and XLA's FLOPs count.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from experiments import plan_report
+
+GiB = plan_report.GiB
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  hbm_bytes: int
+  peak_bf16_flops: float  # per chip, per second
+
+
+CHIPS = {
+    "v5e": Chip(16 * GiB, 197e12),
+    "v5p": Chip(95 * GiB, 459e12),
+    "v6e": Chip(32 * GiB, 918e12),
+}
+
+# Cloud TPU names -> (chip, jax topology name). Cloud counts TensorCores for
+# v5p (two per chip: v5p-8 is 4 chips) and chips for v5e / v6e.
+TOPOLOGIES = {
+    "v5e-8": ("v5e", "v5e:2x4"),
+    "v5p-8": ("v5p", "v5p:2x2x1"),
+    "v5p-16": ("v5p", "v5p:2x2x2"),
+    "v6e-8": ("v6e", "v6e:2x4"),
+}
+
+# libtpu's messages on a machine without a TPU; harmless for a plan.
+_HARMLESS = re.compile(
+    r"could not determine TPU accelerator type|unexpected worker hostname|"
+    r"TPU_WORKER_HOSTNAMES|Failed to get TPU metadata|"
+    r"WARNING: All log messages before absl::InitializeLog|"
+    r"Logging before InitGoogle|Failed to find host bounds|"
+    r"Source Location Trace|libtpu_init_utils|"
+    r"Unable to initialize backend|Platform 'tpu' is experimental|"
+    r"^\s*$"
+)
+
+
+def topology_name(cloud_name: str) -> tuple[str, str]:
+  """(chip kind, jax topology name) of a Cloud TPU name.
+
+  Raises:
+    ValueError: for an unknown name, listing the valid ones.
+  """
+  if cloud_name not in TOPOLOGIES:
+    raise ValueError(
+        f"unknown TPU topology {cloud_name!r}; valid: "
+        f"{', '.join(TOPOLOGIES)}"
+    )
+  return TOPOLOGIES[cloud_name]
+
+
+@contextlib.contextmanager
+def filtered_stderr():
+  """Runs the block with the process's stderr (file descriptor 2, where
+  libtpu logs) captured, then replays every line but libtpu's harmless
+  ones."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      for line in tmp.read().decode(errors="replace").splitlines():
+        if not _HARMLESS.search(line):
+          print(line, file=sys.stderr)
+
+
+def topology_devices(cloud_name: str) -> list:
+  """The compile-only TPU devices of a Cloud topology (needs libtpu)."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
+  _, name = topology_name(cloud_name)
+  with filtered_stderr():
+    return list(
+        topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+    )
+
+
+def bytes_per_chip(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs with shardings
+  (the largest shard of each leaf)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
+def abstract(tree, shardings):
+  """`tree`'s leaves as ShapeDtypeStructs with the given shardings."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree,
+      shardings,
+  )
+
+
+def memory_analysis(compiled) -> dict:
+  """A compiled function's bytes per chip: arguments, outputs, temporaries,
+  aliased, peak and generated code."""
+  m = compiled.memory_analysis()
+  fields = {
+      "argument": "argument_size_in_bytes",
+      "output": "output_size_in_bytes",
+      "temp": "temp_size_in_bytes",
+      "alias": "alias_size_in_bytes",
+      "peak": "peak_memory_in_bytes",
+      "code": "generated_code_size_in_bytes",
+  }
+  return {k: int(getattr(m, f, 0) or 0) for k, f in fields.items()}
+
+
+def compiled_flops(compiled) -> Optional[float]:
+  """XLA's FLOPs per chip of a compiled function (a loop body counted
+  once); None where its cost analysis has none."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get("flops")
+  return None if flops is None else float(flops)
+
+
+def compile_for_tpu(jitted, *args) -> Any:
+  """Lowers and compiles `jitted` for the arguments' (TPU) shardings, with
+  libtpu's harmless messages filtered out."""
+  with filtered_stderr():
+    lowered = jitted.lower(*args)
+    return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
