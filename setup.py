@@ -67,5 +67,14 @@ setuptools.setup(
         "plan": [
             "jax[tpu]>=0.10",
         ],
+        # Running on accelerators: `pip install -e '.[tpu]'` on a Cloud TPU
+        # VM, `pip install -e '.[cuda]'` on an NVIDIA GPU host (JAX's
+        # default CUDA; `jax[cuda12]` for a driver older than CUDA 13).
+        "tpu": [
+            "jax[tpu]>=0.10",
+        ],
+        "cuda": [
+            "jax[cuda]>=0.10",
+        ],
     },
 )

@@ -7,7 +7,7 @@ select it like a built-in one (`config.coef = coef("my_method")`,
 `examples/custom_method/` and CONTRIBUTING.md.
 """
 
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from ugrad import coefficients as _coefficients
 from ugrad import rewards as _rewards
@@ -32,7 +32,7 @@ def register_coefficient(
     fields: Callable[..., set] = _no_fields,
     normalizer: str = "sequence",
     value_targets: Optional[Callable] = None,
-    replace: bool = False
+    replace: bool = False,
 ) -> Coefficient:
   """Adds a gradient coefficient (a method) under `name`.
 
@@ -59,7 +59,11 @@ def register_coefficient(
 
 
 def register_reward(
-    name: str, fn: Callable, *, fields=("rewards",), replace: bool = False
+    name: str,
+    fn: Callable,
+    *,
+    fields: Iterable[str] = ("rewards",),
+    replace: bool = False,
 ) -> Reward:
   """Adds a reward function under `name` (usable in weighted specs too).
 
@@ -78,7 +82,9 @@ def register_reward(
   return _rewards.register(name, Reward(fn, frozenset(fields)), replace=replace)
 
 
-def register_source(name: str, source_cls, *, replace: bool = False):
+def register_source(
+    name: str, source_cls: type, *, replace: bool = False
+) -> type:
   """Adds a data source class under `name` (`config.source`).
 
   The class declares `samples` (draws from the policy), `frozen` (from a
