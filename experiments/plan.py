@@ -24,7 +24,11 @@ the micro-batch scan, the chunked vocabulary projection), so the plan also
 gives analytic FLOPs (2 N per token forward, 6 N per token for the update,
 N the parameters that multiply, plus attention over the full T x T or cache
 scores the code computes), and with `--step_time` the MFU that time would
-mean.
+mean. Each function's roofline per chip (XLA's FLOPs and bytes accessed
+against the chip's peak and HBM bandwidth) and one decode step compiled
+alone at slot P + N / 2, its bytes against the weights and KV prefix it
+must read, are `experiments.plan_roofline`'s. A function the TPU compiler
+refuses is reported in one line (`failed`); the others still are.
 """
 
 import functools
