@@ -24,7 +24,11 @@ the micro-batch scan, the chunked vocabulary projection), so the plan also
 gives analytic FLOPs (2 N per token forward, 6 N per token for the update,
 N the parameters that multiply, plus attention over the full T x T or cache
 scores the code computes), and with `--step_time` the MFU that time would
-mean.
+mean. Each function's roofline per chip (XLA's FLOPs and bytes accessed
+against the chip's peak and HBM bandwidth) and one decode step compiled
+alone at slot P + N / 2, its bytes against the weights and KV prefix it
+must read, are `experiments.plan_roofline`'s. A function the TPU compiler
+refuses is reported in one line (`failed`); the others still are.
 """
 
 import functools
@@ -51,6 +55,7 @@ import optax
 
 from experiments import plan_compile
 from experiments import plan_report
+from experiments import plan_roofline
 from ugrad.training import build
 from ugrad import coefficients
 from ugrad import models
@@ -120,10 +125,11 @@ def analytic_flops(
       questions * (2 * (n - vd) * prompt_len + att * prompt_len * t)
       + questions * 2 * vd
   )
-  decode = rows * new_tokens * (2 * n + att * t)
+  decode_step = rows * (2 * n + att * t)
   return {
       "matmul_params": n,
-      "sample": prefill + decode,
+      "sample": prefill + new_tokens * decode_step,
+      "decode_step": decode_step,
       "logprobs": forward,
       "update": update,
   }
@@ -269,6 +275,7 @@ def plan(
     )
     return out
 
+  split = plan_roofline.splits(cfg, shape, questions)
   functions = {
       "sample": (
           sampler_lib._sample_jit,  # pylint: disable=protected-access
@@ -281,6 +288,17 @@ def plan(
           params_bytes,
       ),
       "update": (update, (params, opt_state, batch), params_bytes + opt_bytes),
+      # One decode step alone at the middle of generation (cache prefix
+      # P + N / 2 of the sampler's P + N slots): its bytes against what it
+      # must read.
+      "decode_step": (
+          plan_roofline.decode_step,
+          (graphdef,)
+          + plan_roofline.decode_step_args(
+              cfg, mesh, params, rows, length, dtype, split
+          ),
+          params_bytes,
+      ),
   }
   analytic = analytic_flops(
       cfg,
@@ -293,9 +311,12 @@ def plan(
   results = {}
   for name, (fn, args, resident_args) in functions.items():
     start = time.perf_counter()
-    compiled = plan_compile.compile_for_tpu(fn, *args)
+    compiled, roofline = plan_roofline.compile_one(fn, args, chip)
     seconds = time.perf_counter() - start
     logging.info("compiled %s in %.0f s", name, seconds)
+    if compiled is None:
+      results[name] = dict(roofline, compile_seconds=round(seconds, 1))
+      continue
     memory = plan_compile.memory_analysis(compiled)
     # What else stays on the chip meanwhile: resident state that is not
     # among this function's arguments.
@@ -305,41 +326,42 @@ def plan(
         peak_with_resident_state=with_resident,
         compile_seconds=round(seconds, 1),
         fits=with_resident <= chip.hbm_bytes,
-        compiled_flops_per_chip=plan_compile.compiled_flops(compiled),
+        compiled_flops_per_chip=roofline["flops"],
         analytic_flops_per_chip=analytic[name] / chips,
+        roofline=roofline,
     )
+  step = results["decode_step"]
+  if "roofline" in step:
+    step.update(
+        cache_slots=length,
+        index=prompt_len + new_tokens // 2,
+        bytes_accessed=step["roofline"]["bytes_accessed"],
+        **plan_roofline.min_bytes(
+            cfg, params, rows, prompt_len + new_tokens // 2, dtype, split
+        ),
+    )
+    step["bytes_over_min"] = step["bytes_accessed"] / step["min_bytes"]
 
-  kv_heads_split = (
-      shape["tensor"] if cfg.num_kv_heads % shape["tensor"] == 0 else 1
-  )
-  row_split = (
-      sharding_lib.batch_shards(shape)
-      if questions % sharding_lib.batch_shards(shape) == 0
-      else 1
-  )
-  kv_cache = (
-      2
-      * cfg.num_layers
-      * rows
-      * length
-      * cfg.num_kv_heads
-      * cfg.head_dim
-      * jnp.dtype(dtype).itemsize
-  )
+  kv_cache = plan_roofline.kv_bytes(cfg, rows, length, dtype)
   forward_passes = int("logp_ref" in needed) + int(config.recompute_logp_old)
   step_flops = (
       analytic["sample"]
       + forward_passes * analytic["logprobs"]
       + config.ppo_epochs * analytic["update"]
   )
-  peak = max(r["peak_with_resident_state"] for r in results.values())
+  compiled = [r for r in results.values() if "memory" in r]
+  peak = max((r["peak_with_resident_state"] for r in compiled), default=0)
+  failed = {k: r["error"] for k, r in results.items() if "error" in r}
   out.update(
       matmul_params=analytic["matmul_params"],
       kv_cache_bytes=kv_cache,
-      kv_cache_bytes_per_chip=kv_cache // (row_split * kv_heads_split),
+      kv_cache_bytes_per_chip=kv_cache // (split[0] * split[1]),
       functions=results,
       peak_bytes_per_chip=peak,
-      fits=peak <= chip.hbm_bytes,
+      fits=peak <= chip.hbm_bytes and not failed,
+      failed=failed,
+      hbm_bytes_per_second=chip.hbm_bytes_per_second,
+      chip_source=chip.source,
       step=dict(
           forward_passes=forward_passes,
           analytic_flops=step_flops,

@@ -1,11 +1,12 @@
 """The Cloud TPU side of `experiments.plan`: chips, topologies, compiling.
 
-The chips' HBM and peak bfloat16 FLOPs, the Cloud TPU names the plan
-accepts and their `jax.experimental.topologies` names, the compile-only
+The chips' HBM, peak bfloat16 FLOPs and HBM bandwidth (with sources), the
+Cloud TPU names the plan accepts and their `jax.experimental.topologies`
+names, the compile-only
 devices of a topology (libtpu, its harmless messages on a machine without a
 TPU filtered from stderr), the bytes one chip holds of a sharded tree of
 ShapeDtypeStructs, and compiling one jitted function ahead of time for those
-devices with its memory analysis and XLA's FLOPs count.
+devices with its memory analysis and XLA's FLOPs and bytes.
 """
 
 import contextlib
@@ -27,14 +28,43 @@ GiB = plan_report.GiB
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
+  """One TPU chip's public figures.
+
+  Attributes:
+    hbm_bytes: HBM capacity per chip.
+    peak_bf16_flops: dense bfloat16 FLOP/s per chip.
+    hbm_bytes_per_second: HBM bandwidth per chip.
+    source: the Cloud TPU documentation page the figures come from.
+  """
+
   hbm_bytes: int
-  peak_bf16_flops: float  # per chip, per second
+  peak_bf16_flops: float
+  hbm_bytes_per_second: float
+  source: str
 
 
+# Per chip, from the "key chip specifications" table of each version's page
+# (read 2025). HBM capacity: the pages say "16 GB" / "95 GB" / "32 GB"
+# (GiB on some revisions of the v5e page); taken as GiB, matching what
+# the compiler allows (15.75 GiB usable on v5e, see BUILD_NOTES.md). Bandwidth
+# is decimal bytes per second as the pages give it ("819 GBps"; one revision
+# of the v5e page writes "800 GiBps", about 859 GB/s: we keep 819e9).
 CHIPS = {
-    "v5e": Chip(16 * GiB, 197e12),
-    "v5p": Chip(95 * GiB, 459e12),
-    "v6e": Chip(32 * GiB, 918e12),
+    # "TPU v5e", https://cloud.google.com/tpu/docs/v5e: 197 TFLOPs bf16,
+    # HBM2 16 GB, 819 GBps.
+    "v5e": Chip(
+        16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"
+    ),
+    # "TPU v5p", https://cloud.google.com/tpu/docs/v5p: 459 TFLOPs bf16,
+    # HBM2e 95 GB, 2765 GBps.
+    "v5p": Chip(
+        95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"
+    ),
+    # "TPU v6e" (Trillium), https://cloud.google.com/tpu/docs/v6e: 918
+    # TFLOPs bf16, HBM 32 GB, 1638 GBps (1640 GBps on older revisions).
+    "v6e": Chip(
+        32 * GiB, 918e12, 1638e9, "https://cloud.google.com/tpu/docs/v6e"
+    ),
 }
 
 # Cloud TPU names -> (chip, jax topology name). Cloud counts TensorCores for
@@ -138,14 +168,25 @@ def memory_analysis(compiled) -> dict:
   return {k: int(getattr(m, f, 0) or 0) for k, f in fields.items()}
 
 
-def compiled_flops(compiled) -> Optional[float]:
-  """XLA's FLOPs per chip of a compiled function (a loop body counted
-  once); None where its cost analysis has none."""
+def compiled_cost(compiled) -> dict:
+  """XLA's cost analysis of a compiled function, per chip: "flops" and
+  "bytes_accessed" (its "bytes accessed": HBM reads and writes of every
+  op, a loop body counted once), each None where the analysis has none."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  flops = (cost or {}).get("flops")
-  return None if flops is None else float(flops)
+  cost = cost or {}
+  out = {}
+  for name, key in (("flops", "flops"), ("bytes_accessed", "bytes accessed")):
+    value = cost.get(key)
+    out[name] = None if value is None else float(value)
+  return out
+
+
+def compiled_flops(compiled) -> Optional[float]:
+  """XLA's FLOPs per chip of a compiled function (a loop body counted
+  once); None where its cost analysis has none."""
+  return compiled_cost(compiled)["flops"]
 
 
 def compile_for_tpu(jitted, *args) -> Any:

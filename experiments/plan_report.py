@@ -50,15 +50,18 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
       f"  KV cache                {gb(r['kv_cache_bytes_per_chip'])} "
       f"({gb(r['kv_cache_bytes'])} in all)",
       "",
-      f"  {'function':9s} {'argument':>10s} {'output':>10s} {'temp':>10s} "
+      f"  {'function':11s} {'argument':>10s} {'output':>10s} {'temp':>10s} "
       f"{'alias':>10s} {'peak':>10s} {'+resident':>10s} fits  "
       f"{'compiled FLOPs':>14s} {'analytic FLOPs':>14s} compile",
   ]
   for name, f in r["functions"].items():
+    if "error" in f:
+      lines.append(f"  {name:11s} FAILED TO COMPILE: {f['error']}")
+      continue
     m = f["memory"]
     compiled = f["compiled_flops_per_chip"]
     lines.append(
-        f"  {name:9s} "
+        f"  {name:11s} "
         + " ".join(
             f"{gb(m[k]):>10s}"
             for k in ("argument", "output", "temp", "alias", "peak")
@@ -72,9 +75,19 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
       "  (FLOPs per chip per call; compiled FLOPs count a while-loop or scan "
       "body once: decoding, micro-batches, vocabulary chunks)",
       "",
+      *roofline_lines(r),
+      "",
       f"peak per chip {gb(r['peak_bytes_per_chip'])} of "
       f"{gb(r['hbm_bytes_per_chip'])}: "
-      + ("fits" if r["fits"] else "DOES NOT FIT"),
+      + (
+          "fits"
+          if r["fits"]
+          else (
+              "UNKNOWN: " + ", ".join(r["failed"]) + " failed to compile"
+              if r.get("failed")
+              else "DOES NOT FIT"
+          )
+      ),
       f"analytic FLOPs per step: {r['step']['analytic_flops']:.3e} "
       f"(sample + {r['step']['forward_passes']} log-prob forward(s) + "
       "update)",
@@ -88,13 +101,52 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
   return "\n".join(lines)
 
 
+def roofline_lines(r: dict) -> list:
+  """The roofline per function and chip, and the decode step's bytes
+  against what it must read."""
+  bandwidth = r.get("hbm_bytes_per_second")
+  if not bandwidth:
+    return []
+  lines = [
+      f"roofline per chip ({r['chip']}: {r['peak_flops_per_chip'] / 1e12:.0f}"
+      f" TFLOP/s bf16, {bandwidth / 1e9:.0f} GB/s HBM; "
+      f"{r.get('chip_source', '')}):",
+      f"  {'function':11s} {'FLOPs':>10s} {'bytes':>10s} {'roofline':>10s} "
+      f"{'bound':>7s} {'MFU':>6s}",
+  ]
+  for name, f in r["functions"].items():
+    roof = f.get("roofline") or {}
+    if "roofline_seconds" not in roof:
+      continue
+    lines.append(
+        f"  {name:11s} {roof['flops']:10.3e} {gb(roof['bytes_accessed']):>10s}"
+        f" {1e3 * roof['roofline_seconds']:8.3f} ms {roof['bound']:>7s} "
+        f"{100 * roof['mfu']:5.1f}%"
+    )
+  lines.append(
+      "  (roofline = max(FLOPs / peak, bytes / HBM bandwidth) of the "
+      "compiled program; MFU = its FLOPs / (peak x roofline): the share of "
+      "peak it would use at its roofline, an upper bound; loop bodies once)"
+  )
+  step = r["functions"].get("decode_step", {})
+  if "min_bytes" in step:
+    lines.append(
+        f"decode step at slot {step['index']} of {step['cache_slots']}: "
+        f"reads {gb(step['bytes_accessed'])} per chip, "
+        f"{step['bytes_over_min']:.2f}x the {gb(step['min_bytes'])} it must "
+        f"(weights in {r['compute_dtype']} {gb(step['weights_bytes'])} + "
+        f"KV prefix {gb(step['kv_prefix_bytes'])})"
+    )
+  return lines
+
+
 def table_row(r: dict) -> str:
   """One markdown row of the committed plan table."""
   mesh = ", ".join(f"{a}={v}" for a, v in r["mesh"].items() if v > 1)
   gb = lambda x: f"{x / 1e9:.1f}"
   peaks = " / ".join(
       gb(r["functions"][f]["peak_with_resident_state"])
-      if f in r["functions"]
+      if "peak_with_resident_state" in r["functions"].get(f, {})
       else "-"
       for f in ("sample", "logprobs", "update")
   )
@@ -103,6 +155,7 @@ def table_row(r: dict) -> str:
       f"{gb(r['hbm_bytes_per_chip'])} GB"
       if r["fits"]
       else r.get("reason")
+      or (r.get("failed") and "failed to compile: " + ", ".join(r["failed"]))
       or f"NO: {gb(r['peak_bytes_per_chip'])} of "
       f"{gb(r['hbm_bytes_per_chip'])} GB"
   )

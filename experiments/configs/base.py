@@ -125,7 +125,9 @@ def get_config(variant=None):
       dict(dcn_data=1, data=-1, fsdp=1, tensor=1)
   )
   # Activation memory: "none", "full" (recompute each decoder layer in the
-  # backward pass) or "dots" (keep matmul outputs, recompute the rest).
+  # backward pass), "dots" (keep the projections' and MLP's matmul outputs,
+  # recompute the rest) or "dots_all" (keep every matmul output, attention's
+  # too); `experiments.plan` shows which fits.
   c.remat = "none"
   # The attention kernel of training and prefill: "einsum" (ugrad's own),
   # "xla" (jax.nn.dot_product_attention), "cudnn" (flash attention on

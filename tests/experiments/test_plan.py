@@ -1,14 +1,17 @@
-"""experiments/plan.py: Cloud TPU names, and a small plan compiled for v5e-8.
+"""experiments/plan.py: Cloud TPU names, the roofline, and a small plan
+compiled for v5e-8.
 
 The compile needs libtpu, which the `test` extra installs on Linux x86-64
 (as `plan` does); elsewhere that test is skipped.
 """
 
+import jax
 import pytest
 
 from experiments import plan as plan_lib
 from experiments import plan_compile
 from experiments import plan_report
+from experiments import plan_roofline
 from experiments.configs import grpo
 
 
@@ -30,6 +33,84 @@ def test_mfu():
       "peak_flops_per_chip": 197e12,
   }
   assert plan_report.mfu(result, 2.0) == pytest.approx(0.25)
+
+
+def test_chip_table_has_bandwidths_and_sources():
+  for name, chip in plan_compile.CHIPS.items():
+    assert chip.hbm_bytes_per_second > 1e11, name
+    assert chip.source.startswith("https://cloud.google.com/tpu/docs/"), name
+  assert plan_compile.CHIPS["v5e"].hbm_bytes_per_second == 819e9
+
+
+def test_roofline_is_the_slower_of_compute_and_memory():
+  chip = plan_compile.Chip(0, 100.0, 10.0, "")
+  memory = plan_roofline.roofline(dict(flops=100.0, bytes_accessed=50.0), chip)
+  assert memory["roofline_seconds"] == 5.0 and memory["bound"] == "memory"
+  assert memory["mfu"] == pytest.approx(100 / (100 * 5.0))
+  compute = plan_roofline.roofline(dict(flops=1e3, bytes_accessed=1.0), chip)
+  assert compute["roofline_seconds"] == 10.0 and compute["bound"] == "compute"
+  assert compute["mfu"] == 1.0
+  missing = plan_roofline.roofline(dict(flops=None, bytes_accessed=1), chip)
+  assert "roofline_seconds" not in missing
+
+
+def test_a_compile_failure_is_one_line_and_the_rest_is_reported(monkeypatch):
+  def refuse(*_):
+    raise jax.errors.JaxRuntimeError(
+        "INVALID_ARGUMENT: Invalid TPU program\n  at some op"
+    )
+
+  monkeypatch.setattr(plan_compile, "compile_for_tpu", refuse)
+  compiled, out = plan_roofline.compile_one(None, (), plan_compile.CHIPS["v5e"])
+  assert compiled is None
+  assert out == {"error": "INVALID_ARGUMENT: Invalid TPU program at some op"}
+  memory = dict(argument=1, output=1, temp=1, alias=0, peak=2e9, code=1)
+  ok = dict(
+      memory=memory,
+      peak_with_resident_state=3e9,
+      fits=True,
+      compiled_flops_per_chip=1e12,
+      analytic_flops_per_chip=1e12,
+      roofline=plan_roofline.roofline(
+          dict(flops=1e12, bytes_accessed=1e9), plan_compile.CHIPS["v5e"]
+      ),
+  )
+  result = dict(
+      model="m",
+      topology="v5e-8",
+      jax_topology="v5e:2x4",
+      chip="v5e",
+      chips=8,
+      mesh=dict(data=8),
+      num_params=1e9,
+      compute_dtype="bfloat16",
+      remat="none",
+      micro_batches=1,
+      questions=8,
+      group_size=16,
+      rows=128,
+      prompt_len=512,
+      max_new_tokens=1024,
+      hbm_bytes_per_chip=16 * 2**30,
+      hbm_bytes_per_second=819e9,
+      params_bytes_per_chip=1,
+      opt_state_bytes_per_chip=1,
+      reference_bytes_per_chip=1,
+      grads_bytes_per_chip=1,
+      kv_cache_bytes=1,
+      kv_cache_bytes_per_chip=1,
+      peak_flops_per_chip=197e12,
+      functions=dict(sample=ok, update=out),
+      failed=dict(update=out["error"]),
+      peak_bytes_per_chip=3e9,
+      fits=False,
+      step=dict(analytic_flops=1.0, forward_passes=1),
+  )
+  text = plan_report.format_plan(result)
+  assert "  update      FAILED TO COMPILE: INVALID_ARGUMENT: " in text
+  assert "UNKNOWN: update failed to compile" in text
+  assert "  sample       1.000e+12" in text  # its roofline row
+  assert "failed to compile: update" in plan_report.table_row(result)
 
 
 @pytest.mark.slow
@@ -78,9 +159,39 @@ def test_small_plan_on_v5e_8():
   assert update["argument"] >= (
       result["params_bytes_per_chip"] + result["opt_state_bytes_per_chip"]
   )
+  chip = plan_compile.CHIPS["v5e"]
+  assert set(result["functions"]) == {
+      "sample",
+      "logprobs",
+      "update",
+      "decode_step",
+  }
   for name, f in result["functions"].items():
     assert f["memory"]["peak"] > 0, name
     assert f["fits"], name
     assert f["compiled_flops_per_chip"] > 0, name
-  assert result["fits"]
+    roof = f["roofline"]
+    assert roof["flops"] == f["compiled_flops_per_chip"], name
+    assert roof["bytes_accessed"] > 0, name
+    assert roof["roofline_seconds"] == max(
+        roof["flops"] / chip.peak_bf16_flops,
+        roof["bytes_accessed"] / chip.hbm_bytes_per_second,
+    ), name
+    assert 0 < roof["mfu"] <= 1, name
+  assert result["fits"] and not result["failed"]
+
+  # The decode step at slot P + N / 2 = 12 of the sampler's 16: it must
+  # read every weight in bfloat16 (half the float32 parameters) and the
+  # 12-slot prefix of its 8 / 4 rows and 2 / 2 kv heads (4 layers, 64 wide).
+  step = result["functions"]["decode_step"]
+  assert step["index"] == 12 and step["cache_slots"] == 16
+  assert step["weights_bytes"] == result["params_bytes_per_chip"] // 2
+  assert step["kv_prefix_bytes"] == 2 * layers * 2 * 12 * 1 * 64 * 2
+  assert step["min_bytes"] == step["weights_bytes"] + step["kv_prefix_bytes"]
+  assert step["bytes_accessed"] == step["roofline"]["bytes_accessed"]
+  assert step["bytes_accessed"] >= step["min_bytes"]
+  assert step["bytes_over_min"] == step["bytes_accessed"] / step["min_bytes"]
+  text = plan_report.format_plan(result, 1.0)
+  assert "roofline per chip (v5e: 197 TFLOP/s bf16, 819 GB/s HBM" in text
+  assert "decode step at slot 12 of 16: reads" in text
   assert "DOES NOT FIT" not in plan_report.format_plan(result, 1.0)

@@ -40,8 +40,10 @@ class ModelConfig:
     dtype: compute dtype name ("float32", "bfloat16").
     param_dtype: parameter dtype name.
     remat: activation memory of the backward pass: "none" (keep every
-      activation), "full" (recompute each decoder layer) or "dots" (keep
-      matmul outputs, recompute the rest); see `transformer.REMAT_POLICIES`.
+      activation), "full" (recompute each decoder layer), "dots" (keep the
+      projections' and MLP's matmul outputs, recompute the rest) or
+      "dots_all" (keep every matmul output, attention's included); see
+      `transformer.REMAT_POLICIES`.
     attention: the attention kernel of training and prefill, one of
       `ATTENTION` (decoding one token at a time keeps its own einsums).
   """

@@ -244,10 +244,15 @@ class DecoderLayer(nnx.Module):
 
 # What a decoder layer keeps for the backward pass (`ModelConfig.remat`):
 # None keeps everything (no jax.checkpoint); otherwise a jax.checkpoint policy.
+# "dots" keeps the outputs of the matmuls without batch dimensions (the
+# projections and the MLP) and recomputes attention's batched einsums and the
+# elementwise work; "dots_all" keeps every matmul output, the attention
+# scores and their weighted values included (more memory, less recompute).
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.dots_saveable,
 }
 
 

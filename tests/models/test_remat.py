@@ -1,0 +1,46 @@
+"""Every remat policy gives the gradients of no remat (it only trades memory
+for recomputation)."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ugrad.models import model_config
+from ugrad.models import transformer as tr
+
+
+def _grads(remat: str):
+  cfg = model_config.ModelConfig(
+      vocab_size=24,
+      hidden_size=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      mlp_size=48,
+      qkv_bias=True,
+      remat=remat,
+  )
+  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)))
+  tokens = jnp.asarray(
+      np.random.default_rng(0).integers(0, 24, (3, 7)), jnp.int32
+  )
+  mask = jnp.asarray(np.arange(7)[None, :] >= np.array([[0], [2], [4]]))
+
+  def loss(p):
+    logits = nnx.merge(graphdef, p)(tokens, mask.astype(jnp.int32))
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0] * mask)
+
+  return jax.jit(jax.grad(loss))(params)
+
+
+def test_policies_are_named():
+  assert set(tr.REMAT_POLICIES) == {"none", "full", "dots", "dots_all"}
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_all"])
+def test_remat_gradients_equal_no_remat(remat):
+  expected, got = _grads("none"), _grads(remat)
+  for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
