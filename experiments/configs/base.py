@@ -93,6 +93,12 @@ def get_config(variant=None):
   c.ppo_epochs = 1
   c.minibatches = 1
   c.micro_batches = 1
+  # Trimmed padding (ugrad/training/trimming.py): the reference / old
+  # log-prob / value passes and the update run over the batch's real columns
+  # (the longest prompt to the longest completion) rounded up to a multiple
+  # of this many, at most (P + N) / trim_bucket widths, each compiled once;
+  # the loss and gradients are those of the full width. 0: always P + N.
+  c.trim_bucket = 16
   c.recompute_logp_old = False
   c.ref_reset_every = 0  # reset the reference every N steps
   # Iterative RL (ugrad/training/iterative.py): `iterations` equal parts of

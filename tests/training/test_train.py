@@ -107,14 +107,50 @@ class _CompileCounter:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", train_util.CONFIGS)
 def test_nothing_compiles_after_the_first_step(name, sft_dir, tmp_path):
-  """Every shape a step meets is fixed by the config: after step 1 (and the
-  first checkpoint save), steps run already-compiled code only."""
+  """Every shape a step meets is fixed by the config and the step's trimmed
+  width (a multiple of config.trim_bucket, or P + N): after step 1 (and the
+  first checkpoint save), a step of a width already seen runs
+  already-compiled code only."""
   config = train_util.tiny(
       name, steps=5, init_from=sft_dir if name != "sft" else ""
   )
   with _CompileCounter() as counter:
-    trainer_lib.Trainer(config, str(tmp_path), hooks=[counter.hook]).train()
-  assert counter.during_steps(1, 3) == []
+    trainer = trainer_lib.Trainer(config, str(tmp_path), hooks=[counter.hook])
+    trainer.train()
+  _assert_compiles_once_per_width(
+      counter,
+      [int(r["update_width"]) for r in _metrics(str(tmp_path))],
+      trainer.prompt_len + config.sampling.max_new_tokens,
+      config.trim_bucket,
+  )
+
+
+def _assert_compiles_once_per_width(counter, widths, full, bucket):
+  assert all(w == full or w % bucket == 0 for w in widths), widths
+  assert len(set(widths)) <= -(-full // bucket)
+  for step in range(1, 4):
+    if widths[step] in widths[:step]:
+      assert counter.during_steps(step, step) == [], (step, widths)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket", [0, 1])
+def test_compilations_are_bounded_by_the_trim_widths(bucket, sft_dir, tmp_path):
+  """trim_bucket 0: one width (P + N), nothing compiles after the first
+  step; a small bucket: several widths, each compiled once."""
+  config = train_util.tiny("grpo", steps=5, init_from=sft_dir)
+  config.trim_bucket = bucket
+  with _CompileCounter() as counter:
+    trainer = trainer_lib.Trainer(config, str(tmp_path), hooks=[counter.hook])
+    trainer.train()
+  widths = [int(r["update_width"]) for r in _metrics(str(tmp_path))]
+  full = trainer.prompt_len + config.sampling.max_new_tokens
+  if bucket:
+    assert min(widths) < full, widths  # The tiny rows leave padding.
+    _assert_compiles_once_per_width(counter, widths, full, bucket)
+  else:
+    assert set(widths) == {full}
+    assert counter.during_steps(1, 3) == []
 
 
 # Slow for its fixture (the module's SFT run).
@@ -151,6 +187,7 @@ def test_nan_loss_stops_with_step_and_checkpoint(sft_dir, tmp_path):
         (dict(normalizer="tokens"), "valid: sequence, token, constant"),
         (dict(steps=-3), "config.steps must be >= 1, got -3"),
         (dict(micro_batches=0), "config.micro_batches must be >= 1, got 0"),
+        (dict(trim_bucket=-16), "config.trim_bucket must be an int >= 0"),
         (dict(source="dataset"), "pair_ids.*sampling.pairs=True"),
     ],
 )

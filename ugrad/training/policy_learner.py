@@ -24,6 +24,7 @@ from ugrad import rewards as rewards_lib
 from ugrad.training import learner as learner_lib
 from ugrad.training import runs
 from ugrad import sampling
+from ugrad.training import trimming
 from ugrad.training import update as update_lib
 
 
@@ -142,10 +143,13 @@ class PolicyLearner:
 
   def prepare(self, state: dict, batch, step: int):
     """The batch's rollout with logp_ref, values and logp_old added where
-    the coefficient needs them, as host arrays."""
+    the coefficient needs them, as host arrays, trimmed
+    (`ugrad.training.trimming`): the passes run on the trimmed width."""
     del step
     config = self.config
-    rollout = self.context.device_batch(batch.rollout)
+    rollout = self.context.device_batch(
+        trimming.trim(batch.rollout, trimming.bucket_of(config))
+    )
     extra = {}
     if "logp_ref" in self.needed:
       reference = state.get("ref_params", self.context.init_params)

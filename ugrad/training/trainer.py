@@ -38,6 +38,7 @@ from ugrad.runtime import profiling
 from ugrad.training import records
 from ugrad.training import reward_models
 from ugrad.training import runs
+from ugrad.training import trimming
 from ugrad.training import validate
 from ugrad.training import update as update_lib
 from ugrad.training.policy_learner import PolicyLearner
@@ -165,10 +166,13 @@ class Trainer:
 
   def rollout(self, step: int):
     """The learner's (batch, host rollout) of step `step`, on the phase
-    clock: the draw is "sample", the rest "prepare"."""
+    clock: the draw is "sample", the rest "prepare". The rollout is
+    trimmed (`ugrad.training.trimming`, `config.trim_bucket`): every
+    minibatch of the step has its width."""
     batch = self.learner.draw(self.state, step)
     self.timer.lap("sample")
     rollout = self.learner.prepare(self.state, batch, step)
+    rollout = trimming.trim(rollout, trimming.bucket_of(self.config))
     self.timer.lap("prepare")
     return batch, rollout
 
@@ -235,6 +239,7 @@ class Trainer:
     elapsed = time.perf_counter() - start
     tokens = int(np.asarray(batch.rollout.attention_mask).sum())
     metrics["tokens_per_s"] = tokens * config.ppo_epochs / elapsed
+    metrics["update_width"] = float(np.shape(rollout.tokens)[1])
     metrics["step_time_s"] = elapsed
     metrics.update(self.timer.metrics())
     return metrics

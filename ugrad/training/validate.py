@@ -99,6 +99,13 @@ def _check_ranges(config) -> None:
         f"config.sampling.top_p must be in (0, 1], got {top_p}"
     )
   profiling.parse_steps(config.get("profile_steps", ""))
+  # .get: a config stored before the key existed trims nothing.
+  bucket = config.get("trim_bucket", 0)
+  if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 0:
+    raise errors.UserError(
+        "config.trim_bucket must be an int >= 0 (0: no trimming), got "
+        f"{bucket!r}"
+    )
 
 
 def _check_names(config) -> None:
