@@ -52,7 +52,8 @@ setuptools.setup(
             "pylint==4.1.5",
             "pre-commit>=3.0",
         ],
-        # experiments/perf/benchmark.py --grpo: the peers it times ugrad against.
+        # experiments/perf/benchmark.py --grpo: the peers it times ugrad
+        # against.
         # google-tunix 0.1.7 installs beside jax 0.10 (it pulls
         # transformers 5.12 through its tokenizers pin).
         "bench": [
