@@ -227,6 +227,16 @@ def plan(
   )
 
   params_bytes = plan_compile.bytes_per_chip(params)
+  # The decode loop's parameters: the sampler casts them to the compute
+  # dtype once per call, before the loop.
+  loop_params = jax.eval_shape(
+      lambda p: sampler_lib.in_compute_dtype(graphdef, p), params
+  )
+  loop_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s.sharding),
+      loop_params,
+      params,
+  )
   opt_bytes = plan_compile.bytes_per_chip(opt_state)
   # The frozen reference (initial parameters) stays on the device beside
   # the policy when the coefficient needs logp_ref or the reference resets.
@@ -301,7 +311,7 @@ def plan(
           plan_roofline.decode_step,
           (graphdef,)
           + plan_roofline.decode_step_args(
-              cfg, mesh, params, rows, length, dtype, split
+              cfg, mesh, loop_params, rows, length, dtype, split
           ),
           params_bytes,
       ),

@@ -300,3 +300,23 @@ def test_bad_input_is_refused(model):
   ]:
     with pytest.raises(ValueError, match=match):
       dataclasses.replace(GREEDY, **bad)
+
+
+def test_weights_cast_once_per_call_sample_the_same(model):
+  """A bfloat16-compute model with float32 masters samples exactly as with
+  its weights cast to bfloat16 beforehand: the sampler's one cast before
+  the decode loop changes no value."""
+  cfg = dataclasses.replace(CFG, dtype="bfloat16")
+  m = tr.Transformer(cfg, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(m, nnx.Param)
+  params = jax.tree.map(lambda x: x * 5.0, params)
+  cast = sampler_lib.in_compute_dtype(graphdef, params)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+  assert {x.dtype for x in jax.tree.leaves(cast)} == {jnp.dtype("bfloat16")}
+  tokens, mask = _prompts([3, 5], 6)
+  config = dataclasses.replace(GREEDY, temperature=1.0)
+  key = jax.random.key(3)
+  a = sampling.sample(graphdef, params, tokens, mask, key, config)
+  b = sampling.sample(graphdef, cast, tokens, mask, key, config)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.logp, b.logp)

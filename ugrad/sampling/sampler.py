@@ -162,11 +162,27 @@ def _write_column(buf: jax.Array, column: jax.Array, col) -> jax.Array:
   )
 
 
+def in_compute_dtype(graphdef: nnx.GraphDef, params: Any) -> Any:
+  """Every floating parameter in the model's compute dtype (`dtype`).
+
+  Each use casts its weight to that dtype anyway (the projections, the
+  embedding, the norms' scales, the output projection), so the values the
+  model computes with are the same; cast once per sampling call, outside
+  the decode loop, the loop reads weights at compute width instead of
+  reading float32 masters and converting them at every step.
+  """
+  dtype = jnp.dtype(nnx.merge(graphdef, params).config.dtype)
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      params,
+  )
+
+
 def _sample(
     graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingConfig
 ) -> Samples:
   """The traced sampler; see `sample`."""
-  model = nnx.merge(graphdef, params)
+  model = nnx.merge(graphdef, in_compute_dtype(graphdef, params))
   b, p = prompt_tokens.shape
   n, g = config.max_new_tokens, config.num_samples
   prompt_mask = prompt_mask.astype(jnp.int32)
