@@ -294,13 +294,7 @@ def plan(
       ),
       "logprobs": (
           update_lib.policy_logprobs,
-          (
-              graphdef,
-              params,
-              batch.tokens,
-              batch.attention_mask,
-              batch.completion_mask,
-          ),
+          (graphdef, params, batch.tokens, batch.attention_mask),
           params_bytes,
       ),
       "update": (update, (params, opt_state, batch), params_bytes + opt_bytes),

@@ -91,10 +91,8 @@ _SCRIPT = textwrap.dedent("""
 
     def fn(params, tokens, mask):
       model = nnx.merge(graphdef, params)
-      # Completion-only, several chunks: compacted within each row shard.
-      loss = lambda p: -logprobs.token_logprobs(
-          nnx.merge(graphdef, p), tokens, mask, positions=mask,
-          chunk_tokens=16).mean()
+      loss = lambda p: -logprobs.token_logprobs(nnx.merge(graphdef, p),
+                                                tokens, mask).mean()
       return model(tokens, mask), jax.grad(loss)(params)
 
     ref_logits, ref_grads = jax.jit(fn)(params, tokens, mask)
@@ -109,8 +107,7 @@ _SCRIPT = textwrap.dedent("""
       placed = jax.device_put(params, shardings)
       step = jax.jit(fn, in_shardings=(shardings, batch, batch),
                      out_shardings=(batch, shardings))
-      with jax.set_mesh(mesh):  # As the trainer: rows split by shard.
-        logits, grads = step(placed, tokens, mask)
+      logits, grads = step(placed, tokens, mask)
       # Created in its shards (jit with out_shardings), equal to the eager
       # init bit for bit.
       _, born = build.init_params(tr.Transformer, cfg, 0, build.Mesh(mesh))

@@ -154,10 +154,7 @@ class PolicyLearner:
     if "logp_ref" in self.needed:
       reference = state.get("ref_params", self.context.init_params)
       extra["logp_ref"] = self.logprobs(
-          reference,
-          rollout.tokens,
-          rollout.attention_mask,
-          rollout.completion_mask,
+          reference, rollout.tokens, rollout.attention_mask
       )
     # Recomputed when asked, when the source gives none, or when the samples
     # are the frozen policy's: the ratio is then against the current policy
@@ -168,10 +165,7 @@ class PolicyLearner:
         or ("logp_old" in self.needed and rollout.logp_old is None)
     ):
       extra["logp_old"] = self.logprobs(
-          state["params"],
-          rollout.tokens,
-          rollout.attention_mask,
-          rollout.completion_mask,
+          state["params"], rollout.tokens, rollout.attention_mask
       )
     if "values" in self.needed:
       extra["values"] = self.values(state["critic"]["params"], rollout)

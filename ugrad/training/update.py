@@ -87,13 +87,7 @@ def policy_loss(graphdef, coef_fn, normalizer: str, max_len: int) -> LossFn:
 
   def loss(params, batch):
     model = nnx.merge(graphdef, params)
-    # Only completion tokens are projected: the loss reads nothing else.
-    logp = models.token_logprobs(
-        model,
-        batch.tokens,
-        batch.attention_mask,
-        positions=batch.completion_mask,
-    )
+    logp = models.token_logprobs(model, batch.tokens, batch.attention_mask)
     coef, metrics = coef_fn(batch, logp)
     _, aux = unified_loss(
         logp, coef, batch.completion_mask, normalizer, max_len
@@ -134,11 +128,8 @@ def value_loss(graphdef, value_targets, value_clip: float) -> LossFn:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def policy_logprobs(
-    graphdef, params, tokens, attention_mask, positions=None
-) -> jax.Array:
-  """[B, T] token log-probs of a policy (compiled once per graph and shape),
-  at `positions` only (the completion mask; 0 elsewhere) when given."""
+def policy_logprobs(graphdef, params, tokens, attention_mask) -> jax.Array:
+  """[B, T] token log-probs of a policy (compiled once per graph and shape)."""
   return models.token_logprobs(
-      nnx.merge(graphdef, params), tokens, attention_mask, positions=positions
+      nnx.merge(graphdef, params), tokens, attention_mask
   )
