@@ -3,6 +3,8 @@
 import glob
 import os
 
+from ugrad.runtime import checksums
+
 
 def array_files(step_dir) -> list[str]:
   """The files holding the arrays' bytes of one saved step."""
@@ -22,3 +24,13 @@ def flip_one_bit(step_dir):
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 1]))
+
+
+def ensure_manifest(step_dir):
+  """Writes the step's manifest if the save's `finish` had not yet (a
+  process killed right after the save): damage done after that is what
+  the manifest detects, as for any recorded checkpoint."""
+  path = os.path.join(step_dir, checksums.MANIFEST)
+  if not os.path.exists(path):
+    with open(path, "w") as f:
+      f.write(checksums.manifest_text(checksums.file_hashes(step_dir)))
