@@ -63,6 +63,7 @@ from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad.sampling import sampler as sampler_lib
 from ugrad.training import update as update_lib
+from ugrad.models import attention
 from ugrad.models import model_config
 from ugrad.models import sharding as sharding_lib
 
@@ -168,6 +169,8 @@ def plan(
       dtype=dtype,
       remat=config.remat,
       param_dtype=config.param_dtype,
+      # "auto" as it resolves on the topology's chips, not on this host.
+      attention=attention.attention_kernel(config.attention, dtype, "tpu"),
   )
   sharding_lib.check_model(cfg, shape)
 
@@ -255,6 +258,7 @@ def plan(
       compute_dtype=dtype,
       param_dtype=config.param_dtype,
       remat=config.remat,
+      attention=cfg.attention,
       micro_batches=config.micro_batches,
       questions=questions,
       group_size=group,

@@ -1,15 +1,33 @@
-"""Attention kernels of the decoder: ugrad's grouped einsums, and
-`jax.nn.dot_product_attention` (XLA's, or cuDNN flash attention on a GPU).
+"""Attention kernels of the decoder: ugrad's grouped einsums,
+`jax.nn.dot_product_attention` (XLA's, or cuDNN flash attention on a GPU),
+and Pallas splash attention (TPU).
 
-Every kernel takes [B, T, H, Dh] queries, keys and values in a KV-cache
-layout ("bshd" or "bhsd"), and a bool mask [B, T, S]; `ModelConfig.attention`
-chooses one for training and prefill (`attend_with`), and one-token decode
-keeps the einsums (`attend`).
+Two entry points:
+
+* `attend_with` takes [B, T, H, Dh] queries, keys and values in a KV-cache
+  layout ("bshd" or "bhsd") and a dense bool mask [B, T, S]: prefill, and
+  training with the einsum or XLA kernels; one-token decode keeps the
+  einsums (`attend`).
+* `attend_causal` takes rows whose real tokens come first (`real_first`
+  compacts them; the padding follows) and applies only a causal mask, which
+  flash kernels skip block by block and never materialise: training and
+  reference passes with the FLASH kernels. A real query then sees exactly
+  the real keys before it, as under the dense mask; padding queries see
+  other padding (their outputs are read by nothing).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as splash,
+)
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_mask as splash_mask,
+)
 
+from ugrad.models import sharding
 from ugrad.models.model_config import wide
 
 # Masked attention scores get this instead of -inf, so a query row that sees
@@ -54,14 +72,143 @@ def attend(
   )
 
 
-def attention_kernel(name: str, dtype) -> str:
-  """The kernel that `ModelConfig.attention` names: "auto" is cudnn on a GPU
-  in 16-bit compute (its flash kernel takes no float32), elsewhere ugrad's
-  own grouped einsums ("einsum", bit-identical to earlier releases)."""
+# Kernels that run training's attention causally over compacted rows
+# (`attend_causal`) instead of under a dense [B, T, T] mask.
+FLASH_KERNELS = ("cudnn", "splash")
+
+
+def attention_kernel(name: str, dtype, platform: str | None = None) -> str:
+  """The kernel that `ModelConfig.attention` names on `platform` (default:
+  JAX's backend): "auto" is splash on a TPU, cudnn on a GPU in 16-bit
+  compute (its flash kernel takes no float32), elsewhere ugrad's own
+  grouped einsums ("einsum", bit-identical to earlier releases)."""
   if name != "auto":
     return name
+  platform = platform or jax.default_backend()
+  if platform == "tpu":
+    return "splash"
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return "cudnn" if jax.default_backend() == "gpu" and half else "einsum"
+  return "cudnn" if platform == "gpu" and half else "einsum"
+
+
+def real_first(attention_mask: jax.Array) -> jax.Array:
+  """The permutation [B, T] of each row that puts its real tokens first, in
+  order, then its padding (a stable sort): under it, causal attention is
+  the dense mask's attention for every real query, wherever the padding
+  was (left, right, or between)."""
+  return jnp.argsort(attention_mask <= 0, axis=-1, stable=True)
+
+
+def attend_causal(
+    q: jax.Array, k: jax.Array, v: jax.Array, name: str
+) -> jax.Array:
+  """Causal grouped-query attention with no other mask.
+
+  Args:
+    q: [B, T, H, Dh] queries, real tokens first in each row (`real_first`).
+    k: [B, T, Hkv, Dh] keys, same order.
+    v: values, same shape as k.
+    name: `ModelConfig.attention`; a kernel of `FLASH_KERNELS`, or einsum /
+      xla (the reference the flash kernels are tested against).
+
+  Returns:
+    [B, T, H, Dh] attention outputs.
+  """
+  kernel = attention_kernel(name, q.dtype)
+  if kernel == "splash":
+    return _on_batch_shards(_attend_splash, q, k, v)
+  t = q.shape[1]
+  if kernel == "cudnn":
+    # Its training kernel takes even lengths only: one more padding
+    # position at the end, which no real query sees.
+    pad = [(0, 0), (0, t % 2), (0, 0), (0, 0)]
+    out = jax.nn.dot_product_attention(
+        jnp.pad(q, pad),
+        jnp.pad(k, pad),
+        jnp.pad(v, pad),
+        is_causal=True,
+        implementation="cudnn",
+    )
+    return out[:, :t]
+  causal = jnp.broadcast_to(
+      jnp.tril(jnp.ones((t, t), bool)), (q.shape[0], t, t)
+  )
+  return attend_with(q, k, v, causal, "bshd", kernel)
+
+
+# Splash attention's blocks: query and key positions per tile (MaxText's
+# default is 512; shorter sequences use one block).
+_SPLASH_BLOCK = 512
+
+
+def _splash_kernel(length: int, group: int, block: int, interpret: bool):
+  """A causal splash kernel for `group` query heads sharing one kv head."""
+  mask = splash_mask.MultiHeadMask(
+      [splash_mask.CausalMask((length, length)) for _ in range(group)]
+  )
+  sizes = splash.BlockSizes(
+      block_q=block,
+      block_kv=block,
+      block_kv_compute=block,
+      block_q_dkv=block,
+      block_kv_dkv=block,
+      block_kv_dkv_compute=block,
+      block_q_dq=block,
+      block_kv_dq=block,
+  )
+  # Built in each trace (its block tables are arrays of that trace; the
+  # mask's processing is cached by Pallas).
+  return splash.make_splash_mqa(
+      mask,
+      block_sizes=sizes,
+      head_shards=1,
+      q_seq_shards=1,
+      interpret=interpret,
+  )
+
+
+def _attend_splash(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Pallas splash attention (causal; Pallas's interpreter off a TPU, for
+  tests): each kv head's group of query heads is one MQA kernel call,
+  mapped over rows and kv heads. The sequence is padded at the end to a
+  multiple of the block (padding no real query sees); queries are scaled
+  by Dh^-0.5 first (the kernel does not scale)."""
+  b, t, h, dh = q.shape
+  hkv = k.shape[2]
+  block = min(_SPLASH_BLOCK, 128 * -(-t // 128))
+  length = block * -(-t // block)
+  pad = [(0, 0), (0, length - t), (0, 0), (0, 0)]
+  q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
+  q = q * jnp.asarray(dh**-0.5, q.dtype)
+  # [B, Hkv, G, L, Dh] queries; [B, Hkv, L, Dh] keys and values.
+  q = q.reshape(b, length, hkv, h // hkv, dh).transpose(0, 2, 3, 1, 4)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  kernel = _splash_kernel(
+      length, h // hkv, block, jax.default_backend() != "tpu"
+  )
+  out = jax.vmap(jax.vmap(kernel))(q, k, v)
+  out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
+  return out[:, :t]
+
+
+def _on_batch_shards(fn, q: jax.Array, k: jax.Array, v: jax.Array):
+  """`fn(q, k, v)` on each device's rows and heads under a mesh (a Pallas
+  kernel is one device's program: XLA cannot split it), else `fn` itself.
+  Rows go over the mesh's batch axes and heads over `tensor` where they
+  divide, as `sharding.constrain_rows` and the parameter rules place them."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return fn(q, k, v)
+  names = mesh.axis_names
+  batch = tuple(a for a in sharding.BATCH_AXES if a in names)
+  if q.shape[0] % math.prod(mesh.shape[a] for a in batch):
+    batch = ()
+  tensor = mesh.shape.get("tensor", 1)
+  heads = "tensor" if tensor > 1 and k.shape[2] % tensor == 0 else None
+  spec = jax.P(batch or None, None, heads, None)
+  return jax.shard_map(
+      fn, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
+  )(q, k, v)
 
 
 def attend_with(

@@ -11,9 +11,10 @@ from ugrad import registry
 # Attention kernels of training and prefill (`ModelConfig.attention`):
 # "einsum", ugrad's own grouped einsums; "xla" and "cudnn" (flash attention
 # on NVIDIA GPUs in bfloat16 / float16), implementations of
-# `jax.nn.dot_product_attention`; "auto", cudnn where it applies, else
-# einsum.
-ATTENTION = ("auto", "einsum", "xla", "cudnn")
+# `jax.nn.dot_product_attention`; "splash", Pallas splash attention (flash
+# attention on TPUs); "auto", splash on a TPU, cudnn on a GPU where it
+# applies, else einsum. See `ugrad.models.attention`.
+ATTENTION = ("auto", "einsum", "xla", "cudnn", "splash")
 
 
 def wide(dtype) -> jnp.dtype:

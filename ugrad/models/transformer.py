@@ -185,6 +185,8 @@ class Attention(nnx.Module):
       x: [B, T, D] normalised inputs.
       rope: (cos, sin), each [B, T, 1, Dh].
       mask: bool [B, T, S]; S = T without a cache, else the cache's slots.
+        None (no cache): causal only, over rows whose real tokens come
+        first (`attention.attend_causal`).
       cache_kv: None, or (keys, values, layout) of this layer.
       index: the cache slot of x's first token (scalar int).
 
@@ -196,6 +198,9 @@ class Attention(nnx.Module):
     k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     q, k = _apply_rotary(q, *rope), _apply_rotary(k, *rope)
+    if cache_kv is None and mask is None:  # Rows compacted: see `hidden`.
+      out = attn.attend_causal(q, k, v, self.attention)
+      return self.o_proj(out.reshape(b, t, -1)), None
     if cache_kv is None:
       k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
       out = attn.attend_with(q, k, v, mask, "bhsd", self.attention)
@@ -306,13 +311,23 @@ class Backbone(nnx.Module):
       attention_mask: [B, T], 1 on real tokens; None means all real.
     """
     b, t = tokens.shape
+    flash = (
+        attn.attention_kernel(self.config.attention, self.config.dtype)
+        in attn.FLASH_KERNELS
+    )
     causal = jnp.tril(jnp.ones((t, t), bool))[None]
+    order = None
     if attention_mask is None:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-      mask = jnp.broadcast_to(causal, (b, t, t))
+      mask = None if flash else jnp.broadcast_to(causal, (b, t, t))
     else:
       positions = positions_from_mask(attention_mask)
       mask = causal & (attention_mask > 0)[:, None, :]
+      if flash:  # Real tokens first: flash kernels take a causal mask only.
+        order = attn.real_first(attention_mask)
+        tokens = jnp.take_along_axis(tokens, order, axis=1)
+        positions = jnp.take_along_axis(positions, order, axis=1)
+        mask = None
     rope = rotary(
         positions,
         self.config.head_dim,
@@ -324,6 +339,8 @@ class Backbone(nnx.Module):
       x = sharding.constrain_rows(
           _layer_outputs(layer, x, rope, mask, self.config.remat)
       )
+    if order is not None:  # Back to the rows' own order.
+      x = jnp.take_along_axis(x, jnp.argsort(order, axis=1)[..., None], axis=1)
     return self.norm(x)
 
   def hidden_cached(
