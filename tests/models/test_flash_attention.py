@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ugrad import sampling
 from ugrad.models import attention as attn
 from ugrad.models import logprobs
 from ugrad.models import model_config
@@ -131,6 +132,29 @@ def test_scalar_model_with_splash_scores_real_positions_as_the_einsums():
     model.score_head.kernel[...] = jnp.linspace(-1, 1, 32)[:, None]
     scores[attention] = model(tokens, mask) * mask
   assert _max_diff(scores["splash"], scores["einsum"]) < 2e-5
+
+
+def test_sampling_with_splash_prefill_equals_the_einsums():
+  """The sampler's prefill through splash (compacted prompt rows) samples the
+  einsum path's tokens with its log-probs, from left-padded prompts."""
+  rng = np.random.default_rng(3)
+  lengths = np.array([3, 9, 6])
+  mask = jnp.asarray(np.arange(9)[None] >= 9 - lengths[:, None], jnp.int32)
+  tokens = jnp.asarray(rng.integers(1, V, (3, 9)), jnp.int32) * mask
+  config = sampling.SamplingConfig(
+      max_new_tokens=6, eos_id=0, num_samples=2, temperature=1.0
+  )
+  out = {}
+  for attention in ("einsum", "splash"):
+    graphdef, params = nnx.split(
+        tr.Transformer(_config(attention=attention), rngs=nnx.Rngs(0)),
+        nnx.Param,
+    )
+    out[attention] = sampling.sample(
+        graphdef, params, tokens, mask, jax.random.key(0), config
+    )
+  np.testing.assert_array_equal(out["splash"].tokens, out["einsum"].tokens)
+  np.testing.assert_allclose(out["splash"].logp, out["einsum"].logp, atol=2e-5)
 
 
 def test_auto_picks_splash_on_tpu_and_cudnn_on_gpu_in_16_bit():

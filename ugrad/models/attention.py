@@ -136,6 +136,18 @@ def attend_causal(
   return attend_with(q, k, v, causal, "bshd", kernel)
 
 
+def attend_compacted(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, name: str
+) -> jax.Array:
+  """`attend_causal` on rows in their own order: q, k, v [B, T, ., Dh]
+  (k, v "bshd") and key_mask [B, T], 1 on real tokens; the rows are
+  compacted with `real_first` and the outputs put back (prefill)."""
+  order = real_first(key_mask)
+  take = lambda x, idx: jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
+  out = attend_causal(take(q, order), take(k, order), take(v, order), name)
+  return take(out, jnp.argsort(order, axis=1))
+
+
 # Splash attention's blocks: query and key positions per tile (MaxText's
 # default is 512; shorter sequences use one block).
 _SPLASH_BLOCK = 512
@@ -224,7 +236,7 @@ def attend_with(
   get the same -0.7 * float32 max as `MASK_VALUE`, so a query row that sees
   no key gives the same uniform softmax, not NaN."""
   kernel = attention_kernel(name, q.dtype)
-  if kernel == "einsum":
+  if kernel == "einsum" or kernel == "splash":  # splash: causal only.
     return attend(q, k, v, mask, layout)
   if layout == "bhsd":
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)

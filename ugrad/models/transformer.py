@@ -164,6 +164,9 @@ class Attention(nnx.Module):
     hkv = cfg.num_kv_heads
     self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, dh
     self.attention = cfg.attention
+    self.flash = attn.attention_kernel(cfg.attention, cfg.dtype) in (
+        attn.FLASH_KERNELS
+    )
     bias = cfg.qkv_bias
     self.q_proj = _linear(
         cfg, d, h * dh, ("embed", "heads"), bias=bias, rngs=rngs
@@ -210,6 +213,9 @@ class Attention(nnx.Module):
     values = _write(values, v, index, layout)
     if t == 1:  # Decoding one token keeps its own einsums over the cache.
       out = attn.attend(q, keys, values, mask, layout)
+    elif self.flash and isinstance(index, int) and index == 0:
+      # Prefill of a fresh cache: the last query's mask is the keys'.
+      out = attn.attend_compacted(q, k, v, mask[:, -1, :t], self.attention)
     else:  # Prefill.
       out = attn.attend_with(q, keys, values, mask, layout, self.attention)
     return self.o_proj(out.reshape(b, t, -1)), (keys, values)
