@@ -171,6 +171,7 @@ def plan(
       param_dtype=config.param_dtype,
       # "auto" as it resolves on the topology's chips, not on this host.
       attention=attention.attention_kernel(config.attention, dtype, "tpu"),
+      scan_layers=config.scan_layers,
   )
   sharding_lib.check_model(cfg, shape)
 
@@ -259,6 +260,7 @@ def plan(
       param_dtype=config.param_dtype,
       remat=config.remat,
       attention=cfg.attention,
+      scan_layers=cfg.scan_layers,
       micro_batches=config.micro_batches,
       questions=questions,
       group_size=group,

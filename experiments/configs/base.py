@@ -135,11 +135,16 @@ def get_config(variant=None):
   # recompute the rest) or "dots_all" (keep every matmul output, attention's
   # too); `experiments.plan` shows which fits.
   c.remat = "none"
-  # The attention kernel of training and prefill: "einsum" (ugrad's own),
+  # Attention kernel of training and prefill: "einsum" (ugrad's own),
   # "xla" (jax.nn.dot_product_attention), "cudnn" (flash attention on
-  # NVIDIA GPUs, 16-bit compute) or "auto" (cudnn where it applies, else
+  # NVIDIA GPUs, 16-bit compute), "splash" (Pallas flash attention on TPUs)
+  # or "auto" (splash on a TPU, cudnn on a GPU where it applies, else
   # einsum).
   c.attention = "auto"
+  # Training's decoder layers as one lax.scan: compiled once, not once per
+  # layer (large models compile in seconds); a transient copy of the
+  # layers' weights per call.
+  c.scan_layers = False
   c.quiet = False  # no progress bar
   # "START:STOP": a jax.profiler trace of those steps in WORKDIR/profile;
   # `python -m experiments.perf.op_profile WORKDIR` sums it per XLA operation.

@@ -1,5 +1,5 @@
 """Every remat policy gives the gradients of no remat (it only trades memory
-for recomputation)."""
+for recomputation), and scanned layers those of the unrolled loop."""
 
 from flax import nnx
 import jax
@@ -11,7 +11,7 @@ from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
 
-def _grads(remat: str):
+def _grads(remat: str, scan_layers: bool = False):
   cfg = model_config.ModelConfig(
       vocab_size=24,
       hidden_size=32,
@@ -21,6 +21,7 @@ def _grads(remat: str):
       mlp_size=48,
       qkv_bias=True,
       remat=remat,
+      scan_layers=scan_layers,
   )
   graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)))
   tokens = jnp.asarray(
@@ -44,3 +45,33 @@ def test_remat_gradients_equal_no_remat(remat):
   expected, got = _grads("none"), _grads(remat)
   for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_scanned_layers_give_the_unrolled_gradients(remat):
+  expected, got = _grads(remat), _grads(remat, scan_layers=True)
+  for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+
+
+def test_scanned_layers_compile_one_layer():
+  """The scanned forward's program holds one layer's matmuls, the unrolled
+  one a copy per layer."""
+  cfg = dict(vocab_size=24, hidden_size=32, num_heads=4, num_kv_heads=2)
+  tokens = jnp.zeros((2, 5), jnp.int32)
+  dots = {}
+  for scan in (False, True):
+    model = tr.Transformer(
+        model_config.ModelConfig(
+            num_layers=4, mlp_size=48, scan_layers=scan, **cfg
+        ),
+        rngs=nnx.Rngs(0),
+    )
+    graphdef, params = nnx.split(model)
+    text = (
+        jax.jit(lambda p: nnx.merge(graphdef, p)(tokens))
+        .lower(params)
+        .as_text()
+    )
+    dots[scan] = text.count("dot_general")
+  assert dots[True] < dots[False] / 2, dots

@@ -47,6 +47,8 @@ class ModelConfig:
       `transformer.REMAT_POLICIES`.
     attention: the attention kernel of training and prefill, one of
       `ATTENTION` (decoding one token at a time keeps its own einsums).
+    scan_layers: training's and the log-prob passes' decoder layers run as
+      one `lax.scan` (compiled once, not once per layer; the same numbers).
   """
 
   vocab_size: int
@@ -64,6 +66,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention: str = "auto"
+  scan_layers: bool = False
 
   def __post_init__(self):
     registry.lookup(ATTENTION, "attention", self.attention)

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 from ugrad import registry
 from ugrad.models import attention as attn
+from ugrad.models import layer_stack
+from ugrad.models.layer_stack import REMAT_POLICIES  # pylint: disable=unused-import
 from ugrad.models.model_config import ModelConfig
 from ugrad.models.model_config import wide as _wide
 from ugrad.models import sharding
@@ -253,31 +255,6 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
-# What a decoder layer keeps for the backward pass (`ModelConfig.remat`):
-# None keeps everything (no jax.checkpoint); otherwise a jax.checkpoint policy.
-# "dots" keeps the outputs of the matmuls without batch dimensions (the
-# projections and the MLP) and recomputes attention's batched einsums and the
-# elementwise work; "dots_all" keeps every matmul output, the attention
-# scores and their weighted values included (more memory, less recompute).
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_all": jax.checkpoint_policies.dots_saveable,
-}
-
-
-def _layer_outputs(layer: DecoderLayer, x, rope, mask, remat: str):
-  """A decoder layer's outputs [B, T, D] (no cache), under `remat`."""
-  policy = registry.lookup(REMAT_POLICIES, "remat", remat)
-  if policy is None:
-    return layer(x, rope, mask)[0]
-  forward = nnx.remat(
-      lambda lyr, x, rope, mask: lyr(x, rope, mask)[0], policy=policy
-  )
-  return forward(layer, x, rope, mask)
-
-
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
   """Positions [B, T] of left-padded rows: cumsum(mask) - 1, 0 on padding."""
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
@@ -341,10 +318,14 @@ class Backbone(nnx.Module):
         _wide(self.config.dtype),
     )
     x = sharding.constrain_rows(self.embed_tokens(tokens))
-    for layer in self.layers:
-      x = sharding.constrain_rows(
-          _layer_outputs(layer, x, rope, mask, self.config.remat)
-      )
+    x = layer_stack.run_layers(
+        list(self.layers),
+        x,
+        rope,
+        mask,
+        self.config.remat,
+        self.config.scan_layers,
+    )
     if order is not None:  # Back to the rows' own order.
       x = jnp.take_along_axis(x, jnp.argsort(order, axis=1)[..., None], axis=1)
     return self.norm(x)

@@ -232,6 +232,7 @@ def make_policy(config, tokenizer, mesh: Mesh):
         param_dtype=config.param_dtype,
         remat=config.remat,
         attention=config.attention,
+        scan_layers=config.scan_layers,
     )
     params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
     sharding_lib.check_model(model_config, mesh.shape)
@@ -244,6 +245,7 @@ def make_policy(config, tokenizer, mesh: Mesh):
         param_dtype=config.param_dtype,
         remat=config.remat,
         attention=config.attention,
+        scan_layers=config.scan_layers,
     )
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef, params = init_params(

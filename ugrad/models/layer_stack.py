@@ -1,0 +1,63 @@
+"""How training's decoder layers run: each under its remat policy, one after
+another or as one `lax.scan` (`ModelConfig.remat`, `ModelConfig.scan_layers`).
+The cached (sampling) path runs its layers itself."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ugrad import registry
+from ugrad.models import sharding
+
+# What a decoder layer keeps for the backward pass (`ModelConfig.remat`):
+# None keeps everything (no jax.checkpoint); otherwise a jax.checkpoint policy.
+# "dots" keeps the outputs of the matmuls without batch dimensions (the
+# projections and the MLP) and recomputes attention's batched einsums and the
+# elementwise work; "dots_all" keeps every matmul output, the attention
+# scores and their weighted values included (more memory, less recompute).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def _layer_outputs(layer, x, rope, mask, remat: str):
+  """A decoder layer's outputs [B, T, D] (no cache), under `remat`."""
+  policy = registry.lookup(REMAT_POLICIES, "remat", remat)
+  if policy is None:
+    return layer(x, rope, mask)[0]
+  forward = nnx.remat(
+      lambda lyr, x, rope, mask: lyr(x, rope, mask)[0], policy=policy
+  )
+  return forward(layer, x, rope, mask)
+
+
+def _scanned_layers(layers, x, rope, mask, remat: str):
+  """The decoder layers as one `lax.scan` over their stacked parameters
+  (`ModelConfig.scan_layers`): the same arithmetic as the unrolled loop,
+  compiled once instead of once per layer. The stack is built per call, a
+  transient copy of the layers' weights."""
+  splits = [nnx.split(layer) for layer in layers]
+  graphdef = splits[0][0]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(s for _, s in splits))
+
+  def body(x, state):
+    layer = nnx.merge(graphdef, state)
+    return (
+        sharding.constrain_rows(_layer_outputs(layer, x, rope, mask, remat)),
+        None,
+    )
+
+  return jax.lax.scan(body, x, stacked)[0]
+
+
+def run_layers(layers: list, x, rope, mask, remat: str, scan: bool):
+  """x [B, T, D] through every decoder layer (no cache), rows kept on the
+  mesh's batch axes between layers."""
+  if scan:
+    return _scanned_layers(layers, x, rope, mask, remat)
+  for layer in layers:
+    x = sharding.constrain_rows(_layer_outputs(layer, x, rope, mask, remat))
+  return x
