@@ -54,6 +54,18 @@ def group_size(config) -> int:
   return 2 if config.sampling.pairs else config.sampling.group_size
 
 
+def train_temperature(config) -> float:
+  """The temperature T of the trainer's log-probs: `sampling.temperature`
+  when the source samples a policy (its samples come from softmax(z / T),
+  so the loss, the reference and the old log-probs are taken under it and
+  the ratio is 1 on-policy), else 1. Greedy sampling (T = 0) trains the
+  untempered model. Evaluation and the saved model are never tempered."""
+  temperature = float(config.sampling.temperature)
+  if not source_class(config).samples or temperature == 0:
+    return 1.0
+  return temperature
+
+
 def rows_per_step(config) -> int:
   """Rows of the batch a step draws."""
   if not source_class(config).samples:

@@ -66,8 +66,11 @@ class PolicyLearner:
     self.use_reward_models(
         {field: config[field] for field in learner_lib.REWARD_MODEL_FIELDS}
     )
+    self.temperature = build.train_temperature(config)
     self.logprobs = functools.partial(
-        update_lib.policy_logprobs, self.policy.graphdef
+        update_lib.policy_logprobs,
+        self.policy.graphdef,
+        temperature=self.temperature,
     )
     self.initial_critic = None
     if self.coefficient.value_targets is not None:
@@ -134,6 +137,7 @@ class PolicyLearner:
         self.coef_fn,
         self.config.normalizer,
         self.context.max_new,
+        self.temperature,
     )
 
   def draw(self, state: dict, step: int):
