@@ -202,7 +202,7 @@ def plan(
   coef_fn = coefficients.make_coefficient(config.coef.name, **hp)
   temperature = build.train_temperature(config)
   loss_fn = update_lib.policy_loss(
-      graphdef, coef_fn, config.normalizer, new_tokens, temperature
+      graphdef, coef_fn, build.normalizer(config), new_tokens, temperature
   )
   update = update_lib.make_update(
       loss_fn,

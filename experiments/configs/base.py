@@ -59,7 +59,9 @@ def get_config(variant=None):
   c.reward_model = ""  # workdir of an outcome reward model ("model" reward)
   c.process_reward_model = ""  # workdir of a process reward model
   c.coef = _common.coef("grpo")
-  c.normalizer = "sequence"
+  # N of the unified loss; "" is the coefficient's own (its
+  # `Coefficient.normalizer`). Another is allowed and logged as a deviation.
+  c.normalizer = ""
 
   # Sampling sources.
   c.sampling = ml_collections.ConfigDict(

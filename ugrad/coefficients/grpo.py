@@ -34,9 +34,10 @@ from ugrad.coefficients import validation
 
 
 def outcome_fields(
-    beta: float = 0.0, kl_estimator: str = "k3", kl_in: str = "loss", **unused
+    *, beta: float, kl_estimator: str, kl_in: str, **unused
 ) -> set:
-  """The Rollout fields of outcome-supervised methods; checks hparams."""
+  """The Rollout fields of outcome-supervised methods; checks hparams (the
+  defaults are the coefficient functions' keywords, declared once)."""
   del unused
   kl.check(kl_estimator, kl_in)
   fields = {"rewards", "group_ids"}
@@ -45,9 +46,7 @@ def outcome_fields(
   return fields
 
 
-def process_fields(
-    beta: float = 0.0, kl_estimator: str = "k3", **unused
-) -> set:
+def process_fields(*, beta: float, kl_estimator: str, **unused) -> set:
   """The Rollout fields of `grpo_process`; checks hparams."""
   del unused
   kl.check(kl_estimator, "loss")
@@ -107,7 +106,10 @@ def grpo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "grpo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "grpo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
@@ -209,7 +211,10 @@ def grpo_process(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "grpo_process", process_fields(beta, kl_estimator), logp
+      rollout,
+      "grpo_process",
+      process_fields(beta=beta, kl_estimator=kl_estimator),
+      logp,
   )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
@@ -250,7 +255,10 @@ def dr_grpo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "dr_grpo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "dr_grpo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   return grpo(
       rollout,
@@ -287,7 +295,10 @@ def dapo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "dapo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "dapo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   return grpo(
       rollout,
@@ -328,7 +339,10 @@ def gspo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "gspo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "gspo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)

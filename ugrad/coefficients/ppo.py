@@ -19,9 +19,7 @@ from ugrad.coefficients import policy
 from ugrad.coefficients import validation
 
 
-def ppo_fields(
-    beta: float = 0.0, kl_estimator: str = "k1", kl_in: str = "reward", **unused
-) -> set:
+def ppo_fields(*, beta: float, kl_estimator: str, kl_in: str, **unused) -> set:
   del unused
   kl.check(kl_estimator, kl_in)
   fields = {"values", "rewards", "logp_old"}
@@ -97,7 +95,12 @@ def ppo(
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "ppo", ppo_fields(beta, kl_estimator, kl_in), logp)
+  validation.check(
+      rollout,
+      "ppo",
+      ppo_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
+  )
   mask = rollout.completion_mask
   rewards = token_rewards(rollout, beta, kl_estimator, kl_in)
   adv, _ = advantages.gae(rewards, rollout.values, mask, gamma, lam)

@@ -38,6 +38,26 @@ def coefficient(config) -> coefficients.Coefficient:
   return coefficients.get(config.coef.name)
 
 
+def normalizer(config) -> str:
+  """The N of the run's unified loss: `config.normalizer`, or when it is
+  empty the coefficient's own (`Coefficient.normalizer`, the one its
+  textbook objective is written with)."""
+  return config.normalizer or coefficient(config).normalizer
+
+
+def normalizer_deviation(config) -> str:
+  """A line saying the run's normaliser is not its coefficient's own, or
+  "" when it is (a deviation is allowed, and printed at start-up)."""
+  own = coefficient(config).normalizer
+  if normalizer(config) == own:
+    return ""
+  return (
+      f"normalizer {config.normalizer!r} is not coefficient "
+      f"{config.coef.name!r}'s own {own!r}: the gradient is not its "
+      "textbook objective's (a deviation, as configured)"
+  )
+
+
 def needed_fields(config) -> set:
   """The optional Rollout fields the run's coefficient reads."""
   return coefficients.required_fields(config.coef.name, coef_hparams(config))

@@ -10,6 +10,7 @@ beside the policy), and evaluates by greedy accuracy.
 
 import functools
 
+from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,9 @@ class PolicyLearner:
     self.use_reward_models(
         {field: config[field] for field in learner_lib.REWARD_MODEL_FIELDS}
     )
+    deviation = build.normalizer_deviation(config)
+    if deviation:
+      logging.warning("%s", deviation)
     self.temperature = build.train_temperature(config)
     self.logprobs = functools.partial(
         update_lib.policy_logprobs,
@@ -135,7 +139,7 @@ class PolicyLearner:
     return update_lib.policy_loss(
         self.policy.graphdef,
         self.coef_fn,
-        self.config.normalizer,
+        build.normalizer(self.config),
         self.context.max_new,
         self.temperature,
     )

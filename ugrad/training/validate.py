@@ -120,7 +120,8 @@ def _check_names(config) -> None:
   build.source_class(config)
   rewards_lib.parse_spec(config.reward)
   coefficients.bind_hparams(config.coef.name, build.coef_hparams(config))
-  registry.lookup(dict.fromkeys(NORMALIZERS), "normalizer", config.normalizer)
+  if config.normalizer:  # "" is the coefficient's own
+    registry.lookup(dict.fromkeys(NORMALIZERS), "normalizer", config.normalizer)
 
 
 def provided_fields(config) -> set:
