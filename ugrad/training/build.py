@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec
 import optax
 
 from ugrad import coefficients
+from ugrad.coefficients import corrections
 from ugrad import errors
 from ugrad import models
 from ugrad import sampling
@@ -36,6 +37,16 @@ def coef_hparams(config) -> dict:
 
 def coefficient(config) -> coefficients.Coefficient:
   return coefficients.get(config.coef.name)
+
+
+def sampler_correction(config) -> tuple:
+  """(name, floor, cap) of the run's sampler correction, the mode's
+  default bounds filled in (`ugrad.coefficients.corrections`)."""
+  name = config.get("sampler_correction", "none")
+  floor, cap = corrections.bounds(
+      name, config.get("sampler_floor"), config.get("sampler_cap")
+  )
+  return name, floor, cap
 
 
 def normalizer(config) -> str:

@@ -142,6 +142,7 @@ class PolicyLearner:
         build.normalizer(self.config),
         self.context.max_new,
         self.temperature,
+        build.sampler_correction(self.config),
     )
 
   def draw(self, state: dict, step: int):
@@ -166,9 +167,14 @@ class PolicyLearner:
       )
     # Recomputed when asked, when the source gives none, or when the samples
     # are the frozen policy's: the ratio is then against the current policy
-    # at the start of the step, as in offline PPO-style updates.
+    # at the start of the step, as in offline PPO-style updates. A sampler
+    # correction keeps the sampler's log-probs beside the recomputed ones.
+    correcting = build.sampler_correction(config)[0] != "none"
+    if correcting and rollout.logp_old is not None:
+      extra["logp_sampler"] = rollout.logp_old
     if (
-        config.recompute_logp_old
+        correcting
+        or config.recompute_logp_old
         or self.source.frozen
         or ("logp_old" in self.needed and rollout.logp_old is None)
     ):

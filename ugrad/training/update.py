@@ -19,6 +19,7 @@ import optax
 
 from ugrad.runtime import distributed
 from ugrad import masked
+from ugrad.coefficients import corrections
 from ugrad import models
 from ugrad.loss import unified_loss
 
@@ -83,10 +84,19 @@ def on_mesh(tree, sharding):
 
 
 def policy_loss(
-    graphdef, coef_fn, normalizer: str, max_len: int, temperature: float = 1.0
+    graphdef,
+    coef_fn,
+    normalizer: str,
+    max_len: int,
+    temperature: float = 1.0,
+    correction: tuple = ("none", None, None),
 ) -> LossFn:
   """The unified loss: -sum(stop_gradient(GC) * logp) / N, as a LossFn;
-  logp is that of softmax(z / temperature), the distribution sampled."""
+  logp is that of softmax(z / temperature), the distribution sampled.
+
+  `correction` = (name, floor, cap) of a sampler correction: where the
+  batch has `logp_sampler`, GC is multiplied by its factor
+  (`ugrad.coefficients.corrections`) and its metrics are logged."""
 
   def loss(params, batch):
     model = nnx.merge(graphdef, params)
@@ -94,6 +104,16 @@ def policy_loss(
         model, batch.tokens, batch.attention_mask, temperature=temperature
     )
     coef, metrics = coef_fn(batch, logp)
+    if correction[0] != "none" and batch.logp_sampler is not None:
+      factor, more = corrections.factor(
+          correction[0],
+          batch.logp_old,
+          batch.logp_sampler,
+          batch.completion_mask,
+          *correction[1:],
+      )
+      coef = coef * factor
+      metrics = dict(metrics, **more)
     _, aux = unified_loss(
         logp, coef, batch.completion_mask, normalizer, max_len
     )
