@@ -88,7 +88,7 @@ def ppo(
     gamma: discount.
     lam: GAE lambda.
     beta: KL weight.
-    kl_estimator: "k1", "k2" or "k3".
+    kl_estimator: "k1", "k2", "k3" or "k3_ratio" (loss only).
     kl_in: "reward" (per-token reward, from logp_old) or "loss".
     whiten_advantages: whiten A over the batch's completion tokens.
 
