@@ -204,8 +204,9 @@ def plan(
   batch = _rollout(rows, length, needed, mesh.batch)
   hp = build.coef_hparams(config)
   coef_fn = coefficients.make_coefficient(config.coef.name, **hp)
+  temperature = build.train_temperature(config)
   loss_fn = update_lib.policy_loss(
-      graphdef, coef_fn, config.normalizer, new_tokens
+      graphdef, coef_fn, build.normalizer(config), new_tokens, temperature
   )
   update = update_lib.make_update(
       loss_fn,
@@ -300,7 +301,7 @@ def plan(
       ),
       "logprobs": (
           update_lib.policy_logprobs,
-          (graphdef, params, batch.tokens, batch.attention_mask),
+          (graphdef, params, batch.tokens, batch.attention_mask, temperature),
           params_bytes,
       ),
       "update": (update, (params, opt_state, batch), params_bytes + opt_bytes),

@@ -20,6 +20,9 @@ class Rollout:
       whose log-prob is trained, 0 on prompt and padding.
     logp_old: [B, T] log-probs under the policy that sampled the rollout.
     logp_ref: [B, T] log-probs under the frozen reference policy.
+    logp_sampler: [B, T] the sampler's own log-probs, kept when a sampler
+      correction runs (`logp_old` is then the trainer's, recomputed at the
+      sampling parameters; `ugrad.coefficients.corrections`).
     rewards: [B] outcome reward of each sequence.
     step_rewards: [B, T] process reward of a step at the step's last token,
       0 elsewhere.
@@ -37,6 +40,7 @@ class Rollout:
   completion_mask: jax.Array
   logp_old: Optional[jax.Array] = None
   logp_ref: Optional[jax.Array] = None
+  logp_sampler: Optional[jax.Array] = None
   rewards: Optional[jax.Array] = None
   step_rewards: Optional[jax.Array] = None
   step_mask: Optional[jax.Array] = None

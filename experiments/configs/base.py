@@ -7,6 +7,7 @@ Every config file's `get_config(variant=None)` ends with
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from experiments.configs import _common
 from ugrad import errors
@@ -59,7 +60,9 @@ def get_config(variant=None):
   c.reward_model = ""  # workdir of an outcome reward model ("model" reward)
   c.process_reward_model = ""  # workdir of a process reward model
   c.coef = _common.coef("grpo")
-  c.normalizer = "sequence"
+  # N of the unified loss; "" is the coefficient's own (its
+  # `Coefficient.normalizer`). Another is allowed and logged as a deviation.
+  c.normalizer = ""
 
   # Sampling sources.
   c.sampling = ml_collections.ConfigDict(
@@ -100,6 +103,13 @@ def get_config(variant=None):
   # the loss and gradients are those of the full width. 0: always P + N.
   c.trim_bucket = 16
   c.recompute_logp_old = False
+  # The sampler's and the trainer's probabilities differ under top-k / top-p
+  # or a lower-precision sampler: "none", "tis", "mis", "icepop" or
+  # "seq_mask" (ugrad/coefficients/corrections.py) multiplies every method's
+  # coefficient by a stop-gradient factor; floor / cap None: the mode's.
+  c.sampler_correction = "none"
+  c.sampler_floor = config_dict.placeholder(float)
+  c.sampler_cap = config_dict.placeholder(float)
   c.ref_reset_every = 0  # reset the reference every N steps
   # Iterative RL (ugrad/training/iterative.py): `iterations` equal parts of
   # `steps`; after each, the reference resets and the learned reward models

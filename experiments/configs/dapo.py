@@ -9,6 +9,5 @@ def get_config(variant=None):
   c = base.get_config()
   c.method = "dapo"
   c.coef = _common.coef("dapo")
-  c.normalizer = "token"
   c.sampling.dynamic = True
   return base.apply_variants(c, variant)

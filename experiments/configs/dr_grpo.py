@@ -9,5 +9,4 @@ def get_config(variant=None):
   c = base.get_config()
   c.method = "dr_grpo"
   c.coef = _common.coef("dr_grpo")
-  c.normalizer = "constant"
   return base.apply_variants(c, variant)

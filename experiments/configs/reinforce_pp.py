@@ -9,5 +9,4 @@ def get_config(variant=None):
   c = base.get_config()
   c.method = "reinforce_pp"
   c.coef = _common.coef("reinforce_pp")
-  c.normalizer = "token"
   return base.apply_variants(c, variant)

@@ -9,5 +9,4 @@ def get_config(variant=None):
   c = base.get_config()
   c.method = "rloo"
   c.coef = _common.coef("rloo")
-  c.normalizer = "constant"
   return base.apply_variants(c, variant)

@@ -19,7 +19,6 @@ def train_sft(c: ml_collections.ConfigDict):
   c.source = "dataset"
   c.reward = "none"
   c.coef = _common.coef("sft")
-  c.normalizer = "sequence"
   c.steps = ws.steps
   c.batch_size = ws.batch_size
   c.optim.lr = ws.lr

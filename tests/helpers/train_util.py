@@ -15,6 +15,11 @@ CONFIGS = (
     "rloo",
     "reinforce_pp",
     "gspo",
+    "cispo",
+    "simpo",
+    "ipo",
+    "cpo",
+    "orpo",
 )
 
 

@@ -131,6 +131,28 @@ def test_sampled_logp_equals_recomputed_logprobs_at_temperature_1(model):
   np.testing.assert_array_equal(np.asarray(out.logp)[~done], 0.0)
 
 
+@jax.jit
+def _jit_logprobs_at_07(params, tokens, mask):
+  return logprobs.token_logprobs(
+      nnx.merge(_GRAPHDEF, params), tokens, mask, temperature=0.7
+  )
+
+
+def test_sampled_logp_equals_the_trainers_logprobs_at_temperature_07(model):
+  tokens, mask = _prompts([5, 2, 7], 7)
+  config = dataclasses.replace(GREEDY, temperature=0.7, num_samples=2)
+  out = _sample(model, tokens, mask, config, seed=3)
+  params = nnx.state(model, nnx.Param)
+  done = np.asarray(out.completion_mask, bool)
+  tempered = np.asarray(
+      _jit_logprobs_at_07(params, out.tokens, out.attention_mask)
+  )[done]
+  np.testing.assert_allclose(np.asarray(out.logp)[done], tempered, atol=1e-5)
+  # The untempered policy's log-probs are not the sampled distribution's.
+  plain = np.asarray(_logprobs(model, out.tokens, out.attention_mask))[done]
+  assert np.abs(plain - tempered).mean() > 0.05
+
+
 def test_rows_are_prompt_major(model):
   tokens, mask = _prompts([5, 2, 7], 7)
   config = dataclasses.replace(GREEDY, temperature=1.0, num_samples=2)

@@ -29,6 +29,7 @@ from ugrad.coefficients import dpo as dpo_lib
 from ugrad.coefficients import grpo as grpo_lib
 from ugrad.coefficients import metrics as metrics_lib
 from ugrad.coefficients import ppo as ppo_lib
+from ugrad.coefficients import preference
 from ugrad.coefficients import reinforce as reinforce_lib
 from ugrad.coefficients import supervised
 from ugrad.coefficients import validation
@@ -74,6 +75,11 @@ COEFFICIENTS: dict[str, Coefficient] = {
     "reinforce_pp": Coefficient(
         reinforce_lib.reinforce_pp, reinforce_lib.reinforce_pp_fields, "token"
     ),
+    "cispo": Coefficient(grpo_lib.cispo, grpo_lib.outcome_fields, "token"),
+    "simpo": Coefficient(preference.simpo, preference.pair_fields),
+    "ipo": Coefficient(preference.ipo, preference.ref_pair_fields),
+    "cpo": Coefficient(preference.cpo, preference.pair_fields),
+    "orpo": Coefficient(preference.orpo, preference.pair_fields),
 }
 
 METRIC_KEYS = metrics_lib.KEYS

@@ -20,7 +20,7 @@ from ugrad.coefficients import validation
 ROWS_PER_PAIR = 2
 
 
-def dpo_fields(label_smoothing: float = 0.0, **unused) -> set:
+def dpo_fields(*, label_smoothing: float, **unused) -> set:
   del unused
   if not 0.0 <= label_smoothing <= 0.5:
     raise errors.UserError(

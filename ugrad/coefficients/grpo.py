@@ -34,9 +34,10 @@ from ugrad.coefficients import validation
 
 
 def outcome_fields(
-    beta: float = 0.0, kl_estimator: str = "k3", kl_in: str = "loss", **unused
+    *, beta: float, kl_estimator: str, kl_in: str, **unused
 ) -> set:
-  """The Rollout fields of outcome-supervised methods; checks hparams."""
+  """The Rollout fields of outcome-supervised methods; checks hparams (the
+  defaults are the coefficient functions' keywords, declared once)."""
   del unused
   kl.check(kl_estimator, kl_in)
   fields = {"rewards", "group_ids"}
@@ -45,9 +46,7 @@ def outcome_fields(
   return fields
 
 
-def process_fields(
-    beta: float = 0.0, kl_estimator: str = "k3", **unused
-) -> set:
+def process_fields(*, beta: float, kl_estimator: str, **unused) -> set:
   """The Rollout fields of `grpo_process`; checks hparams."""
   del unused
   kl.check(kl_estimator, "loss")
@@ -98,7 +97,7 @@ def grpo(
     clip_eps: lower clip range.
     clip_eps_high: upper clip range; None means `clip_eps`.
     beta: KL weight (DeepSeekMath uses 0.04).
-    kl_estimator: "k1", "k2" or "k3" (the paper's).
+    kl_estimator: "k1", "k2", "k3" (the paper's) or "k3_ratio".
     kl_in: "loss" (the paper's) or "reward".
     std_normalize: divide by the group's sample std.
     eps: added to the std.
@@ -107,7 +106,10 @@ def grpo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "grpo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "grpo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
@@ -124,7 +126,13 @@ def grpo(
   # the KL is in the loss (kl_in="reward" put it in A).
   coef = adv * ratio * gate
   if beta and kl_in == "loss":
-    coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
+    coef = coef + kl.loss_coef(
+        kl_estimator,
+        logp,
+        rollout.logp_ref,
+        beta,
+        policy.old_logp(rollout, logp),
+    )
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
       coef,
@@ -209,7 +217,10 @@ def grpo_process(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "grpo_process", process_fields(beta, kl_estimator), logp
+      rollout,
+      "grpo_process",
+      process_fields(beta=beta, kl_estimator=kl_estimator),
+      logp,
   )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
@@ -250,7 +261,10 @@ def dr_grpo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "dr_grpo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "dr_grpo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   return grpo(
       rollout,
@@ -287,7 +301,10 @@ def dapo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "dapo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "dapo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   return grpo(
       rollout,
@@ -328,7 +345,10 @@ def gspo(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "gspo", outcome_fields(beta, kl_estimator, kl_in), logp
+      rollout,
+      "gspo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
   )
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
@@ -343,7 +363,13 @@ def gspo(
   )
   coef = jnp.broadcast_to((adv * ratio * gate)[:, None], logp.shape)
   if beta and kl_in == "loss":
-    coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
+    coef = coef + kl.loss_coef(
+        kl_estimator,
+        logp,
+        rollout.logp_ref,
+        beta,
+        policy.old_logp(rollout, logp),
+    )
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
       coef,
@@ -352,5 +378,65 @@ def gspo(
       kl_estimator=kl_estimator,
       ratio=jnp.broadcast_to(ratio[:, None], logp.shape),
       gate=jnp.broadcast_to(gate[:, None], logp.shape),
+      zero_signal=groups.zero_signal(rollout.rewards, same),
+  )
+
+
+def cispo(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    clip_eps: Optional[float] = None,
+    clip_eps_high: float = 4.0,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_in: str = "loss",
+    std_normalize: bool = True,
+    eps: float = 1e-6
+):
+  """CISPO (MiniMax-M1, arXiv 2506.13585): GC = sg(clip(rho_t)) * A_i.
+
+  The objective is (1 / sum_i |o_i|) sum_{i,t} sg(clip(rho_t, 1 - eps_low,
+  1 + eps_high)) A_i log pi_t: the importance weight is clipped and
+  stopped, never the gradient, so every token keeps its gradient (no gate);
+  `token` normaliser. A_i is GRPO's group advantage.
+
+  Args: as `grpo`; clip_eps (the lower range) None: no lower bound (the
+    paper's); clip_eps_high 4.0; beta 0.
+
+  Returns:
+    (coef [B, T], metrics); clip_frac is the fraction of tokens whose
+    weight was clipped.
+  """
+  validation.check(
+      rollout,
+      "cispo",
+      outcome_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
+  )
+  mask = rollout.completion_mask
+  same = groups.same_group(rollout.group_ids, mask)
+  rewards = outcome_rewards(rollout, logp, beta, kl_estimator, kl_in)
+  adv = groups.normalize(rewards, same, std_normalize, eps)[:, None]
+  ratio = jnp.exp(logp - policy.old_logp(rollout, logp))
+  low = 0.0 if clip_eps is None else 1.0 - clip_eps
+  weight = jnp.clip(ratio, low, 1.0 + clip_eps_high)
+  coef = jax.lax.stop_gradient(weight) * adv
+  if beta and kl_in == "loss":
+    coef = coef + kl.loss_coef(
+        kl_estimator,
+        logp,
+        rollout.logp_ref,
+        beta,
+        policy.old_logp(rollout, logp),
+    )
+  coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
+  return coef, metrics.coefficient_metrics(
+      coef,
+      rollout,
+      logp,
+      kl_estimator=kl_estimator,
+      ratio=ratio,
+      gate=(weight == ratio).astype(logp.dtype),
       zero_signal=groups.zero_signal(rollout.rewards, same),
   )

@@ -11,11 +11,20 @@ token, whose gradient is -beta * k'(x) * grad logp: the GC term is
 Placed in the REWARD, the per-token reward gains -beta * k(x_old) with
 x_old = logp_old - logp_ref: a constant computed from the sampling policy,
 which the advantage estimator then carries to earlier tokens.
+
+`k3_ratio` (TRL's default, `use_bias_correction_kl`) is k3 weighted by the
+importance ratio rho = pi / pi_old, so that off-policy samples estimate the
+current policy's KL: the loss term -beta * rho * k3(x) has the GC term
+-beta * rho * (k3(x) + k3'(x)). On-policy (rho = 1) its value is k3's; it is
+placed in the loss only.
 """
+
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from ugrad import errors
 from ugrad import registry
 
 PLACEMENTS = ("loss", "reward")
@@ -45,15 +54,25 @@ def _k3_grad(x: jax.Array) -> jax.Array:
   return -jnp.expm1(-x)
 
 
-ESTIMATORS = {"k1": k1, "k2": k2, "k3": k3}
+ESTIMATORS = {"k1": k1, "k2": k2, "k3": k3, "k3_ratio": k3}
 # d k / d x, written out so the GC term reads like DESIGN.md section 2.
-_DERIVATIVES = {"k1": _k1_grad, "k2": _k2_grad, "k3": _k3_grad}
+_DERIVATIVES = {
+    "k1": _k1_grad,
+    "k2": _k2_grad,
+    "k3": _k3_grad,
+    "k3_ratio": _k3_grad,
+}
 
 
 def check(estimator: str, placement: str) -> None:
   """Raises ValueError for an unknown estimator or placement name."""
   registry.lookup(ESTIMATORS, "kl_estimator", estimator)
   registry.lookup(PLACEMENTS, "kl_in", placement)
+  if estimator == "k3_ratio" and placement != "loss":
+    raise errors.UserError(
+        "kl_estimator 'k3_ratio' weighs the KL by pi / pi_old in the loss: "
+        f"kl_in must be 'loss', got {placement!r}"
+    )
 
 
 def estimate(estimator: str, logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
@@ -62,7 +81,11 @@ def estimate(estimator: str, logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
 
 
 def loss_coef(
-    estimator: str, logp: jax.Array, logp_ref: jax.Array, beta: float
+    estimator: str,
+    logp: jax.Array,
+    logp_ref: jax.Array,
+    beta: float,
+    logp_old: Optional[jax.Array] = None,
 ) -> jax.Array:
   """GC term of `-beta * k(logp - logp_ref)` placed in the loss.
 
@@ -71,11 +94,18 @@ def loss_coef(
     logp: [B, T] current policy log-probs.
     logp_ref: [B, T] reference policy log-probs.
     beta: KL weight.
+    logp_old: [B, T] the sampling policy's log-probs, read by "k3_ratio"
+      (None: on-policy, rho = 1).
 
   Returns:
-    [B, T] the term to add to GC: -beta * k'(logp - logp_ref).
+    [B, T] the term to add to GC: -beta * k'(logp - logp_ref), and for
+    "k3_ratio" -beta * rho * (k3 + k3')(logp - logp_ref).
   """
-  return -beta * _DERIVATIVES[estimator](logp - logp_ref)
+  x = logp - logp_ref
+  if estimator == "k3_ratio":
+    old = jax.lax.stop_gradient(logp) if logp_old is None else logp_old
+    return -beta * jnp.exp(logp - old) * (k3(x) + _k3_grad(x))
+  return -beta * _DERIVATIVES[estimator](x)
 
 
 def reward_penalty(

@@ -77,7 +77,7 @@ def clipped_policy_gradient(
     clip_eps: lower clip range.
     clip_eps_high: upper clip range; None means `clip_eps`.
     beta: KL weight; the loss-placed term is added only for kl_in="loss".
-    kl_estimator: "k1", "k2" or "k3".
+    kl_estimator: "k1", "k2", "k3" or "k3_ratio" (loss only).
     kl_in: "loss" or "reward" (already folded into `adv` by the method).
     zero_signal: the method's fraction of all-equal groups, for the metrics.
 
@@ -89,7 +89,9 @@ def clipped_policy_gradient(
   gate = clip_gate(ratio, adv, clip_eps, high_eps(clip_eps, clip_eps_high))
   coef = adv * ratio * gate
   if beta and kl_in == "loss":
-    coef = coef + kl.loss_coef(kl_estimator, logp, rollout.logp_ref, beta)
+    coef = coef + kl.loss_coef(
+        kl_estimator, logp, rollout.logp_ref, beta, old_logp(rollout, logp)
+    )
   coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
       coef,

@@ -19,9 +19,7 @@ from ugrad.coefficients import policy
 from ugrad.coefficients import validation
 
 
-def ppo_fields(
-    beta: float = 0.0, kl_estimator: str = "k1", kl_in: str = "reward", **unused
-) -> set:
+def ppo_fields(*, beta: float, kl_estimator: str, kl_in: str, **unused) -> set:
   del unused
   kl.check(kl_estimator, kl_in)
   fields = {"values", "rewards", "logp_old"}
@@ -90,14 +88,19 @@ def ppo(
     gamma: discount.
     lam: GAE lambda.
     beta: KL weight.
-    kl_estimator: "k1", "k2" or "k3".
+    kl_estimator: "k1", "k2", "k3" or "k3_ratio" (loss only).
     kl_in: "reward" (per-token reward, from logp_old) or "loss".
     whiten_advantages: whiten A over the batch's completion tokens.
 
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "ppo", ppo_fields(beta, kl_estimator, kl_in), logp)
+  validation.check(
+      rollout,
+      "ppo",
+      ppo_fields(beta=beta, kl_estimator=kl_estimator, kl_in=kl_in),
+      logp,
+  )
   mask = rollout.completion_mask
   rewards = token_rewards(rollout, beta, kl_estimator, kl_in)
   adv, _ = advantages.gae(rewards, rollout.values, mask, gamma, lam)

@@ -16,7 +16,7 @@ from ugrad.coefficients import policy
 from ugrad.coefficients import validation
 
 
-def rloo_fields(beta: float = 0.0, **unused) -> set:
+def rloo_fields(*, beta: float, **unused) -> set:
   del unused
   return {"rewards", "group_ids"} | ({"logp_ref"} if beta else set())
 
@@ -47,7 +47,7 @@ def rloo(
   Returns:
     (coef [B, T], metrics).
   """
-  validation.check(rollout, "rloo", rloo_fields(beta), logp)
+  validation.check(rollout, "rloo", rloo_fields(beta=beta), logp)
   mask = rollout.completion_mask
   same = groups.same_group(rollout.group_ids, mask)
   rewards = rollout.rewards.astype(logp.dtype)
@@ -66,9 +66,7 @@ def rloo(
   )
 
 
-def reinforce_pp_fields(
-    beta: float = 0.01, baseline: bool = False, **unused
-) -> set:
+def reinforce_pp_fields(*, beta: float, baseline: bool, **unused) -> set:
   del unused
   fields = {"rewards"}
   if beta:
@@ -108,7 +106,10 @@ def reinforce_pp(
     (coef [B, T], metrics).
   """
   validation.check(
-      rollout, "reinforce_pp", reinforce_pp_fields(beta, baseline), logp
+      rollout,
+      "reinforce_pp",
+      reinforce_pp_fields(beta=beta, baseline=baseline),
+      logp,
   )
   mask = rollout.completion_mask
   rewards = rollout.rewards.astype(logp.dtype)

@@ -21,7 +21,14 @@ from ugrad import rollout as rollout_lib
 
 # Rollout fields aligned with tokens, [B, T], and fields with one value per
 # row, [B].
-TOKEN_FIELDS = ("logp_old", "logp_ref", "step_rewards", "step_mask", "values")
+TOKEN_FIELDS = (
+    "logp_old",
+    "logp_ref",
+    "logp_sampler",
+    "step_rewards",
+    "step_mask",
+    "values",
+)
 ROW_FIELDS = ("rewards", "group_ids", "pair_ids", "pair_sign")
 _ID_FIELDS = ("group_ids", "pair_ids")
 

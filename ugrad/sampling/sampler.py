@@ -9,10 +9,11 @@ emitted EOS. One compilation per (shapes, SamplingConfig, model graph).
 
 `Samples.logp` holds the log-probs of the sampled tokens under the distribution
 actually sampled from: temperature-scaled and truncated by top-k / top-p (a
-point mass, log-prob 0, under greedy decoding or top-k = 1). Only at
-temperature 1 without truncation do they equal the policy's log-probs; they
-become `Rollout.logp_old`, and the trainer logs how far they are from the
-log-probs it recomputes.
+point mass, log-prob 0, under greedy decoding or top-k = 1). Without
+truncation they equal the trainer's log-probs, which it takes at the same
+temperature (`ugrad.training.build.train_temperature`); they become
+`Rollout.logp_old`, and the trainer logs how far they are from the log-probs
+it recomputes.
 """
 
 import dataclasses

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec
 import optax
 
 from ugrad import coefficients
+from ugrad.coefficients import corrections
 from ugrad import errors
 from ugrad import models
 from ugrad import sampling
@@ -38,6 +39,36 @@ def coefficient(config) -> coefficients.Coefficient:
   return coefficients.get(config.coef.name)
 
 
+def sampler_correction(config) -> tuple:
+  """(name, floor, cap) of the run's sampler correction, the mode's
+  default bounds filled in (`ugrad.coefficients.corrections`)."""
+  name = config.get("sampler_correction", "none")
+  floor, cap = corrections.bounds(
+      name, config.get("sampler_floor"), config.get("sampler_cap")
+  )
+  return name, floor, cap
+
+
+def normalizer(config) -> str:
+  """The N of the run's unified loss: `config.normalizer`, or when it is
+  empty the coefficient's own (`Coefficient.normalizer`, the one its
+  textbook objective is written with)."""
+  return config.normalizer or coefficient(config).normalizer
+
+
+def normalizer_deviation(config) -> str:
+  """A line saying the run's normaliser is not its coefficient's own, or
+  "" when it is (a deviation is allowed, and printed at start-up)."""
+  own = coefficient(config).normalizer
+  if normalizer(config) == own:
+    return ""
+  return (
+      f"normalizer {config.normalizer!r} is not coefficient "
+      f"{config.coef.name!r}'s own {own!r}: the gradient is not its "
+      "textbook objective's (a deviation, as configured)"
+  )
+
+
 def needed_fields(config) -> set:
   """The optional Rollout fields the run's coefficient reads."""
   return coefficients.required_fields(config.coef.name, coef_hparams(config))
@@ -52,6 +83,18 @@ def group_size(config) -> int:
   if not source_class(config).samples:
     return 1
   return 2 if config.sampling.pairs else config.sampling.group_size
+
+
+def train_temperature(config) -> float:
+  """The temperature T of the trainer's log-probs: `sampling.temperature`
+  when the source samples a policy (its samples come from softmax(z / T),
+  so the loss, the reference and the old log-probs are taken under it and
+  the ratio is 1 on-policy), else 1. Greedy sampling (T = 0) trains the
+  untempered model. Evaluation and the saved model are never tempered."""
+  temperature = float(config.sampling.temperature)
+  if not source_class(config).samples or temperature == 0:
+    return 1.0
+  return temperature
 
 
 def rows_per_step(config) -> int:

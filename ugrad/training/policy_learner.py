@@ -10,6 +10,7 @@ beside the policy), and evaluates by greedy accuracy.
 
 import functools
 
+from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -66,8 +67,14 @@ class PolicyLearner:
     self.use_reward_models(
         {field: config[field] for field in learner_lib.REWARD_MODEL_FIELDS}
     )
+    deviation = build.normalizer_deviation(config)
+    if deviation:
+      logging.warning("%s", deviation)
+    self.temperature = build.train_temperature(config)
     self.logprobs = functools.partial(
-        update_lib.policy_logprobs, self.policy.graphdef
+        update_lib.policy_logprobs,
+        self.policy.graphdef,
+        temperature=self.temperature,
     )
     self.initial_critic = None
     if self.coefficient.value_targets is not None:
@@ -132,8 +139,10 @@ class PolicyLearner:
     return update_lib.policy_loss(
         self.policy.graphdef,
         self.coef_fn,
-        self.config.normalizer,
+        build.normalizer(self.config),
         self.context.max_new,
+        self.temperature,
+        build.sampler_correction(self.config),
     )
 
   def draw(self, state: dict, step: int):
@@ -158,9 +167,14 @@ class PolicyLearner:
       )
     # Recomputed when asked, when the source gives none, or when the samples
     # are the frozen policy's: the ratio is then against the current policy
-    # at the start of the step, as in offline PPO-style updates.
+    # at the start of the step, as in offline PPO-style updates. A sampler
+    # correction keeps the sampler's log-probs beside the recomputed ones.
+    correcting = build.sampler_correction(config)[0] != "none"
+    if correcting and rollout.logp_old is not None:
+      extra["logp_sampler"] = rollout.logp_old
     if (
-        config.recompute_logp_old
+        correcting
+        or config.recompute_logp_old
         or self.source.frozen
         or ("logp_old" in self.needed and rollout.logp_old is None)
     ):

@@ -19,6 +19,7 @@ import optax
 
 from ugrad.runtime import distributed
 from ugrad import masked
+from ugrad.coefficients import corrections
 from ugrad import models
 from ugrad.loss import unified_loss
 
@@ -82,13 +83,37 @@ def on_mesh(tree, sharding):
   )
 
 
-def policy_loss(graphdef, coef_fn, normalizer: str, max_len: int) -> LossFn:
-  """The unified loss: -sum(stop_gradient(GC) * logp) / N, as a LossFn."""
+def policy_loss(
+    graphdef,
+    coef_fn,
+    normalizer: str,
+    max_len: int,
+    temperature: float = 1.0,
+    correction: tuple = ("none", None, None),
+) -> LossFn:
+  """The unified loss: -sum(stop_gradient(GC) * logp) / N, as a LossFn;
+  logp is that of softmax(z / temperature), the distribution sampled.
+
+  `correction` = (name, floor, cap) of a sampler correction: where the
+  batch has `logp_sampler`, GC is multiplied by its factor
+  (`ugrad.coefficients.corrections`) and its metrics are logged."""
 
   def loss(params, batch):
     model = nnx.merge(graphdef, params)
-    logp = models.token_logprobs(model, batch.tokens, batch.attention_mask)
+    logp = models.token_logprobs(
+        model, batch.tokens, batch.attention_mask, temperature=temperature
+    )
     coef, metrics = coef_fn(batch, logp)
+    if correction[0] != "none" and batch.logp_sampler is not None:
+      factor, more = corrections.factor(
+          correction[0],
+          batch.logp_old,
+          batch.logp_sampler,
+          batch.completion_mask,
+          *correction[1:],
+      )
+      coef = coef * factor
+      metrics = dict(metrics, **more)
     _, aux = unified_loss(
         logp, coef, batch.completion_mask, normalizer, max_len
     )
@@ -127,9 +152,15 @@ def value_loss(graphdef, value_targets, value_clip: float) -> LossFn:
   return loss
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def policy_logprobs(graphdef, params, tokens, attention_mask) -> jax.Array:
-  """[B, T] token log-probs of a policy (compiled once per graph and shape)."""
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def policy_logprobs(
+    graphdef, params, tokens, attention_mask, temperature: float = 1.0
+) -> jax.Array:
+  """[B, T] token log-probs of a policy at `temperature` (compiled once per
+  graph, temperature and shape)."""
   return models.token_logprobs(
-      nnx.merge(graphdef, params), tokens, attention_mask
+      nnx.merge(graphdef, params),
+      tokens,
+      attention_mask,
+      temperature=temperature,
   )

@@ -120,7 +120,14 @@ def _check_names(config) -> None:
   build.source_class(config)
   rewards_lib.parse_spec(config.reward)
   coefficients.bind_hparams(config.coef.name, build.coef_hparams(config))
-  registry.lookup(dict.fromkeys(NORMALIZERS), "normalizer", config.normalizer)
+  correction = build.sampler_correction(config)[0]
+  if correction != "none" and not build.source_class(config).samples:
+    raise errors.UserError(
+        f"sampler_correction {correction!r} weighs a sampler's tokens: "
+        f"source {config.source!r} samples none"
+    )
+  if config.normalizer:  # "" is the coefficient's own
+    registry.lookup(dict.fromkeys(NORMALIZERS), "normalizer", config.normalizer)
 
 
 def provided_fields(config) -> set:

@@ -1,0 +1,16 @@
+"""CPO: the reference-free preference term plus the chosen response's NLL, on
+DPO's data: (correct, incorrect) pairs of the frozen SFT policy."""
+
+from experiments.configs import _common
+from experiments.configs import base
+
+
+def get_config(variant=None):
+  """The config; `variant`: names in `base.VARIANTS` ("tiny")."""
+  c = base.get_config()
+  c.method = "cpo"
+  c.source = "frozen_policy"  # --config.source=online gives online cpo
+  c.sampling.pairs = True
+  c.reward = "rule"
+  c.coef = _common.coef("cpo")
+  return base.apply_variants(c, variant)
