@@ -47,6 +47,8 @@ from ugrad.training.policy_learner import PolicyLearner
 # (`ugrad.training.records`).
 PHASES = records.PHASES
 TIMING_KEYS = records.TIMING_KEYS
+# An update whose metrics here are not finite is never applied.
+NON_FINITE_KEYS = ("loss", "grad_norm")
 
 # Before each step's clock starts: hook(context, state, step) -> HookResult.
 Hook = learner_lib.Hook
@@ -152,17 +154,31 @@ class Trainer:
     rows_of = (order[:, None] * chunk + np.arange(chunk)).reshape(-1)
     return np.split(rows_of, config.minibatches)
 
-  def update_on(self, rollout) -> dict:
-    """One optimizer update of the state on a (host) rollout; its metrics
-    as floats. Raises FloatingPointError on a non-finite loss, before the
-    state is saved."""
+  def update_on(self, rollout, step: int) -> dict:
+    """One optimizer update of the state on a (host) rollout of step
+    `step`; its metrics as floats.
+
+    Raises:
+      FloatingPointError: the loss or the gradient norm is not finite. The
+        update's result never becomes the trainer's state (nothing after
+        it, a checkpoint least of all, sees it); the check reads the
+        metrics the loop fetches anyway, so it costs no extra host sync
+        and leaves the compiled update as it was.
+    """
     params, opt_state, metrics = self.update(
         self.state["params"],
         self.state["opt_state"],
         self.device_batch(rollout),
     )
+    metrics = {k: float(v) for k, v in distributed.host_get(metrics).items()}
+    bad = {
+        k: metrics[k] for k in NON_FINITE_KEYS if not math.isfinite(metrics[k])
+    }
+    if bad:
+      what = " and ".join(f"{k} is {v}" for k, v in bad.items())
+      raise FloatingPointError(self._nan_message(step, what))
     self.state = dict(self.state, params=params, opt_state=opt_state)
-    return {k: float(v) for k, v in distributed.host_get(metrics).items()}
+    return metrics
 
   def rollout(self, step: int):
     """The learner's (batch, host rollout) of step `step`, on the phase
@@ -201,9 +217,7 @@ class Trainer:
     for epoch in range(config.ppo_epochs):
       for rows_idx in self._minibatches(step, epoch, rows):
         mb = jax.tree.map(lambda x: x[rows_idx], rollout)
-        metrics = self.update_on(mb)
-        if not math.isfinite(metrics["loss"]):
-          raise FloatingPointError(self._nan_message(step, metrics["loss"]))
+        metrics = self.update_on(mb, step)
         self.state, learner_metrics = self.learner.after_update(self.state, mb)
         metrics.update(learner_metrics)
         self.timer.lap("update")
@@ -252,18 +266,42 @@ class Trainer:
     for step, digest in self.checkpointer.finish():
       gradient_log.append_checkpoint(step, digest)
 
-  def _nan_message(self, step: int, loss: float) -> str:
+  def _nan_message(self, step: int, what: str) -> str:
+    """`what` went wrong in step `step` (from 0); the line names the
+    checkpoint to resume from."""
     steps = self.checkpointer.all_steps()
     where = (
         f"the last good checkpoint is step {steps[-1]} in "
-        f"{self.checkpointer.directory}; rerun the same command to "
-        "resume from it"
+        f"{self.checkpointer.directory}; rerun to resume from it (with a "
+        "lower optim.lr, say, and --allow_config_change)"
         if steps
         else "no checkpoint was written yet"
     )
     return (
-        f"loss is {loss} at step {step + 1}; stopping without saving "
-        f"this state ({where})"
+        f"{what} at step {step + 1}; stopping without applying or saving "
+        f"it ({where})"
+    )
+
+  def _save(self, step: int, gradient_log, *, force: bool, wait: bool):
+    """Checkpoints the state after `step` updates when it is due (`force`:
+    anyway); a state that is not finite (a critic or a reference that
+    diverged after a finite update) is never saved: FloatingPointError."""
+    if not (force or self.checkpointer.should_save(step)):
+      return
+    if not update_lib.all_finite(self.state):
+      raise FloatingPointError(
+          self._nan_message(step - 1, "the train state is not finite")
+      )
+    self.checkpointer.save(
+        step,
+        self.state,
+        {
+            "step": step,
+            "gradlog_head": gradient_log.head,
+            "config": self.config.to_json(),
+        },
+        force=force,
+        wait=wait,
     )
 
   # --- the loop -------------------------------------------------------------
@@ -320,16 +358,8 @@ class Trainer:
           writer.write(step + 1, metrics)
           last = step + 1 == config.steps
           stop = not last and watcher.should_stop(step + 1)
-          self.checkpointer.save(
-              step + 1,
-              self.state,
-              {
-                  "step": step + 1,
-                  "gradlog_head": gradient_log.head,
-                  "config": config.to_json(),
-              },
-              force=last or stop,
-              wait=last or stop,
+          self._save(
+              step + 1, gradient_log, force=last or stop, wait=last or stop
           )
           if last or stop:
             self._log_checkpoints(gradient_log)
@@ -348,6 +378,11 @@ class Trainer:
                 f"{self.checkpointer.directory}; run the same command to "
                 "resume"
             )
+      except FloatingPointError:
+        # The checkpoints before a diverged step are the ones to resume
+        # from: recorded (checksums, gradient log) as after any save.
+        self._log_checkpoints(gradient_log)
+        raise
       finally:
         profiler.close()
         bar.close()
