@@ -21,9 +21,6 @@ def sft_dir(tmp_path_factory):
   return workdir
 
 
-_ALLOW = {}
-
-
 def _grpo(sft_dir, steps, lr=1e-4):
   config = train_util.tiny("grpo", steps=steps, init_from=sft_dir)
   config.optim.lr = lr
@@ -72,7 +69,7 @@ def test_a_diverged_update_is_not_applied_and_a_lower_lr_resumes(
   assert trainer.checkpointer.all_steps() == [1, 2]
   assert update_lib.all_finite(trainer.state["opt_state"])
   config = _grpo(sft_dir, steps=5, lr=5e-5)
-  resumed = trainer_lib.Trainer(config, str(tmp_path), **_ALLOW)
+  resumed = trainer_lib.Trainer(config, str(tmp_path), allow_config_change=True)
   assert resumed.start_step == 2
   metrics = resumed.train()
   assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])

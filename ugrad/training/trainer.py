@@ -75,7 +75,15 @@ class Trainer:
       workdir: str,
       *,
       hooks: Sequence[Hook] = (),
+      allow_config_change: bool = False,
   ):
+    """Builds the run; restores its newest checkpoint if there is one.
+
+    Raises:
+      errors.UserError: the checkpoint was saved under a config that
+        differs in keys other than `runs.RESUMABLE_CHANGES` (listed), and
+        `allow_config_change` is false.
+    """
     validate.check_config(config)
     if config.trainer == "reward_model":
       reward_models.check_config(config)
@@ -102,6 +110,15 @@ class Trainer:
     )
     self.learner: learner_lib.Learner = learner_cls(context)
     self._init_state()
+    # Resuming under another config: refused, or (allowed) recorded when
+    # training starts.
+    self.config_changes = runs.check_resume(
+        self.workdir,
+        self.start_step,
+        self.resume_meta.get("config"),
+        config,
+        allow_config_change,
+    )
 
   def _init_state(self):
     config = self.config
@@ -159,11 +176,9 @@ class Trainer:
     `step`; its metrics as floats.
 
     Raises:
-      FloatingPointError: the loss or the gradient norm is not finite. The
-        update's result never becomes the trainer's state (nothing after
-        it, a checkpoint least of all, sees it); the check reads the
-        metrics the loop fetches anyway, so it costs no extra host sync
-        and leaves the compiled update as it was.
+      FloatingPointError: the loss or the gradient norm is not finite;
+        the update never becomes the state (the check reads the metrics
+        fetched anyway: no extra host sync, the compiled update as it was).
     """
     params, opt_state, metrics = self.update(
         self.state["params"],
@@ -331,6 +346,10 @@ class Trainer:
       gradient_log.append_checkpoint(
           self.start_step, self.checkpointer.manifest_sha256(self.start_step)
       )
+    if self.config_changes:
+      changes = runs.describe_changes(self.config_changes)
+      gradient_log.append_config_change(changes)
+      writer.write_text(self.start_step, "config_change", changes)
     runs.write_config(self.workdir, config)
     metrics = {}
     bar = tqdm.tqdm(
@@ -379,8 +398,7 @@ class Trainer:
                 "resume"
             )
       except FloatingPointError:
-        # The checkpoints before a diverged step are the ones to resume
-        # from: recorded (checksums, gradient log) as after any save.
+        # The checkpoints to resume from, recorded as after any save.
         self._log_checkpoints(gradient_log)
         raise
       finally:
@@ -419,9 +437,13 @@ def _context(config, workdir: str) -> learner_lib.RunContext:
   )
 
 
-def train_reward_model(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_reward_model(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: bool = False,
+) -> dict:
   """Trains (or resumes) the reward-model run of `config` in `workdir`;
   returns the last step's metrics with a final evaluation."""
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config, workdir, allow_config_change=allow_config_change)
   metrics = trainer.train()
   return dict(metrics, **trainer.evaluate())
