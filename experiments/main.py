@@ -211,8 +211,8 @@ def _write_eval(workdir: str, results: dict):
   """WORKDIR/eval.json: written last, so it marks a finished run."""
   if not distributed.is_main():
     return
-  (paths.resolve(workdir) / runs.EVAL_FILE).write_text(
-      json.dumps(results, indent=2)
+  paths.write_atomic(
+      paths.resolve(workdir) / runs.EVAL_FILE, json.dumps(results, indent=2)
   )
 
 
@@ -222,7 +222,7 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
     return json.loads(path.read_text())
   result = trainer.evaluate(params)
   if distributed.is_main():
-    path.write_text(json.dumps(result))
+    paths.write_atomic(path, json.dumps(result))
   return result
 
 

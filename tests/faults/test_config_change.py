@@ -68,3 +68,12 @@ def test_a_model_preset_with_init_from_is_refused(sft_dir, tmp_path):
   assert "config.model='qwen2_2.9m' is ignored with init_from" in line
   assert "hidden_size" in line
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_shortening_a_run_below_its_checkpoint_is_refused(sft_dir, tmp_path):
+  config = train_util.tiny("grpo", steps=2, init_from=sft_dir)
+  trainer_lib.Trainer(config, str(tmp_path)).train()
+  config.steps = 1
+  with pytest.raises(errors.UserError, match="checkpointed at step 2, past"):
+    main.run(config, str(tmp_path))
+  assert runs.read_config(str(tmp_path)).steps == 2

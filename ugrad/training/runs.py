@@ -37,7 +37,9 @@ MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
 def write_config(workdir: str, config: ml_collections.ConfigDict):
   if not distributed.is_main():
     return
-  (paths.resolve(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2))
+  paths.write_atomic(
+      paths.resolve(workdir) / CONFIG_FILE, config.to_json(indent=2)
+  )
 
 
 # Config keys (and key prefixes, "x." for x's fields) that change only
@@ -84,9 +86,15 @@ def check_resume(
   checkpoint of step `step` (its stored config `stored`).
 
   Raises:
-    errors.UserError: there are some and `allow` is false; the line lists
-      them.
+    errors.UserError: there are some and `allow` is false (the line lists
+      them); the checkpoint is past `config.steps`.
   """
+  if step > config.steps:
+    raise errors.UserError(
+        f"{workdir} was checkpointed at step {step}, past config.steps="
+        f"{config.steps}; a run cannot be shortened (set steps >= {step}, "
+        "or use another workdir)"
+    )
   changes = config_changes(stored, config)
   where = f"{workdir} was checkpointed at step {step} with another config"
   if changes and not allow:
@@ -142,8 +150,9 @@ def save_model(workdir: str, params, model_config, kind: str = "policy"):
     checkpointer.save(path, params)
     checkpointer.wait_until_finished()
   if distributed.is_main():
-    (paths.resolve(workdir) / MODEL_FILE).write_text(
-        json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)})
+    paths.write_atomic(
+        paths.resolve(workdir) / MODEL_FILE,
+        json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)}),
     )
   distributed.sync("save_model")
 
