@@ -27,8 +27,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments.configs import base
 from experiments.configs import sft
 from ugrad import errors
+from ugrad import models
 from ugrad.runtime import checkpoint
 from ugrad.runtime import compile_cache
 from ugrad.runtime import distributed
@@ -62,6 +64,13 @@ _TRACEBACK = flags.DEFINE_bool(
     False,
     "show the traceback of an error (also: " "UGRAD_TRACEBACK=1)",
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "resume a workdir whose checkpoint was saved under another config "
+    "(the changed keys are recorded in the gradient log); without it such "
+    "a rerun is refused, naming them",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -89,36 +98,96 @@ def needs_sft_warm_start(config) -> bool:
   )
 
 
-def warm_start(config, workdir: str) -> str:
+def warm_start(config, workdir: str, allow_config_change: bool = False) -> str:
   """Trains (or reuses) the SFT policy of the embedded task in
   WORKDIR/sft (`sft.warm_start(config)`) and returns that directory."""
   sft_dir = str(paths.resolve(workdir) / "sft")
   if not (paths.resolve(sft_dir) / runs.POLICY_DIR).exists():
     logging.info("No init_from: training the SFT policy in %s", sft_dir)
-    trainer_lib.Trainer(sft.warm_start(config), sft_dir).train()
+    trainer_lib.Trainer(
+        sft.warm_start(config), sft_dir, allow_config_change=allow_config_change
+    ).train()
   return sft_dir
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains `config` in `workdir`, holding its lock; returns held-out
-  results."""
+  results. A checkpoint saved under another config (`runs.config_changes`)
+  is resumed only with `allow_config_change`."""
   with lock.hold(workdir):
-    return _run(config, workdir)
+    return _run(config, workdir, allow_config_change)
 
 
-def _run(config, workdir: str) -> dict:
+def check_ignored_settings(config):
+  """Refuses settings the run would ignore: a `model` preset other than
+  the default with `init_from`, whose model it does not describe (the
+  policy's shape comes from init_from).
+
+  Raises:
+    errors.UserError: naming the setting and what init_from holds.
+  """
+  default = base.get_config().model
+  if not config.init_from or config.model == default:
+    return
+  ignored = (
+      f"config.model={config.model!r} is ignored with "
+      f"init_from={config.init_from}"
+  )
+  if runs.is_hf_dir(config.init_from):
+    raise errors.UserError(
+        f"{ignored} (a Hugging Face directory: its config.json gives the "
+        "shape); leave config.model unset"
+    )
+  if not runs.is_finished_model(config.init_from):
+    return  # build reports what init_from lacks.
+  saved = runs.saved_model_config(config.init_from)
+  wanted = models.preset(config.model, saved.vocab_size)
+  differ = [
+      f"{f} {getattr(saved, f)} (preset {getattr(wanted, f)})"
+      for f in SHAPE_FIELDS
+      if getattr(saved, f) != getattr(wanted, f)
+  ]
+  if differ:
+    raise errors.UserError(
+        f"{ignored}, which holds another model: {', '.join(differ)}; "
+        "leave config.model unset or set it to the model init_from holds"
+    )
+
+
+# The fields of a ModelConfig that are its shape, not its numerics.
+SHAPE_FIELDS = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_size",
+    "qkv_bias",
+    "tie_embeddings",
+)
+
+
+def _run(config, workdir: str, allow_config_change: bool) -> dict:
+  check_ignored_settings(config)
   warm = needs_sft_warm_start(config)
   if warm:  # The run's own settings, before spending the warm start.
     validate.check_settings(config)
   if warm:
-    config.init_from = warm_start(config, workdir)
+    config.init_from = warm_start(config, workdir, allow_config_change)
   if config.trainer == "reward_model":
-    result = {"final": trainer_lib.train_reward_model(config, workdir)}
+    result = {
+        "final": trainer_lib.train_reward_model(
+            config, workdir, allow_config_change
+        )
+    }
     _print(json.dumps(result, indent=2, sort_keys=True))
     _write_eval(workdir, result)
     return result
   trainer = trainer_lib.Trainer(
-      config, workdir, hooks=iterative.hooks(config, workdir)
+      config,
+      workdir,
+      hooks=iterative.hooks(config, workdir),
+      allow_config_change=allow_config_change,
   )
   results = {}
   if warm:
@@ -142,8 +211,8 @@ def _write_eval(workdir: str, results: dict):
   """WORKDIR/eval.json: written last, so it marks a finished run."""
   if not distributed.is_main():
     return
-  (paths.resolve(workdir) / runs.EVAL_FILE).write_text(
-      json.dumps(results, indent=2)
+  paths.write_atomic(
+      paths.resolve(workdir) / runs.EVAL_FILE, json.dumps(results, indent=2)
   )
 
 
@@ -153,7 +222,7 @@ def _cached_eval(trainer, run_dir: str, params) -> dict:
     return json.loads(path.read_text())
   result = trainer.evaluate(params)
   if distributed.is_main():
-    path.write_text(json.dumps(result))
+    paths.write_atomic(path, json.dumps(result))
   return result
 
 
@@ -233,7 +302,7 @@ def main(argv):
         _PROCESS_ID.value,
         auto=_DISTRIBUTED.value,
     )
-    run(config, _WORKDIR.value)
+    run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except preemption.Preempted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)

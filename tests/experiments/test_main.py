@@ -175,13 +175,14 @@ def launcher(monkeypatch):
       "_NUM_PROCESSES": 0,
       "_PROCESS_ID": -1,
       "_DISTRIBUTED": False,
+      "_ALLOW_CONFIG_CHANGE": False,
   }
   for name, value in flag_values.items():
     monkeypatch.setattr(main, name, types.SimpleNamespace(value=value))
 
   def launch(error):
-    def run(config, workdir):
-      del config, workdir
+    def run(config, workdir, allow_config_change):
+      del config, workdir, allow_config_change
       raise error
 
     monkeypatch.setattr(main, "run", run)

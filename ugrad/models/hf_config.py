@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from ugrad import errors
 from ugrad import registry
+from ugrad.runtime import paths
 from ugrad.models.model_config import ModelConfig
 
 PathLike = str | pathlib.Path
@@ -243,4 +244,4 @@ def read_json(file: pathlib.Path, required: bool = False) -> dict[str, Any]:
 
 def write_json(file: pathlib.Path, data: dict[str, Any]) -> None:
   """Writes `data` to `file` as indented JSON with sorted keys."""
-  file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+  paths.write_atomic(file, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -200,7 +200,7 @@ class Checkpointer:
     hashes = checksums.file_hashes(self.directory / str(step))
     text = checksums.manifest_text(hashes)
     if distributed.is_main():
-      (self.directory / str(step) / checksums.MANIFEST).write_text(text)
+      paths.write_atomic(self.directory / str(step) / checksums.MANIFEST, text)
     distributed.sync("checkpoint_manifest")
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

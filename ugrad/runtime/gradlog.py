@@ -22,7 +22,10 @@ the save is on disk: {"checkpoint_sha256": SHA-256 of the step's
 "checkpoint_step": the trainer step, "prev_sha256", "sha256", "step": the
 same update count as the record before}. So the chain also covers the
 parameters the updates claim to start from; `verify WORKDIR` checks the
-checkpoints still on disk against these records.
+checkpoints still on disk against these records. A run resumed under a
+changed config (`--allow_config_change`) records it the same way, after
+the record of the checkpoint it resumed from: {"config_change": "optim.lr
+0.0001 -> 5e-05", "prev_sha256", "sha256", "step"}.
 
 What the chain cannot show: records cut off the end (the chain before them
 is still valid), or a log rewritten from some record on with recomputed
@@ -121,14 +124,16 @@ class GradientLog:
     if kept:
       last = json.loads(kept[-1])
       self.head, self.last_step = last["sha256"], last["step"]
-      self.last_checkpoint = last.get("checkpoint_step")
-      # A checkpoint's metadata holds the head before its own record.
-      heads = {
-          self.head,
-          last["prev_sha256"]
-          if self.last_checkpoint is not None
-          else self.head,
-      }
+      # A checkpoint's metadata holds the head before its own record, which
+      # config changes recorded on resuming from it may follow.
+      heads = {self.head}
+      for line in reversed(kept):
+        record = json.loads(line)
+        if not _is_note(record):
+          break
+        heads.add(record["prev_sha256"])
+        if self.last_checkpoint is None:
+          self.last_checkpoint = record.get("checkpoint_step")
     if expected_head is not None and expected_head not in heads:
       raise errors.UserError(
           f"{path}: the last kept record (step {self.last_step}) has hash "
@@ -204,13 +209,25 @@ class GradientLog:
     }
     return self._write(record)
 
+  def append_config_change(self, changes: str) -> dict:
+    """Records a config change a resumed run was allowed to make
+    (`ugrad.training.runs.describe_changes`), after the record of the
+    checkpoint it resumed from."""
+    record = {
+        "step": max(self.last_step, 0),
+        "config_change": str(changes),
+        "prev_sha256": self.head,
+    }
+    return self._write(record)
+
   def _write(self, record: dict) -> dict:
     record["sha256"] = record_sha256(record)
     self._file.write(_canonical(record) + "\n")
     # A killed process must not leave the record in Python's buffer only.
     self._file.flush()
     self.head, self.last_step = record["sha256"], record["step"]
-    self.last_checkpoint = record.get("checkpoint_step")
+    if "config_change" not in record:
+      self.last_checkpoint = record.get("checkpoint_step")
     return record
 
   def close(self):
@@ -335,13 +352,18 @@ def _check_record(record, line, prev, prev_step):
         "deleted, reordered or inserted)"
     )
   if prev_step is not None and (
-      step < prev_step
-      or (step == prev_step and "checkpoint_sha256" not in record)
+      step < prev_step or (step == prev_step and not _is_note(record))
   ):
     return step, f"step {step} does not follow step {prev_step}"
   if not line.endswith("\n"):
     return step, "the line is not newline-terminated (a cut-short write)"
   return step, None
+
+
+def _is_note(record: Mapping[str, Any]) -> bool:
+  """A checkpoint or config-change record (not an update): it keeps the
+  step of the record before it."""
+  return "checkpoint_sha256" in record or "config_change" in record
 
 
 def _scalars(name: str, values: Mapping[str, Any]) -> dict:

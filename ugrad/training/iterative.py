@@ -95,7 +95,7 @@ def reward_models_of(
           continuation_config(previous, directory, config), rm_dir
       )
       if distributed.is_main():
-        eval_file.write_text(json.dumps({"final": result}, indent=2))
+        paths.write_atomic(eval_file, json.dumps({"final": result}, indent=2))
       distributed.sync("iterative_rm_eval")
     final = json.loads(eval_file.read_text())["final"]
     metrics.update(

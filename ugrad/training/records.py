@@ -87,7 +87,7 @@ class NoRecord:
   def write(self, *unused, **unused_kw):
     pass
 
-  write_text = append = append_checkpoint = write
+  write_text = append = append_checkpoint = append_config_change = write
 
   def close(self):
     pass

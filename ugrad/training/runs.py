@@ -9,7 +9,9 @@ WORKDIR/run_config.json; `init_from`, `reward_model` and
 import dataclasses
 import json
 import tempfile
+from typing import Optional
 
+from absl import logging
 from flax import nnx
 import jax
 import ml_collections
@@ -35,7 +37,95 @@ MODEL_CLASSES = {"policy": models.Transformer, "scalar": models.ScalarModel}
 def write_config(workdir: str, config: ml_collections.ConfigDict):
   if not distributed.is_main():
     return
-  (paths.resolve(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2))
+  paths.write_atomic(
+      paths.resolve(workdir) / CONFIG_FILE, config.to_json(indent=2)
+  )
+
+
+# Config keys (and key prefixes, "x." for x's fields) that change only
+# logging, evaluation or the step budget: a resumed run may change them.
+RESUMABLE_CHANGES = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sample_log_every",
+    "eval_every",
+    "eval_sampled.",
+    "eval_questions",
+    "eval_split",
+    "rm.eval_questions",
+    "quiet",
+    "profile_steps",
+)
+
+_ABSENT = object()
+
+
+def config_changes(stored: Optional[str], config) -> dict[str, tuple]:
+  """{dotted key: (stored value, new value)} of the keys in which `config`
+  differs from `stored` (a config's JSON, as a checkpoint keeps it; None:
+  nothing to compare), `RESUMABLE_CHANGES` left out."""
+  if stored is None:
+    return {}
+  old, new = _flat(json.loads(stored)), _flat(json.loads(config.to_json()))
+  return {
+      key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
+      for key in sorted(set(old) | set(new))
+      if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+      and not any(
+          key == k or (k.endswith(".") and key.startswith(k))
+          for k in RESUMABLE_CHANGES
+      )
+  }
+
+
+def check_resume(
+    workdir: str, step: int, stored: Optional[str], config, allow: bool
+) -> dict[str, tuple]:
+  """The `config_changes` of a run resuming in `workdir` from the
+  checkpoint of step `step` (its stored config `stored`).
+
+  Raises:
+    errors.UserError: there are some and `allow` is false (the line lists
+      them); the checkpoint is past `config.steps`.
+  """
+  if step > config.steps:
+    raise errors.UserError(
+        f"{workdir} was checkpointed at step {step}, past config.steps="
+        f"{config.steps}; a run cannot be shortened (set steps >= {step}, "
+        "or use another workdir)"
+    )
+  changes = config_changes(stored, config)
+  where = f"{workdir} was checkpointed at step {step} with another config"
+  if changes and not allow:
+    raise errors.UserError(
+        f"{where}: {describe_changes(changes)}; rerun with the settings it "
+        "started with, or pass --allow_config_change to continue with these "
+        "(recorded in the gradient log)"
+    )
+  if changes:
+    logging.warning("%s: %s (allowed)", where, describe_changes(changes))
+  return changes
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+  """ "optim.lr 0.0001 -> 0.01, ..." ("absent" for a key one side lacks)."""
+
+  def show(value):
+    return "absent" if value is _ABSENT else repr(value)
+
+  return ", ".join(
+      f"{key} {show(old)} -> {show(new)}" for key, (old, new) in changes.items()
+  )
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flat(value, f"{prefix}{key}."))
+  return flat
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -60,10 +150,17 @@ def save_model(workdir: str, params, model_config, kind: str = "policy"):
     checkpointer.save(path, params)
     checkpointer.wait_until_finished()
   if distributed.is_main():
-    (paths.resolve(workdir) / MODEL_FILE).write_text(
-        json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)})
+    paths.write_atomic(
+        paths.resolve(workdir) / MODEL_FILE,
+        json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)}),
     )
   distributed.sync("save_model")
+
+
+def saved_model_config(path: str) -> models.ModelConfig:
+  """The `ModelConfig` a finished run in `path` saved (its model.json)."""
+  saved = json.loads((paths.resolve(path) / MODEL_FILE).read_text())
+  return models.ModelConfig(**saved["config"])
 
 
 def load_model(path: str, kind: str = "policy", shardings=None):
@@ -86,7 +183,7 @@ def load_model(path: str, kind: str = "policy", shardings=None):
     raise errors.UserError(
         f"{path} holds a {saved['kind']} model, not a " f"{kind} model"
     )
-  model_config = models.ModelConfig(**saved["config"])
+  model_config = saved_model_config(path)
   abstract = nnx.eval_shape(
       lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0))
   )

@@ -47,6 +47,8 @@ from ugrad.training.policy_learner import PolicyLearner
 # (`ugrad.training.records`).
 PHASES = records.PHASES
 TIMING_KEYS = records.TIMING_KEYS
+# An update whose metrics here are not finite is never applied.
+NON_FINITE_KEYS = ("loss", "grad_norm")
 
 # Before each step's clock starts: hook(context, state, step) -> HookResult.
 Hook = learner_lib.Hook
@@ -73,7 +75,15 @@ class Trainer:
       workdir: str,
       *,
       hooks: Sequence[Hook] = (),
+      allow_config_change: bool = False,
   ):
+    """Builds the run; restores its newest checkpoint if there is one.
+
+    Raises:
+      errors.UserError: the checkpoint was saved under a config that
+        differs in keys other than `runs.RESUMABLE_CHANGES` (listed), and
+        `allow_config_change` is false.
+    """
     validate.check_config(config)
     if config.trainer == "reward_model":
       reward_models.check_config(config)
@@ -100,6 +110,15 @@ class Trainer:
     )
     self.learner: learner_lib.Learner = learner_cls(context)
     self._init_state()
+    # Resuming under another config: refused, or (allowed) recorded when
+    # training starts.
+    self.config_changes = runs.check_resume(
+        self.workdir,
+        self.start_step,
+        self.resume_meta.get("config"),
+        config,
+        allow_config_change,
+    )
 
   def _init_state(self):
     config = self.config
@@ -152,17 +171,29 @@ class Trainer:
     rows_of = (order[:, None] * chunk + np.arange(chunk)).reshape(-1)
     return np.split(rows_of, config.minibatches)
 
-  def update_on(self, rollout) -> dict:
-    """One optimizer update of the state on a (host) rollout; its metrics
-    as floats. Raises FloatingPointError on a non-finite loss, before the
-    state is saved."""
+  def update_on(self, rollout, step: int) -> dict:
+    """One optimizer update of the state on a (host) rollout of step
+    `step`; its metrics as floats.
+
+    Raises:
+      FloatingPointError: the loss or the gradient norm is not finite;
+        the update never becomes the state (the check reads the metrics
+        fetched anyway: no extra host sync, the compiled update as it was).
+    """
     params, opt_state, metrics = self.update(
         self.state["params"],
         self.state["opt_state"],
         self.device_batch(rollout),
     )
+    metrics = {k: float(v) for k, v in distributed.host_get(metrics).items()}
+    bad = {
+        k: metrics[k] for k in NON_FINITE_KEYS if not math.isfinite(metrics[k])
+    }
+    if bad:
+      what = " and ".join(f"{k} is {v}" for k, v in bad.items())
+      raise FloatingPointError(self._nan_message(step, what))
     self.state = dict(self.state, params=params, opt_state=opt_state)
-    return {k: float(v) for k, v in distributed.host_get(metrics).items()}
+    return metrics
 
   def rollout(self, step: int):
     """The learner's (batch, host rollout) of step `step`, on the phase
@@ -201,9 +232,7 @@ class Trainer:
     for epoch in range(config.ppo_epochs):
       for rows_idx in self._minibatches(step, epoch, rows):
         mb = jax.tree.map(lambda x: x[rows_idx], rollout)
-        metrics = self.update_on(mb)
-        if not math.isfinite(metrics["loss"]):
-          raise FloatingPointError(self._nan_message(step, metrics["loss"]))
+        metrics = self.update_on(mb, step)
         self.state, learner_metrics = self.learner.after_update(self.state, mb)
         metrics.update(learner_metrics)
         self.timer.lap("update")
@@ -252,18 +281,42 @@ class Trainer:
     for step, digest in self.checkpointer.finish():
       gradient_log.append_checkpoint(step, digest)
 
-  def _nan_message(self, step: int, loss: float) -> str:
+  def _nan_message(self, step: int, what: str) -> str:
+    """`what` went wrong in step `step` (from 0); the line names the
+    checkpoint to resume from."""
     steps = self.checkpointer.all_steps()
     where = (
         f"the last good checkpoint is step {steps[-1]} in "
-        f"{self.checkpointer.directory}; rerun the same command to "
-        "resume from it"
+        f"{self.checkpointer.directory}; rerun to resume from it (with a "
+        "lower optim.lr, say, and --allow_config_change)"
         if steps
         else "no checkpoint was written yet"
     )
     return (
-        f"loss is {loss} at step {step + 1}; stopping without saving "
-        f"this state ({where})"
+        f"{what} at step {step + 1}; stopping without applying or saving "
+        f"it ({where})"
+    )
+
+  def _save(self, step: int, gradient_log, *, force: bool, wait: bool):
+    """Checkpoints the state after `step` updates when it is due (`force`:
+    anyway); a state that is not finite (a critic or a reference that
+    diverged after a finite update) is never saved: FloatingPointError."""
+    if not (force or self.checkpointer.should_save(step)):
+      return
+    if not update_lib.all_finite(self.state):
+      raise FloatingPointError(
+          self._nan_message(step - 1, "the train state is not finite")
+      )
+    self.checkpointer.save(
+        step,
+        self.state,
+        {
+            "step": step,
+            "gradlog_head": gradient_log.head,
+            "config": self.config.to_json(),
+        },
+        force=force,
+        wait=wait,
     )
 
   # --- the loop -------------------------------------------------------------
@@ -293,6 +346,10 @@ class Trainer:
       gradient_log.append_checkpoint(
           self.start_step, self.checkpointer.manifest_sha256(self.start_step)
       )
+    if self.config_changes:
+      changes = runs.describe_changes(self.config_changes)
+      gradient_log.append_config_change(changes)
+      writer.write_text(self.start_step, "config_change", changes)
     runs.write_config(self.workdir, config)
     metrics = {}
     bar = tqdm.tqdm(
@@ -320,16 +377,8 @@ class Trainer:
           writer.write(step + 1, metrics)
           last = step + 1 == config.steps
           stop = not last and watcher.should_stop(step + 1)
-          self.checkpointer.save(
-              step + 1,
-              self.state,
-              {
-                  "step": step + 1,
-                  "gradlog_head": gradient_log.head,
-                  "config": config.to_json(),
-              },
-              force=last or stop,
-              wait=last or stop,
+          self._save(
+              step + 1, gradient_log, force=last or stop, wait=last or stop
           )
           if last or stop:
             self._log_checkpoints(gradient_log)
@@ -348,6 +397,10 @@ class Trainer:
                 f"{self.checkpointer.directory}; run the same command to "
                 "resume"
             )
+      except FloatingPointError:
+        # The checkpoints to resume from, recorded as after any save.
+        self._log_checkpoints(gradient_log)
+        raise
       finally:
         profiler.close()
         bar.close()
@@ -384,9 +437,13 @@ def _context(config, workdir: str) -> learner_lib.RunContext:
   )
 
 
-def train_reward_model(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_reward_model(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    allow_config_change: bool = False,
+) -> dict:
   """Trains (or resumes) the reward-model run of `config` in `workdir`;
   returns the last step's metrics with a final evaluation."""
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config, workdir, allow_config_change=allow_config_change)
   metrics = trainer.train()
   return dict(metrics, **trainer.evaluate())

@@ -72,6 +72,22 @@ def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
   )
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [
+      jnp.all(jnp.isfinite(x))
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point value in a pytree of (possibly sharded)
+  arrays is finite; one reduction and one scalar to the host."""
+  return bool(distributed.host_get(_all_finite(tree)))
+
+
 def on_mesh(tree, sharding):
   """Puts leaves that XLA left on one device (e.g. step counts) on the
   mesh with `sharding`, so every jit input and output lives on one mesh."""
