@@ -328,7 +328,8 @@ def plan(
   results = {}
   for name, (fn, args, resident_args) in functions.items():
     start = time.perf_counter()
-    compiled, roofline = plan_roofline.compile_one(fn, args, chip)
+    with jax.set_mesh(mesh.mesh):  # As the trainer runs its steps.
+      compiled, roofline = plan_roofline.compile_one(fn, args, chip)
     seconds = time.perf_counter() - start
     logging.info("compiled %s in %.0f s", name, seconds)
     if compiled is None:

@@ -91,8 +91,9 @@ _SCRIPT = textwrap.dedent("""
 
     def fn(params, tokens, mask):
       model = nnx.merge(graphdef, params)
-      loss = lambda p: -logprobs.token_logprobs(nnx.merge(graphdef, p),
-                                                tokens, mask).mean()
+      # Several chunks: 2 tokens per batch shard at a time under a mesh.
+      loss = lambda p: -logprobs.token_logprobs(
+          nnx.merge(graphdef, p), tokens, mask, chunk_tokens=2).mean()
       return model(tokens, mask), jax.grad(loss)(params)
 
     ref_logits, ref_grads = jax.jit(fn)(params, tokens, mask)
@@ -107,7 +108,8 @@ _SCRIPT = textwrap.dedent("""
       placed = jax.device_put(params, shardings)
       step = jax.jit(fn, in_shardings=(shardings, batch, batch),
                      out_shardings=(batch, shardings))
-      logits, grads = step(placed, tokens, mask)
+      with jax.set_mesh(mesh):  # As the trainer: chunks per row shard.
+        logits, grads = step(placed, tokens, mask)
       # Created in its shards (jit with out_shardings), equal to the eager
       # init bit for bit.
       _, born = build.init_params(tr.Transformer, cfg, 0, build.Mesh(mesh))

@@ -43,14 +43,6 @@ def _left_pad_mask(lengths, t):
   )
 
 
-def _naive_logprobs(model, tokens, mask=None):
-  logits = model(tokens, mask)
-  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  picked = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
-  return jnp.pad(picked, ((0, 0), (1, 0)))
-
-
 # ------------------------------------------------------------ structure
 
 
@@ -361,87 +353,6 @@ def test_bfloat16_compute_is_close_to_float32():
   np.testing.assert_allclose(
       np.asarray(out, np.float32), m32(tokens), atol=0.05
   )
-
-
-# ---------------------------------------------------------- token_logprobs
-
-
-@pytest.mark.parametrize("chunk_size", [1, 4, 128])
-def test_token_logprobs_functional_under_jit(chunk_size):
-  model = tr.Transformer(_config(tie_embeddings=False), rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model, nnx.Param)
-  tokens = _tokens(3, 10)
-  mask = _left_pad_mask([10, 6, 3], 10)
-
-  @jax.jit
-  def logp_fn(params, tokens, mask):
-    return logprobs.token_logprobs(
-        nnx.merge(graphdef, params), tokens, mask, chunk_size=chunk_size
-    )
-
-  got = logp_fn(params, tokens, mask)
-  assert got.shape == (3, 10) and got.dtype == jnp.float32
-  np.testing.assert_array_equal(got[:, 0], 0.0)
-  np.testing.assert_allclose(
-      got, _naive_logprobs(model, tokens, mask), atol=1e-5
-  )
-
-
-def test_token_logprobs_gradient_matches_naive(x64):
-  del x64
-  cfg = _config(tie_embeddings=True, dtype="float64", param_dtype="float64")
-  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-  tokens = _tokens(2, 9)
-  mask = _left_pad_mask([9, 4], 9)
-  weights = jax.random.normal(jax.random.key(0), (2, 9), jnp.float64)
-
-  def loss(params, fn):
-    return jnp.sum(weights * fn(nnx.merge(graphdef, params)))
-
-  chunked = jax.jit(
-      jax.grad(
-          lambda p: loss(
-              p,
-              lambda m: logprobs.token_logprobs(m, tokens, mask, chunk_size=3),
-          )
-      )
-  )
-  naive = jax.jit(
-      jax.grad(lambda p: loss(p, lambda m: _naive_logprobs(m, tokens, mask)))
-  )
-  for a, b in zip(
-      jax.tree.leaves(chunked(params)), jax.tree.leaves(naive(params))
-  ):
-    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-
-
-def test_token_logprobs_never_holds_full_logits():
-  # A wide vocabulary makes [B, T, V] logits dominate every other buffer.
-  vocab, b, t = 8192, 4, 64
-  cfg = _config(
-      vocab_size=vocab,
-      hidden_size=16,
-      num_heads=2,
-      num_kv_heads=2,
-      mlp_size=16,
-      num_layers=1,
-  )
-  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-  tokens = jnp.zeros((b, t), jnp.int32)
-  full_logits_bytes = b * t * vocab * 4
-
-  def temp_bytes(fn):
-    grad = jax.jit(jax.grad(lambda p: fn(nnx.merge(graphdef, p)).sum()))
-    return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
-
-  chunked = temp_bytes(
-      lambda m: logprobs.token_logprobs(m, tokens, chunk_size=4)
-  )
-  naive = temp_bytes(lambda m: _naive_logprobs(m, tokens))
-  assert naive > full_logits_bytes  # The check can see a full logits buffer.
-  # A few [B, 4, V] blocks (logits, their cotangent) fit in half of one
-  # [B, T, V] tensor; any full logits buffer would not.
-  assert chunked < full_logits_bytes / 2, (chunked, full_logits_bytes)
 
 
 # ------------------------------------------------------------ scalar head

@@ -216,6 +216,16 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
   )
 
 
+def row_shards(rows: int) -> int:
+  """How many blocks `constrain_rows` splits `rows` rows into: the product
+  of the set mesh's batch axes when it divides `rows`, else 1."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
+  return 1 if rows % n else n
+
+
 def constrain_rows(x: jax.Array) -> jax.Array:
   """`x` with its rows over the mesh's batch axes, when a mesh is set
   (`jax.set_mesh`, as the trainer does) and they divide; else `x`. Placed at
