@@ -34,6 +34,7 @@ refuses is reported in one line (`failed`); the others still are.
 import functools
 import glob
 import json
+import math
 import os
 import time
 import types
@@ -47,7 +48,6 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 from absl import app
 from absl import flags
 from absl import logging
-from flax import nnx
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
@@ -58,14 +58,11 @@ from experiments import plan_report
 from experiments import plan_roofline
 from ugrad.training import build
 from ugrad import coefficients
-from ugrad import models
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad.sampling import sampler as sampler_lib
 from ugrad.training import update as update_lib
-from ugrad.models import attention
 from ugrad.models import model_config
-from ugrad.models import sharding as sharding_lib
 
 
 def _rollout(rows: int, length: int, needed: set, sharding):
@@ -153,34 +150,16 @@ def plan(
     devices: the topology's devices (default:
         `plan_compile.topology_devices`).
   """
-  chip_kind, jax_name = plan_compile.topology_name(cloud_topology)
-  chip = plan_compile.CHIPS[chip_kind]
-  devices = (
-      plan_compile.topology_devices(cloud_topology)
-      if devices is None
-      else devices
+  m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size, devices)
+  chip, chip_kind, jax_name, devices = (
+      m.chip,
+      m.chip_kind,
+      m.jax_name,
+      m.devices,
   )
-  shape = sharding_lib.mesh_shape(config.mesh.to_dict(), len(devices))
-  mesh = build.Mesh(sharding_lib.make_mesh(shape, devices))
-  dtype = "bfloat16" if config.compute_dtype == "auto" else config.compute_dtype
-  cfg = models.preset(
-      config.model,
-      vocab_size,
-      dtype=dtype,
-      remat=config.remat,
-      param_dtype=config.param_dtype,
-      # "auto" as it resolves on the topology's chips, not on this host.
-      attention=attention.attention_kernel(config.attention, dtype, "tpu"),
-      scan_layers=config.scan_layers,
-  )
-  sharding_lib.check_model(cfg, shape)
-
-  abstract_model = nnx.eval_shape(
-      lambda: models.Transformer(cfg, rngs=nnx.Rngs(0))
-  )
-  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-  param_sh = mesh.params(abstract_params)
-  params = plan_compile.abstract(abstract_params, param_sh)
+  shape, mesh, dtype, cfg = m.shape, m.mesh, m.dtype, m.cfg
+  graphdef, abstract_params, params = m.graphdef, m.abstract_params, m.params
+  param_sh = m.param_sh
   num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
 
   optimizer = build.make_optimizer(config.optim)
@@ -232,16 +211,6 @@ def plan(
   )
 
   params_bytes = plan_compile.bytes_per_chip(params)
-  # The decode loop's parameters: the sampler casts them to the compute
-  # dtype once per call, before the loop.
-  loop_params = jax.eval_shape(
-      lambda p: sampler_lib.in_compute_dtype(graphdef, p), params
-  )
-  loop_params = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s.sharding),
-      loop_params,
-      params,
-  )
   opt_bytes = plan_compile.bytes_per_chip(opt_state)
   # The frozen reference (initial parameters) stays on the device beside
   # the policy when the coefficient needs logp_ref or the reference resets.
@@ -293,6 +262,9 @@ def plan(
     return out
 
   split = plan_roofline.splits(cfg, shape, questions)
+  decode_args, decode_facts = plan_roofline.decode_case(
+      m, questions, group, prompt_len, new_tokens, sampling_config.kv_block
+  )
   functions = {
       "sample": (
           sampler_lib._sample_jit,  # pylint: disable=protected-access
@@ -308,14 +280,7 @@ def plan(
       # One decode step alone at the middle of generation (cache prefix
       # P + N / 2 of the sampler's P + N slots): its bytes against what it
       # must read.
-      "decode_step": (
-          plan_roofline.decode_step,
-          (graphdef,)
-          + plan_roofline.decode_step_args(
-              cfg, mesh, loop_params, rows, length, dtype, split
-          ),
-          params_bytes,
-      ),
+      "decode_step": (plan_roofline.decode_step, decode_args, params_bytes),
   }
   analytic = analytic_flops(
       cfg,
@@ -351,12 +316,7 @@ def plan(
   step = results["decode_step"]
   if "roofline" in step:
     step.update(
-        cache_slots=length,
-        index=prompt_len + new_tokens // 2,
-        bytes_accessed=step["roofline"]["bytes_accessed"],
-        **plan_roofline.min_bytes(
-            cfg, params, rows, prompt_len + new_tokens // 2, dtype, split
-        ),
+        bytes_accessed=step["roofline"]["bytes_accessed"], **decode_facts
     )
     step["bytes_over_min"] = step["bytes_accessed"] / step["min_bytes"]
 
@@ -373,7 +333,7 @@ def plan(
   out.update(
       matmul_params=analytic["matmul_params"],
       kv_cache_bytes=kv_cache,
-      kv_cache_bytes_per_chip=kv_cache // (split[0] * split[1]),
+      kv_cache_bytes_per_chip=kv_cache // math.prod(split),
       functions=results,
       peak_bytes_per_chip=peak,
       fits=peak <= chip.hbm_bytes and not failed,

@@ -16,12 +16,18 @@ import os
 import re
 import sys
 import tempfile
+import types
 from typing import Any, Optional
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 
 from experiments import plan_report
+from ugrad import models
+from ugrad.models import attention
+from ugrad.models import sharding as sharding_lib
+from ugrad.training import build
 
 GiB = plan_report.GiB
 
@@ -189,9 +195,63 @@ def compiled_flops(compiled) -> Optional[float]:
   return compiled_cost(compiled)["flops"]
 
 
-def compile_for_tpu(jitted, *args) -> Any:
+def compile_for_tpu(jitted, *args, **options) -> Any:
   """Lowers and compiles `jitted` for the arguments' (TPU) shardings, with
-  libtpu's harmless messages filtered out."""
+  libtpu's harmless messages filtered out; `options`: more XLA compiler
+  options."""
   with filtered_stderr():
     lowered = jitted.lower(*args)
-    return lowered.compile(compiler_options={"xla_tpu_no_crash_on_oom": True})
+    return lowered.compile(
+        compiler_options={"xla_tpu_no_crash_on_oom": True, **options}
+    )
+
+
+def model_on_mesh(
+    config, cloud_topology: str, vocab_size: int, devices: Optional[list] = None
+) -> types.SimpleNamespace:
+  """The config's model on a topology's mesh, abstract: chip (figures,
+  kind, jax topology name), devices, mesh shape and `build.Mesh`, compute
+  dtype, `ModelConfig`, graphdef, and the parameters as ShapeDtypeStructs
+  (`abstract_params` unsharded, `params` with the mesh's shardings
+  `param_sh`).
+
+  Args: as `experiments.plan.plan`'s.
+  """
+  chip_kind, jax_name = topology_name(cloud_topology)
+  chip = CHIPS[chip_kind]
+  devices = topology_devices(cloud_topology) if devices is None else devices
+  shape = sharding_lib.mesh_shape(config.mesh.to_dict(), len(devices))
+  mesh = build.Mesh(sharding_lib.make_mesh(shape, devices))
+  dtype = "bfloat16" if config.compute_dtype == "auto" else config.compute_dtype
+  cfg = models.preset(
+      config.model,
+      vocab_size,
+      dtype=dtype,
+      remat=config.remat,
+      param_dtype=config.param_dtype,
+      # "auto" as it resolves on the topology's chips, not on this host.
+      attention=attention.attention_kernel(config.attention, dtype, "tpu"),
+      scan_layers=config.scan_layers,
+  )
+  sharding_lib.check_model(cfg, shape)
+
+  abstract_model = nnx.eval_shape(
+      lambda: models.Transformer(cfg, rngs=nnx.Rngs(0))
+  )
+  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+  param_sh = mesh.params(abstract_params)
+  params = abstract(abstract_params, param_sh)
+  return types.SimpleNamespace(
+      chip=chip,
+      chip_kind=chip_kind,
+      jax_name=jax_name,
+      devices=devices,
+      shape=shape,
+      mesh=mesh,
+      dtype=dtype,
+      cfg=cfg,
+      graphdef=graphdef,
+      abstract_params=abstract_params,
+      params=params,
+      param_sh=param_sh,
+  )

@@ -20,8 +20,9 @@ The decode step is the sampler's loop body (`model.hidden_cached` of one
 token per row, then the logits) compiled alone, with the parameters as the
 sampler gets them (the run's parameter dtype) and the sampler's KV cache of
 P + N slots (layout "bhsd", rows over the batch axes, kv heads over tensor
-where they divide), at slot index P + N / 2, the middle of generation (the
-index is traced, as in the loop: the program is the same at any slot).
+where they divide) as it is in the loop's phase (`SamplingConfig.kv_block`)
+that holds slot index P + N / 2, the middle of generation (the index is
+traced, as in the loop: the program is the same at any slot of a phase).
 `min_bytes` is what that step must read at least: every weight once in the
 compute dtype and the P + N / 2 cache positions in use, per chip.
 """
@@ -36,6 +37,8 @@ import jax.numpy as jnp
 from experiments import plan_compile
 from ugrad.models import sharding as sharding_lib
 from ugrad.models import transformer
+from ugrad.sampling import layout
+from ugrad.sampling import sampler as sampler_lib
 
 
 def roofline(cost: dict, chip: plan_compile.Chip) -> dict:
@@ -149,3 +152,50 @@ def compile_one(fn, args, chip) -> tuple[Optional[object], dict]:
     line = " ".join(str(e).split())
     return None, {"error": line[:300]}
   return compiled, roofline(plan_compile.compiled_cost(compiled), chip)
+
+
+def decode_case(
+    m,
+    questions: int,
+    group: int,
+    prompt_len: int,
+    new_tokens: int,
+    kv_block: Optional[int],
+):
+  """The decode step of a plan's sampler at slot P + N / 2: (its arguments,
+  graphdef first, for `decode_step`; its facts: `cache_slots`, `index` and
+  the `min_bytes` fields).
+
+  Args:
+    m: the model on its mesh (`plan_compile.model_on_mesh`).
+    questions: prompts per step (B); the rows are B x `group`.
+    group: samples per prompt (G).
+    prompt_len: P.
+    new_tokens: N.
+    kv_block: `SamplingConfig.kv_block`: the step's cache is its phase's
+      (`layout.kv_phases`), the slots up to the first phase end after
+      P + N / 2.
+  """
+  # The decode loop's parameters: the sampler casts them to the compute
+  # dtype once per call, before the loop.
+  loop_params = jax.eval_shape(
+      lambda p: sampler_lib.in_compute_dtype(m.graphdef, p), m.params
+  )
+  loop_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s.sharding),
+      loop_params,
+      m.params,
+  )
+  rows, index = questions * group, prompt_len + new_tokens // 2
+  phases = layout.kv_phases(prompt_len, new_tokens, kv_block)
+  slots = next(end for end in phases if end > index)
+  split = splits(m.cfg, m.shape, questions)
+  args = (m.graphdef,) + decode_step_args(
+      m.cfg, m.mesh, loop_params, rows, slots, m.dtype, split
+  )
+  facts = dict(
+      cache_slots=slots,
+      index=index,
+      **min_bytes(m.cfg, m.params, rows, index, m.dtype, split),
+  )
+  return args, facts

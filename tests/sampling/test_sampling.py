@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ugrad import sampling
+from ugrad.sampling import layout
 from ugrad.sampling import sampler as sampler_lib
 from ugrad.models import logprobs
 from ugrad.models import model_config
@@ -342,3 +343,71 @@ def test_weights_cast_once_per_call_sample_the_same(model):
   b = sampling.sample(graphdef, cast, tokens, mask, key, config)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_array_equal(a.logp, b.logp)
+
+
+def test_kv_phases():
+  assert layout.kv_phases(512, 1024, 256) == (768, 1024, 1280, 1536)
+  assert layout.kv_phases(7, 20, 8) == (8, 16, 24, 27)
+  assert layout.kv_phases(16, 8, 8) == (24,)  # Step 0 writes slot 16.
+  assert layout.kv_phases(5, 3, 256) == (8,)
+  assert layout.kv_phases(512, 1024, None) == (1536,)
+  with pytest.raises(ValueError, match="kv_block must be >= 1"):
+    dataclasses.replace(GREEDY, kv_block=0)
+
+
+@pytest.mark.parametrize("cache_layout", tr.CACHE_LAYOUTS)
+def test_attention_over_a_phase_equals_over_all_slots(model, cache_layout):
+  """Decode steps over the cache's first 12 slots (their phase) give the
+  values and cache writes of the same steps over all 20: the slots left
+  out are not written yet, so masked."""
+  tokens, mask = _prompts([6, 3], 6)
+  kv_mask = jnp.pad(mask, ((0, 0), (0, 14)), constant_values=1)
+  positions = tr.positions_from_mask(mask)
+  full = tr.init_cache(CFG, 2, 20, cache_layout)
+  _, full = model.hidden_cached(tokens, positions, kv_mask, full, 0)
+  phase = layout.grow_cache(tr.init_cache(CFG, 2, 6, cache_layout), 12)
+  _, phase = model.hidden_cached(tokens, positions, kv_mask[:, :12], phase, 0)
+  token = jnp.asarray([[3], [7]], jnp.int32)
+  for i in range(6, 12):
+    pos = positions[:, -1:] + i - 5
+    h_full, full = model.hidden_cached(token, pos, kv_mask, full, i)
+    h, phase = model.hidden_cached(token, pos, kv_mask[:, :12], phase, i)
+    np.testing.assert_allclose(h, h_full, rtol=1e-4, atol=1e-4)
+    token = jnp.argmax(model.logits(h), axis=-1).astype(jnp.int32)
+  # The real slots hold the same keys and values (a left-padding slot's
+  # differ from the second layer on: its query sees no key, so it averages
+  # over all slots; no real query reads it).
+  real = np.asarray(kv_mask[:, :12], bool)
+  for a, b in zip(jax.tree.leaves(phase), jax.tree.leaves(full)):
+    a, b = (
+        np.asarray(a),
+        np.asarray(b)[..., :12, :]
+        if cache_layout == "bhsd"
+        else np.asarray(b)[:, :12],
+    )
+    if cache_layout == "bhsd":
+      a, b = a.transpose(0, 2, 1, 3), b.transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(a[real], b[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cache_layout", tr.CACHE_LAYOUTS)
+def test_decode_phases_sample_as_one_loop(model, cache_layout):
+  """The decode loop in phases of 8 slots (8, 16, 24, 27) samples the
+  tokens and log-probs of one loop over all 27 slots."""
+  tokens, mask = _prompts([5, 2, 7], 7)
+  one = dataclasses.replace(
+      GREEDY,
+      max_new_tokens=20,
+      temperature=1.0,
+      num_samples=2,
+      eos_id=3,
+      kv_block=None,
+      cache_layout=cache_layout,
+  )
+  phased = dataclasses.replace(one, kv_block=8)
+  a = _sample(model, tokens, mask, one, seed=5)
+  b = _sample(model, tokens, mask, phased, seed=5)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.completion_mask, b.completion_mask)
+  np.testing.assert_allclose(a.logp, b.logp, rtol=1e-4, atol=1e-4)
+  assert np.asarray(a.lengths).max() > 8  # The rows cross phases.

@@ -232,11 +232,12 @@ def attend_with(
     name: str,
 ) -> jax.Array:
   """`attend` through `jax.nn.dot_product_attention` with the kernel of
-  `attention_kernel(name)` ("einsum": `attend` itself). Its masked scores
-  get the same -0.7 * float32 max as `MASK_VALUE`, so a query row that sees
-  no key gives the same uniform softmax, not NaN."""
+  `attention_kernel(name)` ("einsum", and "splash", which takes no dense
+  mask: `attend` itself). Its masked scores get the same -0.7 * float32
+  max as `MASK_VALUE`, so a query row that sees no key gives the same
+  uniform softmax, not NaN."""
   kernel = attention_kernel(name, q.dtype)
-  if kernel == "einsum" or kernel == "splash":  # splash: causal only.
+  if kernel in ("einsum", "splash"):
     return attend(q, k, v, mask, layout)
   if layout == "bhsd":
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)

@@ -2,14 +2,18 @@
 
 Every row is a LEFT-padded prompt of P tokens followed by a RIGHT-padded
 completion of N tokens, so all batches of a run have one shape [B, P + N] and
-the jitted train step compiles once.
+the jitted train step compiles once. The sampler's KV cache grows in
+phases of fixed slot counts (`kv_phases`), one compiled loop each.
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ugrad import errors
+from ugrad.models import transformer
 
 
 def pack_prompts(
@@ -79,3 +83,26 @@ def pack(
 def completion_ids(tokens: np.ndarray, completion_mask: np.ndarray):
   """The completion token ids of each row, as lists."""
   return [row[m > 0].tolist() for row, m in zip(tokens, completion_mask)]
+
+
+def kv_phases(p: int, n: int, block: Optional[int]) -> tuple[int, ...]:
+  """The cache slots of each phase of the sampler's decode loop
+  (`SamplingConfig.kv_block`): the multiples of `block` after `p`, then
+  p + n; one phase, (p + n,), when `block` is None or p + n <= block.
+  Decode step i writes slot p + i in the first phase longer than p + i."""
+  slots = p + n
+  if block is None or slots <= block:
+    return (slots,)
+  return tuple(range(block * (p // block + 1), slots, block)) + (slots,)
+
+
+def grow_cache(cache: transformer.KVCache, slots: int) -> transformer.KVCache:
+  """The cache with zero slots appended up to `slots`."""
+  axis = 2 if cache.layout == "bhsd" else 1
+
+  def pad(x):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, slots - x.shape[axis])
+    return jnp.pad(x, widths)
+
+  return jax.tree.map(pad, cache)

@@ -17,6 +17,7 @@ it recomputes.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import flax.struct
@@ -49,6 +50,11 @@ class SamplingConfig:
       reaches p (nucleus sampling); None keeps all.
     cache_layout: "bhsd" ([B, Hkv, S, Dh], the default: attention reads it
       without a transpose) or "bshd" ([B, S, Hkv, Dh]).
+    kv_block: the decode loop runs in phases whose cache ends at the
+      multiples of kv_block after P, then at P + N (`layout.kv_phases`):
+      a step's attention reads the slots up to its phase's end, not all P
+      + N. None (or P + N <= kv_block): one phase. The same values (the
+      slots left out are masked), up to the order of a sum.
   """
 
   max_new_tokens: int
@@ -59,6 +65,7 @@ class SamplingConfig:
   top_k: Optional[int] = None
   top_p: Optional[float] = None
   cache_layout: str = "bhsd"
+  kv_block: Optional[int] = 256
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -72,6 +79,10 @@ class SamplingConfig:
     if self.temperature < 0:
       raise errors.UserError(
           f"temperature must be >= 0, got {self.temperature}"
+      )
+    if self.kv_block is not None and self.kv_block < 1:
+      raise errors.UserError(
+          f"kv_block must be >= 1 or None, got {self.kv_block}"
       )
     if self.top_k is not None and self.top_k < 1:
       raise errors.UserError(f"top_k must be >= 1 or None, got {self.top_k}")
@@ -186,15 +197,18 @@ def _sample(
   model = nnx.merge(graphdef, in_compute_dtype(graphdef, params))
   b, p = prompt_tokens.shape
   n, g = config.max_new_tokens, config.num_samples
+  phases = layout.kv_phases(p, n, config.kv_block)
   prompt_mask = prompt_mask.astype(jnp.int32)
   # Slots of generated tokens are marked real up front: causality hides a
   # slot until it is written.
   kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, n)), constant_values=1)
-  cache = transformer.init_cache(model.config, b, p + n, config.cache_layout)
+  cache = transformer.init_cache(
+      model.config, b, phases[0], config.cache_layout
+  )
   h, cache = model.hidden_cached(
       prompt_tokens,
       transformer.positions_from_mask(prompt_mask),
-      kv_mask,
+      kv_mask[:, : phases[0]],
       cache,
       0,
   )
@@ -242,13 +256,13 @@ def _sample(
         "done": done,
     }
 
-  def step(state):
+  def step(state, slots):
     token, state = emit(state)
     i = state["i"]
     h, cache = model.hidden_cached(
         token[:, None],
         (prompt_len + i)[:, None],
-        kv_mask,
+        kv_mask[:, :slots],
         state["cache"],
         p + i,
     )
@@ -259,10 +273,18 @@ def _sample(
         "cache": cache,
     }
 
-  def keep_going(state):
-    return (state["i"] < n - 1) & ~jnp.all(state["done"])
+  def keep_going(state, slots):
+    last = min(n - 1, slots - p)  # Steps of this phase: i < last.
+    return (state["i"] < last) & ~jnp.all(state["done"])
 
-  state = jax.lax.while_loop(keep_going, step, state)
+  for phase, slots in enumerate(phases):
+    if phase:
+      state = {**state, "cache": layout.grow_cache(state["cache"], slots)}
+    state = jax.lax.while_loop(
+        functools.partial(keep_going, slots=slots),
+        functools.partial(step, slots=slots),
+        state,
+    )
   _, state = emit(state)
   completion = state["completion"]
   prompt_part = jnp.pad(per_sample(prompt_mask), ((0, 0), (0, n)))
