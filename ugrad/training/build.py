@@ -23,6 +23,7 @@ from ugrad.training import runs
 from ugrad import sources as sources_lib
 from ugrad.sampling import stats
 from ugrad import tasks as tasks_lib
+from ugrad.models import lora as lora_lib
 from ugrad.models import sharding as sharding_lib
 
 # ---------------------------------------------------------------------------
@@ -122,6 +123,34 @@ def sampled_ks(config) -> list[int]:
     ValueError: for an entry that is not a positive integer.
   """
   return stats.parse_ks(config.eval_sampled.ks.split(","), "eval_sampled.ks")
+
+
+def lora_spec(config):
+  """The run's `lora.LoRASpec` (`config.lora`), or None for rank 0 (every
+  weight trained).
+
+  Raises:
+    UserError: a negative rank, alpha <= 0, a dropout (not supported yet)
+      or a reward-model run, each in one line.
+  """
+  cfg = config.get("lora")
+  if cfg is None or cfg.rank == 0:
+    return None
+  if cfg.rank < 0:
+    raise errors.UserError(
+        f"lora.rank must be >= 0 (0: no LoRA), got {cfg.rank}"
+    )
+  if cfg.dropout != 0:
+    raise errors.UserError(
+        f"lora.dropout must be 0 (adapter dropout is not supported yet), "
+        f"got {cfg.dropout}"
+    )
+  if config.trainer != "policy" or config.iterative.iterations > 1:
+    raise errors.UserError(
+        "LoRA trains a policy run only (not trainer=reward_model nor "
+        "iterative RL's reward models)"
+    )
+  return lora_lib.LoRASpec(cfg.rank, float(cfg.alpha), cfg.targets)
 
 
 def compute_dtype(config) -> str:
@@ -242,6 +271,7 @@ class Policy:
   graphdef: Any
   model_config: Any
   tokenizer: Any
+  lora: Any = None  # the `lora.LoRASpec` of its adapters, or None
 
 
 def policy_graphdef(model_config):
@@ -258,7 +288,11 @@ def make_policy(config, tokenizer, mesh: Mesh):
 
   A Hugging Face policy brings its own tokenizer, which replaces the task's:
   the Policy's is the one to use (`with_tokenizer`).
+
+  With `config.lora`, the graph carries adapters and the params are the
+  base's and the initial adapters' (`lora.split` separates them).
   """
+  spec = lora_spec(config)
   if config.init_from:
     graphdef, params, hf_tokenizer = runs.load_policy(
         config.init_from, mesh.params
@@ -280,6 +314,14 @@ def make_policy(config, tokenizer, mesh: Mesh):
     params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
+    if spec is not None:  # Fresh adapters over the loaded base.
+      graphdef, fresh = init_params(
+          lora_lib.adapted(models.Transformer, spec, config.seed),
+          model_config,
+          config.seed,
+          mesh,
+      )
+      params = lora_lib.combine(params, lora_lib.split(fresh)[1])
   else:
     model_config = models.preset(
         config.model,
@@ -291,10 +333,11 @@ def make_policy(config, tokenizer, mesh: Mesh):
         scan_layers=config.scan_layers,
     )
     sharding_lib.check_model(model_config, mesh.shape)
-    graphdef, params = init_params(
-        models.Transformer, model_config, config.seed, mesh
-    )
-  return Policy(graphdef, model_config, tokenizer), params
+    model_cls = models.Transformer
+    if spec is not None:
+      model_cls = lora_lib.adapted(model_cls, spec, config.seed)
+    graphdef, params = init_params(model_cls, model_config, config.seed, mesh)
+  return Policy(graphdef, model_config, tokenizer, spec), params
 
 
 def with_tokenizer(task, tokenizer):

@@ -52,6 +52,7 @@ def check_config(config) -> None:
   _check_models(config)
   _check_iterative(config)
   build.sampled_ks(config)
+  build.lora_spec(config)
 
 
 def check_settings(config) -> None:
