@@ -247,18 +247,22 @@ def make_mesh(config) -> Mesh:
   return Mesh(sharding_lib.make_mesh(mesh_shape(config)))
 
 
-def init_params(model_cls, model_config, seed: int, mesh: Mesh):
+def init_params(model_cls, model_config, seed: int, mesh: Mesh, part=None):
   """(graphdef, params) of a freshly initialised model, each array created
   directly in its shards: `eval_shape` of the init gives the logical axes,
   the mesh rules give shardings, and the init is jitted with them as
-  out_shardings, so no host ever holds the whole model."""
+  out_shardings, so no host ever holds the whole model. `part`: a function
+  of the params that keeps the part to create (e.g. LoRA's adapters)."""
+  part = part or (lambda params: params)
   abstract = nnx.eval_shape(
       lambda: model_cls(model_config, rngs=nnx.Rngs(seed))
   )
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  abstract_params = part(abstract_params)
 
   def init():
-    return nnx.split(model_cls(model_config, rngs=nnx.Rngs(seed)), nnx.Param)[1]
+    model = model_cls(model_config, rngs=nnx.Rngs(seed))
+    return part(nnx.split(model, nnx.Param)[1])
 
   params = jax.jit(init, out_shardings=mesh.params(abstract_params))()
   return graphdef, params
@@ -315,13 +319,14 @@ def make_policy(config, tokenizer, mesh: Mesh):
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
     if spec is not None:  # Fresh adapters over the loaded base.
-      graphdef, fresh = init_params(
+      graphdef, adapters = init_params(
           lora_lib.adapted(models.Transformer, spec, config.seed),
           model_config,
           config.seed,
           mesh,
+          part=lambda params: lora_lib.split(params)[1],
       )
-      params = lora_lib.combine(params, lora_lib.split(fresh)[1])
+      params = lora_lib.combine(params, adapters)
   else:
     model_config = models.preset(
         config.model,
