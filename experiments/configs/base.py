@@ -11,6 +11,7 @@ from ml_collections import config_dict
 
 from experiments.configs import _common
 from ugrad import errors
+from ugrad.models import lora
 
 
 def get_config(variant=None):
@@ -119,6 +120,13 @@ def get_config(variant=None):
       dict(iterations=1, rm_steps=100, replay=0.1)
   )
   c.critic = ml_collections.ConfigDict(dict(lr=1e-4, value_clip=0.2))
+  # LoRA (ugrad/models/lora.py): rank 0 trains every weight; rank r > 0
+  # trains only adapters (alpha / r) A B on the projections whose module
+  # paths match `targets` (a regular expression), the base frozen and shared
+  # with the reference. dropout: 0 only (not supported yet).
+  c.lora = ml_collections.ConfigDict(
+      dict(rank=0, alpha=16.0, dropout=0.0, targets=lora.DEFAULT_TARGETS)
+  )
 
   # Checkpoints, logs, evaluation.
   c.checkpoint_every = 50

@@ -54,10 +54,15 @@ class Dense(nnx.Linear):
   Same parameters (`kernel` [in, out], `bias` [out]) and result; XLA:CPU runs
   the backward pass of rank-3 dot products about twice as slowly as that of
   the equivalent rank-2 ones (measured on the embedded model's train step).
+  A LoRA adapter, where `ugrad.models.lora` attached one as `lora`, adds
+  its low-rank term.
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = super().__call__(x.reshape(-1, x.shape[-1]))
+    flat = x.reshape(-1, x.shape[-1])
+    y = super().__call__(flat)
+    if getattr(self, "lora", None) is not None:
+      y = y + self.lora(flat)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

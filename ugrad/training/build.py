@@ -23,6 +23,7 @@ from ugrad.training import runs
 from ugrad import sources as sources_lib
 from ugrad.sampling import stats
 from ugrad import tasks as tasks_lib
+from ugrad.models import lora as lora_lib
 from ugrad.models import sharding as sharding_lib
 
 # ---------------------------------------------------------------------------
@@ -124,6 +125,34 @@ def sampled_ks(config) -> list[int]:
   return stats.parse_ks(config.eval_sampled.ks.split(","), "eval_sampled.ks")
 
 
+def lora_spec(config):
+  """The run's `lora.LoRASpec` (`config.lora`), or None for rank 0 (every
+  weight trained).
+
+  Raises:
+    UserError: a negative rank, alpha <= 0, a dropout (not supported yet)
+      or a reward-model run, each in one line.
+  """
+  cfg = config.get("lora")
+  if cfg is None or cfg.rank == 0:
+    return None
+  if cfg.rank < 0:
+    raise errors.UserError(
+        f"lora.rank must be >= 0 (0: no LoRA), got {cfg.rank}"
+    )
+  if cfg.dropout != 0:
+    raise errors.UserError(
+        f"lora.dropout must be 0 (adapter dropout is not supported yet), "
+        f"got {cfg.dropout}"
+    )
+  if config.trainer != "policy" or config.iterative.iterations > 1:
+    raise errors.UserError(
+        "LoRA trains a policy run only (not trainer=reward_model nor "
+        "iterative RL's reward models)"
+    )
+  return lora_lib.LoRASpec(cfg.rank, float(cfg.alpha), cfg.targets)
+
+
 def compute_dtype(config) -> str:
   """The model's compute dtype: "auto" is bfloat16 on GPU/TPU, float32 on
   CPU. Parameters and optimizer state are in `config.param_dtype`."""
@@ -218,18 +247,22 @@ def make_mesh(config) -> Mesh:
   return Mesh(sharding_lib.make_mesh(mesh_shape(config)))
 
 
-def init_params(model_cls, model_config, seed: int, mesh: Mesh):
+def init_params(model_cls, model_config, seed: int, mesh: Mesh, part=None):
   """(graphdef, params) of a freshly initialised model, each array created
   directly in its shards: `eval_shape` of the init gives the logical axes,
   the mesh rules give shardings, and the init is jitted with them as
-  out_shardings, so no host ever holds the whole model."""
+  out_shardings, so no host ever holds the whole model. `part`: a function
+  of the params that keeps the part to create (e.g. LoRA's adapters)."""
+  part = part or (lambda params: params)
   abstract = nnx.eval_shape(
       lambda: model_cls(model_config, rngs=nnx.Rngs(seed))
   )
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  abstract_params = part(abstract_params)
 
   def init():
-    return nnx.split(model_cls(model_config, rngs=nnx.Rngs(seed)), nnx.Param)[1]
+    model = model_cls(model_config, rngs=nnx.Rngs(seed))
+    return part(nnx.split(model, nnx.Param)[1])
 
   params = jax.jit(init, out_shardings=mesh.params(abstract_params))()
   return graphdef, params
@@ -242,6 +275,7 @@ class Policy:
   graphdef: Any
   model_config: Any
   tokenizer: Any
+  lora: Any = None  # the `lora.LoRASpec` of its adapters, or None
 
 
 def policy_graphdef(model_config):
@@ -258,7 +292,11 @@ def make_policy(config, tokenizer, mesh: Mesh):
 
   A Hugging Face policy brings its own tokenizer, which replaces the task's:
   the Policy's is the one to use (`with_tokenizer`).
+
+  With `config.lora`, the graph carries adapters and the params are the
+  base's and the initial adapters' (`lora.split` separates them).
   """
+  spec = lora_spec(config)
   if config.init_from:
     graphdef, params, hf_tokenizer = runs.load_policy(
         config.init_from, mesh.params
@@ -280,6 +318,15 @@ def make_policy(config, tokenizer, mesh: Mesh):
     params = jax.tree.map(lambda x: x.astype(config.param_dtype), params)
     sharding_lib.check_model(model_config, mesh.shape)
     graphdef = policy_graphdef(model_config)
+    if spec is not None:  # Fresh adapters over the loaded base.
+      graphdef, adapters = init_params(
+          lora_lib.adapted(models.Transformer, spec, config.seed),
+          model_config,
+          config.seed,
+          mesh,
+          part=lambda params: lora_lib.split(params)[1],
+      )
+      params = lora_lib.combine(params, adapters)
   else:
     model_config = models.preset(
         config.model,
@@ -291,10 +338,11 @@ def make_policy(config, tokenizer, mesh: Mesh):
         scan_layers=config.scan_layers,
     )
     sharding_lib.check_model(model_config, mesh.shape)
-    graphdef, params = init_params(
-        models.Transformer, model_config, config.seed, mesh
-    )
-  return Policy(graphdef, model_config, tokenizer), params
+    model_cls = models.Transformer
+    if spec is not None:
+      model_cls = lora_lib.adapted(model_cls, spec, config.seed)
+    graphdef, params = init_params(model_cls, model_config, config.seed, mesh)
+  return Policy(graphdef, model_config, tokenizer, spec), params
 
 
 def with_tokenizer(task, tokenizer):

@@ -79,6 +79,9 @@ class Learner(Protocol):
   """
 
   chunk: int  # rows that stay together in a minibatch (a group, a pair)
+  # Parameters the loss reads but the run does not train (a LoRA base,
+  # `update.make_update`'s `frozen`), or None.
+  frozen: Any
 
   def init_state(self) -> dict:
     """The initial state but "opt_state": "params" (a copy the update may

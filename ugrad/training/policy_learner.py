@@ -23,6 +23,7 @@ from ugrad.runtime import distributed
 from ugrad.sampling import evaluation as eval_lib
 from ugrad import rewards as rewards_lib
 from ugrad.training import learner as learner_lib
+from ugrad.models import lora
 from ugrad.training import runs
 from ugrad import sampling
 from ugrad.training import trimming
@@ -39,6 +40,12 @@ class PolicyLearner:
     self.context = context
     config = self.config = context.config
     self.policy = context.policy
+    # The trained parameters' initial values: the policy's, or under LoRA
+    # its adapters, the base frozen (`frozen`) and shared with the
+    # reference, the frozen sampler and a critic's backbone.
+    self.frozen, self.initial = None, context.init_params
+    if self.policy.lora is not None:
+      self.frozen, self.initial = lora.split(context.init_params)
     self.task = context.task
     hp = build.coef_hparams(config)
     self.coefficient = build.coefficient(config)
@@ -85,7 +92,10 @@ class PolicyLearner:
     coefficient declares: its update, its values and `initial_critic`."""
     config, mesh = self.config, self.context.mesh
     graphdef, params = build.scalar_from_policy(
-        self.policy.model_config, self.context.init_params, config.seed, mesh
+        self.policy.model_config,
+        self.context.init_params if self.frozen is None else self.frozen,
+        config.seed,
+        mesh,
     )
     optimizer = build.make_optimizer(
         ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr))
@@ -121,18 +131,24 @@ class PolicyLearner:
     )
     self.scorer = rewards_lib.make_scorer(self.config.reward, context)
 
+  def full(self, params):
+    """The policy's parameters from the trained ones (under LoRA, the
+    adapters over the frozen base; a full state passes through)."""
+    if self.frozen is None:
+      return params
+    return lora.combine(self.frozen, params)
+
   # --- what the trainer asks ----------------------------------------------
 
   def init_state(self) -> dict:
     """The params, a copy (the update donates its parameters: the initial
     ones stay valid as the reference and the frozen sampler); the critic,
     and the reference when it resets during the run."""
-    init_params = self.context.init_params
-    state = {"params": jax.tree.map(jnp.copy, init_params)}
+    state = {"params": jax.tree.map(jnp.copy, self.initial)}
     if self.initial_critic is not None:
       state["critic"] = self.initial_critic
     if build.ref_reset_period(self.config):
-      state["ref_params"] = jax.tree.map(jnp.copy, init_params)
+      state["ref_params"] = jax.tree.map(jnp.copy, self.initial)
     return state
 
   def loss_fn(self):
@@ -148,7 +164,7 @@ class PolicyLearner:
   def draw(self, state: dict, step: int):
     """The source's batch of step `step`, scored."""
     params = self.context.init_params if self.source.frozen else state["params"]
-    return self.source.draw(params, step, self.scorer)
+    return self.source.draw(self.full(params), step, self.scorer)
 
   def prepare(self, state: dict, batch, step: int):
     """The batch's rollout with logp_ref, values and logp_old added where
@@ -163,7 +179,7 @@ class PolicyLearner:
     if "logp_ref" in self.needed:
       reference = state.get("ref_params", self.context.init_params)
       extra["logp_ref"] = self.logprobs(
-          reference, rollout.tokens, rollout.attention_mask
+          self.full(reference), rollout.tokens, rollout.attention_mask
       )
     # Recomputed when asked, when the source gives none, or when the samples
     # are the frozen policy's: the ratio is then against the current policy
@@ -179,7 +195,7 @@ class PolicyLearner:
         or ("logp_old" in self.needed and rollout.logp_old is None)
     ):
       extra["logp_old"] = self.logprobs(
-          state["params"], rollout.tokens, rollout.attention_mask
+          self.full(state["params"]), rollout.tokens, rollout.attention_mask
       )
     if "values" in self.needed:
       extra["values"] = self.values(state["critic"]["params"], rollout)
@@ -242,7 +258,7 @@ class PolicyLearner:
     return eval_lib.greedy_accuracy(
         self.task,
         self.policy.graphdef,
-        params,
+        self.full(params),
         num_questions or self.config.eval_questions,
         self.context.prompt_len,
         self.context.max_new,
@@ -260,7 +276,7 @@ class PolicyLearner:
       sampled = eval_lib.sample_eval(
           self.task,
           self.policy.graphdef,
-          params,
+          self.full(params),
           self.config.eval_sampled.questions,
           max(ks),
           ks,
@@ -277,7 +293,12 @@ class PolicyLearner:
     return flatten_intervals(results)
 
   def save(self, workdir: str, state: dict):
-    runs.save_model(workdir, state["params"], self.policy.model_config)
+    """The final policy, adapters folded into the kernels under LoRA: a
+    plain model that `init_from` and the evaluation CLI load."""
+    params = self.full(state["params"])
+    if self.policy.lora is not None:
+      params = lora.merged(params, self.policy.lora)
+    runs.save_model(workdir, params, self.policy.model_config)
 
 
 def flatten_intervals(results: dict) -> dict:

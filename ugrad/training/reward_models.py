@@ -117,6 +117,7 @@ class RewardModelLearner:
   samples of the frozen policy in, a scalar model out."""
 
   chunk = 1  # rows are independent (replayed rows join them)
+  frozen = None  # every parameter trains
 
   def __init__(self, context: learner_lib.RunContext):
     self.context = context

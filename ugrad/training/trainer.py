@@ -135,6 +135,7 @@ class Trainer:
         self.optimizer,
         config.micro_batches,
         sh + (self.mesh.replicated,),
+        frozen=self.learner.frozen,
     )
     self.checkpointer = checkpoint_lib.Checkpointer(
         paths.resolve(self.workdir) / runs.CHECKPOINT_DIR,

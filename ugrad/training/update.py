@@ -27,7 +27,9 @@ from ugrad.loss import unified_loss
 LossFn = Callable
 
 
-def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
+def make_update(
+    loss_fn: LossFn, optimizer, micro_batches: int, shardings, frozen=None
+):
   """The jitted update: (params, opt_state, batch) -> new state, metrics.
 
   Micro-batches accumulate the numerator and denominator of the loss and the
@@ -39,10 +41,20 @@ def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
     optimizer: an optax transformation.
     micro_batches: splits of the batch's rows, accumulated in a scan.
     shardings: (params, opt_state, replicated) shardings of the outputs.
+    frozen: None, or parameters the loss reads but nothing trains (a LoRA
+      base, `ugrad.models.lora`): the loss sees them merged with `params`,
+      and only `params` get gradients and optimizer state.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def update(params, opt_state, batch):
+  def frozen_loss(params, batch, frozen):
+    if frozen is not None:
+      params = nnx.merge_state(frozen, params)
+    return loss_fn(params, batch)
+
+  def update(params, opt_state, batch, frozen):
+    grad_fn = jax.value_and_grad(
+        lambda p, b: frozen_loss(p, b, frozen), has_aux=True
+    )
     if micro_batches == 1:
       (num, (den, metrics)), grads = grad_fn(params, batch)
     else:
@@ -65,10 +77,13 @@ def make_update(loss_fn: LossFn, optimizer, micro_batches: int, shardings):
     return optax.apply_updates(params, updates), opt_state, metrics
 
   param_sh, opt_sh, replicated = shardings
-  return jax.jit(
+  jitted = jax.jit(
       update,
       donate_argnums=(0, 1),
       out_shardings=(param_sh, opt_sh, replicated),
+  )
+  return lambda params, opt_state, batch: jitted(
+      params, opt_state, batch, frozen
   )
 
 

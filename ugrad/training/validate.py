@@ -59,6 +59,7 @@ def check_settings(config) -> None:
   (the launcher runs them before an SFT warm start)."""
   _check_ranges(config)
   _check_names(config)
+  build.lora_spec(config)
 
 
 # (config key, smallest valid value, whether the smallest is excluded).

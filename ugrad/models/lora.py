@@ -1,0 +1,157 @@
+"""LoRA: low-rank adapters on a frozen base (Hu et al., 2021).
+
+A targeted `transformer.Dense` (a module path matching `LoRASpec.targets`,
+e.g. "layers/0/self_attn/q_proj") gets an `Adapter` as its `lora`
+attribute: y = x W + b + (alpha / r) (x A) B, with A [in, r] drawn like
+PEFT's (uniform, +-1/sqrt(in)) and B [r, out] zero, so the adapted model
+starts equal to its base. A and B are `nnx.LoRAParam`s (a kind of
+`nnx.Param`) carrying the logical axes of the kernel's input and output, so
+the mesh rules shard them like the kernel they adapt.
+
+One `nnx.Param` state of an adapted model holds the base and the adapters;
+`split` separates them, `combine` puts them back (no copy), `merged` folds
+the adapters into the kernels as a plain model's state (what a finished run
+saves). The base with its initial (zero) adapters is the base model itself,
+so a LoRA run's reference policy needs no second copy of the weights.
+"""
+
+import dataclasses
+import math
+import re
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ugrad import errors
+
+# Attention's and the MLP's projections, in every layer.
+DEFAULT_TARGETS = r"(self_attn/[qkvo]_proj|mlp/(gate|up|down)_proj)$"
+# The adapters' own random stream, apart from the base's: a model built
+# with adapters has the base weights of the same seed without them.
+_SEED_OFFSET = 7919
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRASpec:
+  """Which projections get adapters, and their rank and scale.
+
+  Attributes:
+    rank: r, the adapters' inner width (> 0).
+    alpha: the scale is alpha / r.
+    targets: a regular expression searched in each `Dense` module's path
+      ("layers/0/mlp/up_proj", "lm_head").
+  """
+
+  rank: int
+  alpha: float
+  targets: str = DEFAULT_TARGETS
+
+  def __post_init__(self):
+    if self.rank <= 0:
+      raise errors.UserError(f"lora.rank must be > 0, got {self.rank}")
+    if self.alpha <= 0:
+      raise errors.UserError(f"lora.alpha must be > 0, got {self.alpha}")
+
+
+class Adapter(nnx.Module):
+  """(alpha / r) x A B of a Dense's [N, in] inputs."""
+
+  def __init__(self, dense, spec: LoRASpec, *, rngs: nnx.Rngs):
+    d_in, d_out = dense.in_features, dense.out_features
+    axes = dense.kernel.get_metadata().get("logical_axes") or (None, None)
+    dtype = dense.kernel[...].dtype
+    bound = 1.0 / math.sqrt(d_in)
+    self.a = nnx.LoRAParam(
+        jax.random.uniform(
+            rngs.params(), (d_in, spec.rank), dtype, -bound, bound
+        ),
+        logical_axes=(axes[0], None),
+    )
+    self.b = nnx.LoRAParam(
+        jnp.zeros((spec.rank, d_out), dtype), logical_axes=(None, axes[1])
+    )
+    self.scale = spec.alpha / spec.rank
+    self.dtype = dense.dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    a = self.a[...].astype(self.dtype)
+    b = self.b[...].astype(self.dtype)
+    return (x.astype(self.dtype) @ a @ b) * jnp.asarray(self.scale, self.dtype)
+
+
+def dense_paths(model) -> dict:
+  """{"layers/0/self_attn/q_proj": the Dense, ...} of a model."""
+  # A local import: `transformer` is the module LoRA adapts.
+  from ugrad.models import transformer  # pylint: disable=import-outside-toplevel
+
+  return {
+      "/".join(str(p) for p in path): module
+      for path, module in nnx.iter_graph(model)
+      if isinstance(module, transformer.Dense)
+  }
+
+
+def attach(model, spec: LoRASpec, seed: int):
+  """`model` with an `Adapter` on every Dense whose path matches
+  `spec.targets` (changed in place, and returned).
+
+  Raises:
+    UserError: when the pattern matches no module, listing the paths.
+  """
+  found = dense_paths(model)
+  chosen = sorted(p for p in found if re.search(spec.targets, p))
+  if not chosen:
+    raise errors.UserError(
+        f"lora.targets {spec.targets!r} matches no module; the model's "
+        f"projections: {', '.join(sorted(found))}"
+    )
+  rngs = nnx.Rngs(seed + _SEED_OFFSET)
+  for path in chosen:
+    found[path].lora = Adapter(found[path], spec, rngs=rngs)
+  return model
+
+
+def adapted(model_cls, spec: LoRASpec, seed: int):
+  """A constructor like `model_cls(config, rngs=...)` whose models carry
+  adapters, drawn from `seed`'s own stream."""
+
+  def make(config, *, rngs: nnx.Rngs):
+    return attach(model_cls(config, rngs=rngs), spec, seed)
+
+  return make
+
+
+def _is_adapter(path, _) -> bool:
+  return "lora" in path
+
+
+def split(params) -> tuple:
+  """(base, adapters) of an adapted model's `nnx.Param` state."""
+  adapters, base = nnx.split_state(params, _is_adapter, ...)
+  return base, adapters
+
+
+def combine(base, adapters):
+  """The full state of the base under the adapters; a full state in place
+  of `adapters` passes through (its own base wins)."""
+  return nnx.merge_state(base, adapters)
+
+
+def merged(params, spec: LoRASpec):
+  """A plain (adapter-free) model's state from an adapted one's: each
+  adapted kernel W + (alpha / r) A B, in W's dtype."""
+  base, adapters = split(params)
+  flat = dict(nnx.to_flat_state(base))
+  pairs = dict(nnx.to_flat_state(adapters))
+  scale = spec.alpha / spec.rank
+  for path, a in pairs.items():
+    if path[-1] != "a":
+      continue
+    b = pairs[path[:-1] + ("b",)][...]
+    kernel = flat[path[:-2] + ("kernel",)]
+    w = kernel[...]
+    flat[path[:-2] + ("kernel",)] = kernel.replace(
+        (w + scale * (a[...] @ b)).astype(w.dtype)
+    )
+  return nnx.from_flat_state(flat)
