@@ -5,6 +5,7 @@ import pytest
 
 from tests.helpers import bpe_util
 
+from ugrad import errors
 from ugrad import rewards as rewards_lib
 from ugrad import rollout as rollout_lib
 from ugrad import sources
@@ -275,3 +276,31 @@ def test_provided_fields(task, spec, fields):
   )
   filled = {"rewards", "step_rewards", "step_mask"}
   assert {f for f in filled if getattr(r, f) is not None} == fields
+
+
+def test_token_set_reward_is_the_fraction_of_completion_ids_in_the_set():
+  # Prompt ids (even, in the set) and padding never count; ids beyond the
+  # set's largest are outside it; an empty completion scores 0.
+  tokens = np.array(
+      [[4, 2, 3, 9, 0], [6, 6, 2, 2, 0], [8, 4, 10**6, 7, 0], [2, 4, 0, 0, 0]]
+  )
+  completion = np.array(
+      [[0, 1, 1, 1, 0], [0, 0, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+  )
+  batch = sources.Batch(
+      rollout_lib.Rollout(tokens=tokens, completion_mask=completion),
+      [None] * 4,
+      [""] * 4,
+      {},
+  )
+  reward = rewards_lib.token_set([2, 4, 6, 8])
+  assert reward.fields == {"rewards"}
+  out = reward.fn(rewards_lib.RewardContext(None), batch)
+  np.testing.assert_allclose(out["rewards"], [1 / 3, 1.0, 1 / 3, 0.0])
+  assert out["rewards"].dtype == np.float32
+
+
+@pytest.mark.parametrize("ids", [[], [3, -1]])
+def test_token_set_reward_refuses_an_empty_or_negative_set(ids):
+  with pytest.raises(errors.UserError, match="token_set needs a non-empty"):
+    rewards_lib.token_set(ids)

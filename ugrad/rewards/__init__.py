@@ -12,6 +12,10 @@ last token of each step with `step_mask` [B, T].
   token of each step.
 * `ground_truth_process`: the embedded task's true step labels (1 / 0).
 
+`token_set(ids)` makes a reward that reads token ids only, no tokenizer (the
+fraction of a completion's tokens in a fixed id set): for benchmarks on a
+real vocabulary without its tokenizer; register it under a name to use it.
+
 A reward spec is a name or a weighted sum, "rule" or "rule:1.0,model:0.5".
 Each entry of `REWARDS` is a `Reward`: the function and the Rollout fields
 it fills. Code outside the package adds one with `ugrad.register_reward`.
@@ -138,6 +142,35 @@ class Reward:
 
 _OUTCOME = frozenset({"rewards"})
 _PROCESS = frozenset({"step_rewards", "step_mask"})
+
+
+def token_set(ids) -> Reward:
+  """An outcome reward on token ids alone: the fraction of each row's
+  completion tokens whose id is in `ids` (0 for an empty completion).
+
+  Raises:
+    errors.UserError: `ids` is empty or holds a negative id.
+  """
+  ids = np.asarray(list(ids), np.int64)
+  if ids.size == 0 or ids.min() < 0:
+    raise errors.UserError(
+        "token_set needs a non-empty set of token ids >= 0, got "
+        f"{ids.size} ids" + (f", the least {ids.min()}" if ids.size else "")
+    )
+  table = np.zeros(int(ids.max()) + 1, bool)
+  table[ids] = True
+
+  def fn(ctx: RewardContext, batch) -> dict:
+    del ctx
+    tokens = np.asarray(batch.rollout.tokens)
+    mask = np.asarray(batch.rollout.completion_mask) > 0
+    inside = (tokens >= 0) & (tokens < len(table))
+    hit = table[np.where(inside, tokens, 0)] & inside
+    count = mask.sum(1)
+    fraction = (hit & mask).sum(1) / np.maximum(count, 1)
+    return {"rewards": fraction.astype(np.float32)}
+
+  return Reward(fn, _OUTCOME)
 
 REWARDS: dict[str, Reward] = {
     "none": Reward(no_reward),
