@@ -20,6 +20,9 @@ prints one JSON line per figure:
   TRL and Tunix on the same work (`experiments.perf.benchmark_grpo`).
 * with --accelerator, instead: training MFU and decode bandwidth of a
   published model's shape (`experiments.perf.benchmark_accelerator`).
+* with --grpo_vocab, instead: one GRPO step at a published model's shape
+  and whole vocabulary, with its phases and MFU
+  (`experiments.perf.benchmark_grpo_vocab`).
 
 Every figure is the median of --repeats timed runs after a warm-up run;
 contenders of one figure run in turn within each repeat, so load from other
@@ -42,6 +45,7 @@ import optax
 
 from experiments.perf import benchmark_accelerator
 from experiments.perf import benchmark_grpo
+from experiments.perf import benchmark_grpo_vocab
 import ugrad
 from ugrad.runtime import host_memory
 from ugrad import sampling
@@ -72,6 +76,12 @@ _GRPO = flags.DEFINE_bool(
     False,
     "time one GRPO step of ugrad, TRL "
     "and Tunix instead (experiments/perf/benchmark_grpo.py)",
+)
+_GRPO_VOCAB = flags.DEFINE_bool(
+    "grpo_vocab",
+    False,
+    "time one GRPO step at a real "
+    "shape and vocabulary instead (experiments/perf/benchmark_grpo_vocab.py)",
 )
 
 # A character vocabulary like the embedded task's: pad, eos, digits,
@@ -319,6 +329,9 @@ def main(argv):
     benchmark_accelerator.main(
         _emit, _median_seconds, train_step_fn, _REPEATS.value
     )
+    return
+  if _GRPO_VOCAB.value:
+    benchmark_grpo_vocab.main(_emit, _REPEATS.value)
     return
   if _GRPO.value:
     benchmark_grpo.main(_REPEATS.value, matmul_flops)

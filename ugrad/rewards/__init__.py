@@ -172,6 +172,7 @@ def token_set(ids) -> Reward:
 
   return Reward(fn, _OUTCOME)
 
+
 REWARDS: dict[str, Reward] = {
     "none": Reward(no_reward),
     "rule": Reward(rule, _OUTCOME),
