@@ -19,10 +19,10 @@ vocabulary 151,936), randomly initialised, in `--accel_dtype` compute
   reads every parameter and the KV cache written so far once, so B tokens
   take (parameter bytes + mean KV-cache bytes) / bandwidth.
 
-A whole GRPO step at this size, with its phase breakdown, is
-`python -m experiments.perf.benchmark --grpo --grpo_peers=ugrad
---grpo_model=qwen2.5-0.5b --grpo_prompts=64 --grpo_group=8
---grpo_new_tokens=512`. Figures are medians of --repeats runs after a
+A whole GRPO step at this size and vocabulary, with its phase breakdown,
+is `python -m experiments.perf.benchmark --grpo_vocab`
+(experiments/perf/benchmark_grpo_vocab.py: 64 prompts x 8 samples x 512 new
+tokens by default). Figures are medians of --repeats runs after a
 warm-up. On a CPU the same code runs (use --accel_model=tiny and small
 sizes to check it); its figures say nothing about an accelerator.
 """
