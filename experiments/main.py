@@ -100,9 +100,11 @@ def needs_sft_warm_start(config) -> bool:
 
 def warm_start(config, workdir: str, allow_config_change: bool = False) -> str:
   """Trains (or reuses) the SFT policy of the embedded task in
-  WORKDIR/sft (`sft.warm_start(config)`) and returns that directory."""
+  WORKDIR/sft (`sft.warm_start(config)`) and returns that directory. One
+  left unfinished (no model.json: killed before or while its model was
+  saved) is resumed, which (re)writes the model from its checkpoint."""
   sft_dir = str(paths.resolve(workdir) / "sft")
-  if not (paths.resolve(sft_dir) / runs.POLICY_DIR).exists():
+  if not runs.is_finished_model(sft_dir):
     logging.info("No init_from: training the SFT policy in %s", sft_dir)
     trainer_lib.Trainer(
         sft.warm_start(config), sft_dir, allow_config_change=allow_config_change

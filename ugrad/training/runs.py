@@ -141,17 +141,23 @@ def is_finished_model(workdir: str) -> bool:
 
 def save_model(workdir: str, params, model_config, kind: str = "policy"):
   """Writes parameters and model shape where `init_from` (or a reward-model
-  setting) can load them: WORKDIR/policy and WORKDIR/model.json. A model
-  already saved there is kept (a resumed run saves once)."""
-  path = paths.resolve(workdir) / POLICY_DIR
-  if path.exists():
-    return
+  setting) can load them: WORKDIR/policy and WORKDIR/model.json.
+
+  Each call (re)writes both, so a rerun of a finished run rewrites them from
+  its final checkpoint and an extended run replaces them. model.json, the
+  mark of a finished model (`is_finished_model`), is removed first and
+  written last: a save cut short leaves a directory that a rerun
+  completes, never parameters that model.json does not describe."""
+  root = paths.resolve(workdir)
+  if distributed.is_main():
+    (root / MODEL_FILE).unlink(missing_ok=True)
+  distributed.sync("save_model_start")
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, params)
+    checkpointer.save(root / POLICY_DIR, params, force=True)
     checkpointer.wait_until_finished()
   if distributed.is_main():
     paths.write_atomic(
-        paths.resolve(workdir) / MODEL_FILE,
+        root / MODEL_FILE,
         json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)}),
     )
   distributed.sync("save_model")
