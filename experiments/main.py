@@ -16,7 +16,6 @@ Cloud TPU VM slice or under SLURM (JAX finds its peers), or with
 elsewhere; `--config.mesh.*` lays the devices out (see base.py).
 """
 
-import errno
 import json
 import os
 import re
@@ -244,9 +243,7 @@ USER_ERRORS = (
 # read-only file system, no permission. ENOENT is not among them: ugrad
 # checks the paths a user gives (errors.MissingInput), so a file that
 # vanishes under it is a bug.
-ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-)
+ENVIRONMENT_ERRNOS = frozenset(paths.ENVIRONMENT_ERRNOS)
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
 
