@@ -109,17 +109,14 @@ def load_run(run_dir: str):
   """(config, task, graphdef, params) of the finished run in `run_dir`."""
   config = read_run_config(run_dir)
   task = build.make_task(config)
-  graphdef, params, _ = runs.load_policy(run_dir)
-  tokenizer = run_tokenizer(config)
-  if tokenizer is not None:
-    task = build.with_tokenizer(task, tokenizer)
-  vocab = nnx.merge(graphdef, params).config.vocab_size
-  if task.tokenizer.vocab_size > vocab:
-    raise errors.UserError(
-        f"the policy in {run_dir} has {vocab} output tokens but the task's "
-        f"tokenizer has {task.tokenizer.vocab_size} ids"
-    )
-  return config, task, graphdef, params
+  graphdef, params, own = runs.load_policy(run_dir)
+  tokenizer = runs.policy_tokenizer(
+      run_dir,
+      own or run_tokenizer(config),  # A run saved before runs stored it.
+      task.tokenizer,
+      nnx.merge(graphdef, params).config.vocab_size,
+  )
+  return config, build.with_tokenizer(task, tokenizer), graphdef, params
 
 
 def parse_ks(values: Sequence[str]) -> list[int]:

@@ -16,7 +16,6 @@ Cloud TPU VM slice or under SLURM (JAX finds its peers), or with
 elsewhere; `--config.mesh.*` lays the devices out (see base.py).
 """
 
-import errno
 import json
 import os
 import re
@@ -100,9 +99,11 @@ def needs_sft_warm_start(config) -> bool:
 
 def warm_start(config, workdir: str, allow_config_change: bool = False) -> str:
   """Trains (or reuses) the SFT policy of the embedded task in
-  WORKDIR/sft (`sft.warm_start(config)`) and returns that directory."""
+  WORKDIR/sft (`sft.warm_start(config)`) and returns that directory. One
+  left unfinished (no model.json: killed before or while its model was
+  saved) is resumed, which (re)writes the model from its checkpoint."""
   sft_dir = str(paths.resolve(workdir) / "sft")
-  if not (paths.resolve(sft_dir) / runs.POLICY_DIR).exists():
+  if not runs.is_finished_model(sft_dir):
     logging.info("No init_from: training the SFT policy in %s", sft_dir)
     trainer_lib.Trainer(
         sft.warm_start(config), sft_dir, allow_config_change=allow_config_change
@@ -242,9 +243,7 @@ USER_ERRORS = (
 # read-only file system, no permission. ENOENT is not among them: ugrad
 # checks the paths a user gives (errors.MissingInput), so a file that
 # vanishes under it is a bug.
-ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-)
+ENVIRONMENT_ERRNOS = frozenset(paths.ENVIRONMENT_ERRNOS)
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved; run the same command again.
 

@@ -8,6 +8,7 @@ import pytest
 from experiments import main
 from tests.helpers import launch_util
 from tests.helpers import train_util
+from ugrad.runtime import metrics as metrics_lib
 from ugrad.training import trainer as trainer_lib
 
 pytestmark = pytest.mark.slow
@@ -39,3 +40,33 @@ def test_enospc_in_a_save_stops_clearly_and_the_run_resumes(
   assert launch_util.comparable_metrics(
       tmp_path / "run"
   ) == launch_util.comparable_metrics(straight)
+
+
+def test_a_tensorstore_enospc_names_the_file_and_nothing_masks_it(
+    tmp_path, monkeypatch
+):
+  """Orbax's array writes fail with TensorStore's ValueError, not an
+  OSError; the TensorBoard flush that follows in the loop's cleanup fails
+  too, and must not replace the save's error."""
+  workdir = tmp_path / "run"
+  file = f"{workdir}/checkpoints/2.orbax-checkpoint-tmp/state/d/0f1e"
+  real_save = ocp.CheckpointManager.save
+
+  def full_disk(manager, step, *args, **kwargs):
+    if step == 2:
+      raise ValueError(
+          f'UNKNOWN: Error writing local file "{file}": [OS error 28: No '
+          "space left on device] [source locations='tensorstore/...']"
+      )
+    return real_save(manager, step, *args, **kwargs)
+
+  def flush_fails(writer):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  monkeypatch.setattr(metrics_lib.MetricsWriter, "close", flush_fails)
+  with pytest.raises(OSError) as failure:
+    main.run(train_util.tiny("sft", steps=3), str(workdir))
+  line = main.error_line(failure.value)
+  assert main.is_user_error(failure.value) and "\n" not in line
+  assert f"failed writing {file} (No space left on device)" in line

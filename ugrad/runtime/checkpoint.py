@@ -166,15 +166,16 @@ class Checkpointer:
     Orbax reports a background save's failure at the next call."""
     try:
       yield
-    except OSError as e:
+    except (OSError, ValueError) as e:  # TensorStore's are ValueErrors.
+      failed = paths.os_error(e)
+      if failed is None:
+        raise
       raise OSError(
-          e.errno,
-          (
-              f"a checkpoint save in {self.directory} failed "
-              f"({e.strerror or e}); the finished checkpoints there are "
-              "intact: free space (or fix the path) and rerun the same "
-              "command to resume from the newest"
-          ),
+          failed.errno,
+          f"a checkpoint save in {self.directory} failed writing "
+          f"{failed.filename or 'it'} ({failed.strerror or e}); the finished "
+          "checkpoints there are intact: free space (or fix the path) and "
+          "rerun the same command to resume from the newest",
       ) from e
 
   def finish(self) -> list[tuple[int, str]]:

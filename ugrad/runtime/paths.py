@@ -7,12 +7,24 @@ checkpoints to either). Small files (manifests, run records) are written
 with `write_atomic`.
 """
 
+import errno
 import os
-from typing import Union
+import re
+from typing import Optional, Union
 
 from etils import epath
 
 PathLike = Union[str, os.PathLike]
+
+# OSErrors of the machine rather than the code: a full disk or quota, a
+# read-only file system, no permission.
+ENVIRONMENT_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+)
 
 
 def resolve(path: PathLike) -> epath.Path:
@@ -46,3 +58,18 @@ def write_atomic(path: PathLike, text: str):
   except BaseException:
     temporary.unlink(missing_ok=True)
     raise
+
+
+def os_error(e: BaseException) -> Optional[OSError]:
+  """`e` as an OSError: itself, or a ValueError of TensorStore (Orbax's
+  array writes) whose text carries the message of one of
+  `ENVIRONMENT_ERRNOS` ("... \"/path\": [OS error 28: No space left on
+  device]"), with the quoted path as its filename; None for anything else."""
+  if isinstance(e, OSError):
+    return e
+  text = str(e)
+  for code in ENVIRONMENT_ERRNOS:
+    if os.strerror(code) in text:
+      path = re.search(r"[\"'](/[^\"']+)[\"']", text)
+      return OSError(code, os.strerror(code), path and path.group(1))
+  return None

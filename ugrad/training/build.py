@@ -298,17 +298,18 @@ def make_policy(config, tokenizer, mesh: Mesh):
   """
   spec = lora_spec(config)
   if config.init_from:
-    graphdef, params, hf_tokenizer = runs.load_policy(
-        config.init_from, mesh.params
-    )
-    if hf_tokenizer is not None and config.task == "arithmetic":
+    graphdef, params, own = runs.load_policy(config.init_from, mesh.params)
+    if isinstance(own, models.HFTokenizer) and config.task == "arithmetic":
       raise errors.UserError(
           "a Hugging Face policy cannot be trained on the "
           "embedded task's character vocabulary"
       )
-    tokenizer = hf_tokenizer or tokenizer
+    loaded = nnx.merge(graphdef, params).config
+    tokenizer = runs.policy_tokenizer(
+        config.init_from, own, tokenizer, loaded.vocab_size
+    )
     model_config = dataclasses.replace(
-        nnx.merge(graphdef, params).config,
+        loaded,
         dtype=compute_dtype(config),
         param_dtype=config.param_dtype,
         remat=config.remat,

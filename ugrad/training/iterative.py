@@ -51,7 +51,13 @@ def continuation_config(previous: str, policy_dir: str, config):
 
 
 def reward_models_of(
-    config, workdir: str, k: int, params, model_config, first_step: bool
+    config,
+    workdir: str,
+    k: int,
+    params,
+    model_config,
+    first_step: bool,
+    tokenizer=None,
 ) -> tuple[dict, dict]:
   """The reward-model workdirs of iteration k, trained first if needed.
 
@@ -63,6 +69,7 @@ def reward_models_of(
     model_config: the policy's `ModelConfig`.
     first_step: whether the trainer is at the iteration's first step, where
       `params` is the policy the reward models sample from.
+    tokenizer: the policy's tokenizer, saved with it.
 
   Returns:
     ({field: workdir} for each learned reward of the run, the final
@@ -80,7 +87,7 @@ def reward_models_of(
           "which training has passed: the run directory is "
           "incomplete"
       )
-    runs.save_model(directory, params, model_config)
+    runs.save_model(directory, params, model_config, tokenizer=tokenizer)
   metrics = {}
   for field in dirs:
     previous = (
@@ -136,6 +143,7 @@ class RewardModelRefresh:
         state["params"],
         context.policy.model_config,
         first_step,
+        tokenizer=context.policy.tokenizer,
     )
     self.iteration = k
     return learner_lib.HookResult(

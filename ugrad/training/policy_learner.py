@@ -298,7 +298,12 @@ class PolicyLearner:
     params = self.full(state["params"])
     if self.policy.lora is not None:
       params = lora.merged(params, self.policy.lora)
-    runs.save_model(workdir, params, self.policy.model_config)
+    runs.save_model(
+        workdir,
+        params,
+        self.policy.model_config,
+        tokenizer=self.policy.tokenizer,
+    )
 
 
 def flatten_intervals(results: dict) -> dict:

@@ -8,8 +8,10 @@ metrics writer and gradient log on a process other than 0. The trainer
 (`ugrad.training.trainer`) owns when they are called.
 """
 
+import contextlib
 import time
 
+from absl import logging
 import numpy as np
 
 # Metrics that measure wall time; they differ between identical runs.
@@ -91,3 +93,22 @@ class NoRecord:
 
   def close(self):
     pass
+
+
+@contextlib.contextmanager
+def closing(*closers):
+  """Calls `closers` in order after the block. While the block's own error
+  propagates, a closer that fails too is logged, not raised: it would
+  replace that error (a full disk that stops a save also fails the
+  TensorBoard flush after it)."""
+  try:
+    yield
+  except BaseException:
+    for close in closers:
+      try:
+        close()
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        logging.warning("while stopping after an error: %s", e)
+    raise
+  for close in closers:
+    close()

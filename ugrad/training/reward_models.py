@@ -401,4 +401,5 @@ class RewardModelLearner:
         state["params"],
         self.context.policy.model_config,
         kind="scalar",
+        tokenizer=self.context.policy.tokenizer,
     )

@@ -17,17 +17,21 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tokenizers
 
 from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import gradlog
 from ugrad import models
 from ugrad.runtime import paths
+from ugrad.tasks import tokenizer as tokenizer_lib
 
 POLICY_DIR = "policy"  # the final parameters of a run, for init_from
 CONFIG_FILE = "run_config.json"
 MODEL_FILE = "model.json"
 EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
+# A Hugging Face tokenizer a run trained with, beside its model.json.
+TOKENIZER_FILE = "tokenizer.json"
 GRADIENT_LOG = gradlog.LOG_FILE
 CHECKPOINT_DIR = gradlog.CHECKPOINT_DIR
 
@@ -139,22 +143,115 @@ def is_finished_model(workdir: str) -> bool:
   return (paths.resolve(workdir) / MODEL_FILE).exists()
 
 
-def save_model(workdir: str, params, model_config, kind: str = "policy"):
+def save_model(
+    workdir: str, params, model_config, kind: str = "policy", tokenizer=None
+):
   """Writes parameters and model shape where `init_from` (or a reward-model
-  setting) can load them: WORKDIR/policy and WORKDIR/model.json. A model
-  already saved there is kept (a resumed run saves once)."""
-  path = paths.resolve(workdir) / POLICY_DIR
-  if path.exists():
-    return
+  setting) can load them: WORKDIR/policy and WORKDIR/model.json, with the
+  tokenizer the model was trained with (`tokenizer`: a `CharTokenizer`'s
+  characters in model.json, a Hugging Face one as WORKDIR/tokenizer.json;
+  None: none recorded).
+
+  Each call (re)writes both, so a rerun of a finished run rewrites them from
+  its final checkpoint and an extended run replaces them. model.json, the
+  mark of a finished model (`is_finished_model`), is removed first and
+  written last: a save cut short leaves a directory that a rerun
+  completes, never parameters that model.json does not describe."""
+  root = paths.resolve(workdir)
+  if distributed.is_main():
+    (root / MODEL_FILE).unlink(missing_ok=True)
+  distributed.sync("save_model_start")
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, params)
+    checkpointer.save(root / POLICY_DIR, params, force=True)
     checkpointer.wait_until_finished()
   if distributed.is_main():
-    paths.write_atomic(
-        paths.resolve(workdir) / MODEL_FILE,
-        json.dumps({"kind": kind, "config": dataclasses.asdict(model_config)}),
-    )
+    saved = {"kind": kind, "config": dataclasses.asdict(model_config)}
+    if tokenizer is not None:
+      saved["tokenizer"] = _save_tokenizer(root, tokenizer)
+    paths.write_atomic(root / MODEL_FILE, json.dumps(saved))
   distributed.sync("save_model")
+
+
+def _save_tokenizer(root, tokenizer) -> dict:
+  """model.json's record of `tokenizer`; a Hugging Face one's vocabulary
+  is written to ROOT/tokenizer.json."""
+  if isinstance(tokenizer, tokenizer_lib.CharTokenizer):
+    return {"chars": tokenizer.chars}
+  paths.write_atomic(root / TOKENIZER_FILE, tokenizer.tokenizer.to_str())
+  return {
+      "file": TOKENIZER_FILE,
+      "bos_id": tokenizer.bos_id,
+      "eos_id": tokenizer.eos_id,
+      "pad_id": tokenizer.pad_id,
+  }
+
+
+def saved_tokenizer(path: str):
+  """The tokenizer a finished run in `path` stored with its model (a
+  `CharTokenizer` or an `HFTokenizer`), or None for a run saved before runs
+  stored theirs."""
+  root = paths.resolve(path)
+  saved = json.loads((root / MODEL_FILE).read_text()).get("tokenizer")
+  if saved is None:
+    return None
+  if "chars" in saved:
+    return tokenizer_lib.CharTokenizer(saved["chars"])
+  file = root / saved["file"]
+  if not file.exists():
+    raise errors.MissingInput(
+        f"{path} trained with a Hugging Face tokenizer, but its {file.name} "
+        "is missing"
+    )
+  return models.HFTokenizer(
+      tokenizers.Tokenizer.from_str(file.read_text()),
+      bos_id=saved["bos_id"],
+      eos_id=saved["eos_id"],
+      pad_id=saved["pad_id"],
+  )
+
+
+def policy_tokenizer(path: str, own, task_tokenizer, rows: int):
+  """The tokenizer a policy loaded from `path` (an init_from) trains with.
+
+  Args:
+    path: the ugrad run or Hugging Face directory.
+    own: the tokenizer it brings (`load_policy`'s): a Hugging Face one
+      replaces the task's; a ugrad run's characters must cover the task's
+      (the policy's ids are then used); None (a run saved before runs
+      stored theirs): the task's.
+    task_tokenizer: the task's tokenizer.
+    rows: the rows of the policy's embedding.
+
+  Raises:
+    errors.UserError: a Hugging Face directory without tokenizer.json, a
+      character set that lacks some of the task's characters, or more ids
+      than embedding rows; the line gives the numbers.
+  """
+  if own is None and is_hf_dir(path):
+    raise errors.MissingInput(
+        f"{path} has no tokenizer.json: a Hugging Face policy trains with "
+        "its own tokenizer"
+    )
+  tokenizer = task_tokenizer if own is None else own
+  if isinstance(own, tokenizer_lib.CharTokenizer):
+    task_chars = getattr(task_tokenizer, "chars", None)
+    missing = sorted(set(task_chars or "") - set(own.chars))
+    if task_chars == own.chars:
+      tokenizer = task_tokenizer
+    elif task_chars is None or missing:
+      raise errors.UserError(
+          f"{path} was trained with a character tokenizer of "
+          f"{own.vocab_size} ids; the task's has "
+          f"{task_tokenizer.vocab_size}"
+          + (f" and adds {''.join(missing)!r}" if missing else "")
+          + ": continue it on a task with its characters"
+      )
+  if tokenizer.vocab_size > rows:
+    raise errors.UserError(
+        f"{path}: the tokenizer has {tokenizer.vocab_size} ids but the "
+        f"model's embedding has {rows} rows"
+    )
+  return tokenizer
 
 
 def saved_model_config(path: str) -> models.ModelConfig:
@@ -214,7 +311,8 @@ def is_hf_dir(path: str) -> bool:
 
 
 def load_policy(path: str, shardings=None):
-  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir.
+  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir: the
+  directory's tokenizer.json, or the one the run stored (`saved_tokenizer`).
 
   Parameters load as float32 (the trainer's master weights), each straight
   into its shards when `shardings` (as for `load_model`) is given."""
@@ -226,7 +324,7 @@ def load_policy(path: str, shardings=None):
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params, tokenizer
   graphdef, params = load_model(path, "policy", shardings)
-  return graphdef, params, None
+  return graphdef, params, saved_tokenizer(path)
 
 
 def local_copy(path: str) -> str:

@@ -323,8 +323,7 @@ class Trainer:
   # --- the loop -------------------------------------------------------------
 
   def train(self) -> dict:
-    """Runs the remaining steps, saves the model; returns the last step's
-    metrics."""
+    """Runs the remaining steps, saves the model; returns the last metrics."""
     with jax.set_mesh(self.mesh.mesh):  # Layer boundaries see the mesh.
       return self._train()
 
@@ -367,7 +366,14 @@ class Trainer:
         self.workdir,
         enabled=distributed.is_main(),
     )
-    with preemption.Watcher() as watcher:
+    closers = (
+        profiler.close,
+        bar.close,
+        writer.close,
+        gradient_log.close,
+        self.checkpointer.wait_until_finished,
+    )
+    with preemption.Watcher() as watcher, records.closing(*closers):
       try:
         for step in range(self.start_step, config.steps):
           profiler.before(step)
@@ -402,12 +408,6 @@ class Trainer:
         # The checkpoints to resume from, recorded as after any save.
         self._log_checkpoints(gradient_log)
         raise
-      finally:
-        profiler.close()
-        bar.close()
-        writer.close()
-        gradient_log.close()
-        self.checkpointer.wait_until_finished()
     self.learner.save(self.workdir, self.state)
     return metrics
 
