@@ -51,7 +51,7 @@ def make_update(
       params = nnx.merge_state(frozen, params)
     return loss_fn(params, batch)
 
-  def update(params, opt_state, batch, frozen):
+  def update(params, opt_state, batch, frozen=None):
     grad_fn = jax.value_and_grad(
         lambda p, b: frozen_loss(p, b, frozen), has_aux=True
     )
@@ -82,6 +82,8 @@ def make_update(
       donate_argnums=(0, 1),
       out_shardings=(param_sh, opt_sh, replicated),
   )
+  if frozen is None:
+    return jitted  # A jitted function: `experiments.plan` lowers it.
   return lambda params, opt_state, batch: jitted(
       params, opt_state, batch, frozen
   )
