@@ -75,6 +75,7 @@ def get_config(variant=None):
           top_p=1.0,
           max_new_tokens=40,
           pairs=False,
+          kto=False,  # each sample and a mismatched row (KTO's z_ref)
           dynamic=False,
           max_draws=4,
           pool_questions=1024,

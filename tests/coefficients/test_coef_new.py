@@ -152,3 +152,60 @@ def test_k3_ratio_goes_in_the_loss_only():
     coefficients.bind_hparams(
         "grpo", dict(kl_estimator="k3_ratio", kl_in="reward")
     )
+
+
+def _kto_case(seed, shift, **shape):
+  """Rows (sample +1, its mismatched row -1) in pairs; the last pair empty;
+  `shift` raises the log-ratios (so that z_ref > 0)."""
+  b = shape["b"]
+  theta, ro = cc.make_case(seed, empty_rows=(b - 2, b - 1), **shape)
+  ids = np.arange(b, dtype=np.int32) // 2
+  return theta, ro.replace(
+      pair_ids=jnp.asarray(ids),
+      pair_sign=jnp.asarray(np.tile([1.0, -1.0], b // 2)),
+      logp_ref=ro.logp_ref - shift,
+  )
+
+
+def _kto(theta, ro, beta, lam_d, lam_u, threshold, hold_z=True):
+  """Ethayarajh et al. 2024, Eq. 8: E[lam_y - v(x, y)], z_ref the clamped
+  mean log-ratio of the mismatched pairs, a constant (no gradient)."""
+  r, n = _seq(theta, ro, ref=True)
+  sign, real = np.asarray(ro.pair_sign), n > 0
+  sample, mismatched = (sign > 0) & real, (sign < 0) & real
+  z = jnp.maximum(jnp.mean(r[mismatched]), 0.0)
+  if hold_z:
+    z = jax.lax.stop_gradient(z)
+  good = np.asarray(ro.rewards) > threshold
+  u = beta * (r - z)
+  loss = jnp.where(
+      good, lam_d * (1 - jax.nn.sigmoid(u)), lam_u * (1 - jax.nn.sigmoid(-u))
+  )
+  return jnp.mean(loss[sample])
+
+
+@pytest.mark.parametrize(
+    "hparams,shift",
+    [
+        (dict(), 0.0),
+        (dict(), 1.0),
+        (dict(beta=0.5, desirable_weight=1.3, undesirable_weight=0.7), 1.0),
+        (dict(threshold=-0.3), 0.5),
+    ],
+)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kto_matches_the_paper(x64, hparams, shift, shape):
+  theta, ro = _kto_case(6, shift, **shape)
+  full = dict(
+      dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0),
+      threshold=0.5,
+  )
+  full.update(hparams)
+  args = (full["beta"], full["desirable_weight"], full["undesirable_weight"])
+  want = jax.grad(_kto)(theta, ro, *args, full["threshold"])
+  got, coef, _ = cc.unified_grad("kto", hparams, ro, theta, with_aux=True)
+  cc.assert_same_grad(got, want)
+  assert not np.asarray(coef)[1::2].any()  # Mismatched rows only give z.
+  if shift:  # z_ref > 0 here: letting it carry a gradient would differ.
+    moving = jax.grad(_kto)(theta, ro, *args, full["threshold"], hold_z=False)
+    assert not np.allclose(moving, want, rtol=1e-6, atol=1e-9)
