@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import coef_cases as cc
+import ugrad
 
 SHAPES = [
     dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
@@ -209,3 +210,48 @@ def test_kto_matches_the_paper(x64, hparams, shift, shape):
   if shift:  # z_ref > 0 here: letting it carry a gradient would differ.
     moving = jax.grad(_kto)(theta, ro, *args, full["threshold"], hold_z=False)
     assert not np.allclose(moving, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("normalizer", [None, "sequence"])
+def test_distill_is_the_reverse_kl_gradient_on_samples(x64, normalizer):
+  """Every completion token of a 3-token context, each row weighted by its
+  probability under the student: the expected unified gradient is the
+  exact gradient of KL(pi || pi_teacher) at that position."""
+  rng = np.random.default_rng(7)
+  v = 5
+  theta = jnp.asarray(rng.normal(size=(1, 2, v)))
+  teacher = jax.nn.log_softmax(rng.normal(size=(2, v)))
+  tokens = jnp.asarray(np.stack([np.zeros(v), np.arange(v)], 1), jnp.int32)
+  mask = jnp.asarray(np.tile([0.0, 1.0], (v, 1)))
+
+  def row_grad(y):
+    ro = ugrad.Rollout(
+        tokens=tokens[y : y + 1],
+        completion_mask=mask[y : y + 1],
+        logp_teacher=teacher[None, :, y],
+    )
+    return cc.unified_grad("distill", {}, ro, theta, normalizer=normalizer)
+
+  probs = jax.nn.softmax(theta[0, 1])
+  expected = sum(probs[y] * row_grad(y) for y in range(v))
+
+  def reverse_kl(th):
+    logp = jax.nn.log_softmax(th[0, 1])
+    return jnp.sum(jnp.exp(logp) * (logp - teacher[1]))
+
+  cc.assert_same_grad(expected, jax.grad(reverse_kl)(theta))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_distill_is_the_per_token_reverse_kl_surrogate(x64, shape):
+  """On any batch: the token mean of sg(log pi_T - log pi) log pi."""
+  theta, ro = cc.make_case(8, **shape)
+  mask = np.asarray(ro.completion_mask)
+
+  def surrogate(th):
+    logp = cc.logp_of(th, ro.tokens)
+    signal = jax.lax.stop_gradient(ro.logp_teacher - logp)
+    return -cc.token_mean(signal * logp, mask)
+
+  want = jax.grad(surrogate)(theta)
+  cc.assert_same_grad(cc.unified_grad("distill", {}, ro, theta), want)

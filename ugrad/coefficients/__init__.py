@@ -81,6 +81,9 @@ COEFFICIENTS: dict[str, Coefficient] = {
     "cpo": Coefficient(preference.cpo, preference.pair_fields),
     "orpo": Coefficient(preference.orpo, preference.pair_fields),
     "kto": Coefficient(preference.kto, preference.kto_fields),
+    "distill": Coefficient(
+        supervised.distill, supervised.distill_fields, "token"
+    ),
 }
 
 METRIC_KEYS = metrics_lib.KEYS

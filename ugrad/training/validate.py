@@ -33,6 +33,8 @@ _FIELD_HINTS = {
     "step_rewards": "a process reward (process / ground_truth_process) "
     "provides step rewards",
     "step_mask": "see step_rewards",
+    "logp_teacher": "set config.teacher to a ugrad run workdir or a Hugging "
+    "Face directory with the student's tokenizer",
 }
 
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -144,6 +146,8 @@ def provided_fields(config) -> set:
     provided.add("values")
   if not source.samples:
     provided.add("logp_old")  # recomputed from the current policy
+  if config.get("teacher", ""):
+    provided.add("logp_teacher")
   return provided
 
 
@@ -184,6 +188,11 @@ def _check_fields(config) -> None:
         f"sampling.group_size must be >= 2, got {g}"
     )
   _check_kto(config, samples)
+  if config.get("teacher", "") and "logp_teacher" not in needed:
+    raise errors.UserError(
+        f"config.teacher is set but coefficient {name!r} does not read the "
+        "teacher's log-probs (logp_teacher): clear it or use 'distill'"
+    )
   if config.sampling.pairs and not samples:
     raise errors.UserError(
         "sampling.pairs needs a sampling source (online / "
