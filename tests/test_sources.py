@@ -463,6 +463,33 @@ def test_make_pairs_ranks_by_summed_step_rewards_without_outcome():
   assert out.metrics["pairs_dropped_frac"] == 0.5
 
 
+def test_kto_rows_follow_each_sample_with_another_questions_completion():
+  batch = _hand_batch([[0, 1, 1], [1, 0, 1]])
+  batch.rollout = batch.rollout.replace(
+      completion_mask=batch.rollout.completion_mask
+      * np.array([[1], [1], [1], [1], [1], [0]])
+  )  # Row 5 is empty: its pair, and the pair that borrows it, are blank.
+  out = sources.make_kto_rows(batch, 3, prompt_len=1)
+  r = out.rollout
+  other = [3, 4, 5, 0, 1, 2]
+  np.testing.assert_array_equal(r.tokens[0::2], batch.rollout.tokens)
+  np.testing.assert_array_equal(r.tokens[1::2, 0], np.arange(6) + 3)
+  np.testing.assert_array_equal(
+      r.tokens[1::2, 1:, None],
+      np.add.outer(np.asarray(other) + 3, np.zeros((3, 1))),
+  )
+  np.testing.assert_array_equal(r.pair_ids, np.arange(12) // 2)
+  np.testing.assert_array_equal(r.pair_sign, [1, -1] * 6)
+  np.testing.assert_array_equal(r.rewards[0::2], [0, 1, 1, 1, 0, 1])
+  real = r.completion_mask.sum(1) > 0
+  np.testing.assert_array_equal(real, np.repeat([1, 1, 0, 1, 1, 0], 2))
+  assert out.examples == [f"ex{b // 3}" for b in range(6) for _ in range(2)]
+  assert out.texts[1::2] == [f"text{b}" for b in other]
+  assert out.metrics["kto_blank_frac"] == pytest.approx(1 / 3)
+  with pytest.raises(ValueError, match="questions must be >= 2"):
+    sources.make_kto_rows(sources.select(batch, range(3)), 3, 1)
+
+
 def test_online_pairs_chosen_is_right_rejected_is_wrong(task, score):
   source, sampler = _online(
       task, _by_group((WRONG, RIGHT), FLAT_RIGHT, MIXED, FLAT_WRONG), pairs=True

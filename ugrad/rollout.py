@@ -20,6 +20,8 @@ class Rollout:
       whose log-prob is trained, 0 on prompt and padding.
     logp_old: [B, T] log-probs under the policy that sampled the rollout.
     logp_ref: [B, T] log-probs under the frozen reference policy.
+    logp_teacher: [B, T] log-probs under a frozen teacher (`config.teacher`)
+      of the student's samples, for on-policy distillation.
     logp_sampler: [B, T] the sampler's own log-probs, kept when a sampler
       correction runs (`logp_old` is then the trainer's, recomputed at the
       sampling parameters; `ugrad.coefficients.corrections`).
@@ -41,6 +43,7 @@ class Rollout:
   logp_old: Optional[jax.Array] = None
   logp_ref: Optional[jax.Array] = None
   logp_sampler: Optional[jax.Array] = None
+  logp_teacher: Optional[jax.Array] = None
   rewards: Optional[jax.Array] = None
   step_rewards: Optional[jax.Array] = None
   step_mask: Optional[jax.Array] = None

@@ -51,6 +51,9 @@ def get_config(variant=None):
   # halve their memory (updates then round to bfloat16).
   c.param_dtype = "float32"
   c.init_from = ""
+  # A frozen teacher for on-policy distillation (`distill`): a ugrad run
+  # workdir or a Hugging Face directory with the student's tokenizer.
+  c.teacher = ""
   c.warm_start = ml_collections.ConfigDict(
       dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50)
   )
@@ -75,6 +78,7 @@ def get_config(variant=None):
           top_p=1.0,
           max_new_tokens=40,
           pairs=False,
+          kto=False,  # each sample and a mismatched row (KTO's z_ref)
           dynamic=False,
           max_draws=4,
           pool_questions=1024,

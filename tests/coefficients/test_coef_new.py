@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import coef_cases as cc
+import ugrad
 
 SHAPES = [
     dict(b=6, t=7, v=5, group_sizes=(3, 3), padding="right"),
@@ -152,3 +153,105 @@ def test_k3_ratio_goes_in_the_loss_only():
     coefficients.bind_hparams(
         "grpo", dict(kl_estimator="k3_ratio", kl_in="reward")
     )
+
+
+def _kto_case(seed, shift, **shape):
+  """Rows (sample +1, its mismatched row -1) in pairs; the last pair empty;
+  `shift` raises the log-ratios (so that z_ref > 0)."""
+  b = shape["b"]
+  theta, ro = cc.make_case(seed, empty_rows=(b - 2, b - 1), **shape)
+  ids = np.arange(b, dtype=np.int32) // 2
+  return theta, ro.replace(
+      pair_ids=jnp.asarray(ids),
+      pair_sign=jnp.asarray(np.tile([1.0, -1.0], b // 2)),
+      logp_ref=ro.logp_ref - shift,
+  )
+
+
+def _kto(theta, ro, beta, lam_d, lam_u, threshold, hold_z=True):
+  """Ethayarajh et al. 2024, Eq. 8: E[lam_y - v(x, y)], z_ref the clamped
+  mean log-ratio of the mismatched pairs, a constant (no gradient)."""
+  r, n = _seq(theta, ro, ref=True)
+  sign, real = np.asarray(ro.pair_sign), n > 0
+  sample, mismatched = (sign > 0) & real, (sign < 0) & real
+  z = jnp.maximum(jnp.mean(r[mismatched]), 0.0)
+  if hold_z:
+    z = jax.lax.stop_gradient(z)
+  good = np.asarray(ro.rewards) > threshold
+  u = beta * (r - z)
+  loss = jnp.where(
+      good, lam_d * (1 - jax.nn.sigmoid(u)), lam_u * (1 - jax.nn.sigmoid(-u))
+  )
+  return jnp.mean(loss[sample])
+
+
+@pytest.mark.parametrize(
+    "hparams,shift",
+    [
+        (dict(), 0.0),
+        (dict(), 1.0),
+        (dict(beta=0.5, desirable_weight=1.3, undesirable_weight=0.7), 1.0),
+        (dict(threshold=-0.3), 0.5),
+    ],
+)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kto_matches_the_paper(x64, hparams, shift, shape):
+  theta, ro = _kto_case(6, shift, **shape)
+  full = dict(
+      dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0),
+      threshold=0.5,
+  )
+  full.update(hparams)
+  args = (full["beta"], full["desirable_weight"], full["undesirable_weight"])
+  want = jax.grad(_kto)(theta, ro, *args, full["threshold"])
+  got, coef, _ = cc.unified_grad("kto", hparams, ro, theta, with_aux=True)
+  cc.assert_same_grad(got, want)
+  assert not np.asarray(coef)[1::2].any()  # Mismatched rows only give z.
+  if shift:  # z_ref > 0 here: letting it carry a gradient would differ.
+    moving = jax.grad(_kto)(theta, ro, *args, full["threshold"], hold_z=False)
+    assert not np.allclose(moving, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("normalizer", [None, "sequence"])
+def test_distill_is_the_reverse_kl_gradient_on_samples(x64, normalizer):
+  """Every completion token of a 3-token context, each row weighted by its
+  probability under the student: the expected unified gradient is the
+  exact gradient of KL(pi || pi_teacher) at that position."""
+  rng = np.random.default_rng(7)
+  v = 5
+  theta = jnp.asarray(rng.normal(size=(1, 2, v)))
+  teacher = jax.nn.log_softmax(rng.normal(size=(2, v)))
+  tokens = jnp.asarray(np.stack([np.zeros(v), np.arange(v)], 1), jnp.int32)
+  mask = jnp.asarray(np.tile([0.0, 1.0], (v, 1)))
+
+  def row_grad(y):
+    ro = ugrad.Rollout(
+        tokens=tokens[y : y + 1],
+        completion_mask=mask[y : y + 1],
+        logp_teacher=teacher[None, :, y],
+    )
+    return cc.unified_grad("distill", {}, ro, theta, normalizer=normalizer)
+
+  probs = jax.nn.softmax(theta[0, 1])
+  expected = sum(probs[y] * row_grad(y) for y in range(v))
+
+  def reverse_kl(th):
+    logp = jax.nn.log_softmax(th[0, 1])
+    return jnp.sum(jnp.exp(logp) * (logp - teacher[1]))
+
+  cc.assert_same_grad(expected, jax.grad(reverse_kl)(theta))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_distill_is_the_per_token_reverse_kl_surrogate(x64, shape):
+  """On any batch: the token mean of sg(log pi_T - log pi) log pi."""
+  theta, ro = cc.make_case(8, **shape)
+  mask = np.asarray(ro.completion_mask)
+
+  def surrogate(th):
+    logp = cc.logp_of(th, ro.tokens)
+    signal = jax.lax.stop_gradient(ro.logp_teacher - logp)
+    return -cc.token_mean(signal * logp, mask)
+
+  want = jax.grad(surrogate)(theta)
+  cc.assert_same_grad(cc.unified_grad("distill", {}, ro, theta), want)

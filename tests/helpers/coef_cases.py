@@ -78,6 +78,10 @@ def make_case(
       group_ids=jnp.asarray(group_ids),
       pair_ids=jnp.asarray(pair_ids),
       pair_sign=jnp.asarray(pair_sign),
+      # Drawn last: the other fields keep their values.
+      logp_teacher=logp_of(
+          theta + 0.7 * rng.normal(size=theta.shape), tokens_j
+      ),
   )
   return jnp.asarray(theta), rollout
 

@@ -20,6 +20,7 @@ CONFIGS = (
     "ipo",
     "cpo",
     "orpo",
+    "kto",
 )
 
 

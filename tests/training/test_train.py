@@ -206,6 +206,24 @@ def test_unknown_coefficient_lists_valid_ones():
     validate.check_config(config)
 
 
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("kto", {"kto": False}),
+        ("dpo", {"kto": True}),
+        ("kto", {"questions": 1}),
+        ("kto", {"pairs": True}),
+    ],
+)
+def test_kto_rows_go_with_the_kto_coefficient(name, change):
+  config = train_util.tiny(name, init_from="sft_workdir")
+  validate.check_config(train_util.tiny("kto", init_from="sft_workdir"))
+  for key, value in change.items():
+    config.sampling[key] = value
+  with pytest.raises(ValueError, match="sampling.kto"):
+    validate.check_config(config)
+
+
 def test_group_method_needs_groups():
   config = train_util.tiny("grpo")
   config.sampling.group_size = 1

@@ -80,6 +80,10 @@ COEFFICIENTS: dict[str, Coefficient] = {
     "ipo": Coefficient(preference.ipo, preference.ref_pair_fields),
     "cpo": Coefficient(preference.cpo, preference.pair_fields),
     "orpo": Coefficient(preference.orpo, preference.pair_fields),
+    "kto": Coefficient(preference.kto, preference.kto_fields),
+    "distill": Coefficient(
+        supervised.distill, supervised.distill_fields, "token"
+    ),
 }
 
 METRIC_KEYS = metrics_lib.KEYS

@@ -17,6 +17,10 @@ so every token of row i gets GC_i = -2 |o_i| dl/dS_i.
 * ORPO (Hong et al. 2024, arXiv 2403.07691): -(1/|y+|) S+ - lam log sig(
   log odds(y+) - log odds(y-)), odds p / (1 - p) of the length-normalised
   probability p = exp(S / |y|).
+* KTO (Ethayarajh et al. 2024, arXiv 2402.01306) on unpaired samples
+  labelled desirable by the reward (`make_kto_rows`): lam_D (1 - sig(beta
+  (r - z))) or lam_U (1 - sig(beta (z - r))), r the summed log-ratio and
+  z = max(0, mean r of the mismatched rows), held constant.
 """
 
 import jax
@@ -38,6 +42,11 @@ def pair_fields(**unused) -> set:
 def ref_pair_fields(**unused) -> set:
   del unused
   return {"pair_ids", "pair_sign", "logp_ref"}
+
+
+def kto_fields(**unused) -> set:
+  del unused
+  return {"rewards", "pair_ids", "pair_sign", "logp_ref"}
 
 
 def _rows(rollout, logp, name, fields):
@@ -153,3 +162,45 @@ def orpo(rollout: rollout_lib.Rollout, logp: jax.Array, *, lam: float = 0.1):
       chosen + lam * sign * jax.nn.sigmoid(-h) / -jnp.expm1(mean_logp)
   )
   return _out(scale, mask, rollout, logp)
+
+
+def kto(
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    threshold: float = 0.5
+):
+  """KTO: GC_i = (n / m) |o_i| beta sig(u) sig(-u) (lam_D, or -lam_U),
+  u = beta (r_i - z), on the m sample rows of n non-empty rows (the
+  mismatched rows get 0: z is a stop-gradient constant, as in the paper
+  and TRL, estimated over the batch or micro-batch the coefficient sees).
+
+  Args:
+    rollout: KTO rows (`sampling.kto`): `pair_sign` +1 on a sample, -1 on
+      its mismatched row; `rewards`; `logp_ref`.
+    logp: [B, T] current log-probs.
+    beta: inverse temperature of the value function.
+    desirable_weight: lam_D.
+    undesirable_weight: lam_U.
+    threshold: a sample is desirable when its reward exceeds it.
+  """
+  validation.check(rollout, "kto", kto_fields(), logp)
+  mask = rollout.completion_mask
+  lengths = masked.masked_count(mask, axis=-1).astype(logp.dtype)
+  logratio = masked.masked_sum(logp - rollout.logp_ref, mask, axis=-1)
+  sample = (rollout.pair_sign > 0) & (lengths > 0)
+  mismatched = (rollout.pair_sign < 0) & (lengths > 0)
+  z = jnp.sum(jnp.where(mismatched, logratio, 0.0)) / jnp.maximum(
+      jnp.sum(mismatched), 1
+  )
+  z = jax.lax.stop_gradient(jnp.maximum(z, 0.0))
+  u = beta * (logratio - z)
+  weight = jnp.where(
+      rollout.rewards > threshold, desirable_weight, -undesirable_weight
+  )
+  rows = jnp.sum(lengths > 0) / jnp.maximum(jnp.sum(sample), 1)
+  scale = rows * lengths * beta * jax.nn.sigmoid(u) * jax.nn.sigmoid(-u)
+  return _out(jnp.where(sample, scale * weight, 0.0), mask, rollout, logp)

@@ -25,6 +25,7 @@ TOKEN_FIELDS = (
     "logp_old",
     "logp_ref",
     "logp_sampler",
+    "logp_teacher",
     "step_rewards",
     "step_mask",
     "values",

@@ -126,6 +126,44 @@ def make_pairs(batch: Batch, group_size: int) -> Batch:
   return out
 
 
+def make_kto_rows(batch: Batch, group_size: int, prompt_len: int) -> Batch:
+  """KTO rows: each sample (`pair_sign` +1) followed by its prompt with the
+  completion of the same slot in the next group (-1), a mismatched pair whose
+  log-ratio estimates KTO's reference point z_ref; `pair_ids` join the two.
+  A pair with an empty completion is blanked (`kto_blank_frac`).
+
+  Raises:
+    UserError: with one group (no other question's completion to take).
+  """
+  n = len(batch.examples)
+  if n <= group_size:
+    raise errors.UserError(
+        "sampling.kto pairs each sample with another question's completion:"
+        " sampling.questions must be >= 2"
+    )
+  own = np.arange(n)
+  out = select(batch, np.stack([own, (own + group_size) % n], 1).reshape(-1))
+  r, p = out.rollout, prompt_len
+  tokens = np.array(r.tokens)
+  tokens[1::2, :p] = batch.rollout.tokens[:, :p]
+  attention = np.array(r.attention_mask)  # A sampling source's, never None.
+  attention[1::2, :p] = batch.rollout.attention_mask[:, :p]
+  real = np.asarray(r.completion_mask).sum(1).reshape(n, 2).min(1) > 0
+  mask = np.where(np.repeat(real, 2)[:, None], r.completion_mask, 0)
+  ids = np.repeat(own.astype(np.int32), 2)
+  out.rollout = r.replace(
+      tokens=tokens,
+      attention_mask=attention,
+      completion_mask=mask.astype(np.int32),
+      pair_ids=ids,
+      pair_sign=np.tile(np.array([1.0, -1.0], np.float32), n),
+      group_ids=ids,
+  )
+  out.examples[1::2] = batch.examples
+  out.metrics["kto_blank_frac"] = float(1.0 - np.mean(real))
+  return out
+
+
 class DatasetSource:
   """Gold (question, completion) pairs of the task's training split."""
 
@@ -176,7 +214,8 @@ class DatasetSource:
 class OnlineSource:
   """G samples per question from the current parameters, every step.
 
-  Options: `pairs` builds DPO pairs from each group; `dynamic` drops groups
+  Options: `pairs` builds DPO pairs from each group; `kto` follows each
+  sample with a mismatched row (`make_kto_rows`); `dynamic` drops groups
   whose rewards are all equal and draws again (at most `max_draws` draws in
   all) until the batch is full (DAPO's dynamic sampling); when the bound is
   reached the batch is filled with dropped groups, which carry no signal, and
@@ -201,6 +240,7 @@ class OnlineSource:
       prompt_len: int,
       seed: int,
       pairs: bool = False,
+      kto: bool = False,
       dynamic: bool = False,
       max_draws: int = 4,
       **unused,
@@ -213,6 +253,7 @@ class OnlineSource:
     self.prompt_len = prompt_len
     self.seed = seed
     self.pairs = pairs
+    self.kto = kto
     self.dynamic = dynamic
     self.max_draws = max_draws if dynamic else 1
 
@@ -287,6 +328,8 @@ class OnlineSource:
       batch.metrics["dynamic_fill_frac"] = filled / self.questions
     if self.pairs:
       batch = make_pairs(batch, g)
+    if self.kto:
+      batch = make_kto_rows(batch, g, self.prompt_len)
     return batch
 
 

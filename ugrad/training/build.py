@@ -80,10 +80,13 @@ def source_class(config):
 
 
 def group_size(config) -> int:
-  """Rows per group: G for a sampling source, 2 for pairs, else 1."""
+  """Rows per group: G for a sampling source, 2 for pairs or KTO rows (a
+  sample and its mismatched row), else 1."""
   if not source_class(config).samples:
     return 1
-  return 2 if config.sampling.pairs else config.sampling.group_size
+  if config.sampling.pairs or config.sampling.get("kto", False):
+    return 2
+  return config.sampling.group_size
 
 
 def train_temperature(config) -> float:
@@ -104,7 +107,8 @@ def rows_per_step(config) -> int:
     return config.batch_size
   if config.sampling.pairs:
     return 2 * config.sampling.questions
-  return config.sampling.questions * config.sampling.group_size
+  rows = config.sampling.questions * config.sampling.group_size
+  return 2 * rows if config.sampling.get("kto", False) else rows
 
 
 def ref_reset_period(config) -> int:

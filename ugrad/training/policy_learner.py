@@ -19,6 +19,7 @@ import numpy as np
 
 from ugrad.training import build
 from ugrad import coefficients
+from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.sampling import evaluation as eval_lib
 from ugrad import rewards as rewards_lib
@@ -69,7 +70,7 @@ class PolicyLearner:
         completion_len=context.max_new,
         seed=config.seed,
         workdir=context.workdir,
-        **dict(config.sampling)
+        **dict(config.sampling),
     )
     self.use_reward_models(
         {field: config[field] for field in learner_lib.REWARD_MODEL_FIELDS}
@@ -86,6 +87,29 @@ class PolicyLearner:
     self.initial_critic = None
     if self.coefficient.value_targets is not None:
       self._init_critic(hp)
+    self.teacher = None
+    if "logp_teacher" in self.needed:
+      self._load_teacher()
+
+  def _load_teacher(self):
+    """The frozen teacher of `config.teacher` (graphdef, params), after
+    checking that it reads the student's tokens as the student does."""
+    graphdef, params, tokenizer = runs.load_policy(
+        self.config.teacher, self.context.mesh.params
+    )
+    probe = self.task.prompt(self.task.examples("train")[0])
+    teacher_tokens = (tokenizer or self.task.tokenizer).encode(probe)
+    vocab = nnx.merge(graphdef, params).config.vocab_size
+    if (
+        teacher_tokens != self.policy.tokenizer.encode(probe)
+        or vocab != self.policy.model_config.vocab_size
+    ):
+      raise errors.UserError(
+          f"teacher {self.config.teacher} does not share the student's "
+          "tokenizer (its ids or vocabulary size differ): distillation on "
+          "sampled tokens needs the same tokens"
+      )
+    self.teacher = (graphdef, params)
 
   def _init_critic(self, hp: dict):
     """A critic from the policy's backbone, fitted on the targets the
@@ -196,6 +220,13 @@ class PolicyLearner:
     ):
       extra["logp_old"] = self.logprobs(
           self.full(state["params"]), rollout.tokens, rollout.attention_mask
+      )
+    if self.teacher is not None:
+      extra["logp_teacher"] = update_lib.policy_logprobs(
+          *self.teacher,
+          rollout.tokens,
+          rollout.attention_mask,
+          temperature=self.temperature,
       )
     if "values" in self.needed:
       extra["values"] = self.values(state["critic"]["params"], rollout)

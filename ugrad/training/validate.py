@@ -25,7 +25,7 @@ TRAINERS = {
 
 _FIELD_HINTS = {
     "pair_ids": "DPO pairs come from a sampling source (online / "
-    "frozen_policy) with sampling.pairs=True",
+    "frozen_policy) with sampling.pairs=True (KTO rows: sampling.kto=True)",
     "pair_sign": "see pair_ids",
     "group_ids": "groups come from a sampling source (online / "
     "frozen_policy)",
@@ -33,6 +33,8 @@ _FIELD_HINTS = {
     "step_rewards": "a process reward (process / ground_truth_process) "
     "provides step rewards",
     "step_mask": "see step_rewards",
+    "logp_teacher": "set config.teacher to a ugrad run workdir or a Hugging "
+    "Face directory with the student's tokenizer",
 }
 
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -138,11 +140,14 @@ def provided_fields(config) -> set:
   source that samples none."""
   source = build.source_class(config)
   provided = rewards_lib.provided_fields(config.reward) | {"logp_ref"}
-  provided |= source.provides(config.sampling.pairs)
+  kto = config.sampling.get("kto", False)
+  provided |= source.provides(config.sampling.pairs or kto)
   if build.coefficient(config).value_targets is not None:
     provided.add("values")
   if not source.samples:
     provided.add("logp_old")  # recomputed from the current policy
+  if config.get("teacher", ""):
+    provided.add("logp_teacher")
   return provided
 
 
@@ -182,10 +187,35 @@ def _check_fields(config) -> None:
         "sampling.pairs builds a pair from each group: "
         f"sampling.group_size must be >= 2, got {g}"
     )
+  _check_kto(config, samples)
+  if config.get("teacher", "") and "logp_teacher" not in needed:
+    raise errors.UserError(
+        f"config.teacher is set but coefficient {name!r} does not read the "
+        "teacher's log-probs (logp_teacher): clear it or use 'distill'"
+    )
   if config.sampling.pairs and not samples:
     raise errors.UserError(
         "sampling.pairs needs a sampling source (online / "
         f"frozen_policy), not {config.source!r}"
+    )
+
+
+def _check_kto(config, samples: bool) -> None:
+  """KTO's rows (a sample, a mismatched row) go with the kto coefficient."""
+  kto = bool(config.sampling.get("kto", False))
+  if kto != (config.coef.name == "kto"):
+    raise errors.UserError(
+        "coefficient 'kto' and sampling.kto=True go together (a sample "
+        "followed by its mismatched row), got coefficient "
+        f"{config.coef.name!r} with sampling.kto={kto}"
+    )
+  if kto and (
+      config.sampling.pairs or not samples or config.sampling.questions < 2
+  ):
+    raise errors.UserError(
+        "sampling.kto needs a sampling source (online / frozen_policy), "
+        "sampling.pairs=False and sampling.questions >= 2 (mismatched rows "
+        "take another question's completion)"
     )
 
 
