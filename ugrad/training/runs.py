@@ -3,11 +3,14 @@
 A finished run leaves WORKDIR/policy (the final parameters, an Orbax
 checkpoint), WORKDIR/model.json (the model's kind and shape) and
 WORKDIR/run_config.json; `init_from`, `reward_model` and
-`process_reward_model` settings point at such a directory.
+`process_reward_model` settings point at such a directory. A LoRA run saves
+its policy merged and, first, its adapters alone in WORKDIR/adapters (what
+a PEFT export writes out).
 """
 
 import dataclasses
 import json
+import os
 import tempfile
 from typing import Optional
 
@@ -22,9 +25,11 @@ from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import gradlog
 from ugrad import models
+from ugrad.models import lora
 from ugrad.runtime import paths
 
 POLICY_DIR = "policy"  # the final parameters of a run, for init_from
+ADAPTER_DIR = "adapters"  # a LoRA run's final adapters
 CONFIG_FILE = "run_config.json"
 MODEL_FILE = "model.json"
 EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
@@ -134,21 +139,85 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   )
 
 
+def finished_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The config of a finished run in `run_dir`.
+
+  Raises:
+    errors.MissingInput: when run_dir does not exist, is not a ugrad run,
+      or its training has not finished (no final policy yet).
+  """
+  if not os.path.isdir(run_dir):
+    raise errors.MissingInput(f"--checkpoint={run_dir}: no such directory")
+  config_file = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise errors.MissingInput(
+        f"{run_dir} is not a ugrad run: it has no {CONFIG_FILE}"
+    )
+  if not (
+      os.path.isfile(os.path.join(run_dir, MODEL_FILE))
+      and os.path.isdir(os.path.join(run_dir, POLICY_DIR))
+  ):
+    raise errors.MissingInput(
+        f"{run_dir} holds an unfinished run: {MODEL_FILE} and "
+        f"{POLICY_DIR}/ are written when training ends (rerun its "
+        "experiments.main command to resume and finish it)"
+    )
+  with open(config_file) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run_tokenizer(config: ml_collections.ConfigDict):
+  """The Hugging Face tokenizer the run trained with, or None for the task's.
+
+  A run initialised from a Hugging Face directory trains with that
+  directory's tokenizer; `init_from` is followed through ugrad runs to find
+  it.
+  """
+  path, seen = config.init_from, set()
+  while path and path not in seen:
+    seen.add(path)
+    if os.path.isfile(os.path.join(path, MODEL_FILE)):
+      config_file = os.path.join(path, CONFIG_FILE)
+      if not os.path.isfile(config_file):
+        return None
+      with open(config_file) as f:
+        path = json.load(f).get("init_from", "")
+    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+      return models.HFTokenizer.from_directory(path)
+    else:
+      return None
+  return None
+
+
 def is_finished_model(workdir: str) -> bool:
   """Whether `workdir` holds a saved model (`save_model` ran)."""
   return (paths.resolve(workdir) / MODEL_FILE).exists()
+
+
+def _save_params(path, params) -> bool:
+  """Writes `params` to `path` unless it exists (a resumed run saves once);
+  whether it wrote."""
+  if path.exists():
+    return False
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, params)
+    checkpointer.wait_until_finished()
+  return True
+
+
+def save_adapters(workdir: str, adapters):
+  """Writes a LoRA run's final adapters (`lora.split`'s second part) to
+  WORKDIR/adapters, before `save_model` marks the run finished."""
+  _save_params(paths.resolve(workdir) / ADAPTER_DIR, adapters)
+  distributed.sync("save_adapters")
 
 
 def save_model(workdir: str, params, model_config, kind: str = "policy"):
   """Writes parameters and model shape where `init_from` (or a reward-model
   setting) can load them: WORKDIR/policy and WORKDIR/model.json. A model
   already saved there is kept (a resumed run saves once)."""
-  path = paths.resolve(workdir) / POLICY_DIR
-  if path.exists():
+  if not _save_params(paths.resolve(workdir) / POLICY_DIR, params):
     return
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, params)
-    checkpointer.wait_until_finished()
   if distributed.is_main():
     paths.write_atomic(
         paths.resolve(workdir) / MODEL_FILE,
@@ -188,6 +257,35 @@ def load_model(path: str, kind: str = "policy", shardings=None):
       lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0))
   )
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  return graphdef, _restore(
+      paths.resolve(path) / POLICY_DIR, abstract_params, shardings
+  )
+
+
+def load_adapters(path: str, spec):
+  """The adapters (an `nnx.LoRAParam` state) a finished LoRA run in `path`
+  saved, for its `lora.LoRASpec` `spec`, on one local device.
+
+  Raises:
+    errors.MissingInput: the run saved no adapters.
+  """
+  if not (paths.resolve(path) / ADAPTER_DIR).exists():
+    raise errors.MissingInput(
+        f"{path} holds no LoRA adapters ({ADAPTER_DIR}/ is missing)"
+    )
+  model_config = saved_model_config(path)
+  abstract = nnx.eval_shape(
+      lambda: lora.attach(
+          models.Transformer(model_config, rngs=nnx.Rngs(0)), spec, 0
+      )
+  )
+  _, adapters = lora.split(nnx.state(abstract, nnx.Param))
+  return _restore(paths.resolve(path) / ADAPTER_DIR, adapters, None)
+
+
+def _restore(directory, abstract_params, shardings):
+  """`abstract_params` read from the Orbax checkpoint `directory`, each
+  array into its sharding (see `load_model`)."""
   if callable(shardings):
     shardings = shardings(abstract_params)
   if shardings is None:
@@ -199,10 +297,7 @@ def load_model(path: str, kind: str = "policy", shardings=None):
       shardings,
   )
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(
-        paths.resolve(path) / POLICY_DIR, abstract_params
-    )
-  return graphdef, params
+    return checkpointer.restore(directory, abstract_params)
 
 
 def is_hf_dir(path: str) -> bool:
