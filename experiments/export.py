@@ -28,18 +28,22 @@ from ugrad.models import hf_peft
 from ugrad.training import build
 from ugrad.training import runs
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Workdir of a finished ugrad run."
+# Its own flag set: experiments.evaluate defines a global --checkpoint too.
+_FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "checkpoint", None, "Workdir of a finished ugrad run.", flag_values=_FLAGS
 )
-_OUT = flags.DEFINE_string("out", None, "Directory to write (absent or empty).")
-_FORMAT = flags.DEFINE_enum(
+flags.DEFINE_string(
+    "out", None, "Directory to write (absent or empty).", flag_values=_FLAGS
+)
+flags.DEFINE_enum(
     "format",
     "merged",
     ["merged", "peft"],
     "merged: a full Hugging Face model (LoRA folded in); peft: a LoRA "
     "run's adapters as a PEFT directory.",
+    flag_values=_FLAGS,
 )
-flags.mark_flags_as_required(["checkpoint", "out"])
 
 
 def check_out(out: str) -> None:
@@ -105,10 +109,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   try:  # A missing or unfinished run, a used --out: a message, no trace.
-    print(export(_CHECKPOINT.value, _OUT.value, _FORMAT.value), flush=True)
+    print(export(_FLAGS.checkpoint, _FLAGS.out, _FLAGS.format), flush=True)
   except errors.UserError as e:
     raise app.UsageError(str(e)) from e
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  rest = _FLAGS(argv, known_only=True)
+  for name in ("checkpoint", "out"):
+    if _FLAGS[name].value is None:
+      raise app.UsageError(f"--{name} is required")
+  return flags.FLAGS(rest)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from tests.helpers import train_util
 from ugrad import errors
 from ugrad import models
 from ugrad.models import hf_peft
+from ugrad.models import lora
 from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 
@@ -190,6 +192,9 @@ def test_peft_loads_the_adapter_onto_the_base(lora_run, tmp_path):
   with_adapter = peft.PeftModel.from_pretrained(base, out).eval()
   _assert_same_logits(with_adapter, adapted, vocab)
   assert np.abs(_torch_logits(with_adapter, tokens, mask) - before).max() > 1e-3
+  # And back: init_from the adapter directory is the adapted policy.
+  graphdef, params, _ = runs.load_policy(str(out))
+  _assert_same_logits(with_adapter, nnx.merge(graphdef, params), vocab)
   # The merged export is PEFT's merge of the same adapter.
   merged_dir = tmp_path / "merged"
   export.export(str(workdir), str(merged_dir), "merged")
@@ -211,3 +216,50 @@ def test_peft_export_needs_a_saved_base(lora_run, tmp_path):
   (tmp_path / "run" / runs.CONFIG_FILE).write_text(config.to_json())
   with pytest.raises(errors.UserError, match="freshly initialised base"):
     export.export(str(tmp_path / "run"), str(tmp_path / "out"), "peft")
+
+
+def _random_adapters(model, targets: str, seed: int = 5):
+  """`model` with rank-2 adapters whose B is random (not PEFT's zeros)."""
+  spec = lora.LoRASpec(2, 4.0, targets)
+  lora.attach(model, spec, seed)
+  for _, adapter in nnx.iter_graph(model):
+    if isinstance(adapter, lora.Adapter):
+      adapter.b[...] = 0.1 * jax.random.normal(
+          jax.random.key(seed), adapter.b[...].shape
+      )
+      seed += 1
+  return spec
+
+
+def test_init_from_a_peft_directory_is_its_base_with_the_adapter(tmp_path):
+  tokenizer = _tokenizer()
+  base = _hf_base(tmp_path / "hf", tokenizer)
+  spec = _random_adapters(base, r"layers/0/(self_attn/k|mlp/down)_proj$")
+  _, adapters = lora.split(nnx.state(base, nnx.Param))
+  hf_peft.save(tmp_path / "peft", adapters, spec, base.config, "unused")
+  config_file = tmp_path / "peft" / hf_peft.CONFIG_FILE
+  peft_config = json.loads(config_file.read_text())
+  assert peft_config["target_modules"] == ["down_proj", "k_proj"]
+  peft_config["base_model_name_or_path"] = str(tmp_path / "hf")
+  config_file.write_text(json.dumps(peft_config))
+  graphdef, params, loaded_tok = runs.load_policy(str(tmp_path / "peft"))
+  assert loaded_tok.vocab_size == tokenizer.vocab_size
+  # What init_from and the tokenizer search see: the base plus adapter.
+  train_config = train_util.tiny("sft", init_from=str(tmp_path / "peft"))
+  assert runs.run_tokenizer(train_config).vocab_size == tokenizer.vocab_size
+  tokens, mask = _batch(tokenizer.vocab_size)
+  want = base(jnp.asarray(tokens), jnp.asarray(mask))
+  got = nnx.merge(graphdef, params)(jnp.asarray(tokens), jnp.asarray(mask))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(
+      np.asarray(got)[real], np.asarray(want)[real], atol=1e-5, rtol=0
+  )
+  plain, _ = models.from_pretrained(tmp_path / "hf")
+  off = plain(jnp.asarray(tokens), jnp.asarray(mask))
+  assert np.abs(np.asarray(off - want)[real]).max() > 1e-3
+  # An adapter naming no base, or a tensor of no projection: one line.
+  peft_config["base_model_name_or_path"] = ""
+  config_file.write_text(json.dumps(peft_config))
+  with pytest.raises(errors.UserError, match="names no base_model") as err:
+    runs.load_policy(str(tmp_path / "peft"))
+  assert "\n" not in str(err.value)

@@ -95,3 +95,64 @@ def save(
           "modules_to_save": None,
       },
   )
+
+
+def base_of(path: hf_config.PathLike) -> str:
+  """The base model a PEFT LoRA directory names (base_model_name_or_path).
+
+  Raises:
+    errors.UserError: not a LoRA adapter, or one that names no base.
+  """
+  path = pathlib.Path(path)
+  peft = hf_config.read_json(path / CONFIG_FILE, required=True)
+  if peft.get("peft_type") != "LORA" or peft.get("use_dora"):
+    raise errors.UserError(
+        f"{path / CONFIG_FILE}: only plain LoRA adapters load (peft_type "
+        f"{peft.get('peft_type')!r}, use_dora {peft.get('use_dora')})"
+    )
+  base = peft.get("base_model_name_or_path")
+  if not base:
+    raise errors.UserError(
+        f"{path / CONFIG_FILE} names no base_model_name_or_path"
+    )
+  return base
+
+
+def merge_into(params, config: ModelConfig, path: hf_config.PathLike):
+  """`params` (a plain model's `nnx.Param` state with `config`) with the
+  PEFT LoRA adapter in `path` folded into its kernels: W + s A^T B^T, s =
+  lora_alpha / r (/ sqrt(r) under rsLoRA), each kernel keeping its dtype
+  and sharding.
+
+  Raises:
+    errors.UserError: a tensor that names no projection of the model, or
+      an A without its B.
+  """
+  path = pathlib.Path(path)
+  base_of(path)
+  peft = hf_config.read_json(path / CONFIG_FILE)
+  r = peft["r"]
+  scale = peft["lora_alpha"] / (r**0.5 if peft.get("use_rslora") else r)
+  tensors = safetensors.numpy.load_file(str(path / WEIGHTS_FILE))
+  by_name = {name: p for p, name in _module_names(config).items()}
+  flat = dict(nnx.to_flat_state(params))
+  for name in sorted(tensors):
+    module, _, half = name.removeprefix(_PREFIX).rpartition(".lora_")
+    if module not in by_name or half not in ("A.weight", "B.weight"):
+      raise errors.UserError(
+          f"{path / WEIGHTS_FILE}: tensor {name} names no LoRA half of a "
+          "projection of the base model"
+      )
+    if half == "B.weight":
+      continue
+    b_name = name[: -len("A.weight")] + "B.weight"
+    if b_name not in tensors:
+      raise errors.UserError(f"{path / WEIGHTS_FILE}: {name} has no {b_name}")
+    key = by_name[module] + ("kernel",)
+    kernel = flat[key]
+    w = kernel.get_value()
+    delta = scale * (tensors[name].T @ tensors[b_name].T)
+    flat[key] = kernel.replace(
+        jax.device_put((w + delta).astype(w.dtype), w.sharding)
+    )
+  return nnx.from_flat_state(flat)

@@ -25,6 +25,7 @@ from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import gradlog
 from ugrad import models
+from ugrad.models import hf_peft
 from ugrad.models import lora
 from ugrad.runtime import paths
 
@@ -182,6 +183,8 @@ def run_tokenizer(config: ml_collections.ConfigDict):
         return None
       with open(config_file) as f:
         path = json.load(f).get("init_from", "")
+    elif is_peft_dir(path):
+      path = hf_peft.base_of(path)
     elif os.path.isfile(os.path.join(path, "tokenizer.json")):
       return models.HFTokenizer.from_directory(path)
     else:
@@ -300,6 +303,11 @@ def _restore(directory, abstract_params, shardings):
     return checkpointer.restore(directory, abstract_params)
 
 
+def is_peft_dir(path: str) -> bool:
+  """A PEFT adapter directory (adapter_config.json)."""
+  return (paths.resolve(path) / hf_peft.CONFIG_FILE).exists()
+
+
 def is_hf_dir(path: str) -> bool:
   """A Hugging Face model directory (not a ugrad run)."""
   return (
@@ -309,10 +317,20 @@ def is_hf_dir(path: str) -> bool:
 
 
 def load_policy(path: str, shardings=None):
-  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir.
+  """(graphdef, params, tokenizer or None) from a ugrad run, a Hugging Face
+  directory, or a PEFT LoRA directory (its adapter folded into the base it
+  names, itself a ugrad run or a Hugging Face directory).
 
   Parameters load as float32 (the trainer's master weights), each straight
   into its shards when `shardings` (as for `load_model`) is given."""
+  if is_peft_dir(path):
+    local = local_copy(path) if paths.is_uri(path) else path
+    base = hf_peft.base_of(local)
+    if is_peft_dir(base):
+      raise errors.UserError(f"{path} names another adapter as its base")
+    graphdef, params, tokenizer = load_policy(base, shardings)
+    config = nnx.merge(graphdef, params).config
+    return graphdef, hf_peft.merge_into(params, config, local), tokenizer
   if is_hf_dir(path):
     local = local_copy(path) if paths.is_uri(path) else path
     model, tokenizer = models.from_pretrained(
