@@ -16,6 +16,7 @@ in adapter_config.json; a base that is a ugrad run is itself exported with
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -117,8 +118,8 @@ def main(argv):
 def _parse_flags(argv: list[str]) -> list[str]:
   rest = _FLAGS(argv, known_only=True)
   for name in ("checkpoint", "out"):
-    if _FLAGS[name].value is None:
-      raise app.UsageError(f"--{name} is required")
+    if _FLAGS[name].value is None:  # One line, as absl's required flags.
+      sys.exit(f"FATAL Flags parsing error: --{name} is required")
   return flags.FLAGS(rest)
 
 
