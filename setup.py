@@ -38,6 +38,8 @@ setuptools.setup(
             "pytest>=8.0",
             "torch>=2.2",
             "transformers>=4.45",
+            # The PEFT export's round trip (experiments/export.py).
+            "peft>=0.13",
             # The plan test compiles for a TPU topology on the CPU; libtpu
             # has Linux x86-64 wheels only (elsewhere that test skips).
             "jax[tpu]>=0.10; sys_platform == 'linux' and "

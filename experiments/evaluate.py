@@ -17,7 +17,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from flax import nnx
-import ml_collections
 
 from ugrad import errors
 from ugrad.training import build
@@ -26,7 +25,6 @@ from ugrad.sampling import evaluation as eval_lib
 from ugrad.runtime import host_memory
 from ugrad.training import runs
 from ugrad.sampling import stats
-from ugrad.models import hf_tokenizer
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Workdir of a finished ugrad run."
@@ -55,64 +53,14 @@ flags.mark_flag_as_required("checkpoint")
 OUTPUT_FILE = "eval_k.json"
 
 
-def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The config of a finished run in `run_dir`.
-
-  Raises:
-    errors.MissingInput: when run_dir does not exist, is not a ugrad run,
-      or its training has not finished (no final policy yet).
-  """
-  if not os.path.isdir(run_dir):
-    raise errors.MissingInput(f"--checkpoint={run_dir}: no such directory")
-  config_file = os.path.join(run_dir, runs.CONFIG_FILE)
-  if not os.path.isfile(config_file):
-    raise errors.MissingInput(
-        f"{run_dir} is not a ugrad run: it has no {runs.CONFIG_FILE}"
-    )
-  if not (
-      os.path.isfile(os.path.join(run_dir, runs.MODEL_FILE))
-      and os.path.isdir(os.path.join(run_dir, runs.POLICY_DIR))
-  ):
-    raise errors.MissingInput(
-        f"{run_dir} holds an unfinished run: {runs.MODEL_FILE} and "
-        f"{runs.POLICY_DIR}/ are written when training ends (rerun its "
-        "experiments.main command to resume and finish it)"
-    )
-  with open(config_file) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def run_tokenizer(config: ml_collections.ConfigDict):
-  """The Hugging Face tokenizer the run trained with, or None for the task's.
-
-  A run initialised from a Hugging Face directory trains with that
-  directory's tokenizer; `init_from` is followed through ugrad runs to find
-  it.
-  """
-  path, seen = config.init_from, set()
-  while path and path not in seen:
-    seen.add(path)
-    if os.path.isfile(os.path.join(path, runs.MODEL_FILE)):
-      config_file = os.path.join(path, runs.CONFIG_FILE)
-      if not os.path.isfile(config_file):
-        return None
-      with open(config_file) as f:
-        path = json.load(f).get("init_from", "")
-    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
-      return hf_tokenizer.HFTokenizer.from_directory(path)
-    else:
-      return None
-  return None
-
-
 def load_run(run_dir: str):
   """(config, task, graphdef, params) of the finished run in `run_dir`."""
-  config = read_run_config(run_dir)
+  config = runs.finished_config(run_dir)
   task = build.make_task(config)
   graphdef, params, own = runs.load_policy(run_dir)
   tokenizer = runs.policy_tokenizer(
       run_dir,
-      own or run_tokenizer(config),  # A run saved before runs stored it.
+      own or runs.run_tokenizer(config),  # A run saved before runs stored it.
       task.tokenizer,
       nnx.merge(graphdef, params).config.vocab_size,
   )
@@ -235,7 +183,7 @@ def main(argv):
   try:  # Bad flags and a missing or unfinished run: a message, no trace.
     ks = parse_ks(_K.value)
     samples = check_samples(ks, _SAMPLES.value)
-    read_run_config(run_dir)
+    runs.finished_config(run_dir)
   except errors.UserError as e:  # errors.MissingInput included.
     raise app.UsageError(str(e)) from e
   result = evaluate(

@@ -113,7 +113,7 @@ def warm_start(config, workdir: str, allow_config_change: bool = False) -> str:
 
 def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains `config` in `workdir`, holding its lock; returns held-out
-  results. A checkpoint saved under another config (`runs.config_changes`)
+  results. A checkpoint saved under another config (`config_identity.config_changes`)
   is resumed only with `allow_config_change`."""
   with lock.hold(workdir):
     return _run(config, workdir, allow_config_change)

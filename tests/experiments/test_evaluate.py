@@ -132,8 +132,8 @@ def test_run_tokenizer_follows_init_from_to_a_hugging_face_directory(tmp_path):
 
   run("sft", hf_dir)
   rl = run("rl", tmp_path / "sft")  # an RL run started from the SFT run
-  tok = evaluate_cli.run_tokenizer(rl)
+  tok = runs.run_tokenizer(rl)
   assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (1, 0, 3)
-  assert evaluate_cli.run_tokenizer(_config()) is None  # the task's own
+  assert runs.run_tokenizer(_config()) is None  # the task's own
   loop = run("loop", tmp_path / "loop")
-  assert evaluate_cli.run_tokenizer(loop) is None
+  assert runs.run_tokenizer(loop) is None

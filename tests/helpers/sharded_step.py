@@ -2,7 +2,8 @@
 helper for tests/training/test_mesh.py).
 
 Usage: python -m tests.helpers.sharded_step SFT_DIR WORKDIR OUT_PREFIX CASE...
-where CASE is METHOD:DATA,FSDP,TENSOR (e.g. grpo:2,2,2); each case writes
+where CASE is METHOD:DATA,FSDP,TENSOR (e.g. grpo:2,2,2; METHOD_lora, e.g.
+grpo_lora, trains rank-4 adapters with a KL term); each case writes
 OUT_PREFIX-METHOD-D-F-T.npz. Run with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 """
@@ -10,6 +11,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 import os
 import sys
 
+from flax import nnx
 import jax
 import numpy as np
 
@@ -33,7 +35,12 @@ ugrad.register_reward(LENGTH_REWARD, _length, replace=True)
 
 
 def config_for(method: str, sft_dir: str, mesh: tuple):
-  config = train_util.tiny(method, steps=1, init_from=sft_dir)
+  lora = method.endswith("_lora")
+  config = train_util.tiny(
+      method.removesuffix("_lora"), steps=1, init_from=sft_dir
+  )
+  if lora:  # The reference (the base, adapters off) enters the loss.
+    config.lora.rank, config.coef.beta = 4, 0.04
   if config.reward == "rule":
     config.reward = LENGTH_REWARD
   config.sampling.questions = 16
@@ -49,7 +56,7 @@ def greedy_tokens(trainer) -> np.ndarray:
   prompts = [task.prompt(ex) for ex in task.examples("test")[:8]]
   out = sampling.sample_prompts(
       trainer.policy.graphdef,
-      trainer.state["params"],
+      trainer.learner.full(trainer.state["params"]),
       prompts,
       trainer.policy.tokenizer,
       trainer.prompt_len,
@@ -65,16 +72,44 @@ def greedy_tokens(trainer) -> np.ndarray:
 
 
 def first_gradient(trainer) -> list:
-  """The gradient of the step-1 loss numerator (policy parameters), on the
-  run's mesh."""
+  """The gradient of the step-1 loss numerator (the trained parameters:
+  the policy's, or its adapters), on the run's mesh."""
   _, rollout = trainer.rollout(0)
   loss_fn = trainer.learner.loss_fn()
-  grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b)[0]))
+  full = trainer.learner.full
+  grad = jax.jit(jax.grad(lambda p, b: loss_fn(full(p), b)[0]))
   return jax.tree.leaves(
       jax.device_get(
           grad(trainer.state["params"], trainer.device_batch(rollout))
       )
   )
+
+
+def _spec(array) -> str:
+  """An array's partition spec as the repr of a tuple of its 2 dims."""
+  spec = tuple(array.sharding.spec)
+  return repr(spec + (None,) * (array.ndim - len(spec)))
+
+
+def adapter_specs(trainer) -> dict:
+  """{"lora_specs": "path adapter-spec kernel-spec" per adapter} of a LoRA
+  run; {} otherwise."""
+  if trainer.learner.frozen is None:
+    return {}
+  kernels = dict(nnx.to_flat_state(trainer.learner.frozen))
+  rows = []
+  for path, variable in nnx.to_flat_state(trainer.state["params"]):
+    kernel = kernels[path[:-2] + ("kernel",)]
+    rows.append(
+        "|".join(
+            (
+                "/".join(map(str, path)),
+                _spec(variable.get_value()),
+                _spec(kernel.get_value()),
+            )
+        )
+    )
+  return {"lora_specs": np.asarray(rows)}
 
 
 def run(sft_dir: str, workdir: str, out: str, method: str, mesh: tuple) -> None:
@@ -89,6 +124,7 @@ def run(sft_dir: str, workdir: str, out: str, method: str, mesh: tuple) -> None:
       grad_norm=metrics["grad_norm"],
       devices=jax.device_count(),
       greedy=greedy,
+      **adapter_specs(trainer),
       **{f"g{i}": np.asarray(g) for i, g in enumerate(grads)},
       **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)},
   )

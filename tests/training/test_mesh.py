@@ -1,5 +1,7 @@
-"""Every mesh shape trains and samples like one device (8 fake CPU devices)."""
+"""Every mesh shape trains and samples like one device (8 fake CPU devices),
+LoRA too, its adapters sharded like the kernels they adapt."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -21,6 +23,12 @@ MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 # sampling on the mesh, advantages from its critic, which trains on the mesh
 # too.
 METHODS = ["sft", "ppo"]
+# LoRA GRPO (rank 4, a KL term to the base): data; all three; fsdp x tensor.
+LORA = "grpo_lora"
+LORA_MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
+_CASES = [(m, mesh) for m in METHODS for mesh in MESHES] + [
+    (LORA, mesh) for mesh in LORA_MESHES
+]
 
 
 def _mesh_preset(vocab_size: int) -> models.ModelConfig:
@@ -53,13 +61,11 @@ def runs(tmp_path_factory):
   trainer_lib.Trainer(config, sft).train()
   prefix = str(root / "out")
   one = {}
-  for method in METHODS:
+  for method in METHODS + [LORA]:
     path = sharded_step.case_file(prefix + "-one", method, (1, 1, 1))
     sharded_step.run(sft, str(root / f"one-{method}"), path, method, (1, 1, 1))
     one[method] = np.load(path)
-  cases = [
-      f"{m}:{','.join(map(str, mesh))}" for m in METHODS for mesh in MESHES
-  ]
+  cases = [f"{m}:{','.join(map(str, mesh))}" for m, mesh in _CASES]
   env = dict(
       os.environ,
       JAX_PLATFORMS="cpu",
@@ -84,9 +90,7 @@ def runs(tmp_path_factory):
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   eight = {
-      (m, mesh): np.load(sharded_step.case_file(prefix, m, mesh))
-      for m in METHODS
-      for mesh in MESHES
+      case: np.load(sharded_step.case_file(prefix, *case)) for case in _CASES
   }
   return one, eight
 
@@ -96,7 +100,33 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_mesh_matches_one_device(runs, method, mesh):
   one, eight = runs
-  a, b = one[method], eight[(method, mesh)]
+  _assert_same_step(one[method], eight[(method, mesh)], method, mesh)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mesh", LORA_MESHES, ids=lambda m: "x".join(map(str, m))
+)
+def test_lora_on_a_mesh_matches_one_device(runs, mesh):
+  one, eight = runs
+  a, b = one[LORA], eight[(LORA, mesh)]
+  _assert_same_step(a, b, LORA, mesh)
+  # The trained state is the adapters (A and B of q, k, v, o, gate, up,
+  # down), each sharded like its kernel: A [in, r] on the kernel's input
+  # axis, B [r, out] on its output axis.
+  rows = [row.split("|") for row in b["lora_specs"]]
+  assert len(rows) == 14 and len(a["lora_specs"]) == 14
+  used = set()
+  for path, adapter, kernel in rows:
+    adapter, kernel = ast.literal_eval(adapter), ast.literal_eval(kernel)
+    want = (kernel[0], None) if path.endswith("/a") else (None, kernel[1])
+    assert adapter == want, path
+    used.update(adapter)
+  assert {"fsdp", "tensor"} <= used, used
+
+
+def _assert_same_step(a, b, method, mesh):
+  """One step of `method` on one device (`a`) and on `mesh` (`b`) agree."""
   assert int(a["devices"]) == 1 and int(b["devices"]) == 8
   np.testing.assert_array_equal(a["greedy"], b["greedy"])
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-6)

@@ -211,7 +211,7 @@ class GradientLog:
 
   def append_config_change(self, changes: str) -> dict:
     """Records a config change a resumed run was allowed to make
-    (`ugrad.training.runs.describe_changes`), after the record of the
+    (`ugrad.training.config_identity.describe_changes`), after the record of the
     checkpoint it resumed from."""
     record = {
         "step": max(self.last_step, 0),

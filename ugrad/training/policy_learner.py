@@ -325,9 +325,11 @@ class PolicyLearner:
 
   def save(self, workdir: str, state: dict):
     """The final policy, adapters folded into the kernels under LoRA: a
-    plain model that `init_from` and the evaluation CLI load."""
+    plain model that `init_from` and the evaluation CLI load (and the
+    adapters alone, for a PEFT export)."""
     params = self.full(state["params"])
     if self.policy.lora is not None:
+      runs.save_adapters(workdir, state["params"])
       params = lora.merged(params, self.policy.lora)
     runs.save_model(
         workdir,

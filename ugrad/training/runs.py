@@ -3,11 +3,14 @@
 A finished run leaves WORKDIR/policy (the final parameters, an Orbax
 checkpoint), WORKDIR/model.json (the model's kind and shape) and
 WORKDIR/run_config.json; `init_from`, `reward_model` and
-`process_reward_model` settings point at such a directory.
+`process_reward_model` settings point at such a directory. A LoRA run saves
+its policy merged and, first, its adapters alone in WORKDIR/adapters (what
+a PEFT export writes out).
 """
 
 import dataclasses
 import json
+import os
 import tempfile
 from typing import Optional
 
@@ -23,10 +26,13 @@ from ugrad import errors
 from ugrad.runtime import distributed
 from ugrad.runtime import gradlog
 from ugrad import models
+from ugrad.models import hf_peft
+from ugrad.models import lora
 from ugrad.runtime import paths
 from ugrad.tasks import tokenizer as tokenizer_lib
 
 POLICY_DIR = "policy"  # the final parameters of a run, for init_from
+ADAPTER_DIR = "adapters"  # a LoRA run's final adapters
 CONFIG_FILE = "run_config.json"
 MODEL_FILE = "model.json"
 EVAL_FILE = "eval.json"  # written last by the launcher: a finished run
@@ -46,101 +52,79 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
   )
 
 
-# Config keys (and key prefixes, "x." for x's fields) that change only
-# logging, evaluation or the step budget: a resumed run may change them.
-RESUMABLE_CHANGES = (
-    "steps",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "sample_log_every",
-    "eval_every",
-    "eval_sampled.",
-    "eval_questions",
-    "eval_split",
-    "rm.eval_questions",
-    "quiet",
-    "profile_steps",
-)
-
-_ABSENT = object()
-
-
-def config_changes(stored: Optional[str], config) -> dict[str, tuple]:
-  """{dotted key: (stored value, new value)} of the keys in which `config`
-  differs from `stored` (a config's JSON, as a checkpoint keeps it; None:
-  nothing to compare), `RESUMABLE_CHANGES` left out."""
-  if stored is None:
-    return {}
-  old, new = _flat(json.loads(stored)), _flat(json.loads(config.to_json()))
-  return {
-      key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
-      for key in sorted(set(old) | set(new))
-      if old.get(key, _ABSENT) != new.get(key, _ABSENT)
-      and not any(
-          key == k or (k.endswith(".") and key.startswith(k))
-          for k in RESUMABLE_CHANGES
-      )
-  }
-
-
-def check_resume(
-    workdir: str, step: int, stored: Optional[str], config, allow: bool
-) -> dict[str, tuple]:
-  """The `config_changes` of a run resuming in `workdir` from the
-  checkpoint of step `step` (its stored config `stored`).
-
-  Raises:
-    errors.UserError: there are some and `allow` is false (the line lists
-      them); the checkpoint is past `config.steps`.
-  """
-  if step > config.steps:
-    raise errors.UserError(
-        f"{workdir} was checkpointed at step {step}, past config.steps="
-        f"{config.steps}; a run cannot be shortened (set steps >= {step}, "
-        "or use another workdir)"
-    )
-  changes = config_changes(stored, config)
-  where = f"{workdir} was checkpointed at step {step} with another config"
-  if changes and not allow:
-    raise errors.UserError(
-        f"{where}: {describe_changes(changes)}; rerun with the settings it "
-        "started with, or pass --allow_config_change to continue with these "
-        "(recorded in the gradient log)"
-    )
-  if changes:
-    logging.warning("%s: %s (allowed)", where, describe_changes(changes))
-  return changes
-
-
-def describe_changes(changes: dict[str, tuple]) -> str:
-  """ "optim.lr 0.0001 -> 0.01, ..." ("absent" for a key one side lacks)."""
-
-  def show(value):
-    return "absent" if value is _ABSENT else repr(value)
-
-  return ", ".join(
-      f"{key} {show(old)} -> {show(new)}" for key, (old, new) in changes.items()
-  )
-
-
-def _flat(tree, prefix: str = "") -> dict:
-  if not isinstance(tree, dict):
-    return {prefix[:-1]: tree}
-  flat = {}
-  for key, value in tree.items():
-    flat.update(_flat(value, f"{prefix}{key}."))
-  return flat
-
-
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
       json.loads((paths.resolve(workdir) / CONFIG_FILE).read_text())
   )
 
 
+def finished_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The config of a finished run in `run_dir`.
+
+  Raises:
+    errors.MissingInput: when run_dir does not exist, is not a ugrad run,
+      or its training has not finished (no final policy yet).
+  """
+  if not os.path.isdir(run_dir):
+    raise errors.MissingInput(f"--checkpoint={run_dir}: no such directory")
+  config_file = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise errors.MissingInput(
+        f"{run_dir} is not a ugrad run: it has no {CONFIG_FILE}"
+    )
+  if not (
+      os.path.isfile(os.path.join(run_dir, MODEL_FILE))
+      and os.path.isdir(os.path.join(run_dir, POLICY_DIR))
+  ):
+    raise errors.MissingInput(
+        f"{run_dir} holds an unfinished run: {MODEL_FILE} and "
+        f"{POLICY_DIR}/ are written when training ends (rerun its "
+        "experiments.main command to resume and finish it)"
+    )
+  with open(config_file) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run_tokenizer(config: ml_collections.ConfigDict):
+  """The Hugging Face tokenizer the run trained with, or None for the task's.
+
+  A run initialised from a Hugging Face directory trains with that
+  directory's tokenizer; `init_from` is followed through ugrad runs to find
+  it.
+  """
+  path, seen = config.init_from, set()
+  while path and path not in seen:
+    seen.add(path)
+    if os.path.isfile(os.path.join(path, MODEL_FILE)):
+      config_file = os.path.join(path, CONFIG_FILE)
+      if not os.path.isfile(config_file):
+        return None
+      with open(config_file) as f:
+        path = json.load(f).get("init_from", "")
+    elif is_peft_dir(path):
+      path = hf_peft.base_of(path)
+    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+      return models.HFTokenizer.from_directory(path)
+    else:
+      return None
+  return None
+
+
 def is_finished_model(workdir: str) -> bool:
   """Whether `workdir` holds a saved model (`save_model` ran)."""
   return (paths.resolve(workdir) / MODEL_FILE).exists()
+
+
+def save_adapters(workdir: str, adapters):
+  """Writes a LoRA run's final adapters (`lora.split`'s second part) to
+  WORKDIR/adapters, before `save_model` marks the run finished; (re)written
+  on every call, as `save_model` rewrites the policy."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(
+        paths.resolve(workdir) / ADAPTER_DIR, adapters, force=True
+    )
+    checkpointer.wait_until_finished()
+  distributed.sync("save_adapters")
 
 
 def save_model(
@@ -285,6 +269,35 @@ def load_model(path: str, kind: str = "policy", shardings=None):
       lambda: MODEL_CLASSES[kind](model_config, rngs=nnx.Rngs(0))
   )
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  return graphdef, _restore(
+      paths.resolve(path) / POLICY_DIR, abstract_params, shardings
+  )
+
+
+def load_adapters(path: str, spec):
+  """The adapters (an `nnx.LoRAParam` state) a finished LoRA run in `path`
+  saved, for its `lora.LoRASpec` `spec`, on one local device.
+
+  Raises:
+    errors.MissingInput: the run saved no adapters.
+  """
+  if not (paths.resolve(path) / ADAPTER_DIR).exists():
+    raise errors.MissingInput(
+        f"{path} holds no LoRA adapters ({ADAPTER_DIR}/ is missing)"
+    )
+  model_config = saved_model_config(path)
+  abstract = nnx.eval_shape(
+      lambda: lora.attach(
+          models.Transformer(model_config, rngs=nnx.Rngs(0)), spec, 0
+      )
+  )
+  _, adapters = lora.split(nnx.state(abstract, nnx.Param))
+  return _restore(paths.resolve(path) / ADAPTER_DIR, adapters, None)
+
+
+def _restore(directory, abstract_params, shardings):
+  """`abstract_params` read from the Orbax checkpoint `directory`, each
+  array into its sharding (see `load_model`)."""
   if callable(shardings):
     shardings = shardings(abstract_params)
   if shardings is None:
@@ -296,10 +309,12 @@ def load_model(path: str, kind: str = "policy", shardings=None):
       shardings,
   )
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(
-        paths.resolve(path) / POLICY_DIR, abstract_params
-    )
-  return graphdef, params
+    return checkpointer.restore(directory, abstract_params)
+
+
+def is_peft_dir(path: str) -> bool:
+  """A PEFT adapter directory (adapter_config.json)."""
+  return (paths.resolve(path) / hf_peft.CONFIG_FILE).exists()
 
 
 def is_hf_dir(path: str) -> bool:
@@ -311,11 +326,21 @@ def is_hf_dir(path: str) -> bool:
 
 
 def load_policy(path: str, shardings=None):
-  """(graphdef, params, tokenizer or None) from a ugrad run or HF dir: the
-  directory's tokenizer.json, or the one the run stored (`saved_tokenizer`).
+  """(graphdef, params, tokenizer or None) from a ugrad run, a Hugging Face
+  directory, or a PEFT LoRA directory (its adapter folded into the base it
+  names, itself a ugrad run or a Hugging Face directory): the directory's
+  tokenizer.json, or the one the run stored (`saved_tokenizer`).
 
   Parameters load as float32 (the trainer's master weights), each straight
   into its shards when `shardings` (as for `load_model`) is given."""
+  if is_peft_dir(path):
+    local = local_copy(path) if paths.is_uri(path) else path
+    base = hf_peft.base_of(local)
+    if is_peft_dir(base):
+      raise errors.UserError(f"{path} names another adapter as its base")
+    graphdef, params, tokenizer = load_policy(base, shardings)
+    config = nnx.merge(graphdef, params).config
+    return graphdef, hf_peft.merge_into(params, config, local), tokenizer
   if is_hf_dir(path):
     local = local_copy(path) if paths.is_uri(path) else path
     model, tokenizer = models.from_pretrained(

@@ -37,6 +37,7 @@ from ugrad.runtime import preemption
 from ugrad.runtime import profiling
 from ugrad.training import records
 from ugrad.training import reward_models
+from ugrad.training import config_identity
 from ugrad.training import runs
 from ugrad.training import trimming
 from ugrad.training import validate
@@ -80,8 +81,8 @@ class Trainer:
     """Builds the run; restores its newest checkpoint if there is one.
 
     Raises:
-      errors.UserError: the checkpoint was saved under a config that
-        differs in keys other than `runs.RESUMABLE_CHANGES` (listed), and
+      errors.UserError: the checkpoint's config differs in keys other
+        than `config_identity.RESUMABLE_CHANGES` (listed) and
         `allow_config_change` is false.
     """
     validate.check_config(config)
@@ -112,7 +113,7 @@ class Trainer:
     self._init_state()
     # Resuming under another config: refused, or (allowed) recorded when
     # training starts.
-    self.config_changes = runs.check_resume(
+    self.config_changes = config_identity.check_resume(
         self.workdir,
         self.start_step,
         self.resume_meta.get("config"),
@@ -347,7 +348,7 @@ class Trainer:
           self.start_step, self.checkpointer.manifest_sha256(self.start_step)
       )
     if self.config_changes:
-      changes = runs.describe_changes(self.config_changes)
+      changes = config_identity.describe_changes(self.config_changes)
       gradient_log.append_config_change(changes)
       writer.write_text(self.start_step, "config_change", changes)
     runs.write_config(self.workdir, config)
