@@ -81,9 +81,8 @@ class Trainer:
     """Builds the run; restores its newest checkpoint if there is one.
 
     Raises:
-      errors.UserError: the checkpoint's config differs in keys other
-        than `config_identity.RESUMABLE_CHANGES` (listed) and
-        `allow_config_change` is false.
+      errors.UserError: the checkpoint's config differs (keys outside
+        `config_identity.RESUMABLE_CHANGES`) and no allow_config_change.
     """
     validate.check_config(config)
     if config.trainer == "reward_model":
