@@ -139,6 +139,7 @@ def plan(
     prompt_len: int,
     vocab_size: int,
     devices: Optional[list] = None,
+    num_layers: int = 0,
 ) -> dict:
   """Compiles the step's functions for a topology; the plan as a dict.
 
@@ -150,7 +151,9 @@ def plan(
     devices: the topology's devices (default:
         `plan_compile.topology_devices`).
   """
-  m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size, devices)
+  m = plan_compile.model_on_mesh(
+      config, cloud_topology, vocab_size, devices, num_layers
+  )
   chip, chip_kind, jax_name, devices = (
       m.chip,
       m.chip_kind,
@@ -225,6 +228,7 @@ def plan(
       chips=chips,
       mesh=shape,
       model=config.model,
+      num_layers=cfg.num_layers,
       num_params=num_params,
       compute_dtype=dtype,
       param_dtype=config.param_dtype,
@@ -371,6 +375,12 @@ def _define_flags() -> types.SimpleNamespace:
           "the tokenizer's vocabulary (0: the config's task's); "
           "published-model presets keep their own",
       ),
+      num_layers=flags.DEFINE_integer(
+          "num_layers",
+          0,
+          "decoder layers (0: the preset's); fewer show how memory grows "
+          "with depth in a fraction of the compile time",
+      ),
       table=flags.DEFINE_string(
           "table",
           None,
@@ -394,7 +404,13 @@ def main(argv, options: types.SimpleNamespace):
   vocab = (
       options.vocab_size.value or build.make_task(config).tokenizer.vocab_size
   )
-  result = plan(config, options.topology.value, options.prompt_len.value, vocab)
+  result = plan(
+      config,
+      options.topology.value,
+      options.prompt_len.value,
+      vocab,
+      num_layers=options.num_layers.value,
+  )
   step_time = options.step_time.value
   if step_time:
     result["step_time"] = step_time

@@ -207,7 +207,11 @@ def compile_for_tpu(jitted, *args, **options) -> Any:
 
 
 def model_on_mesh(
-    config, cloud_topology: str, vocab_size: int, devices: Optional[list] = None
+    config,
+    cloud_topology: str,
+    vocab_size: int,
+    devices: Optional[list] = None,
+    num_layers: int = 0,
 ) -> types.SimpleNamespace:
   """The config's model on a topology's mesh, abstract: chip (figures,
   kind, jax topology name), devices, mesh shape and `build.Mesh`, compute
@@ -215,7 +219,8 @@ def model_on_mesh(
   (`abstract_params` unsharded, `params` with the mesh's shardings
   `param_sh`).
 
-  Args: as `experiments.plan.plan`'s.
+  Args: as `experiments.plan.plan`'s (`num_layers`: 0 keeps the
+  preset's).
   """
   chip_kind, jax_name = topology_name(cloud_topology)
   chip = CHIPS[chip_kind]
@@ -232,6 +237,7 @@ def model_on_mesh(
       # "auto" as it resolves on the topology's chips, not on this host.
       attention=attention.attention_kernel(config.attention, dtype, "tpu"),
       scan_layers=config.scan_layers,
+      **({"num_layers": num_layers} if num_layers else {}),
   )
   sharding_lib.check_model(cfg, shape)
 
