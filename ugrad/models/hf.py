@@ -50,7 +50,7 @@ def _shard_map(path: pathlib.Path) -> dict[str, pathlib.Path]:
   if not shards:
     raise errors.MissingInput(f"No *.safetensors file in {path}")
   for file in shards:
-    with safetensors.safe_open(str(file), framework="numpy") as f:
+    with _open(file) as f:
       for name in f.keys():
         if name in files:
           raise errors.UserError(
@@ -59,6 +59,23 @@ def _shard_map(path: pathlib.Path) -> dict[str, pathlib.Path]:
           )
         files[name] = file
   return files
+
+
+def _open(file: pathlib.Path):
+  """`safe_open` of a weights file; a truncated, corrupt or unreadable one
+  is a UserError naming it (safetensors' own error names no file)."""
+  try:
+    return safetensors.safe_open(str(file), framework="numpy")
+  except (safetensors.SafetensorError, OSError) as e:
+    raise _unreadable(file, e) from e
+
+
+def _unreadable(file: pathlib.Path, e: Exception) -> errors.UserError:
+  reason = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+  return errors.UserError(
+      f"{file} is not a readable safetensors file ({reason}); it may be "
+      "truncated or corrupt: copy or download it again"
+  )
 
 
 def _check_names(
@@ -91,10 +108,11 @@ class _TensorReader(contextlib.ExitStack):
   def __call__(self, name: str) -> np.ndarray:
     file = self._files[name]
     if file not in self._open:
-      self._open[file] = self.enter_context(
-          safetensors.safe_open(str(file), framework="numpy")
-      )
-    return self._open[file].get_tensor(name)
+      self._open[file] = self.enter_context(_open(file))
+    try:
+      return self._open[file].get_tensor(name)
+    except (safetensors.SafetensorError, OSError) as e:
+      raise _unreadable(file, e) from e
 
 
 def _check_tied_head(
