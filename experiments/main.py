@@ -70,6 +70,13 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "(the changed keys are recorded in the gradient log); without it such "
     "a rerun is refused, naming them",
 )
+_BREAK_LOCK = flags.DEFINE_bool(
+    "break_lock",
+    False,
+    "take over the workdir's lock when its holder cannot be checked (a "
+    "process on another host, e.g. a container rescheduled under a new "
+    "host name): only when that process is gone",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -111,11 +118,18 @@ def warm_start(config, workdir: str, allow_config_change: bool = False) -> str:
   return sft_dir
 
 
-def run(config, workdir: str, allow_config_change: bool = False) -> dict:
+def run(
+    config,
+    workdir: str,
+    allow_config_change: bool = False,
+    break_lock: bool = False,
+) -> dict:
   """Trains `config` in `workdir`, holding its lock; returns held-out
-  results. A checkpoint saved under another config (`config_identity.config_changes`)
-  is resumed only with `allow_config_change`."""
-  with lock.hold(workdir):
+  results. A checkpoint saved under another config
+  (`config_identity.config_changes`) is resumed only with
+  `allow_config_change`; a lock whose holder this host cannot check is taken
+  over only with `break_lock` (`lock.acquire`)."""
+  with lock.hold(workdir, break_lock):
     return _run(config, workdir, allow_config_change)
 
 
@@ -301,7 +315,12 @@ def main(argv):
         _PROCESS_ID.value,
         auto=_DISTRIBUTED.value,
     )
-    run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    run(
+        config,
+        _WORKDIR.value,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        break_lock=_BREAK_LOCK.value,
+    )
   except preemption.Preempted as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)

@@ -176,13 +176,14 @@ def launcher(monkeypatch):
       "_PROCESS_ID": -1,
       "_DISTRIBUTED": False,
       "_ALLOW_CONFIG_CHANGE": False,
+      "_BREAK_LOCK": False,
   }
   for name, value in flag_values.items():
     monkeypatch.setattr(main, name, types.SimpleNamespace(value=value))
 
   def launch(error):
-    def run(config, workdir, allow_config_change):
-      del config, workdir, allow_config_change
+    def run(config, workdir, allow_config_change, break_lock):
+      del config, workdir, allow_config_change, break_lock
       raise error
 
     monkeypatch.setattr(main, "run", run)

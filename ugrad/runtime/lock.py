@@ -5,8 +5,10 @@ It is
 created atomically (O_EXCL) on local file systems; a lock left by a process
 that no longer exists on this host is taken over with a warning. A lock held
 by a live process, or by any process on another host (whose liveness this
-host cannot check), refuses the run with `WorkdirInUse`. In a multi-process
-run only process 0 takes it.
+host cannot check), refuses the run with `WorkdirInUse`, naming the holder;
+one whose holder cannot be checked (another host, or a lock file cut short)
+is broken, with a warning, only when asked (`break_lock`, the launchers'
+`--break_lock`). In a multi-process run only process 0 takes it.
 
 On cloud storage (`gs://`) there is no exclusive create: the lock is checked
 and then written, so two starts within the same second can both pass.
@@ -73,15 +75,21 @@ def _create(path, owner: dict) -> bool:
   return True
 
 
-def acquire(workdir: paths.PathLike) -> bool:
+def acquire(workdir: paths.PathLike, break_lock: bool = False) -> bool:
   """Takes WORKDIR's lock for this process.
+
+  Args:
+    workdir: the run directory.
+    break_lock: take over a lock whose holder this host cannot check (on
+      another host, or unreadable), which the user says is gone.
 
   Returns:
     False if this process already held it (a nested run in one process),
     True if it was taken now.
 
   Raises:
-    WorkdirInUse: a live process (or one on another host) holds it.
+    WorkdirInUse: a live process on this host holds it, or (without
+      `break_lock`) one on another host.
   """
   directory = paths.resolve(workdir)
   directory.mkdir(parents=True, exist_ok=True)
@@ -93,22 +101,33 @@ def acquire(workdir: paths.PathLike) -> bool:
     owner = _read(path)
     if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
       return False
-    stale = (
-        owner.get("host") == me["host"]
-        and isinstance(owner.get("pid"), int)
-        and not _alive(owner["pid"])
+    checkable = owner.get("host") == me["host"] and isinstance(
+        owner.get("pid"), int
     )
-    if not stale:
+    holder = (
+        f"PID {owner.get('pid', '?')} on {owner.get('host', '?')} since "
+        f"{owner.get('since', '?')}"
+    )
+    if checkable and _alive(owner["pid"]):
       raise WorkdirInUse(
-          f"{directory} is in use by PID {owner.get('pid', '?')} on "
-          f"{owner.get('host', '?')} since {owner.get('since', '?')} "
-          f"(lock file {path}; delete it only if that process is gone)"
+          f"{directory} is in use by {holder} (lock file {path}), "
+          "which still runs"
+      )
+    if not checkable and not break_lock:
+      raise WorkdirInUse(
+          f"{directory} is in use by {holder} (lock file {path}); this "
+          "host cannot check whether that process still runs: if it is "
+          "gone, pass --break_lock"
       )
     logging.warning(
-        "%s: taking over the lock of PID %s, which no longer "
-        "runs on this host",
+        "%s: taking over the lock of %s, %s",
         directory,
-        owner["pid"],
+        holder,
+        (
+            "which no longer runs on this host"
+            if checkable
+            else "which this host cannot check (--break_lock)"
+        ),
     )
     path.unlink(missing_ok=True)
   raise WorkdirInUse(f"{directory}: could not take the lock {path}")
@@ -125,12 +144,13 @@ def release(workdir: paths.PathLike):
 
 
 @contextlib.contextmanager
-def hold(workdir: paths.PathLike):
-  """Holds WORKDIR's lock (process 0 of a multi-process run) meanwhile."""
+def hold(workdir: paths.PathLike, break_lock: bool = False):
+  """Holds WORKDIR's lock (process 0 of a multi-process run) meanwhile;
+  `break_lock` as in `acquire`."""
   error, taken = None, False
   if distributed.is_main():
     try:
-      taken = acquire(workdir)
+      taken = acquire(workdir, break_lock)
     except WorkdirInUse as e:
       error = e
   if not distributed.agree(error is None):
