@@ -7,10 +7,19 @@ from CHECKPOINT/policy, draws --samples completions (default the largest k)
 for each of the first --questions held-out questions, prints pass@k and maj@k
 for every k and the greedy accuracy, each with a 95% bootstrap interval over
 questions, and writes them as JSON (default CHECKPOINT/eval_k.json).
+
+Computed results are never lost: when that file cannot be written (a
+read-only workdir, a full disk), they go to eval_k.RUN.json in the current
+directory or else in the temporary directory ($TMPDIR), and one line says
+where; the exit status is 0. Only when no file can be written are they
+printed as JSON, with one line naming each place tried, and the exit
+status is 1.
 """
 
 import json
 import os
+import sys
+import tempfile
 from typing import Optional, Sequence
 
 from absl import app
@@ -23,6 +32,7 @@ from ugrad.training import build
 from ugrad.runtime import compile_cache
 from ugrad.sampling import evaluation as eval_lib
 from ugrad.runtime import host_memory
+from ugrad.runtime import paths
 from ugrad.training import runs
 from ugrad.sampling import stats
 
@@ -167,10 +177,40 @@ def format_table(result: dict) -> str:
 def write_json(result: dict, path: str) -> None:
   """Writes `result` to `path` whole or not at all."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, path)
+  paths.write_atomic(path, json.dumps(result, indent=2))
+
+
+def fallback_paths(run_dir: str) -> list[str]:
+  """Where results go when --output cannot be written: eval_k.RUN.json in
+  the current directory, then in the temporary directory; each with a
+  number added when it exists already (an earlier fallback's results)."""
+  name = os.path.basename(os.path.abspath(run_dir)) or "run"
+  stem = f"{os.path.splitext(OUTPUT_FILE)[0]}.{name}"
+  found = []
+  for directory in (os.getcwd(), tempfile.gettempdir()):
+    path, n = os.path.join(directory, f"{stem}.json"), 1
+    while os.path.exists(path):
+      n += 1
+      path = os.path.join(directory, f"{stem}.{n}.json")
+    found.append(path)
+  return found
+
+
+def save(result: dict, output: str, run_dir: str) -> tuple[Optional[str], str]:
+  """Writes `result` to `output`, or else to the first of
+  `fallback_paths(run_dir)` that takes it.
+
+  Returns:
+    (the file written or None, the places that failed and why, as text).
+  """
+  failed = []
+  for path in [output] + fallback_paths(run_dir):
+    try:
+      write_json(result, path)
+      return path, "; ".join(failed)
+    except OSError as e:
+      failed.append(f"{path} ({e.strerror or e})")
+  return None, "; ".join(failed)
 
 
 def main(argv):
@@ -196,9 +236,21 @@ def main(argv):
       _MAX_NEW.value,
   )
   output = _OUTPUT.value or os.path.join(run_dir, OUTPUT_FILE)
-  write_json(result, output)
   print(format_table(result), flush=True)
-  print(f"wrote {output}", flush=True)
+  written, failed = save(result, output, run_dir)
+  if written is None:
+    print(json.dumps(result, indent=2), flush=True)
+    print(
+        f"error: could not write the results to {failed}; they are printed "
+        "above as JSON",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(1)
+  if failed:
+    print(f"could not write {failed}; wrote {written} instead", flush=True)
+  else:
+    print(f"wrote {output}", flush=True)
 
 
 if __name__ == "__main__":
