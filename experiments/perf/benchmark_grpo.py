@@ -4,7 +4,8 @@ r"""One GRPO step, side by side: ugrad, TRL's GRPOTrainer, Tunix's GRPOLearner.
       [--grpo_peers=ugrad,trl]
 
 The same work for every contender: the `--grpo_model` shape with the same
-initial weights (written with `ugrad.models.hf.save_pretrained`, read by each),
+initial weights (written with `ugrad.models.hf.save_pretrained` for the peers
+and as a ugrad run for ugrad),
 the embedded task's character vocabulary (a `tokenizers` BPE without merges
 for the peers), the prompts ugrad's online source draws at each step, G
 samples of up to N new tokens at temperature 1 (EOS ends a completion), the
@@ -62,6 +63,7 @@ from ugrad.training import build
 from ugrad.runtime import metrics as metrics_lib
 from ugrad import sampling
 from ugrad.sampling import sampler as sampler_lib
+from ugrad.training import runs
 from ugrad.training import trainer as trainer_lib
 from ugrad.training import update as update_lib
 from ugrad.models import hf
@@ -107,7 +109,7 @@ def _config(work: Work):
   """ugrad's GRPO config for the work (experiments/configs/grpo.py)."""
   c = grpo_config.get_config()
   c.seed = work.seed
-  c.init_from = work.hf_dir
+  c.init_from = ugrad_dir(work)
   c.sampling.questions = work.prompts
   c.sampling.group_size = work.group
   c.sampling.max_new_tokens = work.new_tokens
@@ -119,6 +121,11 @@ def _config(work: Work):
   c.steps = 10**6  # Stopped by the benchmark.
   c.quiet = True
   return c
+
+
+def ugrad_dir(work: Work) -> str:
+  """Where ugrad reads the initial weights (`write_initial_weights`)."""
+  return work.hf_dir.rstrip("/") + ".ugrad"
 
 
 def write_initial_weights(work: Work, path: str, task) -> int:
@@ -134,6 +141,14 @@ def write_initial_weights(work: Work, path: str, task) -> int:
   )
   model = tr.Transformer(cfg, rngs=nnx.Rngs(work.seed))
   hf.save_pretrained(model, path)
+  # The same weights as a ugrad run with the task's character tokenizer,
+  # for ugrad's init_from (a Hugging Face directory brings its own).
+  runs.save_model(
+      ugrad_dir(work),
+      nnx.state(model, nnx.Param),
+      cfg,
+      tokenizer=task.tokenizer,
+  )
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   return model_config.matmul_params(cfg, params)
 

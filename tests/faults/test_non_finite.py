@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import main
+from tests.helpers import sharded_step
 from tests.helpers import train_util
 from ugrad.runtime import gradlog
 from ugrad.training import trainer as trainer_lib
@@ -24,6 +25,9 @@ def sft_dir(tmp_path_factory):
 def _grpo(sft_dir, steps, lr=1e-4):
   config = train_util.tiny("grpo", steps=steps, init_from=sft_dir)
   config.optim.lr = lr
+  # A dense reward: a barely trained policy earns no rule reward, and with
+  # every reward equal its gradient is zero and nothing could diverge.
+  config.reward = sharded_step.LENGTH_REWARD
   return config
 
 
