@@ -12,9 +12,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Optional
 
-from absl import logging
 from flax import nnx
 import jax
 import ml_collections
