@@ -150,6 +150,7 @@ _IGNORED_KEYS = (
     "init_from",
     "reward_model",
     "process_reward_model",
+    "teacher",
     "profile_steps",
     "quiet",
 )

@@ -3,8 +3,10 @@
 `experiments.sweep` trains what `plan` lists: per seed, the SFT warm start
 (experiments/configs/sft.py) and then every run of the sweep file from it,
 each config with the sweep's shared and per-part ("sft", "rl", "rm")
-overrides, its own overrides ("{run:<name>}" resolved to that seed's run
-directory, see `run_dir`), the seed and `init_from`, shrunk for --smoke, and
+overrides, `init_from` (the seed's SFT policy, unless the run's own
+overrides set it: "" trains from scratch, "{run:<name>}" starts from
+another run), its own overrides ("{run:<name>}" resolved to that seed's run
+directory, see `run_dir`) and the seed, shrunk for --smoke, and
 validated before anything trains. `run_trainers` tells policy runs from
 reward-model runs (`policy_names`, `reward_model_names`).
 """
@@ -106,9 +108,9 @@ def plan(sweep: dict, workdir: str) -> list[tuple[str, int, Any]]:
           {
               **sweep["shared"],
               **sweep.get(part, {}),
+              "init_from": init_from,
               **overrides,
               "seed": seed,
-              "init_from": init_from,
           },
           where,
       )

@@ -92,8 +92,8 @@ def tuning_sweep(sweep: dict) -> dict:
   evaluated on the validation split."""
   grid = sweep["tune"]["grid"]
   runs = []
-  for run in sweep["runs"]:
-    for i, setting in enumerate(settings(grid.get(run["name"], {}))):
+  for run in (r for r in sweep["runs"] if r["name"] in grid):
+    for i, setting in enumerate(settings(grid[run["name"]])):
       runs.append(
           {
               "name": setting_name(run["name"], i),

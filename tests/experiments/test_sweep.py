@@ -40,11 +40,18 @@ SMOKE_TRAINED = tuple(
     p
     for p in SWEEPS
     if not p.endswith(
-        ("hard_task.py", "reward_hacking.py", "figure5_tuned.py", "headline.py")
+        (
+            "hard_task.py",
+            "reward_hacking.py",
+            "figure5_tuned.py",
+            "headline.py",
+            "preference.py",
+        )
     )
 )
 FOLLOWUPS = "experiments/sweeps/followups.py"
 FIGURE5 = "experiments/sweeps/figure5.py"
+PREFERENCE = "experiments/sweeps/preference.py"
 FIGURE7 = "experiments/sweeps/figure7.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -346,13 +353,14 @@ def test_every_sweep_config_builds_and_validates(
   assert len(jobs) == len(seeds) * (1 + len(sweep["runs"]))
   for name, seed, config in jobs:
     assert config.seed == seed
+    own = {r["name"]: r["overrides"] for r in sweep["runs"]}.get(name, {})
     if name == sweep_plan.SFT_NAME:
       assert config.coef.name == "sft" and not config.init_from
     else:
-      assert config.init_from == str(tmp_path / f"sft_seed_{seed}")
+      if "init_from" not in own:
+        assert config.init_from == str(tmp_path / f"sft_seed_{seed}")
       assert config.eval_every > 0
     if config.trainer == sweep_plan.REWARD_MODEL and not smoke:
-      own = {r["name"]: r["overrides"] for r in sweep["runs"]}[name]
       assert config.steps == own.get("steps", sweep["rm"]["steps"])
     if smoke:  # whatever a run overrides; iterative RL: a step an iteration
       assert config.steps == max(
@@ -377,6 +385,33 @@ def test_run_references_resolve_per_seed(tmp_path):
     assert configs[("grpo_orm", seed)].steps == sweep["rl"]["steps"]
     assert configs[("prm", seed)].steps == sweep["rm"]["steps"]
     assert configs[("prm", seed)].rm.label == "hard"
+
+
+def test_a_run_may_start_elsewhere_than_the_sft_policy(tmp_path):
+  # The preference sweep's student: trained from scratch, then distilled
+  # from the seed's SFT policy (the teacher) or trained on.
+  sweep = sweep_file.load_sweep(PREFERENCE, "quick")
+  configs = {
+      (name, seed): config
+      for name, seed, config in sweep_plan.plan(sweep, str(tmp_path))
+  }
+  for seed in sweep["seeds"]:
+    student = str(tmp_path / "student_sft" / f"seed_{seed}")
+    assert not configs[("student_sft", seed)].init_from
+    assert configs[("student_sft", seed)].model == "embedded_small"
+    assert configs[("distill", seed)].init_from == student
+    assert configs[("distill", seed)].teacher == str(
+        tmp_path / f"sft_seed_{seed}"
+    )
+    assert configs[("student_sft_more", seed)].init_from == student
+    assert configs[("dpo", seed)].init_from == str(
+        tmp_path / f"sft_seed_{seed}"
+    )
+  # Only the grid's runs are tuned.
+  tuned = tune.tuning_sweep(sweep)["runs"]
+  assert {r["name"].rsplit("_tune", 1)[0] for r in tuned} == set(
+      sweep["tune"]["grid"]
+  )
 
 
 def _write_sweep(tmp_path, runs, **parts):

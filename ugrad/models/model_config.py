@@ -106,6 +106,19 @@ def _embedded(vocab_size: int) -> ModelConfig:
   )
 
 
+def _embedded_small(vocab_size: int) -> ModelConfig:
+  """The embedded shape at half the width (about a quarter of its
+  parameters): a student for distillation from an `embedded` teacher."""
+  return ModelConfig(
+      vocab_size=vocab_size,
+      hidden_size=64,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=4,
+      mlp_size=256,
+  )
+
+
 def _qwen2_2_9m(vocab_size: int) -> ModelConfig:
   return ModelConfig(
       vocab_size=vocab_size,
@@ -162,6 +175,7 @@ _LLAMA3 = dict(rope_theta=500000.0, rms_eps=1e-5, qkv_bias=False)
 
 PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "embedded": _embedded,
+    "embedded_small": _embedded_small,
     "tiny": _tiny,
     "qwen2_2.9m": _qwen2_2_9m,
     "qwen2.5-0.5b": _published(
