@@ -9,7 +9,11 @@ from ugrad.models import transformer as tr
 
 
 def test_presets():
-  for name, size in (("embedded", 0.53e6), ("qwen2_2.9m", 2.9e6)):
+  for name, size in (
+      ("embedded", 0.53e6),
+      ("embedded_small", 0.133e6),
+      ("qwen2_2.9m", 2.9e6),
+  ):
     cfg = model_config.preset(name, 20)
     params = nnx.state(
         nnx.eval_shape(lambda c=cfg: tr.Transformer(c, rngs=nnx.Rngs(0))),
@@ -21,7 +25,8 @@ def test_presets():
   assert (cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias) == (2, 64, True)
   assert model_config.preset("embedded", 30, num_layers=3).num_layers == 3
   with pytest.raises(
-      ValueError, match="valid: embedded, tiny, qwen2_2.9m, " "qwen2.5-0.5b"
+      ValueError,
+      match="valid: embedded, embedded_small, tiny, qwen2_2.9m, qwen2.5-0.5b",
   ):
     model_config.preset("gpt5", 20)
 
