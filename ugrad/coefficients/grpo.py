@@ -361,21 +361,13 @@ def gspo(
   gate = policy.clip_gate(
       ratio, adv, clip_eps, policy.high_eps(clip_eps, clip_eps_high)
   )
-  coef = jnp.broadcast_to((adv * ratio * gate)[:, None], logp.shape)
-  if beta and kl_in == "loss":
-    coef = coef + kl.loss_coef(
-        kl_estimator,
-        logp,
-        rollout.logp_ref,
-        beta,
-        policy.old_logp(rollout, logp),
-    )
-  coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
-  return coef, metrics.coefficient_metrics(
-      coef,
+  return policy.with_kl_and_metrics(
+      jnp.broadcast_to((adv * ratio * gate)[:, None], logp.shape),
       rollout,
       logp,
+      beta=beta,
       kl_estimator=kl_estimator,
+      kl_in=kl_in,
       ratio=jnp.broadcast_to(ratio[:, None], logp.shape),
       gate=jnp.broadcast_to(gate[:, None], logp.shape),
       zero_signal=groups.zero_signal(rollout.rewards, same),
@@ -421,21 +413,13 @@ def cispo(
   ratio = jnp.exp(logp - policy.old_logp(rollout, logp))
   low = 0.0 if clip_eps is None else 1.0 - clip_eps
   weight = jnp.clip(ratio, low, 1.0 + clip_eps_high)
-  coef = jax.lax.stop_gradient(weight) * adv
-  if beta and kl_in == "loss":
-    coef = coef + kl.loss_coef(
-        kl_estimator,
-        logp,
-        rollout.logp_ref,
-        beta,
-        policy.old_logp(rollout, logp),
-    )
-  coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
-  return coef, metrics.coefficient_metrics(
-      coef,
+  return policy.with_kl_and_metrics(
+      jax.lax.stop_gradient(weight) * adv,
       rollout,
       logp,
+      beta=beta,
       kl_estimator=kl_estimator,
+      kl_in=kl_in,
       ratio=ratio,
       gate=(weight == ratio).astype(logp.dtype),
       zero_signal=groups.zero_signal(rollout.rewards, same),

@@ -84,15 +84,51 @@ def clipped_policy_gradient(
   Returns:
     (coef [B, T], metrics).
   """
-  mask = rollout.completion_mask
   ratio = jnp.exp(logp - old_logp(rollout, logp))
   gate = clip_gate(ratio, adv, clip_eps, high_eps(clip_eps, clip_eps_high))
-  coef = adv * ratio * gate
+  return with_kl_and_metrics(
+      adv * ratio * gate,
+      rollout,
+      logp,
+      beta=beta,
+      kl_estimator=kl_estimator,
+      kl_in=kl_in,
+      ratio=ratio,
+      gate=gate,
+      zero_signal=zero_signal,
+  )
+
+
+def with_kl_and_metrics(
+    coef: jax.Array,
+    rollout: rollout_lib.Rollout,
+    logp: jax.Array,
+    *,
+    beta: float,
+    kl_estimator: str,
+    kl_in: str,
+    ratio: jax.Array,
+    gate: jax.Array,
+    zero_signal: Optional[jax.Array]
+):
+  """A policy-gradient coefficient's tail: `coef` plus the loss-placed KL
+  term, zero off the completion, and its metrics.
+
+  Args:
+    coef: [B, T] the method's policy term (broadcastable).
+    rollout, logp, beta, kl_estimator, kl_in, zero_signal: as
+      `clipped_policy_gradient`.
+    ratio: [B, T] the importance ratios, for the metrics.
+    gate: [B, T] 1 where the token kept its unclipped term, for clip_frac.
+
+  Returns:
+    (coef [B, T], metrics).
+  """
   if beta and kl_in == "loss":
     coef = coef + kl.loss_coef(
         kl_estimator, logp, rollout.logp_ref, beta, old_logp(rollout, logp)
     )
-  coef = jnp.where(mask > 0, coef, 0.0).astype(logp.dtype)
+  coef = jnp.where(rollout.completion_mask > 0, coef, 0.0).astype(logp.dtype)
   return coef, metrics.coefficient_metrics(
       coef,
       rollout,
