@@ -118,6 +118,10 @@ def test_named_templates_pick_default_or_tool_use(tmp_path):
   template = models.HFTokenizer.from_directory(path).chat_template
   assert template.render(SYSTEM_USER).startswith("<|begin_of_text|>")
   assert template.render(SYSTEM_USER, tools=TOOLS) == "1 tools"
+  config["chat_template"] = [{"template": "no name"}]
+  (path / "tokenizer_config.json").write_text(json.dumps(config))
+  with pytest.raises(errors.UserError, match="neither a string nor a list"):
+    models.HFTokenizer.from_directory(path)
 
 
 def test_helpers_and_raise_exception():

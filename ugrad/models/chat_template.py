@@ -74,12 +74,14 @@ class ChatTemplate:
       source = config.get("chat_template")
     if source is None:
       return None
-    if isinstance(source, list):
+    if isinstance(source, list) and all(
+        isinstance(t, dict) and {"name", "template"} <= set(t) for t in source
+    ):
       source = {t["name"]: t["template"] for t in source}
     if not isinstance(source, (str, dict)):
       raise errors.UserError(
-          f"{path / 'tokenizer_config.json'}: chat_template is "
-          f"{type(source).__name__}, not a string or a list of templates"
+          f"{path / 'tokenizer_config.json'}: chat_template is neither a "
+          'string nor a list of {"name", "template"} objects'
       )
     return cls(source, special_tokens(path))
 

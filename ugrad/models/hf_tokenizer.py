@@ -118,7 +118,15 @@ class HFTokenizer:
       source = self.chat_template.source
       if isinstance(source, dict):
         source = [{"name": k, "template": v} for k, v in source.items()]
-      config = {**self.chat_template.special_tokens, **config}
+      # Other specials the template may name; bos/eos/pad are the ids'.
+      config = {
+          **{
+              k: v
+              for k, v in self.chat_template.special_tokens.items()
+              if k not in ("bos_token", "eos_token", "pad_token")
+          },
+          **config,
+      }
       config["chat_template"] = source
     hf_config.write_json(path / "tokenizer_config.json", config)
 
