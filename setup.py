@@ -23,6 +23,9 @@ setuptools.setup(
         "numpy>=1.26",
         "safetensors>=0.4.3",
         "tokenizers>=0.19",
+        # Chat templates (ugrad/models/chat_template.py); 3.1.6 fixes
+        # sandbox escapes, and templates come from model hubs.
+        "jinja2>=3.1.6",
         "math-verify>=0.7.0",
         "tensorboardX>=2.6",
         "tqdm>=4.66",

@@ -38,8 +38,17 @@ def get_config(variant=None):
       )
   )
   # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.
+  # chat_template: prompts in the chat format of the policy's Hugging Face
+  # tokenizer (an instruct model's init_from), with system_prompt ("": none)
+  # as the system turn.
   c.data = ml_collections.ConfigDict(
-      dict(train_path="", test_path="", validation_path="")
+      dict(
+          train_path="",
+          test_path="",
+          validation_path="",
+          chat_template=False,
+          system_prompt="",
+      )
   )
 
   # The policy: a model preset, optionally initialised from a checkpoint

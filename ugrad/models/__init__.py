@@ -19,6 +19,8 @@ from ugrad.models.logprobs import token_logprobs
 from ugrad.models.hf import from_pretrained
 from ugrad.models.hf import save_pretrained
 from ugrad.models.hf_tokenizer import HFTokenizer
+from ugrad.models.chat_template import ChatTemplate
+from ugrad.models.chat_template import encode_chat
 
 __all__ = [
     "BATCH_AXES",
@@ -40,4 +42,6 @@ __all__ = [
     "from_pretrained",
     "save_pretrained",
     "HFTokenizer",
+    "ChatTemplate",
+    "encode_chat",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 import tokenizers
 
 from ugrad import errors
+from ugrad.models import chat_template as chat_template_lib
 from ugrad.models import hf_config
 
 
@@ -23,6 +24,7 @@ class HFTokenizer:
     pad_id: id used to pad batches (eos when the files name no pad token).
     bos_id: beginning-of-sequence id, or None.
     eos_id: end-of-sequence id; generation stops on it.
+    chat_template: the directory's `ChatTemplate`, or None.
   """
 
   def __init__(
@@ -32,8 +34,10 @@ class HFTokenizer:
       eos_id: int,
       pad_id: Optional[int] = None,
       bos_id: Optional[int] = None,
+      chat_template: Optional[chat_template_lib.ChatTemplate] = None,
   ):
     self.tokenizer = tokenizer
+    self.chat_template = chat_template
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     self.eos_id = _check_id(eos_id, "eos_id", self.vocab_size)
     self.pad_id = _check_id(
@@ -51,6 +55,7 @@ class HFTokenizer:
     tokenizer_config.json, special_tokens_map.json (token strings), then
     generation_config.json, config.json (`*_token_id`, first element of a
     list). pad falls back to eos; bos may stay None; no eos is an error.
+    The chat template, when the directory has one, comes with it.
 
     Args:
       path: directory containing tokenizer.json.
@@ -74,7 +79,11 @@ class HFTokenizer:
           "in generation_config.json / config.json"
       )
     return cls(
-        tokenizer, eos_id=ids["eos"], pad_id=ids["pad"], bos_id=ids["bos"]
+        tokenizer,
+        eos_id=ids["eos"],
+        pad_id=ids["pad"],
+        bos_id=ids["bos"],
+        chat_template=chat_template_lib.ChatTemplate.from_directory(path),
     )
 
   def encode(self, text: str) -> list[int]:
@@ -92,7 +101,8 @@ class HFTokenizer:
     return self.tokenizer.decode(kept, skip_special_tokens=True)
 
   def save(self, path: hf_config.PathLike) -> None:
-    """Writes tokenizer.json and a tokenizer_config.json naming the specials."""
+    """Writes tokenizer.json and a tokenizer_config.json naming the specials
+    (and holding the chat template, when there is one)."""
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     self.tokenizer.save(str(path / "tokenizer.json"))
@@ -104,6 +114,20 @@ class HFTokenizer:
     ):
       if token_id is not None:
         config[f"{kind}_token"] = self.tokenizer.id_to_token(token_id)
+    if self.chat_template is not None:
+      source = self.chat_template.source
+      if isinstance(source, dict):
+        source = [{"name": k, "template": v} for k, v in source.items()]
+      # Other specials the template may name; bos/eos/pad are the ids'.
+      config = {
+          **{
+              k: v
+              for k, v in self.chat_template.special_tokens.items()
+              if k not in ("bos_token", "eos_token", "pad_token")
+          },
+          **config,
+      }
+      config["chat_template"] = source
     hf_config.write_json(path / "tokenizer_config.json", config)
 
 

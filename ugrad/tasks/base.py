@@ -92,9 +92,10 @@ def line_step_ends(text: str) -> list[int]:
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
-  """BOS (when the tokenizer has one) followed by the ids of `text`."""
+  """BOS followed by the ids of `text`; no BOS added when the tokenizer has
+  none or `text` already starts with it (a chat template writes its own)."""
   ids = tokenizer.encode(text)
-  if tokenizer.bos_id is None:
+  if tokenizer.bos_id is None or ids[:1] == [tokenizer.bos_id]:
     return ids
   return [tokenizer.bos_id] + ids
 

@@ -9,6 +9,11 @@
 
 Answers are compared by math-verify (ugrad/tasks/math_answers.py). Blank
 lines are skipped; any other bad row raises `DataError` naming file and line.
+
+With `chat_template=True` a prompt is the question (through
+`prompt_template`) as one user turn, after an optional system turn, in the
+chat format of the task's Hugging Face tokenizer with the assistant header
+opened (ugrad/models/chat_template.py), as instruct models expect.
 """
 
 import dataclasses
@@ -18,6 +23,7 @@ import re
 from typing import Any, Callable, Optional, Sequence
 
 from ugrad import errors
+from ugrad.models import chat_template as chat_template_lib
 from ugrad.tasks import base
 from ugrad.tasks import math_answers
 from ugrad.tasks.tokenizer import CharTokenizer, Tokenizer
@@ -170,9 +176,11 @@ class JsonlTask:
       train_path: Optional[str] = None,
       test_path: Optional[str] = None,
       tokenizer: Optional[Tokenizer] = None,
-      prompt_template: str = "{question}\n",
+      prompt_template: Optional[str] = None,
       *,
       validation_path: Optional[str] = None,
+      chat_template: bool = False,
+      system_prompt: str = "",
   ):
     """Reads the files.
 
@@ -182,12 +190,22 @@ class JsonlTask:
       test_path: JSONL file of the test split, or None.
       tokenizer: any `Tokenizer`; default a `CharTokenizer` covering every
         character of the prompts and gold completions.
-      prompt_template: format string with a {question} field.
+      prompt_template: format string with a {question} field; default
+        "{question}\n", or "{question}" (the user turn) with chat_template.
       validation_path: JSONL file of the validation split (for choosing
         settings), or None.
+      chat_template: render prompts with the tokenizer's chat template
+        (the task's tokenizer must then be a Hugging Face one carrying a
+        template by the time prompts are asked for).
+      system_prompt: with chat_template, the system turn's text; "" for
+        none (the template may still write its default one).
     """
     if train_path is None and test_path is None:
       raise errors.UserError("give train_path, test_path or both")
+    if system_prompt and not chat_template:
+      raise errors.UserError("system_prompt needs chat_template=True")
+    if prompt_template is None:
+      prompt_template = "{question}" if chat_template else "{question}\n"
     if "{question}" not in prompt_template:
       raise errors.UserError(
           f"prompt_template {prompt_template!r} has no {{question}} field"
@@ -195,6 +213,8 @@ class JsonlTask:
     prompt_template.format(question="")  # Fail now on stray braces.
     self.fmt = fmt
     self.prompt_template = prompt_template
+    self.chat_template = chat_template
+    self.system_prompt = system_prompt
     self.paths = {
         "train": train_path,
         "test": test_path,
@@ -210,8 +230,10 @@ class JsonlTask:
           text
           for examples in self._examples.values()
           for e in examples
-          for text in (self.prompt(e), self.completion(e))
+          for text in (self.user_turn(e), self.completion(e))
       )
+    elif chat_template:
+      chat_template_lib.require_chat_template(tokenizer)
     self.tokenizer = tokenizer
 
   def examples(self, split: str) -> Sequence[base.Example]:
@@ -222,8 +244,21 @@ class JsonlTask:
       )
     return self._examples[split]
 
-  def prompt(self, example: base.Example) -> str:
+  def user_turn(self, example: base.Example) -> str:
+    """The question through `prompt_template` (the whole prompt without a
+    chat template)."""
     return self.prompt_template.format(question=example.question)
+
+  def prompt(self, example: base.Example) -> str:
+    """`user_turn`, or with chat_template the system and user turns in the
+    tokenizer's chat format, ending where the assistant's answer starts."""
+    if not self.chat_template:
+      return self.user_turn(example)
+    messages = [{"role": "user", "content": self.user_turn(example)}]
+    if self.system_prompt:
+      messages.insert(0, {"role": "system", "content": self.system_prompt})
+    template = chat_template_lib.require_chat_template(self.tokenizer)
+    return template.render(messages, add_generation_prompt=True)
 
   def completion(self, example: base.Example) -> str:
     return self.fmt.completion(example)
@@ -249,9 +284,11 @@ def gsm8k_task(
     train_path: Optional[str] = None,
     test_path: Optional[str] = None,
     tokenizer: Optional[Tokenizer] = None,
-    prompt_template: str = "{question}\n",
+    prompt_template: Optional[str] = None,
     strip_annotations: bool = True,
     validation_path: Optional[str] = None,
+    chat_template: bool = False,
+    system_prompt: str = "",
 ) -> JsonlTask:
   """A GSM8K-style task (see the module docstring)."""
   return JsonlTask(
@@ -261,6 +298,8 @@ def gsm8k_task(
       tokenizer,
       prompt_template,
       validation_path=validation_path,
+      chat_template=chat_template,
+      system_prompt=system_prompt,
   )
 
 
@@ -268,8 +307,10 @@ def math_task(
     train_path: Optional[str] = None,
     test_path: Optional[str] = None,
     tokenizer: Optional[Tokenizer] = None,
-    prompt_template: str = "{question}\n",
+    prompt_template: Optional[str] = None,
     validation_path: Optional[str] = None,
+    chat_template: bool = False,
+    system_prompt: str = "",
 ) -> JsonlTask:
   """A MATH-style task (see the module docstring)."""
   return JsonlTask(
@@ -279,4 +320,6 @@ def math_task(
       tokenizer,
       prompt_template,
       validation_path=validation_path,
+      chat_template=chat_template,
+      system_prompt=system_prompt,
   )

@@ -181,6 +181,9 @@ def make_task(config):
         "train_path": config.data.train_path or None,
         "test_path": config.data.test_path or None,
         "validation_path": config.data.validation_path or None,
+        # Runs saved before chat templates have neither field.
+        "chat_template": config.data.get("chat_template", False),
+        "system_prompt": config.data.get("system_prompt", ""),
     }
   return tasks_lib.make_task(config.task, **kwargs)
 

@@ -160,12 +160,15 @@ def _save_tokenizer(root, tokenizer) -> dict:
   if isinstance(tokenizer, tokenizer_lib.CharTokenizer):
     return {"chars": tokenizer.chars}
   paths.write_atomic(root / TOKENIZER_FILE, tokenizer.tokenizer.to_str())
-  return {
+  record = {
       "file": TOKENIZER_FILE,
       "bos_id": tokenizer.bos_id,
       "eos_id": tokenizer.eos_id,
       "pad_id": tokenizer.pad_id,
   }
+  if tokenizer.chat_template is not None:
+    record["chat_template"] = tokenizer.chat_template.to_dict()
+  return record
 
 
 def saved_tokenizer(path: str):
@@ -189,6 +192,11 @@ def saved_tokenizer(path: str):
       bos_id=saved["bos_id"],
       eos_id=saved["eos_id"],
       pad_id=saved["pad_id"],
+      chat_template=(
+          models.ChatTemplate.from_dict(saved["chat_template"])
+          if "chat_template" in saved
+          else None
+      ),
   )
 
 

@@ -109,6 +109,13 @@ def _check_ranges(config) -> None:
         "config.trim_bucket must be an int >= 0 (0: no trimming), got "
         f"{bucket!r}"
     )
+  if config.task == "arithmetic" and (
+      config.data.get("chat_template") or config.data.get("system_prompt")
+  ):
+    raise errors.UserError(
+        "data.chat_template and data.system_prompt apply to JSONL tasks "
+        "(task=gsm8k or task=math), not the embedded task"
+    )
 
 
 def _check_names(config) -> None:
