@@ -51,6 +51,7 @@ from ugrad.runtime import compile_cache
 from ugrad.runtime import host_memory
 from ugrad.runtime import lock
 from ugrad.runtime import metrics as metrics_lib
+from ugrad.training import config_identity
 from ugrad.training import runs as runs_lib
 
 RESULTS_FILE = "results.csv"
@@ -144,8 +145,8 @@ def run_sweep(
 
 # Paths the sweep derives from its workdir (a moved workdir keeps its runs),
 # and keys that do not change what a run computes (a run profiled or
-# trained quietly is the same run; a key added to the configs since the run
-# finished is at its default).
+# trained quietly is the same run). A key added to the configs since the
+# run finished is no change while it is off (`config_changes`).
 _IGNORED_KEYS = (
     "init_from",
     "reward_model",
@@ -159,12 +160,10 @@ _IGNORED_KEYS = (
 def _check_same_config(directory: str, config):
   """Refuses to reuse a finished run that the sweep now configures
   differently (an edited sweep file or grid), naming the keys."""
-  stored = json.loads(runs_lib.read_config(directory).to_json())
-  wanted = json.loads(config.to_json())
-  changed = sorted(
-      k
-      for k in set(stored) | set(wanted)
-      if k not in _IGNORED_KEYS and stored.get(k) != wanted.get(k)
+  changed = list(
+      config_identity.config_changes(
+          runs_lib.read_config(directory).to_json(), config, _IGNORED_KEYS
+      )
   )
   if changed:
     raise errors.UserError(

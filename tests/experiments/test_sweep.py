@@ -633,5 +633,14 @@ def test_a_finished_run_configured_differently_is_refused(tmp_path):
   assert sweep_lib._train([(name, seed, same)], str(tmp_path)) == []
   edited = config.copy_and_resolve_references()
   edited.optim.lr *= 3
-  with pytest.raises(ValueError, match=r"another config.*different: optim"):
+  with pytest.raises(ValueError, match=r"another config.*different: optim.lr"):
     sweep_lib._train([(name, seed, edited)], str(tmp_path))
+  # A setting added to ugrad since the run finished: no change while off.
+  upgraded = config.copy_and_resolve_references()
+  with upgraded.unlocked():
+    upgraded.data.new_feature = False
+  assert sweep_lib._train([(name, seed, upgraded)], str(tmp_path)) == []
+  with upgraded.unlocked():
+    upgraded.data.new_feature = True
+  with pytest.raises(ValueError, match=r"different: data.new_feature"):
+    sweep_lib._train([(name, seed, upgraded)], str(tmp_path))

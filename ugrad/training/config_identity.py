@@ -2,7 +2,7 @@
 against its checkpoint's stored config, and whether it may go on."""
 
 import json
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 
@@ -27,22 +27,31 @@ RESUMABLE_CHANGES = (
 _ABSENT = object()
 
 
-def config_changes(stored: Optional[str], config) -> dict[str, tuple]:
+def config_changes(
+    stored: Optional[str], config, exempt: Sequence[str] = RESUMABLE_CHANGES
+) -> dict[str, tuple]:
   """{dotted key: (stored value, new value)} of the keys in which `config`
   differs from `stored` (a config's JSON, as a checkpoint keeps it; None:
-  nothing to compare), `RESUMABLE_CHANGES` left out."""
+  nothing to compare), the `exempt` keys and prefixes left out.
+
+  A key the stored config lacks was added to ugrad after that run started;
+  it is a change only when its value now is not off (False, "", 0, None or
+  empty: features are added switched off), so an upgrade alone never
+  blocks a resume.
+  """
   if stored is None:
     return {}
   old, new = _flat(json.loads(stored)), _flat(json.loads(config.to_json()))
-  return {
-      key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
-      for key in sorted(set(old) | set(new))
-      if old.get(key, _ABSENT) != new.get(key, _ABSENT)
-      and not any(
-          key == k or (k.endswith(".") and key.startswith(k))
-          for k in RESUMABLE_CHANGES
-      )
-  }
+  changes = {}
+  for key in sorted(set(old) | set(new)):
+    was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
+    if was == now or (was is _ABSENT and not now):
+      continue
+    if not any(
+        key == k or (k.endswith(".") and key.startswith(k)) for k in exempt
+    ):
+      changes[key] = (was, now)
+  return changes
 
 
 def check_resume(
