@@ -35,11 +35,13 @@ class Turn:
     reward: the turn's reward, placed as a step reward at the turn's last
       policy token.
     done: the episode is over (no observation is appended).
+    valid: whether the turn's tool call was well formed (for the logs).
   """
 
   observation: Union[str, Sequence[int]] = ""
   reward: float = 0.0
   done: bool = False
+  valid: bool = True
 
 
 class Episode(Protocol):
@@ -79,7 +81,8 @@ class CalculatorEnvironment:
 
   def step(self, text: str, ids: Sequence[int]) -> Turn:
     del ids
-    return Turn(observation=calculator.answer_call(text))
+    observation = calculator.answer_call(text)
+    return Turn(observation, valid=not observation.endswith(calculator.ERROR))
 
 
 # name -> (task, **kwargs) -> Environment.

@@ -1,0 +1,185 @@
+"""The multi-turn sampler on a scripted environment with fixed answers."""
+
+import dataclasses
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from ugrad import environments
+from ugrad import errors
+from ugrad import sampling
+from ugrad.models import logprobs
+from ugrad.models import model_config
+from ugrad.models import transformer as tr
+from ugrad.sampling import episodes
+from ugrad.tasks import arithmetic
+from ugrad.tasks import CharTokenizer
+
+TOK = CharTokenizer(arithmetic.TOOL_CHARS)
+CFG = model_config.ModelConfig(
+    vocab_size=TOK.vocab_size,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_size=48,
+    tie_embeddings=False,
+)
+PROMPTS = ["12+3=\n", "7*8-1=\n", "5=\n"]
+CONFIG = sampling.SamplingConfig(
+    max_new_tokens=24,
+    eos_id=TOK.eos_id,
+    pad_id=TOK.pad_id,
+    num_samples=2,
+    temperature=1.0,
+    kv_block=16,
+)
+OBS = "=7\n"
+
+
+class Scripted:
+  """Turns end at any digit 1-4; each is answered OBS with reward
+  0.25 * turn number; the third answer ends the episode."""
+
+  stop_strings = ("1", "2", "3", "4")
+
+  def __init__(self, fail_rows=(), fail_open=()):
+    self.fail_rows, self.opened, self.seen = set(fail_rows), 0, []
+    self.fail_open = set(fail_open)
+
+  def open(self, example):
+    row, self.opened = self.opened, self.opened + 1
+    if row in self.fail_open:
+      raise RuntimeError("scripted open failure")
+    return _Episode(self, row, example)
+
+
+class _Episode:
+
+  def __init__(self, env, row, example):
+    self.env, self.row, self.example, self.turn = env, row, example, 0
+
+  def step(self, text, ids):
+    self.env.seen.append((self.row, text, list(ids)))
+    if self.row in self.env.fail_rows:
+      raise RuntimeError("scripted failure")
+    self.turn += 1
+    return environments.Turn(OBS, 0.25 * self.turn, done=self.turn == 3)
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = tr.Transformer(CFG, rngs=nnx.Rngs(0))
+  params = nnx.state(m, nnx.Param)
+  nnx.update(m, jax.tree.map(lambda x: x * 4.0, params))
+  return nnx.split(m, nnx.Param)
+
+
+def _run(model, env, config=CONFIG, max_turns=8, rate=0.5, seed=0):
+  graphdef, params = model
+  return episodes.sample_episodes(
+      graphdef,
+      params,
+      PROMPTS,
+      TOK,
+      8,
+      jax.random.key(seed),
+      config,
+      episodes.EpisodeSpec(env, max_turns, rate),
+      examples=PROMPTS,
+  )
+
+
+@jax.jit
+def _logprobs(params, tokens, mask):
+  graphdef = nnx.graphdef(tr.Transformer(CFG, rngs=nnx.Rngs(0)))
+  return logprobs.token_logprobs(nnx.merge(graphdef, params), tokens, mask)
+
+
+def _check_episode_layout(out, env):
+  """Observations follow each answered turn unmasked; rewards at the
+  turn's last policy token; texts hold policy and observation text."""
+  obs = TOK.encode(OBS)
+  answered = {}
+  for row, _, ids in env.seen:
+    answered.setdefault(row, []).append(ids)
+  p = 8
+  for r in range(out.tokens.shape[0]):
+    comp, real = out.completion_mask[r], out.attention_mask[r]
+    cols = np.flatnonzero(out.step_mask[r])
+    assert len(cols) == len(answered.get(r, []))
+    for k, col in enumerate(cols):
+      assert comp[col] == 1
+      assert TOK.decode([out.tokens[r, col]]) in Scripted.stop_strings
+      assert out.step_rewards[r, col] == pytest.approx(0.25 * (k + 1))
+      if k < 2 and col + 1 + len(obs) <= out.tokens.shape[1]:
+        np.testing.assert_array_equal(
+            out.tokens[r, col + 1 : col + 1 + len(obs)], obs
+        )
+        np.testing.assert_array_equal(comp[col + 1 : col + 1 + len(obs)], 0)
+        np.testing.assert_array_equal(real[col + 1 : col + 1 + len(obs)], 1)
+    # The turn each answer saw is exactly the policy tokens since the last
+    # observation (as sampled, never re-encoded).
+    starts = [p] + [c + 1 + len(obs) for c in cols[:-1]]
+    for ids, start, col in zip(answered.get(r, []), starts, cols):
+      assert ids == out.tokens[r, start : col + 1].tolist()
+    n_real = int(real[p:].sum())
+    assert out.texts[r] == TOK.decode(out.tokens[r, p : p + n_real])
+    np.testing.assert_array_equal(real[p : p + n_real], 1)
+  assert out.step_mask.sum() > 6  # the script answered several turns
+  assert out.calls.sum() == len(env.seen)
+
+
+def test_episodes_masks_rewards_and_logp(model):
+  env = Scripted()
+  out = _run(model, env)
+  _check_episode_layout(out, env)
+  done_early = out.calls == 3
+  assert done_early.any()
+  policy = out.completion_mask > 0
+  recomputed = np.asarray(_logprobs(model[1], out.tokens, out.attention_mask))
+  np.testing.assert_allclose(out.logp[policy], recomputed[policy], atol=1e-4)
+  np.testing.assert_array_equal(out.logp[~policy], 0.0)
+  assert env.opened == len(PROMPTS) * CONFIG.num_samples
+
+
+def test_budget_overflow_and_max_turns_truncate(model):
+  short = dataclasses.replace(CONFIG, max_new_tokens=6)
+  out = _run(model, Scripted(), config=short, max_turns=2)
+  ended = (out.calls == 3) | (
+      out.attention_mask[:, 8:].sum(1) < short.max_new_tokens
+  )
+  np.testing.assert_array_equal(out.truncated, ~ended | (out.turns > 2))
+  assert out.truncated.any()
+  assert (out.calls <= 1).all()  # max_turns=2: one answer, then cut
+
+
+def test_failing_environment_ends_its_rows(model, caplog):
+  env = Scripted(fail_rows=set(range(6)), fail_open={0})
+  out = _run(model, env, rate=1.0)
+  stepped = {row for row, _, _ in env.seen}
+  assert 0 not in stepped and len(stepped) >= 2
+  assert out.failed.tolist() == [r == 0 or r in stepped for r in range(6)]
+  assert "scripted failure" in caplog.text
+  assert "scripted open failure" in caplog.text
+  assert out.step_mask.sum() == 0 and out.calls.sum() == 0
+  # A failed row stops at its failing turn: nothing after it.
+  for row, _, ids in env.seen:
+    assert out.completion_mask[row].sum() == len(ids)
+  assert (out.completion_mask[0] == 0).all()
+  with pytest.raises(errors.UserError, match="failed on 2 of 6 episodes"):
+    _run(model, Scripted(fail_open={0, 3}), rate=0.2)
+
+
+def test_calculator_answers_calls():
+  env = environments.make("calculator", None)
+  assert env.step("12+3=\n(48*27)", []).observation == "=1296"
+  assert env.step("(1/0)", []).observation == "=?"
+  assert env.step("(2+*3)", []).observation == "=?"
+  assert env.step("(__import__)", []).observation == "=?"
+  assert env.step("(" + "1+" * 40 + "1)", []).observation == "=?"
+  assert env.step("(-42+12*2)", []).observation == "=-18"
+  assert env.step("(7/2)", []).observation == "=3.5"
+  assert env.step("(1/3)", []).observation == "=0.333333"
