@@ -10,6 +10,11 @@
 * `stats`: pass@k, maj@k, bootstrap intervals, AUC.
 """
 
+from ugrad.sampling.episodes import episode_metrics
+from ugrad.sampling.episodes import EpisodeCompletions
+from ugrad.sampling.episodes import EpisodeSampler
+from ugrad.sampling.episodes import EpisodeSpec
+from ugrad.sampling.episodes import sample_episodes
 from ugrad.sampling.prompts import Completions
 from ugrad.sampling.prompts import make_sampler
 from ugrad.sampling.prompts import prompt_sharding
@@ -22,6 +27,11 @@ from ugrad.sampling.sampler import truncate_logits
 
 __all__ = [
     "Completions",
+    "EpisodeCompletions",
+    "EpisodeSampler",
+    "EpisodeSpec",
+    "episode_metrics",
+    "sample_episodes",
     "Sampler",
     "Samples",
     "SamplingConfig",

@@ -34,7 +34,6 @@ import dataclasses
 import functools
 from typing import Any, Optional, Sequence
 
-from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -45,6 +44,7 @@ from ugrad.runtime import distributed
 from ugrad.sampling import layout
 from ugrad.sampling import prompts as prompts_lib
 from ugrad.sampling import sampler as sampler_lib
+from ugrad.sampling import turns
 from ugrad.tasks import base as tasks_base
 
 
@@ -79,7 +79,8 @@ class EpisodeCompletions(prompts_lib.Completions):
   row: the environment's turn rewards at each answered turn's last policy
   token (`step_rewards`, `step_mask` [R, P + N]), `turns` (policy turns),
   `calls` (turns the environment answered), `invalid_calls` (answers the
-  environment marked `valid=False`), `truncated` and `failed`."""
+  environment marked `valid=False`), `truncated`, `failed` and
+  `prompt_lengths`."""
 
   step_rewards: Optional[np.ndarray] = None
   step_mask: Optional[np.ndarray] = None
@@ -88,6 +89,7 @@ class EpisodeCompletions(prompts_lib.Completions):
   invalid_calls: Optional[np.ndarray] = None
   truncated: Optional[np.ndarray] = None
   failed: Optional[np.ndarray] = None
+  prompt_lengths: Optional[np.ndarray] = None
 
 
 def stop_ids(environment, tokenizer) -> tuple:
@@ -216,64 +218,7 @@ _decode_jit = jax.jit(_decode, static_argnums=(0, 4, 5, 6, 7), donate_argnums=2)
 _grow_jit = jax.jit(layout.grow_cache, static_argnums=1)
 
 
-class _Rows:
-  """The host's side of a call's episodes: one per row."""
-
-  def __init__(self, spec, episodes, tokenizer, rows, p, width):
-    self.spec, self.episodes, self.tokenizer = spec, episodes, tokenizer
-    self.turn_start = np.full(rows, p, np.int64)
-    self.turns = np.zeros(rows, np.int32)
-    self.calls = np.zeros(rows, np.int32)
-    self.invalid = np.zeros(rows, np.int32)
-    self.truncated = np.zeros(rows, bool)
-    self.failed = np.array([e is None for e in episodes])
-    self.step_rewards = np.zeros((rows, width), np.float32)
-    self.step_mask = np.zeros((rows, width), np.float32)
-
-  def observation_ids(self, observation) -> list:
-    if isinstance(observation, str):
-      return list(self.tokenizer.encode(observation))
-    ids = [int(x) for x in observation]
-    if any(not 0 <= x < self.tokenizer.vocab_size for x in ids):
-      raise errors.UserError(f"observation ids out of range: {ids}")
-    return ids
-
-  def answer(self, r: int, tokens: np.ndarray, col: int):
-    """(observation ids, done) for row r whose turn ended at column col-1."""
-    ids = tokens[self.turn_start[r] : col].tolist()
-    self.turns[r] += 1
-    if self.turns[r] >= self.spec.max_turns:
-      self.truncated[r] = True
-      return [], True
-    try:
-      turn = self.episodes[r].step(self.tokenizer.decode(ids), ids)
-      obs = [] if turn.done else self.observation_ids(turn.observation)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      logging.warning("environment failed on row %d: %r", r, e)
-      self.failed[r] = True
-      return [], True
-    self.calls[r] += 1
-    self.invalid[r] += not getattr(turn, "valid", True)
-    self.step_rewards[r, col - 1] = float(turn.reward)
-    self.step_mask[r, col - 1] = 1.0
-    self.turn_start[r] = col + len(obs)
-    return obs, bool(turn.done)
-
-
-def _open(environment, examples, rows: int, g: int) -> list:
-  """One episode per row (None where opening raised, logged)."""
-  out = []
-  for r in range(rows):
-    example = examples[r // g] if examples is not None else None
-    try:
-      out.append(environment.open(example))
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      logging.warning("environment failed to open row %d: %r", r, e)
-      out.append(None)
-  return out
-
-
-def _answer_stopped(state, rows: _Rows, p: int):
+def _answer_stopped(state, rows: turns.EpisodeRows, p: int):
   """The environment's answers to the rows that stopped: their observations
   queued, ended episodes marked done; the state back on its devices."""
   names = ("stopped", "done", "window", "queue", "queued", "fed")
@@ -334,9 +279,9 @@ def sample_episodes(
     )
   p, n, g = prompt_len, config.max_new_tokens, config.num_samples
   n_rows = len(ids) * g
-  rows = _Rows(
+  rows = turns.EpisodeRows(
       spec,
-      _open(spec.environment, examples, n_rows, g),
+      turns.open_episodes(spec.environment, examples, n_rows, g),
       tokenizer,
       n_rows,
       p,
@@ -366,7 +311,9 @@ def sample_episodes(
   return _completions(state, rows, tokenizer, prompt_mask, spec)
 
 
-def _completions(state, rows: _Rows, tokenizer, prompt_mask, spec) -> Any:
+def _completions(
+    state, rows: turns.EpisodeRows, tokenizer, prompt_mask, spec
+) -> Any:
   """The host copies, texts and episode records of a finished call."""
   out = distributed.host_get(
       {k: state[k] for k in ("tokens", "logp", "completion", "real", "done")}
@@ -402,4 +349,52 @@ def _completions(state, rows: _Rows, tokenizer, prompt_mask, spec) -> Any:
       invalid_calls=rows.invalid,
       truncated=rows.truncated,
       failed=rows.failed,
+      prompt_lengths=prompt_mask.sum(1),
   )
+
+
+class EpisodeSampler:
+  """A `Sampler` of episodes: `(params, prompts, key, examples=None) ->
+  EpisodeCompletions` with everything else bound (`episodic` tells a data
+  source to pass the questions, which the environment opens episodes on)."""
+
+  episodic = True
+
+  def __init__(self, graphdef, tokenizer, prompt_len, config, spec, mesh=None):
+    self.graphdef, self.tokenizer, self.prompt_len = (
+        graphdef,
+        tokenizer,
+        (prompt_len),
+    )
+    self.config, self.spec, self.mesh = config, spec, mesh
+
+  def __call__(self, params, prompts, key, examples=None):
+    return sample_episodes(
+        self.graphdef,
+        params,
+        prompts,
+        self.tokenizer,
+        self.prompt_len,
+        key,
+        self.config,
+        self.spec,
+        examples=examples,
+        mesh=self.mesh,
+    )
+
+
+def episode_metrics(out: EpisodeCompletions) -> dict:
+  """Per-episode means of a call's episodes, for the run's logs."""
+  calls = float(out.calls.sum())
+  return {
+      "episode_turns": float(out.turns.mean()),
+      "episode_tool_calls": float(out.calls.mean()),
+      "episode_valid_call_frac": (
+          1.0 - float(out.invalid_calls.sum()) / calls if calls else 1.0
+      ),
+      "episode_tokens": float(
+          (out.attention_mask.sum(1) - out.prompt_lengths).mean()
+      ),
+      "episode_truncated_frac": float(out.truncated.mean()),
+      "episode_failed_frac": float(out.failed.mean()),
+  }
