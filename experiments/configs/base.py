@@ -35,6 +35,10 @@ def get_config(variant=None):
           operators="+-",
           val_fraction=0.0,
           n_validation=1024,
+          # The tools variant (the calculator environment's task): gold
+          # solutions of tool_fraction of the questions call the calculator.
+          tools=False,
+          tool_fraction=0.5,
       )
   )
   # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.

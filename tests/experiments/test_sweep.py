@@ -40,7 +40,13 @@ SMOKE_TRAINED = tuple(
     p
     for p in SWEEPS
     if not p.endswith(
-        ("hard_task.py", "reward_hacking.py", "figure5_tuned.py", "headline.py")
+        (
+            "hard_task.py",
+            "reward_hacking.py",
+            "figure5_tuned.py",
+            "headline.py",
+            "tools.py",
+        )
     )
 )
 FOLLOWUPS = "experiments/sweeps/followups.py"
