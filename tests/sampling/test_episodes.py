@@ -1,6 +1,9 @@
 """The multi-turn sampler on a scripted environment with fixed answers."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -17,6 +20,9 @@ from ugrad.sampling import episodes
 from ugrad.tasks import arithmetic
 from ugrad.tasks import CharTokenizer
 
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 TOK = CharTokenizer(arithmetic.TOOL_CHARS)
 CFG = model_config.ModelConfig(
     vocab_size=TOK.vocab_size,
@@ -69,15 +75,21 @@ class _Episode:
     return environments.Turn(OBS, 0.25 * self.turn, done=self.turn == 3)
 
 
-@pytest.fixture(scope="module")
-def model():
+def make_model():
+  """(graphdef, params) of a small policy whose weights are 4x the init:
+  varied samples, several turns per episode."""
   m = tr.Transformer(CFG, rngs=nnx.Rngs(0))
   params = nnx.state(m, nnx.Param)
   nnx.update(m, jax.tree.map(lambda x: x * 4.0, params))
   return nnx.split(m, nnx.Param)
 
 
-def _run(model, env, config=CONFIG, max_turns=8, rate=0.5, seed=0):
+@pytest.fixture(scope="module", name="model")
+def model_fixture():
+  return make_model()
+
+
+def run(model, env, config=CONFIG, max_turns=8, rate=0.5, seed=0):
   graphdef, params = model
   return episodes.sample_episodes(
       graphdef,
@@ -134,7 +146,7 @@ def _check_episode_layout(out, env):
 
 def test_episodes_masks_rewards_and_logp(model):
   env = Scripted()
-  out = _run(model, env)
+  out = run(model, env)
   _check_episode_layout(out, env)
   done_early = out.calls == 3
   assert done_early.any()
@@ -145,9 +157,10 @@ def test_episodes_masks_rewards_and_logp(model):
   assert env.opened == len(PROMPTS) * CONFIG.num_samples
 
 
+@pytest.mark.slow
 def test_budget_overflow_and_max_turns_truncate(model):
   short = dataclasses.replace(CONFIG, max_new_tokens=6)
-  out = _run(model, Scripted(), config=short, max_turns=2)
+  out = run(model, Scripted(), config=short, max_turns=2)
   ended = (out.calls == 3) | (
       out.attention_mask[:, 8:].sum(1) < short.max_new_tokens
   )
@@ -158,7 +171,7 @@ def test_budget_overflow_and_max_turns_truncate(model):
 
 def test_failing_environment_ends_its_rows(model, caplog):
   env = Scripted(fail_rows=set(range(6)), fail_open={0})
-  out = _run(model, env, rate=1.0)
+  out = run(model, env, rate=1.0)
   stepped = {row for row, _, _ in env.seen}
   assert 0 not in stepped and len(stepped) >= 2
   assert out.failed.tolist() == [r == 0 or r in stepped for r in range(6)]
@@ -170,7 +183,7 @@ def test_failing_environment_ends_its_rows(model, caplog):
     assert out.completion_mask[row].sum() == len(ids)
   assert (out.completion_mask[0] == 0).all()
   with pytest.raises(errors.UserError, match="failed on 2 of 6 episodes"):
-    _run(model, Scripted(fail_open={0, 3}), rate=0.2)
+    run(model, Scripted(fail_open={0, 3}), rate=0.2)
 
 
 def test_calculator_answers_calls():
@@ -183,3 +196,30 @@ def test_calculator_answers_calls():
   assert env.step("(-42+12*2)", []).observation == "=-18"
   assert env.step("(7/2)", []).observation == "=3.5"
   assert env.step("(1/3)", []).observation == "=0.333333"
+
+
+@pytest.mark.slow
+def test_episodes_on_a_mesh_match_one_device(tmp_path):
+  path = str(tmp_path / "mesh.npz")
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.helpers.episodes_mesh", path],
+      env=env,
+      cwd=_REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with np.load(path) as f:
+    got = dict(f)
+  assert got["one_step_mask"].sum() > 4  # the script answered turns
+  for k in ("tokens", "completion_mask", "attention_mask", "step_mask"):
+    np.testing.assert_array_equal(got[f"eight_{k}"], got[f"one_{k}"], k)
+  np.testing.assert_allclose(got["eight_logp"], got["one_logp"], atol=1e-5)
+  assert got["eight_texts"].tolist() == got["one_texts"].tolist()
