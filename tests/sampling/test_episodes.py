@@ -17,6 +17,7 @@ from ugrad.models import logprobs
 from ugrad.models import model_config
 from ugrad.models import transformer as tr
 from ugrad.sampling import episodes
+from ugrad.sampling import evaluation
 from ugrad.tasks import arithmetic
 from ugrad.tasks import CharTokenizer
 
@@ -223,3 +224,46 @@ def test_episodes_on_a_mesh_match_one_device(tmp_path):
     np.testing.assert_array_equal(got[f"eight_{k}"], got[f"one_{k}"], k)
   np.testing.assert_allclose(got["eight_logp"], got["one_logp"], atol=1e-5)
   assert got["eight_texts"].tolist() == got["one_texts"].tolist()
+
+
+class _Answers:
+  """Answers every turn with the question's gold answer line, then ends:
+  a row scores when (and only when) its episode reached a turn's end."""
+
+  stop_strings = ("1", "2", "3", "4")
+
+  def __init__(self):
+    self.calls = 0
+
+  def open(self, example):
+    return _AnswerEpisode(self, example)
+
+
+class _AnswerEpisode:
+
+  def __init__(self, env, example):
+    self.env, self.example = env, example
+
+  def step(self, text, ids):
+    del text, ids
+    self.env.calls += 1
+    return environments.Turn(f"\n#### {self.example.answer}\n")
+
+
+@pytest.mark.slow
+def test_evaluation_samples_episodes(model):
+  graphdef, params = model
+  task = arithmetic.ArithmeticTask(tools=True, n_train=16, n_test=8)
+  width = max(len(task.prompt(ex)) + 1 for ex in task.examples("test"))
+  env = _Answers()
+  spec = episodes.EpisodeSpec(env, max_turns=2, max_error_rate=0.0)
+  got = evaluation.sample_eval(
+      task, graphdef, params, 8, 4, [1, 4], width, 24, episodes=spec
+  )
+  plain = evaluation.sample_eval(
+      task, graphdef, params, 8, 4, [1, 4], width, 24
+  )
+  assert env.calls > 8  # sampled and greedy episodes reached the tool
+  # An answered episode holds the gold answer: only episodes score.
+  assert got["pass@4"] > 0.5 > plain["pass@4"]
+  assert got["maj@4"] > plain["maj@4"]
