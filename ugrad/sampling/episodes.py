@@ -80,7 +80,8 @@ class EpisodeCompletions(prompts_lib.Completions):
   token (`step_rewards`, `step_mask` [R, P + N]), `turns` (policy turns),
   `calls` (turns the environment answered), `invalid_calls` (answers the
   environment marked `valid=False`), `truncated`, `failed` and
-  `prompt_lengths`."""
+  `prompt_lengths`; and `answer_rounds`, the times the decode loop stopped
+  for the environment."""
 
   step_rewards: Optional[np.ndarray] = None
   step_mask: Optional[np.ndarray] = None
@@ -90,6 +91,7 @@ class EpisodeCompletions(prompts_lib.Completions):
   truncated: Optional[np.ndarray] = None
   failed: Optional[np.ndarray] = None
   prompt_lengths: Optional[np.ndarray] = None
+  answer_rounds: int = 0
 
 
 def stop_ids(environment, tokenizer) -> tuple:
@@ -294,6 +296,7 @@ def sample_episodes(
         "done": distributed.put_global(rows.failed, state["done"].sharding),
     }
   phases = layout.kv_phases(p, n, config.kv_block)
+  rounds = 0
   for phase, slots in enumerate(phases):
     if phase:
       state = {**state, "cache": _grow_jit(state["cache"], slots)}
@@ -304,11 +307,14 @@ def sample_episodes(
       if not bool(distributed.host_get(jnp.any(state["stopped"]))):
         break
       state = _answer_stopped(state, rows, p)
+      rounds += 1
   if not bool(distributed.host_get(jnp.all(state["done"]))):
     state = _decode_jit(
         graphdef, params, state, key, config, stops, phases[-1], True
     )
-  return _completions(state, rows, tokenizer, prompt_mask, spec)
+  out = _completions(state, rows, tokenizer, prompt_mask, spec)
+  out.answer_rounds = rounds
+  return out
 
 
 def _completions(
@@ -397,4 +403,5 @@ def episode_metrics(out: EpisodeCompletions) -> dict:
       ),
       "episode_truncated_frac": float(out.truncated.mean()),
       "episode_failed_frac": float(out.failed.mean()),
+      "episode_answer_rounds": float(out.answer_rounds),
   }
