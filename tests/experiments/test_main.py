@@ -240,7 +240,7 @@ def test_grpo_tools_runs_episodes_end_to_end(tmp_path):
       96,
   )
   results = main.run(config, workdir)
-  assert "greedy_acc" in results
+  assert "greedy_acc" in results["final"]
   with open(os.path.join(workdir, "samples.jsonl")) as f:
     texts = [json.loads(line)["text"] for line in f]
   # Every call the policy closed was answered by the calculator (all but
