@@ -3,7 +3,8 @@
 Layers, bottom up (a module imports only from its own layer or below):
 
   0  errors, registry, masked, runtime/   (the run's machinery)
-  1  rollout, loss, tasks/, models/
+  1  rollout, loss, tasks/, models/, environments/ (plain Python: what
+     answers a policy between turns; tasks write the calculator's format)
   2  coefficients/, sampling/
   3  rewards/, sources/
   4  training/
@@ -26,6 +27,7 @@ LAYERS = {
     "loss": 1,
     "tasks": 1,
     "models": 1,
+    "environments": 1,
     "coefficients": 2,
     "sampling": 2,
     "rewards": 3,

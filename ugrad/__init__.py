@@ -1,15 +1,17 @@
 """ugrad: every post-training method is one gradient coefficient.
 
 The public API for methods written outside the package: a coefficient, a
-reward or a data source is registered under a name, after which configs
-select it like a built-in one (`config.coef = coef("my_method")`,
-`config.reward = "my_reward"`, `config.source = "my_source"`). See
+reward, a data source or an environment is registered under a name, after
+which configs select it like a built-in one (`config.coef =
+coef("my_method")`, `config.reward = "my_reward"`, `config.source =
+"my_source"`, `config.environment = "my_env"`). See
 `examples/custom_method/` and CONTRIBUTING.md.
 """
 
 from typing import Callable, Iterable, Optional
 
 from ugrad import coefficients as _coefficients
+from ugrad import environments as _environments
 from ugrad import rewards as _rewards
 from ugrad import sources as _sources
 from ugrad.coefficients import Coefficient
@@ -94,6 +96,25 @@ def register_source(
   return _sources.register(name, source_cls, replace=replace)
 
 
+def register_environment(
+    name: str, factory: Callable, *, replace: bool = False
+) -> Callable:
+  """Adds an environment under `name` (`config.environment`).
+
+  Args:
+    name: the name configs use.
+    factory: `(task, **kwargs) -> Environment`: an object with
+      `stop_strings` (texts that end a policy turn) and `open(example) ->
+      Episode`, whose `step(text, ids) -> ugrad.environments.Turn` answers
+      each turn (observation, reward, done); see `ugrad.environments`.
+    replace: allow replacing an existing environment.
+
+  Returns:
+    `factory`.
+  """
+  return _environments.register(name, factory, replace=replace)
+
+
 __all__ = [
     "Coefficient",
     "Reward",
@@ -101,6 +122,7 @@ __all__ = [
     "Rollout",
     "coefficient_metrics",
     "register_coefficient",
+    "register_environment",
     "register_reward",
     "register_source",
     "unified_loss",

@@ -35,6 +35,10 @@ def get_config(variant=None):
           operators="+-",
           val_fraction=0.0,
           n_validation=1024,
+          # The tools variant (the calculator environment's task): gold
+          # solutions of tool_fraction of the questions call the calculator.
+          tools=False,
+          tool_fraction=0.5,
       )
   )
   # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.
@@ -94,6 +98,13 @@ def get_config(variant=None):
       )
   )
   c.batch_size = 64  # rows per step for the `dataset` source
+  # Multi-turn episodes (ugrad/environments): "" samples one completion per
+  # sample; an environment's name ("calculator") runs episodes of at most
+  # max_turns policy turns in the sampling.max_new_tokens budget (policy and
+  # observation tokens together). More than max_error_rate of a call's
+  # episodes whose environment raised stops the run.
+  c.environment = ""
+  c.episodes = ml_collections.ConfigDict(dict(max_turns=8, max_error_rate=0.1))
 
   # Optimisation.
   c.steps = 200

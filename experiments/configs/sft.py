@@ -25,6 +25,8 @@ def train_sft(c: ml_collections.ConfigDict):
   c.optim.warmup_steps = ws.warmup_steps
   c.ppo_epochs = c.minibatches = c.micro_batches = 1
   c.sampling.pairs = False
+  if "environment" in c:  # gold solutions: no episodes
+    c.environment = ""
   c.ref_reset_every = 0
   c.iterative.iterations = 1
   c.eval_every = 0

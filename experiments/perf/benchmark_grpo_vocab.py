@@ -50,7 +50,6 @@ from ugrad import sampling
 from ugrad import sources
 from ugrad.models import model_config
 from ugrad.runtime import distributed
-from ugrad.sampling import sampler as sampler_lib
 from ugrad.training import build
 from ugrad.training import trimming
 from ugrad.training import update as update_lib
@@ -259,7 +258,7 @@ def _prompts(step: Step, b: int, p: int, vocab: int):
   ids = rng.integers(0, vocab, (b, p)).astype(np.int32)
   return distributed.put_global(
       (ids, np.ones((b, p), np.int32)),
-      sampler_lib.prompt_sharding(step.mesh.mesh, b),
+      sampling.prompt_sharding(step.mesh.mesh, b),
   )
 
 

@@ -106,6 +106,17 @@ HARD_TASK = {
 }
 
 
+# HARD_TASK's tools variant (ugrad/environments/calculator.py): the same
+# questions, the calculator's error mark in the vocabulary, and the gold
+# solutions of half of the questions calling the calculator at every step,
+# "(48*27)=1296", so an SFT warm start knows the call format.
+HARD_TOOLS_TASK = {
+    **HARD_TASK,
+    "task_kwargs.tools": True,
+    "task_kwargs.tool_fraction": 0.5,
+}
+
+
 def profile_settings(profile: str) -> dict:
   """A deep copy of the profile's seeds and shared / sft / rl / rm
   overrides.

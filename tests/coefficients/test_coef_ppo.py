@@ -49,6 +49,8 @@ def _ppo_loss(
   rewards = np.zeros_like(mask)
   for b in range(mask.shape[0]):
     rewards[b, np.nonzero(mask[b])[0][-1]] = float(ro.rewards[b])
+  if ro.step_rewards is not None:  # process / turn rewards at step ends
+    rewards += np.asarray(ro.step_rewards) * np.asarray(ro.step_mask)
   if beta and kl_in == "reward":
     rewards -= (
         beta

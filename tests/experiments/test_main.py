@@ -225,3 +225,30 @@ def test_a_bug_in_run_keeps_its_traceback(error, launcher):
   with pytest.raises(type(error)) as raised:
     launcher(error)
   assert raised.value is error
+
+
+@pytest.mark.slow
+def test_grpo_tools_runs_episodes_end_to_end(tmp_path):
+  # experiments/configs/grpo_tools.py at the tests' size: the warm start,
+  # GRPO over calculator episodes, samples with the tool's answers.
+  from experiments.configs import grpo_tools  # pylint: disable=import-outside-toplevel
+
+  workdir = str(tmp_path / "tools")
+  config = grpo_tools.get_config("tiny")
+  assert (config.environment, config.sampling.max_new_tokens) == (
+      "calculator",
+      96,
+  )
+  results = main.run(config, workdir)
+  assert "greedy_acc" in results["final"]
+  with open(os.path.join(workdir, "samples.jsonl")) as f:
+    texts = [json.loads(line)["text"] for line in f]
+  # Every call the policy closed was answered by the calculator (all but
+  # a last one cut by the budget or max_turns).
+  calls = [t for t in texts if ")" in t]
+  assert calls
+  for text in calls:
+    answered = re.findall(r"\)=(\?|-?[0-9.]+)", text)
+    assert answered and text.count(")") - len(answered) <= 1, text
+  rows = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert any(r.get("source_episode_tool_calls", 0) > 0 for r in rows)

@@ -46,6 +46,7 @@ SMOKE_TRAINED = tuple(
             "figure5_tuned.py",
             "headline.py",
             "preference.py",
+            "tools.py",
         )
     )
 )

@@ -276,13 +276,13 @@ def test_ragged_prompts_match_each_prompt_alone(model):
 
 def test_compiles_once_per_shape(model, monkeypatch):
   traces = []
-  choose = sampler_lib._choose  # pylint: disable=protected-access
+  choose = sampler_lib.choose_tokens
 
   def counting_choose(*args):
     traces.append(1)
     return choose(*args)
 
-  monkeypatch.setattr(sampler_lib, "_choose", counting_choose)
+  monkeypatch.setattr(sampler_lib, "choose_tokens", counting_choose)
   config = dataclasses.replace(GREEDY, max_new_tokens=3)  # Shapes of its own.
   tokens, mask = _prompts([4, 1], 5)
   graphdef, params = nnx.split(model, nnx.Param)

@@ -1,7 +1,9 @@
 """PPO with a learned critic (Schulman et al. 2017, arXiv 1707.06347).
 
-Per-token reward r_t = r * 1[t = last completion token] - beta * k(x_old_t)
-(Ouyang et al. 2022's KL-in-reward, arXiv 2203.02155), GAE(gamma, lambda)
+Per-token reward r_t = r * 1[t = last completion token] + s_t - beta *
+k(x_old_t) (Ouyang et al. 2022's KL-in-reward, arXiv 2203.02155), s_t the
+rollout's step rewards where it has them (a process reward, an
+environment's turn rewards at each turn's last token), GAE(gamma, lambda)
 (arXiv 1506.02438) over completion tokens, then the clipped surrogate's
 coefficient A_t * rho_t * g_t. `value_targets` gives the critic's regression
 targets (the GAE returns); the trainer fits any critic a coefficient
@@ -38,6 +40,8 @@ def token_rewards(
   rewards = advantages.outcome_token_rewards(
       rollout.rewards, rollout.completion_mask
   )
+  if rollout.step_rewards is not None:  # e.g. an environment's turn rewards
+    rewards = rewards + rollout.step_rewards * rollout.step_mask
   if beta and kl_in == "reward":
     rewards = rewards + kl.reward_penalty(
         kl_estimator, rollout.logp_old, rollout.logp_ref, beta

@@ -234,6 +234,12 @@ def make_scorer(spec: str, ctx: RewardContext):
           total[field] = np.maximum(total.get(field, 0), value)
         else:
           total[field] = total.get(field, 0) + weight * value
+    # An environment's turn rewards (multi-turn episodes) are already in
+    # the rollout: a process reward adds to them.
+    had = batch.rollout
+    if "step_rewards" in total and had.step_rewards is not None:
+      total["step_rewards"] = total["step_rewards"] + had.step_rewards
+      total["step_mask"] = np.maximum(total["step_mask"], had.step_mask)
     batch.rollout = batch.rollout.replace(**total)
     return batch
 

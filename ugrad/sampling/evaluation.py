@@ -15,11 +15,38 @@ import numpy as np
 
 from ugrad import errors
 from ugrad import sampling
+from ugrad.sampling import episodes as episodes_lib
 from ugrad.sampling import stats
 from ugrad.sampling import voting
 from ugrad.tasks import arithmetic
 from ugrad.tasks import jsonl
 from ugrad.tasks import math_answers
+
+
+def sample_texts(
+    task, graphdef, params, examples, prompt_len, key, config, mesh, episodes
+) -> list:
+  """The completion texts of `examples`' prompts: single-turn, or with
+  `episodes` (an `EpisodeSpec`) whole episodes, observations included."""
+  prompts = [task.prompt(ex) for ex in examples]
+  if episodes is None:
+    out = sampling.sample_prompts(
+        graphdef, params, prompts, task.tokenizer, prompt_len, key, config, mesh
+    )
+  else:
+    out = episodes_lib.sample_episodes(
+        graphdef,
+        params,
+        prompts,
+        task.tokenizer,
+        prompt_len,
+        key,
+        config,
+        episodes,
+        examples=examples,
+        mesh=mesh,
+    )
+  return out.texts
 
 
 def greedy_accuracy(
@@ -32,6 +59,7 @@ def greedy_accuracy(
     batch_size: int = 256,
     split: str = "test",
     mesh=None,
+    episodes=None,
 ) -> dict:
   """Greedy accuracy of a policy on the first questions of `split`.
 
@@ -49,6 +77,8 @@ def greedy_accuracy(
     split: "test" (held out) or "train".
     mesh: the run's device mesh, where the sampler's prompts go (None:
       JAX's default placement).
+    episodes: an `EpisodeSpec`: each question is a multi-turn episode with
+      its environment (None: one completion).
 
   Returns:
     {"greedy_acc": mean, "greedy_acc_ci": [low, high], "eval_questions": n}.
@@ -67,17 +97,18 @@ def greedy_accuracy(
   for start in range(0, n, batch_size):
     chunk = [examples[i] for i in range(start, min(start + batch_size, n))]
     padded = chunk + chunk[:1] * (batch_size - len(chunk))
-    out = sampling.sample_prompts(
+    texts = sample_texts(
+        task,
         graphdef,
         params,
-        [task.prompt(ex) for ex in padded],
-        tok,
+        padded,
         prompt_len,
         jax.random.key(0),
         config,
         mesh,
+        episodes,
     )
-    for ex, text in zip(chunk, out.texts):
+    for ex, text in zip(chunk, texts):
       correct.append(task.reward(ex, text))
   mean, low, high = stats.bootstrap_ci(np.asarray(correct, np.float64))
   return {"greedy_acc": mean, "greedy_acc_ci": [low, high], "eval_questions": n}
@@ -150,6 +181,7 @@ def _sample_batches(
     config,
     seed: int,
     mesh=None,
+    episodes=None,
 ):
   """Yields (example, [n] completion texts) for every question, in order.
 
@@ -157,24 +189,24 @@ def _sample_batches(
   with repeats of its first question, which are sampled but not returned),
   so the sampler compiles once. Call i draws with fold_in(key(seed), i).
   """
-  tok = task.tokenizer
   n = config.num_samples
   base_key = jax.random.key(seed)
   for call, start in enumerate(range(0, len(examples), batch_questions)):
     chunk = examples[start : start + batch_questions]
     padded = chunk + chunk[:1] * (batch_questions - len(chunk))
-    out = sampling.sample_prompts(
+    texts = sample_texts(
+        task,
         graphdef,
         params,
-        [task.prompt(ex) for ex in padded],
-        tok,
+        padded,
         prompt_len,
         jax.random.fold_in(base_key, call),
         config,
         mesh,
+        episodes,
     )
     for q, ex in enumerate(chunk):
-      yield ex, out.texts[q * n : (q + 1) * n]
+      yield ex, texts[q * n : (q + 1) * n]
 
 
 def _check_ks(ks: Sequence[int], n_samples: int) -> list[int]:
@@ -206,6 +238,7 @@ def sample_eval(
     equivalent: Optional[voting.Equivalence] = None,
     split: str = "test",
     mesh=None,
+    episodes=None,
 ) -> dict[str, Any]:
   """pass@k, maj@k and greedy accuracy of a policy on held-out questions.
 
@@ -233,6 +266,8 @@ def sample_eval(
     split: "test" (held out) or "train".
     mesh: the run's device mesh, where the sampler's prompts go (None:
       JAX's default placement).
+    episodes: an `EpisodeSpec` to sample multi-turn episodes (None: one
+      completion per sample).
 
   Returns:
     `stats.summarize`'s dict (num_questions, samples_per_question, pass@k,
@@ -280,6 +315,7 @@ def sample_eval(
       config,
       seed,
       mesh,
+      episodes,
   ):
     correct.append([task.reward(ex, text) > 0 for text in texts])
     answers.append([answer_fn(text) for text in texts])
@@ -294,6 +330,7 @@ def sample_eval(
       prompt_len,
       max_new_tokens,
       split=split,
+      episodes=episodes,
   )
   out["greedy_acc"] = greedy["greedy_acc"]
   out["greedy_acc_ci"] = greedy["greedy_acc_ci"]

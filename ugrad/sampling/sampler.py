@@ -18,7 +18,7 @@ it recomputes.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import flax.struct
 from flax import nnx
@@ -27,12 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ugrad import errors
-from ugrad.runtime import distributed
 from ugrad.sampling import layout
 from ugrad import registry
-from ugrad.models import sharding as sharding_lib
 from ugrad.models import transformer
-from ugrad.tasks import base as tasks_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +139,7 @@ def truncate_logits(
   return x
 
 
-def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig):
+def choose_tokens(logits: jax.Array, key: jax.Array, config: SamplingConfig):
   """Picks one token per row.
 
   Args:
@@ -168,7 +165,7 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig):
   return token, logp
 
 
-def _write_column(buf: jax.Array, column: jax.Array, col) -> jax.Array:
+def write_column(buf: jax.Array, column: jax.Array, col) -> jax.Array:
   return jax.lax.dynamic_update_slice(
       buf, column[:, None].astype(buf.dtype), (0, col)
   )
@@ -190,6 +187,37 @@ def in_compute_dtype(graphdef: nnx.GraphDef, params: Any) -> Any:
   )
 
 
+def prefill(model, prompt_tokens, prompt_mask, config: SamplingConfig, slots):
+  """The prompts' prefill into a cache of `slots` slots, repeated for the G
+  samples of each prompt (they share it).
+
+  Returns:
+    (cache, [R, V] next-token logits, int32 [R, P + N] kv_mask, int32 [R]
+    prompt lengths), R = B * G rows, prompt-major.
+  """
+  b = prompt_tokens.shape[0]
+  prompt_mask = prompt_mask.astype(jnp.int32)
+  # Slots of generated tokens are marked real up front: causality hides a
+  # slot until it is written.
+  kv_mask = jnp.pad(
+      prompt_mask, ((0, 0), (0, config.max_new_tokens)), constant_values=1
+  )
+  cache = transformer.init_cache(model.config, b, slots, config.cache_layout)
+  h, cache = model.hidden_cached(
+      prompt_tokens,
+      transformer.positions_from_mask(prompt_mask),
+      kv_mask[:, :slots],
+      cache,
+      0,
+  )
+  logits = model.logits(h[:, -1])
+  cache, logits, kv_mask, prompt_len = jax.tree.map(
+      lambda x: jnp.repeat(x, config.num_samples, axis=0),
+      (cache, logits, kv_mask, jnp.sum(prompt_mask, axis=-1)),
+  )
+  return cache, logits, kv_mask, prompt_len
+
+
 def _sample(
     graphdef, params, prompt_tokens, prompt_mask, key, config: SamplingConfig
 ) -> Samples:
@@ -198,29 +226,15 @@ def _sample(
   b, p = prompt_tokens.shape
   n, g = config.max_new_tokens, config.num_samples
   phases = layout.kv_phases(p, n, config.kv_block)
+  cache, logits, kv_mask, prompt_len = prefill(
+      model, prompt_tokens, prompt_mask, config, phases[0]
+  )
   prompt_mask = prompt_mask.astype(jnp.int32)
-  # Slots of generated tokens are marked real up front: causality hides a
-  # slot until it is written.
-  kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, n)), constant_values=1)
-  cache = transformer.init_cache(
-      model.config, b, phases[0], config.cache_layout
-  )
-  h, cache = model.hidden_cached(
-      prompt_tokens,
-      transformer.positions_from_mask(prompt_mask),
-      kv_mask[:, : phases[0]],
-      cache,
-      0,
-  )
-  logits = model.logits(h[:, -1])
 
-  # The G samples of a prompt share one prefill.
   def per_sample(x):
     return jnp.repeat(x, g, axis=0)
 
-  cache, logits, kv_mask = jax.tree.map(per_sample, (cache, logits, kv_mask))
   rows = b * g
-  prompt_len = per_sample(jnp.sum(prompt_mask, axis=-1))
   state = {
       "i": jnp.zeros((), jnp.int32),
       "tokens": jnp.concatenate(
@@ -239,7 +253,7 @@ def _sample(
 
   def emit(state):
     """Samples token i of every live row and records it."""
-    token, logp = _choose(
+    token, logp = choose_tokens(
         state["logits"], jax.random.fold_in(key, state["i"]), config
     )
     live = ~state["done"]
@@ -250,9 +264,9 @@ def _sample(
       done = done | (token == config.eos_id)
     return token, {
         **state,
-        "tokens": _write_column(state["tokens"], token, col),
-        "logp": _write_column(state["logp"], jnp.where(live, logp, 0.0), col),
-        "completion": _write_column(state["completion"], live, col),
+        "tokens": write_column(state["tokens"], token, col),
+        "logp": write_column(state["logp"], jnp.where(live, logp, 0.0), col),
+        "completion": write_column(state["completion"], live, col),
         "done": done,
     }
 
@@ -343,108 +357,3 @@ def sample(
           f"last column; rows {bad} are not"
       )
   return _sample_jit(graphdef, params, prompt_tokens, prompt_mask, key, config)
-
-
-# (params, prompt texts, key) -> Completions: a policy's sampler, as data
-# sources, evaluation and reward-model labelling call it.
-Sampler = Callable[[Any, Sequence[str], jax.Array], "Completions"]
-
-
-@dataclasses.dataclass
-class Completions:
-  """Host copies of sampled completions, R = B * G rows, prompt-major.
-
-  Attributes:
-    tokens: int32 [R, P + N] (the `Samples` layout).
-    attention_mask: int32 [R, P + N].
-    completion_mask: int32 [R, P + N].
-    logp: float32 [R, P + N], see `Samples.logp`.
-    texts: the decoded completion of each row.
-  """
-
-  tokens: np.ndarray
-  attention_mask: np.ndarray
-  completion_mask: np.ndarray
-  logp: np.ndarray
-  texts: list
-
-
-def sample_prompts(
-    graphdef: nnx.GraphDef,
-    params: Any,
-    prompts: Sequence[str],
-    tokenizer,
-    prompt_len: int,
-    key: jax.Array,
-    config: SamplingConfig,
-    mesh: Optional[jax.sharding.Mesh] = None,
-) -> Completions:
-  """The one sampling loop: prompt texts -> encode -> pack -> sample ->
-  decode. Every caller (data sources, evaluation, reward-model labelling,
-  iterative RL) samples through it.
-
-  Args:
-    graphdef: the policy's graph definition.
-    params: its parameters (as trained: sharded or not).
-    prompts: B prompt texts (BOS is added when the tokenizer has one).
-    tokenizer: encodes prompts and decodes completions.
-    prompt_len: P; prompts are left-padded to it (keep it fixed per run so
-      the sampler compiles once).
-    key: PRNG key; equal keys give equal samples.
-    config: see `SamplingConfig`.
-    mesh: the run's mesh: prompts are split over its batch axes when their
-      number divides, else replicated; parameters stay as they are (no
-      gather to one device). None leaves placement to JAX.
-
-  Returns:
-    `Completions` of B * G rows.
-  """
-  ids = [tasks_base.encode_prompt(tokenizer, text) for text in prompts]
-  p_tokens, p_mask = layout.pack_prompts(ids, prompt_len, tokenizer.pad_id)
-  if mesh is not None:
-    p_tokens, p_mask = distributed.put_global(
-        (p_tokens, p_mask), prompt_sharding(mesh, len(ids))
-    )
-  out = distributed.host_get(
-      sample(graphdef, params, p_tokens, p_mask, key, config)
-  )
-  tokens = np.asarray(out.tokens, np.int32)
-  completion_mask = np.asarray(out.completion_mask, np.int32)
-  texts = [
-      tokenizer.decode(row)
-      for row in layout.completion_ids(tokens, completion_mask)
-  ]
-  return Completions(
-      tokens,
-      np.asarray(out.attention_mask, np.int32),
-      completion_mask,
-      np.asarray(out.logp, np.float32),
-      texts,
-  )
-
-
-def prompt_sharding(
-    mesh: jax.sharding.Mesh, rows: int
-) -> jax.sharding.NamedSharding:
-  """Prompt rows over the mesh's batch axes when they divide, else
-  replicated (every device then samples every row)."""
-  divides = rows % sharding_lib.batch_shards(mesh.shape) == 0
-  spec = jax.P(sharding_lib.BATCH_AXES) if divides else jax.P()
-  return jax.sharding.NamedSharding(mesh, spec)
-
-
-def make_sampler(
-    graphdef: nnx.GraphDef,
-    tokenizer,
-    prompt_len: int,
-    config: SamplingConfig,
-    mesh: Optional[jax.sharding.Mesh] = None,
-) -> Sampler:
-  """`sample_prompts` with everything but (params, prompts, key) bound."""
-
-  def sampler(params, prompts: Sequence[str], key: jax.Array) -> Completions:
-    return sample_prompts(
-        graphdef, params, prompts, tokenizer, prompt_len, key, config, mesh
-    )
-
-  return sampler

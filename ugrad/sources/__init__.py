@@ -32,56 +32,16 @@ from ugrad import rollout as rollout_lib
 from ugrad import sampling
 from ugrad import tasks as tasks_lib
 from ugrad.sampling import layout
+from ugrad.sources import batch as batch_lib
 from ugrad.sources import groups as groups_lib
 
 Rollout = rollout_lib.Rollout
-
-
-@dataclasses.dataclass
-class Batch:
-  """A step's data on the host.
-
-  Attributes:
-    rollout: a `Rollout` of numpy arrays, rows in groups of G (prompt-major).
-    examples: the `Example` of each row.
-    texts: the decoded completion of each row.
-    metrics: source statistics (zero-signal groups, dropped groups, ...).
-  """
-
-  rollout: Rollout
-  examples: list
-  texts: list
-  metrics: dict
-
-
-# A reward scorer fills rewards / step_rewards / step_mask of a Batch.
-Scorer = Callable[[Batch], Batch]
-
-
-def select(batch: Batch, rows: Sequence[int]) -> Batch:
-  """The batch restricted to `rows` (in that order)."""
-  rows = np.asarray(rows, np.int64)
-  rollout = jax.tree.map(lambda x: x[rows], batch.rollout)
-  return Batch(
-      rollout,
-      [batch.examples[i] for i in rows],
-      [batch.texts[i] for i in rows],
-      dict(batch.metrics),
-  )
-
-
-def concat(batches: Sequence[Batch]) -> Batch:
-  """Rows of several batches, in order (metrics of the first)."""
-  rollout = jax.tree.map(
-      lambda *x: np.concatenate(x), *[b.rollout for b in batches]
-  )
-  return Batch(
-      rollout,
-      sum((b.examples for b in batches), []),
-      sum((b.texts for b in batches), []),
-      dict(batches[0].metrics),
-  )
-
+Batch = batch_lib.Batch
+Scorer = batch_lib.Scorer
+select = batch_lib.select
+concat = batch_lib.concat
+make_pairs = batch_lib.make_pairs
+make_kto_rows = batch_lib.make_kto_rows
 
 # The "step" under which the frozen-policy pool is drawn, distinct from every
 # training step.
@@ -90,78 +50,6 @@ _POOL_STEP = 2**31 - 1
 
 def _step_rng(seed: int, step: int, attempt: int = 0) -> np.random.Generator:
   return np.random.default_rng([seed, step, attempt])
-
-
-def make_pairs(batch: Batch, group_size: int) -> Batch:
-  """DPO pairs: one correct and one incorrect sample from each group.
-
-  The chosen sample is the first with the group's highest reward, the
-  rejected one the first with its lowest; groups whose rewards are all equal
-  have no pair and are dropped (counted in `pairs_dropped_frac`). The batch
-  keeps one pair slot per group; unused slots are blank rows.
-
-  Returns:
-    A batch of 2 rows per group: (chosen, rejected), with pair_ids and
-    pair_sign set.
-  """
-  rewards = groups_lib.rewards(batch.rollout, group_size)
-  num_groups = rewards.shape[0]
-  rows, real = [], []
-  for g in range(num_groups):
-    best, worst = int(np.argmax(rewards[g])), int(np.argmin(rewards[g]))
-    real.append(rewards[g, best] > rewards[g, worst])
-    rows += [g * group_size + best, g * group_size + worst]
-  out = select(batch, rows)
-  blank = np.repeat(~np.asarray(real, bool), 2)
-  mask = np.where(blank[:, None], 0, out.rollout.completion_mask)
-  num_pairs = np.arange(num_groups, dtype=np.int32)
-  out.rollout = out.rollout.replace(
-      completion_mask=mask.astype(np.int32),
-      pair_ids=np.repeat(num_pairs, 2),
-      pair_sign=np.tile(np.array([1.0, -1.0], np.float32), num_groups),
-      group_ids=np.repeat(num_pairs, 2),
-  )
-  out.texts = [("" if b else t) for b, t in zip(blank, out.texts)]
-  out.metrics["pairs_dropped_frac"] = float(1.0 - np.mean(real))
-  return out
-
-
-def make_kto_rows(batch: Batch, group_size: int, prompt_len: int) -> Batch:
-  """KTO rows: each sample (`pair_sign` +1) followed by its prompt with the
-  completion of the same slot in the next group (-1), a mismatched pair whose
-  log-ratio estimates KTO's reference point z_ref; `pair_ids` join the two.
-  A pair with an empty completion is blanked (`kto_blank_frac`).
-
-  Raises:
-    UserError: with one group (no other question's completion to take).
-  """
-  n = len(batch.examples)
-  if n <= group_size:
-    raise errors.UserError(
-        "sampling.kto pairs each sample with another question's completion:"
-        " sampling.questions must be >= 2"
-    )
-  own = np.arange(n)
-  out = select(batch, np.stack([own, (own + group_size) % n], 1).reshape(-1))
-  r, p = out.rollout, prompt_len
-  tokens = np.array(r.tokens)
-  tokens[1::2, :p] = batch.rollout.tokens[:, :p]
-  attention = np.array(r.attention_mask)  # A sampling source's, never None.
-  attention[1::2, :p] = batch.rollout.attention_mask[:, :p]
-  real = np.asarray(r.completion_mask).sum(1).reshape(n, 2).min(1) > 0
-  mask = np.where(np.repeat(real, 2)[:, None], r.completion_mask, 0)
-  ids = np.repeat(own.astype(np.int32), 2)
-  out.rollout = r.replace(
-      tokens=tokens,
-      attention_mask=attention,
-      completion_mask=mask.astype(np.int32),
-      pair_ids=ids,
-      pair_sign=np.tile(np.array([1.0, -1.0], np.float32), n),
-      group_ids=ids,
-  )
-  out.examples[1::2] = batch.examples
-  out.metrics["kto_blank_frac"] = float(1.0 - np.mean(real))
-  return out
 
 
 class DatasetSource:
@@ -258,18 +146,47 @@ class OnlineSource:
     self.max_draws = max_draws if dynamic else 1
 
   def _sample(self, params, examples, key) -> Batch:
-    out = self.sampler(params, [self.task.prompt(ex) for ex in examples], key)
+    """G samples of each question (whole episodes with an `EpisodeSampler`,
+    the environment's turn rewards as step rewards, `failed` rows set)."""
+    prompts = [self.task.prompt(ex) for ex in examples]
+    if getattr(self.sampler, "episodic", False):
+      out = self.sampler(params, prompts, key, examples=examples)
+    else:
+      out = self.sampler(params, prompts, key)
     g = self.group_size
     rollout = Rollout(
         tokens=out.tokens,
         attention_mask=out.attention_mask,
         completion_mask=out.completion_mask,
         logp_old=out.logp,
+        step_rewards=getattr(out, "step_rewards", None),
+        step_mask=getattr(out, "step_mask", None),
         group_ids=np.arange(len(examples) * g, dtype=np.int32) // g,
     )
-    return Batch(
+    batch = Batch(
         rollout, [ex for ex in examples for _ in range(g)], out.texts, {}
     )
+    if getattr(self.sampler, "episodic", False):
+      batch.metrics = sampling.episode_metrics(out)
+      batch.failed = out.failed
+    return batch
+
+  @staticmethod
+  def _scored(score: Scorer, batch: Batch) -> Batch:
+    """`score(batch)`, then zero rewards on the rows whose episode failed."""
+    failed = batch.failed
+    batch = score(batch)
+    if failed is not None and failed.any():
+      r = batch.rollout
+      zero = {
+          k: np.where(failed.reshape((-1,) + (1,) * (v.ndim - 1)), 0, v).astype(
+              v.dtype
+          )
+          for k, v in (("rewards", r.rewards), ("step_rewards", r.step_rewards))
+          if v is not None
+      }
+      batch.rollout = r.replace(**zero)
+    return batch
 
   def _questions(self, step: int, attempt: int) -> list:
     train = self.task.examples("train")
@@ -281,12 +198,13 @@ class OnlineSource:
   def draw(self, params, step: int, score: Scorer) -> Batch:
     key = jax.random.fold_in(jax.random.key(self.seed), step)
     return self._assemble(
-        lambda attempt: score(
+        lambda attempt: self._scored(
+            score,
             self._sample(
                 params,
                 self._questions(step, attempt),
                 jax.random.fold_in(key, attempt),
-            )
+            ),
         )
     )
 
@@ -321,6 +239,7 @@ class OnlineSource:
     )
     flat_groups = self.questions - len(groups_lib.varied(batch.rollout, g))
     batch.metrics = {
+        **batch.metrics,
         "zero_signal_group_frac": flat_groups / self.questions,
         "draws": float(draws),
     }

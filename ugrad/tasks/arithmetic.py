@@ -14,10 +14,12 @@ become text only when an example is read.
 
 import functools
 import re
+import zlib
 from typing import Optional, Sequence, Union
 
 from ugrad import errors
 from ugrad import registry
+from ugrad.environments import calculator
 from ugrad.tasks import base
 from ugrad.tasks.problems import Difficulty
 from ugrad.tasks.problems import draw_held_out_problems
@@ -25,6 +27,7 @@ from ugrad.tasks.problems import draw_test_problems
 from ugrad.tasks.problems import draw_train_problems
 from ugrad.tasks.problems import Problems
 from ugrad.tasks.tokenizer import CharTokenizer
+from ugrad.tasks.tokenizer import DEFAULT_CHARS
 from ugrad.tasks.tokenizer import Tokenizer
 
 _PY_APPLY = {
@@ -47,36 +50,59 @@ def format_question(operands: Sequence[int], ops: str) -> str:
 
 
 def format_steps(
-    operands: Sequence[int], ops: str, results: Sequence[int]
+    operands: Sequence[int],
+    ops: str,
+    results: Sequence[int],
+    tool: bool = False,
 ) -> str:
+  """One line per step, "a*b=r"; with `tool` each step calls the calculator
+  instead, "(a*b)=r" ("(a*b)" the policy's, "=r" the tool's answer)."""
   lines, prev = [], operands[0]
   for op, b, r in zip(ops, operands[1:], results):
-    lines.append(f"{prev}{op}{b}={r}")
+    expression = f"{prev}{op}{b}"
+    if tool:
+      expression = calculator.call_text(expression)
+    lines.append(f"{expression}={r}")
     prev = r
   return "\n".join(lines)
+
+
+# The tools variant's characters: the default ones, then the calculator's
+# error mark (appended, so every other id is the default tokenizer's).
+TOOL_CHARS = DEFAULT_CHARS + calculator.ERROR
 
 
 class ArithmeticExamples(Sequence[base.Example]):
   """Examples backed by `Problems` arrays; text is built on access."""
 
-  def __init__(self, problems: Problems):
+  def __init__(self, problems: Problems, tool_share: float = 0.0):
     self.problems = problems
+    self.tool_share = tool_share
 
   def __len__(self) -> int:
     return len(self.problems)
 
   def __getitem__(self, i):
     if isinstance(i, slice):
-      return ArithmeticExamples(self.problems.select(i))
+      return ArithmeticExamples(self.problems.select(i), self.tool_share)
     p = self.problems
     operands = p.operands[i].tolist()
     ops = p.ops[i].tobytes().decode()
     results = p.results[i].tolist()
+    question = format_question(operands, ops)
     return base.Example(
-        question=format_question(operands, ops),
-        solution=format_steps(operands, ops, results),
+        question=question,
+        solution=format_steps(
+            operands, ops, results, shows_tool(question, self.tool_share)
+        ),
         answer=str(results[-1]),
     )
+
+
+def shows_tool(question: str, share: float) -> bool:
+  """Whether the gold solution of `question` calls the calculator: a fixed
+  pseudo-random `share` of the questions (by a hash of the text)."""
+  return share > 0 and zlib.crc32(question.encode()) % 10_000 < share * 10_000
 
 
 @functools.lru_cache(maxsize=65536)
@@ -185,6 +211,8 @@ class ArithmeticTask:
       seed: int = 0,
       step_rule: str = "prefix",
       tokenizer: Optional[Tokenizer] = None,
+      tools: bool = False,
+      tool_fraction: float = 0.5,
   ):
     """Builds the task; problems are drawn on the first `examples` call.
 
@@ -202,8 +230,20 @@ class ArithmeticTask:
       n_validation: distinct validation questions.
       seed: chooses the problems drawn, not the split.
       step_rule: "prefix" or "local" (see `step_labels`).
-      tokenizer: any `Tokenizer`; default `CharTokenizer()`.
+      tokenizer: any `Tokenizer`; default `CharTokenizer()`, or with
+        `tools` `CharTokenizer(TOOL_CHARS)`.
+      tools: the tools variant: gold solutions of `tool_fraction` of the
+        questions call the calculator at every step (the SFT warm start's
+        data for the `calculator` environment), and the default tokenizer
+        can write the calculator's error mark.
+      tool_fraction: with `tools`, the share of questions whose solution
+        shows the tool.
     """
+    if not 0.0 <= tool_fraction <= 1.0:
+      raise errors.UserError(
+          f"tool_fraction must be in [0, 1], got {tool_fraction}"
+      )
+    self.tool_share = tool_fraction if tools else 0.0
     if isinstance(digits, int):
       digits = (digits, digits)
     self.difficulty = Difficulty(
@@ -228,7 +268,9 @@ class ArithmeticTask:
     self.val_fraction = val_fraction
     self.seed = seed
     self.step_rule = step_rule
-    self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
+    if tokenizer is None:
+      tokenizer = CharTokenizer(TOOL_CHARS if tools else DEFAULT_CHARS)
+    self.tokenizer = tokenizer
     self._examples: dict[str, ArithmeticExamples] = {}
 
   def examples(self, split: str) -> ArithmeticExamples:
@@ -258,7 +300,7 @@ class ArithmeticTask:
             "no validation split: set task_kwargs.val_fraction "
             "(e.g. 0.05) to reserve one"
         )
-      self._examples[split] = ArithmeticExamples(problems)
+      self._examples[split] = ArithmeticExamples(problems, self.tool_share)
     return self._examples[split]
 
   def prompt(self, example: base.Example) -> str:

@@ -16,11 +16,13 @@ import optax
 
 from ugrad import coefficients
 from ugrad.coefficients import corrections
+from ugrad import environments
 from ugrad import errors
 from ugrad import models
 from ugrad import sampling
 from ugrad.training import runs
 from ugrad import sources as sources_lib
+from ugrad.sampling import episodes as episodes_lib
 from ugrad.sampling import stats
 from ugrad import tasks as tasks_lib
 from ugrad.models import lora as lora_lib
@@ -380,6 +382,40 @@ def sampling_config(
       temperature=config.sampling.temperature,
       top_k=top_k,
       top_p=top_p,
+  )
+
+
+def episode_spec(config, task):
+  """The run's `EpisodeSpec` (`config.environment` and `config.episodes`),
+  or None for single-turn sampling."""
+  name = config.get("environment", "")
+  if not name:
+    return None
+  return episodes_lib.EpisodeSpec(
+      environments.make(name, task),
+      config.episodes.max_turns,
+      config.episodes.max_error_rate,
+  )
+
+
+def make_sampler(config, policy, prompt_len: int, mesh: Mesh, task):
+  """The policy's sampler: `sampling.make_sampler`, or an
+  `episodes.EpisodeSampler` when the run has an environment."""
+  sampling_cfg = sampling_config(
+      config, policy.tokenizer, config.sampling.group_size
+  )
+  spec = episode_spec(config, task)
+  if spec is None:
+    return sampling.make_sampler(
+        policy.graphdef, policy.tokenizer, prompt_len, sampling_cfg, mesh.mesh
+    )
+  return episodes_lib.EpisodeSampler(
+      policy.graphdef,
+      policy.tokenizer,
+      prompt_len,
+      sampling_cfg,
+      spec,
+      mesh.mesh,
   )
 
 

@@ -26,7 +26,6 @@ from ugrad import rewards as rewards_lib
 from ugrad.training import learner as learner_lib
 from ugrad.models import lora
 from ugrad.training import runs
-from ugrad import sampling
 from ugrad.training import trimming
 from ugrad.training import update as update_lib
 
@@ -53,15 +52,10 @@ class PolicyLearner:
     self.coef_fn = coefficients.make_coefficient(config.coef.name, **hp)
     self.needed = build.needed_fields(config)
     self.chunk = build.group_size(config)
-    sampler = sampling.make_sampler(
-        self.policy.graphdef,
-        self.policy.tokenizer,
-        context.prompt_len,
-        build.sampling_config(
-            config, self.policy.tokenizer, config.sampling.group_size
-        ),
-        context.mesh.mesh,
+    sampler = build.make_sampler(
+        config, self.policy, context.prompt_len, context.mesh, self.task
     )
+    self.episodes = build.episode_spec(config, self.task)
     self.source = build.source_class(config)(
         self.task,
         sampler=sampler,
@@ -295,6 +289,7 @@ class PolicyLearner:
         self.context.max_new,
         split=self.config.eval_split,
         mesh=self.context.mesh.mesh,
+        episodes=self.episodes,
     )
 
   def periodic_evaluation(self, state: dict) -> dict:
@@ -317,6 +312,7 @@ class PolicyLearner:
           seed=self.config.seed,
           split=self.config.eval_split,
           mesh=self.context.mesh.mesh,
+          episodes=self.episodes,
       )
       results.update(
           {k: v for k, v in sampled.items() if k.startswith(("pass@", "maj@"))}

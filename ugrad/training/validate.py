@@ -9,6 +9,7 @@ A reward-model run adds `ugrad.training.reward_models.check_config`.
 
 from ugrad.training import build
 from ugrad import coefficients
+from ugrad import environments
 from ugrad import errors
 from ugrad import models
 from ugrad.runtime import profiling
@@ -136,8 +137,32 @@ def _check_names(config) -> None:
         f"sampler_correction {correction!r} weighs a sampler's tokens: "
         f"source {config.source!r} samples none"
     )
+  _check_environment(config)
   if config.normalizer:  # "" is the coefficient's own
     registry.lookup(dict.fromkeys(NORMALIZERS), "normalizer", config.normalizer)
+
+
+def _check_environment(config) -> None:
+  """An environment exists and runs where episodes are sampled: the online
+  source (a cached pool would lose the episodes' observations)."""
+  name = config.get("environment", "")
+  if not name:
+    return
+  environments.get(name)
+  if config.source != "online":
+    raise errors.UserError(
+        f"environment {name!r} runs episodes for the 'online' source, not "
+        f"{config.source!r}"
+    )
+  if config.episodes.max_turns < 1:
+    raise errors.UserError(
+        f"episodes.max_turns must be >= 1, got {config.episodes.max_turns}"
+    )
+  if not 0 <= config.episodes.max_error_rate <= 1:
+    raise errors.UserError(
+        "episodes.max_error_rate must be in [0, 1], got "
+        f"{config.episodes.max_error_rate}"
+    )
 
 
 def provided_fields(config) -> set:
@@ -155,6 +180,8 @@ def provided_fields(config) -> set:
     provided.add("logp_old")  # recomputed from the current policy
   if config.get("teacher", ""):
     provided.add("logp_teacher")
+  if config.get("environment", ""):
+    provided |= {"step_rewards", "step_mask"}  # the turns' rewards
   return provided
 
 
