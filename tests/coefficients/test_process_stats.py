@@ -48,8 +48,28 @@ def test_stats_split_the_advantage_by_step_position():
   assert stats["process/adv_abs_last_step"] == pytest.approx(
       np.abs(row0[4:] + row1[3:5]).mean()
   )
+  assert stats["process/adv_mean_first_step"] == pytest.approx(
+      np.mean(row0[:2] + row1[:3])
+  )
+  assert stats["process/adv_mean_last_step"] == pytest.approx(
+      np.mean(row0[4:] + row1[3:5])
+  )
+  assert stats["process/adv_row_mean"] == pytest.approx(
+      (np.mean(row0) + np.mean(row1)) / 2
+  )
+  assert stats["process/sampled_nll"] == 0.0  # no logp_old
   assert stats["process/steps_mean"] == 2.5
   assert stats["process/steps_max"] == 3.0
   assert stats["process/step_reward_mean"] == pytest.approx(0.8)
   assert stats["process/first_step_right"] == 1.0
   assert stats["process/after_last_step_frac"] == pytest.approx(1 / 12)
+
+
+def test_sampled_nll_is_the_mean_over_completion_tokens():
+  ro = _rollout()
+  logp = np.full(ro.tokens.shape, -0.5, np.float32)
+  logp[:, 0] = -9.0  # the prompt column does not count
+  stats = process_stats.process_advantage_stats(
+      ro.replace(logp_old=jnp.asarray(logp))
+  )
+  assert stats["process/sampled_nll"] == pytest.approx(0.5)

@@ -15,8 +15,12 @@ from ugrad.coefficients import grpo
 from ugrad.coefficients import groups
 
 
+def _masked_mean(x: np.ndarray, where: np.ndarray) -> float:
+  return float(x[where].mean()) if where.any() else 0.0
+
+
 def _masked_abs_mean(x: np.ndarray, where: np.ndarray) -> float:
-  return float(np.abs(x[where]).mean()) if where.any() else 0.0
+  return _masked_mean(np.abs(x), where)
 
 
 def process_advantage_stats(
@@ -33,8 +37,12 @@ def process_advantage_stats(
     "process/" keys: steps per completion (mean, max), the share of steps
     labelled right and of completions whose first step is right, mean |A|
     over all completion tokens, on the first step's tokens (up to its last
-    token) and on the last step's, max |A|, and the share of completion
-    tokens after the last step (EOS), whose A is 0 by construction.
+    token) and on the last step's, max |A|, the signed mean A on the first
+    and last step's tokens, the mean over rows of each row's token mean of
+    A (`adv_row_mean`, the net push under the `sequence` normaliser), the
+    mean -log pi_old of the sampled tokens (an entropy estimate; 0 without
+    logp_old), and the share of completion tokens after the last step
+    (EOS), whose A is 0 by construction.
   """
   mask = np.asarray(rollout.completion_mask) > 0
   steps = (np.asarray(rollout.step_mask) > 0) & mask
@@ -60,6 +68,10 @@ def process_advantage_stats(
   after = mask & (before == count[:, None])
   with_steps = real & (count > 0)
   first_reward = rewards[np.arange(len(rewards)), np.argmax(steps, 1)]
+  # The net push on each row under the `sequence` normaliser: its token mean
+  # of A (an outcome group advantage sums to 0 over each group).
+  row_mean = (adv * mask).sum(1) / np.maximum(mask.sum(1), 1)
+  logp = rollout.logp_old
   return {
       "process/steps_mean": float(count[real].mean()) if real.any() else 0.0,
       "process/steps_max": float(count.max(initial=0)),
@@ -73,6 +85,14 @@ def process_advantage_stats(
       "process/adv_abs_first_step": _masked_abs_mean(adv, first),
       "process/adv_abs_last_step": _masked_abs_mean(adv, last),
       "process/adv_abs_max": float(np.abs(adv[mask]).max(initial=0.0)),
+      "process/adv_mean_first_step": _masked_mean(adv, first),
+      "process/adv_mean_last_step": _masked_mean(adv, last),
+      "process/adv_row_mean": float(row_mean[real].mean())
+      if real.any()
+      else 0.0,
+      "process/sampled_nll": (
+          _masked_mean(-np.asarray(logp), mask) if logp is not None else 0.0
+      ),
       "process/after_last_step_frac": (
           float(after.sum() / mask.sum()) if mask.any() else 0.0
       ),
