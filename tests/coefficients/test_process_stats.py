@@ -36,9 +36,10 @@ def test_stats_split_the_advantage_by_step_position():
   # Five step rewards 1, 1, 1, 1, 0: mean 0.8, sample std sqrt(0.2).
   z_one, z_zero = 0.2 / np.sqrt(0.2), -0.8 / np.sqrt(0.2)
   # Row 0 tokens 1-2 (first step) sum three z_one; 3-4 two; 5-6 one.
-  # Row 1 tokens 1-3 sum z_one + z_zero; 4-5 z_zero; 6 (EOS) 0.
+  # Row 1 tokens 1-3 sum z_one + z_zero; 4-5 z_zero; 6 (EOS), part of the
+  # last step, z_zero too.
   row0 = [3 * z_one] * 2 + [2 * z_one] * 2 + [z_one] * 2
-  row1 = [z_one + z_zero] * 3 + [z_zero] * 2 + [0.0]
+  row1 = [z_one + z_zero] * 3 + [z_zero] * 3
   everything = np.abs(row0 + row1)
   assert stats["process/adv_abs_mean"] == pytest.approx(everything.mean())
   assert stats["process/adv_abs_max"] == pytest.approx(everything.max())
@@ -46,13 +47,13 @@ def test_stats_split_the_advantage_by_step_position():
       np.abs(row0[:2] + row1[:3]).mean()
   )
   assert stats["process/adv_abs_last_step"] == pytest.approx(
-      np.abs(row0[4:] + row1[3:5]).mean()
+      np.abs(row0[4:] + row1[3:]).mean()
   )
   assert stats["process/adv_mean_first_step"] == pytest.approx(
       np.mean(row0[:2] + row1[:3])
   )
   assert stats["process/adv_mean_last_step"] == pytest.approx(
-      np.mean(row0[4:] + row1[3:5])
+      np.mean(row0[4:] + row1[3:])
   )
   assert stats["process/adv_row_mean"] == pytest.approx(
       (np.mean(row0) + np.mean(row1)) / 2

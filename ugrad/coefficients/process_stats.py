@@ -41,8 +41,8 @@ def process_advantage_stats(
     and last step's tokens, the mean over rows of each row's token mean of
     A (`adv_row_mean`, the net push under the `sequence` normaliser), the
     mean -log pi_old of the sampled tokens (an entropy estimate; 0 without
-    logp_old), and the share of completion tokens after the last step
-    (EOS), whose A is 0 by construction.
+    logp_old), and the share of completion tokens after the last step's
+    last visible token (the EOS), which belong to the last step.
   """
   mask = np.asarray(rollout.completion_mask) > 0
   steps = (np.asarray(rollout.step_mask) > 0) & mask
@@ -61,10 +61,11 @@ def process_advantage_stats(
   real = mask.any(1)
   count = steps.sum(1)
   # Steps ending strictly before each token: 0 on the first step's tokens,
-  # count - 1 on the last step's, count after the last step's end.
+  # count - 1 on the last step's, count after its last visible token (the
+  # EOS, which `last` counts with the last step).
   before = np.cumsum(steps, 1) - steps
   first = mask & (before == 0) & (count[:, None] > 0)
-  last = mask & (before == count[:, None] - 1) & (count[:, None] > 0)
+  last = mask & (before >= count[:, None] - 1) & (count[:, None] > 0)
   after = mask & (before == count[:, None])
   with_steps = real & (count > 0)
   first_reward = rewards[np.arange(len(rewards)), np.argmax(steps, 1)]
