@@ -120,7 +120,8 @@ def test_grpo_outcome_matches_eq3(x64, shape, hparams):
 
 def _process_advantage(ro, eps):
   """DeepSeekMath 4.1.3: normalise a group's step rewards together, then sum
-  the normalised rewards of the steps ending at or after each token."""
+  the normalised rewards of the steps ending at or after each token; the
+  last step ends at the response's last token (index(j) of the last step)."""
   mask = np.asarray(ro.completion_mask)
   steps = np.asarray(ro.step_mask) * mask
   step_r = np.asarray(ro.step_rewards)
@@ -129,16 +130,45 @@ def _process_advantage(ro, eps):
     values = np.concatenate([step_r[i][steps[i] > 0] for i in rows])
     mean, std = values.mean(), values.std(ddof=1)
     for i in rows:
+      at = np.nonzero(steps[i] > 0)[0]
+      normed = (step_r[i, at] - mean) / (std + eps)
+      ends = at.copy()
+      if len(ends):
+        ends[-1] = np.nonzero(mask[i])[0][-1]
       for t in np.nonzero(mask[i])[0]:
-        ends = np.nonzero(steps[i] > 0)[0]
-        ends = ends[ends >= t]
-        adv[i, t] = ((step_r[i, ends] - mean) / (std + eps)).sum()
+        adv[i, t] = normed[ends >= t].sum()
   return adv
 
 
+def _eos_after_last_step(ro):
+  """`ro` with each row's last step ending one token before its last
+  completion token, as on real completions (the step reward sits on the
+  last visible character, the EOS follows)."""
+  mask = np.asarray(ro.completion_mask)
+  steps = np.asarray(ro.step_mask).copy()
+  step_r = np.asarray(ro.step_rewards).copy()
+  for i in range(mask.shape[0]):
+    cols = np.nonzero(mask[i])[0]
+    if len(cols) >= 2 and not steps[i, cols[-2]]:
+      steps[i, cols[-2]], step_r[i, cols[-2]] = 1.0, step_r[i, cols[-1]]
+      steps[i, cols[-1]], step_r[i, cols[-1]] = 0.0, 0.0
+  return ro.replace(
+      step_mask=jnp.asarray(steps), step_rewards=jnp.asarray(step_r)
+  )
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_grpo_process_matches_paper(x64, shape):
+@pytest.mark.parametrize("eos_after_last_step", [False, True])
+def test_grpo_process_matches_paper(x64, shape, eos_after_last_step):
   theta, ro = cc.make_case(21, **shape)
+  if eos_after_last_step:
+    ro = _eos_after_last_step(ro)
+    # Some rows now have completion tokens after their last step.
+    assert any(
+        not np.asarray(ro.step_mask)[i, np.nonzero(m)[0][-1]]
+        for i, m in enumerate(np.asarray(ro.completion_mask))
+        if m.any()
+    )
   hparams = dict(beta=0.05)
   adv = _process_advantage(ro, 1e-6)
 

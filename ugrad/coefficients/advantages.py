@@ -17,6 +17,29 @@ def reverse_cumsum(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask > 0, tail, 0)
 
 
+def last_step_to_end(
+    step_values: jax.Array, steps: jax.Array, mask: jax.Array
+) -> jax.Array:
+  """[B, T]: `step_values` with each row's last step moved to its last
+  completion token.
+
+  A step's value sits at the step's last visible token; the tokens after
+  the last step (the EOS, trailing white space) still belong to it, and a
+  reverse cumulative sum of the result gives them the last step's value
+  instead of 0.
+
+  Args:
+    step_values: [B, T] a value at each step end, 0 elsewhere.
+    steps: [B, T] bool, the step ends inside the completion.
+    mask: [B, T] completion mask.
+  """
+  remaining = reverse_cumsum(steps.astype(jnp.int32), mask)
+  is_last = steps & (remaining == 1)
+  last = jnp.sum(jnp.where(is_last, step_values, 0), axis=-1)
+  moved = jnp.where(is_last, 0, step_values)
+  return jnp.where(masked.last_token(mask), moved + last[:, None], moved)
+
+
 def outcome_token_rewards(rewards: jax.Array, mask: jax.Array) -> jax.Array:
   """[B, T]: the outcome reward placed on the last completion token."""
   return jnp.where(masked.last_token(mask), rewards[:, None], 0.0)

@@ -157,7 +157,10 @@ def process_advantages(
 
   The step rewards of a whole group are normalised together (mean and
   sample std over every step of every sample in the group); each token then
-  gets the sum of the normalised rewards of the steps ending at or after it.
+  gets the sum of the normalised rewards of the steps ending at or after it,
+  the last step ending at the completion's last token (the EOS after its
+  last visible character is part of it, as DeepSeekMath's index(j) of the
+  last step is the response's end).
 
   Args:
     step_rewards: [B, T] reward of each step at its last token.
@@ -185,6 +188,8 @@ def process_advantages(
     normed = centred / (std + eps)[:, None]
   flat = groups.all_equal(step_rewards, same, steps)
   normed = jnp.where(steps & ~flat[:, None], normed, 0.0)
+  # The last step ends at the completion's last token, so its EOS is judged.
+  normed = advantages.last_step_to_end(normed, steps, mask)
   return advantages.reverse_cumsum(normed, mask)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from ugrad.training import build
 from ugrad import coefficients
 from ugrad import errors
+from ugrad.coefficients import process_stats
 from ugrad.runtime import distributed
 from ugrad.sampling import evaluation as eval_lib
 from ugrad import rewards as rewards_lib
@@ -273,6 +274,12 @@ class PolicyLearner:
           if keep
       ]
       stats["accuracy"] = float(np.mean(correct)) if correct else 0.0
+    if self.config.coef.name == "grpo_process":
+      stats.update(
+          process_stats.process_advantage_stats(
+              r, self.config.coef.std_normalize, self.config.coef.eps
+          )
+      )
     return stats
 
   # --- evaluation and the result -------------------------------------------
