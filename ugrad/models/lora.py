@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ugrad import errors
+from ugrad.models import quantize
 
 # Attention's and the MLP's projections, in every layer.
 DEFAULT_TARGETS = r"(self_attn/[qkvo]_proj|mlp/(gate|up|down)_proj)$"
@@ -41,17 +42,22 @@ class LoRASpec:
     alpha: the scale is alpha / r.
     targets: a regular expression searched in each `Dense` module's path
       ("layers/0/mlp/up_proj", "lm_head").
+    base_dtype: how the targeted kernels are stored while frozen
+      (`ugrad.models.quantize`: "" keeps `param_dtype`; "float32",
+      "bfloat16", "int8", "nf4").
   """
 
   rank: int
   alpha: float
   targets: str = DEFAULT_TARGETS
+  base_dtype: str = ""
 
   def __post_init__(self):
     if self.rank <= 0:
       raise errors.UserError(f"lora.rank must be > 0, got {self.rank}")
     if self.alpha <= 0:
       raise errors.UserError(f"lora.alpha must be > 0, got {self.alpha}")
+    quantize.check_base_dtype(self.base_dtype)
 
 
 class Adapter(nnx.Module):
@@ -79,6 +85,10 @@ class Adapter(nnx.Module):
     b = self.b[...].astype(self.dtype)
     return (x.astype(self.dtype) @ a @ b) * jnp.asarray(self.scale, self.dtype)
 
+  def product(self) -> jax.Array:
+    """(alpha / r) A B, [in, out], in the adapters' dtype."""
+    return self.scale * (self.a[...] @ self.b[...])
+
 
 def dense_paths(model) -> dict:
   """{"layers/0/self_attn/q_proj": the Dense, ...} of a model."""
@@ -94,7 +104,8 @@ def dense_paths(model) -> dict:
 
 def attach(model, spec: LoRASpec, seed: int):
   """`model` with an `Adapter` on every Dense whose path matches
-  `spec.targets` (changed in place, and returned).
+  `spec.targets`, its kernel stored as `spec.base_dtype` (changed in place,
+  and returned).
 
   Raises:
     UserError: when the pattern matches no module, listing the paths.
@@ -109,6 +120,7 @@ def attach(model, spec: LoRASpec, seed: int):
   rngs = nnx.Rngs(seed + _SEED_OFFSET)
   for path in chosen:
     found[path].lora = Adapter(found[path], spec, rngs=rngs)
+    quantize.freeze_kernel(found[path], spec.base_dtype)
   return model
 
 
@@ -140,9 +152,10 @@ def combine(base, adapters):
 
 def merged(params, spec: LoRASpec):
   """A plain (adapter-free) model's state from an adapted one's: each
-  adapted kernel W + (alpha / r) A B, in W's dtype."""
+  adapted kernel W + (alpha / r) A B (W dequantized), in the adapters'
+  dtype (the kernel's before it was frozen)."""
   base, adapters = split(params)
-  flat = dict(nnx.to_flat_state(base))
+  flat = dict(nnx.to_flat_state(quantize.dequantized(base)))
   pairs = dict(nnx.to_flat_state(adapters))
   scale = spec.alpha / spec.rank
   for path, a in pairs.items():
@@ -152,6 +165,6 @@ def merged(params, spec: LoRASpec):
     kernel = flat[path[:-2] + ("kernel",)]
     w = kernel[...]
     flat[path[:-2] + ("kernel",)] = kernel.replace(
-        (w + scale * (a[...] @ b)).astype(w.dtype)
+        (w.astype(a.dtype) + scale * (a[...] @ b)).astype(a.dtype)
     )
   return nnx.from_flat_state(flat)

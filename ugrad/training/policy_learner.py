@@ -25,6 +25,7 @@ from ugrad.sampling import evaluation as eval_lib
 from ugrad import rewards as rewards_lib
 from ugrad.training import learner as learner_lib
 from ugrad.models import lora
+from ugrad.models import quantize
 from ugrad.training import runs
 from ugrad import sampling
 from ugrad.training import trimming
@@ -117,7 +118,9 @@ class PolicyLearner:
     config, mesh = self.config, self.context.mesh
     graphdef, params = build.scalar_from_policy(
         self.policy.model_config,
-        self.context.init_params if self.frozen is None else self.frozen,
+        self.context.init_params
+        if self.frozen is None
+        else quantize.dequantized(self.frozen),
         config.seed,
         mesh,
     )
