@@ -135,7 +135,7 @@ def lora_spec(config):
   weight trained).
 
   Raises:
-    UserError: a negative rank, alpha <= 0, a dropout (not supported yet),
+    UserError: a negative rank, alpha <= 0, a dropout outside [0, 1),
       an unknown base_dtype, a base_dtype without LoRA, or a reward-model
       run, each in one line.
   """
@@ -153,18 +153,17 @@ def lora_spec(config):
     raise errors.UserError(
         f"lora.rank must be >= 0 (0: no LoRA), got {cfg.rank}"
     )
-  if cfg.dropout != 0:
-    raise errors.UserError(
-        f"lora.dropout must be 0 (adapter dropout is not supported yet), "
-        f"got {cfg.dropout}"
-    )
   if config.trainer != "policy" or config.iterative.iterations > 1:
     raise errors.UserError(
         "LoRA trains a policy run only (not trainer=reward_model nor "
         "iterative RL's reward models)"
     )
   return lora_lib.LoRASpec(
-      cfg.rank, float(cfg.alpha), cfg.targets, base_dtype=base_dtype
+      cfg.rank,
+      float(cfg.alpha),
+      cfg.targets,
+      base_dtype=base_dtype,
+      dropout=float(cfg.dropout),
   )
 
 

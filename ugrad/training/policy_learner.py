@@ -196,8 +196,8 @@ class PolicyLearner:
   def prepare(self, state: dict, batch, step: int):
     """The batch's rollout with logp_ref, values and logp_old added where
     the coefficient needs them, as host arrays, trimmed
-    (`ugrad.training.trimming`): the passes run on the trimmed width."""
-    del step
+    (`ugrad.training.trimming`): the passes run on the trimmed width; with
+    LoRA dropout, each row's dropout seed of the step."""
     config = self.config
     rollout = self.context.device_batch(
         trimming.trim(batch.rollout, trimming.bucket_of(config))
@@ -233,6 +233,10 @@ class PolicyLearner:
       )
     if "values" in self.needed:
       extra["values"] = self.values(state["critic"]["params"], rollout)
+    if self.policy.lora is not None and self.policy.lora.dropout > 0:
+      extra["dropout_seeds"] = np.random.default_rng(
+          [config.seed, step, 13]
+      ).integers(0, 2**31 - 1, rollout.tokens.shape[0], dtype=np.int32)
     # One copy on the host: minibatches are sliced from it, and the
     # coefficient's value checks need concrete arrays.
     rollout = distributed.host_get(rollout.replace(**extra))

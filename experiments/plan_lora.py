@@ -1,0 +1,66 @@
+"""What a LoRA plan trains and what it keeps frozen (`experiments.plan`).
+
+Under `config.lora` the plan's model carries adapters
+(`plan_compile.model_on_mesh`); the update trains the adapters alone, with
+their optimizer state and gradients, and reads the base as a frozen
+argument (stored as `lora.base_dtype`: an nf4 base is 4 bits a weight). The
+reference is that base with the adapters off: no second copy, only a copy of
+the adapters when the reference resets.
+"""
+
+import types
+
+from flax import nnx
+import jax
+
+from experiments import plan_compile
+from ugrad.models import lora
+
+
+def parts(m, spec) -> types.SimpleNamespace:
+  """The trained parameters and the frozen ones of a plan's model `m`
+  (`plan_compile.model_on_mesh`), for its `lora.LoRASpec` `spec` (None:
+  every weight trained, nothing frozen): `trained` (abstract, unsharded),
+  `params` and `frozen` (ShapeDtypeStructs with their shardings, `frozen`
+  None without LoRA), `shardings` of the trained ones, and
+  `frozen_bytes` per chip."""
+  if spec is None:
+    return types.SimpleNamespace(
+        trained=m.abstract_params,
+        params=m.params,
+        shardings=m.param_sh,
+        frozen=None,
+        frozen_bytes=0,
+    )
+  _, trained = lora.split(m.abstract_params)
+  frozen, params = lora.split(m.params)
+  return types.SimpleNamespace(
+      trained=trained,
+      params=params,
+      shardings=lora.split(m.param_sh)[1],
+      frozen=frozen,
+      frozen_bytes=plan_compile.bytes_per_chip(frozen),
+  )
+
+
+def count_params(abstract_params) -> int:
+  """The model's parameters (a quantized kernel's values counted once, its
+  scales not)."""
+  return sum(
+      var.get_value().size
+      for path, var in nnx.to_flat_state(abstract_params)
+      if path[-2:] != ("kernel", "scale")
+  )
+
+
+def facts(spec, m, frozen_bytes: int) -> dict:
+  """The plan's LoRA fields (none without LoRA)."""
+  if spec is None:
+    return {}
+  _, adapters = lora.split(m.abstract_params)
+  return dict(
+      lora_rank=spec.rank,
+      lora_base_dtype=spec.base_dtype or m.cfg.param_dtype,
+      adapter_params=sum(x.size for x in jax.tree.leaves(adapters)),
+      frozen_base_bytes_per_chip=frozen_bytes,
+  )
