@@ -144,3 +144,36 @@ def test_adapters_on_lm_head_change_the_logits():
   np.testing.assert_allclose(
       logprobs.token_logprobs(merged, tokens, mask), adapted, atol=1e-5
   )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_adapter_gradients_under_remat_with_the_base_outside_the_trace(remat):
+  """As the update takes them: the base a jit argument, the gradient over
+  the adapters alone (nnx.remat failed here: a Param of another trace)."""
+  cfg = dataclasses.replace(CFG, num_layers=1, remat=remat)
+  _, graphdef, params = _adapted("nf4", cfg=cfg)
+  base, adapters = lora.split(_moved(params))
+  tokens, mask = _batch()
+
+  @jax.jit
+  def grads(adapters, base):
+    return jax.grad(
+        lambda a: logprobs.token_logprobs(
+            nnx.merge(graphdef, lora.combine(base, a)), tokens, mask
+        ).sum()
+    )(adapters)
+
+  _, plain_graph, _ = _adapted(
+      "nf4", cfg=dataclasses.replace(cfg, remat="none")
+  )
+  want = jax.grad(
+      lambda a: logprobs.token_logprobs(
+          nnx.merge(plain_graph, lora.combine(base, a)), tokens, mask
+      ).sum()
+  )(adapters)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
+      nnx.to_pure_dict(grads(adapters, base)),
+      nnx.to_pure_dict(want),
+  )
