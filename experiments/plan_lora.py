@@ -64,3 +64,32 @@ def facts(spec, m, frozen_bytes: int) -> dict:
       adapter_params=sum(x.size for x in jax.tree.leaves(adapters)),
       frozen_base_bytes_per_chip=frozen_bytes,
   )
+
+
+def resident(config, cloud_topology: str, vocab_size: int) -> dict:
+  """Per-chip bytes of what a run keeps on the chips besides activations
+  (no compile, seconds): the frozen base, the trained parameters, their
+  reference copy and gradients, and Adam's state."""
+  # A local import: `experiments.plan` imports this module.
+  from ugrad.training import build  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size)
+  part = parts(m, build.lora_spec(config))
+  optimizer = build.make_optimizer(config.optim)
+  abstract_opt = jax.eval_shape(optimizer.init, part.trained)
+  opt_sh = optax.tree_map_params(
+      optimizer,
+      lambda _, s: s,
+      abstract_opt,
+      part.shardings,
+      transform_non_params=lambda _: m.mesh.replicated,
+  )
+  trained = plan_compile.bytes_per_chip(part.params)
+  opt = plan_compile.bytes_per_chip(plan_compile.abstract(abstract_opt, opt_sh))
+  return dict(
+      frozen_base=part.frozen_bytes,
+      trained=trained,
+      optimizer=opt,
+      total=part.frozen_bytes + 3 * trained + opt,
+  )
