@@ -33,6 +33,8 @@ setuptools.setup(
         # (ugrad/runtime/compile_cache.py).
         "filelock>=3.12",
         "matplotlib>=3.8",
+        # A QLoRA base's int8 / nf4 quantizers (ugrad/models/quantize.py).
+        "qwix>=0.1.8",
     ],
     extras_require={
         # torch and transformers are only ever used by tests and the

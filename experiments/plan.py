@@ -54,6 +54,7 @@ from ml_collections import config_flags
 import optax
 
 from experiments import plan_compile
+from experiments import plan_lora
 from experiments import plan_report
 from experiments import plan_roofline
 from ugrad.training import build
@@ -162,18 +163,20 @@ def plan(
   )
   shape, mesh, dtype, cfg = m.shape, m.mesh, m.dtype, m.cfg
   graphdef, abstract_params, params = m.graphdef, m.abstract_params, m.params
-  param_sh = m.param_sh
-  num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
+  num_params = plan_lora.count_params(abstract_params)
+  # Under LoRA the adapters train and the base is a frozen argument.
+  spec = build.lora_spec(config)
+  part = plan_lora.parts(m, spec)
 
   optimizer = build.make_optimizer(config.optim)
   # Adam's moments are sharded like their parameters, the counts
   # replicated (as the trainer's jitted init and `update.on_mesh` give).
-  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  abstract_opt = jax.eval_shape(optimizer.init, part.trained)
   opt_sh = optax.tree_map_params(
       optimizer,
       lambda _, s: s,
       abstract_opt,
-      param_sh,
+      part.shardings,
       transform_non_params=lambda _: mesh.replicated,
   )
   opt_state = plan_compile.abstract(abstract_opt, opt_sh)
@@ -194,8 +197,12 @@ def plan(
       loss_fn,
       optimizer,
       config.micro_batches,
-      (param_sh, opt_sh, mesh.replicated),
+      (part.shardings, opt_sh, mesh.replicated),
+      frozen=part.frozen,
   )
+  update_args = (part.params, opt_state, batch)
+  if part.frozen is not None:  # The jitted update, the base its argument.
+    update, update_args = update.func, update_args + (part.frozen,)
 
   prompt_sh = sampling.prompt_sharding(mesh.mesh, questions)
   prompts = jax.ShapeDtypeStruct(
@@ -213,13 +220,16 @@ def plan(
       top_p=(config.sampling.top_p if config.sampling.top_p < 1 else None),
   )
 
-  params_bytes = plan_compile.bytes_per_chip(params)
+  # Trained parameters (the adapters under LoRA) and the frozen base.
+  params_bytes = plan_compile.bytes_per_chip(part.params)
+  base_bytes = part.frozen_bytes
   opt_bytes = plan_compile.bytes_per_chip(opt_state)
   # The frozen reference (initial parameters) stays on the device beside
-  # the policy when the coefficient needs logp_ref or the reference resets.
+  # the policy when the coefficient needs logp_ref or the reference resets;
+  # under LoRA it is the initial adapters over the shared base.
   reference = ("logp_ref" in needed) or bool(build.ref_reset_period(config))
   ref_bytes = params_bytes if reference else 0
-  resident = params_bytes + opt_bytes + ref_bytes
+  resident = params_bytes + base_bytes + opt_bytes + ref_bytes
   chips = len(devices)
   out = dict(
       topology=cloud_topology,
@@ -247,6 +257,7 @@ def plan(
       reference_bytes_per_chip=ref_bytes,
       grads_bytes_per_chip=params_bytes,
       peak_flops_per_chip=chip.peak_bf16_flops,
+      **plan_lora.facts(spec, m, base_bytes),
   )
   if resident + params_bytes > chip.hbm_bytes:
     # The update holds the gradients beside the resident state: this mesh
@@ -273,18 +284,22 @@ def plan(
       "sample": (
           sampler_lib._sample_jit,  # pylint: disable=protected-access
           (graphdef, params, prompts, prompts, key, sampling_config),
-          params_bytes,
+          params_bytes + base_bytes,
       ),
       "logprobs": (
           update_lib.policy_logprobs,
           (graphdef, params, batch.tokens, batch.attention_mask, temperature),
-          params_bytes,
+          params_bytes + base_bytes,
       ),
-      "update": (update, (params, opt_state, batch), params_bytes + opt_bytes),
+      "update": (update, update_args, params_bytes + opt_bytes + base_bytes),
       # One decode step alone at the middle of generation (cache prefix
       # P + N / 2 of the sampler's P + N slots): its bytes against what it
       # must read.
-      "decode_step": (plan_roofline.decode_step, decode_args, params_bytes),
+      "decode_step": (
+          plan_roofline.decode_step,
+          decode_args,
+          params_bytes + base_bytes,
+      ),
   }
   analytic = analytic_flops(
       cfg,

@@ -21,11 +21,11 @@ from typing import Any, Optional
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 
 from experiments import plan_report
 from ugrad import models
 from ugrad.models import attention
+from ugrad.models import lora
 from ugrad.models import sharding as sharding_lib
 from ugrad.training import build
 
@@ -146,7 +146,8 @@ def bytes_per_chip(tree) -> int:
   total = 0
   for leaf in jax.tree.leaves(tree):
     shard = leaf.sharding.shard_shape(leaf.shape)
-    total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    # Bits: a QLoRA base's nf4 values are 4 bits each.
+    total += math.prod(shard) * jax.dtypes.itemsize_bits(leaf.dtype) // 8
   return total
 
 
@@ -241,8 +242,11 @@ def model_on_mesh(
   )
   sharding_lib.check_model(cfg, shape)
 
+  spec = build.lora_spec(config)  # Adapters and a frozen base (LoRA).
   abstract_model = nnx.eval_shape(
       lambda: models.Transformer(cfg, rngs=nnx.Rngs(0))
+      if spec is None
+      else lora.attach(models.Transformer(cfg, rngs=nnx.Rngs(0)), spec, 0)
   )
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
   param_sh = mesh.params(abstract_params)

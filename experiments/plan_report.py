@@ -43,6 +43,17 @@ def format_plan(r: dict, step_time: Optional[float] = None) -> str:
       f"  parameters ({r.get('param_dtype', 'float32')})"
       f"{' ' * max(1, 14 - len(r.get('param_dtype', 'float32')))}"
       f"{gb(r['params_bytes_per_chip'])}",
+      *(
+          [
+              f"  LoRA adapters above (rank {r['lora_rank']}, "
+              f"{r['adapter_params']:,} parameters); frozen base "
+              f"({r['lora_base_dtype']}) "
+              f"{gb(r['frozen_base_bytes_per_chip'])}, shared with the "
+              "reference"
+          ]
+          if r.get("lora_rank")
+          else []
+      ),
       f"  optimizer state         {gb(r['opt_state_bytes_per_chip'])}",
       f"  reference parameters    {gb(r['reference_bytes_per_chip'])}",
       f"  gradients               {gb(r['grads_bytes_per_chip'])} "
@@ -160,8 +171,14 @@ def table_row(r: dict) -> str:
       f"{gb(r['hbm_bytes_per_chip'])} GB"
   )
   dtype = r.get("param_dtype", "float32")
+  model = r["model"]
+  if r.get("lora_rank"):  # The frozen base's GB per chip in the model cell.
+    model += (
+        f" LoRA r={r['lora_rank']}, {r['lora_base_dtype']} base "
+        f"{gb(r['frozen_base_bytes_per_chip'])}"
+    )
   return (
-      f"| {r['model']} | {r['topology']} ({r['chips']}) | {mesh} | "
+      f"| {model} | {r['topology']} ({r['chips']}) | {mesh} | "
       f"{r['remat']}, {r['micro_batches']}"
       f"{'' if dtype == 'float32' else ', ' + dtype + ' params'} | "
       f"{gb(r['params_bytes_per_chip'])} / "

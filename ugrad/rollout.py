@@ -36,6 +36,8 @@ class Rollout:
     attention_mask: [B, T], 1 on real tokens (prompt and completion), 0 on
       padding; `None` means every token is real. Prompts are left-padded, so
       the model derives positions from this mask.
+    dropout_seeds: int32 [B], each row's seed of the LoRA adapters' dropout
+      in the update (`ugrad.models.lora.use_dropout`); None: no dropout.
   """
 
   tokens: jax.Array
@@ -52,3 +54,4 @@ class Rollout:
   pair_ids: Optional[jax.Array] = None
   pair_sign: Optional[jax.Array] = None
   attention_mask: Optional[jax.Array] = None
+  dropout_seeds: Optional[jax.Array] = None

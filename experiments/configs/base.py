@@ -147,9 +147,19 @@ def get_config(variant=None):
   # LoRA (ugrad/models/lora.py): rank 0 trains every weight; rank r > 0
   # trains only adapters (alpha / r) A B on the projections whose module
   # paths match `targets` (a regular expression), the base frozen and shared
-  # with the reference. dropout: 0 only (not supported yet).
+  # with the reference. dropout: on the adapters' inputs, in the update
+  # only (each row's masks drawn from a seed of the step). base_dtype:
+  # how the targeted kernels are stored while frozen (ugrad/models/
+  # quantize.py): "" param_dtype, "float32", "bfloat16", or quantized as
+  # "int8" or "nf4" (QLoRA).
   c.lora = ml_collections.ConfigDict(
-      dict(rank=0, alpha=16.0, dropout=0.0, targets=lora.DEFAULT_TARGETS)
+      dict(
+          rank=0,
+          alpha=16.0,
+          dropout=0.0,
+          targets=lora.DEFAULT_TARGETS,
+          base_dtype="",
+      )
   )
 
   # Checkpoints, logs, evaluation.

@@ -195,3 +195,50 @@ def test_small_plan_on_v5e_8():
   assert "roofline per chip (v5e: 197 TFLOP/s bf16, 819 GB/s HBM" in text
   assert "decode step at slot 12 of 16: reads" in text
   assert "DOES NOT FIT" not in plan_report.format_plan(result, 1.0)
+
+
+def _tiny_lora_model(base_dtype: str):
+  config = grpo.get_config()
+  config.model = "qwen2_2.9m"
+  config.mesh.update(dict(data=2, fsdp=2, tensor=2))
+  config.lora.rank = 8
+  config.lora.base_dtype = base_dtype
+  return config, plan_compile.model_on_mesh(config, "v5e-8", 32)
+
+
+def test_a_lora_plan_trains_the_adapters_over_a_frozen_base():
+  pytest.importorskip(
+      "libtpu",
+      reason="compiling for TPU needs libtpu: " "pip install -e '.[plan]'",
+  )
+  from experiments import plan_lora  # pylint: disable=import-outside-toplevel
+  from ugrad.training import build  # pylint: disable=import-outside-toplevel
+
+  config = grpo.get_config()
+  config.model = "qwen2_2.9m"
+  plain = plan_compile.model_on_mesh(config, "v5e-8", 32)
+  full = plan_lora.parts(plain, None)
+  assert full.frozen is None and full.params is plain.params
+  sizes = {}
+  for base_dtype in ("", "nf4"):
+    config, m = _tiny_lora_model(base_dtype)
+    part = plan_lora.parts(m, build.lora_spec(config))
+    leaves = jax.tree.leaves(
+        part.params, is_leaf=lambda x: hasattr(x, "get_metadata")
+    )
+    assert all(type(v).__name__ == "LoRAParam" for v in leaves)
+    sizes[base_dtype] = (
+        plan_compile.bytes_per_chip(part.params),
+        part.frozen_bytes,
+        plan_lora.count_params(m.abstract_params),
+    )
+  # The same adapters; the same parameter count (adapters included, nf4
+  # scales not); the nf4 base in well under a third of the float32 one
+  # (its embedding stays float32).
+  assert sizes[""][0] == sizes["nf4"][0] > 0
+  assert (
+      sizes[""][2]
+      == sizes["nf4"][2]
+      > plan_lora.count_params(plain.abstract_params)
+  )
+  assert sizes["nf4"][1] < sizes[""][1] / 2

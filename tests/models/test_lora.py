@@ -157,3 +157,45 @@ def test_only_matching_paths_get_adapters():
 def test_bad_rank_or_alpha_is_one_line(rank, alpha, message):
   with pytest.raises(errors.UserError, match=message):
     lora.LoRASpec(rank=rank, alpha=alpha)
+
+
+@pytest.mark.slow
+def test_dropout_runs_only_with_seeds_and_is_set_by_them():
+  spec = dataclasses.replace(SPEC, dropout=0.5)
+  graphdef, params = _adapted(spec)
+  params = _trained(params)
+  tokens, mask = _batch()
+
+  def logp(seeds, rows=slice(None), config=CFG):
+    graph = graphdef
+    if config is not CFG:
+      graph = nnx.graphdef(
+          lora.adapted(models.Transformer, spec, 0)(config, rngs=nnx.Rngs(0))
+      )
+    model = nnx.merge(graph, params)
+    if seeds is not None:
+      lora.use_dropout(model, jnp.asarray(seeds, jnp.int32)[rows])
+    return np.asarray(logprobs.token_logprobs(model, tokens[rows], mask[rows]))
+
+  plain = logp(None)
+  no_dropout = nnx.merge(_adapted()[0], params)  # The same model, rate 0.
+  np.testing.assert_array_equal(
+      plain, logprobs.token_logprobs(no_dropout, tokens, mask)
+  )
+  dropped = logp([1, 2, 3])
+  assert np.abs(dropped - plain).max(1).min() > 1e-3  # Every row.
+  np.testing.assert_array_equal(dropped, logp([1, 2, 3]))
+  # A row's masks are its seed's: another seed changes that row alone,
+  # and a micro-batch of the first two rows draws what they drew.
+  other = logp([1, 2, 4])
+  np.testing.assert_array_equal(other[:2], dropped[:2])
+  assert np.abs(other[2] - dropped[2]).max() > 1e-3
+  np.testing.assert_allclose(
+      logp([1, 2, 3], slice(0, 2)), dropped[:2], atol=1e-6
+  )
+  # The scanned layers draw each layer's masks as the unrolled ones do.
+  np.testing.assert_allclose(
+      logp([1, 2, 3], config=dataclasses.replace(CFG, scan_layers=True)),
+      dropped,
+      atol=1e-5,
+  )

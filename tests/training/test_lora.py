@@ -107,17 +107,26 @@ def test_tiny_grpo_trains_only_the_adapters(sft_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(sft_dir, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_continues_exactly(sft_dir, tmp_path, dropout):
   full = _config(sft_dir, steps=3)
+  full.lora.dropout = dropout
   straight = trainer_lib.Trainer(full, str(tmp_path / "a"))
   straight.train()
-  trainer_lib.Trainer(_config(sft_dir, steps=2), str(tmp_path / "b")).train()
+  short = _config(sft_dir, steps=2)
+  short.lora.dropout = dropout
+  trainer_lib.Trainer(short, str(tmp_path / "b")).train()
   resumed = trainer_lib.Trainer(full, str(tmp_path / "b"))
   assert resumed.start_step == 2
   # The checkpoint held the adapters and their optimizer state.
   assert set(nnx.to_pure_dict(resumed.state["params"])) == {"layers"}
   resumed.train()
   assert _rows(str(tmp_path / "b")) == _rows(str(tmp_path / "a"))
+  # Dropout ran in the update only: once the adapters have moved off
+  # B = 0, the sampler's log-probs differ from the update's exactly when it
+  # is on.
+  mismatch = [r["logp_mismatch"] for r in _rows(str(tmp_path / "a"))]
+  assert (mismatch[-1] > 1e-5) if dropout else (max(mismatch) < 1e-5)
   jax.tree.map(
       np.testing.assert_array_equal,
       jax.tree.map(
@@ -134,7 +143,7 @@ def test_resume_continues_exactly(sft_dir, tmp_path):
     [
         ("rank", -1, "lora.rank must be >= 0"),
         ("alpha", 0.0, "lora.alpha must be > 0"),
-        ("dropout", 0.1, "lora.dropout must be 0"),
+        ("dropout", 1.0, r"lora.dropout must be in \[0, 1\)"),
     ],
 )
 def test_bad_lora_settings_are_one_line_errors(field, value, message):

@@ -28,10 +28,16 @@ def _layer_outputs(layer, x, rope, mask, remat: str):
   policy = registry.lookup(REMAT_POLICIES, "remat", remat)
   if policy is None:
     return layer(x, rope, mask)[0]
-  forward = nnx.remat(
-      lambda lyr, x, rope, mask: lyr(x, rope, mask)[0], policy=policy
+  # jax.checkpoint of a pure function of the layer's state, not nnx.remat:
+  # nnx.remat writes the state back to the layer, which fails when its
+  # variables come from different traces (a LoRA base frozen outside the
+  # gradient, its adapters inside).
+  graphdef, state = nnx.split(layer)
+  forward = jax.checkpoint(
+      lambda state, x, rope, mask: nnx.merge(graphdef, state)(x, rope, mask)[0],
+      policy=policy,
   )
-  return forward(layer, x, rope, mask)
+  return forward(state, x, rope, mask)
 
 
 def _scanned_layers(layers, x, rope, mask, remat: str):

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ugrad import errors
+from ugrad.models import quantize
 
 # Attention's and the MLP's projections, in every layer.
 DEFAULT_TARGETS = r"(self_attn/[qkvo]_proj|mlp/(gate|up|down)_proj)$"
@@ -41,17 +42,34 @@ class LoRASpec:
     alpha: the scale is alpha / r.
     targets: a regular expression searched in each `Dense` module's path
       ("layers/0/mlp/up_proj", "lm_head").
+    base_dtype: how the targeted kernels are stored while frozen
+      (`ugrad.models.quantize`: "" keeps `param_dtype`; "float32",
+      "bfloat16", "int8", "nf4").
+    dropout: the rate of the dropout on an adapter's inputs, in training
+      only (`use_dropout`), as PEFT's `lora_dropout`.
   """
 
   rank: int
   alpha: float
   targets: str = DEFAULT_TARGETS
+  base_dtype: str = ""
+  dropout: float = 0.0
 
   def __post_init__(self):
     if self.rank <= 0:
       raise errors.UserError(f"lora.rank must be > 0, got {self.rank}")
     if self.alpha <= 0:
       raise errors.UserError(f"lora.alpha must be > 0, got {self.alpha}")
+    quantize.check_base_dtype(self.base_dtype)
+    if not 0 <= self.dropout < 1:
+      raise errors.UserError(
+          f"lora.dropout must be in [0, 1), got {self.dropout}"
+      )
+
+
+class DropoutSeeds(nnx.Variable):
+  """[B, 2] int32 of a training forward pass (`use_dropout`): each row's
+  seed and the adapter's index. Never in a saved or trained state."""
 
 
 class Adapter(nnx.Module):
@@ -73,11 +91,47 @@ class Adapter(nnx.Module):
     )
     self.scale = spec.alpha / spec.rank
     self.dtype = dense.dtype
+    self.dropout = spec.dropout
+    self.seeds = nnx.data(None)  # DropoutSeeds in training (`use_dropout`).
 
   def __call__(self, x: jax.Array) -> jax.Array:
     a = self.a[...].astype(self.dtype)
     b = self.b[...].astype(self.dtype)
-    return (x.astype(self.dtype) @ a @ b) * jnp.asarray(self.scale, self.dtype)
+    x = x.astype(self.dtype)
+    if self.seeds is not None and self.dropout > 0:
+      x = _dropout(x, self.seeds[...], self.dropout)
+    return (x @ a @ b) * jnp.asarray(self.scale, self.dtype)
+
+  def product(self) -> jax.Array:
+    """(alpha / r) A B, [in, out], in the adapters' dtype."""
+    return self.scale * (self.a[...] @ self.b[...])
+
+
+def _dropout(x: jax.Array, seeds: jax.Array, rate: float) -> jax.Array:
+  """Inverted dropout of x [B * T, in], row b's mask drawn from seeds[b]
+  (its seed, the adapter's index): the same rows get the same masks
+  however the batch is split into micro-batches."""
+  rows = seeds.shape[0]
+
+  def keep(seed):
+    key = jax.random.fold_in(jax.random.key(seed[0]), seed[1])
+    return jax.random.bernoulli(
+        key, 1 - rate, (x.shape[0] // rows, *x.shape[1:])
+    )
+
+  mask = jax.vmap(keep)(seeds).reshape(x.shape)
+  return jnp.where(mask, x / jnp.asarray(1 - rate, x.dtype), 0).astype(x.dtype)
+
+
+def use_dropout(model, seeds: jax.Array) -> None:
+  """Turns on the adapters' dropout in `model` (in place; a model merged
+  for one training forward pass): row b of the batch draws its masks from
+  `seeds[b]` (int32 [B]), each adapter from its own stream."""
+  adapters = [m for _, m in nnx.iter_graph(model) if isinstance(m, Adapter)]
+  for index, adapter in enumerate(adapters):
+    adapter.seeds = DropoutSeeds(
+        jnp.stack([seeds, jnp.full_like(seeds, index)], axis=-1)
+    )
 
 
 def dense_paths(model) -> dict:
@@ -94,7 +148,8 @@ def dense_paths(model) -> dict:
 
 def attach(model, spec: LoRASpec, seed: int):
   """`model` with an `Adapter` on every Dense whose path matches
-  `spec.targets` (changed in place, and returned).
+  `spec.targets`, its kernel stored as `spec.base_dtype` (changed in place,
+  and returned).
 
   Raises:
     UserError: when the pattern matches no module, listing the paths.
@@ -109,6 +164,7 @@ def attach(model, spec: LoRASpec, seed: int):
   rngs = nnx.Rngs(seed + _SEED_OFFSET)
   for path in chosen:
     found[path].lora = Adapter(found[path], spec, rngs=rngs)
+    quantize.freeze_kernel(found[path], spec.base_dtype)
   return model
 
 
@@ -140,9 +196,10 @@ def combine(base, adapters):
 
 def merged(params, spec: LoRASpec):
   """A plain (adapter-free) model's state from an adapted one's: each
-  adapted kernel W + (alpha / r) A B, in W's dtype."""
+  adapted kernel W + (alpha / r) A B (W dequantized), in the adapters'
+  dtype (the kernel's before it was frozen)."""
   base, adapters = split(params)
-  flat = dict(nnx.to_flat_state(base))
+  flat = dict(nnx.to_flat_state(quantize.dequantized(base)))
   pairs = dict(nnx.to_flat_state(adapters))
   scale = spec.alpha / spec.rank
   for path, a in pairs.items():
@@ -152,6 +209,6 @@ def merged(params, spec: LoRASpec):
     kernel = flat[path[:-2] + ("kernel",)]
     w = kernel[...]
     flat[path[:-2] + ("kernel",)] = kernel.replace(
-        (w + scale * (a[...] @ b)).astype(w.dtype)
+        (w.astype(a.dtype) + scale * (a[...] @ b)).astype(a.dtype)
     )
   return nnx.from_flat_state(flat)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from ugrad import registry
 from ugrad.models import attention as attn
 from ugrad.models import layer_stack
+from ugrad.models import quantize
 from ugrad.models.layer_stack import REMAT_POLICIES  # pylint: disable=unused-import
 from ugrad.models.model_config import ModelConfig
 from ugrad.models.model_config import wide as _wide
@@ -55,15 +56,23 @@ class Dense(nnx.Linear):
   the backward pass of rank-3 dot products about twice as slowly as that of
   the equivalent rank-2 ones (measured on the embedded model's train step).
   A LoRA adapter, where `ugrad.models.lora` attached one as `lora`, adds
-  its low-rank term.
+  its low-rank term; its frozen kernel may be a `quantize.QuantizedKernel`.
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
     flat = x.reshape(-1, x.shape[-1])
-    y = super().__call__(flat)
+    if isinstance(self.kernel, quantize.QuantizedKernel):
+      y = self.kernel(flat, self.dtype, self.bias)
+    else:
+      y = super().__call__(flat)
     if getattr(self, "lora", None) is not None:
       y = y + self.lora(flat)
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+  def weight(self) -> jax.Array:
+    """The [in, out] matrix the layer applies (a LoRA adapter folded in)."""
+    w, adapter = quantize.kernel_value(self), getattr(self, "lora", None)
+    return w if adapter is None else w + adapter.product().astype(w.dtype)
 
 
 def _linear(
@@ -396,7 +405,7 @@ class Transformer(Backbone):
     """The [D, V] matrix that maps hidden states to logits."""
     if self.config.tie_embeddings:
       return self.embed_tokens.embedding[...].T
-    return self.lm_head.kernel[...]
+    return self.lm_head.weight()
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Projects hidden states [..., D] to logits [..., V]."""

@@ -26,6 +26,7 @@ from ugrad.sampling import episodes as episodes_lib
 from ugrad.sampling import stats
 from ugrad import tasks as tasks_lib
 from ugrad.models import lora as lora_lib
+from ugrad.models import quantize
 from ugrad.models import sharding as sharding_lib
 
 # ---------------------------------------------------------------------------
@@ -136,27 +137,36 @@ def lora_spec(config):
   weight trained).
 
   Raises:
-    UserError: a negative rank, alpha <= 0, a dropout (not supported yet)
-      or a reward-model run, each in one line.
+    UserError: a negative rank, alpha <= 0, a dropout outside [0, 1),
+      an unknown base_dtype, a base_dtype without LoRA, or a reward-model
+      run, each in one line.
   """
   cfg = config.get("lora")
+  base_dtype = cfg.get("base_dtype", "") if cfg is not None else ""
+  quantize.check_base_dtype(base_dtype)
+  if base_dtype and (cfg.rank == 0):
+    raise errors.UserError(
+        f"lora.base_dtype={base_dtype!r} stores a frozen LoRA base: it "
+        "needs lora.rank > 0 (a full fine-tuning run trains in param_dtype)"
+    )
   if cfg is None or cfg.rank == 0:
     return None
   if cfg.rank < 0:
     raise errors.UserError(
         f"lora.rank must be >= 0 (0: no LoRA), got {cfg.rank}"
     )
-  if cfg.dropout != 0:
-    raise errors.UserError(
-        f"lora.dropout must be 0 (adapter dropout is not supported yet), "
-        f"got {cfg.dropout}"
-    )
   if config.trainer != "policy" or config.iterative.iterations > 1:
     raise errors.UserError(
         "LoRA trains a policy run only (not trainer=reward_model nor "
         "iterative RL's reward models)"
     )
-  return lora_lib.LoRASpec(cfg.rank, float(cfg.alpha), cfg.targets)
+  return lora_lib.LoRASpec(
+      cfg.rank,
+      float(cfg.alpha),
+      cfg.targets,
+      base_dtype=base_dtype,
+      dropout=float(cfg.dropout),
+  )
 
 
 def compute_dtype(config) -> str:
@@ -336,6 +346,8 @@ def make_policy(config, tokenizer, mesh: Mesh):
           mesh,
           part=lambda params: lora_lib.split(params)[1],
       )
+      if spec.base_dtype:
+        params = frozen_base(model_config, params, spec, mesh)
       params = lora_lib.combine(params, adapters)
   else:
     model_config = models.preset(
@@ -353,6 +365,23 @@ def make_policy(config, tokenizer, mesh: Mesh):
       model_cls = lora_lib.adapted(model_cls, spec, config.seed)
     graphdef, params = init_params(model_cls, model_config, config.seed, mesh)
   return Policy(graphdef, model_config, tokenizer, spec), params
+
+
+def frozen_base(model_config, params, spec, mesh: Mesh):
+  """A loaded plain policy's `params` as the frozen base of `spec`'s
+  adapters: the targeted kernels stored as `spec.base_dtype`
+  (`ugrad.models.quantize`), quantized once, on the mesh; the float
+  arrays are donated."""
+  graphdef = policy_graphdef(model_config)
+
+  def freeze(params):
+    model = lora_lib.attach(nnx.merge(graphdef, params), spec, 0)
+    return lora_lib.split(nnx.state(model, nnx.Param))[0]
+
+  abstract = jax.eval_shape(freeze, params)
+  return jax.jit(freeze, out_shardings=mesh.params(abstract), donate_argnums=0)(
+      params
+  )
 
 
 def with_tokenizer(task, tokenizer):

@@ -26,6 +26,7 @@ from ugrad.sampling import evaluation as eval_lib
 from ugrad import rewards as rewards_lib
 from ugrad.training import learner as learner_lib
 from ugrad.models import lora
+from ugrad.models import quantize
 from ugrad.training import runs
 from ugrad.training import trimming
 from ugrad.training import update as update_lib
@@ -112,7 +113,9 @@ class PolicyLearner:
     config, mesh = self.config, self.context.mesh
     graphdef, params = build.scalar_from_policy(
         self.policy.model_config,
-        self.context.init_params if self.frozen is None else self.frozen,
+        self.context.init_params
+        if self.frozen is None
+        else quantize.dequantized(self.frozen),
         config.seed,
         mesh,
     )
@@ -188,8 +191,8 @@ class PolicyLearner:
   def prepare(self, state: dict, batch, step: int):
     """The batch's rollout with logp_ref, values and logp_old added where
     the coefficient needs them, as host arrays, trimmed
-    (`ugrad.training.trimming`): the passes run on the trimmed width."""
-    del step
+    (`ugrad.training.trimming`): the passes run on the trimmed width; with
+    LoRA dropout, each row's dropout seed of the step."""
     config = self.config
     rollout = self.context.device_batch(
         trimming.trim(batch.rollout, trimming.bucket_of(config))
@@ -225,6 +228,10 @@ class PolicyLearner:
       )
     if "values" in self.needed:
       extra["values"] = self.values(state["critic"]["params"], rollout)
+    if self.policy.lora is not None and self.policy.lora.dropout > 0:
+      extra["dropout_seeds"] = np.random.default_rng(
+          [config.seed, step, 13]
+      ).integers(0, 2**31 - 1, rollout.tokens.shape[0], dtype=np.int32)
     # One copy on the host: minibatches are sliced from it, and the
     # coefficient's value checks need concrete arrays.
     rollout = distributed.host_get(rollout.replace(**extra))

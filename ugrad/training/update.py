@@ -21,6 +21,7 @@ from ugrad.runtime import distributed
 from ugrad import masked
 from ugrad.coefficients import corrections
 from ugrad import models
+from ugrad.models import lora
 from ugrad.loss import unified_loss
 
 # (params, batch) -> (numerator, (denominator, metrics)) of one micro-batch.
@@ -84,9 +85,8 @@ def make_update(
   )
   if frozen is None:
     return jitted  # A jitted function: `experiments.plan` lowers it.
-  return lambda params, opt_state, batch: jitted(
-      params, opt_state, batch, frozen
-  )
+  # (its `func` with `frozen` as the fourth argument, under LoRA).
+  return functools.partial(jitted, frozen=frozen)
 
 
 @jax.jit
@@ -133,6 +133,8 @@ def policy_loss(
 
   def loss(params, batch):
     model = nnx.merge(graphdef, params)
+    if batch.dropout_seeds is not None:  # LoRA's dropout, training only.
+      lora.use_dropout(model, batch.dropout_seeds)
     logp = models.token_logprobs(
         model, batch.tokens, batch.attention_mask, temperature=temperature
     )
