@@ -26,7 +26,7 @@ from flax import nnx
 from ugrad import errors
 from ugrad import models
 from ugrad.models import hf_peft
-from ugrad.training import build
+from ugrad.training import lora_config
 from ugrad.training import runs
 
 # Its own flag set: experiments.evaluate defines a global --checkpoint too.
@@ -62,7 +62,7 @@ def _base(config, run_dir: str) -> str:
   Raises:
     errors.UserError: the run has no LoRA or no saved base.
   """
-  if build.lora_spec(config) is None:
+  if lora_config.lora_spec(config) is None:
     raise errors.UserError(
         f"--format=peft exports a LoRA run's adapters, and {run_dir} "
         "trained every weight (lora.rank = 0); use --format=merged"
@@ -89,7 +89,7 @@ def export(run_dir: str, out: str, fmt: str = "merged") -> str:
   tokenizer = runs.run_tokenizer(config)
   if fmt == "peft":
     base = _base(config, run_dir)
-    spec = build.lora_spec(config)
+    spec = lora_config.lora_spec(config)
     adapters = runs.load_adapters(run_dir, spec)
     hf_peft.save(out, adapters, spec, runs.saved_model_config(run_dir), base)
     if tokenizer is not None:

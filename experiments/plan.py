@@ -58,6 +58,7 @@ from experiments import plan_lora
 from experiments import plan_report
 from experiments import plan_roofline
 from ugrad.training import build
+from ugrad.training import lora_config
 from ugrad import coefficients
 from ugrad import rollout as rollout_lib
 from ugrad import sampling
@@ -165,7 +166,7 @@ def plan(
   graphdef, abstract_params, params = m.graphdef, m.abstract_params, m.params
   num_params = plan_lora.count_params(abstract_params)
   # Under LoRA the adapters train and the base is a frozen argument.
-  spec = build.lora_spec(config)
+  spec = lora_config.lora_spec(config)
   part = plan_lora.parts(m, spec)
 
   optimizer = build.make_optimizer(config.optim)

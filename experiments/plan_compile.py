@@ -28,6 +28,7 @@ from ugrad.models import attention
 from ugrad.models import lora
 from ugrad.models import sharding as sharding_lib
 from ugrad.training import build
+from ugrad.training import lora_config
 
 GiB = plan_report.GiB
 
@@ -242,7 +243,7 @@ def model_on_mesh(
   )
   sharding_lib.check_model(cfg, shape)
 
-  spec = build.lora_spec(config)  # Adapters and a frozen base (LoRA).
+  spec = lora_config.lora_spec(config)  # Adapters and a frozen base (LoRA).
   abstract_model = nnx.eval_shape(
       lambda: models.Transformer(cfg, rngs=nnx.Rngs(0))
       if spec is None

@@ -72,10 +72,11 @@ def resident(config, cloud_topology: str, vocab_size: int) -> dict:
   reference copy and gradients, and Adam's state."""
   # A local import: `experiments.plan` imports this module.
   from ugrad.training import build  # pylint: disable=import-outside-toplevel
+  from ugrad.training import lora_config  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
   m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size)
-  part = parts(m, build.lora_spec(config))
+  part = parts(m, lora_config.lora_spec(config))
   optimizer = build.make_optimizer(config.optim)
   abstract_opt = jax.eval_shape(optimizer.init, part.trained)
   opt_sh = optax.tree_map_params(

@@ -212,7 +212,7 @@ def test_a_lora_plan_trains_the_adapters_over_a_frozen_base():
       reason="compiling for TPU needs libtpu: " "pip install -e '.[plan]'",
   )
   from experiments import plan_lora  # pylint: disable=import-outside-toplevel
-  from ugrad.training import build  # pylint: disable=import-outside-toplevel
+  from ugrad.training import lora_config  # pylint: disable=import-outside-toplevel
 
   config = grpo.get_config()
   config.model = "qwen2_2.9m"
@@ -222,7 +222,7 @@ def test_a_lora_plan_trains_the_adapters_over_a_frozen_base():
   sizes = {}
   for base_dtype in ("", "nf4"):
     config, m = _tiny_lora_model(base_dtype)
-    part = plan_lora.parts(m, build.lora_spec(config))
+    part = plan_lora.parts(m, lora_config.lora_spec(config))
     leaves = jax.tree.leaves(
         part.params, is_leaf=lambda x: hasattr(x, "get_metadata")
     )

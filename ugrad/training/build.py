@@ -21,12 +21,12 @@ from ugrad import errors
 from ugrad import models
 from ugrad import sampling
 from ugrad.training import runs
+from ugrad.training import lora_config
 from ugrad import sources as sources_lib
 from ugrad.sampling import episodes as episodes_lib
 from ugrad.sampling import stats
 from ugrad import tasks as tasks_lib
 from ugrad.models import lora as lora_lib
-from ugrad.models import quantize
 from ugrad.models import sharding as sharding_lib
 
 # ---------------------------------------------------------------------------
@@ -130,43 +130,6 @@ def sampled_ks(config) -> list[int]:
     ValueError: for an entry that is not a positive integer.
   """
   return stats.parse_ks(config.eval_sampled.ks.split(","), "eval_sampled.ks")
-
-
-def lora_spec(config):
-  """The run's `lora.LoRASpec` (`config.lora`), or None for rank 0 (every
-  weight trained).
-
-  Raises:
-    UserError: a negative rank, alpha <= 0, a dropout outside [0, 1),
-      an unknown base_dtype, a base_dtype without LoRA, or a reward-model
-      run, each in one line.
-  """
-  cfg = config.get("lora")
-  base_dtype = cfg.get("base_dtype", "") if cfg is not None else ""
-  quantize.check_base_dtype(base_dtype)
-  if base_dtype and (cfg.rank == 0):
-    raise errors.UserError(
-        f"lora.base_dtype={base_dtype!r} stores a frozen LoRA base: it "
-        "needs lora.rank > 0 (a full fine-tuning run trains in param_dtype)"
-    )
-  if cfg is None or cfg.rank == 0:
-    return None
-  if cfg.rank < 0:
-    raise errors.UserError(
-        f"lora.rank must be >= 0 (0: no LoRA), got {cfg.rank}"
-    )
-  if config.trainer != "policy" or config.iterative.iterations > 1:
-    raise errors.UserError(
-        "LoRA trains a policy run only (not trainer=reward_model nor "
-        "iterative RL's reward models)"
-    )
-  return lora_lib.LoRASpec(
-      cfg.rank,
-      float(cfg.alpha),
-      cfg.targets,
-      base_dtype=base_dtype,
-      dropout=float(cfg.dropout),
-  )
 
 
 def compute_dtype(config) -> str:
@@ -315,7 +278,7 @@ def make_policy(config, tokenizer, mesh: Mesh):
   With `config.lora`, the graph carries adapters and the params are the
   base's and the initial adapters' (`lora.split` separates them).
   """
-  spec = lora_spec(config)
+  spec = lora_config.lora_spec(config)
   if config.init_from:
     graphdef, params, own = runs.load_policy(config.init_from, mesh.params)
     if isinstance(own, models.HFTokenizer) and config.task == "arithmetic":

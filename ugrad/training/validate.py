@@ -8,6 +8,7 @@ A reward-model run adds `ugrad.training.reward_models.check_config`.
 """
 
 from ugrad.training import build
+from ugrad.training import lora_config
 from ugrad import coefficients
 from ugrad import environments
 from ugrad import errors
@@ -62,7 +63,7 @@ def check_settings(config) -> None:
   (the launcher runs them before an SFT warm start)."""
   _check_ranges(config)
   _check_names(config)
-  build.lora_spec(config)
+  lora_config.lora_spec(config)
 
 
 # (config key, smallest valid value, whether the smallest is excluded).
