@@ -46,6 +46,7 @@ from experiments import sweep_report as report
 from experiments import sweep_file
 from experiments import sweep_plan
 from experiments import tune
+from experiments.configs import base
 from ugrad import errors
 from ugrad.runtime import compile_cache
 from ugrad.runtime import host_memory
@@ -146,7 +147,7 @@ def run_sweep(
 # Paths the sweep derives from its workdir (a moved workdir keeps its runs),
 # and keys that do not change what a run computes (a run profiled or
 # trained quietly is the same run). A key added to the configs since the
-# run finished is no change while it is off (`config_changes`).
+# run finished is no change while off or at its default (`config_changes`).
 _IGNORED_KEYS = (
     "init_from",
     "reward_model",
@@ -162,7 +163,10 @@ def _check_same_config(directory: str, config):
   differently (an edited sweep file or grid), naming the keys."""
   changed = list(
       config_identity.config_changes(
-          runs_lib.read_config(directory).to_json(), config, _IGNORED_KEYS
+          runs_lib.read_config(directory).to_json(),
+          config,
+          _IGNORED_KEYS,
+          defaults=base.get_config(),
       )
   )
   if changed:

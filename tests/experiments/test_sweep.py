@@ -645,3 +645,9 @@ def test_a_finished_run_configured_differently_is_refused(tmp_path):
     upgraded.data.new_feature = True
   with pytest.raises(ValueError, match=r"different: data.new_feature"):
     sweep_lib._train([(name, seed, upgraded)], str(tmp_path))
+  # A run finished before a section existed: its keys at their defaults.
+  older = json.loads(config.to_json())
+  del older["episodes"]
+  with open(os.path.join(directory, runs_lib.CONFIG_FILE), "w") as f:
+    json.dump(older, f)
+  assert sweep_lib._train([(name, seed, config)], str(tmp_path)) == []

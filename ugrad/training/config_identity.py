@@ -28,7 +28,10 @@ _ABSENT = object()
 
 
 def config_changes(
-    stored: Optional[str], config, exempt: Sequence[str] = RESUMABLE_CHANGES
+    stored: Optional[str],
+    config,
+    exempt: Sequence[str] = RESUMABLE_CHANGES,
+    defaults=None,
 ) -> dict[str, tuple]:
   """{dotted key: (stored value, new value)} of the keys in which `config`
   differs from `stored` (a config's JSON, as a checkpoint keeps it; None:
@@ -36,16 +39,20 @@ def config_changes(
 
   A key the stored config lacks was added to ugrad after that run started;
   it is a change only when its value now is not off (False, "", 0, None or
-  empty: features are added switched off), so an upgrade alone never
-  blocks a resume.
+  empty: features are added switched off) and differs from its value in
+  `defaults` (a config of the defaults, when the caller has one), so an
+  upgrade alone never blocks a resume.
   """
   if stored is None:
     return {}
   old, new = _flat(json.loads(stored)), _flat(json.loads(config.to_json()))
+  default = {} if defaults is None else _flat(json.loads(defaults.to_json()))
   changes = {}
   for key in sorted(set(old) | set(new)):
     was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
-    if was == now or (was is _ABSENT and not now):
+    if was == now or (
+        was is _ABSENT and (not now or default.get(key, _ABSENT) == now)
+    ):
       continue
     if not any(
         key == k or (k.endswith(".") and key.startswith(k)) for k in exempt
