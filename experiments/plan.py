@@ -51,7 +51,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-import optax
 
 from experiments import plan_compile
 from experiments import plan_lora
@@ -169,16 +168,8 @@ def plan(
   spec = lora_config.lora_spec(config)
   part = plan_lora.parts(m, spec)
 
-  optimizer = build.make_optimizer(config.optim)
-  # Adam's moments are sharded like their parameters, the counts
-  # replicated (as the trainer's jitted init and `update.on_mesh` give).
-  abstract_opt = jax.eval_shape(optimizer.init, part.trained)
-  opt_sh = optax.tree_map_params(
-      optimizer,
-      lambda _, s: s,
-      abstract_opt,
-      part.shardings,
-      transform_non_params=lambda _: mesh.replicated,
+  optimizer, abstract_opt, opt_sh = plan_lora.optimizer_state(
+      config.optim, part, mesh.replicated
   )
   opt_state = plan_compile.abstract(abstract_opt, opt_sh)
 

@@ -66,25 +66,37 @@ def facts(spec, m, frozen_bytes: int) -> dict:
   )
 
 
-def resident(config, cloud_topology: str, vocab_size: int) -> dict:
-  """Per-chip bytes of what a run keeps on the chips besides activations
-  (no compile, seconds): the frozen base, the trained parameters, their
-  reference copy and gradients, and Adam's state."""
+def optimizer_state(optim, part, replicated) -> tuple:
+  """(optimizer, abstract state, its shardings) of what `part` trains:
+  Adam's moments sharded like their parameters, the counts `replicated`
+  (as the trainer's jitted init and `update.on_mesh` give)."""
   # A local import: `experiments.plan` imports this module.
   from ugrad.training import build  # pylint: disable=import-outside-toplevel
-  from ugrad.training import lora_config  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
-  m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size)
-  part = parts(m, lora_config.lora_spec(config))
-  optimizer = build.make_optimizer(config.optim)
+  optimizer = build.make_optimizer(optim)
   abstract_opt = jax.eval_shape(optimizer.init, part.trained)
   opt_sh = optax.tree_map_params(
       optimizer,
       lambda _, s: s,
       abstract_opt,
       part.shardings,
-      transform_non_params=lambda _: m.mesh.replicated,
+      transform_non_params=lambda _: replicated,
+  )
+  return optimizer, abstract_opt, opt_sh
+
+
+def resident(config, cloud_topology: str, vocab_size: int) -> dict:
+  """Per-chip bytes of what a run keeps on the chips besides activations
+  (no compile, seconds): the frozen base, the trained parameters, their
+  reference copy and gradients, and Adam's state."""
+  # A local import: `experiments.plan` imports this module.
+  from ugrad.training import lora_config  # pylint: disable=import-outside-toplevel
+
+  m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size)
+  part = parts(m, lora_config.lora_spec(config))
+  _, abstract_opt, opt_sh = optimizer_state(
+      config.optim, part, m.mesh.replicated
   )
   trained = plan_compile.bytes_per_chip(part.params)
   opt = plan_compile.bytes_per_chip(plan_compile.abstract(abstract_opt, opt_sh))
