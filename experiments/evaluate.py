@@ -135,7 +135,7 @@ def evaluate(
       questions,
       samples,
       ks,
-      build.prompt_length(task),
+      build.prompt_length(task, config.data.get("max_prompt_tokens", 0)),
       max_new,
       temperature=temperature,
       seed=seed,

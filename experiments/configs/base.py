@@ -44,7 +44,8 @@ def get_config(variant=None):
   # JSONL tasks (task=gsm8k or task=math): rows of the train and test splits.
   # chat_template: prompts in the chat format of the policy's Hugging Face
   # tokenizer (an instruct model's init_from), with system_prompt ("": none)
-  # as the system turn.
+  # as the system turn. max_prompt_tokens: a longer prompt in any split
+  # stops the run at start-up naming its file and line (0: no limit).
   c.data = ml_collections.ConfigDict(
       dict(
           train_path="",
@@ -52,6 +53,7 @@ def get_config(variant=None):
           validation_path="",
           chat_template=False,
           system_prompt="",
+          max_prompt_tokens=2048,
       )
   )
 

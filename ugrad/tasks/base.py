@@ -20,11 +20,14 @@ class Example:
     question: the problem text (without the prompt template).
     solution: the gold reasoning, without the final-answer line.
     answer: the gold final answer, as text.
+    source: where the example was read ("path:line"), or "" for generated
+      examples; not part of its identity.
   """
 
   question: str
   solution: str
   answer: str
+  source: str = dataclasses.field(default="", compare=False)
 
 
 class Task(Protocol):

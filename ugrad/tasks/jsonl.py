@@ -114,9 +114,10 @@ def read_jsonl(
             f"{path}:{lineno}: row is {type(row).__name__}, not an object"
         )
       try:
-        examples.append(parse_row(row))
+        example = parse_row(row)
       except _RowError as e:
         raise DataError(f"{path}:{lineno}: {e}") from None
+      examples.append(dataclasses.replace(example, source=f"{path}:{lineno}"))
   if not examples:
     raise DataError(f"{path}: no rows")
   return examples

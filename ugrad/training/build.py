@@ -163,14 +163,32 @@ def make_task(config):
   return tasks_lib.make_task(config.task, **kwargs)
 
 
-def prompt_length(task) -> int:
-  """The longest encoded prompt over the task's splits (the fixed P)."""
+def prompt_length(task, max_tokens: int = 0) -> int:
+  """The longest encoded prompt over the task's splits (the fixed P).
+
+  Args:
+    task: the task.
+    max_tokens: the longest prompt allowed (0: no limit), so that one
+      over-long question stops the run at start-up, not out of memory at
+      step 1.
+
+  Raises:
+    errors.UserError: naming the first prompt over `max_tokens` ("path:line"
+      for a row read from a file).
+  """
   tok = task.tokenizer
-  return max(
-      len(tasks_lib.encode_prompt(tok, task.prompt(ex)))
-      for split in task_splits(task)
-      for ex in task.examples(split)
-  )
+  longest = 0
+  for split in task_splits(task):
+    for i, ex in enumerate(task.examples(split)):
+      n = len(tasks_lib.encode_prompt(tok, task.prompt(ex)))
+      if max_tokens and n > max_tokens:
+        where = ex.source or f"{split} example {i}"
+        raise errors.UserError(
+            f"{where}: the prompt has {n} tokens, more than "
+            f"data.max_prompt_tokens={max_tokens} (raise it, or drop the row)"
+        )
+      longest = max(longest, n)
+  return longest
 
 
 def task_splits(task) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = (
     "rm.eval_questions",
     "quiet",
     "profile_steps",
+    "data.max_prompt_tokens",
 )
 
 _ABSENT = object()

@@ -433,7 +433,7 @@ def _context(config, workdir: str) -> learner_lib.RunContext:
       mesh=mesh,
       policy=policy,
       init_params=init_params,
-      prompt_len=build.prompt_length(task),
+      prompt_len=build.prompt_length(task, config.data.max_prompt_tokens),
       max_new=config.sampling.max_new_tokens,
   )
 
