@@ -45,6 +45,7 @@ SMOKE_TRAINED = tuple(
             "reward_hacking.py",
             "figure5_tuned.py",
             "headline.py",
+            "lora.py",
             "preference.py",
             "tools.py",
         )
