@@ -1,5 +1,6 @@
 """Two JAX processes x 2 CPU devices (gloo collectives) train like one
-process with 4 devices, survive kill -9 and resume, and leave one record."""
+process with 4 devices, survive kill -9 and resume, and leave one record;
+with LoRA adapters too, stopped by a preemption notice and resumed."""
 
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 
 from ugrad.runtime import gradlog
 from ugrad.runtime import metrics as metrics_lib
+from ugrad.training import lora_config
 from ugrad.training import runs
 
 _REPO = os.path.dirname(
@@ -24,7 +26,13 @@ _REPO = os.path.dirname(
 STEPS = 8
 
 
-def _flags(workdir):
+LR = 1e-4  # the example config's
+# LoRA's flags: rank-4 adapters (the base frozen) at a rate that moves them.
+LORA_LR = 1e-3
+LORA = ("--config.lora.rank=4", f"--config.optim.lr={LORA_LR}")
+
+
+def _flags(workdir, extra=()):
   # The example method: its reward (rule minus a length cost) is dense, so
   # every step has a real gradient even though the tiny policy is never
   # right, and a method registered from outside the package runs too.
@@ -41,6 +49,7 @@ def _flags(workdir):
       "--config.warm_start.steps=4",
       "--config.warm_start.batch_size=16",
       "--config.checkpoint_every=1",
+      *extra,
   ]
 
 
@@ -58,7 +67,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(workdir, log_dir):
+def _launch(workdir, log_dir, extra=()):
   port = _free_port()
   procs = []
   for i in range(2):
@@ -69,7 +78,7 @@ def _launch(workdir, log_dir):
                 sys.executable,
                 "-m",
                 "experiments.main",
-                *_flags(workdir),
+                *_flags(workdir, extra),
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -99,9 +108,9 @@ def _wait_for_steps(procs, workdir, log_dir, steps):
     time.sleep(0.2)
 
 
-def _finish(workdir, log_dir):
+def _finish(workdir, log_dir, extra=()):
   """Launches both processes again and waits for a clean end."""
-  procs = _launch(workdir, log_dir)
+  procs = _launch(workdir, log_dir, extra)
   for p in procs:
     assert p.wait(timeout=900) == 0, _tail(log_dir)
 
@@ -127,11 +136,10 @@ COMPARED = (
 )
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_and_resume_after_kill(tmp_path):
-  ref = str(tmp_path / "ref")
+def _one_process(workdir, extra=()):
+  """The same run in one process with 4 devices."""
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.main", *_flags(ref)],
+      [sys.executable, "-m", "experiments.main", *_flags(workdir, extra)],
       cwd=_REPO,
       env=_env(4),
       capture_output=True,
@@ -140,6 +148,12 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
       check=False,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_resume_after_kill(tmp_path):
+  ref = str(tmp_path / "ref")
+  _one_process(ref)
 
   work, logs = str(tmp_path / "multi"), str(tmp_path)
   procs = _launch(work, logs)
@@ -151,7 +165,11 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   assert 2 <= killed_at < STEPS, killed_at
 
   _finish(work, logs)
+  _assert_same_run(work, ref, LR)
 
+
+def _assert_same_run(work, ref, lr):
+  """`work` (two processes, resumed) trained as `ref` (one) did."""
   got = metrics_lib.read_metrics(os.path.join(work, "metrics.jsonl"))
   want = metrics_lib.read_metrics(os.path.join(ref, "metrics.jsonl"))
   assert [r["step"] for r in got] == list(range(1, STEPS + 1))
@@ -168,24 +186,34 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
   assert gradlog.verify(os.path.join(work, "gradient_log.jsonl")).ok
   with open(os.path.join(work, runs.EVAL_FILE)) as f:
     assert set(json.load(f)) == {"sft", "final"}
-  _, multi_params = runs.load_model(work)
-  _, ref_params = runs.load_model(ref)
-  for a, b in zip(jax.tree.leaves(multi_params), jax.tree.leaves(ref_params)):
-    # A sanity bound: Adam moves a parameter by up to about lr per step
-    # whatever its gradient's size, so reduction-order noise in near-zero
-    # gradients can differ by up to 2 lr per step.
-    np.testing.assert_allclose(
-        np.asarray(a), np.asarray(b), rtol=0, atol=2 * 1e-4 * STEPS
-    )
+  # The trained parameters (a LoRA run's adapters). A sanity bound: Adam
+  # moves a parameter by up to about lr per step whatever its gradient's
+  # size, so reduction-order noise in near-zero gradients can differ by up
+  # to 2 lr per step.
+  for a, b in zip(_trained(work), _trained(ref)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=2 * lr * STEPS)
+
+
+def _trained(workdir) -> list:
+  """The final trained parameters: the adapters of a LoRA run, else the
+  policy's, as numpy arrays."""
+  config = runs.read_config(workdir)
+  if config.lora.rank:
+    tree = runs.load_adapters(workdir, lora_config.lora_spec(config))
+  else:
+    _, tree = runs.load_model(workdir)
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   """A preemption notice reaches one worker; JAX's preemption sync point
   names one step to every process, both save it and exit 75, and the same
-  command resumes to the end."""
+  command resumes to the end. With LoRA: the adapters, sharded over both
+  processes, and their optimizer state resume, and the run ends as one
+  process's."""
   work, logs = str(tmp_path / "multi"), str(tmp_path)
-  procs = _launch(work, logs)
+  procs = _launch(work, logs, LORA)
   _wait_for_steps(procs, work, logs, 2)
   procs[1].send_signal(signal.SIGTERM)
   codes = [p.wait(timeout=900) for p in procs]
@@ -195,7 +223,9 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path):
   assert stopped < STEPS
   assert _steps_logged(work) == stopped
   assert str(stopped) in os.listdir(os.path.join(work, "checkpoints"))
-  _finish(work, logs)
-  got = metrics_lib.read_metrics(os.path.join(work, "metrics.jsonl"))
-  assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+  _finish(work, logs, LORA)
   assert gradlog.main(["verify", work]) == 0
+  ref = str(tmp_path / "ref")
+  _one_process(ref, LORA)
+  assert os.path.isdir(os.path.join(work, runs.ADAPTER_DIR))
+  _assert_same_run(work, ref, LORA_LR)
