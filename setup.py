@@ -41,6 +41,8 @@ setuptools.setup(
         # benchmark, as an independent reference implementation.
         "test": [
             "pytest>=8.0",
+            # -n: the suite in parallel worker processes (README, Tests).
+            "pytest-xdist>=3.5",
             "torch>=2.2",
             "transformers>=4.45",
             # The PEFT export's round trip (experiments/export.py).
