@@ -42,6 +42,7 @@ SMOKE_TRAINED = tuple(
     if not p.endswith(
         (
             "hard_task.py",
+            "hard_task_tuned.py",
             "reward_hacking.py",
             "figure5_tuned.py",
             "headline.py",
