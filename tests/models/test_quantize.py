@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import qwix
+from qwix._src.core import numerics
 
 from ugrad import models
 from ugrad.models import logprobs
@@ -59,6 +61,27 @@ def test_quantized_kernels_are_within_a_stated_error(base_dtype, bound):
   assert 0 < error < bound
   # One scale per output column (int8) or per 64 inputs of one (nf4).
   assert q.scale.shape == {"int8": (1, 512), "nf4": (4, 512)}[base_dtype]
+
+
+@pytest.mark.parametrize("base_dtype", ["int8", "nf4"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dequantize_equals_qwix(base_dtype, dtype):
+  """ugrad's elementwise nf4 dequantization (fusible into the matmul) gives
+  qwix's values bit for bit; int8 is qwix's own."""
+  w = 0.02 * jax.random.normal(jax.random.key(0), (256, 512))
+  q = quantize.quantize(w, base_dtype)
+  qtype = {"int8": jnp.int8, "nf4": "nf4"}[base_dtype]
+  want = qwix.dequantize(
+      qwix.QArray(q.qvalue, q.scale.astype(dtype), None, qtype)
+  )
+  got = quantize.dequantize(q.qvalue, q.scale, dtype)
+  assert got.dtype == want.dtype == dtype
+  np.testing.assert_array_equal(
+      np.asarray(got, np.float32), np.asarray(want, np.float32)
+  )
+  assert quantize.NF4_LEVELS == tuple(
+      float(x) for x in numerics.get_nf4_buckets()
+  )
 
 
 def test_nf4_is_stored_in_half_a_byte_per_weight():

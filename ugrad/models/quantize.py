@@ -34,6 +34,26 @@ QUANTIZED = ("int8", "nf4")
 NF4_BLOCK = 64  # Inputs per nf4 scale (QLoRA's block size).
 # A quantized value's storage dtype names its format.
 _QTYPES = {jnp.dtype(jnp.int8): jnp.int8, jnp.dtype(jnp.uint4): "nf4"}
+# QLoRA's 16 NormalFloat levels (Dettmers et al., 2023, appendix E), the
+# ones qwix quantizes to (tests/models/test_quantize.py checks).
+NF4_LEVELS = (
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+)
 
 
 def check_base_dtype(base_dtype: str) -> None:
@@ -65,11 +85,33 @@ def quantize(kernel: jax.Array, base_dtype: str) -> qwix.QArray:
 
 
 def dequantize(qvalue: jax.Array, scale: jax.Array, dtype) -> jax.Array:
-  """The [in, out] kernel of `quantize`'s parts, in `dtype`."""
-  qarray = qwix.QArray(
-      qvalue, scale.astype(dtype), None, _QTYPES[jnp.dtype(qvalue.dtype)]
+  """The [in, out] kernel of `quantize`'s parts, in `dtype`.
+
+  nf4 is dequantized here, elementwise (`_nf4_levels`), with the values
+  `qwix.dequantize` gives: qwix maps nf4 indices through a gather over the
+  flattened array (a vmapped table lookup), which XLA cannot fuse into the
+  matmul that reads the kernel. Its decode step then wrote and read every
+  dequantized kernel in float32 (40.6x the step's minimum bytes on the
+  2-layer 7B plan; BUILD_NOTES.md)."""
+  if _QTYPES[jnp.dtype(qvalue.dtype)] != "nf4":
+    return qwix.dequantize(
+        qwix.QArray(qvalue, scale.astype(dtype), None, jnp.int8)
+    )
+  block = qvalue.shape[0] // scale.shape[0]
+  return _nf4_levels(qvalue, dtype) * jnp.repeat(
+      scale.astype(dtype), block, axis=0
   )
-  return qwix.dequantize(qarray)
+
+
+def _nf4_levels(qvalue: jax.Array, dtype) -> jax.Array:
+  """The NormalFloat level of each uint4 index, in `dtype`: a chain of
+  elementwise selects, which fuses into its consumer."""
+  index = qvalue.astype(jnp.int32)
+  levels = [jnp.asarray(level, dtype) for level in NF4_LEVELS]
+  out = jnp.full(qvalue.shape, levels[0], dtype)
+  for k in range(1, len(levels)):
+    out = jnp.where(index == k, levels[k], out)
+  return out
 
 
 def _quantized_matmul(x, qvalue, scale, dtype):
