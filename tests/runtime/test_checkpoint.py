@@ -224,6 +224,28 @@ def test_manifest_hashes_every_file_and_survives_a_restore(tmp_path):
   assert ckpt.manifest_sha256(1) == digest
 
 
+def test_only_process_0_reads_a_step_to_hash_it(tmp_path, monkeypatch):
+  """Another process walking the step directory raced process 0's manifest
+  (its temporary file vanished mid-walk: FileNotFoundError, the run
+  aborted in the manifest's barrier). Now the others only wait, once per
+  finish() whatever the number of steps, and keep no digests."""
+  ckpt = checkpoint.Checkpointer(tmp_path, save_every=1, max_to_keep=None)
+  for step in (1, 2):
+    ckpt.save(step, _train_state(step), {"step": step}, wait=True)
+  barriers = []
+  monkeypatch.setattr(checkpoint.distributed, "is_main", lambda: False)
+  monkeypatch.setattr(checkpoint.distributed, "sync", barriers.append)
+
+  def no_reads(step_dir):
+    raise AssertionError(f"process 1 read {step_dir}")
+
+  monkeypatch.setattr(checksums, "file_hashes", no_reads)
+  assert not ckpt.finish()
+  assert barriers == ["checkpoint_manifest"]
+  assert ckpt.manifest_sha256(1) is None  # Process 0 writes it.
+  ckpt.close()
+
+
 def test_a_checkpoint_without_manifest_gets_one_at_restore(tmp_path, caplog):
   ckpt = checkpoint.Checkpointer(tmp_path, save_every=1)
   ckpt.save(1, _train_state(1), {"step": 1}, wait=True)

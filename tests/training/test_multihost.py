@@ -119,7 +119,11 @@ def _tail(log_dir):
   out = []
   for i in range(2):
     with open(os.path.join(log_dir, f"p{i}.log"), errors="replace") as f:
-      out.append(f.read()[-2000:])
+      text = f.read()
+    # The first traceback (the cause), then the end (what the process did).
+    first = text.find("Traceback (most recent call last)")
+    cause = text[first : first + 3000] + "\n[...]\n" if first >= 0 else ""
+    out.append(f"p{i}: {cause}{text[-2000:]}")
   return "\n---\n".join(out)
 
 

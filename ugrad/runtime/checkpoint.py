@@ -179,30 +179,37 @@ class Checkpointer:
       ) from e
 
   def finish(self) -> list[tuple[int, str]]:
-    """Waits for the save in flight, then writes the manifest of each step
-    this process saved since the last call.
+    """Waits for the save in flight, then has process 0 write the manifest
+    of each step saved since the last call; every process waits for it.
 
     Returns:
-      (step, SHA-256 of its manifest) for each of those steps still on
-      disk, ascending (what the gradient log records).
+      On process 0, (step, SHA-256 of its manifest) for each of those steps
+      still on disk, ascending (what the gradient log records); [] on the
+      others, which keep no record.
     """
     if not self._unhashed:
       return []
     self.wait_until_finished()
     done, self._unhashed = self._unhashed, []
     present = set(self._manager.all_steps())
-    return [
-        (step, self.write_manifest(step)) for step in done if step in present
-    ]
-
-  def write_manifest(self, step: int) -> str:
-    """Hashes the files of a finished step into its manifest (process 0
-    writes it); returns the manifest's SHA-256 on every process."""
-    hashes = checksums.file_hashes(self.directory / str(step))
-    text = checksums.manifest_text(hashes)
+    digests = []
     if distributed.is_main():
-      paths.write_atomic(self.directory / str(step) / checksums.MANIFEST, text)
+      digests = [
+          (step, self._write_manifest(step)) for step in done if step in present
+      ]
+    # One barrier per call on every process, however many steps were hashed.
     distributed.sync("checkpoint_manifest")
+    return digests
+
+  def _write_manifest(self, step: int) -> str:
+    """Hashes the files of a finished step into its manifest; returns the
+    manifest's SHA-256. Process 0 alone reads and writes the step's files:
+    another process walking the directory would race the manifest's
+    temporary file."""
+    text = checksums.manifest_text(
+        checksums.file_hashes(self.directory / str(step))
+    )
+    paths.write_atomic(self.directory / str(step) / checksums.MANIFEST, text)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
   def manifest_sha256(self, step: int) -> Optional[str]:
@@ -225,15 +232,18 @@ class Checkpointer:
       )
 
   def _ensure_manifest(self, step: int):
-    """Writes the manifest of a step that restored without one."""
-    if self.manifest_sha256(step) is None:
+    """Writes the manifest of a step that restored without one (process
+    0's view of the directory decides, for every process)."""
+    if distributed.agree(self.manifest_sha256(step) is None):
       logging.warning(
           "checkpoint step %d in %s has no checksums (its run "
           "stopped before writing them); writing them now",
           step,
           self.directory,
       )
-      self.write_manifest(step)
+      if distributed.is_main():
+        self._write_manifest(step)
+      distributed.sync("checkpoint_manifest")
 
   def wait_until_finished(self):
     """Blocks until the save in flight, if any, is on disk."""
