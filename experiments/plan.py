@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from experiments import hlo_bytes
 from experiments import plan_compile
 from experiments import plan_lora
 from experiments import plan_report
@@ -315,6 +316,8 @@ def plan(
     # What else stays on the chip meanwhile: resident state that is not
     # among this function's arguments.
     with_resident = memory["peak"] + resident - resident_args
+    if name == "decode_step":  # XLA's count doubles MSA's prefetches.
+      decode_facts["hbm_bytes"] = hlo_bytes.hbm_bytes(compiled.as_text())
     results[name] = dict(
         memory=memory,
         peak_with_resident_state=with_resident,
@@ -330,6 +333,7 @@ def plan(
         bytes_accessed=step["roofline"]["bytes_accessed"], **decode_facts
     )
     step["bytes_over_min"] = step["bytes_accessed"] / step["min_bytes"]
+    step["hbm_bytes_over_min"] = step["hbm_bytes"] / step["min_bytes"]
 
   kv_cache = plan_roofline.kv_bytes(cfg, rows, length, dtype)
   forward_passes = int("logp_ref" in needed) + int(config.recompute_logp_old)

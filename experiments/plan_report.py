@@ -146,7 +146,10 @@ def roofline_lines(r: dict) -> list:
         f"reads {gb(step['bytes_accessed'])} per chip, "
         f"{step['bytes_over_min']:.2f}x the {gb(step['min_bytes'])} it must "
         f"(weights in {r['compute_dtype']} {gb(step['weights_bytes'])} + "
-        f"KV prefix {gb(step['kv_prefix_bytes'])})"
+        f"KV prefix {gb(step['kv_prefix_bytes'])}); of HBM, "
+        f"{gb(step['hbm_bytes'])} = {step['hbm_bytes_over_min']:.2f}x "
+        "(experiments/hlo_bytes.py: on-chip operands left out, async copies "
+        "counted once)"
     )
   return lines
 

@@ -20,6 +20,9 @@ sampler's cache) for the topology, twice, and prints:
   weight as compiled, 8.9 MB with MSA off. With MSA off every operand and
   result lives in HBM, so that count is what the ops read and write there
   (an upper bound on the HBM traffic of the program that runs);
+* for each, `experiments/hlo_bytes.py`'s count of the HBM bytes of that
+  program (on-chip operands left out, each async copy counted at its HBM
+  end only): the plan's `decode_step.hbm_bytes`;
 * the breakdown of the MSA-off program by HLO op and by kind of op:
   per op, its operands and results, counting what a fusion reads of a
   parameter it only slices or gathers, and an in-place
@@ -29,14 +32,13 @@ sampler's cache) for the topology, twice, and prints:
 """
 
 import collections
-import dataclasses
 import functools
-import re
 import types
 
 from absl import app
 from absl import flags
 
+from experiments import hlo_bytes
 from experiments import plan as plan_lib
 from experiments import plan_compile
 from experiments import plan_roofline
@@ -50,169 +52,10 @@ _KV_BLOCK = flags.DEFINE_integer(
     "the sampler's `SamplingConfig.kv_block` (0: None, one phase)",
 )
 
-_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2}
-_ITEMSIZE.update({"u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8})
-_ITEMSIZE.update({"s64": 8, "u64": 8})
-_ARRAY = re.compile(
-    r"\b(pred|[su](?:8|16|32|64)|bf16|f(?:16|32|64))\[([0-9,]*)\]"
-    r"(\{[^}]*\})?"
-)
-_COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*\{$")
-_INSTRUCTION = re.compile(r"^\s*(ROOT )?%(\S+) = (.+?) ([a-z][\w-]*)\((.*)$")
-# Ops that move no data of their own.
-_FREE = {
-    "parameter",
-    "constant",
-    "get-tuple-element",
-    "bitcast",
-    "tuple",
-    "after-all",
-    "partition-id",
-    "replica-id",
-}
-_SLICING = {"dynamic-slice", "slice", "gather"}
-
-
-@dataclasses.dataclass
-class Op:
-  name: str
-  type: str
-  opcode: str
-  operands: list
-  root: bool
-  calls: str
-  op_name: str
-
-
-def _arrays(type_text: str) -> list[tuple[int, bool]]:
-  """(bytes, on chip) of each array in an HLO type (on chip: a layout in
-  memory space S(1) or above, VMEM on a TPU)."""
-  out = []
-  for dtype, dims, layout in _ARRAY.findall(type_text):
-    n = _ITEMSIZE[dtype]
-    for d in filter(None, dims.split(",")):
-      n *= int(d)
-    out.append((n, bool(re.search(r"S\([1-9]\)", layout or ""))))
-  return out
-
-
-def parse(hlo: str) -> dict[str, list[Op]]:
-  """The computations of an HLO module's text: name -> its ops ("ENTRY"
-  for the entry computation)."""
-  comps, current = {}, None
-  for line in hlo.splitlines():
-    m = _COMPUTATION.match(line)
-    if m:
-      current = comps.setdefault("ENTRY" if m.group(1) else m.group(2), [])
-      continue
-    m = _INSTRUCTION.match(line)
-    if m is None or current is None:
-      continue
-    root, name, type_text, opcode, rest = m.groups()
-    operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-    calls = re.search(r"calls=%([\w.\-]+)", rest)
-    op_name = re.search(r'op_name="([^"]*)"', rest)
-    current.append(
-        Op(
-            name,
-            type_text,
-            opcode,
-            operands,
-            bool(root),
-            calls.group(1) if calls else "",
-            op_name.group(1) if op_name else "",
-        )
-    )
-  return comps
-
-
-def _fusion_bytes(op: Op, fused: list[Op], types_of: dict) -> int:
-  """A fusion's reads and writes: a parameter used only by slices or
-  gathers counts what they take; an in-place dynamic-update-slice at the
-  root counts its update (read and written), not its whole buffer."""
-  index = {}
-  for o in fused:
-    if o.opcode == "parameter":
-      index[o.name] = len(index)
-  by_name = {o.name: o for o in fused}
-  users = collections.defaultdict(list)
-  for o in fused:
-    for i, x in enumerate(o.operands):
-      users[x].append((o, i))
-  root = next(o for o in fused if o.root)
-  in_place = None
-  if root.opcode == "dynamic-update-slice":
-    in_place = root.operands[0]
-    out = 2 * sum(b for b, _ in _arrays(by_name[root.operands[1]].type))
-  else:
-    out = sum(b for b, _ in _arrays(op.type))
-  total = out
-  for pname in index:
-    arg = op.operands[index[pname]] if index[pname] < len(op.operands) else ""
-    full = sum(b for b, _ in _arrays(types_of.get(arg, "")))
-    uses = users[pname]
-    if pname == in_place:
-      continue
-    if uses and all(u.opcode in _SLICING and i == 0 for u, i in uses):
-      total += sum(sum(b for b, _ in _arrays(u.type)) for u, _ in uses)
-    else:
-      total += full
-  return total
-
-
-def op_bytes(op: Op, comps: dict, types_of: dict) -> int:
-  """Bytes one top-level op reads and writes (this tool's estimate)."""
-  if op.opcode in _FREE or op.opcode.endswith("-done"):
-    return 0
-  if op.opcode.endswith("-start"):  # Async copy: one read, one write.
-    moved = _arrays(op.type)
-    echo = sum(len(_arrays(types_of.get(x, ""))) for x in op.operands)
-    return 2 * (moved[echo][0] if len(moved) > echo else 0)
-  if op.opcode == "dynamic-update-slice":  # In place.
-    return 2 * sum(b for b, _ in _arrays(types_of.get(op.operands[1], "")))
-  if op.opcode == "fusion" and op.calls in comps:
-    return _fusion_bytes(op, comps[op.calls], types_of)
-  ins = sum(b for x in op.operands for b, _ in _arrays(types_of.get(x, "")))
-  return ins + sum(b for b, _ in _arrays(op.type))
-
-
-def _kind(op: Op, inputs: dict) -> str:
-  """What an op computes and the arguments it reads (`inputs`: parameter
-  op -> its name), the same for every layer."""
-  what = re.sub(r"^jit\([^)]*\)/", "", op.op_name)
-  reads = sorted({inputs[x] for x in op.operands if x in inputs})
-  text = f"{op.opcode} {what}" + (f" <- {', '.join(reads)}" if reads else "")
-  return re.sub(r"[0-9]+", "N", text)
-
-
-def _argument_name(op_name: str) -> str:
-  """params['layers'][0]['mlp']['up_proj']['kernel'].value -> mlp.up_proj"""
-  keys = re.findall(r"\['(\w+)'\]", op_name.replace("\\", ""))
-  keys = [k for k in keys if k not in ("layers", "kernel", "value")]
-  return ".".join(keys) or op_name
-
-
-def breakdown(hlo: str) -> list[tuple[int, str, str]]:
-  """(bytes, op, kind) of every op of the entry computation, largest
-  first."""
-  comps = parse(hlo)
-  types_of = {o.name: o.type for ops in comps.values() for o in ops}
-  entry = comps.get("ENTRY", [])
-  inputs = {
-      o.name: _argument_name(o.op_name)
-      for o in entry
-      if o.opcode == "parameter"
-  }
-  rows = [
-      (op_bytes(op, comps, types_of), op.name, _kind(op, inputs))
-      for op in entry
-  ]
-  return sorted((r for r in rows if r[0]), reverse=True)
-
 
 def report(hlo: str, xla_bytes: float, top: int) -> list[str]:
   """The breakdown as lines: kinds of op, then single ops."""
-  rows = breakdown(hlo)
+  rows = hlo_bytes.breakdown(hlo)
   total = sum(r[0] for r in rows)
   kinds = collections.Counter()
   counts = collections.Counter()
@@ -273,6 +116,11 @@ def main(argv, options: types.SimpleNamespace):
         f"bytes_accessed, MSA {'on (as the plan compiles)' if msa else 'off'}"
         f": {nbytes / 1e9:.4f} GB = {nbytes / facts['min_bytes']:.2f}x "
         "min_bytes"
+    )
+    hbm = hlo_bytes.hbm_bytes(compiled.as_text())
+    print(
+        f"  this tool's HBM bytes of that program: {hbm / 1e9:.4f} GB = "
+        f"{hbm / facts['min_bytes']:.2f}x min_bytes"
     )
   print(
       "\n".join(

@@ -191,6 +191,8 @@ def test_small_plan_on_v5e_8():
   assert step["bytes_accessed"] == step["roofline"]["bytes_accessed"]
   assert step["bytes_accessed"] >= step["min_bytes"]
   assert step["bytes_over_min"] == step["bytes_accessed"] / step["min_bytes"]
+  assert 0 < step["hbm_bytes"] <= step["bytes_accessed"]
+  assert step["hbm_bytes_over_min"] == step["hbm_bytes"] / step["min_bytes"]
   text = plan_report.format_plan(result, 1.0)
   assert "roofline per chip (v5e: 197 TFLOP/s bf16, 819 GB/s HBM" in text
   assert "decode step at slot 12 of 16: reads" in text
