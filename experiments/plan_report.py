@@ -182,7 +182,8 @@ def table_row(r: dict) -> str:
     )
   return (
       f"| {model} | {r['topology']} ({r['chips']}) | {mesh} | "
-      f"{r['remat']}, {r['micro_batches']}"
+      f"{r.get('attention', 'einsum')}, {r['remat']}, {r['micro_batches']}"
+      f"{', scan' if r.get('scan_layers') else ''}"
       f"{'' if dtype == 'float32' else ', ' + dtype + ' params'} | "
       f"{gb(r['params_bytes_per_chip'])} / "
       f"{gb(r['opt_state_bytes_per_chip'])} / "
@@ -191,7 +192,8 @@ def table_row(r: dict) -> str:
 
 
 TABLE_HEADER = (
-    "| model | topology (chips) | mesh | remat, micro-batches | params / opt /"
+    "| model | topology (chips) | mesh | attention, remat, micro-batches |"
+    " params / opt /"
     " ref per chip, GB | peak +resident, GB: sample / log-probs / update |"
     " fits? |\n|---|---|---|---|---|---|---|"
 )

@@ -179,8 +179,8 @@ class Checkpointer:
       ) from e
 
   def finish(self) -> list[tuple[int, str]]:
-    """Waits for the save in flight, then has process 0 write the manifest
-    of each step saved since the last call; every process waits for it.
+    """Waits for the save in flight; process 0 writes the manifest of each
+    step saved since the last call while the others wait at one barrier.
 
     Returns:
       On process 0, (step, SHA-256 of its manifest) for each of those steps
@@ -195,22 +195,12 @@ class Checkpointer:
     digests = []
     if distributed.is_main():
       digests = [
-          (step, self._write_manifest(step)) for step in done if step in present
+          (step, checksums.write_manifest(self.directory / str(step)))
+          for step in done
+          if step in present
       ]
-    # One barrier per call on every process, however many steps were hashed.
     distributed.sync("checkpoint_manifest")
     return digests
-
-  def _write_manifest(self, step: int) -> str:
-    """Hashes the files of a finished step into its manifest; returns the
-    manifest's SHA-256. Process 0 alone reads and writes the step's files:
-    another process walking the directory would race the manifest's
-    temporary file."""
-    text = checksums.manifest_text(
-        checksums.file_hashes(self.directory / str(step))
-    )
-    paths.write_atomic(self.directory / str(step) / checksums.MANIFEST, text)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
   def manifest_sha256(self, step: int) -> Optional[str]:
     """The SHA-256 of step's manifest as stored, None without one."""
@@ -242,7 +232,7 @@ class Checkpointer:
           self.directory,
       )
       if distributed.is_main():
-        self._write_manifest(step)
+        checksums.write_manifest(self.directory / str(step))
       distributed.sync("checkpoint_manifest")
 
   def wait_until_finished(self):

@@ -65,6 +65,17 @@ def manifest_text(hashes: Mapping[str, str]) -> str:
   return json.dumps(hashes, sort_keys=True, indent=0) + "\n"
 
 
+def write_manifest(step_dir) -> str:
+  """Hashes the files of a finished step directory into its manifest
+  (written atomically); returns the manifest's SHA-256. One process only:
+  another one walking the directory meanwhile would meet the manifest's
+  temporary file."""
+  step_dir = paths.resolve(step_dir)
+  text = manifest_text(file_hashes(step_dir))
+  paths.write_atomic(step_dir / MANIFEST, text)
+  return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def _sha256_of(path) -> str:
   digest = hashlib.sha256()
   with path.open("rb") as f:
