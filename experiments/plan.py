@@ -316,7 +316,7 @@ def plan(
     # What else stays on the chip meanwhile: resident state that is not
     # among this function's arguments.
     with_resident = memory["peak"] + resident - resident_args
-    if name == "decode_step":  # XLA's count doubles MSA's prefetches.
+    if name == "decode_step":  # XLA counts MSA prefetches more than once.
       decode_facts["hbm_bytes"] = hlo_bytes.hbm_bytes(compiled.as_text())
     results[name] = dict(
         memory=memory,
