@@ -3,6 +3,7 @@ for recomputation), and scanned layers those of the unrolled loop."""
 
 from flax import nnx
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,3 +76,47 @@ def test_scanned_layers_compile_one_layer():
     )
     dots[scan] = text.count("dot_general")
   assert dots[True] < dots[False] / 2, dots
+
+
+def _barrier_operand_shapes(jaxpr) -> list:
+  """The operand shapes of every optimization_barrier in `jaxpr` and its
+  sub-jaxprs."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "optimization_barrier":
+      found.append({tuple(v.aval.shape) for v in eqn.invars})
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _barrier_operand_shapes(sub)
+  return found
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_a_layer_backward_finishes_its_weight_gradients_first(remat):
+  """Under remat, each layer's backward pass releases the cotangent of its
+  input [B, T, D] only together with its weight gradients (the MLP's [D, F]
+  kernels among them), so the compiler cannot defer the weight gradients
+  and keep every layer's recomputed activations live (the v5e cliff in
+  BUILD_NOTES); and it starts only once its output's cotangent exists."""
+  cfg = model_config.ModelConfig(
+      vocab_size=24,
+      hidden_size=32,
+      num_layers=3,
+      num_heads=4,
+      num_kv_heads=2,
+      mlp_size=48,
+      remat=remat,
+  )
+  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)))
+  tokens = jnp.zeros((2, 5), jnp.int32)
+
+  def loss(p):
+    return jnp.sum(nnx.merge(graphdef, p)(tokens))
+
+  barriers = _barrier_operand_shapes(
+      jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+  )
+  # Per layer, one barrier before the recomputation (the residuals with the
+  # output's cotangent) and one after (the input's cotangent with the
+  # weight gradients).
+  ordering = [s for s in barriers if {(2, 5, 32), (32, 48)} <= s]
+  assert len(ordering) == 2 * cfg.num_layers, barriers
