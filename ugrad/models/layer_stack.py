@@ -41,17 +41,16 @@ def _layer_outputs(layer, x, rope, mask, remat: str):
 
 
 def _ordered_backward(forward):
-  """`forward` (a jax.checkpoint) with its backward pass kept in order: it
-  starts once its output's cotangent exists and hands on its input's
+  """`forward` (a jax.checkpoint) whose backward pass hands on its input's
   cotangent only together with its weight gradients.
 
   Nothing else needs a layer's weight gradients before the optimizer (the
-  global-norm clip waits for all of them), so the compiler is free to defer
-  them, and with them every layer's recomputed activations: XLA for TPU
-  v5e did so on a 24-layer model, 13.15 GB of temporaries per chip against
-  5.05 with this ordering (BUILD_NOTES, "the splash cliff"). Two
-  optimization barriers make the order a data dependency; the gradients
-  are jax.checkpoint's.
+  global-norm clip waits for all of them), so the compiler may defer them,
+  and with them the recomputed activations they read: XLA for TPU v5e did
+  so for a 24-layer model, 13.15 GB of temporaries per chip, 5.05 with
+  this ordering (BUILD_NOTES, "the v5e cliff"). One optimization barrier
+  over what the backward returns makes the order a data dependency; the
+  gradients are jax.checkpoint's.
   """
 
   @jax.custom_vjp
@@ -62,7 +61,6 @@ def _ordered_backward(forward):
     return jax.vjp(forward, *args)
 
   def ordered_bwd(vjp, cotangent):
-    vjp, cotangent = jax.lax.optimization_barrier((vjp, cotangent))
     return jax.lax.optimization_barrier(vjp(cotangent))
 
   ordered.defvjp(ordered_fwd, ordered_bwd)
