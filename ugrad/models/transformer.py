@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from ugrad import registry
 from ugrad.models import attention as attn
+from ugrad.models import embedding
 from ugrad.models import layer_stack
 from ugrad.models import quantize
 from ugrad.models.layer_stack import REMAT_POLICIES  # pylint: disable=unused-import
@@ -279,7 +280,7 @@ class Backbone(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.embed_tokens = nnx.Embed(
+    self.embed_tokens = embedding.Embed(
         config.vocab_size,
         config.hidden_size,
         dtype=jnp.dtype(config.dtype),
