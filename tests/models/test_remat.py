@@ -12,18 +12,22 @@ from ugrad.models import model_config
 from ugrad.models import transformer as tr
 
 
-def _grads(remat: str, scan_layers: bool = False):
-  cfg = model_config.ModelConfig(
+def _config(remat: str, **overrides) -> model_config.ModelConfig:
+  """A small model (width 32, MLP 48) under `remat`."""
+  fields = dict(
       vocab_size=24,
       hidden_size=32,
       num_layers=2,
       num_heads=4,
       num_kv_heads=2,
       mlp_size=48,
-      qkv_bias=True,
       remat=remat,
-      scan_layers=scan_layers,
   )
+  return model_config.ModelConfig(**{**fields, **overrides})
+
+
+def _grads(remat: str, scan_layers: bool = False):
+  cfg = _config(remat, qkv_bias=True, scan_layers=scan_layers)
   graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)))
   tokens = jnp.asarray(
       np.random.default_rng(0).integers(0, 24, (3, 7)), jnp.int32
@@ -97,15 +101,7 @@ def test_a_layer_backward_finishes_its_weight_gradients_first(remat):
   kernels among them), so the compiler cannot defer the weight gradients
   and keep every layer's recomputed activations live (the v5e cliff in
   BUILD_NOTES)."""
-  cfg = model_config.ModelConfig(
-      vocab_size=24,
-      hidden_size=32,
-      num_layers=3,
-      num_heads=4,
-      num_kv_heads=2,
-      mlp_size=48,
-      remat=remat,
-  )
+  cfg = _config(remat, num_layers=3)
   graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)))
   tokens = jnp.zeros((2, 5), jnp.int32)
 
