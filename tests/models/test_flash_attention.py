@@ -157,6 +157,28 @@ def test_sampling_with_splash_prefill_equals_the_einsums():
   np.testing.assert_allclose(out["splash"].logp, out["einsum"].logp, atol=2e-5)
 
 
+@pytest.mark.slow
+def test_splash_compiled_for_a_tpu_is_the_mosaic_kernel_not_the_interpreter():
+  pytest.importorskip(
+      "libtpu",
+      reason="compiling for TPU needs libtpu: pip install -e '.[plan]'",
+  )
+  # A local import: experiments is not part of the package.
+  from experiments import plan_compile  # pylint: disable=import-outside-toplevel
+
+  device = plan_compile.topology_devices("v5e-8")[0]
+  q = jax.ShapeDtypeStruct(
+      (2, 256, 4, 64),
+      jnp.bfloat16,
+      sharding=jax.sharding.SingleDeviceSharding(device),
+  )
+  loss = lambda q, k, v: attn._attend_splash(q, k, v).sum()
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  hlo = plan_compile.compile_for_tpu(grad, q, q, q).as_text()
+  # Forward, dq and dkv kernels; the interpreter would be while loops.
+  assert hlo.count("tpu_custom_call") == 3 and " while(" not in hlo
+
+
 def test_auto_picks_splash_on_tpu_and_cudnn_on_gpu_in_16_bit():
   kernel = attn.attention_kernel
   assert kernel("auto", jnp.float32, "tpu") == "splash"

@@ -180,8 +180,8 @@ def _splash_kernel(length: int, group: int, block: int, interpret: bool):
 
 
 def _attend_splash(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Pallas splash attention (causal; Pallas's interpreter off a TPU, for
-  tests): each kv head's group of query heads is one MQA kernel call,
+  """Pallas splash attention (causal; Pallas's interpreter where the
+  program is not lowered for a TPU, for tests): each kv head's group of query heads is one MQA kernel call,
   mapped over rows and kv heads. The sequence is padded at the end to a
   multiple of the block (padding no real query sees); queries are scaled
   by Dh^-0.5 first (the kernel does not scale)."""
@@ -195,10 +195,17 @@ def _attend_splash(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   # [B, Hkv, G, L, Dh] queries; [B, Hkv, L, Dh] keys and values.
   q = q.reshape(b, length, hkv, h // hkv, dh).transpose(0, 2, 3, 1, 4)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  kernel = _splash_kernel(
-      length, h // hkv, block, jax.default_backend() != "tpu"
+
+  def mapped(interpret):
+    kernel = _splash_kernel(length, h // hkv, block, interpret)
+    return jax.vmap(jax.vmap(kernel))
+
+  # The Mosaic kernel where the program is lowered for a TPU (a TPU host, or
+  # an ahead-of-time compile for a TPU topology on any host), else
+  # Pallas's interpreter.
+  out = jax.lax.platform_dependent(
+      q, k, v, tpu=mapped(False), default=mapped(True)
   )
-  out = jax.vmap(jax.vmap(kernel))(q, k, v)
   out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
   return out[:, :t]
 
