@@ -67,22 +67,15 @@ def facts(spec, m, frozen_bytes: int) -> dict:
 
 
 def optimizer_state(optim, part, replicated) -> tuple:
-  """(optimizer, abstract state, its shardings) of what `part` trains:
-  Adam's moments sharded like their parameters, the counts `replicated`
-  (as the trainer's jitted init and `update.on_mesh` give)."""
-  # A local import: `experiments.plan` imports this module.
+  """(optimizer, abstract state, its shardings) of what `part` trains, as
+  the trainer places them (`update.optimizer_shardings`)."""
+  # Local imports: `experiments.plan` imports this module.
   from ugrad.training import build  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
+  from ugrad.training import update  # pylint: disable=import-outside-toplevel
 
   optimizer = build.make_optimizer(optim)
   abstract_opt = jax.eval_shape(optimizer.init, part.trained)
-  opt_sh = optax.tree_map_params(
-      optimizer,
-      lambda _, s: s,
-      abstract_opt,
-      part.shardings,
-      transform_non_params=lambda _: replicated,
-  )
+  opt_sh = update.optimizer_shardings(optimizer, part.params, replicated)
   return optimizer, abstract_opt, opt_sh
 
 

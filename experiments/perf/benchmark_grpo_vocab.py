@@ -160,8 +160,8 @@ class Step:
     )
     self.params = jax.tree.map(jnp.copy, self.reference)
     self.optimizer = build.make_optimizer(config.optim)
-    self.opt_state = update_lib.on_mesh(
-        jax.jit(self.optimizer.init)(self.params), self.mesh.replicated
+    self.opt_state = update_lib.init_optimizer(
+        self.optimizer, self.params, self.mesh.replicated
     )
     hp = build.coef_hparams(config)
     self.needed = build.needed_fields(config)

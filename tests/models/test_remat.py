@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ugrad.models import logprobs
 from ugrad.models import model_config
+from ugrad.models import sharding
 from ugrad.models import transformer as tr
 
 
@@ -113,3 +115,46 @@ def test_a_layer_backward_finishes_its_weight_gradients_first(remat):
   )
   releases = [s for s in barriers if {(2, 5, 32), (32, 48)} <= s]
   assert len(releases) == cfg.num_layers, barriers
+
+
+def _constrained_shapes(jaxpr) -> list:
+  """(operand shape, spec) of every sharding constraint in `jaxpr` and its
+  sub-jaxprs that splits something over `data`."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "sharding_constraint":
+      spec = eqn.params["sharding"].spec
+      if "data" in jax.tree.leaves(tuple(spec)):
+        found.append((tuple(eqn.invars[0].aval.shape), spec))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _constrained_shapes(sub)
+  return found
+
+
+def test_data_parallel_gradients_are_reduce_scattered_where_made():
+  """On a data-parallel mesh each layer's weight gradients, and the
+  vocabulary head's and the input lookup's shares of the tied embedding's,
+  are constrained to their optimizer moments' sharding (split over data)
+  inside the backward pass, so replicas reduce-scatter them there instead
+  of holding them whole until the update."""
+  cfg = _config("full", num_layers=3, mlp_size=64)
+  graphdef, params = nnx.split(tr.Transformer(cfg, rngs=nnx.Rngs(0)))
+  tokens = jnp.zeros((2, 5), jnp.int32)
+
+  def loss(p):
+    return jnp.sum(logprobs.token_logprobs(nnx.merge(graphdef, p), tokens))
+
+  mesh = jax.sharding.AbstractMesh((1, 2, 1, 1), sharding.MESH_AXES)
+  with jax.sharding.use_abstract_mesh(mesh):
+    found = _constrained_shapes(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  # gate and up [D, F] kernels: F (64) split over data, in every layer.
+  mlp = [spec for shape, spec in found if shape == (32, 64)]
+  assert mlp == [jax.P("fsdp", ("tensor", "data"))] * (2 * cfg.num_layers)
+  # The head's [D, V]: its larger dimension (D = 32) split over data, once.
+  head = [spec for shape, spec in found if shape == (32, 24)]
+  assert head == [jax.P(("fsdp", "data"), "tensor")], found
+  # The input lookup's share [V, D], on its own.
+  lookup = [spec for shape, spec in found if shape == (24, 32)]
+  assert lookup == [jax.P("tensor", ("fsdp", "data"))], found
+  # Without a data-parallel mesh nothing is constrained.
+  assert not _constrained_shapes(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -68,13 +69,36 @@ def test_a_mesh_that_does_not_divide_the_model_is_refused():
     sharding.check_model(cfg, dict(shape, fsdp=3))
 
 
+def test_moments_split_their_largest_dimension_over_data():
+  mesh = jax.sharding.AbstractMesh((1, 2, 2, 2), sharding.MESH_AXES)
+  one = jax.sharding.AbstractMesh((1, 1, 2, 2), sharding.MESH_AXES)
+
+  def moment(spec, shape, on=mesh):
+    param = jax.NamedSharding(on, jax.P(*spec))
+    return sharding.moment_sharding(param, shape).spec
+
+  # [vocab, embed] over (tensor, fsdp): the wider dimension takes data too.
+  assert moment(("tensor", "fsdp"), (20, 64)) == jax.P(
+      "tensor", ("fsdp", "data")
+  )
+  assert moment(("tensor", "fsdp"), (64, 20)) == jax.P(
+      ("tensor", "data"), "fsdp"
+  )
+  # A replicated vector; one that data does not divide stays as it is.
+  assert moment((), (6,)) == jax.P("data")
+  assert moment((), (3,)) == jax.P()
+  # Nothing to split over when data is 1.
+  assert moment((), (64, 20), on=one) == jax.P()
+
+
 _SCRIPT = textwrap.dedent("""
     import json
     from flax import nnx
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from ugrad.training import build
+    import optax
+    from ugrad.training import build, update
     from ugrad.models import logprobs, model_config, sharding, transformer as tr
 
     assert jax.device_count() == 8, jax.devices()
@@ -113,7 +137,12 @@ _SCRIPT = textwrap.dedent("""
       # Created in its shards (jit with out_shardings), equal to the eager
       # init bit for bit.
       _, born = build.init_params(tr.Transformer, cfg, 0, build.Mesh(mesh))
+      replicated = jax.NamedSharding(mesh, jax.P())
+      adam = update.init_optimizer(optax.adam(1e-3), placed, replicated)
       out[name] = {
+          "moment_shards": [
+              [list(x.shape), list(x.addressable_shards[0].data.shape)]
+              for x in jax.tree.leaves(adam[0].mu)],
           "init": max(float(jnp.abs(a - b).max()) for a, b in
                       zip(jax.tree.leaves(born), jax.tree.leaves(params))),
           "init_shardings_match": all(
@@ -166,7 +195,9 @@ def test_sharded_matches_unsharded(eight_devices, mesh):
 
 # Slow for its fixture: the eight-device subprocess run.
 @pytest.mark.slow
-def test_fsdp_shards_every_matrix_and_data_parallel_replicates(eight_devices):
+def test_fsdp_shards_every_matrix_data_parallel_replicates_and_splits_moments(
+    eight_devices,
+):
   for name, (shape, shard) in eight_devices["fsdp8"]["shards"].items():
     if name.endswith("bias"):  # [heads]-only vectors have no embed axis.
       assert shard == shape, name
@@ -175,3 +206,10 @@ def test_fsdp_shards_every_matrix_and_data_parallel_replicates(eight_devices):
       assert len(split) == 1 and shard[split[0]] * 8 == shape[split[0]], name
   for name, (shape, shard) in eight_devices["data8"]["shards"].items():
     assert shard == shape, name
+  # Adam's moments: each split over data (8) on one dimension it divides.
+  for shape, shard in eight_devices["data8"]["moment_shards"]:
+    split = [i for i, (a, b) in enumerate(zip(shape, shard)) if a != b]
+    if any(n % 8 == 0 for n in shape):
+      assert len(split) == 1 and shard[split[0]] * 8 == shape[split[0]]
+    else:
+      assert shard == shape

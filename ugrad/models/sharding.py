@@ -20,6 +20,7 @@ the cases where skipping would silently undo the user's tensor or fsdp
 choice (heads, kv_heads, mlp, embed).
 """
 
+import functools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -214,6 +215,106 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules) -> Any:
   return jax.tree.map(
       one, params, is_leaf=lambda x: isinstance(x, nnx.Variable)
   )
+
+
+def moment_sharding(
+    param: NamedSharding, shape: Sequence[int]
+) -> NamedSharding:
+  """Where a parameter's gradient and optimizer moments live: its own
+  sharding with the `data` axis added to the largest dimension that the
+  result still divides (ZeRO stages 1 and 2: each data-parallel replica
+  reduces, clips and updates its slice, and the new parameters are gathered
+  back); `param` itself when data is 1 or divides no dimension."""
+  mesh = param.mesh
+  if mesh.shape.get("data", 1) == 1 or "data" in jax.tree.leaves(param.spec):
+    return param
+  spec = list(param.spec) + [None] * (len(shape) - len(param.spec))
+  best = None
+  for dim, size in enumerate(shape):
+    axes = spec[dim] if isinstance(spec[dim], tuple) else (spec[dim],)
+    axes = tuple(a for a in axes if a is not None) + ("data",)
+    if size % math.prod(mesh.shape[a] for a in axes) == 0 and (
+        best is None or size > shape[best[0]]
+    ):
+      best = (dim, axes)
+  if best is None:
+    return param
+  spec[best[0]] = best[1] if len(best[1]) > 1 else best[1][0]
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def _moment_spec(mesh, names, shape) -> PartitionSpec:
+  """`moment_sharding`'s spec for an array with logical axes `names` (or
+  None: replicated) under `mesh`, with `RULES`."""
+  param = logical_to_spec(names, shape, mesh.shape, RULES) if names else ()
+  return moment_sharding(NamedSharding(mesh, PartitionSpec(*param)), shape).spec
+
+
+def _data_parallel_mesh():
+  """The set mesh when its data axis splits anything, else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or mesh.shape.get("data", 1) == 1 else mesh
+
+
+def constrain_as_moments(grads: Any, state: Any) -> Any:
+  """The gradients `grads` of a module's `state` (variables with logical
+  axes) constrained to where their optimizer moments live under the set
+  mesh (`moment_sharding` of the `RULES` sharding), so that data-parallel
+  replicas reduce-scatter them where they are made; as they are when no
+  mesh is set or its data axis is 1."""
+  mesh = _data_parallel_mesh()
+  if mesh is None:
+    return grads
+  variables = jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
+  leaves, tree = jax.tree.flatten(grads)
+  return tree.unflatten(
+      [
+          jax.lax.with_sharding_constraint(
+              g,
+              _moment_spec(
+                  mesh,
+                  v.get_metadata().get("logical_axes"),
+                  v.get_value().shape,
+              ),
+          )
+          for g, v in zip(leaves, variables, strict=True)
+      ]
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gradient_constrained(x, spec):
+  del spec
+  return x
+
+
+def _gradient_constrained_fwd(x, spec):
+  del spec
+  return x, None
+
+
+def _gradient_constrained_bwd(spec, _, cotangent):
+  return (jax.lax.with_sharding_constraint(cotangent, spec),)
+
+
+_gradient_constrained.defvjp(
+    _gradient_constrained_fwd, _gradient_constrained_bwd
+)
+
+
+def reduce_gradient_here(x: jax.Array, names: Sequence[Optional[str]]):
+  """`x` (logical axes `names`), whose gradient from what reads this value
+  is reduce-scattered to its optimizer moments' sharding as soon as it is
+  complete, not summed in full with the parameter's other uses first (the
+  vocabulary head's share of a tied embedding's gradient, before the input
+  lookup's arrives at the end of the backward pass). `x` itself without a
+  data-parallel mesh."""
+  mesh = _data_parallel_mesh()
+  if mesh is None:
+    return x
+  return _gradient_constrained(x, _moment_spec(mesh, names, x.shape))
 
 
 def row_shards(rows: int) -> int:

@@ -404,9 +404,9 @@ class Transformer(Backbone):
 
   def output_embedding(self) -> jax.Array:
     """The [D, V] matrix that maps hidden states to logits."""
-    if self.config.tie_embeddings:
-      return self.embed_tokens.embedding[...].T
-    return self.lm_head.weight()
+    tied = self.config.tie_embeddings
+    w = self.embed_tokens.embedding[...].T if tied else self.lm_head.weight()
+    return sharding.reduce_gradient_here(w, ("embed", "vocab"))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Projects hidden states [..., D] to logits [..., V]."""

@@ -123,9 +123,7 @@ class PolicyLearner:
         ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr))
     )
     params = jax.tree.map(jnp.copy, params)
-    opt_state = update_lib.on_mesh(
-        jax.jit(optimizer.init)(params), mesh.replicated
-    )
+    opt_state = update_lib.init_optimizer(optimizer, params, mesh.replicated)
     self.initial_critic = {"params": params, "opt_state": opt_state}
     targets = functools.partial(self.coefficient.value_targets, **hp)
     shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))

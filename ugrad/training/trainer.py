@@ -125,8 +125,8 @@ class Trainer:
     state = self.learner.init_state()
     params = state["params"]
     self.optimizer = build.make_optimizer(config.optim)
-    opt_state = update_lib.on_mesh(
-        jax.jit(self.optimizer.init)(params), self.mesh.replicated
+    opt_state = update_lib.init_optimizer(
+        self.optimizer, params, self.mesh.replicated
     )
     state["opt_state"] = opt_state
     sh = jax.tree.map(lambda x: x.sharding, (params, opt_state))

@@ -14,7 +14,6 @@ from typing import Callable
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ugrad.runtime import distributed
@@ -22,6 +21,7 @@ from ugrad import masked
 from ugrad.coefficients import corrections
 from ugrad import models
 from ugrad.models import lora
+from ugrad.models import sharding as sharding_lib
 from ugrad.loss import unified_loss
 
 # (params, batch) -> (numerator, (denominator, metrics)) of one micro-batch.
@@ -53,9 +53,14 @@ def make_update(
     return loss_fn(params, batch)
 
   def update(params, opt_state, batch, frozen=None):
-    grad_fn = jax.value_and_grad(
+    value_and_grad = jax.value_and_grad(
         lambda p, b: frozen_loss(p, b, frozen), has_aux=True
     )
+
+    def grad_fn(params, batch):
+      value, grads = value_and_grad(params, batch)
+      return value, as_moments(grads, param_sh)
+
     if micro_batches == 1:
       (num, (den, metrics)), grads = grad_fn(params, batch)
     else:
@@ -68,7 +73,11 @@ def make_update(
         carry = jax.tree.map(jnp.add, carry, (num, den, grads))
         return carry, metrics
 
-      zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, params))
+      zeros = (
+          0.0,
+          0.0,
+          as_moments(jax.tree.map(jnp.zeros_like, params), param_sh),
+      )
       (num, den, grads), metrics = jax.lax.scan(body, zeros, split)
       metrics = jax.tree.map(jnp.mean, metrics)
     scale = 1.0 / jnp.maximum(den, 1)
@@ -89,6 +98,45 @@ def make_update(
   return functools.partial(jitted, frozen=frozen)
 
 
+def as_moments(grads, param_shardings):
+  """`grads` constrained to where the optimizer's moments live
+  (`sharding.moment_sharding`), so that data-parallel replicas
+  reduce-scatter them instead of all-reducing; as is without shardings."""
+  if param_shardings is None:
+    return grads
+  return jax.tree.map(
+      lambda g, s: jax.lax.with_sharding_constraint(
+          g, sharding_lib.moment_sharding(s, g.shape)
+      )
+      if isinstance(s, jax.sharding.NamedSharding)
+      else g,
+      grads,
+      param_shardings,
+  )
+
+
+def optimizer_shardings(optimizer, params, replicated):
+  """Shardings of `optimizer`'s state for `params` (arrays or
+  ShapeDtypeStructs with shardings): each moment where
+  `sharding.moment_sharding` puts its parameter's, the rest (counts)
+  `replicated`."""
+  abstract = jax.eval_shape(optimizer.init, params)
+  return optax.tree_map_params(
+      optimizer,
+      lambda a, p: sharding_lib.moment_sharding(p.sharding, a.shape),
+      abstract,
+      params,
+      transform_non_params=lambda _: replicated,
+  )
+
+
+def init_optimizer(optimizer, params, replicated):
+  """`optimizer`'s initial state for `params`, on the mesh as
+  `optimizer_shardings` places it."""
+  shardings = optimizer_shardings(optimizer, params, replicated)
+  return jax.jit(optimizer.init, out_shardings=shardings)(params)
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   leaves = [
@@ -103,17 +151,6 @@ def all_finite(tree) -> bool:
   """Whether every floating-point value in a pytree of (possibly sharded)
   arrays is finite; one reduction and one scalar to the host."""
   return bool(distributed.host_get(_all_finite(tree)))
-
-
-def on_mesh(tree, sharding):
-  """Puts leaves that XLA left on one device (e.g. step counts) on the
-  mesh with `sharding`, so every jit input and output lives on one mesh."""
-  return jax.tree.map(
-      lambda x: x
-      if isinstance(x.sharding, jax.sharding.NamedSharding)
-      else distributed.put_global(np.asarray(x), sharding),
-      tree,
-  )
 
 
 def policy_loss(
