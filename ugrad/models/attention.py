@@ -182,9 +182,10 @@ def _splash_kernel(length: int, group: int, block: int, interpret: bool):
 def _attend_splash(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """Pallas splash attention (causal; Pallas's interpreter where the
   program is not lowered for a TPU, for tests): each kv head's group of
-  query heads is one MQA kernel call, mapped over rows and kv heads. The sequence is padded at the end to a
-  multiple of the block (padding no real query sees); queries are scaled
-  by Dh^-0.5 first (the kernel does not scale)."""
+  query heads is one MQA kernel call, mapped over rows and kv heads. The
+  sequence is padded at the end to a multiple of the block (padding no
+  real query sees); queries are scaled by Dh^-0.5 first (the kernel does
+  not scale)."""
   b, t, h, dh = q.shape
   hkv = k.shape[2]
   block = min(_SPLASH_BLOCK, 128 * -(-t // 128))
