@@ -101,18 +101,22 @@ def make_update(
 def as_moments(grads, param_shardings):
   """`grads` constrained to where the optimizer's moments live
   (`sharding.moment_sharding`), so that data-parallel replicas
-  reduce-scatter them instead of all-reducing; as is without shardings."""
+  reduce-scatter them instead of all-reducing; as they are where that is
+  their parameters' sharding (no constraint: it could change the fusions)."""
+
+  def one(grad, param):
+    if not isinstance(param, jax.sharding.NamedSharding):
+      return grad
+    moment = sharding_lib.moment_sharding(param, grad.shape)
+    return (
+        grad
+        if moment == param
+        else jax.lax.with_sharding_constraint(grad, moment)
+    )
+
   if param_shardings is None:
     return grads
-  return jax.tree.map(
-      lambda g, s: jax.lax.with_sharding_constraint(
-          g, sharding_lib.moment_sharding(s, g.shape)
-      )
-      if isinstance(s, jax.sharding.NamedSharding)
-      else g,
-      grads,
-      param_shardings,
-  )
+  return jax.tree.map(one, grads, param_shardings)
 
 
 def optimizer_shardings(optimizer, params, replicated):
