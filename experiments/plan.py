@@ -235,7 +235,7 @@ def plan(
       num_params=num_params,
       compute_dtype=dtype,
       param_dtype=config.param_dtype,
-      remat=config.remat,
+      remat=cfg.remat,
       attention=cfg.attention,
       scan_layers=cfg.scan_layers,
       micro_batches=config.micro_batches,

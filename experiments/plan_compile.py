@@ -25,6 +25,7 @@ import jax
 from experiments import plan_report
 from ugrad import models
 from ugrad.models import attention
+from ugrad.models import layer_stack
 from ugrad.models import lora
 from ugrad.models import sharding as sharding_lib
 from ugrad.training import build
@@ -234,7 +235,8 @@ def model_on_mesh(
       config.model,
       vocab_size,
       dtype=dtype,
-      remat=config.remat,
+      # "auto" as it resolves on the topology's chips, not on this host.
+      remat=layer_stack.remat_policy(config.remat, "tpu"),
       param_dtype=config.param_dtype,
       # "auto" as it resolves on the topology's chips, not on this host.
       attention=attention.attention_kernel(config.attention, dtype, "tpu"),

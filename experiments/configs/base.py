@@ -186,9 +186,10 @@ def get_config(variant=None):
   )
   # Activation memory: "none", "full" (recompute each decoder layer in the
   # backward pass), "dots" (keep the projections' and MLP's matmul outputs,
-  # recompute the rest) or "dots_all" (keep every matmul output, attention's
-  # too); `experiments.plan` shows which fits.
-  c.remat = "none"
+  # recompute the rest), "dots_all" (keep every matmul output, attention's
+  # too) or "auto" (full on a TPU or GPU, none on a CPU); `experiments.plan`
+  # shows which fits.
+  c.remat = "auto"
   # Attention kernel of training and prefill: "einsum" (ugrad's own),
   # "xla" (jax.nn.dot_product_attention), "cudnn" (flash attention on
   # NVIDIA GPUs, 16-bit compute), "splash" (Pallas flash attention on TPUs)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ugrad.models import layer_stack
 from ugrad.models import logprobs
 from ugrad.models import model_config
 from ugrad.models import sharding
@@ -158,3 +159,12 @@ def test_data_parallel_gradients_are_reduce_scattered_where_made():
   assert lookup == [jax.P("tensor", ("fsdp", "data"))], found
   # Without a data-parallel mesh nothing is constrained.
   assert not _constrained_shapes(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+
+
+def test_auto_is_full_on_accelerators_and_none_on_a_cpu():
+  assert layer_stack.remat_policy("auto", "tpu") == "full"
+  assert layer_stack.remat_policy("auto", "gpu") == "full"
+  assert layer_stack.remat_policy("auto", "cpu") == "none"
+  assert layer_stack.remat_policy("dots", "tpu") == "dots"
+  with pytest.raises(ValueError, match="valid: auto, none, full"):
+    _config("fully")

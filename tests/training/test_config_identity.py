@@ -37,3 +37,12 @@ def test_a_setting_added_since_the_run_started_counts_only_when_on():
   old = json.loads(_config(teacher="/t").to_json())
   changes = config_identity.config_changes(json.dumps(old), _config())
   assert config_identity.describe_changes(changes) == "teacher '/t' -> absent"
+
+
+def test_remat_is_compared_as_it_resolves_on_this_host():
+  """A run stored with remat "none" resumes under the default "auto" on a
+  CPU, where auto is none; "full" is a change."""
+  stored = _config(remat="none").to_json()
+  assert not config_identity.config_changes(stored, _config(remat="auto"))
+  changes = config_identity.config_changes(stored, _config(remat="full"))
+  assert changes == {"remat": ("none", "full")}

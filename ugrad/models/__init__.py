@@ -7,6 +7,7 @@ from ugrad.models.sharding import make_mesh
 from ugrad.models.sharding import mesh_shape
 from ugrad.models.sharding import param_shardings
 from ugrad.models.model_config import ATTENTION
+from ugrad.models.model_config import REMAT
 from ugrad.models.model_config import ModelConfig
 from ugrad.models.model_config import PRESETS
 from ugrad.models.model_config import preset
@@ -34,6 +35,7 @@ __all__ = [
     "PRESETS",
     "preset",
     "KVCache",
+    "REMAT",
     "REMAT_POLICIES",
     "ScalarModel",
     "Transformer",

@@ -23,9 +23,20 @@ REMAT_POLICIES = {
 }
 
 
+def remat_policy(name: str, platform: str | None = None) -> str:
+  """The policy `ModelConfig.remat` names on `platform` (default: JAX's
+  backend): "auto" is "full" on a TPU or GPU (a model at real size does not
+  keep every layer's activations; `experiments.plan` shows what else
+  fits), "none" on a CPU (the small models of tests and the embedded
+  task)."""
+  if name != "auto":
+    return name
+  return "none" if (platform or jax.default_backend()) == "cpu" else "full"
+
+
 def _layer_outputs(layer, x, rope, mask, remat: str):
   """A decoder layer's outputs [B, T, D] (no cache), under `remat`."""
-  policy = registry.lookup(REMAT_POLICIES, "remat", remat)
+  policy = registry.lookup(REMAT_POLICIES, "remat", remat_policy(remat))
   if policy is None:
     return layer(x, rope, mask)[0]
   # jax.checkpoint of a pure function of the layer's state, not nnx.remat:

@@ -15,6 +15,8 @@ from ugrad import registry
 # attention on TPUs); "auto", splash on a TPU, cudnn on a GPU where it
 # applies, else einsum. See `ugrad.models.attention`.
 ATTENTION = ("auto", "einsum", "xla", "cudnn", "splash")
+# `remat` names: the policies of `layer_stack.REMAT_POLICIES` and "auto".
+REMAT = ("auto", "none", "full", "dots", "dots_all")
 
 
 def wide(dtype) -> jnp.dtype:
@@ -42,9 +44,10 @@ class ModelConfig:
     param_dtype: parameter dtype name.
     remat: activation memory of the backward pass: "none" (keep every
       activation), "full" (recompute each decoder layer), "dots" (keep the
-      projections' and MLP's matmul outputs, recompute the rest) or
-      "dots_all" (keep every matmul output, attention's included); see
-      `transformer.REMAT_POLICIES`.
+      projections' and MLP's matmul outputs, recompute the rest),
+      "dots_all" (keep every matmul output, attention's included) or
+      "auto" (full on a TPU or GPU, none on a CPU); see
+      `transformer.REMAT_POLICIES` and `layer_stack.remat_policy`.
     attention: the attention kernel of training and prefill, one of
       `ATTENTION` (decoding one token at a time keeps its own einsums).
     scan_layers: training's and the log-prob passes' decoder layers run as
@@ -70,6 +73,7 @@ class ModelConfig:
 
   def __post_init__(self):
     registry.lookup(ATTENTION, "attention", self.attention)
+    registry.lookup(REMAT, "remat", self.remat)
     if self.num_heads % self.num_kv_heads:
       raise errors.UserError(
           f"num_heads={self.num_heads} is not a multiple of "

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from absl import logging
 
 from ugrad import errors
+from ugrad.models import layer_stack
 
 # Config keys (and key prefixes, "x." for x's fields) that change only
 # logging, evaluation or the step budget: a resumed run may change them.
@@ -25,6 +26,9 @@ RESUMABLE_CHANGES = (
     "data.max_prompt_tokens",
 )
 
+# Keys whose values are compared as they resolve on this host: a run stored
+# with remat "none" resumes under the later default "auto" on a CPU.
+RESOLVED = {"remat": layer_stack.remat_policy}
 _ABSENT = object()
 
 
@@ -51,8 +55,11 @@ def config_changes(
   changes = {}
   for key in sorted(set(old) | set(new)):
     was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
-    if was == now or (
-        was is _ABSENT and (not now or default.get(key, _ABSENT) == now)
+    same = RESOLVED.get(key, lambda v: v)
+    if (
+        was == now
+        or (_ABSENT not in (was, now) and same(was) == same(now))
+        or (was is _ABSENT and (not now or default.get(key, _ABSENT) == now))
     ):
       continue
     if not any(

@@ -123,7 +123,7 @@ def _check_ranges(config) -> None:
 def _check_names(config) -> None:
   """Every family name exists (the error lists the valid ones)."""
   registry.lookup(TRAINERS, "trainer", config.trainer)
-  registry.lookup(models.REMAT_POLICIES, "remat", config.remat)
+  registry.lookup(models.REMAT, "remat", config.remat)
   registry.lookup(models.ATTENTION, "attention", config.attention)
   registry.lookup(PARAM_DTYPES, "param_dtype", config.param_dtype)
   registry.lookup(tasks_lib.TASKS, "task", config.task)
