@@ -4,7 +4,9 @@ The mesh has four axes, each of any size (1 switches it off):
 
 * `dcn_data`: data parallelism across slices or hosts over the data-centre
   network (a hybrid mesh: only gradients cross it);
-* `data`: data parallelism within a slice;
+* `data`: data parallelism within a slice (parameters replicated; their
+  gradients and optimizer moments split over it, ZeRO stages 1 and 2:
+  `moment_sharding`);
 * `fsdp`: the batch AND every parameter's model width (`embed`) are split,
   parameters gathered by XLA where used (fully sharded data parallel);
 * `tensor`: attention heads, the MLP width and the vocabulary are split
