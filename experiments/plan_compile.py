@@ -235,10 +235,10 @@ def model_on_mesh(
       config.model,
       vocab_size,
       dtype=dtype,
-      # "auto" as it resolves on the topology's chips, not on this host.
-      remat=layer_stack.remat_policy(config.remat, "tpu"),
       param_dtype=config.param_dtype,
-      # "auto" as it resolves on the topology's chips, not on this host.
+      # remat and attention "auto" as they resolve on the topology's chips,
+      # not on this host.
+      remat=layer_stack.remat_policy(config.remat, "tpu"),
       attention=attention.attention_kernel(config.attention, dtype, "tpu"),
       scan_layers=config.scan_layers,
       **({"num_layers": num_layers} if num_layers else {}),
