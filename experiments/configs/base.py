@@ -70,7 +70,13 @@ def get_config(variant=None):
   # workdir or a Hugging Face directory with the student's tokenizer.
   c.teacher = ""
   c.warm_start = ml_collections.ConfigDict(
-      dict(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50)
+      dict(
+          steps=1500,
+          batch_size=64,
+          lr=2e-3,
+          warmup_steps=50,
+          schedule="constant",  # or "cosine" (optim.schedule)
+      )
   )
 
   # The three families.
@@ -114,6 +120,9 @@ def get_config(variant=None):
       dict(
           lr=1e-4,
           warmup_steps=0,
+          # After the warm-up: "constant", or "cosine" down to 0 at the
+          # run's last update.
+          schedule="constant",
           weight_decay=0.0,
           b1=0.9,
           b2=0.99,

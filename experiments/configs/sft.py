@@ -23,6 +23,7 @@ def train_sft(c: ml_collections.ConfigDict):
   c.batch_size = ws.batch_size
   c.optim.lr = ws.lr
   c.optim.warmup_steps = ws.warmup_steps
+  c.optim.schedule = ws.schedule
   c.ppo_epochs = c.minibatches = c.micro_batches = 1
   c.sampling.pairs = False
   if "environment" in c:  # gold solutions: no episodes

@@ -120,7 +120,8 @@ class PolicyLearner:
         mesh,
     )
     optimizer = build.make_optimizer(
-        ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr))
+        ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr)),
+        config.steps * config.ppo_epochs * config.minibatches,
     )
     params = jax.tree.map(jnp.copy, params)
     opt_state = update_lib.init_optimizer(optimizer, params, mesh.replicated)

@@ -124,7 +124,9 @@ class Trainer:
     config = self.config
     state = self.learner.init_state()
     params = state["params"]
-    self.optimizer = build.make_optimizer(config.optim)
+    self.optimizer = build.make_optimizer(
+        config.optim, config.steps * self._updates_per_step()
+    )
     opt_state = update_lib.init_optimizer(
         self.optimizer, params, self.mesh.replicated
     )

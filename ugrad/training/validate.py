@@ -126,6 +126,11 @@ def _check_names(config) -> None:
   registry.lookup(models.REMAT, "remat", config.remat)
   registry.lookup(models.ATTENTION, "attention", config.attention)
   registry.lookup(PARAM_DTYPES, "param_dtype", config.param_dtype)
+  registry.lookup(
+      build.SCHEDULES,
+      "optim.schedule",
+      config.optim.get("schedule", "constant"),
+  )
   registry.lookup(tasks_lib.TASKS, "task", config.task)
   registry.lookup(EVAL_SPLITS, "eval_split", config.eval_split)
   registry.lookup(models.PRESETS, "model preset", config.model)

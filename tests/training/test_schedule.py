@@ -1,0 +1,60 @@
+"""The learning-rate schedules of `build.make_optimizer`."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tests.helpers import train_util
+from ugrad.training import build
+from ugrad.training import validate
+
+
+def _rates(schedule: str, warmup: int, updates: int) -> np.ndarray:
+  """The rate of each of `updates` updates, read off Adam's first steps on
+  a constant unit gradient: each update is -rate * m / (sqrt(v) + eps), and
+  m = v = 1 after bias correction."""
+  optim = ml_collections.ConfigDict(
+      dict(
+          lr=1e-2,
+          warmup_steps=warmup,
+          schedule=schedule,
+          b1=0.9,
+          b2=0.99,
+          weight_decay=0.0,
+          grad_clip=1.0,
+      )
+  )
+  optimizer = build.make_optimizer(optim, updates)
+  params = jnp.zeros(())
+  state = optimizer.init(params)
+  rates = []
+  for _ in range(updates):
+    update, state = optimizer.update(jnp.ones(()), state, params)
+    rates.append(-float(update) * (1 + 1e-8))
+  return np.array(rates)
+
+
+def test_cosine_warms_up_then_decays_to_zero_at_the_last_update():
+  rates = _rates("cosine", warmup=2, updates=10)
+  np.testing.assert_allclose(rates[:3], [0.0, 5e-3, 1e-2], rtol=1e-5)
+  # cos over the 8 updates after the warm-up: lr (1 + cos(pi k / 8)) / 2.
+  k = np.arange(8)
+  np.testing.assert_allclose(
+      rates[2:], 1e-2 * (1 + np.cos(np.pi * k / 8)) / 2, rtol=1e-4, atol=1e-9
+  )
+  assert rates[-1] < 1e-3 and np.all(np.diff(rates[2:]) < 0)
+
+
+def test_constant_stays_at_the_rate_after_the_warm_up():
+  np.testing.assert_allclose(
+      _rates("constant", warmup=2, updates=6), [0, 5e-3] + [1e-2] * 4, rtol=1e-5
+  )
+  np.testing.assert_allclose(_rates("constant", 0, 3), [1e-2] * 3, rtol=1e-5)
+
+
+def test_an_unknown_schedule_is_refused_listing_the_valid_ones():
+  config = train_util.tiny("grpo")
+  config.optim.schedule = "linear"
+  with pytest.raises(ValueError, match="valid: constant, cosine"):
+    validate.check_config(config)
