@@ -170,7 +170,7 @@ def plan(
   part = plan_lora.parts(m, spec)
 
   optimizer, abstract_opt, opt_sh = plan_lora.optimizer_state(
-      config.optim, part, mesh.replicated
+      config, part, mesh.replicated
   )
   opt_state = plan_compile.abstract(abstract_opt, opt_sh)
 

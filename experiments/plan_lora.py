@@ -66,14 +66,14 @@ def facts(spec, m, frozen_bytes: int) -> dict:
   )
 
 
-def optimizer_state(optim, part, replicated) -> tuple:
+def optimizer_state(config, part, replicated) -> tuple:
   """(optimizer, abstract state, its shardings) of what `part` trains, as
   the trainer places them (`update.optimizer_shardings`)."""
   # Local imports: `experiments.plan` imports this module.
-  from ugrad.training import build  # pylint: disable=import-outside-toplevel
+  from ugrad.training import adamw  # pylint: disable=import-outside-toplevel
   from ugrad.training import update  # pylint: disable=import-outside-toplevel
 
-  optimizer = build.make_optimizer(optim)
+  optimizer = adamw.make_optimizer(config)
   abstract_opt = jax.eval_shape(optimizer.init, part.trained)
   opt_sh = update.optimizer_shardings(optimizer, part.params, replicated)
   return optimizer, abstract_opt, opt_sh

@@ -50,6 +50,7 @@ from ugrad import sampling
 from ugrad import sources
 from ugrad.models import model_config
 from ugrad.runtime import distributed
+from ugrad.training import adamw
 from ugrad.training import build
 from ugrad.training import trimming
 from ugrad.training import update as update_lib
@@ -159,7 +160,7 @@ class Step:
         models.Transformer, self.cfg, config.seed, self.mesh
     )
     self.params = jax.tree.map(jnp.copy, self.reference)
-    self.optimizer = build.make_optimizer(config.optim)
+    self.optimizer = adamw.make_optimizer(config)
     self.opt_state = update_lib.init_optimizer(
         self.optimizer, self.params, self.mesh.replicated
     )

@@ -148,7 +148,9 @@ def test_sampled_logp_equals_the_trainers_logprobs_at_temperature_07(model):
   tempered = np.asarray(
       _jit_logprobs_at_07(params, out.tokens, out.attention_mask)
   )[done]
-  np.testing.assert_allclose(np.asarray(out.logp)[done], tempered, atol=1e-5)
+  # The decode step's [B, 1] logits and the trainer's [B, T] ones round
+  # differently by CPU: 1.2e-5 apart at most on a 2-core AMD EPYC.
+  np.testing.assert_allclose(np.asarray(out.logp)[done], tempered, atol=3e-5)
   # The untempered policy's log-probs are not the sampled distribution's.
   plain = np.asarray(_logprobs(model, out.tokens, out.attention_mask))[done]
   assert np.abs(plain - tempered).mean() > 0.05

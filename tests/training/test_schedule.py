@@ -1,31 +1,25 @@
-"""The learning-rate schedules of `build.make_optimizer`."""
+"""The learning-rate schedules of `adamw.make_optimizer`."""
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from tests.helpers import train_util
-from ugrad.training import build
+from ugrad.training import adamw
 from ugrad.training import validate
 
 
 def _rates(schedule: str, warmup: int, updates: int) -> np.ndarray:
-  """The rate of each of `updates` updates, read off Adam's first steps on
-  a constant unit gradient: each update is -rate * m / (sqrt(v) + eps), and
-  m = v = 1 after bias correction."""
-  optim = ml_collections.ConfigDict(
-      dict(
-          lr=1e-2,
-          warmup_steps=warmup,
-          schedule=schedule,
-          b1=0.9,
-          b2=0.99,
-          weight_decay=0.0,
-          grad_clip=1.0,
-      )
+  """The rate of each update of a run of `updates` updates (half as many
+  steps of two PPO epochs), read off Adam's updates on a constant unit
+  gradient: each is -rate * m / (sqrt(v) + eps), m = v = 1 after bias
+  correction."""
+  config = train_util.tiny("grpo")
+  config.steps, config.ppo_epochs, config.minibatches = updates // 2, 2, 1
+  config.optim.update(
+      lr=1e-2, warmup_steps=warmup, schedule=schedule, weight_decay=0.0
   )
-  optimizer = build.make_optimizer(optim, updates)
+  optimizer = adamw.make_optimizer(config)
   params = jnp.zeros(())
   state = optimizer.init(params)
   rates = []

@@ -151,7 +151,8 @@ def test_trimmed_loss_and_gradients_equal_the_full_width(
   (num_f, (den_f, metrics_f)), grads_f = grad_fn(params, full)
   (num_c, (den_c, metrics_c)), grads_c = grad_fn(params, cut)
   assert float(den_f) == float(den_c)
-  np.testing.assert_allclose(num_c, num_f, rtol=1e-6, atol=1e-7)
+  # Sums over another width: 1.4e-6 apart (relative) on a 2-core AMD EPYC.
+  np.testing.assert_allclose(num_c, num_f, rtol=5e-6, atol=1e-7)
   for g_c, g_f in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads_f)):
     np.testing.assert_allclose(g_c, g_f, rtol=1e-5, atol=1e-6)
   for key in metrics_f:

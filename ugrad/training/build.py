@@ -12,7 +12,6 @@ from flax import nnx
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
-import optax
 
 from ugrad import coefficients
 from ugrad.coefficients import corrections
@@ -198,31 +197,6 @@ def task_splits(task) -> tuple[str, ...]:
   except ValueError:
     return ("train", "test")
   return ("train", "test", "validation")
-
-
-# Learning-rate schedules after the warm-up (`optim.schedule`).
-SCHEDULES = ("constant", "cosine")
-
-
-def make_optimizer(optim, updates: int = 0) -> optax.GradientTransformation:
-  """AdamW after a global-norm clip. Its rate rises linearly from 0 over
-  `optim.warmup_steps` updates, then stays at `optim.lr` (schedule
-  "constant"; .get: a config stored before the key existed) or follows a
-  cosine down to 0 at update `updates`, the run's last ("cosine")."""
-  if optim.get("schedule", "constant") == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, optim.lr, optim.warmup_steps, max(updates, optim.warmup_steps + 1)
-    )
-  elif optim.warmup_steps:
-    schedule = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
-  else:
-    schedule = optim.lr
-  return optax.chain(
-      optax.clip_by_global_norm(optim.grad_clip),
-      optax.adamw(
-          schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay
-      ),
-  )
 
 
 @dataclasses.dataclass

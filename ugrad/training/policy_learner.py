@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ugrad.training import adamw
 from ugrad.training import build
 from ugrad import coefficients
 from ugrad import errors
@@ -119,9 +120,9 @@ class PolicyLearner:
         config.seed,
         mesh,
     )
-    optimizer = build.make_optimizer(
+    optimizer = adamw.make_optimizer(
+        config,
         ml_collections.ConfigDict(dict(config.optim, lr=config.critic.lr)),
-        config.steps * config.ppo_epochs * config.minibatches,
     )
     params = jax.tree.map(jnp.copy, params)
     opt_state = update_lib.init_optimizer(optimizer, params, mesh.replicated)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ugrad.training import adamw
 from ugrad.training import build
 from ugrad.training import learner as learner_lib
 from ugrad.runtime import checkpoint as checkpoint_lib
@@ -124,9 +125,7 @@ class Trainer:
     config = self.config
     state = self.learner.init_state()
     params = state["params"]
-    self.optimizer = build.make_optimizer(
-        config.optim, config.steps * self._updates_per_step()
-    )
+    self.optimizer = adamw.make_optimizer(config)
     opt_state = update_lib.init_optimizer(
         self.optimizer, params, self.mesh.replicated
     )
@@ -223,8 +222,7 @@ class Trainer:
 
   def train_step(self, step: int, gradient_log, writer) -> dict:
     config = self.config
-    # Before the clock starts: a hook's work (continuing reward models) is
-    # not the step's.
+    # Before the clock starts: a hook's work is not the step's.
     hook_metrics = self._run_hooks(step)
     start = time.perf_counter()
     self.timer.restart()

@@ -7,6 +7,7 @@ into whole groups over the devices, a learned reward without its model.
 A reward-model run adds `ugrad.training.reward_models.check_config`.
 """
 
+from ugrad.training import adamw
 from ugrad.training import build
 from ugrad.training import lora_config
 from ugrad import coefficients
@@ -127,7 +128,7 @@ def _check_names(config) -> None:
   registry.lookup(models.ATTENTION, "attention", config.attention)
   registry.lookup(PARAM_DTYPES, "param_dtype", config.param_dtype)
   registry.lookup(
-      build.SCHEDULES,
+      adamw.SCHEDULES,
       "optim.schedule",
       config.optim.get("schedule", "constant"),
   )
