@@ -88,9 +88,7 @@ def resident(config, cloud_topology: str, vocab_size: int) -> dict:
 
   m = plan_compile.model_on_mesh(config, cloud_topology, vocab_size)
   part = parts(m, lora_config.lora_spec(config))
-  _, abstract_opt, opt_sh = optimizer_state(
-      config.optim, part, m.mesh.replicated
-  )
+  _, abstract_opt, opt_sh = optimizer_state(config, part, m.mesh.replicated)
   trained = plan_compile.bytes_per_chip(part.params)
   opt = plan_compile.bytes_per_chip(plan_compile.abstract(abstract_opt, opt_sh))
   return dict(
