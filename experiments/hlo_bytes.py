@@ -205,3 +205,69 @@ def hbm_bytes(hlo: str) -> int:
   """This tool's count of the HBM bytes a compiled program's entry ops
   read and write (on-chip operands left out, async copies once)."""
   return sum(r[0] for r in breakdown(hlo, hbm=True))
+
+
+# Collectives and the share of their bytes a chip receives, for a group of
+# n chips (ring algorithms): an all-gather receives the (n - 1) / n of its
+# result it did not have, a reduce-scatter (n - 1) / n of its operand, an
+# all-reduce (a reduce-scatter and an all-gather) twice that, an all-to-all
+# (n - 1) / n, a collective-permute all of it.
+_COLLECTIVES = {
+    "all-gather": 1,
+    "reduce-scatter": 1,
+    "all-to-all": 1,
+    "all-reduce": 2,
+    "collective-permute": 0,
+}
+_GROUPS = re.compile(r"replica_groups=(\{\{[0-9,]*\}|\[[0-9,]+\]<=)")
+# The mesh form: mesh['axis_0'=4,'axis_1'=2] {'axis_1'}: groups over the
+# axes in braces.
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}")
+_PARTITIONS = re.compile(r"num_partitions=([0-9]+)")
+
+
+def _group_size(line: str, partitions: int) -> int:
+  """The chips of a collective's replica groups: {{0,1,2,3},...}, the iota
+  form [groups,size]<=[...] or the mesh form; every chip where the text
+  gives none."""
+  m = _MESH_GROUPS.search(line)
+  if m:
+    sizes = dict(re.findall(r"'(\w+)'=([0-9]+)", m.group(1)))
+    n = 1
+    for axis in re.findall(r"'(\w+)'", m.group(2)):
+      n *= int(sizes[axis])
+    return n
+  m = _GROUPS.search(line)
+  if m is None:
+    return partitions
+  text = m.group(1)
+  if text.startswith("{{"):
+    return len(text[2:-1].split(","))
+  return int(text[1:-3].split(",")[-1])
+
+
+def collectives(hlo: str) -> dict[str, dict]:
+  """{collective: {"ops": how many, "bytes": what one chip receives}} over
+  every computation of a compiled module's text (`compiled.as_text()`),
+  each op once: one inside a loop body counts for one trip. An async pair
+  counts at its start."""
+  header = _PARTITIONS.search(hlo)
+  partitions = int(header.group(1)) if header else 1
+  out = {}
+  for line in hlo.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m is None or m.group(4).endswith("-done"):
+      continue
+    opcode = m.group(4).removesuffix("-start")
+    if opcode not in _COLLECTIVES:
+      continue
+    n = _group_size(line, partitions)
+    size = max((b for b, _ in _arrays(m.group(3))), default=0)
+    if opcode == "reduce-scatter":
+      size *= n  # Its result is a 1 / n share of what it reduces.
+    factor = _COLLECTIVES[opcode]
+    share = (n - 1) / n * factor if factor else 1.0
+    entry = out.setdefault(opcode, {"ops": 0, "bytes": 0})
+    entry["ops"] += 1
+    entry["bytes"] += int(size * share) if n > 1 else 0
+  return out

@@ -40,10 +40,9 @@ import time
 import types
 from typing import Optional
 
-# The plan compiles for a topology's devices; it never runs on a local TPU,
-# so several plans (or tests) may load libtpu at once without its lockfile.
+# The plan compiles for a topology's devices; it never runs on a local TPU
+# (libtpu's lockfile: plan_compile).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import app
 from absl import flags
@@ -52,7 +51,6 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from experiments import hlo_bytes
 from experiments import plan_compile
 from experiments import plan_lora
 from experiments import plan_report
@@ -317,7 +315,9 @@ def plan(
     # among this function's arguments.
     with_resident = memory["peak"] + resident - resident_args
     if name == "decode_step":  # XLA counts MSA prefetches more than once.
-      decode_facts["hbm_bytes"] = hlo_bytes.hbm_bytes(compiled.as_text())
+      decode_facts.update(
+          plan_roofline.collective_facts(compiled.as_text(), chip)
+      )
     results[name] = dict(
         memory=memory,
         peak_with_resident_state=with_resident,

@@ -19,6 +19,10 @@ import tempfile
 import types
 from typing import Any, Optional
 
+# Compiling for a topology never runs on a local TPU, so several processes
+# (plans, perf scripts, tests) may load libtpu at once without its lockfile.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 from flax import nnx
 import jax
 
@@ -43,12 +47,15 @@ class Chip:
     peak_bf16_flops: dense bfloat16 FLOP/s per chip.
     hbm_bytes_per_second: HBM bandwidth per chip.
     source: the Cloud TPU documentation page the figures come from.
+    ici_bytes_per_second: bidirectional inter-chip interconnect bandwidth
+      per chip, as the page gives it (0: unknown).
   """
 
   hbm_bytes: int
   peak_bf16_flops: float
   hbm_bytes_per_second: float
   source: str
+  ici_bytes_per_second: float = 0.0
 
 
 # Per chip, from the "key chip specifications" table of each version's page
@@ -59,19 +66,24 @@ class Chip:
 # of the v5e page writes "800 GiBps", about 859 GB/s: we keep 819e9).
 CHIPS = {
     # "TPU v5e", https://cloud.google.com/tpu/docs/v5e: 197 TFLOPs bf16,
-    # HBM2 16 GB, 819 GBps.
+    # HBM2 16 GB, 819 GBps; bidirectional ICI 400 GBps per chip.
     "v5e": Chip(
-        16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e"
+        16 * GiB, 197e12, 819e9, "https://cloud.google.com/tpu/docs/v5e", 400e9
     ),
     # "TPU v5p", https://cloud.google.com/tpu/docs/v5p: 459 TFLOPs bf16,
-    # HBM2e 95 GB, 2765 GBps.
+    # HBM2e 95 GB, 2765 GBps; bidirectional ICI 1200 GBps per chip.
     "v5p": Chip(
-        95 * GiB, 459e12, 2765e9, "https://cloud.google.com/tpu/docs/v5p"
+        95 * GiB,
+        459e12,
+        2765e9,
+        "https://cloud.google.com/tpu/docs/v5p",
+        1200e9,
     ),
     # "TPU v6e" (Trillium), https://cloud.google.com/tpu/docs/v6e: 918
-    # TFLOPs bf16, HBM 32 GB, 1638 GBps (1640 GBps on older revisions).
+    # TFLOPs bf16, HBM 32 GB, 1638 GBps (1640 GBps on older revisions);
+    # bidirectional ICI 800 GBps per chip.
     "v6e": Chip(
-        32 * GiB, 918e12, 1638e9, "https://cloud.google.com/tpu/docs/v6e"
+        32 * GiB, 918e12, 1638e9, "https://cloud.google.com/tpu/docs/v6e", 800e9
     ),
 }
 

@@ -151,6 +151,14 @@ def roofline_lines(r: dict) -> list:
         "(experiments/hlo_bytes.py: on-chip operands left out, async copies "
         "counted once)"
     )
+  if step.get("ici_seconds") is not None:
+    lines.append(
+        f"  its {step['collective_ops']} collectives: "
+        f"{gb(step['collective_bytes'])} in per chip, "
+        f"{1e3 * step['ici_seconds']:.2f} ms over ICI against "
+        f"{1e3 * step['hbm_seconds']:.2f} ms of HBM bytes (latency not "
+        "counted)"
+    )
   return lines
 
 

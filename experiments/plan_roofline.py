@@ -24,7 +24,11 @@ where they divide) as it is in the loop's phase (`SamplingConfig.kv_block`)
 that holds slot index P + N / 2, the middle of generation (the index is
 traced, as in the loop: the program is the same at any slot of a phase).
 `min_bytes` is what that step must read at least: every weight once in the
-compute dtype and the P + N / 2 cache positions in use, per chip.
+compute dtype and the P + N / 2 cache positions in use, per chip. Its
+collectives (`collective_facts`): what each chip receives over ICI, and
+the time that takes at half the chip's bidirectional ICI bandwidth (all
+links receiving; each collective's latency not counted), against the time
+of the step's HBM bytes: decode is collective-bound where it is over 1.
 """
 
 import math
@@ -34,6 +38,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from experiments import hlo_bytes
 from experiments import plan_compile
 from ugrad.models import sharding as sharding_lib
 from ugrad.models import transformer
@@ -199,3 +204,21 @@ def decode_case(
       **min_bytes(m.cfg, m.params, rows, index, m.dtype, split),
   )
   return args, facts
+
+
+def collective_facts(hlo: str, chip: plan_compile.Chip) -> dict:
+  """A compiled decode step's collectives (`hlo_bytes.collectives`), their
+  ops and bytes per chip in all, `ici_seconds` at half the chip's
+  bidirectional ICI bandwidth and `hbm_seconds` of its HBM bytes."""
+  found = hlo_bytes.collectives(hlo)
+  nbytes = sum(c["bytes"] for c in found.values())
+  hbm = hlo_bytes.hbm_bytes(hlo)
+  ici = chip.ici_bytes_per_second / 2
+  return dict(
+      hbm_bytes=hbm,
+      collectives=found,
+      collective_ops=sum(c["ops"] for c in found.values()),
+      collective_bytes=nbytes,
+      ici_seconds=nbytes / ici if ici else None,
+      hbm_seconds=hbm / chip.hbm_bytes_per_second,
+  )

@@ -39,6 +39,7 @@ def test_chip_table_has_bandwidths_and_sources():
   for name, chip in plan_compile.CHIPS.items():
     assert chip.hbm_bytes_per_second > 1e11, name
     assert chip.source.startswith("https://cloud.google.com/tpu/docs/"), name
+    assert chip.ici_bytes_per_second >= 4e11, name
   assert plan_compile.CHIPS["v5e"].hbm_bytes_per_second == 819e9
 
 
@@ -190,9 +191,15 @@ def test_small_plan_on_v5e_8():
   assert step["bytes_over_min"] == step["bytes_accessed"] / step["min_bytes"]
   assert 0 < step["hbm_bytes"] <= step["bytes_accessed"]
   assert step["hbm_bytes_over_min"] == step["hbm_bytes"] / step["min_bytes"]
+  # Its collectives over the mesh (data=2 x fsdp=2 x tensor=2: partial
+  # sums of sharded weights at least), timed at half of v5e's 400 GB/s.
+  assert step["collective_ops"] > 0 and step["collective_bytes"] > 0
+  assert step["ici_seconds"] == step["collective_bytes"] / 200e9
+  assert step["hbm_seconds"] == step["hbm_bytes"] / chip.hbm_bytes_per_second
   text = plan_report.format_plan(result, 1.0)
   assert "roofline per chip (v5e: 197 TFLOP/s bf16, 819 GB/s HBM" in text
   assert "decode step at slot 12 of 16: reads" in text
+  assert "collectives:" in text and "ms over ICI against" in text
   assert "DOES NOT FIT" not in plan_report.format_plan(result, 1.0)
 
 
