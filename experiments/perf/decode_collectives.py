@@ -24,6 +24,7 @@ from experiments import plan_compile
 from experiments import plan_roofline
 from experiments.configs import grpo
 from ugrad.sampling import sampler
+from ugrad.training import build
 
 _MODEL = flags.DEFINE_string("model", "qwen2.5-7b", "model preset")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "Cloud TPU topology")
@@ -40,7 +41,9 @@ def measure(model, topology, mesh, questions, group, prompt_len, new_tokens):
   config = grpo.get_config()
   config.model = model
   config.mesh.update(mesh)
-  m = plan_compile.model_on_mesh(config, topology, 151936)
+  # The task's vocabulary, as the plan's: a published preset keeps its own.
+  vocab = build.make_task(config).tokenizer.vocab_size
+  m = plan_compile.model_on_mesh(config, topology, vocab)
   kv_block = sampler.SamplingConfig(max_new_tokens=1, eos_id=0).kv_block
   args, facts = plan_roofline.decode_case(
       m, questions, group, prompt_len, new_tokens, kv_block
