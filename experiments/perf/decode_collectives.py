@@ -6,15 +6,17 @@ r"""Whether decoding is collective-bound on a training mesh, on a TPU.
 
 Compiles (ahead of time, on this host) the plan's decode step alone
 (`experiments.plan_roofline.decode_case`: the sampler's loop body at slot
-P + N / 2, its cache the default `kv_block`'s phase) for the model on the topology's mesh, and prints one JSON line:
-its collectives (ops and bytes each chip receives), their time over ICI
+P + N / 2, its cache the default `kv_block`'s phase) for the model on the
+topology's mesh, and prints one JSON line: its collectives (ops and bytes each chip receives), their time over ICI
 at half the chip's bidirectional bandwidth, and the time of the step's HBM
 bytes. A step whose ICI time is the larger is collective-bound: there a
 sampling mesh of its own would pay. Seconds, not minutes: no sampler,
 update or log-prob pass is compiled.
 """
 
+import functools
 import json
+import types
 
 from absl import app
 from absl import flags
@@ -25,14 +27,6 @@ from experiments import plan_roofline
 from experiments.configs import grpo
 from ugrad.sampling import sampler
 from ugrad.training import build
-
-_MODEL = flags.DEFINE_string("model", "qwen2.5-7b", "model preset")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "Cloud TPU topology")
-_MESH = flags.DEFINE_string("mesh", "data=1,fsdp=4", "axis=size,...")
-_QUESTIONS = flags.DEFINE_integer("questions", 8, "prompts per step")
-_GROUP = flags.DEFINE_integer("group", 16, "samples per prompt")
-_PROMPT = flags.DEFINE_integer("prompt_len", 512, "P")
-_NEW = flags.DEFINE_integer("new_tokens", 1024, "N")
 
 
 def measure(model, topology, mesh, questions, group, prompt_len, new_tokens):
@@ -54,25 +48,37 @@ def measure(model, topology, mesh, questions, group, prompt_len, new_tokens):
   return dict(model=model, topology=topology, mesh=m.shape, **facts)
 
 
-def main(argv):
-  del argv
-  mesh = {
-      k: int(v) for k, v in (kv.split("=") for kv in _MESH.value.split(","))
-  }
-  print(
-      json.dumps(
-          measure(
-              _MODEL.value,
-              _TOPOLOGY.value,
-              mesh,
-              _QUESTIONS.value,
-              _GROUP.value,
-              _PROMPT.value,
-              _NEW.value,
-          )
-      )
+def _define_flags() -> types.SimpleNamespace:
+  """The command line's flags, defined only when this module is the
+  program: tests import it beside modules with flags of the same names."""
+  return types.SimpleNamespace(
+      model=flags.DEFINE_string("model", "qwen2.5-7b", "model preset"),
+      topology=flags.DEFINE_string("topology", "v5p-8", "Cloud TPU topology"),
+      mesh=flags.DEFINE_string("mesh", "data=1,fsdp=4", "axis=size,..."),
+      questions=flags.DEFINE_integer("questions", 8, "prompts per step"),
+      group=flags.DEFINE_integer("group", 16, "samples per prompt"),
+      prompt_len=flags.DEFINE_integer("prompt_len", 512, "P"),
+      new_tokens=flags.DEFINE_integer("new_tokens", 1024, "N"),
   )
 
 
+def main(argv, options: types.SimpleNamespace):
+  del argv
+  mesh = {
+      k: int(v)
+      for k, v in (kv.split("=") for kv in options.mesh.value.split(","))
+  }
+  facts = measure(
+      options.model.value,
+      options.topology.value,
+      mesh,
+      options.questions.value,
+      options.group.value,
+      options.prompt_len.value,
+      options.new_tokens.value,
+  )
+  print(json.dumps(facts))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(functools.partial(main, options=_define_flags()))
