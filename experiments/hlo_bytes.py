@@ -207,17 +207,17 @@ def hbm_bytes(hlo: str) -> int:
   return sum(r[0] for r in breakdown(hlo, hbm=True))
 
 
-# Collectives and the share of their bytes a chip receives, for a group of
-# n chips (ring algorithms): an all-gather receives the (n - 1) / n of its
-# result it did not have, a reduce-scatter (n - 1) / n of its operand, an
-# all-reduce (a reduce-scatter and an all-gather) twice that, an all-to-all
+# Collectives and the share of their bytes a chip receives in a group of n
+# chips (ring algorithms): an all-gather the (n - 1) / n of its result it
+# did not have, a reduce-scatter (n - 1) / n of its operand, an all-reduce
+# (a reduce-scatter and an all-gather) twice that, an all-to-all
 # (n - 1) / n, a collective-permute all of it.
-_COLLECTIVES = {
-    "all-gather": 1,
-    "reduce-scatter": 1,
-    "all-to-all": 1,
-    "all-reduce": 2,
-    "collective-permute": 0,
+_SHARE = {
+    "all-gather": lambda n: (n - 1) / n,
+    "reduce-scatter": lambda n: (n - 1) / n,
+    "all-to-all": lambda n: (n - 1) / n,
+    "all-reduce": lambda n: 2 * (n - 1) / n,
+    "collective-permute": lambda n: 1.0,
 }
 _GROUPS = re.compile(r"replica_groups=(\{\{[0-9,]*\}|\[[0-9,]+\]<=)")
 # The mesh form: mesh['axis_0'=4,'axis_1'=2] {'axis_1'}: groups over the
@@ -259,15 +259,13 @@ def collectives(hlo: str) -> dict[str, dict]:
     if m is None or m.group(4).endswith("-done"):
       continue
     opcode = m.group(4).removesuffix("-start")
-    if opcode not in _COLLECTIVES:
+    if opcode not in _SHARE:
       continue
     n = _group_size(line, partitions)
     size = max((b for b, _ in _arrays(m.group(3))), default=0)
     if opcode == "reduce-scatter":
       size *= n  # Its result is a 1 / n share of what it reduces.
-    factor = _COLLECTIVES[opcode]
-    share = (n - 1) / n * factor if factor else 1.0
     entry = out.setdefault(opcode, {"ops": 0, "bytes": 0})
     entry["ops"] += 1
-    entry["bytes"] += int(size * share) if n > 1 else 0
+    entry["bytes"] += int(size * _SHARE[opcode](n)) if n > 1 else 0
   return out

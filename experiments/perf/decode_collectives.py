@@ -7,11 +7,12 @@ r"""Whether decoding is collective-bound on a training mesh, on a TPU.
 Compiles (ahead of time, on this host) the plan's decode step alone
 (`experiments.plan_roofline.decode_case`: the sampler's loop body at slot
 P + N / 2, its cache the default `kv_block`'s phase) for the model on the
-topology's mesh, and prints one JSON line: its collectives (ops and bytes each chip receives), their time over ICI
-at half the chip's bidirectional bandwidth, and the time of the step's HBM
-bytes. A step whose ICI time is the larger is collective-bound: there a
-sampling mesh of its own would pay. Seconds, not minutes: no sampler,
-update or log-prob pass is compiled.
+topology's mesh, and prints one JSON line: its collectives (ops and
+bytes each chip receives), their time over ICI at half the chip's
+bidirectional bandwidth, and the time of the step's HBM bytes. A step
+whose ICI time is the larger is collective-bound: there a sampling mesh
+of its own would pay. Seconds, not minutes: no sampler, update or
+log-prob pass is compiled.
 """
 
 import functools
