@@ -76,6 +76,7 @@ def get_config(variant=None):
           lr=2e-3,
           warmup_steps=50,
           schedule="constant",  # or "cosine" (optim.schedule)
+          final_fraction=0.0,  # optim.final_fraction
       )
   )
 
@@ -120,9 +121,10 @@ def get_config(variant=None):
       dict(
           lr=1e-4,
           warmup_steps=0,
-          # After the warm-up: "constant", or "cosine" down to 0 at the
-          # run's last update.
+          # After the warm-up: "constant", or "cosine" down to
+          # lr x final_fraction at the run's last update.
           schedule="constant",
+          final_fraction=0.0,
           weight_decay=0.0,
           b1=0.9,
           b2=0.99,

@@ -24,6 +24,7 @@ def train_sft(c: ml_collections.ConfigDict):
   c.optim.lr = ws.lr
   c.optim.warmup_steps = ws.warmup_steps
   c.optim.schedule = ws.schedule
+  c.optim.final_fraction = ws.get("final_fraction", 0.0)
   c.ppo_epochs = c.minibatches = c.micro_batches = 1
   c.sampling.pairs = False
   if "environment" in c:  # gold solutions: no episodes

@@ -12,8 +12,9 @@ def make_optimizer(config, optim=None) -> optax.GradientTransformation:
 
   The rate rises linearly from 0 over `optim.warmup_steps` updates, then
   stays at `optim.lr` (schedule "constant"; also a config stored before the
-  key existed) or follows a cosine down to 0 at the run's last update
-  (steps x ppo_epochs x minibatches; "cosine").
+  key existed) or follows a cosine down to `optim.lr` x
+  `optim.final_fraction` (0 in a config stored before that key existed) at
+  the run's last update (steps x ppo_epochs x minibatches; "cosine").
   """
   optim = config.optim if optim is None else optim
   warmup = optim.warmup_steps
@@ -21,7 +22,11 @@ def make_optimizer(config, optim=None) -> optax.GradientTransformation:
   if optim.get("schedule", "constant") == "cosine":
     updates = config.steps * config.ppo_epochs * config.minibatches
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, optim.lr, warmup, max(updates, warmup + 1)
+        0.0,
+        optim.lr,
+        warmup,
+        max(updates, warmup + 1),
+        end_value=optim.lr * optim.get("final_fraction", 0.0),
     )
   elif warmup:
     schedule = optax.linear_schedule(0.0, optim.lr, warmup)
