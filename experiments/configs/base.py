@@ -69,14 +69,19 @@ def get_config(variant=None):
   # A frozen teacher for on-policy distillation (`distill`): a ugrad run
   # workdir or a Hugging Face directory with the student's tokenizer.
   c.teacher = ""
+  # The SFT warm start of RL runs on the embedded task (and sft.py's run):
+  # a cosine from 2e-3 down to half of it, so where it ends does not hang
+  # on the rounding of its last full-rate steps, and still short of
+  # converged, so RL has room (BUILD_NOTES, "a warm start that ends at half
+  # its rate").
   c.warm_start = ml_collections.ConfigDict(
       dict(
-          steps=1500,
+          steps=1200,
           batch_size=64,
           lr=2e-3,
           warmup_steps=50,
-          schedule="constant",  # or "cosine" (optim.schedule)
-          final_fraction=0.0,  # optim.final_fraction
+          schedule="cosine",  # optim.schedule
+          final_fraction=0.5,  # optim.final_fraction
       )
   )
 

@@ -39,7 +39,7 @@ def test_the_sft_config_is_the_warm_start_of_the_base_config():
   assert (alone.pop("method"), warm.pop("method")) == ("sft", "sft_warm_start")
   assert (alone.pop("checkpoint_every"), warm.pop("checkpoint_every")) == (
       50,
-      1500 // 4,
+      base.get_config().warm_start.steps // 4,
   )
   assert alone == warm
 

@@ -58,7 +58,7 @@ def test_cosine_ends_at_its_final_fraction_of_the_rate():
 
 def test_a_final_fraction_outside_a_cosine_or_zero_to_one_is_refused():
   config = train_util.tiny("sft")
-  config.optim.final_fraction = 0.25
+  config.optim.update(schedule="constant", final_fraction=0.25)
   with pytest.raises(ValueError, match="set optim.schedule=cosine"):
     validate.check_config(config)
   config.optim.schedule = "cosine"
