@@ -146,8 +146,10 @@ def run_sweep(
 
 # Paths the sweep derives from its workdir (a moved workdir keeps its runs),
 # and keys that do not change what a run computes (a run profiled or
-# trained quietly is the same run). A key added to the configs since the
-# run finished is no change while off or at its default (`config_changes`).
+# trained quietly is the same run; no run of a sweep trains its own warm
+# start: its SFT runs hold those settings in steps and optim, its RL runs
+# start from them). A key added to the configs since the run finished is
+# no change while off or at its default (`config_changes`).
 _IGNORED_KEYS = (
     "init_from",
     "reward_model",
@@ -155,6 +157,7 @@ _IGNORED_KEYS = (
     "teacher",
     "profile_steps",
     "quiet",
+    "warm_start.",
 )
 
 

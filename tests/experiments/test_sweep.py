@@ -633,6 +633,8 @@ def test_a_finished_run_configured_differently_is_refused(tmp_path):
   # The same config (its paths aside: a moved workdir keeps its runs).
   same = config.copy_and_resolve_references()
   same.init_from = "/elsewhere/sft_seed_0"
+  # Another default warm start: no run of a sweep trains its own.
+  same.warm_start.update(steps=7, schedule="cosine", final_fraction=0.9)
   assert sweep_lib._train([(name, seed, same)], str(tmp_path)) == []
   edited = config.copy_and_resolve_references()
   edited.optim.lr *= 3
