@@ -106,14 +106,15 @@ def _check_ranges(config) -> None:
     )
   profiling.parse_steps(config.get("profile_steps", ""))
   final = config.optim.get("final_fraction", 0.0)
+  schedule = config.optim.get("schedule", "constant")
   if not 0 <= final <= 1:
     raise errors.UserError(
         f"config.optim.final_fraction must be in [0, 1], got {final}"
     )
-  if final and config.optim.get("schedule", "constant") != "cosine":
+  if final and schedule != "cosine":
     raise errors.UserError(
         "config.optim.final_fraction is where the cosine schedule ends; "
-        f"schedule {config.optim.get('schedule', 'constant')!r} has no end "
+        f"schedule {schedule!r} has no end "
         "(set optim.schedule=cosine, or final_fraction=0)"
     )
   # .get: a config stored before the key existed trims nothing.
